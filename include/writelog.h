@@ -1,0 +1,104 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Shared between bpf/writelog.bpf.c and userspace: the maps that make up the write log.
+ * Plain __u32/__u64 structs only, so both sides (and bpftool's BTF dump) agree.
+ *
+ * Maps (pinned by these names under the pin directory, default /sys/fs/bpf/pagetrack/):
+ *   pt_vm_by_tgid  HASH   VMM tgid -> vm index (which processes are tracked VMs)
+ *   pt_vm_state    ARRAY  vm index -> struct pt_vm_state (mmapable: epoch, sync, taint, counters)
+ *   pt_vm_slots    ARRAY  vm index -> struct pt_vm_slots (the VM's memslot table)
+ *   pt_log         ARRAY  u64 words of the write-log bitmap (mmapable); each VM owns a region
+ *   pt_rings       LRU    dirty-ring pointer -> struct pt_ring (which entries predate the arm)
+ *   pt_ioctl       HASH   thread -> struct pt_ioctl (an ioctl between its enter and exit)
+ *   pt_cfg         ARRAY  one struct pt_cfg: knobs userspace may change at run time
+ */
+#ifndef PAGETRACK_WRITELOG_H
+#define PAGETRACK_WRITELOG_H
+
+#ifndef __bpf__
+#include <linux/types.h>
+#endif
+
+#define PT_MAX_VMS	  256
+#define PT_MAX_SLOTS	  32
+#define PT_PAGE_SHIFT	  12
+#define PT_DEFAULT_LOG_MB 32 /* 2^28 bits: 1 TiB of guest memory in 4 KiB pages */
+
+/* pt_vm_state.flags */
+#define PT_VM_ACTIVE	  (1u << 0) /* index in use */
+#define PT_VM_DIRTY_RING  (1u << 1) /* VMM enabled KVM_CAP_DIRTY_LOG_RING(_ACQ_REL) */
+#define PT_VM_LEARN_SLOTS (1u << 2) /* learn memslots from the VMM's ioctls */
+
+/* Why an epoch is tainted (pt_vm_state.taint_reason, a bit set; sticky until next arm). */
+#define PT_TAINT_UNKNOWN_SLOT (1u << 0) /* write to a slot id not in the table */
+#define PT_TAINT_GFN_RANGE    (1u << 1) /* offset/GPA past the slot or outside every slot */
+#define PT_TAINT_LOG_FULL     (1u << 2) /* slot does not fit the VM's bitmap region */
+#define PT_TAINT_SLOT_CHANGE  (1u << 3) /* memslot created/deleted/moved during the epoch */
+#define PT_TAINT_RING_UNRESET (1u << 4) /* a sync left pre-arm dirty-ring entries writable */
+#define PT_TAINT_USER	      (1u << 5) /* userspace declared a gap (restart, lost state) */
+
+/* pt_slot.flags */
+#define PT_SLOT_VALID (1u << 0)
+
+/*
+ * Per-VM state, written by BPF and by userspace through an mmap of pt_vm_state, so every
+ * field is updated with atomics or single aligned stores. Epochs only grow: a field that
+ * records "the epoch in which X happened" is compared with the current epoch instead of
+ * being cleared at arm time, so arming never races with BPF updates.
+ */
+struct pt_vm_state {
+	__u32 tgid;	     /* VMM process */
+	__u32 flags;	     /* PT_VM_* */
+	__u64 epoch;	     /* current epoch; userspace bumps it after clearing the log */
+	__u64 sync_epoch;    /* epoch of the last complete dirty-log sync */
+	__u64 taint_epoch;   /* epoch in which the last taint happened */
+	__u32 taint_reason;  /* PT_TAINT_* of taint_epoch (OR-ed) */
+	__u32 pad;
+	__u64 log_bit_base;  /* first bit of this VM's region in pt_log */
+	__u64 log_bits;	     /* size of the region */
+	/* counters (monotonic) */
+	__u64 writes;	     /* events recorded */
+	__u64 lost;	     /* events that could not be recorded (each taints) */
+	__u64 syncs;	     /* complete syncs */
+	__u64 syncs_incomplete; /* syncs that left pre-arm entries writable */
+	__u64 slot_changes;  /* memslot ioctls seen */
+	__u64 faults_ignored; /* write faults seen while the fault path is off (no TDP) */
+};
+
+struct pt_slot {
+	__u64 base_gfn;
+	__u64 npages;
+	__u64 bit_off;	/* offset of the slot's first page inside the VM's region */
+	__u32 id;	/* as_id << 16 | slot id, as in KVM's ioctls and kvm_dirty_ring_push */
+	__u32 flags;	/* PT_SLOT_* */
+};
+
+struct pt_vm_slots {
+	__u32 nslots;	/* entries in use, valid or not */
+	__u32 pad;
+	__u64 next_bit;	/* next free bit in the VM's region, for slots learned from ioctls */
+	struct pt_slot slots[PT_MAX_SLOTS];
+};
+
+/* Per dirty ring: the first entry pushed in the current epoch. Entries before it predate the
+ * arm; a sync that leaves any of them un-reset left a page writable without logging. */
+struct pt_ring {
+	__u64 epoch;
+	__u32 first_idx;
+	__u32 vm;
+};
+
+struct pt_ioctl {
+	__u32 cmd;
+	__u32 vm;
+	__u32 incomplete; /* set by kvm_dirty_ring_reset when a pre-arm entry stayed */
+	__u32 pad;
+	__u64 arg;
+};
+
+struct pt_cfg {
+	__u32 fault_path;	/* 1: kvm_page_fault/fast_page_fault GPAs are trusted (TDP) */
+	__u32 pad;
+};
+
+#endif
