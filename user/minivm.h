@@ -1,0 +1,116 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * minivm: a tiny VMM over /dev/kvm for tests, the daemon's start-up canary and the demo.
+ *
+ * One VM, one vcpu running a few bytes of 64-bit code that writes 8-byte values at guest
+ * physical addresses it reads from a command block. Guest memory is split into
+ *
+ *   - a system memslot (KVM slot 0) holding the GDT, code, stack, command block and identity
+ *     page tables, placed at a GPA no data slot uses, and
+ *   - up to MINIVM_MAX_SLOTS data memslots (ids >= 1) at caller-chosen GPAs.
+ *
+ * Only the guest touches data slots, so KVM's dirty log of a data slot is exactly the set of
+ * pages minivm_guest_write() was asked to write. The guest never writes the system slot (all
+ * accessed/dirty bits in its page tables are preset), but tests should still treat system
+ * slot pages as noise: use minivm_is_system_gfn().
+ *
+ * A struct minivm belongs to the process that created it: KVM refuses VM ioctls from another
+ * mm, and guest memory is MADV_DONTFORK so a child does not even see it. Separate processes
+ * may each run their own VM at the same time; there is no shared or global state. A child
+ * may call minivm_destroy() on an inherited handle (it only drops the child's references).
+ *
+ * All functions that return int return 0 or a negative errno.
+ */
+#ifndef PAGETRACK_MINIVM_H
+#define PAGETRACK_MINIVM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define MINIVM_PAGE_SIZE 4096ULL
+#define MINIVM_MAX_SLOTS 8
+
+enum minivm_dirty {
+	MINIVM_DIRTY_NONE,   /* no dirty logging; minivm_harvest() returns -EINVAL */
+	MINIVM_DIRTY_BITMAP, /* KVM_GET_DIRTY_LOG + KVM_CLEAR_DIRTY_LOG (manual protect) */
+	MINIVM_DIRTY_RING,   /* per-vcpu dirty ring, ACQ_REL variant when KVM has it */
+};
+
+/* A data memslot: KVM slot id (address space 0, must be >= 1), page-aligned GPA and size. */
+struct minivm_slot {
+	uint64_t gpa;
+	uint64_t size;
+	uint32_t id;
+};
+
+struct minivm_opts {
+	enum minivm_dirty dirty;
+	unsigned int nslots;
+	struct minivm_slot slots[MINIVM_MAX_SLOTS];
+	/* Dirty ring entries per vcpu, power of 2; 0 means 4096. */
+	uint32_t ring_entries;
+	/*
+	 * Create the VM and vcpu only; memory and memslots come with minivm_setup_memory(), so a
+	 * tracer that starts watching the process in between sees KVM_SET_USER_MEMORY_REGION.
+	 */
+	bool defer_memory;
+};
+
+struct minivm;
+
+/* 0 if a VM with this dirty mode can be created: -ENODEV without /dev/kvm, -EOPNOTSUPP if
+ * KVM lacks the dirty ring / manual dirty log protection, other -errno on odd failures. */
+int minivm_supported(enum minivm_dirty mode);
+
+int minivm_create(struct minivm **out, const struct minivm_opts *o);
+/* Allocates guest memory, registers the memslots and readies the vcpu; no-op if done. */
+int minivm_setup_memory(struct minivm *vm);
+void minivm_destroy(struct minivm *vm);
+
+/*
+ * The guest writes @value (8 bytes, little endian) at each GPA of @gpas, in order, then
+ * exits to us with a port write; returns after that. Each GPA must lie (all 8 bytes) in a
+ * data slot. Any n works: the list goes to the guest in batches of MINIVM_CMD_MAX.
+ *
+ * Ring mode: if the dirty ring fills up (KVM_EXIT_DIRTY_RING_FULL) this returns -ENOSPC with
+ * the rest of the write still pending. minivm does not harvest behind the caller's back (the
+ * log is what tests check); the caller harvests and then calls minivm_resume() to finish.
+ * Size ring_entries above the number of pages written between harvests to avoid that.
+ */
+int minivm_guest_write(struct minivm *vm, const uint64_t *gpas, size_t n, uint64_t value);
+/* Finishes a write interrupted by -ENOSPC (may return -ENOSPC again); 0 if none pending. */
+int minivm_resume(struct minivm *vm);
+/* True while a minivm_guest_write() is waiting for minivm_resume(). */
+bool minivm_write_pending(const struct minivm *vm);
+
+/* Reads 8 bytes of guest memory through the host mapping (any slot); does not dirty. */
+int minivm_host_read(struct minivm *vm, uint64_t gpa, uint64_t *value);
+
+/*
+ * KVM's dirty log since the previous harvest, all slots (system slot too), as absolute GFNs
+ * sorted and unique, in a malloc'd array the caller frees (NULL when *n == 0). This is the
+ * VMM's "sync": the reported pages are write-protected again.
+ *   bitmap: KVM_GET_DIRTY_LOG per slot, then KVM_CLEAR_DIRTY_LOG of exactly what it reported;
+ *   ring:   collect dirty entries, mark them KVM_DIRTY_GFN_F_RESET, KVM_RESET_DIRTY_RINGS.
+ */
+int minivm_harvest(struct minivm *vm, uint64_t **gfns, size_t *n);
+
+/* True for GFNs of the system slot: pages the guest machinery may dirty by itself. */
+bool minivm_is_system_gfn(const struct minivm *vm, uint64_t gfn);
+/* The system slot's placement (KVM slot id 0), for tests and logs. */
+void minivm_system_range(const struct minivm *vm, uint64_t *gpa, uint64_t *size);
+
+int minivm_vm_fd(const struct minivm *vm);
+int minivm_vcpu_fd(const struct minivm *vm);
+/* The ring size actually in use (0 unless ring mode) and whether it is the ACQ_REL flavour. */
+uint32_t minivm_ring_entries(const struct minivm *vm);
+bool minivm_ring_acq_rel(const struct minivm *vm);
+/* Host address of guest memory [gpa, gpa + len) if it is inside one slot, else NULL. */
+void *minivm_hva(struct minivm *vm, uint64_t gpa, uint64_t len);
+
+/* GPAs per guest batch (one command block). */
+#define MINIVM_CMD_PAGES 16
+#define MINIVM_CMD_MAX	 (MINIVM_CMD_PAGES * MINIVM_PAGE_SIZE / 8 - 2)
+
+#endif
