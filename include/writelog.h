@@ -8,9 +8,9 @@
  *   pt_vm_state    ARRAY  vm index -> struct pt_vm_state (mmapable: epoch, sync, taint, counters)
  *   pt_vm_slots    ARRAY  vm index -> struct pt_vm_slots (the VM's memslot table)
  *   pt_log         ARRAY  u64 words of the write-log bitmap (mmapable); each VM owns a region
- *   pt_rings       LRU    dirty-ring pointer -> struct pt_ring (which entries predate the arm)
+ *   pt_rings       ARRAY  vm index * PT_MAX_VCPUS + vcpu -> struct pt_ring (pre-arm entries)
  *   pt_ioctl       HASH   thread -> struct pt_ioctl (an ioctl between its enter and exit)
- *   pt_cfg         ARRAY  one struct pt_cfg: knobs userspace may change at run time
+ *   pt_pending     ARRAY  one u64: threads inside a watched ioctl (fast path for the rest)
  */
 #ifndef PAGETRACK_WRITELOG_H
 #define PAGETRACK_WRITELOG_H
@@ -63,6 +63,8 @@ struct pt_vm_state {
 	__u64 syncs_incomplete; /* syncs that left pre-arm entries writable */
 	__u64 slot_changes;  /* memslot ioctls seen */
 	__u64 faults_ignored; /* write faults seen while the fault path is off (no TDP) */
+	__u64 fault_writes;  /* write faults recorded (TDP hosts) */
+	__u64 ring_writes;   /* dirty-ring pushes recorded */
 };
 
 struct pt_slot {
@@ -94,11 +96,24 @@ struct pt_ioctl {
 	__u32 incomplete; /* set by kvm_dirty_ring_reset when a pre-arm entry stayed */
 	__u32 pad;
 	__u64 arg;
+	__u64 epoch; /* epoch when the ioctl started: a sync counts only for an epoch armed
+		      * before it began */
 };
 
-struct pt_cfg {
-	__u32 fault_path;	/* 1: kvm_page_fault/fast_page_fault GPAs are trusted (TDP) */
-	__u32 pad;
-};
+/*
+ * KVM ioctl numbers the tracker watches (x86-64 values; user/loader.c checks them against
+ * <linux/kvm.h> at build time where the header has them).
+ */
+#define PT_KVM_SET_USER_MEMORY_REGION  0x4020ae46u
+#define PT_KVM_SET_USER_MEMORY_REGION2 0x40a0ae49u
+#define PT_KVM_ENABLE_CAP	       0x4068aea3u
+#define PT_KVM_GET_DIRTY_LOG	       0x4010ae42u
+#define PT_KVM_CLEAR_DIRTY_LOG	       0xc018aec0u
+#define PT_KVM_RESET_DIRTY_RINGS       0x0000aec7u
+#define PT_KVM_CAP_DIRTY_LOG_RING      192
+#define PT_KVM_CAP_DIRTY_LOG_RING_ACQ_REL 223
+#define PT_KVM_MEM_LOG_DIRTY_PAGES     (1u << 0)
+
+#define PT_MAX_VCPUS 512 /* dirty rings tracked per VM (one per vCPU) */
 
 #endif

@@ -1,0 +1,481 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * The write log: per tracked VM, one bit per guest page written since the VM's current epoch
+ * was armed. Fed by KVM tracepoints:
+ *
+ *   kvm_dirty_ring_push  every page KVM marks dirty in dirty-ring mode (slot + offset)
+ *   kvm_page_fault       EPT/NPT violations; a GPA only under TDP, so used only when tdp is set
+ *   fast_page_fault      write-protect faults fixed on the fast path (fault->is_tdp)
+ *   kvm_dirty_ring_reset the end of a ring reset: did the VMM's sync re-protect every page
+ *                        that was dirty before the arm?
+ *   sys_enter/exit_ioctl the VMM's memslot changes, dirty-ring enablement and dirty-log syncs
+ *
+ * Anything that cannot be recorded taints the VM's epoch: the reconciler then answers "keep"
+ * for every page until the next arm. Userspace owns arming (clear the region, then bump
+ * pt_vm_state.epoch); BPF only sets bits and records epochs, so the two never race on a value.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+
+#include "writelog.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* Host uses two-dimensional paging (EPT/NPT): fault addresses are GPAs. Set by the loader. */
+const volatile bool tdp = false;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PT_MAX_VMS);
+	__type(key, __u32);	/* VMM tgid */
+	__type(value, __u32);	/* vm index */
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pt_vm_by_tgid SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PT_MAX_VMS);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct pt_vm_state);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pt_vm_state SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PT_MAX_VMS);
+	__type(key, __u32);
+	__type(value, struct pt_vm_slots);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pt_vm_slots SEC(".maps");
+
+/* The bitmap. max_entries (u64 words) is set by the loader from the configured size. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PT_DEFAULT_LOG_MB * 1024 * 1024 / 8);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pt_log SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PT_MAX_VMS * PT_MAX_VCPUS);
+	__type(key, __u32);
+	__type(value, struct pt_ring);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pt_rings SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64); /* pid_tgid of the thread inside the ioctl */
+	__type(value, struct pt_ioctl);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pt_ioctl SEC(".maps");
+
+/*
+ * Threads of tracked VMs currently inside a watched ioctl: lets sys_exit_ioctl skip the hash
+ * lookup for the millions of other ioctls (KVM_RUN above all). A pinned map rather than a
+ * global, so the programs of a restarted service share it with those of the old one.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pt_pending SEC(".maps");
+
+static __always_inline __u64 *pending_ioctls(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&pt_pending, &zero);
+}
+
+static __always_inline struct pt_vm_state *vm_state(__u32 vm)
+{
+	return bpf_map_lookup_elem(&pt_vm_state, &vm);
+}
+
+static __always_inline int current_vm(__u32 *vm)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	__u32 *idx = bpf_map_lookup_elem(&pt_vm_by_tgid, &tgid);
+
+	if (!idx)
+		return -1;
+	*vm = *idx;
+	return 0;
+}
+
+static __always_inline void taint(struct pt_vm_state *st, __u32 reason)
+{
+	__u64 epoch = st->epoch;
+
+	/* Two stores, not one atomic: a reader sees taint_epoch == epoch and then the reason
+	 * bits; a reason from an older epoch only makes the report say more, never less. */
+	if (st->taint_epoch != epoch) {
+		st->taint_reason = reason;
+		st->taint_epoch = epoch;
+	} else {
+		__sync_fetch_and_or(&st->taint_reason, reason);
+	}
+	__sync_fetch_and_add(&st->lost, 1);
+}
+
+/* Set the bit for page `page` of the VM's region. Returns 0 or a PT_TAINT_* reason. */
+static __always_inline __u32 log_page(struct pt_vm_state *st, __u64 page)
+{
+	__u64 bit, *word;
+	__u32 key;
+
+	if (page >= st->log_bits)
+		return PT_TAINT_LOG_FULL;
+	bit = st->log_bit_base + page;
+	key = bit / 64;
+	word = bpf_map_lookup_elem(&pt_log, &key);
+	if (!word)
+		return PT_TAINT_LOG_FULL;
+	if (!(*word & (1ull << (bit % 64))))
+		__sync_fetch_and_or(word, 1ull << (bit % 64));
+	return 0;
+}
+
+static __always_inline struct pt_slot *slot_by_id(struct pt_vm_slots *sl, __u32 id)
+{
+	for (__u32 i = 0; i < PT_MAX_SLOTS; i++) {
+		if (i >= sl->nslots)
+			break;
+		if (sl->slots[i].id == id && (sl->slots[i].flags & PT_SLOT_VALID))
+			return &sl->slots[i];
+	}
+	return NULL;
+}
+
+/* Address space 0 only: a GPA from a fault of the normal (non-SMM) address space. */
+static __always_inline struct pt_slot *slot_by_gfn(struct pt_vm_slots *sl, __u64 gfn)
+{
+	for (__u32 i = 0; i < PT_MAX_SLOTS; i++) {
+		struct pt_slot *s;
+
+		if (i >= sl->nslots)
+			break;
+		s = &sl->slots[i];
+		if ((s->flags & PT_SLOT_VALID) && !(s->id >> 16) && gfn >= s->base_gfn &&
+		    gfn - s->base_gfn < s->npages)
+			return s;
+	}
+	return NULL;
+}
+
+static __always_inline void record_gfn(__u32 vm, struct pt_vm_state *st, __u64 gfn)
+{
+	struct pt_vm_slots *sl = bpf_map_lookup_elem(&pt_vm_slots, &vm);
+	struct pt_slot *s;
+	__u32 why;
+
+	if (!sl) {
+		taint(st, PT_TAINT_UNKNOWN_SLOT);
+		return;
+	}
+	s = slot_by_gfn(sl, gfn);
+	if (!s) {
+		taint(st, PT_TAINT_GFN_RANGE);
+		return;
+	}
+	why = log_page(st, s->bit_off + gfn - s->base_gfn);
+	if (why)
+		taint(st, why);
+	else
+		__sync_fetch_and_add(&st->fault_writes, 1);
+}
+
+/* Remember the first ring entry of this epoch; entries before it predate the arm. */
+static __always_inline void note_ring_push(__u32 vm, struct pt_vm_state *st,
+					   struct kvm_dirty_ring *ring)
+{
+	__u32 vcpu = BPF_CORE_READ(ring, index);
+	__u32 key = vm * PT_MAX_VCPUS + vcpu;
+	struct pt_ring *r;
+
+	if (vcpu >= PT_MAX_VCPUS) {
+		taint(st, PT_TAINT_RING_UNRESET);
+		return;
+	}
+	r = bpf_map_lookup_elem(&pt_rings, &key);
+	if (!r)
+		return;
+	if (r->epoch != st->epoch || r->vm != vm + 1) {
+		/* The push already advanced dirty_index: this entry is dirty_index - 1. */
+		r->first_idx = BPF_CORE_READ(ring, dirty_index) - 1;
+		r->vm = vm + 1;
+		r->epoch = st->epoch;
+	}
+}
+
+SEC("raw_tp/kvm_dirty_ring_push")
+int BPF_PROG(pt_ring_push, struct kvm_dirty_ring *ring, u32 slot, u64 offset)
+{
+	struct pt_vm_slots *sl;
+	struct pt_vm_state *st;
+	struct pt_slot *s;
+	__u32 vm, why;
+
+	if (current_vm(&vm))
+		return 0;
+	st = vm_state(vm);
+	if (!st)
+		return 0;
+	note_ring_push(vm, st, ring);
+	sl = bpf_map_lookup_elem(&pt_vm_slots, &vm);
+	s = sl ? slot_by_id(sl, slot) : NULL;
+	if (!s) {
+		taint(st, PT_TAINT_UNKNOWN_SLOT);
+		return 0;
+	}
+	if (offset >= s->npages) {
+		taint(st, PT_TAINT_GFN_RANGE);
+		return 0;
+	}
+	why = log_page(st, s->bit_off + offset);
+	if (why)
+		taint(st, why);
+	else
+		__sync_fetch_and_add(&st->ring_writes, 1);
+	return 0;
+}
+
+SEC("raw_tp/kvm_dirty_ring_reset")
+int BPF_PROG(pt_ring_reset, struct kvm_dirty_ring *ring)
+{
+	__u32 vm, vcpu, key, reset_idx, boundary;
+	__u64 id = bpf_get_current_pid_tgid();
+	struct pt_vm_state *st;
+	struct pt_ioctl *io;
+	struct pt_ring *r;
+
+	if (current_vm(&vm))
+		return 0;
+	st = vm_state(vm);
+	if (!st)
+		return 0;
+	vcpu = BPF_CORE_READ(ring, index);
+	key = vm * PT_MAX_VCPUS + vcpu;
+	r = bpf_map_lookup_elem(&pt_rings, &key);
+	reset_idx = BPF_CORE_READ(ring, reset_index);
+	/* Entries before `boundary` were pushed before the arm. If the reset left any of them,
+	 * that page is still writable without faulting: its next write would not be logged. */
+	if (r && r->vm == vm + 1 && r->epoch == st->epoch)
+		boundary = r->first_idx;
+	else
+		boundary = BPF_CORE_READ(ring, dirty_index);
+	if ((__s32)(reset_idx - boundary) >= 0 && vcpu < PT_MAX_VCPUS)
+		return 0;
+	io = bpf_map_lookup_elem(&pt_ioctl, &id);
+	if (io)
+		io->incomplete = 1;
+	/* Writes to those pages may already have gone unseen in this epoch. */
+	taint(st, PT_TAINT_RING_UNRESET);
+	return 0;
+}
+
+SEC("raw_tp/kvm_page_fault")
+int BPF_PROG(pt_page_fault, struct kvm_vcpu *vcpu, u64 fault_address, u64 error_code)
+{
+	struct pt_vm_state *st;
+	__u32 vm;
+
+	if (!(error_code & 2)) /* PFERR_WRITE_MASK */
+		return 0;
+	if (current_vm(&vm))
+		return 0;
+	st = vm_state(vm);
+	if (!st)
+		return 0;
+	if (!tdp) {
+		/* Shadow paging: the address is a GVA, useless for the log. */
+		__sync_fetch_and_add(&st->faults_ignored, 1);
+		return 0;
+	}
+	record_gfn(vm, st, fault_address >> PT_PAGE_SHIFT);
+	return 0;
+}
+
+SEC("raw_tp/fast_page_fault")
+int BPF_PROG(pt_fast_page_fault, struct kvm_vcpu *vcpu, struct kvm_page_fault *fault,
+	     u64 *sptep, u64 old_spte, int ret)
+{
+	struct pt_vm_state *st;
+	__u32 vm;
+
+	if (!BPF_CORE_READ(fault, write))
+		return 0;
+	if (current_vm(&vm))
+		return 0;
+	st = vm_state(vm);
+	if (!st)
+		return 0;
+	if (!tdp || !BPF_CORE_READ(fault, is_tdp)) {
+		__sync_fetch_and_add(&st->faults_ignored, 1);
+		return 0;
+	}
+	record_gfn(vm, st, BPF_CORE_READ(fault, addr) >> PT_PAGE_SHIFT);
+	return 0;
+}
+
+static __always_inline bool watched_ioctl(__u32 cmd)
+{
+	return cmd == PT_KVM_SET_USER_MEMORY_REGION || cmd == PT_KVM_SET_USER_MEMORY_REGION2 ||
+	       cmd == PT_KVM_ENABLE_CAP || cmd == PT_KVM_GET_DIRTY_LOG ||
+	       cmd == PT_KVM_CLEAR_DIRTY_LOG || cmd == PT_KVM_RESET_DIRTY_RINGS;
+}
+
+SEC("tp/syscalls/sys_enter_ioctl")
+int pt_ioctl_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	__u32 cmd = ctx->args[1];
+	__u64 id = bpf_get_current_pid_tgid();
+	struct pt_ioctl io = {};
+	struct pt_vm_state *st;
+	__u64 *pending;
+	__u32 vm;
+
+	if (!watched_ioctl(cmd))
+		return 0;
+	if (current_vm(&vm))
+		return 0;
+	io.cmd = cmd;
+	io.vm = vm;
+	io.arg = ctx->args[2];
+	st = vm_state(vm);
+	if (!st)
+		return 0;
+	io.epoch = st->epoch;
+	if (bpf_map_update_elem(&pt_ioctl, &id, &io, BPF_ANY)) {
+		/* We will not see how this ioctl ends: a memslot change or sync goes unseen. */
+		taint(st, PT_TAINT_SLOT_CHANGE);
+		return 0;
+	}
+	pending = pending_ioctls();
+	if (pending)
+		__sync_fetch_and_add(pending, 1);
+	return 0;
+}
+
+static __always_inline void learn_region(__u32 vm, struct pt_vm_state *st, __u64 uarg)
+{
+	struct kvm_userspace_memory_region r;
+	struct pt_vm_slots *sl = bpf_map_lookup_elem(&pt_vm_slots, &vm);
+	struct pt_slot *s = NULL;
+	__u64 npages;
+	__u32 i;
+
+	if (!sl || bpf_probe_read_user(&r, sizeof(r), (void *)uarg)) {
+		taint(st, PT_TAINT_UNKNOWN_SLOT);
+		return;
+	}
+	__sync_fetch_and_add(&st->slot_changes, 1);
+	npages = r.memory_size >> PT_PAGE_SHIFT;
+	for (i = 0; i < PT_MAX_SLOTS; i++) {
+		if (i >= sl->nslots)
+			break;
+		if (sl->slots[i].id == r.slot) {
+			s = &sl->slots[i];
+			break;
+		}
+	}
+	if (s && (s->flags & PT_SLOT_VALID)) {
+		/* Same place and size: only flags changed (e.g. dirty logging switched on). */
+		if (npages && s->base_gfn == r.guest_phys_addr >> PT_PAGE_SHIFT &&
+		    s->npages == npages)
+			return;
+		/* Deleted or moved: pages hinted there are no longer what they were. */
+		s->flags = 0;
+		taint(st, PT_TAINT_SLOT_CHANGE);
+		if (!npages)
+			return;
+	}
+	if (!npages)
+		return;
+	if (!s) {
+		i = sl->nslots;
+		if (i >= PT_MAX_SLOTS) {
+			taint(st, PT_TAINT_LOG_FULL);
+			return;
+		}
+		s = &sl->slots[i];
+		sl->nslots = i + 1;
+	}
+	if (sl->next_bit + npages > st->log_bits) {
+		taint(st, PT_TAINT_LOG_FULL);
+		return;
+	}
+	s->id = r.slot;
+	s->base_gfn = r.guest_phys_addr >> PT_PAGE_SHIFT;
+	s->npages = npages;
+	s->bit_off = sl->next_bit;
+	sl->next_bit += npages;
+	s->flags = PT_SLOT_VALID;
+}
+
+static __always_inline void ioctl_done(struct pt_ioctl *io, struct pt_vm_state *st)
+{
+	struct kvm_enable_cap cap;
+
+	switch (io->cmd) {
+	case PT_KVM_SET_USER_MEMORY_REGION:
+	case PT_KVM_SET_USER_MEMORY_REGION2:
+		/* REGION2 starts with the same fields, so one reader serves both. */
+		if (st->flags & PT_VM_LEARN_SLOTS)
+			learn_region(io->vm, st, io->arg);
+		else
+			__sync_fetch_and_add(&st->slot_changes, 1);
+		break;
+	case PT_KVM_ENABLE_CAP:
+		if (bpf_probe_read_user(&cap, sizeof(cap), (void *)io->arg))
+			break;
+		if (cap.cap == PT_KVM_CAP_DIRTY_LOG_RING ||
+		    cap.cap == PT_KVM_CAP_DIRTY_LOG_RING_ACQ_REL)
+			__sync_fetch_and_or(&st->flags, PT_VM_DIRTY_RING);
+		break;
+	case PT_KVM_RESET_DIRTY_RINGS:
+		if (io->incomplete) {
+			__sync_fetch_and_add(&st->syncs_incomplete, 1);
+			break;
+		}
+		/* fallthrough */
+	case PT_KVM_GET_DIRTY_LOG:
+	case PT_KVM_CLEAR_DIRTY_LOG:
+		/* A sync that began before the arm protects nothing for the new epoch. */
+		if (io->epoch == st->epoch)
+			st->sync_epoch = io->epoch;
+		__sync_fetch_and_add(&st->syncs, 1);
+		break;
+	}
+}
+
+SEC("tp/syscalls/sys_exit_ioctl")
+int pt_ioctl_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u64 *pending = pending_ioctls();
+	struct pt_vm_state *st;
+	struct pt_ioctl *io;
+
+	if (!pending || !*pending)
+		return 0;
+	io = bpf_map_lookup_elem(&pt_ioctl, &id);
+	if (!io)
+		return 0;
+	st = vm_state(io->vm);
+	if (st && ctx->ret >= 0)
+		ioctl_done(io, st);
+	bpf_map_delete_elem(&pt_ioctl, &id);
+	__sync_fetch_and_add(pending, -1);
+	return 0;
+}

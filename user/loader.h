@@ -1,0 +1,50 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * The BPF loader: mounts bpffs/tracefs when missing, loads bpf/writelog.bpf.c, reuses or pins
+ * its maps by name under the pin directory, attaches the programs through pinned links (so a
+ * restart or a crash of the service leaves the programs running: no gap in the write log),
+ * and maps the write log and the per-VM state into this process.
+ */
+#ifndef PT_LOADER_H
+#define PT_LOADER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "writelog.h"
+
+#define PT_DEFAULT_PIN_DIR "/sys/fs/bpf/pagetrack"
+
+struct writelog_bpf;
+
+struct pt_loader_opts {
+	const char *pin_dir;	/* NULL: PT_DEFAULT_PIN_DIR */
+	unsigned log_mb;	/* write-log bitmap size; 0: PT_DEFAULT_LOG_MB */
+	int tdp;		/* -1: detect from kvm_intel.ept / kvm_amd.npt; 0/1: force */
+	bool no_attach;		/* load and pin maps only (BPF_PROG_TEST_RUN tests) */
+	bool no_pin;		/* private maps, nothing pinned (tests that must not share) */
+};
+
+struct pt_tracker {
+	struct writelog_bpf *skel;
+	char pin_dir[256];
+	bool tdp;
+	bool reused_maps;	/* maps came from pins of an earlier run (restart) */
+	bool reused_links;	/* programs were still attached when we started */
+	int attached;		/* programs attached */
+	struct pt_vm_state *vms; /* mmap of pt_vm_state, PT_MAX_VMS entries */
+	uint64_t *log;		/* mmap of pt_log */
+	uint64_t log_words;
+	char progs[256];	/* "name:attached name:off ..." for status */
+};
+
+int pt_tracker_open(struct pt_tracker **out, const struct pt_loader_opts *opts);
+/* Detaches nothing: pinned links keep tracking until pt_tracker_unpin(). NULL-safe. */
+void pt_tracker_close(struct pt_tracker *t);
+/* Removes every pin under dir (maps and links): the uninstall step. */
+int pt_tracker_unpin(const char *dir);
+int pt_ensure_mounts(void);
+bool pt_host_tdp(void);
+
+#endif

@@ -1,0 +1,59 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * The write log from userspace: which VMs are tracked, their memslot tables, arming an epoch,
+ * and reading which pages were written since. All reads go through the mmapped maps.
+ */
+#ifndef PT_VMLOG_H
+#define PT_VMLOG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "loader.h"
+
+struct pt_slot_cfg {
+	uint64_t gpa;
+	uint64_t size;
+	uint32_t id; /* as_id << 16 | slot id */
+};
+
+/*
+ * Track the VMM process `tgid`. With n > 0 the memslot table is `slots`; with n == 0 the table
+ * is learned from the VMM's KVM_SET_USER_MEMORY_REGION ioctls and `learn_pages` of bitmap are
+ * reserved. If `tgid` is already tracked (service restarted) its index is returned and
+ * *existed set: its log continues. Returns 0 or negative errno.
+ */
+int pt_vm_track(struct pt_tracker *t, uint32_t tgid, const struct pt_slot_cfg *slots,
+		unsigned n, uint64_t learn_pages, uint32_t *vm, bool *existed);
+int pt_vm_untrack(struct pt_tracker *t, uint32_t vm);
+int pt_vm_find(struct pt_tracker *t, uint32_t tgid, uint32_t *vm);
+
+/* Arm: clear the VM's log region, then start a new epoch (returned). */
+int pt_vm_arm(struct pt_tracker *t, uint32_t vm, uint64_t *epoch);
+/* Declare that writes may have been missed (e.g. a restart gap) in the current epoch. */
+void pt_vm_taint(struct pt_tracker *t, uint32_t vm, uint32_t reason);
+
+int pt_vm_slots_get(struct pt_tracker *t, uint32_t vm, struct pt_vm_slots *out);
+/* Region page index of a guest frame; -ENOENT if no valid slot (of address space 0) holds it. */
+int pt_slots_page(const struct pt_vm_slots *sl, uint64_t gfn, uint64_t *page);
+
+static inline struct pt_vm_state *pt_vm(struct pt_tracker *t, uint32_t vm)
+{
+	return &t->vms[vm];
+}
+
+/* Was page `page` of the VM's region written since the arm? */
+static inline bool pt_vm_page_written(struct pt_tracker *t, uint32_t vm, uint64_t page)
+{
+	uint64_t bit = t->vms[vm].log_bit_base + page;
+
+	return __atomic_load_n(&t->log[bit / 64], __ATOMIC_RELAXED) & (1ull << (bit % 64));
+}
+
+/* Word `w` (64 pages from page w * 64) of the VM's region. The region is 64-page aligned. */
+static inline uint64_t pt_vm_log_word(struct pt_tracker *t, uint32_t vm, uint64_t w)
+{
+	return __atomic_load_n(&t->log[t->vms[vm].log_bit_base / 64 + w], __ATOMIC_RELAXED);
+}
+
+#endif
