@@ -94,6 +94,15 @@ static int attach_pinned(struct pt_tracker *t, struct bpf_program *prog)
 	struct bpf_link *link;
 	int err;
 
+	if (t->no_pin) {
+		if (t->nlinks >= (int)(sizeof(t->links) / sizeof(t->links[0])))
+			return -E2BIG;
+		link = bpf_program__attach(prog);
+		if (!link)
+			return -errno;
+		t->links[t->nlinks++] = link;
+		return 0;
+	}
 	err = pin_path(path, sizeof(path), t->pin_dir, "link_");
 	if (err)
 		return err;
@@ -220,6 +229,7 @@ int pt_tracker_open(struct pt_tracker **out, const struct pt_loader_opts *o)
 		return -ENOMEM;
 	snprintf(t->pin_dir, sizeof(t->pin_dir), "%s", o->pin_dir ? o->pin_dir : PT_DEFAULT_PIN_DIR);
 	t->tdp = o->tdp < 0 ? pt_host_tdp() : o->tdp;
+	t->no_pin = o->no_pin;
 	err = pt_ensure_mounts();
 	if (err)
 		goto cleanup;
@@ -257,6 +267,8 @@ void pt_tracker_close(struct pt_tracker *t)
 {
 	if (!t)
 		return;
+	for (int i = 0; i < t->nlinks; i++)
+		bpf_link__destroy(t->links[i]);
 	if (t->vms)
 		munmap(t->vms, sizeof(struct pt_vm_state) * PT_MAX_VMS);
 	if (t->log)

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
@@ -182,4 +183,39 @@ int pt_slots_page(const struct pt_vm_slots *sl, uint64_t gfn, uint64_t *page)
 		}
 	}
 	return -ENOENT;
+}
+
+int pt_vm_written_gfns(struct pt_tracker *t, uint32_t vm, uint64_t **out, size_t *n)
+{
+	struct pt_vm_slots sl;
+	size_t cap = 0, len = 0;
+	uint64_t *v = NULL;
+	int err;
+
+	err = pt_vm_slots_get(t, vm, &sl);
+	if (err)
+		return err;
+	for (uint32_t i = 0; i < sl.nslots && i < PT_MAX_SLOTS; i++) {
+		const struct pt_slot *s = &sl.slots[i];
+
+		if (!(s->flags & PT_SLOT_VALID))
+			continue;
+		for (uint64_t p = 0; p < s->npages; p++) {
+			if (!pt_vm_page_written(t, vm, s->bit_off + p))
+				continue;
+			if (len == cap) {
+				uint64_t *nv = realloc(v, (cap = cap ? cap * 2 : 256) * sizeof(*v));
+
+				if (!nv) {
+					free(v);
+					return -ENOMEM;
+				}
+				v = nv;
+			}
+			v[len++] = s->base_gfn + p;
+		}
+	}
+	*out = v;
+	*n = len;
+	return 0;
 }
