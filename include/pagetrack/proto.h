@@ -163,6 +163,7 @@ enum pt_err {
 	PT_E_BUSY = 11,		  /* resource limit (VMs, memory) */
 	PT_E_STATE = 12,	  /* request not valid in the current state */
 	PT_E_INTERNAL = 13,
+	PT_E_BAD_FIELD = 14,	  /* reserved field or flag nonzero, unknown enum value */
 };
 
 struct pt_error {
