@@ -448,6 +448,8 @@ static __always_inline void ioctl_done(struct pt_ioctl *io, struct pt_vm_state *
 			__sync_fetch_and_add(&st->syncs_incomplete, 1);
 			break;
 		}
+		if (io->epoch == st->epoch)
+			st->ring_sync_epoch = io->epoch;
 		/* fallthrough */
 	case PT_KVM_GET_DIRTY_LOG:
 	case PT_KVM_CLEAR_DIRTY_LOG:

@@ -50,7 +50,9 @@ struct pt_vm_state {
 	__u32 tgid;	     /* VMM process */
 	__u32 flags;	     /* PT_VM_* */
 	__u64 epoch;	     /* current epoch; userspace bumps it after clearing the log */
-	__u64 sync_epoch;    /* epoch of the last complete dirty-log sync */
+	__u64 sync_epoch;    /* epoch of the last complete dirty-log sync (any kind) */
+	__u64 ring_sync_epoch; /* epoch of the last complete KVM_RESET_DIRTY_RINGS: it succeeds
+				* only on a dirty-ring VM, so it also proves the VM's mode */
 	__u64 taint_epoch;   /* epoch in which the last taint happened */
 	__u32 taint_reason;  /* PT_TAINT_* of taint_epoch (OR-ed) */
 	__u32 pad;

@@ -1,0 +1,547 @@
+// SPDX-License-Identifier: GPL-2.0
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cmdstate.h"
+#include "log.h"
+
+#define PAGE_SHIFT 12
+
+/* --- page bitmaps over the VM's log region -------------------------------------------------- */
+
+static void bits_set(uint64_t *b, uint64_t first, uint64_t n, bool on)
+{
+	while (n) {
+		uint64_t w = first / 64, off = first % 64;
+		uint64_t k = 64 - off < n ? 64 - off : n;
+		uint64_t mask = (k == 64 ? ~0ull : ((1ull << k) - 1)) << off;
+
+		if (on)
+			b[w] |= mask;
+		else
+			b[w] &= ~mask;
+		first += k;
+		n -= k;
+	}
+}
+
+static uint64_t *lazy_bitmap(struct pt_vmctx *c, uint64_t **b)
+{
+	if (!*b)
+		*b = calloc(c->words ? c->words : 1, 8);
+	return *b;
+}
+
+/*
+ * Walk [gpa, gpa + len) slot by slot, calling fn on each piece as (first page index in the
+ * region, pages). With fn == NULL it only checks that every page lies in a known memslot.
+ */
+typedef void (*piece_fn)(struct pt_vmctx *c, uint64_t page, uint64_t n, void *arg);
+
+static int for_each_piece(struct pt_vmctx *c, const struct pt_range *r, piece_fn fn, void *arg)
+{
+	uint64_t gfn = r->gpa >> PAGE_SHIFT, left = r->len >> PAGE_SHIFT;
+
+	while (left) {
+		const struct pt_slot *s = NULL;
+		uint64_t n;
+
+		for (uint32_t i = 0; i < c->slots.nslots && i < PT_MAX_SLOTS; i++) {
+			const struct pt_slot *x = &c->slots.slots[i];
+
+			if ((x->flags & PT_SLOT_VALID) && !(x->id >> 16) && gfn >= x->base_gfn &&
+			    gfn - x->base_gfn < x->npages) {
+				s = x;
+				break;
+			}
+		}
+		if (!s || s->bit_off + s->npages > c->words * 64)
+			return -PT_E_BAD_RANGE;
+		n = s->npages - (gfn - s->base_gfn);
+		if (n > left)
+			n = left;
+		if (fn)
+			fn(c, s->bit_off + gfn - s->base_gfn, n, arg);
+		gfn += n;
+		left -= n;
+	}
+	return 0;
+}
+
+/* Memslots may have been learned or changed by BPF since the last request. */
+static int refresh_slots(struct pt_vmctx *c)
+{
+	int err = pt_vm_slots_get(c->t, c->vm, &c->slots);
+
+	return err ? -PT_E_INTERNAL : 0;
+}
+
+/* Validate every range first, so that a batch is applied whole or not at all. */
+static int apply_ranges(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, piece_fn fn,
+			void *arg, uint64_t *pages)
+{
+	int err = refresh_slots(c);
+
+	for (uint32_t i = 0; !err && i < n; i++)
+		err = for_each_piece(c, &r[i], NULL, NULL);
+	if (err)
+		return err;
+	*pages = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		for_each_piece(c, &r[i], fn, arg);
+		*pages += r[i].len >> PAGE_SHIFT;
+	}
+	return 0;
+}
+
+struct set_arg {
+	uint64_t *bits;
+	bool on;
+};
+
+static void piece_set(struct pt_vmctx *c, uint64_t page, uint64_t n, void *arg)
+{
+	struct set_arg *a = arg;
+
+	bits_set(a->bits, page, n, a->on);
+}
+
+/* --- range emission: region page index -> guest-physical ranges ---------------------------- */
+
+struct emitter {
+	struct pt_vmctx *c;
+	pt_range_cb cb;
+	void *ctx;
+	uint64_t start, len; /* pending run, in region pages */
+	int err;
+};
+
+static int emit_flush(struct emitter *e)
+{
+	uint64_t page = e->start, left = e->len;
+
+	e->len = 0;
+	/* A run may cross from one slot into the next: split it at slot ends. */
+	while (left && !e->err) {
+		const struct pt_slot *s = NULL;
+		uint64_t n;
+
+		for (uint32_t i = 0; i < e->c->slots.nslots && i < PT_MAX_SLOTS; i++) {
+			const struct pt_slot *x = &e->c->slots.slots[i];
+
+			if ((x->flags & PT_SLOT_VALID) && page >= x->bit_off &&
+			    page - x->bit_off < x->npages) {
+				s = x;
+				break;
+			}
+		}
+		if (!s)
+			return e->err = -PT_E_INTERNAL;
+		n = s->npages - (page - s->bit_off);
+		if (n > left)
+			n = left;
+		if (e->cb)
+			e->err = e->cb(e->ctx, (s->base_gfn + page - s->bit_off) << PAGE_SHIFT,
+				       n << PAGE_SHIFT);
+		page += n;
+		left -= n;
+	}
+	return e->err;
+}
+
+static void emit_word(struct emitter *e, uint64_t w, uint64_t bits)
+{
+	while (bits) {
+		uint64_t lo = __builtin_ctzll(bits), page = w * 64 + lo;
+		uint64_t run = ~(bits >> lo) ? (uint64_t)__builtin_ctzll(~(bits >> lo)) : 64 - lo;
+
+		if (e->len && e->start + e->len == page) {
+			e->len += run;
+		} else {
+			if (e->len)
+				emit_flush(e);
+			e->start = page;
+			e->len = run;
+		}
+		bits = run + lo >= 64 ? 0 : bits & ~(((1ull << run) - 1) << lo);
+	}
+}
+
+/* --- the state machine ---------------------------------------------------------------------- */
+
+int pt_vmctx_new(struct pt_vmctx **out, struct pt_tracker *t, uint32_t vm, uint32_t pid,
+		 enum pt_dirty_mode mode, bool mode_tracked)
+{
+	struct pt_vmctx *c = calloc(1, sizeof(*c));
+
+	if (!c)
+		return -ENOMEM;
+	c->t = t;
+	c->vm = vm;
+	c->pid = pid;
+	c->mode = mode;
+	c->mode_tracked = mode_tracked;
+	c->words = (t->vms[vm].log_bits + 63) / 64;
+	c->hinted = calloc(c->words ? c->words : 1, 8);
+	if (!c->hinted || pt_vm_slots_get(t, vm, &c->slots)) {
+		pt_vmctx_free(c);
+		return -ENOMEM;
+	}
+	*out = c;
+	return 0;
+}
+
+void pt_vmctx_free(struct pt_vmctx *c)
+{
+	if (!c)
+		return;
+	free(c->hinted);
+	free(c->reported);
+	free(c->inflated);
+	free(c->reclaimed);
+	free(c->wr_read);
+	free(c);
+}
+
+uint32_t pt_epoch_doubt(struct pt_vmctx *c)
+{
+	struct pt_vm_state *st = pt_vm(c->t, c->vm);
+	uint64_t epoch = __atomic_load_n(&st->epoch, __ATOMIC_ACQUIRE);
+	uint32_t why = 0;
+
+	if (!c->mode_tracked)
+		why |= PT_WHY_UNTRACKED;
+	/* A ring VM's sync is a complete KVM_RESET_DIRTY_RINGS, which only a ring VM can do. */
+	if (__atomic_load_n(c->mode == PT_DIRTY_RING ? &st->ring_sync_epoch : &st->sync_epoch,
+			    __ATOMIC_ACQUIRE) != epoch)
+		why |= PT_WHY_NO_SYNC;
+	if (__atomic_load_n(&st->taint_epoch, __ATOMIC_ACQUIRE) == epoch)
+		why |= PT_WHY_TAINTED;
+	if (!(__atomic_load_n(&st->flags, __ATOMIC_ACQUIRE) & PT_VM_ACTIVE))
+		why |= PT_WHY_UNTRACKED;
+	return why;
+}
+
+static bool id_used(struct pt_vmctx *c, uint32_t cmd)
+{
+	for (unsigned i = 0; i < c->nused; i++)
+		if (c->used[i] == cmd)
+			return true;
+	return false;
+}
+
+/*
+ * Before the log is cleared for a new epoch, settle what reporting and ballooning learned
+ * from the old one: a page written since is no longer free (reported) or was reclaimed
+ * (inflated). If the old epoch cannot vouch for its log, reported pages are forgotten.
+ */
+static void carry_over(struct pt_vmctx *c)
+{
+	bool doubt = pt_epoch_doubt(c) & ~PT_WHY_UNTRACKED;
+
+	for (uint64_t w = 0; w < c->words; w++) {
+		uint64_t wr = pt_vm_log_word(c->t, c->vm, w);
+
+		if (c->reported)
+			c->reported[w] &= doubt ? 0 : ~wr;
+		if (c->inflated && c->reclaimed) {
+			c->reclaimed[w] |= c->inflated[w] & wr;
+			c->inflated[w] &= ~wr;
+		}
+	}
+}
+
+int pt_cmd_arm(struct pt_vmctx *c, uint32_t cmd)
+{
+	uint64_t epoch;
+	int err;
+
+	if (cmd < PT_CMD_ID_MIN)
+		return -PT_E_RESERVED_CMD;
+	/* Spec: the device MUST NOT reuse a command ID before the driver's STOP. */
+	if (id_used(c, cmd))
+		return -PT_E_CMD_REUSE;
+	if (c->nused == sizeof(c->used) / sizeof(c->used[0]))
+		return -PT_E_BUSY;
+	carry_over(c);
+	err = pt_vm_arm(c->t, c->vm, &epoch);
+	if (err)
+		return -PT_E_INTERNAL;
+	memset(c->hinted, 0, c->words * 8);
+	c->used[c->nused++] = cmd;
+	c->cur = cmd;
+	c->epoch = epoch;
+	c->state = PT_CS_ACTIVE;
+	c->n.arms++;
+	return 0;
+}
+
+static int check_current(struct pt_vmctx *c, uint32_t cmd)
+{
+	if (cmd < PT_CMD_ID_MIN)
+		return -PT_E_RESERVED_CMD;
+	if (c->state == PT_CS_IDLE || cmd != c->cur)
+		return -PT_E_STALE_CMD;
+	return 0;
+}
+
+int pt_cmd_hint(struct pt_vmctx *c, uint32_t cmd, const struct pt_range *r, uint32_t n,
+		uint64_t *pages)
+{
+	struct set_arg a = { c->hinted, true };
+	int err = check_current(c, cmd);
+
+	if (!err && c->state == PT_CS_DONE)
+		err = -PT_E_STALE_CMD;
+	if (err) {
+		/* Spec: pages sent with an ID that is not current are ignored. Count them. */
+		for (uint32_t i = 0; i < n; i++)
+			c->n.stale_pages += r[i].len >> PAGE_SHIFT;
+		return err;
+	}
+	err = apply_ranges(c, r, n, piece_set, &a, pages);
+	if (err)
+		return err;
+	c->n.hint_batches++;
+	c->n.hinted_pages += *pages;
+	return 0;
+}
+
+int pt_cmd_stop(struct pt_vmctx *c, uint32_t cmd)
+{
+	int err = check_current(c, cmd);
+
+	if (err)
+		return err;
+	/* After the driver's STOP the device may reuse IDs; only the current one stays. */
+	c->used[0] = c->cur;
+	c->nused = 1;
+	if (c->state == PT_CS_ACTIVE)
+		c->state = PT_CS_STOPPED;
+	return 0;
+}
+
+int pt_cmd_done(struct pt_vmctx *c, uint32_t cmd)
+{
+	int err = check_current(c, cmd);
+
+	if (err)
+		return err;
+	c->state = PT_CS_DONE;
+	return 0;
+}
+
+/*
+ * free = hinted AND NOT written, read now. The log words are read before the doubt check, so
+ * a taint raised while we read (a write that could not be logged) is seen by the check.
+ */
+static int verdict_over(struct pt_vmctx *c, const uint64_t *set, bool want_written,
+			struct pt_verdict_sum *v, pt_range_cb cb, void *ctx)
+{
+	struct emitter e = { .c = c, .cb = NULL, .ctx = ctx };
+	uint64_t written = 0, total = 0, chosen = 0;
+
+	v->why |= pt_epoch_doubt(c);
+	if (!v->why)
+		e.cb = cb;
+	for (uint64_t w = 0; w < c->words; w++) {
+		uint64_t h = set[w], wr, pick;
+
+		if (!h)
+			continue;
+		wr = pt_vm_log_word(c->t, c->vm, w) & h;
+		pick = want_written ? wr : h & ~wr;
+		total += __builtin_popcountll(h);
+		written += __builtin_popcountll(wr);
+		chosen += __builtin_popcountll(pick);
+		if (e.cb)
+			emit_word(&e, w, pick);
+		if (e.err)
+			return e.err;
+	}
+	v->why |= pt_epoch_doubt(c);
+	v->hinted = total;
+	if (v->why) {
+		/* Nothing can be vouched for. Ranges already passed to cb must be dropped: the
+		 * caller buffers them and sends nothing unless this returns with why == 0. */
+		v->free = 0;
+		v->kept_written = want_written ? 0 : written;
+		v->kept_unsure = total - v->kept_written;
+		return 0;
+	}
+	if (e.len && emit_flush(&e))
+		return e.err;
+	v->free = chosen;
+	v->kept_written = want_written ? 0 : written;
+	v->kept_unsure = 0;
+	return 0;
+}
+
+int pt_cmd_verdict(struct pt_vmctx *c, uint32_t cmd, struct pt_verdict_sum *v, pt_range_cb cb,
+		   void *ctx)
+{
+	int err = check_current(c, cmd);
+
+	memset(v, 0, sizeof(*v));
+	if (err)
+		return err;
+	c->n.queries++;
+	if (c->state == PT_CS_DONE)
+		v->why |= PT_WHY_DONE;
+	err = refresh_slots(c);
+	if (!err)
+		err = verdict_over(c, c->hinted, false, v, cb, ctx);
+	if (err)
+		return err;
+	c->n.confirmed_free += v->free;
+	c->n.kept_written += v->kept_written;
+	c->n.kept_unsure += v->kept_unsure;
+	return 0;
+}
+
+/* --- reporting, ballooning, write records --------------------------------------------------- */
+
+int pt_report_add(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, uint64_t *pages)
+{
+	struct set_arg a = { lazy_bitmap(c, &c->reported), true };
+	int err;
+
+	if (!a.bits)
+		return -PT_E_BUSY;
+	err = apply_ranges(c, r, n, piece_set, &a, pages);
+	if (!err)
+		c->n.reported_pages += *pages;
+	return err;
+}
+
+int pt_report_verdict(struct pt_vmctx *c, struct pt_verdict_sum *v, pt_range_cb cb, void *ctx)
+{
+	int err = refresh_slots(c);
+
+	memset(v, 0, sizeof(*v));
+	if (err)
+		return err;
+	if (!c->reported)
+		return 0;
+	/* A reported page written before it was reported is dirty and writable: its next write
+	 * would not fault. Its bit is set, so it counts as written, i.e. kept. */
+	return verdict_over(c, c->reported, false, v, cb, ctx);
+}
+
+int pt_balloon_inflate(struct pt_vmctx *c, const struct pt_range *r, uint32_t n,
+		       uint64_t *pages)
+{
+	struct set_arg a = { lazy_bitmap(c, &c->inflated), true };
+	int err;
+
+	if (!a.bits || !lazy_bitmap(c, &c->reclaimed))
+		return -PT_E_BUSY;
+	err = apply_ranges(c, r, n, piece_set, &a, pages);
+	if (!err)
+		c->n.inflated_pages += *pages;
+	return err;
+}
+
+int pt_balloon_deflate(struct pt_vmctx *c, const struct pt_range *r, uint32_t n,
+		       uint64_t *pages)
+{
+	struct set_arg a = { lazy_bitmap(c, &c->inflated), false };
+	struct set_arg b = { lazy_bitmap(c, &c->reclaimed), false };
+	int err;
+
+	if (!a.bits || !b.bits)
+		return -PT_E_BUSY;
+	err = apply_ranges(c, r, n, piece_set, &a, pages);
+	if (!err)
+		apply_ranges(c, r, n, piece_set, &b, pages);
+	return err;
+}
+
+int pt_balloon_reclaimed(struct pt_vmctx *c, struct pt_verdict_sum *v, pt_range_cb cb,
+			 void *ctx)
+{
+	struct emitter e = { .c = c, .cb = cb, .ctx = ctx };
+	int err = refresh_slots(c);
+
+	memset(v, 0, sizeof(*v));
+	if (err)
+		return err;
+	if (!c->inflated)
+		return 0;
+	/* Written since the arm, or found written at an earlier arm: either is a reclaim. Doubt
+	 * about the log only means more reclaims may exist; it is reported in `why`. */
+	for (uint64_t w = 0; w < c->words; w++) {
+		uint64_t in = c->inflated[w] | c->reclaimed[w], rec;
+
+		if (!in)
+			continue;
+		rec = c->reclaimed[w] | (c->inflated[w] & pt_vm_log_word(c->t, c->vm, w));
+		v->hinted += __builtin_popcountll(in);
+		v->free += __builtin_popcountll(rec);
+		emit_word(&e, w, rec);
+	}
+	if (e.len)
+		emit_flush(&e);
+	v->why = pt_epoch_doubt(c);
+	c->n.reclaimed_pages = v->free;
+	return e.err;
+}
+
+struct wr_arg {
+	struct emitter *e;
+	uint64_t count;
+};
+
+static void piece_wr(struct pt_vmctx *c, uint64_t page, uint64_t n, void *arg)
+{
+	struct wr_arg *a = arg;
+
+	for (uint64_t p = page; p < page + n; p++) {
+		uint64_t bit = 1ull << (p % 64);
+
+		if (!pt_vm_page_written(c->t, c->vm, p) || (c->wr_read[p / 64] & bit))
+			continue;
+		c->wr_read[p / 64] |= bit;
+		a->count++;
+		emit_word(a->e, p / 64, bit);
+	}
+}
+
+int pt_wr_read(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, pt_range_cb cb,
+	       void *ctx, uint64_t *pages)
+{
+	struct emitter e = { .c = c, .cb = cb, .ctx = ctx };
+	struct wr_arg a = { &e, 0 };
+	uint64_t epoch = pt_vm(c->t, c->vm)->epoch, total;
+	int err;
+
+	if (!lazy_bitmap(c, &c->wr_read))
+		return -PT_E_BUSY;
+	if (c->wr_epoch != epoch) {
+		memset(c->wr_read, 0, c->words * 8);
+		c->wr_epoch = epoch;
+	}
+	err = apply_ranges(c, r, n, piece_wr, &a, &total);
+	if (!err && e.len)
+		emit_flush(&e);
+	*pages = a.count;
+	return err ? err : e.err;
+}
+
+const char *pt_why_str(uint32_t why, char *buf, size_t len)
+{
+	static const char *const names[] = { "untracked-mode", "tainted-epoch", "no-sync-after-arm",
+					     "unknown-memory", "done", "stale-command-id" };
+	size_t off = 0;
+
+	buf[0] = 0;
+	for (unsigned i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+		if (why & (1u << i))
+			off += snprintf(buf + off, off < len ? len - off : 0, "%s%s",
+					off ? "," : "", names[i]);
+	if (!off)
+		snprintf(buf, len, "none");
+	return buf;
+}
