@@ -1,0 +1,114 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * The io_uring core of pagetrackd: a generic server for framed messages (include/pagetrack/
+ * proto.h) on an AF_UNIX SOCK_STREAM socket.
+ *
+ * One thread, one io_uring. Multishot accept; multishot recv into a registered ring of
+ * provided buffers; replies go out through the ring (one send in flight per connection, the
+ * rest queued); SIGINT/SIGTERM/SIGHUP arrive through a signalfd read in the ring; the tick is
+ * an IORING_OP_TIMEOUT. In steady state the only syscall is io_uring_enter.
+ *
+ * Frames are cut by the per-connection pt_framer; a frame lying whole in one receive buffer is
+ * handed to on_frame in place, a frame spanning buffers is reassembled.
+ *
+ * Backpressure: once a connection has more than max_outq reply bytes queued, the server stops
+ * reading from it (its multishot recv is cancelled and whatever was already received is parked
+ * unprocessed) until the queue has drained to max_outq / 2. A peer that never reads its replies
+ * therefore costs at most max_outq + one reply + a few receive buffers, and other connections
+ * are not slowed.
+ *
+ * All callbacks run on the thread inside pt_server_run(). The pt_conn_* functions may be called
+ * from callbacks (on_frame, on_tick, on_signal, on_close of another connection). A connection
+ * is never freed while a callback for it is running: on_close is the last call that sees it.
+ */
+#ifndef PT_SERVER_H
+#define PT_SERVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <pagetrack/proto.h>
+
+struct pt_server;
+struct pt_conn;
+
+struct pt_peer {
+	pid_t pid;
+	uid_t uid;
+	gid_t gid;
+};
+
+struct pt_server_ops {
+	/* A complete frame whose header passed pt_hdr_check(). @payload (NULL when h->len is 0)
+	 * and @h are valid only during the call. */
+	void (*on_frame)(void *ctx, struct pt_conn *c, const struct pt_hdr *h, const void *payload);
+	/* The connection is gone (peer closed, error, pt_conn_close, server shutdown). Last call
+	 * that may use @c; free what pt_conn_data() points to here. */
+	void (*on_close)(void *ctx, struct pt_conn *c);
+	/* Every tick_ms: watchdog ping, metrics. */
+	void (*on_tick)(void *ctx);
+	/* SIGINT, SIGTERM or SIGHUP arrived; return true to stop the loop. Without this callback
+	 * SIGINT and SIGTERM stop the loop and SIGHUP is ignored. */
+	bool (*on_signal)(void *ctx, int signo);
+};
+
+struct pt_server_cfg {
+	const char *path;  /* socket path: created with mode 0660 whatever the umask; the parent
+			    * directory must exist; a stale socket file is replaced, a live one
+			    * (something accepts on it) is an error (-EADDRINUSE) */
+	int listen_fd;	   /* >= 0: an already listening socket (systemd socket activation); @path
+			    * is then unused. The server owns it and closes it on destroy. */
+	unsigned tick_ms;  /* 0 = no tick */
+	unsigned max_conns; /* 0 = 1024; further connections are accepted and closed at once */
+	size_t max_outq;   /* queued reply bytes per connection before the server stops reading
+			    * from it; 0 = 4 MiB */
+	unsigned nbufs;	   /* receive buffers in the provided-buffer ring, a power of two
+			    * <= 32768; 0 = 256 */
+	unsigned buf_size; /* bytes per receive buffer; 0 = 64 KiB */
+};
+
+int pt_server_create(struct pt_server **out, const struct pt_server_cfg *cfg,
+		     const struct pt_server_ops *ops, void *ctx);
+/* Runs the event loop until on_signal says stop or pt_server_stop() is called, then cancels
+ * everything in flight and closes every connection (on_close for each). 0 or -errno. */
+int pt_server_run(struct pt_server *s);
+/* Makes pt_server_run() return. Safe from callbacks, other threads and signal handlers. */
+void pt_server_stop(struct pt_server *s);
+/* NULL-safe; closes connections and the listener, unlinks the socket file it created. */
+void pt_server_destroy(struct pt_server *s);
+
+/* Copies @frame (a whole frame or several) into the connection's out queue; the ring sends
+ * it. 0, -EPIPE when the connection is closing, -ENOMEM. */
+int pt_conn_send(struct pt_conn *c, const void *frame, size_t len);
+/* Logs "conn N pid P: <reason>" at warning and queues a PT_MSG_ERROR frame with @code (a
+ * positive enum pt_err, or its negative) and the reason text. */
+int pt_conn_send_error(struct pt_conn *c, uint32_t seq, int code, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+/* Stops reading from @c and closes it once the queued replies are sent. */
+void pt_conn_close(struct pt_conn *c);
+/* Reply bytes queued and not yet sent. */
+size_t pt_conn_outq(const struct pt_conn *c);
+const struct pt_peer *pt_conn_peer(const struct pt_conn *c); /* SO_PEERCRED at accept */
+uint32_t pt_conn_id(const struct pt_conn *c); /* unique for the server's life, from 1 */
+void *pt_conn_data(const struct pt_conn *c);
+void pt_conn_set_data(struct pt_conn *c, void *p);
+struct pt_server *pt_conn_server(const struct pt_conn *c);
+
+struct pt_server_stats {
+	uint64_t conns_accepted;
+	uint64_t conns_open;
+	uint64_t frames;	      /* frames handed to on_frame */
+	uint64_t bytes_in;
+	uint64_t bytes_out;
+	uint64_t bad_frames;	      /* framing errors and pt_hdr_check() failures */
+	uint64_t backpressure_stalls; /* times a connection's input was stopped */
+	uint64_t enobufs;	      /* recvs that found the buffer ring empty */
+	uint64_t conns_rejected;      /* over max_conns */
+	uint64_t outq_bytes;	      /* reply bytes queued now, all connections */
+	uint64_t bufs_parked;	      /* receive buffers held back by stalled connections now */
+};
+void pt_server_get_stats(const struct pt_server *s, struct pt_server_stats *st);
+
+#endif
