@@ -139,6 +139,9 @@ static bool h_signal(void *ctx, int signo)
 	return signo == SIGTERM || signo == SIGINT;
 }
 
+/* Set before srv_start() to run the child with other limits; 0 = the server's defaults. */
+static unsigned g_nbufs, g_buf_size, g_max_conns;
+
 static int server_main(const char *path)
 {
 	static const struct pt_server_ops ops = {
@@ -152,6 +155,9 @@ static int server_main(const char *path)
 		.listen_fd = -1,
 		.tick_ms = TICK_MS,
 		.max_outq = MAX_OUTQ,
+		.nbufs = g_nbufs,
+		.buf_size = g_buf_size,
+		.max_conns = g_max_conns,
 	};
 	struct handler hd = { 0 };
 	int rc;
@@ -396,13 +402,19 @@ static double now_ms(void)
 
 /* Each case body runs between srv_start and srv_stop, so a failed CHECK still reaps the
  * server child (and checks it shut down cleanly). */
-#define WITH_SERVER(name)                                  \
+#define WITH_SERVER(name) WITH_SERVER_CFG(name, 0, 0, 0)
+#define WITH_SERVER_CFG(name, nbufs, buf_size, max_conns)  \
 	static int name##_body(struct srv *sv);            \
 	static int name(void)                              \
 	{                                                  \
 		struct srv sv;                             \
 		int rc;                                    \
-		if (srv_start(&sv)) {                      \
+		g_nbufs = nbufs;                           \
+		g_buf_size = buf_size;                     \
+		g_max_conns = max_conns;                   \
+		rc = srv_start(&sv);                       \
+		g_nbufs = g_buf_size = g_max_conns = 0;    \
+		if (rc) {                                  \
 			if (sv.pid > 0)                    \
 				srv_stop(&sv);             \
 			return -1;                         \
@@ -703,11 +715,25 @@ WITH_SERVER(bad_length)
 	return 0;
 }
 
-#define FLOOD 2000 /* requests, each answered with BIG_REPLY bytes: 250 MiB unread */
+#define NQUERY 16	/* answered with BIG_REPLY bytes each: 2 MiB, over MAX_OUTQ */
+#define NPINGS 60000	/* 960 KB of requests behind them: more than the socket holds */
+#define FLOOD  (NQUERY + NPINGS)
+
+/* Expects the reply to request @i of the flood. */
+static int check_flood_reply(const struct pt_hdr *h, uint32_t i)
+{
+	if (i < NQUERY)
+		CHECKF(h->type == PT_MSG_VERDICT && h->seq == i && h->len == BIG_REPLY,
+		       "reply %u: type %u seq %u len %u", i, h->type, h->seq, h->len);
+	else
+		CHECKF(h->type == PT_MSG_ACK && h->seq == i, "reply %u: type %u seq %u", i,
+		       h->type, h->seq);
+	return 0;
+}
 
 WITH_SERVER(backpressure)
 {
-	static unsigned char req[FLOOD * 24];
+	static unsigned char req[NQUERY * 24 + NPINGS * 16];
 	struct test_stats ts0, ts;
 	size_t off = 0, sent = 0;
 	double worst = 0;
@@ -717,21 +743,26 @@ WITH_SERVER(backpressure)
 
 	CHECK(fd >= 0 && other >= 0);
 	CHECK(get_stats(sv, &ts0) == 0);
-	for (uint32_t i = 0; i < FLOOD; i++)
-		off += pt_build_query(req + off, sizeof(req) - off, i, 2, 0);
+	for (uint32_t i = 0; i < FLOOD; i++) {
+		if (i < NQUERY)
+			off += pt_build_query(req + off, sizeof(req) - off, i, 2, 0);
+		else
+			off += pt_build_empty(req + off, sizeof(req) - off, PT_MSG_PING, i);
+	}
 	CHECK(off == sizeof(req));
-	/* Flood without reading: in slices with pauses, so the server sees data arriving while
-	 * it is stalled. The socket may fill up; then the sender just stops. */
+	/* Flood without reading, in slices with pauses, so data keeps arriving while the server
+	 * is stalled, until the socket is full: the server must have stopped reading. */
 	while (sent < off) {
-		size_t n = off - sent < 4800 ? off - sent : 4800;
+		size_t n = off - sent < 4096 ? off - sent : 4096;
 		ssize_t w = send(fd, req + sent, n, MSG_DONTWAIT | MSG_NOSIGNAL);
 
 		if (w < 0 && errno == EAGAIN)
 			break;
 		CHECK(w > 0);
 		sent += (size_t)w;
-		usleep(2000);
+		usleep(200);
 	}
+	CHECKF(sent < off, "the server swallowed all %zu bytes of requests", off);
 	usleep(100000);
 	/* Another client is served promptly meanwhile. */
 	for (int i = 0; i < 50; i++) {
@@ -744,26 +775,41 @@ WITH_SERVER(backpressure)
 	}
 	CHECKF(worst < 500, "worst ping %.1f ms", worst);
 	CHECK(get_stats(sv, &ts) == 0);
-	CHECKF(ts.st.backpressure_stalls > ts0.st.backpressure_stalls, "stalls %llu",
-	       (unsigned long long)ts.st.backpressure_stalls);
-	/* bounded: max_outq + one reply + a little */
-	CHECKF(ts.st.outq_bytes <= MAX_OUTQ + 2 * (BIG_REPLY + 16), "outq %llu",
-	       (unsigned long long)ts.st.outq_bytes);
-	CHECKF(ts.rss_kb < ts0.rss_kb + 48 * 1024, "rss %llu kB, was %llu kB",
-	       (unsigned long long)ts.rss_kb, (unsigned long long)ts0.rss_kb);
-	fprintf(stderr, "  sent %zu requests; outq %llu, parked %llu, rss %llu kB (was %llu)\n",
-		sent / 24, (unsigned long long)ts.st.outq_bytes,
+	fprintf(stderr, "  sent %zu of %zu bytes; outq %llu, parked %llu, rss %llu kB (was %llu)\n",
+		sent, off, (unsigned long long)ts.st.outq_bytes,
 		(unsigned long long)ts.st.bufs_parked, (unsigned long long)ts.rss_kb,
 		(unsigned long long)ts0.rss_kb);
-	/* Now read: every request is answered, in order, nothing lost while parked. */
-	for (; got < sent / 24; got++) {
-		CHECK(read_frame(fd, &h, NULL, 0) == 1);
-		CHECKF(h.type == PT_MSG_VERDICT && h.seq == got && h.len == BIG_REPLY,
-		       "reply %u: type %u seq %u len %u", got, h.type, h.seq, h.len);
+	CHECKF(ts.st.backpressure_stalls > ts0.st.backpressure_stalls, "stalls %llu",
+	       (unsigned long long)ts.st.backpressure_stalls);
+	/* bounded: max_outq + one reply */
+	CHECKF(ts.st.outq_bytes <= MAX_OUTQ + BIG_REPLY + 16, "outq %llu",
+	       (unsigned long long)ts.st.outq_bytes);
+	CHECKF(ts.st.bufs_parked <= 8, "parked %llu", (unsigned long long)ts.st.bufs_parked);
+	CHECKF(ts.rss_kb < ts0.rss_kb + 32 * 1024, "rss %llu kB, was %llu kB",
+	       (unsigned long long)ts.rss_kb, (unsigned long long)ts0.rss_kb);
+	/* Now read, and send the rest as the server takes it: every request is answered, in
+	 * order, nothing lost or reordered while parked. */
+	while (got < FLOOD) {
+		struct pollfd pfd = { .fd = fd, .events = POLLIN | (sent < off ? POLLOUT : 0) };
+
+		CHECK(poll(&pfd, 1, RCV_TIMEOUT * 1000) == 1);
+		if (pfd.revents & POLLOUT) {
+			ssize_t w = send(fd, req + sent, off - sent, MSG_DONTWAIT | MSG_NOSIGNAL);
+
+			CHECK(w > 0 || errno == EAGAIN);
+			if (w > 0)
+				sent += (size_t)w;
+		}
+		if (pfd.revents & POLLIN) {
+			CHECK(read_frame(fd, &h, NULL, 0) == 1);
+			CHECK(check_flood_reply(&h, got) == 0);
+			got++;
+		}
 	}
-	CHECK(ping(fd, 5000, NULL) == 0);
+	CHECK(ping(fd, FLOOD + 1, NULL) == 0);
 	CHECK(get_stats(sv, &ts) == 0);
 	CHECKF(ts.st.bufs_parked == 0, "parked %llu", (unsigned long long)ts.st.bufs_parked);
+	CHECK(ts.st.outq_bytes < 4096);
 	close(fd);
 	close(other);
 	return 0;
@@ -805,6 +851,119 @@ WITH_SERVER(tick_and_close_callbacks)
 	/* the first stats connection and fd */
 	CHECKF(ts.closes >= ts0.closes + 2, "closes %llu -> %llu", (unsigned long long)ts0.closes,
 	       (unsigned long long)ts.closes);
+	return 0;
+}
+
+/*
+ * Tiny receive buffers (4 x 4 KiB) shared by many busy clients: recvs run out of buffers
+ * (-ENOBUFS) and must be re-armed; frames span many buffers; nothing is lost.
+ */
+#define SMALL_CLIENTS 16
+
+WITH_SERVER_CFG(small_buffers_enobufs, 4, 4096, 0)
+{
+	pid_t kids[SMALL_CLIENTS];
+	struct test_stats ts;
+	int bad = 0;
+
+	for (int i = 0; i < SMALL_CLIENTS; i++) {
+		kids[i] = fork();
+		if (kids[i] == 0) {
+			static unsigned char buf[64 << 10];
+			struct pt_range r[1000];
+			struct pt_hdr h;
+			struct pt_ack ack;
+			int fd = cli_connect(sv);
+			size_t off = 0;
+
+			if (fd < 0)
+				_exit(2);
+			for (int k = 0; k < 1000; k++)
+				r[k] = (struct pt_range){ .gpa = (uint64_t)(k + i) << 12, .len = 4096 };
+			for (int round = 0; round < 20; round++) {
+				off = 0;
+				for (uint32_t k = 0; k < 200; k++)
+					off += pt_build_empty(buf + off, sizeof(buf) - off,
+							      PT_MSG_PING, k);
+				off += pt_build_hint(buf + off, sizeof(buf) - off, 200, 2, r, 1000);
+				if (send_all(fd, buf, off))
+					_exit(3);
+				for (uint32_t k = 0; k <= 200; k++) {
+					if (read_frame(fd, &h, &ack, sizeof(ack)) != 1 || h.seq != k)
+						_exit(4);
+				}
+				if (ack.value32 != 1000 || ack.pages != range_sum(r, 1000))
+					_exit(5);
+			}
+			_exit(0);
+		}
+	}
+	for (int i = 0; i < SMALL_CLIENTS; i++) {
+		int status = kids[i] > 0 ? wait_pid(kids[i], 60000) : -1;
+
+		if (status != 0) {
+			fprintf(stderr, "  client %d: status %#x\n", i, status);
+			bad++;
+		}
+	}
+	CHECKF(bad == 0, "%d clients failed", bad);
+	CHECK(get_stats(sv, &ts) == 0);
+	fprintf(stderr, "  enobufs %llu, frames %llu\n", (unsigned long long)ts.st.enobufs,
+		(unsigned long long)ts.st.frames);
+	CHECK(ts.st.frames >= SMALL_CLIENTS * 20 * 201);
+	CHECK(ts.st.bufs_parked == 0);
+	return 0;
+}
+
+/* Over max_conns: the extra connection is closed at once, the others keep working, and a
+ * slot freed by a close is reused (with a new generation) for the next client. */
+WITH_SERVER_CFG(max_conns_and_slot_reuse, 0, 0, 3)
+{
+	int a, b, c, d;
+	struct pt_ack ack;
+	uint32_t id_c;
+
+	usleep(50000); /* let the server see srv_start's probe connection go */
+	a = cli_connect(sv);
+	b = cli_connect(sv);
+	c = cli_connect(sv);
+	CHECK(a >= 0 && b >= 0 && c >= 0);
+	CHECK(ping(a, 1, NULL) == 0 && ping(b, 1, NULL) == 0 && ping(c, 1, &ack) == 0);
+	id_c = (uint32_t)ack.pages;
+	d = cli_connect(sv);
+	CHECK(d >= 0);
+	CHECK(ping(d, 1, NULL) != 0); /* refused: closed without an answer */
+	close(d);
+	CHECK(ping(a, 2, NULL) == 0);
+	/* free c's slot, with a reply of c still to be sent being cut off */
+	close(c);
+	usleep(50000);
+	for (int round = 0; round < 20; round++) {
+		c = cli_connect(sv);
+		CHECK(c >= 0);
+		CHECK(ping(c, 3, &ack) == 0);
+		CHECKF(ack.pages > id_c, "conn id %llu after %u", (unsigned long long)ack.pages, id_c);
+		id_c = (uint32_t)ack.pages;
+		close(c);
+		usleep(20000);
+	}
+	CHECK(ping(b, 2, NULL) == 0);
+	close(a);
+	close(b);
+	return 0;
+}
+
+/* SIGHUP does not stop the server (the handler says so); it keeps serving. */
+WITH_SERVER(sighup_ignored)
+{
+	int fd = cli_connect(sv);
+
+	CHECK(fd >= 0);
+	CHECK(kill(sv->pid, SIGHUP) == 0);
+	usleep(50000);
+	CHECK(waitpid(sv->pid, NULL, WNOHANG) == 0);
+	CHECK(ping(fd, 1, NULL) == 0);
+	close(fd);
 	return 0;
 }
 
@@ -920,4 +1079,5 @@ T_MAIN(T_CASE(round_trip), T_CASE(peercred_pid), T_CASE(concurrent_clients),
        T_CASE(disconnect_mid_frame), T_CASE(one_byte_writes), T_CASE(many_frames_one_write),
        T_CASE(frame_larger_than_buffer), T_CASE(bad_magic), T_CASE(bad_length),
        T_CASE(backpressure), T_CASE(conn_close_flushes), T_CASE(tick_and_close_callbacks),
+       T_CASE(small_buffers_enobufs), T_CASE(max_conns_and_slot_reuse), T_CASE(sighup_ignored),
        T_CASE(sigterm_shutdown), T_CASE(stale_socket_replaced))
