@@ -49,6 +49,7 @@ FUZZ_SRCS := $(wildcard tests/fuzz_*.c)
 
 .PHONY: all deps test demo clean fuzz fuzz-long format check-format install uninstall bench
 .DELETE_ON_ERROR:
+.SECONDARY: $(SKELS) $(BPF_OBJS)
 
 all: $(BINS) $(BUILD)/libpagetrack.a $(BUILD)/libpagetrack.so $(TEST_BINS)
 
