@@ -1,0 +1,156 @@
+/* SPDX-License-Identifier: LGPL-2.1 OR BSD-2-Clause */
+/*
+ * libpagetrack: the device side of the pagetrack protocol (docs/PROTOCOL.md), for a VMM's
+ * balloon device. One struct pt_client is one connection to pagetrackd and serves one VM.
+ *
+ * Conventions: functions return 0 (or a count) on success and a negative errno on failure.
+ * When the service answered with an ERROR frame, the errno is derived from its code and
+ * pt_client_last_error() gives the code and the service's reason text. A client is not
+ * thread-safe; use one per thread or lock around it.
+ *
+ * Blocking calls (register, arm, hint, query, ...) send one request and wait for its reply,
+ * matched by seq, for at most the timeout (pt_client_set_timeout(), default 30 s). While
+ * waiting they keep writing queued hints and dispatching their acks. After a timeout or a
+ * protocol error the connection is unusable: every later call fails with the same error.
+ *
+ * Event-loop use: pt_client_queue_hint() batches hints into frames without blocking,
+ * pt_client_flush() writes what the socket takes (-EAGAIN: wait for POLLOUT on
+ * pt_client_fd()), pt_client_poll_replies() reads and dispatches whatever replies arrived
+ * (wait for POLLIN). Poll for POLLIN while writing: the service stops reading from a
+ * connection whose replies are not read.
+ */
+#ifndef PAGETRACK_CLIENT_H
+#define PAGETRACK_CLIENT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <pagetrack/proto.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Public symbols of libpagetrack.so; everything else is built with -fvisibility=hidden. */
+#ifndef PT_API
+#define PT_API __attribute__((visibility("default")))
+#endif
+
+#define PT_DEFAULT_SOCKET "/run/pagetrack/balloon.sock"
+#define PT_CLIENT_BATCH	  4096	    /* hint entries per frame: 64 KiB of ranges */
+#define PT_CLIENT_QUEUE	  (4u << 20) /* unsent bytes pt_client_queue_hint() may hold */
+
+struct pt_client;
+
+struct pt_client_error {
+	int code;	  /* enum pt_err from the service, 0 for a local/protocol error */
+	uint32_t seq;	  /* seq of the failed request */
+	char reason[260]; /* NUL-terminated */
+};
+
+struct pt_client_stats {
+	uint64_t hint_frames;	 /* HINT frames sent or queued */
+	uint64_t hint_pages;	 /* pages in them */
+	uint64_t pages_recorded; /* from ACKs */
+	uint64_t pages_ignored;	 /* stale command ID (ACK `ignored`) */
+	uint64_t hint_errors;	 /* HINT frames answered by ERROR */
+	uint32_t inflight;	 /* hint frames not yet acknowledged */
+};
+
+/*
+ * A collected VERDICT (or WR_RECORDS) reply: totals from its last frame, ranges of all frames.
+ * Free with pt_client_result_free().
+ */
+struct pt_client_result {
+	struct pt_verdict v; /* v.nranges is the total number of ranges */
+	struct pt_range *ranges;
+};
+
+/*
+ * Called for every frame of a VERDICT / WR_RECORDS reply. Ranges are only valid during the
+ * call. Nothing may be acted on before the call with @last true returned and the function
+ * that invoked it returned 0: a reply cut short means "keep everything". Return 0 to go on,
+ * a negative errno to fail the query (the rest of the reply is still read and dropped).
+ */
+typedef int (*pt_client_verdict_cb)(void *arg, const struct pt_verdict *v,
+				    const struct pt_range *ranges, uint32_t n, bool last);
+
+/* Called for each reply to a queued hint frame: err 0 with @ack, or a negative errno. */
+typedef void (*pt_client_ack_cb)(void *arg, uint32_t seq, int err, const struct pt_ack *ack);
+
+/* Connection. pt_client_connect() returns NULL with errno set; @path NULL: the default. */
+PT_API struct pt_client *pt_client_connect(const char *path);
+PT_API void pt_client_close(struct pt_client *c);
+PT_API int pt_client_fd(const struct pt_client *c);
+PT_API void pt_client_set_timeout(struct pt_client *c, int timeout_ms); /* < 0: forever */
+PT_API const struct pt_client_error *pt_client_last_error(const struct pt_client *c);
+PT_API void pt_client_get_stats(const struct pt_client *c, struct pt_client_stats *st);
+
+/*
+ * REGISTER. @vmm_pid 0 means the calling process. @handle (may be NULL) gets the service's
+ * VM handle; pt_client_coverage() then returns the ACK's coverage bits (PT_WHY_*; 0: fully
+ * tracked, otherwise every verdict of this VM will be "keep").
+ */
+PT_API int pt_client_register(struct pt_client *c, uint32_t vmm_pid, enum pt_dirty_mode mode,
+			      const struct pt_reg_slot *slots, uint32_t nslots, uint32_t *handle);
+PT_API uint64_t pt_client_coverage(const struct pt_client *c);
+
+/* Command IDs: ARM before the dirty-log sync, STOP on the driver's STOP, DONE when sent. */
+PT_API int pt_client_arm(struct pt_client *c, uint32_t cmd_id);
+PT_API int pt_client_stop(struct pt_client *c, uint32_t cmd_id);
+PT_API int pt_client_done(struct pt_client *c, uint32_t cmd_id);
+
+/*
+ * Sends hints in frames of up to PT_CLIENT_BATCH ranges and waits until every queued hint
+ * frame is acknowledged. Returns 0, or the first error of those frames. Per-page results
+ * accumulate in pt_client_get_stats().
+ */
+PT_API int pt_client_hint(struct pt_client *c, uint32_t cmd_id, const struct pt_range *ranges,
+			  size_t n);
+
+/* Non-blocking: queues up to @n hints; returns how many were queued, -EAGAIN if none fit. */
+PT_API long pt_client_queue_hint(struct pt_client *c, uint32_t cmd_id,
+				 const struct pt_range *ranges, size_t n);
+/* Writes queued frames: 0 when all are out, -EAGAIN when the socket is full, or -errno. */
+PT_API int pt_client_flush(struct pt_client *c);
+/* True when queued bytes wait for the socket (poll for POLLOUT). */
+PT_API bool pt_client_want_write(const struct pt_client *c);
+/* Reads and dispatches available replies without blocking: count handled, or -errno. */
+PT_API int pt_client_poll_replies(struct pt_client *c);
+PT_API void pt_client_set_ack_cb(struct pt_client *c, pt_client_ack_cb cb, void *arg);
+
+/*
+ * QUERY: @what is enum pt_query_what. pt_client_query() collects the reply into @res and
+ * checks it (ranges add up to `free`); pt_client_query_cb() streams it frame by frame.
+ */
+PT_API int pt_client_query(struct pt_client *c, uint32_t cmd_id, uint32_t what,
+			   struct pt_client_result *res);
+PT_API int pt_client_query_cb(struct pt_client *c, uint32_t cmd_id, uint32_t what,
+			      pt_client_verdict_cb cb, void *arg);
+PT_API void pt_client_result_free(struct pt_client_result *res);
+
+/* REPORT (n <= PT_MAX_REPORT; returns once recorded), INFLATE, DEFLATE. @pages may be NULL. */
+PT_API int pt_client_report(struct pt_client *c, const struct pt_range *ranges, uint32_t n,
+			    uint64_t *pages);
+PT_API int pt_client_inflate(struct pt_client *c, const struct pt_range *ranges, uint32_t n,
+			     uint64_t *pages);
+PT_API int pt_client_deflate(struct pt_client *c, const struct pt_range *ranges, uint32_t n,
+			     uint64_t *pages);
+
+/* Write records: capabilities, and read-and-clear over ranges (written or unsure pages). */
+PT_API int pt_client_wr_caps(struct pt_client *c, struct pt_wr_caps *caps);
+PT_API int pt_client_wr_read(struct pt_client *c, const struct pt_range *ranges, uint32_t n,
+			     struct pt_client_result *res);
+
+/* Round trip; 0 or -errno. */
+PT_API int pt_client_ping(struct pt_client *c);
+
+/* Maps an enum pt_err code (either sign) to the errno the client returns for it. */
+PT_API int pt_client_errno(int code);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
