@@ -141,6 +141,7 @@ static bool h_signal(void *ctx, int signo)
 
 /* Set before srv_start() to run the child with other limits; 0 = the server's defaults. */
 static unsigned g_nbufs, g_buf_size, g_max_conns;
+static int g_listen_fd = -1;
 
 static int server_main(const char *path)
 {
@@ -152,7 +153,7 @@ static int server_main(const char *path)
 	};
 	struct pt_server_cfg cfg = {
 		.path = path,
-		.listen_fd = -1,
+		.listen_fd = g_listen_fd,
 		.tick_ms = TICK_MS,
 		.max_outq = MAX_OUTQ,
 		.nbufs = g_nbufs,
@@ -1008,6 +1009,50 @@ static int sigterm_shutdown(void)
 	return 0;
 }
 
+/* systemd socket activation: an inherited listening fd is used, and the socket file (not
+ * the server's) is left alone at exit. */
+static int listen_fd_activation(void)
+{
+	struct srv sv = { 0 };
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int lfd, fd, status, rc = 0;
+
+	strcpy(sv.dir, "/tmp/pt-server-test.XXXXXX");
+	CHECK(mkdtemp(sv.dir));
+	snprintf(sv.path, sizeof(sv.path), "%s/activated", sv.dir);
+	strcpy(sa.sun_path, sv.path);
+	lfd = socket(AF_UNIX, SOCK_STREAM, 0);
+	CHECK(lfd >= 0 && bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) == 0 && listen(lfd, 8) == 0);
+	fflush(NULL);
+	sv.pid = fork();
+	if (sv.pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		pt_log_level = LOG_ERR;
+		g_listen_fd = lfd;
+		_exit(server_main("/nonexistent/ignored"));
+	}
+	close(lfd);
+	CHECK(sv.pid > 0);
+	fd = cli_connect(&sv);
+	if (fd < 0 || ping(fd, 1, NULL) || ping(fd, 2, NULL))
+		rc = -1;
+	if (fd >= 0)
+		close(fd);
+	kill(sv.pid, SIGTERM);
+	status = wait_pid(sv.pid, 5000);
+	if (status == -1 || !WIFEXITED(status) || WEXITSTATUS(status)) {
+		fprintf(stderr, "  server: status %#x\n", status);
+		rc = -1;
+	}
+	if (access(sv.path, F_OK)) {
+		fprintf(stderr, "  the server removed a socket file it did not create\n");
+		rc = -1;
+	}
+	unlink(sv.path);
+	rmdir(sv.dir);
+	return rc;
+}
+
 /* A socket file nobody listens on is replaced; the mode is 0660 even with umask 0. */
 static int stale_socket_replaced(void)
 {
@@ -1080,4 +1125,4 @@ T_MAIN(T_CASE(round_trip), T_CASE(peercred_pid), T_CASE(concurrent_clients),
        T_CASE(frame_larger_than_buffer), T_CASE(bad_magic), T_CASE(bad_length),
        T_CASE(backpressure), T_CASE(conn_close_flushes), T_CASE(tick_and_close_callbacks),
        T_CASE(small_buffers_enobufs), T_CASE(max_conns_and_slot_reuse), T_CASE(sighup_ignored),
-       T_CASE(sigterm_shutdown), T_CASE(stale_socket_replaced))
+       T_CASE(sigterm_shutdown), T_CASE(listen_fd_activation), T_CASE(stale_socket_replaced))

@@ -71,6 +71,11 @@ struct pt_server_cfg {
 
 int pt_server_create(struct pt_server **out, const struct pt_server_cfg *cfg,
 		     const struct pt_server_ops *ops, void *ctx);
+/*
+ * pt_server_create() blocks SIGINT, SIGTERM and SIGHUP in the calling thread (they are read
+ * from a signalfd); create the server before starting other threads, so they inherit the
+ * mask. pt_server_destroy() restores it. Call pt_server_run() on the creating thread.
+ */
 /* Runs the event loop until on_signal says stop or pt_server_stop() is called, then cancels
  * everything in flight and closes every connection (on_close for each). 0 or -errno. */
 int pt_server_run(struct pt_server *s);
