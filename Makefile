@@ -127,6 +127,14 @@ bench: deps-check all
 deps-check:
 	$(Q)scripts/deps.sh --check >/dev/null 2>&1 || scripts/deps.sh
 
+# Installs pagetrackd, the client library, the units and a default configuration (as root).
+install: all
+	$(Q)BUILD=$(BUILD) DESTDIR=$(DESTDIR) scripts/install.sh
+
+# Stops the service, removes the installed files and every pin under the pin directory.
+uninstall:
+	$(Q)DESTDIR=$(DESTDIR) scripts/uninstall.sh
+
 format:
 	clang-format -i bpf/*.c bpf/*.h user/*.c user/*.h include/*.h include/pagetrack/*.h tests/*.c tests/*.h
 

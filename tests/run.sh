@@ -54,7 +54,7 @@ for f in "$BUILD"/fuzz/fuzz_*; do
 	[ -n "$filter" ] && [[ $name != *"$filter"* ]] && continue
 	# Smoke run: a few seconds of coverage-guided input on the frame parser.
 	corpus=$(mktemp -d /tmp/pagetrack-fuzz.XXXXXX)
-	if "$f" -max_total_time="${FUZZ_SECONDS:-15}" "$corpus" >"$log/$name.out" 2>&1; then
+	if "$f" -max_total_time="${FUZZ_SECONDS:-15}" -print_final_stats=1 "$corpus" >"$log/$name.out" 2>&1; then
 		echo "PASS: $name (smoke, ${FUZZ_SECONDS:-15}s: $(grep -o 'stat::number_of_executed_units: [0-9]*' "$log/$name.out" | awk '{print $2}') runs)"
 		pass=$((pass + 1))
 	else
