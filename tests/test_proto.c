@@ -3,8 +3,14 @@
  * Protocol parser, encoder and framer tests: every message type round trips, every malformed
  * class yields its exact error code, and the framer cuts streams fed in any pieces.
  */
+#include <poll.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+
+#include <pagetrack/client.h>
 
 #include "proto.h"
 #include "t.h"
@@ -556,8 +562,252 @@ static int framer_errors(void)
 	return 0;
 }
 
+/* --- client against a fake service ------------------------------------------------------ */
+
+#define FAKE_KEEP 64 /* hinted ranges the fake remembers for its verdict */
+
+struct fake {
+	int fd;
+	uint32_t cur;
+	struct pt_range kept[FAKE_KEEP];
+	uint32_t nkept;
+};
+
+static uint64_t out_store[(PT_MAX_FRAME + 4096) / 8];
+
+static void fake_send(struct fake *f, size_t n)
+{
+	size_t off = 0;
+
+	while (off < n) {
+		ssize_t w = write(f->fd, (uint8_t *)out_store + off, n - off);
+
+		if (w <= 0)
+			_exit(3);
+		off += w;
+	}
+}
+
+static uint64_t pages_of(const struct pt_msg *m)
+{
+	uint64_t p = 0;
+
+	for (uint32_t i = 0; i < m->count; i++)
+		p += pt_range_pages(&m->ranges[i]);
+	return p;
+}
+
+/* VERDICT / WR_RECORDS in frames of 16 ranges; totals only in the last frame. */
+static void fake_verdict(struct fake *f, unsigned int type, uint32_t seq, uint32_t cmd)
+{
+	uint64_t free_pages = 0;
+	uint32_t i = 0;
+
+	for (uint32_t k = 0; k < f->nkept; k++)
+		free_pages += pt_range_pages(&f->kept[k]);
+	do {
+		uint32_t n = f->nkept - i > 16 ? 16 : f->nkept - i;
+		bool last = i + n == f->nkept;
+		struct pt_verdict v = { .nranges = n };
+
+		if (last)
+			v = (struct pt_verdict){ .cmd_id = cmd, .hinted = free_pages + 3,
+						 .free = free_pages, .kept_written = 3,
+						 .nranges = n };
+		if (type == PT_MSG_WR_RECORDS && last)
+			v = (struct pt_verdict){ .hinted = free_pages, .kept_written = free_pages,
+						 .nranges = n };
+		fake_send(f, pt_build_verdict(out_store, sizeof(out_store), type, seq,
+					      last ? 0 : PT_F_MORE, &v, f->kept + i));
+		i += n;
+	} while (i < f->nkept);
+}
+
+static void fake_handle(struct fake *f, const struct pt_msg *m)
+{
+	uint8_t *o = (uint8_t *)out_store;
+	size_t cap = sizeof(out_store);
+	uint64_t pages = pages_of(m);
+
+	switch (m->type) {
+	case PT_MSG_REGISTER:
+		fake_send(f, pt_build_ack(o, cap, m->seq, 7, PT_WHY_UNTRACKED, 0));
+		break;
+	case PT_MSG_ARM:
+		f->cur = m->cmd_id;
+		f->nkept = 0;
+		fake_send(f, pt_build_ack(o, cap, m->seq, m->cmd_id, 0, 0));
+		break;
+	case PT_MSG_HINT:
+		if (m->cmd_id != f->cur) {
+			fake_send(f, pt_build_ack(o, cap, m->seq, 0, 0, pages));
+			break;
+		}
+		for (uint32_t i = 0; i < m->count && f->nkept < FAKE_KEEP; i++)
+			f->kept[f->nkept++] = m->ranges[i];
+		fake_send(f, pt_build_ack(o, cap, m->seq, m->count, pages, 0));
+		break;
+	case PT_MSG_QUERY:
+		fake_verdict(f, PT_MSG_VERDICT, m->seq, m->cmd_id);
+		break;
+	case PT_MSG_WR_READ:
+		fake_verdict(f, PT_MSG_WR_RECORDS, m->seq, 0);
+		break;
+	case PT_MSG_WR_CAPS:
+		fake_send(f, pt_build_wr_caps(o, cap, m->seq,
+					      &(struct pt_wr_caps){ .page_size = PG,
+								    .max_ranges = 128 }));
+		break;
+	default:
+		fake_send(f, pt_build_ack(o, cap, m->seq, m->cmd_id, pages, 0));
+		break;
+	}
+}
+
+static void fake_service(int lfd)
+{
+	static uint64_t in_store[65536 / 8];
+	struct fake f = { .fd = accept(lfd, NULL, NULL) };
+	struct pt_framer fr;
+
+	pt_framer_init(&fr, PT_FRAMER_REQUESTS);
+	for (;;) {
+		ssize_t n = read(f.fd, in_store, sizeof(in_store));
+		const uint8_t *p = (const uint8_t *)in_store;
+
+		if (n <= 0)
+			_exit(0);
+		while (n) {
+			const struct pt_hdr *h;
+			const void *pl;
+			struct pt_msg m;
+			size_t used;
+			int rc = pt_framer_feed(&fr, p, n, &used, &h, &pl);
+
+			if (rc < 0)
+				_exit(4);
+			p += used;
+			n -= used;
+			if (rc != 1)
+				continue;
+			rc = pt_frame_parse(h, pl, &m);
+			if (rc)
+				fake_send(&f, pt_build_error(out_store, sizeof(out_store), h->seq, rc,
+							     "fake says no"));
+			else
+				fake_handle(&f, &m);
+		}
+	}
+}
+
+static int ack_calls;
+
+static void count_ack(void *arg, uint32_t seq, int err, const struct pt_ack *ack)
+{
+	ack_calls++;
+}
+
+static int client_session(struct pt_client *c)
+{
+	static struct pt_range r[10000];
+	struct pt_client_stats st;
+	struct pt_client_result res;
+	struct pt_wr_caps caps;
+	uint32_t handle = 0;
+	uint64_t pages = 0;
+	long q;
+
+	for (int i = 0; i < 10000; i++)
+		r[i] = (struct pt_range){ .gpa = (uint64_t)i << 22, .len = 1024 * PG };
+
+	CHECK(pt_client_register(c, 0, PT_DIRTY_RING, NULL, 0, &handle) == 0 && handle == 7);
+	CHECK(pt_client_coverage(c) == PT_WHY_UNTRACKED);
+	CHECK(pt_client_arm(c, 1) == -EINVAL);
+	CHECK(pt_client_last_error(c)->code == PT_E_RESERVED_CMD);
+	CHECK(!strcmp(pt_client_last_error(c)->reason, "fake says no"));
+	CHECK(pt_client_arm(c, 5) == 0);
+	CHECK(pt_client_ping(c) == 0);
+
+	CHECK(pt_client_hint(c, 5, r, 10000) == 0);
+	pt_client_get_stats(c, &st);
+	CHECKF(st.hint_frames == 3 && st.inflight == 0, "frames %lu", (unsigned long)st.hint_frames);
+	CHECK(st.pages_recorded == 10000 * 1024 && st.hint_pages == 10000 * 1024);
+	CHECK(pt_client_hint(c, 6, r, 10) == 0); /* stale: ignored and counted */
+	pt_client_get_stats(c, &st);
+	CHECK(st.pages_ignored == 10 * 1024);
+
+	/* Event-loop style: queue, flush, poll until acked. */
+	pt_client_set_ack_cb(c, count_ack, NULL);
+	q = pt_client_queue_hint(c, 5, r, 5000);
+	CHECK(q == 5000 && pt_client_want_write(c));
+	for (int i = 0; i < 10000; i++) {
+		struct pollfd pfd = { pt_client_fd(c), POLLIN, 0 };
+		int rc = pt_client_flush(c);
+
+		CHECK(rc == 0 || rc == -EAGAIN);
+		if (rc == -EAGAIN)
+			pfd.events |= POLLOUT;
+		pt_client_get_stats(c, &st);
+		if (!st.inflight)
+			break;
+		poll(&pfd, 1, 1000);
+		CHECK(pt_client_poll_replies(c) >= 0);
+	}
+	CHECK(ack_calls == 2 && st.inflight == 0);
+	/* A bad range is refused by the peer: the hint call reports it. */
+	r[0].gpa += 1;
+	CHECK(pt_client_hint(c, 5, r, 2) == -ERANGE);
+	CHECK(pt_client_last_error(c)->code == PT_E_BAD_RANGE);
+	r[0].gpa -= 1;
+
+	CHECK(pt_client_stop(c, 5) == 0);
+	CHECK(pt_client_query(c, 5, PT_Q_HINTS, &res) == 0);
+	CHECK(res.v.nranges == FAKE_KEEP && res.v.free == FAKE_KEEP * 1024);
+	CHECK(res.v.kept_written == 3 && res.v.cmd_id == 5);
+	CHECK(!memcmp(res.ranges, r, FAKE_KEEP * sizeof(*r)));
+	pt_client_result_free(&res);
+
+	CHECK(pt_client_report(c, r, PT_MAX_REPORT, &pages) == 0 && pages == 32 * 1024);
+	CHECK(pt_client_report(c, r, PT_MAX_REPORT + 1, &pages) == -E2BIG);
+	CHECK(pt_client_inflate(c, r, 5000, &pages) == 0 && pages == 5000 * 1024);
+	CHECK(pt_client_deflate(c, r, 1, &pages) == 0 && pages == 1024);
+	CHECK(pt_client_wr_caps(c, &caps) == 0 && caps.max_ranges == 128);
+	CHECK(pt_client_wr_read(c, r, 4, &res) == 0 && res.v.nranges == FAKE_KEEP);
+	pt_client_result_free(&res);
+	CHECK(pt_client_done(c, 5) == 0);
+	return 0;
+}
+
+static int client_fake_peer(void)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct pt_client *c;
+	int lfd, status, rc;
+	pid_t pid;
+
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "/tmp/pt-test-proto.%d.sock", getpid());
+	unlink(sa.sun_path);
+	lfd = socket(AF_UNIX, SOCK_STREAM, 0);
+	CHECK(lfd >= 0 && !bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) && !listen(lfd, 1));
+	pid = fork();
+	CHECK(pid >= 0);
+	if (!pid)
+		fake_service(lfd);
+	close(lfd);
+	c = pt_client_connect(sa.sun_path);
+	unlink(sa.sun_path);
+	CHECK(c);
+	pt_client_set_timeout(c, 10000);
+	rc = client_session(c);
+	pt_client_close(c);
+	CHECK(waitpid(pid, &status, 0) == pid);
+	CHECK(rc == 0);
+	CHECKF(WIFEXITED(status) && WEXITSTATUS(status) == 0, "fake service status %d", status);
+	return 0;
+}
+
 T_MAIN(T_CASE(roundtrip_requests), T_CASE(roundtrip_replies), T_CASE(builders_respect_cap),
        T_CASE(header_errors), T_CASE(length_errors), T_CASE(reserved_cmd_ids),
        T_CASE(range_errors), T_CASE(register_errors), T_CASE(reserved_fields),
        T_CASE(misaligned_payload), T_CASE(strings), T_CASE(framer_streams),
-       T_CASE(framer_errors))
+       T_CASE(framer_errors), T_CASE(client_fake_peer))
