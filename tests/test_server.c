@@ -916,6 +916,59 @@ WITH_SERVER_CFG(small_buffers_enobufs, 4, 4096, 0)
 	return 0;
 }
 
+/*
+ * Stalled connections must not starve the others of receive buffers: with only 4 buffers,
+ * 6 peers that flood requests and never read their replies are all stalled at once, and a
+ * well-behaved client is still served.
+ */
+#define NSTALLED 6
+
+WITH_SERVER_CFG(stalled_peers_do_not_starve_ring, 4, 4096, 0)
+{
+	static unsigned char req[NQUERY * 24 + 4000 * 16];
+	int fds[NSTALLED], other;
+	struct test_stats ts;
+	size_t off = 0;
+	double t;
+
+	for (uint32_t i = 0; i < NQUERY + 4000; i++) {
+		if (i < NQUERY)
+			off += pt_build_query(req + off, sizeof(req) - off, i, 2, 0);
+		else
+			off += pt_build_empty(req + off, sizeof(req) - off, PT_MSG_PING, i);
+	}
+	for (int k = 0; k < NSTALLED; k++) {
+		fds[k] = cli_connect(sv);
+		CHECK(fds[k] >= 0);
+		/* as much as the socket takes */
+		for (size_t sent = 0; sent < off;) {
+			ssize_t w = send(fds[k], req + sent, off - sent, MSG_DONTWAIT | MSG_NOSIGNAL);
+
+			if (w <= 0)
+				break;
+			sent += (size_t)w;
+		}
+	}
+	usleep(100000);
+	CHECK(get_stats(sv, &ts) == 0);
+	fprintf(stderr, "  stalls %llu, ring buffers parked %llu, parked bytes %llu\n",
+		(unsigned long long)ts.st.backpressure_stalls,
+		(unsigned long long)ts.st.bufs_parked, (unsigned long long)ts.st.parked_bytes);
+	CHECK(ts.st.backpressure_stalls >= NSTALLED);
+	CHECK(ts.st.bufs_parked < 4);
+	other = cli_connect(sv);
+	CHECK(other >= 0);
+	t = now_ms();
+	for (int i = 0; i < 20; i++)
+		CHECK(ping(other, (uint32_t)i, NULL) == 0);
+	t = now_ms() - t;
+	CHECKF(t < 1000, "20 pings took %.0f ms", t);
+	for (int k = 0; k < NSTALLED; k++)
+		close(fds[k]);
+	close(other);
+	return 0;
+}
+
 /* Over max_conns: the extra connection is closed at once, the others keep working, and a
  * slot freed by a close is reused (with a new generation) for the next client. */
 WITH_SERVER_CFG(max_conns_and_slot_reuse, 0, 0, 3)
@@ -1124,5 +1177,5 @@ T_MAIN(T_CASE(round_trip), T_CASE(peercred_pid), T_CASE(concurrent_clients),
        T_CASE(disconnect_mid_frame), T_CASE(one_byte_writes), T_CASE(many_frames_one_write),
        T_CASE(frame_larger_than_buffer), T_CASE(bad_magic), T_CASE(bad_length),
        T_CASE(backpressure), T_CASE(conn_close_flushes), T_CASE(tick_and_close_callbacks),
-       T_CASE(small_buffers_enobufs), T_CASE(max_conns_and_slot_reuse), T_CASE(sighup_ignored),
+       T_CASE(small_buffers_enobufs), T_CASE(stalled_peers_do_not_starve_ring), T_CASE(max_conns_and_slot_reuse), T_CASE(sighup_ignored),
        T_CASE(sigterm_shutdown), T_CASE(listen_fd_activation), T_CASE(stale_socket_replaced))

@@ -19,7 +19,9 @@
  * goes back to the ring as soon as its bytes have been through the framer (the framer copies
  * a partial frame out). The exception is a stalled connection: the rest of its buffer, and any
  * buffer that arrives before its recv is cancelled, is parked on the connection in order and
- * processed when it resumes. Returned buffers are published to the kernel once per batch.
+ * processed when it resumes. At most nbufs / 8 ring buffers are parked server-wide; past that
+ * the bytes are copied out and the buffer returned, so stalled peers cannot starve the others
+ * of buffers. Returned buffers are published to the kernel once per batch.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -92,11 +94,13 @@ struct chunk {
 	unsigned char data[];
 };
 
-/* Where a parked buffer's unprocessed bytes are. */
-struct bufmeta {
-	int32_t next; /* next parked buffer of the same connection, -1 = none */
-	uint32_t off;
+/* Received bytes not yet processed, held while a connection is stalled. */
+struct parked {
+	struct parked *next;
+	int32_t bid;  /* ring buffer holding the bytes, or -1: they are in data[] */
+	uint32_t off; /* unprocessed bytes: [off, off + len) of the buffer or of data[] */
 	uint32_t len;
+	unsigned char data[] __attribute__((aligned(8)));
 };
 
 struct pt_conn {
@@ -123,7 +127,7 @@ struct pt_conn {
 	struct chunk *oq_head, *oq_tail;
 	size_t oq_bytes;
 	size_t send_len;
-	int32_t park_head, park_tail;
+	struct parked *pk_head, *pk_tail;
 	uint32_t nparked;
 	uint32_t free_next;
 };
@@ -157,8 +161,9 @@ struct pt_server {
 	unsigned nbufs;
 	unsigned buf_size;
 	unsigned br_pending; /* returned, not yet published */
-	unsigned nparked;    /* all connections */
-	struct bufmeta *bm;
+	unsigned nparked_bufs;	  /* ring buffers parked, all connections */
+	unsigned max_parked_bufs; /* past this, parked bytes are copied out */
+	uint64_t parked_bytes;
 	bool br_registered;
 
 	struct pt_conn *conns; /* max_conns slots */
@@ -298,47 +303,86 @@ static void buf_publish(struct pt_server *s)
 	}
 }
 
-static void park_push(struct pt_conn *c, unsigned bid, uint32_t off, uint32_t len, bool front)
+static void park_link(struct pt_conn *c, struct parked *pk, bool front)
 {
-	struct pt_server *s = c->s;
-
-	s->bm[bid].off = off;
-	s->bm[bid].len = len;
-	s->bm[bid].next = -1;
-	if (c->park_head < 0) {
-		c->park_head = c->park_tail = (int32_t)bid;
+	pk->next = NULL;
+	if (!c->pk_head) {
+		c->pk_head = c->pk_tail = pk;
 	} else if (front) {
-		s->bm[bid].next = c->park_head;
-		c->park_head = (int32_t)bid;
+		pk->next = c->pk_head;
+		c->pk_head = pk;
 	} else {
-		s->bm[c->park_tail].next = (int32_t)bid;
-		c->park_tail = (int32_t)bid;
+		c->pk_tail->next = pk;
+		c->pk_tail = pk;
 	}
 	c->nparked++;
-	s->nparked++;
+	c->s->parked_bytes += pk->len;
 }
 
-static int park_pop(struct pt_conn *c)
+/*
+ * Parks bytes [off, off + len) of ring buffer @bid on @c, at the front (older than anything
+ * parked) or the back. Keeps the buffer while few are parked server-wide, else copies the
+ * bytes and returns the buffer. -ENOMEM: the bytes are lost (the buffer is returned).
+ */
+static int park(struct pt_conn *c, unsigned bid, uint32_t off, uint32_t len, bool front)
 {
 	struct pt_server *s = c->s;
-	int32_t bid = c->park_head;
+	bool copy = s->nparked_bufs >= s->max_parked_bufs;
+	struct parked *pk = malloc(sizeof(*pk) + (copy ? len : 0));
 
-	if (bid < 0)
-		return -1;
-	c->park_head = s->bm[bid].next;
-	if (c->park_head < 0)
-		c->park_tail = -1;
+	if (!pk) {
+		buf_return(s, bid);
+		return -ENOMEM;
+	}
+	pk->len = len;
+	if (copy) {
+		memcpy(pk->data, buf_addr(s, bid) + off, len);
+		pk->bid = -1;
+		pk->off = 0;
+		buf_return(s, bid);
+	} else {
+		pk->bid = (int32_t)bid;
+		pk->off = off;
+		s->nparked_bufs++;
+	}
+	park_link(c, pk, front);
+	return 0;
+}
+
+static struct parked *park_pop(struct pt_conn *c)
+{
+	struct parked *pk = c->pk_head;
+
+	if (!pk)
+		return NULL;
+	c->pk_head = pk->next;
+	if (!c->pk_head)
+		c->pk_tail = NULL;
 	c->nparked--;
-	s->nparked--;
-	return bid;
+	c->s->parked_bytes -= pk->len;
+	return pk;
+}
+
+static const unsigned char *parked_data(struct pt_server *s, const struct parked *pk)
+{
+	return (pk->bid >= 0 ? buf_addr(s, (unsigned)pk->bid) : pk->data) + pk->off;
+}
+
+static void parked_free(struct pt_server *s, struct parked *pk)
+{
+	if (pk->bid >= 0) {
+		buf_return(s, (unsigned)pk->bid);
+		s->nparked_bufs--;
+	}
+	free(pk);
 }
 
 static void park_drop(struct pt_conn *c)
 {
-	int bid;
+	struct parked *pk;
 
-	while ((bid = park_pop(c)) >= 0)
-		buf_return(c->s, (unsigned)bid);
+	while ((pk = park_pop(c)))
+		parked_free(c->s, pk);
 }
 
 /* --- connections ----------------------------------------------------------------------- */
@@ -461,38 +505,37 @@ static bool conn_over(const struct pt_conn *c)
 	return c->oq_bytes > c->s->max_outq;
 }
 
-/*
- * Runs bytes [off, off + len) of buffer @bid through the connection's framer, handing
- * complete frames to on_frame. Stops when the connection's out queue goes over max_outq: the
- * rest is parked at the front of the connection's parked list (it is older than anything
- * parked). Returns the buffer to the ring when all of it was used.
- */
-static void conn_consume(struct pt_conn *c, unsigned bid, uint32_t off, uint32_t len)
+static void conn_stall(struct pt_conn *c)
 {
-	struct pt_server *s = c->s;
-	const unsigned char *p = buf_addr(s, bid) + off;
+	if (!c->stalled) {
+		c->stalled = true;
+		c->s->st.backpressure_stalls++;
+		pt_debug("conn %u: %zu reply bytes queued, input stopped", c->id, c->oq_bytes);
+	}
+	cancel_recv(c);
+	mark_dirty(c);
+}
 
-	while (len && !c->closing) {
+/*
+ * Runs @len received bytes through the connection's framer, handing complete frames to
+ * on_frame. Stops early when the connection's out queue goes over max_outq (the connection
+ * stalls). Returns how many bytes are left for later: nonzero only when stalled; bytes left
+ * when the connection is closing are dropped.
+ */
+static uint32_t conn_feed(struct pt_conn *c, const unsigned char *p, uint32_t len)
+{
+	uint32_t done = 0;
+
+	while (done < len && !c->closing) {
 		const struct pt_hdr *h;
 		const void *payload;
 		size_t used = 0;
 		int rc;
 
-		if (conn_over(c)) {
-			if (!c->stalled) {
-				c->stalled = true;
-				s->st.backpressure_stalls++;
-				pt_debug("conn %u: %zu reply bytes queued, input stopped", c->id,
-					 c->oq_bytes);
-			}
-			park_push(c, bid, (uint32_t)(p - buf_addr(s, bid)), len, true);
-			cancel_recv(c);
-			mark_dirty(c);
-			return;
-		}
-		rc = pt_framer_feed(&c->fr, p, len, &used, &h, &payload);
-		p += used;
-		len -= (uint32_t)used;
+		if (conn_over(c))
+			break;
+		rc = pt_framer_feed(&c->fr, p + done, len - done, &used, &h, &payload);
+		done += (uint32_t)used;
 		if (rc < 0) {
 			framer_error(c, rc);
 			break;
@@ -503,16 +546,15 @@ static void conn_consume(struct pt_conn *c, unsigned bid, uint32_t off, uint32_t
 				pt_framer_release(&c->fr);
 				pt_framer_init(&c->fr, PT_FRAMER_REQUESTS);
 			}
-		}
-		if (!used && rc != 1)
+		} else if (!used) {
 			break; /* cannot happen with a sane framer; do not spin */
+		}
 	}
-	buf_return(s, bid);
-	if (conn_over(c) && !c->stalled && !c->closing) {
-		c->stalled = true;
-		s->st.backpressure_stalls++;
-		cancel_recv(c);
-	}
+	if (c->closing)
+		return 0;
+	if (conn_over(c))
+		conn_stall(c);
+	return c->stalled ? len - done : 0;
 }
 
 static void conn_start_send(struct pt_conn *c)
@@ -555,12 +597,21 @@ static void conn_update(struct pt_conn *c)
 	}
 	/* Resume a stalled connection once its queue has drained to half the limit. */
 	if (c->stalled && c->oq_bytes <= s->max_outq / 2) {
-		int bid;
+		struct parked *pk;
 
 		c->stalled = false;
 		pt_debug("conn %u: out queue drained, input resumed", c->id);
-		while (!c->stalled && !c->closing && (bid = park_pop(c)) >= 0)
-			conn_consume(c, (unsigned)bid, s->bm[bid].off, s->bm[bid].len);
+		while (!c->stalled && !c->closing && (pk = park_pop(c))) {
+			uint32_t left = conn_feed(c, parked_data(s, pk), pk->len);
+
+			if (left) {
+				pk->off += pk->len - left;
+				pk->len = left;
+				park_link(c, pk, true);
+			} else {
+				parked_free(s, pk);
+			}
+		}
 	}
 	if (c->closing) {
 		park_drop(c);
@@ -568,7 +619,7 @@ static void conn_update(struct pt_conn *c)
 	}
 	if (!c->send_inflight && c->oq_bytes)
 		conn_start_send(c);
-	if (!c->recv_armed && conn_can_read(c) && (!c->nobufs || s->nparked < s->nbufs))
+	if (!c->recv_armed && conn_can_read(c) && (!c->nobufs || s->nparked_bufs < s->nbufs))
 		arm_recv(c);
 	if ((c->closing || (c->eof && !c->nparked)) && !c->oq_bytes && !c->send_inflight) {
 		if (c->recv_armed)
@@ -636,7 +687,7 @@ static void handle_accept(struct pt_server *s, int res, bool more)
 	c->data = NULL;
 	c->oq_head = c->oq_tail = NULL;
 	c->oq_bytes = 0;
-	c->park_head = c->park_tail = -1;
+	c->pk_head = c->pk_tail = NULL;
 	c->nparked = 0;
 	memset(&c->peer, 0, sizeof(c->peer));
 	if (getsockopt(res, SOL_SOCKET, SO_PEERCRED, &cred, &clen) == 0) {
@@ -673,12 +724,20 @@ static void handle_recv(struct pt_server *s, struct io_uring_cqe *cqe)
 	mark_dirty(c);
 	if (res > 0 && has_buf) {
 		s->st.bytes_in += (uint64_t)res;
-		if (c->closing)
+		uint32_t left = 0;
+
+		if (c->closing) {
 			buf_return(s, bid);
-		else if (c->stalled || c->nparked)
-			park_push(c, bid, 0, (uint32_t)res, false);
-		else
-			conn_consume(c, bid, 0, (uint32_t)res);
+		} else if (c->stalled || c->nparked) {
+			if (park(c, bid, 0, (uint32_t)res, false))
+				conn_abort(c);
+		} else {
+			left = conn_feed(c, buf_addr(s, bid), (uint32_t)res);
+			if (!left)
+				buf_return(s, bid);
+			else if (park(c, bid, (uint32_t)res - left, left, true))
+				conn_abort(c);
+		}
 		return;
 	}
 	if (has_buf)
@@ -961,6 +1020,7 @@ int pt_server_create(struct pt_server **out, const struct pt_server_cfg *cfg,
 	s->max_outq = cfg->max_outq ? cfg->max_outq : DEF_MAX_OUTQ;
 	s->nbufs = cfg->nbufs ? cfg->nbufs : DEF_NBUFS;
 	s->buf_size = cfg->buf_size ? cfg->buf_size : DEF_BUF_SIZE;
+	s->max_parked_bufs = s->nbufs / 8;
 	rc = -EINVAL;
 	if (s->max_conns > MAX_CONN_IDX || (s->nbufs & (s->nbufs - 1)) || s->nbufs > 32768 ||
 	    s->buf_size < 64 || s->buf_size > (1u << 30))
@@ -968,8 +1028,7 @@ int pt_server_create(struct pt_server **out, const struct pt_server_cfg *cfg,
 
 	rc = -ENOMEM;
 	s->conns = calloc(s->max_conns, sizeof(*s->conns));
-	s->bm = calloc(s->nbufs, sizeof(*s->bm));
-	if (!s->conns || !s->bm)
+	if (!s->conns)
 		goto fail;
 	s->free_head = NIL;
 	for (uint32_t i = s->max_conns; i-- > 0;) {
@@ -1149,7 +1208,6 @@ void pt_server_destroy(struct pt_server *s)
 	if (s->mask_set)
 		pthread_sigmask(SIG_SETMASK, &s->oldmask, NULL);
 	free(s->conns);
-	free(s->bm);
 	free(s);
 }
 
@@ -1248,5 +1306,6 @@ struct pt_server *pt_conn_server(const struct pt_conn *c)
 void pt_server_get_stats(const struct pt_server *s, struct pt_server_stats *st)
 {
 	*st = s->st;
-	st->bufs_parked = s->nparked;
+	st->bufs_parked = s->nparked_bufs;
+	st->parked_bytes = s->parked_bytes;
 }

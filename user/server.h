@@ -14,8 +14,9 @@
  * Backpressure: once a connection has more than max_outq reply bytes queued, the server stops
  * reading from it (its multishot recv is cancelled and whatever was already received is parked
  * unprocessed) until the queue has drained to max_outq / 2. A peer that never reads its replies
- * therefore costs at most max_outq + one reply + a few receive buffers, and other connections
- * are not slowed.
+ * therefore costs at most max_outq + one reply + the little it sent before the recv was
+ * cancelled, and other connections are not slowed: at most nbufs / 8 receive buffers are held
+ * by stalled connections, past that their bytes are copied out.
  *
  * All callbacks run on the thread inside pt_server_run(). The pt_conn_* functions may be called
  * from callbacks (on_frame, on_tick, on_signal, on_close of another connection). A connection
@@ -112,7 +113,8 @@ struct pt_server_stats {
 	uint64_t enobufs;	      /* recvs that found the buffer ring empty */
 	uint64_t conns_rejected;      /* over max_conns */
 	uint64_t outq_bytes;	      /* reply bytes queued now, all connections */
-	uint64_t bufs_parked;	      /* receive buffers held back by stalled connections now */
+	uint64_t bufs_parked;	      /* ring buffers held by stalled connections now */
+	uint64_t parked_bytes;	      /* received bytes held by stalled connections now */
 };
 void pt_server_get_stats(const struct pt_server *s, struct pt_server_stats *st);
 
