@@ -783,6 +783,9 @@ static void handle_send_conn(struct pt_conn *c, int res)
 		if (ch->next) {
 			c->oq_head = ch->next;
 			free(ch);
+		} else if (ch->cap > CHUNK_MIN) {
+			free(ch); /* made for one big reply: do not keep it */
+			c->oq_head = c->oq_tail = NULL;
 		} else {
 			ch->off = ch->len = 0; /* keep one chunk for the next reply */
 		}
