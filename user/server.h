@@ -86,7 +86,8 @@ void pt_server_stop(struct pt_server *s);
 void pt_server_destroy(struct pt_server *s);
 
 /* Copies @frame (a whole frame or several) into the connection's out queue; the ring sends
- * it. 0, -EPIPE when the connection is closing, -ENOMEM. */
+ * it. 0, -EPIPE once the connection has failed (send/recv error, server shutdown), -ENOMEM.
+ * Sending after pt_conn_close() is allowed: the bytes go out before the close. */
 int pt_conn_send(struct pt_conn *c, const void *frame, size_t len);
 /* Logs "conn N pid P: <reason>" at warning and queues a PT_MSG_ERROR frame with @code (a
  * positive enum pt_err, or its negative) and the reason text. */
