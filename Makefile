@@ -35,7 +35,7 @@ BPF_OBJS  := $(patsubst bpf/%.bpf.c,$(BUILD)/bpf/%.bpf.o,$(BPF_SRCS))
 SKELS     := $(patsubst bpf/%.bpf.c,$(BUILD)/%.skel.h,$(BPF_SRCS))
 
 # Programs with a main(); every other user/*.c is a library module.
-MAINS       := user/pagetrackd.c user/ptballoon.c
+MAINS       := user/pagetrackd.c user/ptballoon.c user/ptdemo.c
 CLIENT_SRCS := user/client.c user/proto.c
 CORE_SRCS   := $(filter-out $(MAINS),$(wildcard user/*.c))
 CORE_OBJS   := $(patsubst user/%.c,$(BUILD)/user/%.o,$(CORE_SRCS))
