@@ -3,11 +3,11 @@
 # pagetrack build. Everything goes into $(BUILD). `make V=1` shows full commands,
 # `make SANITIZE=address,undefined test` builds userspace with sanitizers.
 
-BUILD    ?= build
+SANITIZE ?=
+BUILD    ?= build$(if $(SANITIZE),-san)
 CC       ?= gcc
 CLANG    ?= clang
 BPFTOOL  ?= bpftool
-SANITIZE ?=
 
 ifeq ($(V),1)
 Q :=
