@@ -24,7 +24,8 @@ CFLAGS   += -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -Wshadow -fno
 CPPFLAGS += -D_GNU_SOURCE -Iinclude -Iuser -I$(BUILD)
 LDLIBS   += -lbpf -luring -lelf -lz -lpthread
 ifneq ($(SANITIZE),)
-CFLAGS  += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer
+# Instrumentation confuses these two GCC diagnostics into false positives.
+CFLAGS  += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -Wno-format-truncation -Wno-maybe-uninitialized
 LDFLAGS += -fsanitize=$(SANITIZE)
 endif
 

@@ -1,7 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 #include <errno.h>
 #include <fcntl.h>
-#include <libgen.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,7 +16,8 @@
 
 const char *pt_spawn_default_bin(char *buf, size_t len)
 {
-	char self[256];
+	static const char *const rel[] = { "pagetrackd", "../pagetrackd" }; /* BUILD, BUILD/tests */
+	char self[256], *slash;
 	ssize_t n;
 
 	if (getenv("PAGETRACKD")) {
@@ -25,17 +25,17 @@ const char *pt_spawn_default_bin(char *buf, size_t len)
 		return buf;
 	}
 	n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-	if (n > 0) {
-		self[n] = 0;
-		snprintf(buf, len, "%s/pagetrackd", dirname(self));
-		if (!access(buf, X_OK))
-			return buf;
-		/* tests live in BUILD/tests */
-		snprintf(buf, len, "%s/../pagetrackd", self);
-		if (!access(buf, X_OK))
-			return buf;
+	self[n > 0 ? n : 0] = 0;
+	slash = strrchr(self, '/');
+	if (slash) {
+		*slash = 0;
+		for (size_t i = 0; i < sizeof(rel) / sizeof(rel[0]); i++) {
+			snprintf(buf, len, "%.200s/%s", self, rel[i]);
+			if (!access(buf, X_OK))
+				return buf;
+		}
 	}
-	snprintf(buf, len, "%s/pagetrackd", getenv("BUILD") ? getenv("BUILD") : "build");
+	snprintf(buf, len, "%.200s/pagetrackd", getenv("BUILD") ? getenv("BUILD") : "build");
 	return buf;
 }
 
