@@ -59,7 +59,6 @@ struct pt_vm_state {
 	__u64 log_bit_base;  /* first bit of this VM's region in pt_log */
 	__u64 log_bits;	     /* size of the region */
 	/* counters (monotonic) */
-	__u64 writes;	     /* events recorded */
 	__u64 lost;	     /* events that could not be recorded (each taints) */
 	__u64 syncs;	     /* complete syncs */
 	__u64 syncs_incomplete; /* syncs that left pre-arm entries writable */

@@ -355,6 +355,7 @@ static int ring_full_resume(void)
 		nall += ngot;
 		free(got);
 	}
+	/* 3000 writes, 896 per harvest with a 1024 entry ring: 3 stops. */
 	if (r || minivm_write_pending(vm) || stops < 2) {
 		fprintf(stderr, "  r=%d stops=%d\n", r, stops);
 		goto cleanup;
@@ -396,6 +397,119 @@ cleanup:
 	free(g);
 	free(all);
 	return ret;
+}
+
+/* The same page over and over: on PVM each write is a ring entry, but it is logged once. */
+static int ring_same_page(void)
+{
+	struct minivm_opts o;
+	struct minivm *vm = NULL;
+	const size_t n = 5000;
+	uint64_t *g = malloc(n * sizeof(*g)), *got = NULL;
+	size_t ngot, ndata = 0;
+	int r, stops = 0, ret = -1;
+
+	T_REQUIRE(need_mode(MINIVM_DIRTY_RING));
+	CHECK(g);
+	three_slots(&o, MINIVM_DIRTY_RING);
+	o.ring_entries = 512;
+	for (size_t i = 0; i < n; i++)
+		g[i] = o.slots[1].gpa + 5 * PAGE + (i % 512) * 8;
+	if (minivm_create(&vm, &o))
+		goto cleanup;
+	for (r = minivm_guest_write(vm, g, n, 9); r == -ENOSPC; r = minivm_resume(vm)) {
+		if (++stops > 1000 || minivm_harvest(vm, &got, &ngot))
+			goto cleanup;
+		for (size_t i = 0; i < ngot; i++)
+			ndata += !minivm_is_system_gfn(vm, got[i]);
+		free(got);
+	}
+	if (r) {
+		fprintf(stderr, "  write: %s after %d stops\n", strerror(-r), stops);
+		goto cleanup;
+	}
+	if (minivm_harvest(vm, &got, &ngot))
+		goto cleanup;
+	for (size_t i = 0; i < ngot; i++)
+		ndata += !minivm_is_system_gfn(vm, got[i]);
+	free(got);
+	/* At most once per harvest: the page, and nothing else. */
+	CHECKF(ndata >= 1 && ndata <= (size_t)stops + 1, "%zu data gfns over %d stops", ndata,
+	       stops);
+	CHECK(check_values(vm, g, 512, 9) == 0);
+	ret = 0;
+cleanup:
+	minivm_destroy(vm);
+	free(g);
+	return ret;
+}
+
+/* Slots far up (64 GiB, 16 GiB large, sparse) and a VM without dirty logging. */
+static int high_slots(void)
+{
+	struct minivm_opts o = { .dirty = MINIVM_DIRTY_BITMAP, .nslots = 2 };
+	struct minivm *vm = NULL;
+	const uint64_t gpas[] = {
+		64 * SZ_1G, 64 * SZ_1G + 7 * SZ_1G + 123 * PAGE, 80 * SZ_1G - 8, 0x10000,
+	};
+	uint64_t *got = NULL, v;
+	size_t ngot;
+	int r, ret = -1;
+
+	T_REQUIRE(need_mode(MINIVM_DIRTY_BITMAP));
+	o.slots[0] = (struct minivm_slot){ .gpa = 64 * SZ_1G, .size = 16 * SZ_1G, .id = 3 };
+	o.slots[1] = (struct minivm_slot){ .gpa = 0x10000, .size = 64 * PAGE, .id = 1 };
+	r = minivm_create(&vm, &o);
+	if (r == -ERANGE)
+		return t_skip("guest MAXPHYADDR below 80 GiB");
+	CHECKF(r == 0, "create: %s", strerror(-r));
+	if (round_trip(vm, gpas, 4, 0xfeedfacecafebeefULL) ||
+	    round_trip(vm, gpas + 1, 2, 0x1234))
+		goto cleanup;
+	minivm_destroy(vm);
+
+	o.dirty = MINIVM_DIRTY_NONE;
+	r = minivm_create(&vm, &o);
+	CHECKF(r == 0, "create: %s", strerror(-r));
+	if (minivm_guest_write(vm, gpas, 4, 77) || check_values(vm, gpas, 4, 77))
+		goto cleanup;
+	if (minivm_harvest(vm, &got, &ngot) != -EINVAL || minivm_host_read(vm, 0, &v) != -EFAULT)
+		goto cleanup;
+	ret = 0;
+cleanup:
+	minivm_destroy(vm);
+	return ret;
+}
+
+/* Slot layouts minivm must refuse. */
+static int bad_opts(void)
+{
+	struct minivm_opts o;
+	struct minivm *vm = (struct minivm *)1;
+
+	T_REQUIRE(t_need_kvm());
+	three_slots(&o, MINIVM_DIRTY_NONE);
+	o.slots[1].id = 0; /* the system slot's id */
+	CHECK(minivm_create(&vm, &o) == -EINVAL && vm == NULL);
+	three_slots(&o, MINIVM_DIRTY_NONE);
+	o.slots[2].id = o.slots[0].id;
+	CHECK(minivm_create(&vm, &o) == -EINVAL);
+	three_slots(&o, MINIVM_DIRTY_NONE);
+	o.slots[1].gpa = o.slots[0].gpa + PAGE; /* overlap */
+	CHECK(minivm_create(&vm, &o) == -EINVAL);
+	three_slots(&o, MINIVM_DIRTY_NONE);
+	o.slots[1].size += 8; /* not page aligned */
+	CHECK(minivm_create(&vm, &o) == -EINVAL);
+	three_slots(&o, MINIVM_DIRTY_NONE);
+	o.slots[1].gpa = 1ULL << 52; /* beyond any MAXPHYADDR */
+	CHECK(minivm_create(&vm, &o) == -ERANGE);
+	if (minivm_supported(MINIVM_DIRTY_RING) == 0) {
+		three_slots(&o, MINIVM_DIRTY_RING);
+		o.ring_entries = 1000; /* not a power of 2 */
+		CHECK(minivm_create(&vm, &o) == -EINVAL);
+	}
+	minivm_destroy(NULL);
+	return 0;
 }
 
 /* Body of one of the concurrent VMs; returns the exit status. */
@@ -456,4 +570,5 @@ static int two_processes(void)
 }
 
 T_MAIN(T_CASE(bitmap_log), T_CASE(ring_log), T_CASE(deferred_memory), T_CASE(host_read_clean),
-       T_CASE(ring_many_pages), T_CASE(ring_full_resume), T_CASE(two_processes))
+       T_CASE(ring_many_pages), T_CASE(ring_full_resume), T_CASE(ring_same_page), T_CASE(high_slots),
+       T_CASE(bad_opts), T_CASE(two_processes))

@@ -29,6 +29,16 @@
 
 #define MINIVM_PORT	0xf5 /* any port without an in-kernel device; 8-bit immediate */
 #define DEFAULT_RING	4096
+/*
+ * Ring entries a guest batch leaves free: KVM's own reserve (KVM_DIRTY_RING_RSVD_ENTRIES) plus
+ * slack. KVM only asks the vcpu to exit once the ring is "soft full" (size - reserve), and
+ * PVM emulates a run of guest instructions before it looks at that request, so it overshoots
+ * (by ~60 entries, seen with a 1024 entry ring) and can fill the ring completely, at which
+ * point KVM overwrites entries (WARN in kvm_dirty_ring_push) and the log is lost. So minivm
+ * never hands the guest more writes than the ring has room for minus this much.
+ */
+#define RING_SLACK	128
+#define MIN_RING	(2 * RING_SLACK)
 
 /* System slot layout, in pages from its base. Page tables follow the fixed part. */
 #define SYS_GDT		0
@@ -280,7 +290,7 @@ static int enable_dirty_logging(struct minivm *vm, uint32_t entries)
 
 	if (!entries)
 		entries = DEFAULT_RING;
-	if (entries & (entries - 1))
+	if ((entries & (entries - 1)) || entries < MIN_RING)
 		return -EINVAL;
 	/* The ACQ_REL flavour is the one that is correct on weakly ordered CPUs; prefer it. */
 	max = ioctl(vm->vm_fd, KVM_CHECK_EXTENSION, KVM_CAP_DIRTY_LOG_RING_ACQ_REL);
@@ -616,6 +626,21 @@ static int run_batch(struct minivm *vm)
 	}
 }
 
+/* Dirty ring entries KVM has published that we have not harvested yet. */
+static uint32_t ring_used(const struct minivm *vm)
+{
+	uint32_t n = 0;
+
+	while (n < vm->ring_entries) {
+		struct kvm_dirty_gfn *e = &vm->ring[(vm->ring_fetch + n) & (vm->ring_entries - 1)];
+
+		if (!(__atomic_load_n(&e->flags, __ATOMIC_ACQUIRE) & KVM_DIRTY_GFN_F_DIRTY))
+			break;
+		n++;
+	}
+	return n;
+}
+
 /* Feeds vm->pending to the guest batch by batch. */
 static int run_pending(struct minivm *vm)
 {
@@ -630,6 +655,20 @@ static int run_pending(struct minivm *vm)
 				break;
 			if (n > MINIVM_CMD_MAX)
 				n = MINIVM_CMD_MAX;
+			/*
+			 * Each write can push one ring entry (on PVM every write does, even to
+			 * a page already in the ring), so a batch must fit in what is free.
+			 */
+			if (vm->ring_entries) {
+				uint32_t used = ring_used(vm), room = 0;
+
+				if (used + RING_SLACK < vm->ring_entries)
+					room = vm->ring_entries - RING_SLACK - used;
+				if (!room)
+					return -ENOSPC;
+				if (n > room)
+					n = room;
+			}
 			cmd[0] = n;
 			cmd[1] = vm->pending_value;
 			memcpy(&cmd[2], vm->pending + vm->pending_off, n * sizeof(uint64_t));
@@ -637,8 +676,10 @@ static int run_pending(struct minivm *vm)
 			vm->in_batch = true;
 		}
 		r = run_batch(vm);
+		/* Stays in_batch: resume just runs again. If there is nothing to harvest, KVM's
+		 * ring is out of step with ours and no harvest will ever make room. */
 		if (r == -ENOSPC)
-			return r; /* stays in_batch: resume just runs again */
+			return ring_used(vm) ? r : -EOVERFLOW;
 		vm->in_batch = false;
 		if (r)
 			goto cleanup;
@@ -755,7 +796,7 @@ static int harvest_bitmap(struct minivm *vm, struct gfn_vec *g)
 
 static int harvest_ring(struct minivm *vm, struct gfn_vec *g)
 {
-	bool any = false;
+	uint32_t count = 0;
 	int r;
 
 	for (;;) {
@@ -779,12 +820,14 @@ static int harvest_ring(struct minivm *vm, struct gfn_vec *g)
 			return r;
 		__atomic_store_n(&e->flags, KVM_DIRTY_GFN_F_RESET, __ATOMIC_RELEASE);
 		vm->ring_fetch++;
-		any = true;
+		/* A full lap without a free entry: KVM may have overwritten some. */
+		if (++count == vm->ring_entries)
+			break;
 	}
 	/* Collects the RESET entries and write-protects their pages again. */
-	if (any && ioctl(vm->vm_fd, KVM_RESET_DIRTY_RINGS, 0) < 0)
+	if (count && ioctl(vm->vm_fd, KVM_RESET_DIRTY_RINGS, 0) < 0)
 		return -errno;
-	return 0;
+	return count == vm->ring_entries ? -EOVERFLOW : 0;
 }
 
 int minivm_harvest(struct minivm *vm, uint64_t **gfns, size_t *n)
@@ -806,7 +849,8 @@ int minivm_harvest(struct minivm *vm, uint64_t **gfns, size_t *n)
 	if (r)
 		goto cleanup;
 
-	qsort(g.v, g.n, sizeof(*g.v), cmp_u64);
+	if (g.n)
+		qsort(g.v, g.n, sizeof(*g.v), cmp_u64);
 	for (size_t i = 0; i < g.n; i++) {
 		if (!out || g.v[out - 1] != g.v[i])
 			g.v[out++] = g.v[i];

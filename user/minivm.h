@@ -19,6 +19,8 @@
  * may each run their own VM at the same time; there is no shared or global state. A child
  * may call minivm_destroy() on an inherited handle (it only drops the child's references).
  *
+ * A VM is not thread safe: one thread at a time per struct minivm.
+ *
  * All functions that return int return 0 or a negative errno.
  */
 #ifndef PAGETRACK_MINIVM_H
@@ -48,7 +50,7 @@ struct minivm_opts {
 	enum minivm_dirty dirty;
 	unsigned int nslots;
 	struct minivm_slot slots[MINIVM_MAX_SLOTS];
-	/* Dirty ring entries per vcpu, power of 2; 0 means 4096. */
+	/* Dirty ring entries per vcpu, power of 2, >= 256; 0 means 4096 (KVM's max: 65536). */
 	uint32_t ring_entries;
 	/*
 	 * Create the VM and vcpu only; memory and memslots come with minivm_setup_memory(), so a
@@ -73,10 +75,13 @@ void minivm_destroy(struct minivm *vm);
  * exits to us with a port write; returns after that. Each GPA must lie (all 8 bytes) in a
  * data slot. Any n works: the list goes to the guest in batches of MINIVM_CMD_MAX.
  *
- * Ring mode: if the dirty ring fills up (KVM_EXIT_DIRTY_RING_FULL) this returns -ENOSPC with
- * the rest of the write still pending. minivm does not harvest behind the caller's back (the
- * log is what tests check); the caller harvests and then calls minivm_resume() to finish.
- * Size ring_entries above the number of pages written between harvests to avoid that.
+ * Ring mode: a batch only goes to the guest if the ring has room for one entry per write (on
+ * PVM every guest write pushes an entry, even for a page already in the ring) plus a slack of
+ * 128 entries, because PVM overshoots KVM's soft-full limit and an overflowing ring silently
+ * loses entries. Without room (or on KVM_EXIT_DIRTY_RING_FULL) this returns -ENOSPC with the
+ * rest of the write pending. minivm does not harvest behind the caller's back (the log is
+ * what tests check); the caller harvests and then calls minivm_resume() to finish. Writes per
+ * harvest that fit without that: ring_entries - 128 (3968 with the default ring).
  */
 int minivm_guest_write(struct minivm *vm, const uint64_t *gpas, size_t n, uint64_t value);
 /* Finishes a write interrupted by -ENOSPC (may return -ENOSPC again); 0 if none pending. */
@@ -93,6 +98,8 @@ int minivm_host_read(struct minivm *vm, uint64_t gpa, uint64_t *value);
  * VMM's "sync": the reported pages are write-protected again.
  *   bitmap: KVM_GET_DIRTY_LOG per slot, then KVM_CLEAR_DIRTY_LOG of exactly what it reported;
  *   ring:   collect dirty entries, mark them KVM_DIRTY_GFN_F_RESET, KVM_RESET_DIRTY_RINGS.
+ *           -EOVERFLOW if the whole ring was dirty: KVM may have overwritten entries (cannot
+ *           happen through minivm_guest_write(), which keeps room in the ring).
  */
 int minivm_harvest(struct minivm *vm, uint64_t **gfns, size_t *n);
 

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <bpf/bpf.h>
@@ -103,8 +104,10 @@ int pt_vm_track(struct pt_tracker *t, uint32_t tgid, const struct pt_slot_cfg *s
 	if (err)
 		return err;
 	st = &t->vms[*vm];
-	/* Fresh epoch numbers continue from the old tenant of this index, so a stale
-	 * pt_rings entry (keyed by index) can never look current. */
+	/* Epoch numbers continue from the old tenant of this index, so a stale pt_rings entry
+	 * (keyed by index) or an old sync or taint can never look current. Counters restart:
+	 * no program touches this index until pt_vm_by_tgid points at it. */
+	memset(&st->lost, 0, sizeof(*st) - offsetof(struct pt_vm_state, lost));
 	st->tgid = tgid;
 	st->log_bit_base = base;
 	st->log_bits = bits;
