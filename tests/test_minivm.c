@@ -11,19 +11,19 @@
 #include "minivm.h"
 #include "t.h"
 
-#define PAGE	 MINIVM_PAGE_SIZE
-#define SZ_1M	 (1ULL << 20)
-#define SZ_1G	 (1ULL << 30)
+#define PAGE MINIVM_PAGE_SIZE
+#define SZ_1M (1ULL << 20)
+#define SZ_1G (1ULL << 30)
 
 /* Three data slots: at GPA 0, at an odd non-zero base, and one above 4 GiB. */
 static void three_slots(struct minivm_opts *o, enum minivm_dirty dirty)
 {
 	*o = (struct minivm_opts){ .dirty = dirty, .nslots = 3 };
 	o->slots[0] = (struct minivm_slot){ .gpa = 0, .size = 4 * SZ_1M, .id = 1 };
-	o->slots[1] = (struct minivm_slot){ .gpa = 256 * SZ_1M + 12 * PAGE, .size = 3 * SZ_1M,
-					    .id = 2 };
-	o->slots[2] = (struct minivm_slot){ .gpa = 4 * SZ_1G + 2 * SZ_1M, .size = 8 * SZ_1M,
-					    .id = 5 };
+	o->slots[1] =
+		(struct minivm_slot){ .gpa = 256 * SZ_1M + 12 * PAGE, .size = 3 * SZ_1M, .id = 2 };
+	o->slots[2] =
+		(struct minivm_slot){ .gpa = 4 * SZ_1G + 2 * SZ_1M, .size = 8 * SZ_1M, .id = 5 };
 }
 
 static int need_mode(enum minivm_dirty mode)
@@ -32,8 +32,9 @@ static int need_mode(enum minivm_dirty mode)
 
 	T_REQUIRE(t_need_kvm());
 	if (r == -EOPNOTSUPP)
-		return t_skip("KVM lacks %s", mode == MINIVM_DIRTY_RING ? "the dirty ring" :
-					       "manual dirty log protection");
+		return t_skip("KVM lacks %s", mode == MINIVM_DIRTY_RING
+						      ? "the dirty ring"
+						      : "manual dirty log protection");
 	if (r)
 		return t_skip("minivm unsupported: %s", strerror(-r));
 	return 0;
@@ -122,8 +123,8 @@ static int check_harvest(struct minivm *vm, const uint64_t *gpas, size_t n)
 	free(want);
 	free(got);
 	if (bad)
-		fprintf(stderr, "  %d mismatches (%zu data pages matched, %zu wanted)\n", bad, ndata,
-			nwant);
+		fprintf(stderr, "  %d mismatches (%zu data pages matched, %zu wanted)\n", bad,
+			ndata, nwant);
 	return bad ? -1 : 0;
 }
 
@@ -169,9 +170,14 @@ static int dirty_rounds(enum minivm_dirty mode, int rounds)
 	{
 		/* Hand-picked: slot edges, >= 4 GiB, and one page written twice. */
 		const uint64_t gpas[] = {
-			0x0, 0x1008, 4 * SZ_1M - 8, 256 * SZ_1M + 12 * PAGE,
-			256 * SZ_1M + 12 * PAGE + 3 * SZ_1M - 8, 4 * SZ_1G + 2 * SZ_1M,
-			4 * SZ_1G + 2 * SZ_1M + 5 * PAGE + 16, 0x1010,
+			0x0,
+			0x1008,
+			4 * SZ_1M - 8,
+			256 * SZ_1M + 12 * PAGE,
+			256 * SZ_1M + 12 * PAGE + 3 * SZ_1M - 8,
+			4 * SZ_1G + 2 * SZ_1M,
+			4 * SZ_1G + 2 * SZ_1M + 5 * PAGE + 16,
+			0x1010,
 			4 * SZ_1G + 10 * SZ_1M - 8,
 		};
 
@@ -450,7 +456,10 @@ static int high_slots(void)
 	struct minivm_opts o = { .dirty = MINIVM_DIRTY_BITMAP, .nslots = 2 };
 	struct minivm *vm = NULL;
 	const uint64_t gpas[] = {
-		64 * SZ_1G, 64 * SZ_1G + 7 * SZ_1G + 123 * PAGE, 80 * SZ_1G - 8, 0x10000,
+		64 * SZ_1G,
+		64 * SZ_1G + 7 * SZ_1G + 123 * PAGE,
+		80 * SZ_1G - 8,
+		0x10000,
 	};
 	uint64_t *got = NULL, v;
 	size_t ngot;
@@ -463,8 +472,7 @@ static int high_slots(void)
 	if (r == -ERANGE)
 		return t_skip("guest MAXPHYADDR below 80 GiB");
 	CHECKF(r == 0, "create: %s", strerror(-r));
-	if (round_trip(vm, gpas, 4, 0xfeedfacecafebeefULL) ||
-	    round_trip(vm, gpas + 1, 2, 0x1234))
+	if (round_trip(vm, gpas, 4, 0xfeedfacecafebeefULL) || round_trip(vm, gpas + 1, 2, 0x1234))
 		goto cleanup;
 	minivm_destroy(vm);
 
@@ -570,5 +578,5 @@ static int two_processes(void)
 }
 
 T_MAIN(T_CASE(bitmap_log), T_CASE(ring_log), T_CASE(deferred_memory), T_CASE(host_read_clean),
-       T_CASE(ring_many_pages), T_CASE(ring_full_resume), T_CASE(ring_same_page), T_CASE(high_slots),
-       T_CASE(bad_opts), T_CASE(two_processes))
+       T_CASE(ring_many_pages), T_CASE(ring_full_resume), T_CASE(ring_same_page),
+       T_CASE(high_slots), T_CASE(bad_opts), T_CASE(two_processes))

@@ -20,15 +20,15 @@
 
 #include "minivm.h"
 
-#define PG		MINIVM_PAGE_SIZE
-#define SZ_2M		(2ULL << 20)
-#define SZ_1G		(1ULL << 30)
-#define SZ_512G		(512ULL << 30)
-#define ALIGN_UP(x, a)	(((x) + (a) - 1) & ~((uint64_t)(a) - 1))
-#define ALIGN_DOWN(x, a) ((x) & ~((uint64_t)(a) - 1))
+#define PG MINIVM_PAGE_SIZE
+#define SZ_2M (2ULL << 20)
+#define SZ_1G (1ULL << 30)
+#define SZ_512G (512ULL << 30)
+#define ALIGN_UP(x, a) (((x) + (a)-1) & ~((uint64_t)(a)-1))
+#define ALIGN_DOWN(x, a) ((x) & ~((uint64_t)(a)-1))
 
-#define MINIVM_PORT	0xf5 /* any port without an in-kernel device; 8-bit immediate */
-#define DEFAULT_RING	4096
+#define MINIVM_PORT 0xf5 /* any port without an in-kernel device; 8-bit immediate */
+#define DEFAULT_RING 4096
 /*
  * Ring entries a guest batch leaves free: KVM's own reserve (KVM_DIRTY_RING_RSVD_ENTRIES) plus
  * slack. KVM only asks the vcpu to exit once the ring is "soft full" (size - reserve), and
@@ -37,42 +37,43 @@
  * point KVM overwrites entries (WARN in kvm_dirty_ring_push) and the log is lost. So minivm
  * never hands the guest more writes than the ring has room for minus this much.
  */
-#define RING_SLACK	128
-#define MIN_RING	(2 * RING_SLACK)
+#define RING_SLACK 128
+#define MIN_RING (2 * RING_SLACK)
 
 /* System slot layout, in pages from its base. Page tables follow the fixed part. */
-#define SYS_GDT		0
-#define SYS_CODE	1
-#define SYS_STACK	2
-#define SYS_CMD		3
-#define SYS_PML4	(SYS_CMD + MINIVM_CMD_PAGES)
-#define SYS_FIXED	(SYS_PML4 + 1)
+#define SYS_GDT 0
+#define SYS_CODE 1
+#define SYS_STACK 2
+#define SYS_CMD 3
+#define SYS_PML4 (SYS_CMD + MINIVM_CMD_PAGES)
+#define SYS_FIXED (SYS_PML4 + 1)
 
 /* Page table entry bits. A and D are preset so the guest never writes its page tables. */
-#define PTE_P		(1ULL << 0)
-#define PTE_RW		(1ULL << 1)
-#define PTE_A		(1ULL << 5)
-#define PTE_D		(1ULL << 6)
-#define PTE_PS		(1ULL << 7)
+#define PTE_P (1ULL << 0)
+#define PTE_RW (1ULL << 1)
+#define PTE_A (1ULL << 5)
+#define PTE_D (1ULL << 6)
+#define PTE_PS (1ULL << 7)
 
-#define CR0_PE		(1ULL << 0)
-#define CR0_MP		(1ULL << 1)
-#define CR0_ET		(1ULL << 4)
-#define CR0_NE		(1ULL << 5)
-#define CR0_WP		(1ULL << 16)
-#define CR0_PG		(1ULL << 31)
-#define CR4_PAE		(1ULL << 5)
-#define EFER_LME	(1ULL << 8)
-#define EFER_LMA	(1ULL << 10)
+#define CR0_PE (1ULL << 0)
+#define CR0_MP (1ULL << 1)
+#define CR0_ET (1ULL << 4)
+#define CR0_NE (1ULL << 5)
+#define CR0_WP (1ULL << 16)
+#define CR0_PG (1ULL << 31)
+#define CR4_PAE (1ULL << 5)
+#define EFER_LME (1ULL << 8)
+#define EFER_LMA (1ULL << 10)
 
-#define SEL_CODE	0x08
-#define SEL_DATA	0x10
-#define SEL_TSS		0x18
+#define SEL_CODE 0x08
+#define SEL_DATA 0x10
+#define SEL_TSS 0x18
 
 /*
  * Guest code, position independent; RSI = command block GPA (identity mapped).
  * Command block: u64 count, u64 value, u64 gpa[count].
  */
+/* clang-format off */
 static const uint8_t guest_code[] = {
 	/* top: */
 	0x48, 0x8b, 0x0e,		/*  0: mov rcx, [rsi]       ; count */
@@ -90,6 +91,7 @@ static const uint8_t guest_code[] = {
 	0xe6, MINIVM_PORT,		/* 31: out MINIVM_PORT, al */
 	0xeb, 0xdd,			/* 33: jmp top (0) */
 };
+/* clang-format on */
 
 struct mvm_mem {
 	uint64_t gpa;
@@ -114,7 +116,7 @@ struct minivm {
 
 	unsigned int nmem; /* mem[0] is the system slot */
 	struct mvm_mem mem[MINIVM_MAX_SLOTS + 1];
-	unsigned int pt_pages;	/* page table pages available after SYS_PML4 */
+	unsigned int pt_pages; /* page table pages available after SYS_PML4 */
 	unsigned int pt_used;
 	unsigned int phys_bits; /* guest MAXPHYADDR */
 	bool memory_ready;
@@ -124,7 +126,7 @@ struct minivm {
 	size_t pending_n;
 	size_t pending_off; /* next GPA to hand to the guest */
 	uint64_t pending_value;
-	bool in_batch;	    /* the guest is mid-batch: just KVM_RUN again */
+	bool in_batch; /* the guest is mid-batch: just KVM_RUN again */
 };
 
 static int kvm_open(void)
@@ -381,9 +383,9 @@ int minivm_create(struct minivm **out, const struct minivm_opts *o)
 	if (r)
 		goto cleanup;
 	for (unsigned int i = 0; i < o->nslots; i++) {
-		vm->mem[i + 1] = (struct mvm_mem){
-			.gpa = o->slots[i].gpa, .size = o->slots[i].size, .id = o->slots[i].id
-		};
+		vm->mem[i + 1] = (struct mvm_mem){ .gpa = o->slots[i].gpa,
+						   .size = o->slots[i].size,
+						   .id = o->slots[i].id };
 	}
 	vm->nmem = o->nslots + 1;
 
@@ -445,8 +447,16 @@ static int identity_map(struct minivm *vm, uint64_t gpa, uint64_t size)
 static void set_seg(struct kvm_segment *s, uint16_t sel, uint8_t type, bool code)
 {
 	*s = (struct kvm_segment){
-		.base = 0, .limit = 0xffffffff, .selector = sel, .type = type, .present = 1,
-		.dpl = 0, .db = !code, .s = 1, .l = code, .g = 1,
+		.base = 0,
+		.limit = 0xffffffff,
+		.selector = sel,
+		.type = type,
+		.present = 1,
+		.dpl = 0,
+		.db = !code,
+		.s = 1,
+		.l = code,
+		.g = 1,
 	};
 }
 
@@ -460,8 +470,8 @@ static void write_gdt(struct minivm *vm)
 	gdt[SEL_CODE / 8] = 0x00af9b000000ffffULL; /* 64-bit code, DPL 0, accessed */
 	gdt[SEL_DATA / 8] = 0x00cf93000000ffffULL; /* 32-bit data, read/write, accessed */
 	/* 64-bit busy TSS descriptor (two slots): limit 0x67 */
-	gdt[SEL_TSS / 8] = 0x67 | ((tss & 0xffffff) << 16) | (0x8bULL << 40) |
-			   (((tss >> 24) & 0xff) << 56);
+	gdt[SEL_TSS / 8] =
+		0x67 | ((tss & 0xffffff) << 16) | (0x8bULL << 40) | (((tss >> 24) & 0xff) << 56);
 	gdt[SEL_TSS / 8 + 1] = tss >> 32;
 }
 
@@ -476,8 +486,11 @@ static int setup_vcpu_state(struct minivm *vm)
 	set_seg(&sregs.ds, SEL_DATA, 0x3, false);
 	sregs.es = sregs.fs = sregs.gs = sregs.ss = sregs.ds;
 	sregs.tr = (struct kvm_segment){
-		.base = sys_gpa(vm, SYS_GDT) + 0x800, .limit = 0x67, .selector = SEL_TSS,
-		.type = 0xb, .present = 1,
+		.base = sys_gpa(vm, SYS_GDT) + 0x800,
+		.limit = 0x67,
+		.selector = SEL_TSS,
+		.type = 0xb,
+		.present = 1,
 	};
 	sregs.ldt = (struct kvm_segment){ .unusable = 1 };
 	sregs.gdt.base = sys_gpa(vm, SYS_GDT);
@@ -770,7 +783,9 @@ static int harvest_bitmap(struct minivm *vm, struct gfn_vec *g)
 		uint64_t npages = m->size / PG, words = ALIGN_UP(npages, 64) / 64;
 		struct kvm_dirty_log log = { .slot = m->id, .dirty_bitmap = m->bitmap };
 		struct kvm_clear_dirty_log clear = {
-			.slot = m->id, .first_page = 0, .num_pages = npages,
+			.slot = m->id,
+			.first_page = 0,
+			.num_pages = npages,
 			.dirty_bitmap = m->bitmap,
 		};
 		bool any = false;
