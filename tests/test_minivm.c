@@ -548,6 +548,45 @@ cleanup:
 	return ret;
 }
 
+/* A fork()ed child's inherited handle is refused cleanly; the parent's VM is unharmed. */
+static int inherited_handle(void)
+{
+	struct minivm_opts o;
+	struct minivm *vm = NULL;
+	const uint64_t gpa = 0x5000;
+	int status = 0, ret = -1;
+	pid_t pid;
+
+	T_REQUIRE(need_mode(MINIVM_DIRTY_RING));
+	three_slots(&o, MINIVM_DIRTY_RING);
+	CHECK(minivm_create(&vm, &o) == 0);
+	if (round_trip(vm, &gpa, 1, 1))
+		goto cleanup;
+	fflush(NULL);
+	pid = fork();
+	if (pid == 0) {
+		uint64_t v, *g;
+		size_t n;
+		int bad = minivm_guest_write(vm, &gpa, 1, 2) != -EIO ||
+			  minivm_host_read(vm, gpa, &v) != -EIO ||
+			  minivm_harvest(vm, &g, &n) != -EIO || minivm_hva(vm, gpa, 8);
+
+		minivm_destroy(vm);
+		_exit(bad);
+	}
+	if (pid < 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status) ||
+	    WEXITSTATUS(status)) {
+		fprintf(stderr, "  child status 0x%x\n", status);
+		goto cleanup;
+	}
+	if (check_values(vm, &gpa, 1, 1) || round_trip(vm, &gpa, 1, 3))
+		goto cleanup;
+	ret = 0;
+cleanup:
+	minivm_destroy(vm);
+	return ret;
+}
+
 static int two_processes(void)
 {
 	int go[2], status, ret = 0;
@@ -579,4 +618,4 @@ static int two_processes(void)
 
 T_MAIN(T_CASE(bitmap_log), T_CASE(ring_log), T_CASE(deferred_memory), T_CASE(host_read_clean),
        T_CASE(ring_many_pages), T_CASE(ring_full_resume), T_CASE(ring_same_page),
-       T_CASE(high_slots), T_CASE(bad_opts), T_CASE(two_processes))
+       T_CASE(high_slots), T_CASE(bad_opts), T_CASE(inherited_handle), T_CASE(two_processes))

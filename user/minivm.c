@@ -120,6 +120,7 @@ struct minivm {
 	unsigned int pt_used;
 	unsigned int phys_bits; /* guest MAXPHYADDR */
 	bool memory_ready;
+	pid_t owner; /* the creating process: the only one KVM and the memory work for */
 
 	/* Write interrupted by a full dirty ring, finished by minivm_resume(). */
 	uint64_t *pending;
@@ -327,6 +328,7 @@ int minivm_create(struct minivm **out, const struct minivm_opts *o)
 		return -ENOMEM;
 	vm->kvm_fd = vm->vm_fd = vm->vcpu_fd = -1;
 	vm->dirty = o->dirty;
+	vm->owner = getpid();
 
 	vm->kvm_fd = kvm_open();
 	if (vm->kvm_fd < 0) {
@@ -400,6 +402,15 @@ int minivm_create(struct minivm **out, const struct minivm_opts *o)
 cleanup:
 	minivm_destroy(vm);
 	return r;
+}
+
+/*
+ * An inherited handle in a fork()ed child: KVM fails its ioctls with -EIO and the guest
+ * memory is not mapped there (MADV_DONTFORK), so refuse up front instead of crashing.
+ */
+static bool foreign(const struct minivm *vm)
+{
+	return getpid() != vm->owner;
 }
 
 static uint8_t *sys_page(struct minivm *vm, uint64_t idx)
@@ -518,6 +529,8 @@ int minivm_setup_memory(struct minivm *vm)
 	uint32_t flags = vm->dirty != MINIVM_DIRTY_NONE ? KVM_MEM_LOG_DIRTY_PAGES : 0;
 	int r;
 
+	if (foreign(vm))
+		return -EIO;
 	if (vm->memory_ready)
 		return 0;
 	for (unsigned int i = 0; i < vm->nmem; i++) {
@@ -607,7 +620,7 @@ static struct mvm_mem *find_mem(struct minivm *vm, uint64_t gpa, uint64_t len, b
 
 void *minivm_hva(struct minivm *vm, uint64_t gpa, uint64_t len)
 {
-	struct mvm_mem *m = vm->memory_ready ? find_mem(vm, gpa, len, false) : NULL;
+	struct mvm_mem *m = vm->memory_ready && !foreign(vm) ? find_mem(vm, gpa, len, false) : NULL;
 
 	return m ? m->hva + (gpa - m->gpa) : NULL;
 }
@@ -707,6 +720,8 @@ cleanup:
 
 int minivm_guest_write(struct minivm *vm, const uint64_t *gpas, size_t n, uint64_t value)
 {
+	if (foreign(vm))
+		return -EIO;
 	if (!vm->memory_ready)
 		return -EINVAL;
 	if (vm->pending)
@@ -731,6 +746,8 @@ int minivm_guest_write(struct minivm *vm, const uint64_t *gpas, size_t n, uint64
 
 int minivm_resume(struct minivm *vm)
 {
+	if (foreign(vm))
+		return -EIO;
 	return vm->pending ? run_pending(vm) : 0;
 }
 
@@ -743,6 +760,8 @@ int minivm_host_read(struct minivm *vm, uint64_t gpa, uint64_t *value)
 {
 	void *p = minivm_hva(vm, gpa, sizeof(*value));
 
+	if (foreign(vm))
+		return -EIO;
 	if (!p)
 		return -EFAULT;
 	memcpy(value, p, sizeof(*value));
@@ -853,6 +872,8 @@ int minivm_harvest(struct minivm *vm, uint64_t **gfns, size_t *n)
 
 	*gfns = NULL;
 	*n = 0;
+	if (foreign(vm))
+		return -EIO;
 	if (!vm->memory_ready)
 		return -EINVAL;
 	if (vm->dirty == MINIVM_DIRTY_BITMAP)

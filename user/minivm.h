@@ -15,9 +15,10 @@
  * slot pages as noise: use minivm_is_system_gfn().
  *
  * A struct minivm belongs to the process that created it: KVM refuses VM ioctls from another
- * mm, and guest memory is MADV_DONTFORK so a child does not even see it. Separate processes
- * may each run their own VM at the same time; there is no shared or global state. A child
- * may call minivm_destroy() on an inherited handle (it only drops the child's references).
+ * mm, and guest memory is MADV_DONTFORK so a child does not even see it; minivm calls from a
+ * fork()ed child with an inherited handle return -EIO (minivm_hva() NULL). The child may
+ * minivm_destroy() it, which only drops the child's references. Separate processes may each
+ * run their own VM at the same time: there is no shared or global state.
  *
  * A VM is not thread safe: one thread at a time per struct minivm.
  *
