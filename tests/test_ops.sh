@@ -9,6 +9,7 @@
 # into a staging DESTDIR.
 #
 # Prints PASS/FAIL/SKIP lines; exit 0, 1, or 77 when it cannot run here.
+# shellcheck disable=SC2016 # single-quoted code run by eval
 set -u
 TOP=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${BUILD:-build}
@@ -16,7 +17,7 @@ case $BUILD in /*) ;; *) BUILD=$TOP/$BUILD ;; esac
 BIN=$BUILD/pagetrackd
 BALLOON=$BUILD/ptballoon
 PIN=/sys/fs/bpf/pagetrack-ops-$$
-fails=0 pid= T= old_stats=
+fails=0 pid='' T='' old_stats=''
 
 pass() { echo "PASS: ops: $*"; }
 fail() { echo "FAIL: ops: $*"; fails=$((fails + 1)); }
@@ -58,7 +59,7 @@ for k in $keys; do
 	grep -Eq "^#$k =( |$)" "$TOP/systemd/pagetrack.conf" || missing="$missing conf:$k"
 	grep -q "^| \`$k\`" "$TOP/docs/OPERATIONS.md" || missing="$missing docs:$k"
 done
-check "every configuration key ($(echo $keys | wc -w)) in pagetrack.conf and OPERATIONS.md${missing:+, missing:$missing}" test -z "$missing"
+check "every configuration key ($(echo "$keys" | wc -w)) in pagetrack.conf and OPERATIONS.md${missing:+, missing:$missing}" test -z "$missing"
 sed -n 's/^#\([a-z-]* = .*\)$/\1/p; s/^#\([a-z-]* =\)$/\1/p' "$TOP/systemd/pagetrack.conf" >"$T/all.conf"
 "$BIN" -c "$T/all.conf" -r "$T/none" status >/dev/null 2>"$T/conf.err"
 rc=$?

@@ -13,6 +13,7 @@
 # drop-in, so a real pagetrackd on this machine is never disturbed.
 #
 # Prints PASS/FAIL/SKIP lines; exit 0, 1, or 77 when it cannot run here.
+# shellcheck disable=SC2016 # single-quoted code run by eval, awk or bash -c
 set -u
 TOP=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${BUILD:-build}
@@ -22,7 +23,7 @@ BALLOON=$BUILD/ptballoon
 PIN=/sys/fs/bpf/pagetrack-systest-$$
 CG=pagetrack-systest-$$
 SOCK=/run/pagetrack/balloon.sock
-fails=0 NSPID= W= MARK=
+fails=0 NSPID='' W='' MARK=''
 
 pass() { echo "PASS: systemd: $*"; }
 fail() { echo "FAIL: systemd: $*"; fails=$((fails + 1)); }
@@ -171,8 +172,7 @@ done
 echo "# namespace systemd pid $NSPID: $s"
 
 wait_state() { # UNIT ACTIVE SUB [TRIES]: wait for ActiveState/SubState
-	local i
-	for i in $(seq "${4:-150}"); do
+	for _ in $(seq "${4:-150}"); do
 		[ "$(prop "$1" ActiveState)/$(prop "$1" SubState)" = "$2/$3" ] && return 0
 		sleep 0.1
 	done
@@ -215,12 +215,12 @@ ping_ok() { ns "$BALLOON" -s "$SOCK" ping -n "$1" >/dev/null; }
 check "device ping through the activated socket" ping_ok 5
 pid1=$(prop pagetrackd.service MainPID)
 [ "${pid1:-0}" -gt 1 ] 2>/dev/null || pid1=0
-caps=$(ns awk '/^CapBnd/ { print $2 }' /proc/"$pid1"/status)
+caps=$(ns awk '/^CapBnd/ { b = $2 } /^CapEff/ { e = $2 } END { print b "/" e }' /proc/"$pid1"/status)
 nnp=$(ns awk '/^NoNewPrivs/ { print $2 }' /proc/"$pid1"/status)
 seccomp=$(ns awk '/^Seccomp:/ { print $2 }' /proc/"$pid1"/status)
 # CAP_PERFMON = 38, CAP_BPF = 39
-check "sandbox: CapBnd=$caps (CAP_BPF CAP_PERFMON), NoNewPrivs=$nnp, Seccomp=$seccomp" \
-	test "$caps/$nnp/$seccomp" = "000000c000000000/1/2"
+check "sandbox: CapBnd/CapEff=$caps (CAP_BPF CAP_PERFMON), NoNewPrivs=$nnp, Seccomp=$seccomp" \
+	test "$caps/$nnp/$seccomp" = "000000c000000000/000000c000000000/1/2"
 check "first start: maps_reused false" test "$(json_get /run/pagetrack/status.json maps_reused 2>/dev/null)" = false
 sleep 1.2
 wd=$(prop pagetrackd.service WatchdogTimestampMonotonic)
@@ -259,12 +259,13 @@ as=$(prop pagetrackd.service ActiveState)
 res=$(prop pagetrackd.service Result)
 code=$(prop pagetrackd.service ExecMainStatus)
 check "stop: inactive, Result=$res, exit status $code" test "$as/$res/$code" = "inactive/success/0"
-check "stop: program links still pinned ($(ls "$PIN" 2>/dev/null | grep -c '^link_') links)" \
-	test "$(ls "$PIN" 2>/dev/null | grep -c '^link_')" -ge 1
+nl=$(find "$PIN" -maxdepth 1 -name 'link_*' 2>/dev/null | wc -l)
+check "stop: program links still pinned ($nl links)" test "$nl" -ge 1
 check "stop: runtime directory and socket preserved" ns test -S "$SOCK"
 sctl stop pagetrackd.socket
 
 # --- teardown ------------------------------------------------------------------------------------
+# shellcheck disable=SC2034 # used through eval
 nspid_was=$NSPID
 kill_ns
 d_left=0
