@@ -7,8 +7,8 @@
 # Inside the namespace, before systemd runs: tmpfs on /tmp, /var/tmp and /run (otherwise its
 # tmpfiles clean-up would empty the machine's /tmp), a private /etc/systemd/system holding
 # only our units (plus masks for the early-boot units that would touch the host), the build's
-# pagetrackd at /usr/local/sbin/pagetrackd, /proc/sys read-only, and /dev/console pointing
-# at a log file. systemd is put in a cgroup of its own (removed at the end) and boots an
+# pagetrackd at /usr/local/sbin/pagetrackd, /proc/sys read-only, /dev/console pointing at a
+# log file, and no tracefs (the units must mount it). systemd is put in a cgroup of its own (removed at the end) and boots an
 # empty target. The service gets a test-only pin directory and configuration through a
 # drop-in, so a real pagetrackd on this machine is never disturbed.
 #
@@ -145,6 +145,7 @@ unshare --pid --fork --kill-child --mount --mount-proc --uts --ipc --propagation
 	mount --bind /proc/sys /proc/sys
 	mount -o remount,bind,ro /proc/sys
 	mount --bind "$W/console" /dev/console
+	umount /sys/kernel/tracing 2>/dev/null || true # the units must mount it again
 	exec </dev/null >"$W/console" 2>&1
 	exec env -i container=pagetrack-test /lib/systemd/systemd --unit=pt-test.target \
 		--show-status=no
@@ -205,6 +206,8 @@ else
 	fail "service did not become active"
 	journal | tail -30 | sed 's/^/# /'
 fi
+check "tracefs (unmounted in the namespace) mounted again before the start" \
+	ns mountpoint -q /sys/kernel/tracing
 st=$(prop pagetrackd.service StatusText)
 echo "# StatusText: $st"
 # (The tracker keys VMs by init-namespace tgid: inside this PID namespace the canary's own pid
