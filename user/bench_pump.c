@@ -13,6 +13,7 @@
 #include "bench_pump.h"
 #include "bench_util.h"
 #include "cmdstate.h"
+#include "log.h"
 #include "vmlog.h"
 
 #define RBUF	   (256 * 1024)
@@ -468,6 +469,7 @@ static int ep_setup(struct ep_child *e, const struct pt_reg_slot *slots, uint32_
 	bool existed;
 	int err;
 
+	pt_log_level = LOG_WARNING;
 	for (uint32_t i = 0; i < n && i < PT_MAX_REG_SLOTS; i++)
 		cfg[i] = (struct pt_slot_cfg){ slots[i].gpa, slots[i].size, slots[i].id };
 	err = pt_tracker_open(&t, &lo);

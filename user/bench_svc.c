@@ -110,6 +110,7 @@ struct cmp {
 	struct bench_round rounds[2];
 	struct bench_run svc, sink, ep;
 	uint64_t svc_cpu, ep_cpu;
+	double query_ns; /* QUERY round trip on the fully hinted guest, p50 */
 };
 
 /* QUERY round trips on the fully hinted guest the last round left behind. */
@@ -131,8 +132,7 @@ static int time_queries(struct bench_conn *c, uint32_t cmd, unsigned n, uint64_t
 	return 0;
 }
 
-static int put_query_times(const struct bench_env *env, struct bench_conn *c,
-			   const struct cmp *x)
+static int put_query_times(const struct bench_env *env, struct bench_conn *c, struct cmp *x)
 {
 	unsigned n = env->quick ? 10 : 50;
 	uint64_t ns[50];
@@ -143,8 +143,7 @@ static int put_query_times(const struct bench_env *env, struct bench_conn *c,
 	if (err)
 		return err;
 	bench_sort_u64(ns, n);
-	bench_put("verdict_64g_unsure_ms_p50", bench_percentile(ns, n, 50) / 1e6, "ms",
-		  "64 GiB verdict, synthetic VM (kept_unsure), p50");
+	x->query_ns = bench_percentile(ns, n, 50);
 	return 0;
 }
 
@@ -238,6 +237,9 @@ static void cmp_put(const struct cmp *x)
 		  "(c) epoll loop CPU per record");
 	bench_put(kfmt(p, "ratio_vs_raw_socket"), a / b, "x", "a/b");
 	bench_put(kfmt(p, "ratio_vs_epoll"), a / c, "x", "a/c");
+	if (x->query_ns)
+		bench_put("verdict_64g_unsure_ms_p50", x->query_ns / 1e6, "ms",
+			  "64 GiB verdict, synthetic VMM (kept_unsure), p50");
 	bench_note(kfmt(p, "verdicts"), "verdicts",
 		   "%llu of %llu sure (synthetic VMM, no KVM sync: kept_unsure expected)",
 		   (unsigned long long)x->svc.sure, (unsigned long long)x->svc.rounds);
@@ -467,7 +469,12 @@ int bench_large_guest(const struct bench_env *env)
 	bench_put("large_gib_validated_per_s", per_s(run.rounds, run.ns) * gib, "GiB/s",
 		  "guest validated");
 	bench_put("mem_rss_bytes_per_gib", rss / gib, "B/GiB", "service RSS growth per guest GiB");
-	bench_put("mem_bits_per_page", rss * 8.0 / pages, "bits", "measured bits per guest page");
+	bench_put("mem_rss_bits_per_page", rss * 8.0 / pages, "bits",
+		  "  as bits per guest page (hinted bitmap)");
+	bench_put("mem_log_bits_per_page", 1, "bits",
+		  "write log (BPF array, preallocated by --log-mb)");
+	bench_put("mem_bits_per_page", rss * 8.0 / pages + 1, "bits",
+		  "bits per guest page: RSS growth + write log");
 	bench_put("mem_bits_per_page_theoretical", 2, "bits",
 		  "theoretical: write log + hinted bitmap");
 	return 0;
@@ -707,9 +714,18 @@ static int live_verdict(const struct bench_env *env, struct live *l, struct benc
 	/* Continue the alternation: the last round's ID may not be armed again yet. */
 	struct bench_round next[2] = { r[done & 1], r[(done + 1) & 1] };
 	unsigned n = env->quick ? 10 : 50, sure = 0;
+	uint64_t ns[50], gpa = LIVE_GPA;
 	struct bench_run run;
-	uint64_t ns[50];
-	int err = bench_run_rounds(c, next, 1, 0, harvest_now, l, &run);
+	int err;
+
+	/*
+	 * KVM_RESET_DIRTY_RINGS is the sync the service watches for, and minivm (like most
+	 * VMMs) issues it only when the ring holds entries: the guest writes a page before ARM
+	 * so that the harvest after ARM resets it.
+	 */
+	err = minivm_guest_write(l->vm, &gpa, 1, 1);
+	if (!err)
+		err = bench_run_rounds(c, next, 1, 0, harvest_now, l, &run);
 
 	if (!err)
 		err = time_queries(c, done & 1 ? 3 : 2, n, ns, &sure);

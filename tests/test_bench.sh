@@ -1,0 +1,113 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0
+# `pagetrackd bench --quick`: the JSON object has every key, with positive finite numbers, and
+# the table prints its ratio lines. No timing is asserted: the numbers depend on the machine.
+set -u
+BUILD=${BUILD:-build}
+BIN="$BUILD/pagetrackd"
+
+if [ "$(id -u)" -ne 0 ]; then
+	echo "SKIP: test_bench: needs root"
+	exit 77
+fi
+if [ ! -c /dev/kvm ]; then
+	echo "SKIP: test_bench: no /dev/kvm"
+	exit 77
+fi
+if [ ! -x "$BIN" ]; then
+	echo "FAIL: test_bench: $BIN not built"
+	exit 1
+fi
+
+out=$(mktemp -d /tmp/pagetrack-test-bench.XXXXXX)
+trap 'rm -rf "$out"' EXIT
+fail=0
+
+start=$(date +%s)
+if timeout -k 5 120 "$BIN" bench --quick --json >"$out/json" 2>"$out/err"; then
+	echo "PASS: bench --quick --json exits 0 ($(( $(date +%s) - start ))s)"
+else
+	echo "FAIL: bench --quick --json exited with status $?"
+	tail -30 "$out/err"
+	fail=1
+fi
+
+if python3 - "$out/json" <<'EOF'; then
+import json, math, sys
+
+# Keys whose value must be a number > 0.
+positive = """
+hint_guest_gib hint_rounds hint_records_per_s hint_gib_validated_per_s hint_cpu_ns_per_record
+hint_raw_socket_records_per_s hint_raw_socket_gbytes_per_s hint_epoll_records_per_s
+hint_epoll_cpu_ns_per_record hint_ratio_vs_raw_socket hint_ratio_vs_epoll
+worst_guest_gib worst_rounds worst_records_per_s worst_gib_validated_per_s
+worst_cpu_ns_per_record worst_raw_socket_records_per_s worst_raw_socket_gbytes_per_s
+worst_epoll_records_per_s worst_epoll_cpu_ns_per_record worst_ratio_vs_raw_socket
+worst_ratio_vs_epoll
+report_records_per_s report_ack_p50_us report_ack_p99_us report_ack_p999_us
+service_ping_p50_us service_ping_p99_us service_ping_p999_us
+pingpong_p50_us pingpong_p99_us pingpong_p999_us ratio_ack_p99_vs_pingpong_p99
+large_guest_gib large_round_ms large_gib_validated_per_s mem_rss_bytes_per_gib
+mem_rss_bits_per_page mem_log_bits_per_page mem_bits_per_page mem_bits_per_page_theoretical
+multi_devices multi_records_per_s multi_gib_validated_per_s multi_cpu_ns_per_record
+live_records_per_s live_guest_writes_per_s live_rounds
+verdict_64g_unsure_ms_p50 verdict_64g_ms_p50 verdict_64g_ms_max
+bpf_ring_push_ns bpf_empty_ring_push_ns bpf_ring_push_ratio bpf_ring_push_events
+bpf_ioctl_enter_ns bpf_empty_ioctl_enter_ns bpf_ioctl_enter_ratio bpf_ioctl_enter_events
+bpf_ioctl_exit_ns bpf_empty_ioctl_exit_ns bpf_ioctl_exit_ratio bpf_ioctl_exit_events
+bpf_ioctl_enter_other_ns bpf_empty_ioctl_enter_other_ns bpf_ioctl_enter_other_ratio
+bpf_ioctl_enter_other_events bpf_ioctl_exit_other_ns bpf_empty_ioctl_exit_other_ns
+bpf_ioctl_exit_other_ratio bpf_ioctl_exit_other_events bpf_ring_writes_logged
+""".split()
+# Counts that may legitimately be 0 (verdict outcomes): numbers >= 0.
+counts = """
+live_sure_verdicts live_kept_written_per_round verdict_64g_free_gib verdict_64g_sure
+""".split()
+strings = "mode hint_verdicts worst_verdicts verdict_64g_queries".split()
+
+try:
+    d = json.load(open(sys.argv[1]))
+except Exception as e:
+    print(f"FAIL: bench JSON does not parse: {e}")
+    sys.exit(1)
+bad = []
+for k in positive + counts:
+    v = d.get(k)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        bad.append(f"{k}={v!r}")
+    elif v < 0 or (k in positive and v <= 0):
+        bad.append(f"{k}={v!r}")
+for k in strings:
+    if not isinstance(d.get(k), str) or not d[k]:
+        bad.append(f"{k}={d.get(k)!r}")
+if bad:
+    print("FAIL: bench JSON keys missing or not positive/finite: " + ", ".join(bad))
+    sys.exit(1)
+print(f"PASS: bench JSON has all {len(positive) + len(counts) + len(strings)} keys, numbers finite and positive")
+EOF
+	:
+else
+	fail=1
+fi
+
+if timeout -k 5 120 "$BIN" bench --quick >"$out/table" 2>"$out/err"; then
+	echo "PASS: bench --quick (table) exits 0"
+else
+	echo "FAIL: bench --quick (table) exited with status $?"
+	tail -30 "$out/err"
+	fail=1
+fi
+missing=
+for line in "^Ratios" "a/b hinting 4 MiB" "a/b worst case 4 KiB" "a/c hinting 4 MiB" \
+	"a/c worst case 4 KiB" "ack p99 / ping-pong p99" "64 GiB verdict p50" \
+	"bits per guest page" "BPF ring push / empty program"; do
+	grep -q -- "$line" "$out/table" || missing="$missing '$line'"
+done
+if [ -z "$missing" ]; then
+	echo "PASS: bench table prints the ratio lines"
+else
+	echo "FAIL: bench table lacks:$missing"
+	cat "$out/table"
+	fail=1
+fi
+exit $fail
