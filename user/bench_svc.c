@@ -335,7 +335,7 @@ static int ping_samples(int fd, uint64_t *ns, size_t n)
 static int service_latency(const struct bench_env *env, uint64_t *ns, size_t n)
 {
 	struct pt_reg_slot s[2];
-	uint32_t ns_ = pc_guest(s, 64 * GIB);
+	uint32_t nslots = pc_guest(s, 64 * GIB);
 	struct bench_conn c;
 	struct pt_range *r;
 	pid_t holder = 0;
@@ -343,14 +343,14 @@ static int service_latency(const struct bench_env *env, uint64_t *ns, size_t n)
 	uint64_t t0;
 	int err = bench_holders_spawn(&holder, 1);
 
-	r = bench_ranges(s, ns_, 2 * MIB, &nr);
+	r = bench_ranges(s, nslots, 2 * MIB, &nr);
 	if (!err && !r)
 		err = -ENOMEM;
 	if (!err)
 		err = conn_open(env, &c);
 	if (err)
 		goto out;
-	err = bench_register(&c, holder, s, ns_);
+	err = bench_register(&c, holder, s, nslots);
 	bench_set_nonblock(c.fd, false);
 	t0 = bench_now_ns();
 	if (!err)
