@@ -41,6 +41,7 @@ static size_t reencode(const struct pt_hdr *h, const struct pt_msg *m)
 	case PT_MSG_INFLATE:
 	case PT_MSG_DEFLATE:
 	case PT_MSG_WR_READ:
+	case PT_MSG_WRITTEN:
 		return pt_build_report(out, sizeof(out), m->type, m->seq, m->ranges, m->count);
 	case PT_MSG_WR_CAPS:
 	case PT_MSG_PING:

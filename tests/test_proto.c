@@ -77,8 +77,8 @@ static int roundtrip_requests(void)
 	CHECK(m.query->what == PT_Q_HINTS);
 
 	static const unsigned int rtypes[] = { PT_MSG_REPORT, PT_MSG_INFLATE, PT_MSG_DEFLATE,
-					       PT_MSG_WR_READ };
-	for (size_t i = 0; i < 4; i++) {
+					       PT_MSG_WR_READ, PT_MSG_WRITTEN };
+	for (size_t i = 0; i < 5; i++) {
 		CHECK(pt_build_report(fbuf, PT_MAX_FRAME, rtypes[i], 11, two_ranges, 2) == 56);
 		CHECK(parse(&m) == 0);
 		CHECK(m.type == rtypes[i] && m.count == 2 && m.ranges[0].len == 4 * PG);
@@ -172,7 +172,7 @@ static int header_errors(void)
 	CHECK(parse(&m) == -PT_E_BAD_VERSION);
 	CHECK(pt_hdr_check_framing(fhdr()) == -PT_E_BAD_VERSION);
 
-	static const uint8_t bad_types[] = { 0, 13, 63, 69, 255 };
+	static const uint8_t bad_types[] = { 0, 14, 63, 69, 255 };
 	for (size_t i = 0; i < sizeof(bad_types); i++) {
 		pt_build_cmd(fbuf, PT_MAX_FRAME, PT_MSG_ARM, 1, 5);
 		fhdr()->type = bad_types[i];
@@ -412,7 +412,8 @@ static int strings(void)
 	for (int c = 1; c <= PT_E_BAD_FIELD; c++)
 		CHECKF(strcmp(pt_err_str(c), "unknown error"), "code %d", c);
 	CHECK(!strcmp(pt_msg_type_str(PT_MSG_WR_RECORDS), "WR_RECORDS"));
-	CHECK(!strcmp(pt_msg_type_str(13), "UNKNOWN"));
+	CHECK(!strcmp(pt_msg_type_str(14), "UNKNOWN"));
+	CHECK(!strcmp(pt_msg_type_str(PT_MSG_WRITTEN), "WRITTEN"));
 	CHECK(!strcmp(pt_msg_type_str(-1), "UNKNOWN"));
 	for (unsigned int t = 0; t < 256; t++)
 		CHECK(!(pt_type_is_request(t) && pt_type_is_reply(t)));

@@ -617,6 +617,12 @@ int pt_client_deflate(struct pt_client *c, const struct pt_range *ranges, uint32
 	return ranges_req(c, PT_MSG_DEFLATE, ranges, n, pages);
 }
 
+int pt_client_written(struct pt_client *c, const struct pt_range *ranges, uint32_t n,
+		      uint64_t *pages)
+{
+	return ranges_req(c, PT_MSG_WRITTEN, ranges, n, pages);
+}
+
 static size_t build_ping(struct pt_client *c, void *buf, size_t cap, const void *arg)
 {
 	return pt_build_empty(buf, cap, *(const unsigned int *)arg, c->next_seq++);

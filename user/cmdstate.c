@@ -401,6 +401,16 @@ int pt_cmd_verdict(struct pt_vmctx *c, uint32_t cmd, struct pt_verdict_sum *v, p
 	return 0;
 }
 
+static void piece_written(struct pt_vmctx *c, uint64_t page, uint64_t n, void *arg)
+{
+	pt_vm_mark_written(c->t, c->vm, page, n);
+}
+
+int pt_vmm_written(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, uint64_t *pages)
+{
+	return apply_ranges(c, r, n, piece_written, NULL, pages);
+}
+
 /* --- reporting, ballooning, write records --------------------------------------------------- */
 
 int pt_report_add(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, uint64_t *pages)

@@ -86,6 +86,8 @@ int pt_balloon_inflate(struct pt_vmctx *c, const struct pt_range *r, uint32_t n,
 		       uint64_t *pages);
 int pt_balloon_deflate(struct pt_vmctx *c, const struct pt_range *r, uint32_t n,
 		       uint64_t *pages);
+/* Pages the VMM wrote itself (device emulation): logged as written, so never confirmed. */
+int pt_vmm_written(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, uint64_t *pages);
 /* Inflated pages the guest wrote: "free" counts them, ranges lists them. */
 int pt_balloon_reclaimed(struct pt_vmctx *c, struct pt_verdict_sum *v, pt_range_cb cb,
 			 void *ctx);

@@ -51,6 +51,7 @@ static const struct pt_len_rule len_rules[] = {
 	[PT_MSG_WR_CAPS] = RULE(0, 0, 0),
 	[PT_MSG_WR_READ] = RULE(sizeof(struct pt_report), sizeof(struct pt_range), NOLIMIT),
 	[PT_MSG_PING] = RULE(0, 0, 0),
+	[PT_MSG_WRITTEN] = RULE(sizeof(struct pt_report), sizeof(struct pt_range), NOLIMIT),
 	[PT_MSG_ACK] = RULE(sizeof(struct pt_ack), 0, 0),
 	[PT_MSG_VERDICT] = RULE(sizeof(struct pt_verdict), sizeof(struct pt_range), NOLIMIT),
 	[PT_MSG_ERROR] = RULE(sizeof(struct pt_error), 1, NOLIMIT),
@@ -319,6 +320,7 @@ int pt_frame_parse(const struct pt_hdr *h, const void *payload, struct pt_msg *o
 	case PT_MSG_INFLATE:
 	case PT_MSG_DEFLATE:
 	case PT_MSG_WR_READ:
+	case PT_MSG_WRITTEN:
 		return parse_report(out);
 	case PT_MSG_ACK:
 		return parse_ack(out);
@@ -370,6 +372,7 @@ static const char *const type_strs[] = {
 	[PT_MSG_REPORT] = "REPORT",	[PT_MSG_INFLATE] = "INFLATE",
 	[PT_MSG_DEFLATE] = "DEFLATE",	[PT_MSG_WR_CAPS] = "WR_CAPS",
 	[PT_MSG_WR_READ] = "WR_READ",	[PT_MSG_PING] = "PING",
+	[PT_MSG_WRITTEN] = "WRITTEN",
 	[PT_MSG_ACK] = "ACK",		[PT_MSG_VERDICT] = "VERDICT",
 	[PT_MSG_ERROR] = "ERROR",	[PT_MSG_WR_CAPS_REPLY] = "WR_CAPS_REPLY",
 	[PT_MSG_WR_RECORDS] = "WR_RECORDS",

@@ -263,6 +263,9 @@ static void on_batch(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx,
 	case PT_MSG_INFLATE:
 		err = pt_balloon_inflate(ctx, m->ranges, m->count, &pages);
 		break;
+	case PT_MSG_WRITTEN:
+		err = pt_vmm_written(ctx, m->ranges, m->count, &pages);
+		break;
 	default:
 		err = pt_balloon_deflate(ctx, m->ranges, m->count, &pages);
 		break;
@@ -332,6 +335,7 @@ static void dispatch(struct svc *s, struct pt_conn *c, const struct pt_msg *m)
 	case PT_MSG_REPORT:
 	case PT_MSG_INFLATE:
 	case PT_MSG_DEFLATE:
+	case PT_MSG_WRITTEN:
 		on_batch(s, c, ctx, m);
 		break;
 	case PT_MSG_QUERY:

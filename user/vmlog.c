@@ -222,3 +222,17 @@ int pt_vm_written_gfns(struct pt_tracker *t, uint32_t vm, uint64_t **out, size_t
 	*n = len;
 	return 0;
 }
+
+void pt_vm_mark_written(struct pt_tracker *t, uint32_t vm, uint64_t page, uint64_t n)
+{
+	uint64_t bit = t->vms[vm].log_bit_base + page;
+
+	/* Atomic: BPF programs set bits in the same words concurrently. */
+	for (uint64_t end = bit + n; bit < end;) {
+		uint64_t off = bit % 64, k = 64 - off < end - bit ? 64 - off : end - bit;
+		uint64_t mask = (k == 64 ? ~0ull : (1ull << k) - 1) << off;
+
+		__atomic_fetch_or(&t->log[bit / 64], mask, __ATOMIC_SEQ_CST);
+		bit += k;
+	}
+}

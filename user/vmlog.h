@@ -37,6 +37,9 @@ int pt_vm_slots_get(struct pt_tracker *t, uint32_t vm, struct pt_vm_slots *out);
 /* Region page index of a guest frame; -ENOENT if no valid slot (of address space 0) holds it. */
 int pt_slots_page(const struct pt_vm_slots *sl, uint64_t gfn, uint64_t *page);
 
+/* Set the bits of n pages from region page `page`: writes KVM did not see (the VMM's own). */
+void pt_vm_mark_written(struct pt_tracker *t, uint32_t vm, uint64_t page, uint64_t n);
+
 /* Every guest frame whose bit is set, in slot order (malloc'd; NULL when *n == 0). */
 int pt_vm_written_gfns(struct pt_tracker *t, uint32_t vm, uint64_t **out, size_t *n);
 

@@ -138,6 +138,14 @@ PT_API int pt_client_inflate(struct pt_client *c, const struct pt_range *ranges,
 PT_API int pt_client_deflate(struct pt_client *c, const struct pt_range *ranges, uint32_t n,
 			     uint64_t *pages);
 
+/*
+ * WRITTEN: pages the VMM itself wrote into guest memory (device emulation, DMA into guest
+ * buffers). KVM's dirty log never sees those writes, so a device whose VMM writes guest
+ * memory MUST report them before it trusts a verdict. Returns once they are logged.
+ */
+PT_API int pt_client_written(struct pt_client *c, const struct pt_range *ranges, uint32_t n,
+			     uint64_t *pages);
+
 /* Write records: capabilities, and read-and-clear over ranges (written or unsure pages). */
 PT_API int pt_client_wr_caps(struct pt_client *c, struct pt_wr_caps *caps);
 PT_API int pt_client_wr_read(struct pt_client *c, const struct pt_range *ranges, uint32_t n,

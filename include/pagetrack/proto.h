@@ -41,6 +41,8 @@ enum pt_msg_type {
 	PT_MSG_WR_CAPS = 10,	/* empty: write-record capabilities */
 	PT_MSG_WR_READ = 11,	/* struct pt_report + pt_range[count]: read-and-clear write records */
 	PT_MSG_PING = 12,	/* empty: liveness / latency floor */
+	PT_MSG_WRITTEN = 13,	/* struct pt_report + pt_range[count]: pages the VMM itself wrote
+				 * (device emulation, DMA): KVM never sees those writes */
 	/* service -> device */
 	PT_MSG_ACK = 64,	/* struct pt_ack: request completed */
 	PT_MSG_VERDICT = 65,	/* struct pt_verdict + pt_range[nranges]; PT_F_MORE until last */
