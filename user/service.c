@@ -185,7 +185,8 @@ static void on_register(struct svc *s, struct pt_conn *c, const struct pt_msg *m
 		pt_warn("VM %u (pid %u) uses %s dirty logging, which BPF does not see here: every "
 			"verdict will be keep", vm, r->vmm_pid,
 			r->dirty_mode == PT_DIRTY_RING ? "dirty-ring" : "bitmap");
-	reply_ack(s, c, m->seq, vm, tracked, 0);
+	/* Coverage: 0 when every write path is observed, else why every verdict will be keep. */
+	reply_ack(s, c, m->seq, vm, tracked ? 0 : PT_WHY_UNTRACKED, 0);
 }
 
 /* --- the other requests --------------------------------------------------------------------- */
