@@ -70,12 +70,23 @@ static int for_each_piece(struct pt_vmctx *c, const struct pt_range *r, piece_fn
 	return 0;
 }
 
-/* Memslots may have been learned or changed by BPF since the last request. */
+/*
+ * Memslots may have been learned or changed by BPF since the last request. Every memslot
+ * ioctl bumps slot_changes, so the table is re-read only after one (a bpf() call saved per
+ * batch). The counter is read before the table: a change racing with the read is re-read
+ * next time, and BPF taints the epoch of any change that moves or drops a slot anyway.
+ */
 static int refresh_slots(struct pt_vmctx *c)
 {
-	int err = pt_vm_slots_get(c->t, c->vm, &c->slots);
+	uint64_t gen = __atomic_load_n(&pt_vm(c->t, c->vm)->slot_changes, __ATOMIC_ACQUIRE);
 
-	return err ? -PT_E_INTERNAL : 0;
+	if (c->slots_valid && gen == c->slots_gen)
+		return 0;
+	if (pt_vm_slots_get(c->t, c->vm, &c->slots))
+		return -PT_E_INTERNAL;
+	c->slots_gen = gen;
+	c->slots_valid = true;
+	return 0;
 }
 
 /* Validate every range first, so that a batch is applied whole or not at all. */

@@ -57,6 +57,8 @@ struct pt_vmctx {
 	uint64_t *wr_read;	/* write records already returned by WR_READ (lazy) */
 	uint64_t wr_epoch;	/* epoch wr_read belongs to */
 	struct pt_vm_slots slots;
+	uint64_t slots_gen;	/* pt_vm_state.slot_changes when slots was read */
+	bool slots_valid;
 	struct pt_vm_counters n;
 };
 

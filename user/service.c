@@ -482,8 +482,11 @@ static int start(struct svc *s)
 {
 	struct pt_loader_opts lo = { .pin_dir = s->cfg->pin_dir, .log_mb = s->cfg->log_mb,
 				     .tdp = s->cfg->tdp };
+	/* 128 KiB receive buffers: a full 4096-range HINT frame (64 KiB + 24 bytes) lands in one
+	 * buffer and is parsed in place instead of being reassembled. */
 	struct pt_server_cfg sc = { .path = s->cfg->socket, .listen_fd = s->cfg->listen_fd,
-				    .tick_ms = s->cfg->tick_ms };
+				    .tick_ms = s->cfg->tick_ms, .nbufs = 128,
+				    .buf_size = 128 * 1024 };
 	struct pt_server_ops ops = { on_frame, on_close, on_tick, on_signal };
 	char cov[400];
 	int err;
