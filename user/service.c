@@ -148,6 +148,8 @@ static int track_vm(struct svc *s, const struct pt_msg *m, uint32_t *vm)
 	return 0;
 }
 
+static struct pt_vmctx *bound_vm(struct svc *s, struct pt_conn *c);
+
 static void on_register(struct svc *s, struct pt_conn *c, const struct pt_msg *m)
 {
 	const struct pt_register *r = m->reg;
@@ -156,6 +158,10 @@ static void on_register(struct svc *s, struct pt_conn *c, const struct pt_msg *m
 	uint32_t vm;
 	int err;
 
+	if (bound_vm(s, c)) {
+		reply_err(s, c, m->seq, -PT_E_STATE, "register: this connection has a VM");
+		return;
+	}
 	err = may_register(pt_conn_peer(c), r->vmm_pid);
 	if (err) {
 		reply_err(s, c, m->seq, err, err == -PT_E_PERM ? "register: not your VM" :
@@ -243,6 +249,8 @@ static void on_wr_read(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx,
 	for (uint32_t i = 0; i < m->count; i++)
 		v.hinted += m->ranges[i].len / PT_PROTO_PAGE;
 	v.kept_written = pages;
+	if (!v.unsure_reason)
+		v.free = v.hinted - pages;
 	send_ranges(s, c, PT_MSG_WR_RECORDS, m->seq, &v);
 }
 
@@ -377,9 +385,14 @@ static void on_close(void *arg, struct pt_conn *c)
 	struct svc *s = arg;
 	struct pt_vmctx *ctx = pt_conn_data(c);
 
-	/* The VM stays tracked: its device may reconnect. It goes when its VMM exits. */
-	if (ctx && s->owner[ctx->vm] == pt_conn_id(c))
+	/* The VM stays tracked: its device may reconnect. It goes when its VMM exits. Its
+	 * command IDs go now (PROTOCOL.md section 2): a new connection arms anew. */
+	if (ctx && s->owner[ctx->vm] == pt_conn_id(c)) {
 		s->owner[ctx->vm] = 0;
+		ctx->state = PT_CS_IDLE;
+		ctx->cur = 0;
+		ctx->nused = 0;
+	}
 }
 
 /* --- housekeeping --------------------------------------------------------------------------- */
