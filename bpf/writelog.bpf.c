@@ -84,17 +84,38 @@ struct {
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 2);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } pt_pending SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, PT_MAX_VMS);
+	__type(key, __u32);
+	__type(value, struct pt_vm_stats);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pt_vm_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pt_cpu_cache);
+} pt_cache SEC(".maps");
+
 static __always_inline __u64 *pending_ioctls(void)
 {
-	__u32 zero = 0;
+	__u32 key = PT_PENDING;
 
-	return bpf_map_lookup_elem(&pt_pending, &zero);
+	return bpf_map_lookup_elem(&pt_pending, &key);
+}
+
+static __always_inline struct pt_vm_stats *vm_stats(__u32 vm)
+{
+	return bpf_map_lookup_elem(&pt_vm_stats, &vm);
 }
 
 static __always_inline struct pt_vm_state *vm_state(__u32 vm)
@@ -111,6 +132,31 @@ static __always_inline int current_vm(__u32 *vm)
 		return -1;
 	*vm = *idx;
 	return 0;
+}
+
+/*
+ * current_vm() through the per-CPU cache: a hit costs two inlined array lookups instead of
+ * a hash lookup. Untracked processes miss and fall back to the hash (and are not cached).
+ */
+static __always_inline struct pt_cpu_cache *cached_vm(__u32 *vm)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32, zero = 0, gkey = PT_GEN;
+	struct pt_cpu_cache *c = bpf_map_lookup_elem(&pt_cache, &zero);
+	__u64 *gen = bpf_map_lookup_elem(&pt_pending, &gkey);
+
+	if (!c || !gen)
+		return NULL;
+	if (c->tgid == tgid && c->gen == *gen) {
+		*vm = c->vm;
+		return c;
+	}
+	if (current_vm(vm))
+		return NULL;
+	c->tgid = tgid;
+	c->vm = *vm;
+	c->gen = *gen;
+	c->ring = 0;
+	return c;
 }
 
 static __always_inline void taint(struct pt_vm_state *st, __u32 reason)
@@ -189,10 +235,14 @@ static __always_inline void record_gfn(__u32 vm, struct pt_vm_state *st, __u64 g
 		return;
 	}
 	why = log_page(st, s->bit_off + gfn - s->base_gfn);
-	if (why)
+	if (why) {
 		taint(st, why);
-	else
-		__sync_fetch_and_add(&st->fault_writes, 1);
+	} else {
+		struct pt_vm_stats *n = vm_stats(vm);
+
+		if (n)
+			n->fault_writes++;
+	}
 }
 
 /* Remember the first ring entry of this epoch; entries before it predate the arm. */
@@ -221,17 +271,25 @@ static __always_inline void note_ring_push(__u32 vm, struct pt_vm_state *st,
 SEC("raw_tp/kvm_dirty_ring_push")
 int BPF_PROG(pt_ring_push, struct kvm_dirty_ring *ring, u32 slot, u64 offset)
 {
+	struct pt_vm_stats *n;
+	struct pt_cpu_cache *c;
 	struct pt_vm_slots *sl;
 	struct pt_vm_state *st;
 	struct pt_slot *s;
 	__u32 vm, why;
 
-	if (current_vm(&vm))
+	c = cached_vm(&vm);
+	if (!c)
 		return 0;
 	st = vm_state(vm);
 	if (!st)
 		return 0;
-	note_ring_push(vm, st, ring);
+	/* Once per ring and epoch on this CPU: the rest of the epoch's pushes skip it. */
+	if (c->ring != (__u64)ring || c->ring_epoch != st->epoch) {
+		note_ring_push(vm, st, ring);
+		c->ring = (__u64)ring;
+		c->ring_epoch = st->epoch;
+	}
 	sl = bpf_map_lookup_elem(&pt_vm_slots, &vm);
 	s = sl ? slot_by_id(sl, slot) : NULL;
 	if (!s) {
@@ -243,10 +301,13 @@ int BPF_PROG(pt_ring_push, struct kvm_dirty_ring *ring, u32 slot, u64 offset)
 		return 0;
 	}
 	why = log_page(st, s->bit_off + offset);
-	if (why)
+	if (why) {
 		taint(st, why);
-	else
-		__sync_fetch_and_add(&st->ring_writes, 1);
+		return 0;
+	}
+	n = vm_stats(vm);
+	if (n)
+		n->ring_writes++;
 	return 0;
 }
 
@@ -284,6 +345,14 @@ int BPF_PROG(pt_ring_reset, struct kvm_dirty_ring *ring)
 	return 0;
 }
 
+static __always_inline void count_ignored_fault(__u32 vm)
+{
+	struct pt_vm_stats *n = vm_stats(vm);
+
+	if (n)
+		n->faults_ignored++;
+}
+
 SEC("raw_tp/kvm_page_fault")
 int BPF_PROG(pt_page_fault, struct kvm_vcpu *vcpu, u64 fault_address, u64 error_code)
 {
@@ -299,7 +368,7 @@ int BPF_PROG(pt_page_fault, struct kvm_vcpu *vcpu, u64 fault_address, u64 error_
 		return 0;
 	if (!tdp) {
 		/* Shadow paging: the address is a GVA, useless for the log. */
-		__sync_fetch_and_add(&st->faults_ignored, 1);
+		count_ignored_fault(vm);
 		return 0;
 	}
 	record_gfn(vm, st, fault_address >> PT_PAGE_SHIFT);
@@ -321,7 +390,7 @@ int BPF_PROG(pt_fast_page_fault, struct kvm_vcpu *vcpu, struct kvm_page_fault *f
 	if (!st)
 		return 0;
 	if (!tdp || !BPF_CORE_READ(fault, is_tdp)) {
-		__sync_fetch_and_add(&st->faults_ignored, 1);
+		count_ignored_fault(vm);
 		return 0;
 	}
 	record_gfn(vm, st, BPF_CORE_READ(fault, addr) >> PT_PAGE_SHIFT);

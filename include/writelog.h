@@ -10,7 +10,9 @@
  *   pt_log         ARRAY  u64 words of the write-log bitmap (mmapable); each VM owns a region
  *   pt_rings       ARRAY  vm index * PT_MAX_VCPUS + vcpu -> struct pt_ring (pre-arm entries)
  *   pt_ioctl       HASH   thread -> struct pt_ioctl (an ioctl between its enter and exit)
- *   pt_pending     ARRAY  one u64: threads inside a watched ioctl (fast path for the rest)
+ *   pt_pending     ARRAY  u64 [PT_PENDING] threads in a watched ioctl, [PT_GEN] VM-set generation
+ *   pt_vm_stats    PERCPU vm index -> struct pt_vm_stats (event counters)
+ *   pt_cache       PERCPU one struct pt_cpu_cache (last VM seen on this CPU)
  */
 #ifndef PAGETRACK_WRITELOG_H
 #define PAGETRACK_WRITELOG_H
@@ -63,10 +65,31 @@ struct pt_vm_state {
 	__u64 syncs;	     /* complete syncs */
 	__u64 syncs_incomplete; /* syncs that left pre-arm entries writable */
 	__u64 slot_changes;  /* memslot ioctls seen */
-	__u64 faults_ignored; /* write faults seen while the fault path is off (no TDP) */
-	__u64 fault_writes;  /* write faults recorded (TDP hosts) */
-	__u64 ring_writes;   /* dirty-ring pushes recorded */
 };
+
+/* Per-CPU event counters (pt_vm_stats, PERCPU_ARRAY by vm index): no shared cache line on
+ * the per-write path. Userspace sums the CPUs. */
+struct pt_vm_stats {
+	__u64 ring_writes;    /* dirty-ring pushes recorded */
+	__u64 fault_writes;   /* write faults recorded (TDP hosts) */
+	__u64 faults_ignored; /* write faults seen while the fault path is off (no TDP) */
+};
+
+/*
+ * Per-CPU cache of the last tracked process seen on this CPU, so the per-write path needs no
+ * hash lookup: valid while pt_pending[PT_GEN] equals `gen` (userspace bumps it whenever the
+ * set of tracked VMs changes). It also remembers the last dirty ring noted in an epoch.
+ */
+struct pt_cpu_cache {
+	__u32 tgid;
+	__u32 vm;
+	__u64 gen;
+	__u64 ring;	  /* struct kvm_dirty_ring * already noted ... */
+	__u64 ring_epoch; /* ... in this epoch */
+};
+
+#define PT_PENDING 0 /* pt_pending[0]: threads inside a watched ioctl */
+#define PT_GEN	   1 /* pt_pending[1]: generation of the tracked-VM set */
 
 struct pt_slot {
 	__u64 base_gfn;

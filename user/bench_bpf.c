@@ -177,6 +177,13 @@ static int measure_other(struct pt_tracker *t, struct baseline_bpf *b, bool quic
 	return err;
 }
 
+static uint64_t ring_writes(struct pt_tracker *t, uint32_t vm)
+{
+	struct pt_vm_stats n;
+
+	return pt_vm_stats_get(t, vm, &n) ? 0 : n.ring_writes;
+}
+
 static int measure(struct pt_tracker *t, struct baseline_bpf *b, bool quick)
 {
 	struct pair p[3] = {
@@ -194,7 +201,7 @@ static int measure(struct pt_tracker *t, struct baseline_bpf *b, bool quick)
 
 	if (err)
 		goto out;
-	logged = pt_vm(t, idx)->ring_writes;
+	logged = ring_writes(t, idx);
 	err = sample(p, 3, -1);
 	if (!err)
 		err = write_rounds(vm, quick ? 20 : 200);
@@ -203,7 +210,7 @@ static int measure(struct pt_tracker *t, struct baseline_bpf *b, bool quick)
 	for (int i = 0; !err && i < 3; i++)
 		put_pair(&p[i]);
 	if (!err)
-		bench_put("bpf_ring_writes_logged", pt_vm(t, idx)->ring_writes - logged, "",
+		bench_put("bpf_ring_writes_logged", ring_writes(t, idx) - logged, "",
 			  "guest writes that reached the write log");
 	pt_vm_untrack(t, idx);
 	if (!err)

@@ -23,9 +23,19 @@ static const char *mode_str(enum pt_dirty_mode m)
 	return m == PT_DIRTY_RING ? "dirty-ring" : "bitmap";
 }
 
+static struct pt_vm_stats events(struct pt_tracker *t, uint32_t vm)
+{
+	struct pt_vm_stats ev;
+
+	if (pt_vm_stats_get(t, vm, &ev))
+		memset(&ev, 0, sizeof(ev));
+	return ev;
+}
+
 static void json_vm(FILE *f, struct pt_tracker *t, const struct pt_vmctx *c, bool first)
 {
 	const struct pt_vm_state *st = pt_vm(t, c->vm);
+	struct pt_vm_stats ev = events(t, c->vm);
 	char why[128];
 
 	fprintf(f,
@@ -42,7 +52,7 @@ static void json_vm(FILE *f, struct pt_tracker *t, const struct pt_vmctx *c, boo
 		st->sync_epoch == st->epoch ? "true" : "false",
 		pt_why_str(pt_epoch_doubt((struct pt_vmctx *)c), why, sizeof(why)),
 		st->taint_epoch == st->epoch ? st->taint_reason : 0,
-		(unsigned long long)st->ring_writes, (unsigned long long)st->fault_writes,
+		(unsigned long long)ev.ring_writes, (unsigned long long)ev.fault_writes,
 		(unsigned long long)st->lost, (unsigned long long)st->syncs,
 		(unsigned long long)st->syncs_incomplete, (unsigned long long)c->n.hint_batches,
 		(unsigned long long)c->n.hinted_pages, (unsigned long long)c->n.stale_pages,
@@ -102,13 +112,14 @@ static void write_json(const char *path, const struct pt_service_cfg *cfg, struc
 static void prom_vm(FILE *f, struct pt_tracker *t, const struct pt_vmctx *c)
 {
 	const struct pt_vm_state *st = pt_vm(t, c->vm);
+	struct pt_vm_stats ev = events(t, c->vm);
 	const struct {
 		const char *name;
 		unsigned long long v;
 	} m[] = {
 		{ "pagetrack_vm_epoch", st->epoch },
-		{ "pagetrack_vm_ring_writes_total", st->ring_writes },
-		{ "pagetrack_vm_fault_writes_total", st->fault_writes },
+		{ "pagetrack_vm_ring_writes_total", ev.ring_writes },
+		{ "pagetrack_vm_fault_writes_total", ev.fault_writes },
 		{ "pagetrack_vm_lost_events_total", st->lost },
 		{ "pagetrack_vm_syncs_total", st->syncs },
 		{ "pagetrack_vm_syncs_incomplete_total", st->syncs_incomplete },

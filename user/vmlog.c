@@ -81,6 +81,50 @@ static int build_slots(const struct pt_slot_cfg *cfg, unsigned n, struct pt_vm_s
 	return 0;
 }
 
+/* The set of tracked VMs changed: per-CPU caches of the BPF programs must be refilled. */
+static void bump_generation(struct pt_tracker *t)
+{
+	uint32_t key = PT_GEN;
+	uint64_t gen = 0;
+
+	bpf_map__lookup_elem(t->skel->maps.pt_pending, &key, sizeof(key), &gen, sizeof(gen), 0);
+	gen++;
+	bpf_map__update_elem(t->skel->maps.pt_pending, &key, sizeof(key), &gen, sizeof(gen), 0);
+}
+
+static void zero_stats(struct pt_tracker *t, uint32_t vm)
+{
+	int ncpu = libbpf_num_possible_cpus();
+	struct pt_vm_stats *z = ncpu > 0 ? calloc(ncpu, sizeof(*z)) : NULL;
+
+	if (z)
+		bpf_map__update_elem(t->skel->maps.pt_vm_stats, &vm, sizeof(vm), z,
+				     ncpu * sizeof(*z), 0);
+	free(z);
+}
+
+int pt_vm_stats_get(struct pt_tracker *t, uint32_t vm, struct pt_vm_stats *sum)
+{
+	int ncpu = libbpf_num_possible_cpus(), err;
+	struct pt_vm_stats *v;
+
+	memset(sum, 0, sizeof(*sum));
+	if (ncpu <= 0)
+		return -EINVAL;
+	v = calloc(ncpu, sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	err = bpf_map__lookup_elem(t->skel->maps.pt_vm_stats, &vm, sizeof(vm), v,
+				   ncpu * sizeof(*v), 0);
+	for (int i = 0; !err && i < ncpu; i++) {
+		sum->ring_writes += v[i].ring_writes;
+		sum->fault_writes += v[i].fault_writes;
+		sum->faults_ignored += v[i].faults_ignored;
+	}
+	free(v);
+	return err;
+}
+
 int pt_vm_track(struct pt_tracker *t, uint32_t tgid, const struct pt_slot_cfg *slots,
 		unsigned n, uint64_t learn_pages, uint32_t *vm, bool *existed)
 {
@@ -108,6 +152,7 @@ int pt_vm_track(struct pt_tracker *t, uint32_t tgid, const struct pt_slot_cfg *s
 	 * (keyed by index) or an old sync or taint can never look current. Counters restart:
 	 * no program touches this index until pt_vm_by_tgid points at it. */
 	memset(&st->lost, 0, sizeof(*st) - offsetof(struct pt_vm_state, lost));
+	zero_stats(t, *vm);
 	st->tgid = tgid;
 	st->log_bit_base = base;
 	st->log_bits = bits;
@@ -123,6 +168,7 @@ int pt_vm_track(struct pt_tracker *t, uint32_t tgid, const struct pt_slot_cfg *s
 		st->flags = 0;
 		return err;
 	}
+	bump_generation(t);
 	pt_info("tracking VM %u: pid %u, %u memslots%s, %llu pages of log at bit %llu", *vm, tgid,
 		n, n ? "" : " (learned from ioctls)", (unsigned long long)bits,
 		(unsigned long long)base);
@@ -138,6 +184,7 @@ int pt_vm_untrack(struct pt_tracker *t, uint32_t vm)
 		return -ENOENT;
 	bpf_map__delete_elem(t->skel->maps.pt_vm_by_tgid, &tgid, sizeof(tgid), 0);
 	__atomic_store_n(&st->flags, 0, __ATOMIC_SEQ_CST);
+	bump_generation(t);
 	pt_info("VM %u (pid %u) no longer tracked", vm, tgid);
 	return 0;
 }

@@ -26,6 +26,8 @@ struct pt_slot_cfg {
 int pt_vm_track(struct pt_tracker *t, uint32_t tgid, const struct pt_slot_cfg *slots,
 		unsigned n, uint64_t learn_pages, uint32_t *vm, bool *existed);
 int pt_vm_untrack(struct pt_tracker *t, uint32_t vm);
+/* Event counters of a VM, summed over CPUs. */
+int pt_vm_stats_get(struct pt_tracker *t, uint32_t vm, struct pt_vm_stats *sum);
 int pt_vm_find(struct pt_tracker *t, uint32_t tgid, uint32_t *vm);
 
 /* Arm: clear the VM's log region, then start a new epoch (returned). */
