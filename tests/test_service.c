@@ -1267,7 +1267,56 @@ static int register_coverage_bits(void)
 	return 0;
 }
 
+/*
+ * WR_READ where the service cannot vouch for its log (an untracked mode): every asked page is
+ * unsure, and unsure pages must be listed (spec 4.7: a reader treats listed pages as written,
+ * so an unlisted page would be skipped by a migration, with its data lost).
+ */
+static int wr_unsure_child(void *arg)
+{
+	const struct pt_range ask[3] = {
+		{ SLOT_GPA, 8 * PG }, { SLOT_GPA + 4 * PG, 8 * PG }, { SLOT_GPA + 100 * PG, 2 * PG },
+	};
+	struct pt_client *c = connect_svc();
+	struct pt_client_result res;
+	uint64_t listed = 0;
+
+	CHECK(c);
+	CHECK(pt_client_register(c, 0, PT_DIRTY_BITMAP, &slot1, 1, NULL) == 0);
+	if (!pt_client_coverage(c))
+		return t_skip("bitmap mode is tracked here");
+	CHECK(pt_client_arm(c, 2) == 0);
+	CHECK(pt_client_wr_read(c, ask, 3, &res) == 0);
+	CHECK(res.v.unsure_reason & PT_WHY_UNTRACKED);
+	for (uint32_t i = 0; i < res.v.nranges; i++) {
+		listed += res.ranges[i].len / PG;
+		CHECK(i == 0 || res.ranges[i - 1].gpa + res.ranges[i - 1].len <= res.ranges[i].gpa);
+	}
+	CHECKF(res.v.free == 0 && listed == res.v.kept_written + res.v.kept_unsure && listed == 14,
+	       "untracked WR_RECORDS: free %llu written %llu unsure %llu, %llu pages listed in %u "
+	       "ranges (want all 14 asked pages listed as unsure)", (unsigned long long)res.v.free,
+	       (unsigned long long)res.v.kept_written, (unsigned long long)res.v.kept_unsure,
+	       (unsigned long long)listed, res.v.nranges);
+	CHECK(res.v.nranges == 2 && res.ranges[0].gpa == SLOT_GPA &&
+	      res.ranges[0].len == 12 * PG && res.ranges[1].gpa == SLOT_GPA + 100 * PG);
+	pt_client_result_free(&res);
+	pt_client_close(c);
+	return 0;
+}
+
+static int wr_read_lists_unsure_pages(void)
+{
+	int rc;
+
+	T_REQUIRE(need_service());
+	rc = in_child(wr_unsure_child, NULL);
+	if (rc == T_SKIP)
+		return t_skip("bitmap mode is tracked here");
+	CHECK(rc == 0);
+	return 0;
+}
+
 T_MAIN(T_CASE(round_trip_every_type), T_CASE(concurrent_64_clients),
        T_CASE(disconnect_mid_frame), T_CASE(malformed_frames), T_CASE(other_uid_refused),
        T_CASE(reconnect_same_pid), T_CASE(register_twice_refused),
-       T_CASE(register_coverage_bits), T_CASE(real_vm_verdict))
+       T_CASE(register_coverage_bits), T_CASE(wr_read_lists_unsure_pages), T_CASE(real_vm_verdict))

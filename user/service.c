@@ -230,6 +230,48 @@ static void on_query(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx,
 	reply_verdict(s, c, m->seq, m->cmd_id, &sum);
 }
 
+static int cmp_range(const void *a, const void *b)
+{
+	const struct pt_range *x = a, *y = b;
+
+	return x->gpa < y->gpa ? -1 : x->gpa > y->gpa;
+}
+
+/*
+ * The log cannot vouch for the asked pages: all of them are unsure, and a reader treats the
+ * listed pages as written, so every asked page is listed (sorted, merged; the written ones
+ * collected so far are among them).
+ */
+static int list_unsure(struct svc *s, const struct pt_msg *m, struct pt_verdict *v)
+{
+	uint64_t listed = 0;
+	size_t k = 0;
+
+	s->nranges = 0;
+	for (uint32_t i = 0; i < m->count; i++)
+		if (collect_range(s, m->ranges[i].gpa, m->ranges[i].len))
+			return -1;
+	qsort(s->ranges, s->nranges, sizeof(*s->ranges), cmp_range);
+	for (size_t i = 0; i < s->nranges; i++) {
+		struct pt_range r = s->ranges[i];
+		struct pt_range *last = k ? &s->ranges[k - 1] : NULL;
+
+		if (last && r.gpa <= last->gpa + last->len) {
+			if (r.gpa + r.len > last->gpa + last->len)
+				last->len = r.gpa + r.len - last->gpa;
+		} else {
+			s->ranges[k++] = r;
+		}
+	}
+	s->nranges = k;
+	for (size_t i = 0; i < k; i++)
+		listed += s->ranges[i].len / PT_PROTO_PAGE;
+	v->hinted = listed;
+	v->free = 0;
+	v->kept_unsure = listed - v->kept_written;
+	return 0;
+}
+
 static void on_wr_read(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx,
 		       const struct pt_msg *m)
 {
@@ -251,6 +293,10 @@ static void on_wr_read(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx,
 	v.kept_written = pages;
 	if (!v.unsure_reason)
 		v.free = v.hinted - pages;
+	else if (list_unsure(s, m, &v)) {
+		reply_err(s, c, m->seq, -PT_E_BUSY, "write records: out of memory");
+		return;
+	}
 	send_ranges(s, c, PT_MSG_WR_RECORDS, m->seq, &v);
 }
 
