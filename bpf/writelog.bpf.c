@@ -291,10 +291,19 @@ int BPF_PROG(pt_ring_push, struct kvm_dirty_ring *ring, u32 slot, u64 offset)
 		c->ring_epoch = st->epoch;
 	}
 	sl = bpf_map_lookup_elem(&pt_vm_slots, &vm);
-	s = sl ? slot_by_id(sl, slot) : NULL;
-	if (!s) {
+	if (!sl) {
 		taint(st, PT_TAINT_UNKNOWN_SLOT);
 		return 0;
+	}
+	/* Writes come in runs on one memslot: try the slot of the last hit first. */
+	s = &sl->slots[c->slot & (PT_MAX_SLOTS - 1)];
+	if (s->id != slot || !(s->flags & PT_SLOT_VALID)) {
+		s = slot_by_id(sl, slot);
+		if (!s) {
+			taint(st, PT_TAINT_UNKNOWN_SLOT);
+			return 0;
+		}
+		c->slot = s - sl->slots;
 	}
 	if (offset >= s->npages) {
 		taint(st, PT_TAINT_GFN_RANGE);

@@ -86,6 +86,8 @@ struct pt_cpu_cache {
 	__u64 gen;
 	__u64 ring;	  /* struct kvm_dirty_ring * already noted ... */
 	__u64 ring_epoch; /* ... in this epoch */
+	__u32 slot;	  /* index in pt_vm_slots of the last slot hit (a guess, checked) */
+	__u32 pad;
 };
 
 #define PT_PENDING 0 /* pt_pending[0]: threads inside a watched ioctl */
