@@ -13,6 +13,13 @@
 
 static void bits_set(uint64_t *b, uint64_t first, uint64_t n, bool on)
 {
+	if (n == 1) { /* the worst case: one 4 KiB page per record */
+		if (on)
+			b[first / 64] |= 1ull << (first % 64);
+		else
+			b[first / 64] &= ~(1ull << (first % 64));
+		return;
+	}
 	while (n) {
 		uint64_t w = first / 64, off = first % 64;
 		uint64_t k = 64 - off < n ? 64 - off : n;
@@ -40,23 +47,36 @@ static uint64_t *lazy_bitmap(struct pt_vmctx *c, uint64_t **b)
  */
 typedef void (*piece_fn)(struct pt_vmctx *c, uint64_t page, uint64_t n, void *arg);
 
+static bool slot_has(const struct pt_slot *x, uint64_t gfn)
+{
+	return (x->flags & PT_SLOT_VALID) && !(x->id >> 16) && gfn >= x->base_gfn &&
+	       gfn - x->base_gfn < x->npages;
+}
+
+/* Hints come in runs inside one memslot: the slot of the last hit is tried first. */
+static const struct pt_slot *slot_of(struct pt_vmctx *c, uint64_t gfn)
+{
+	const struct pt_slot *x = &c->slots.slots[c->last_slot % PT_MAX_SLOTS];
+
+	if (slot_has(x, gfn))
+		return x;
+	for (uint32_t i = 0; i < c->slots.nslots && i < PT_MAX_SLOTS; i++) {
+		if (slot_has(&c->slots.slots[i], gfn)) {
+			c->last_slot = i;
+			return &c->slots.slots[i];
+		}
+	}
+	return NULL;
+}
+
 static int for_each_piece(struct pt_vmctx *c, const struct pt_range *r, piece_fn fn, void *arg)
 {
 	uint64_t gfn = r->gpa >> PAGE_SHIFT, left = r->len >> PAGE_SHIFT;
 
 	while (left) {
-		const struct pt_slot *s = NULL;
+		const struct pt_slot *s = slot_of(c, gfn);
 		uint64_t n;
 
-		for (uint32_t i = 0; i < c->slots.nslots && i < PT_MAX_SLOTS; i++) {
-			const struct pt_slot *x = &c->slots.slots[i];
-
-			if ((x->flags & PT_SLOT_VALID) && !(x->id >> 16) && gfn >= x->base_gfn &&
-			    gfn - x->base_gfn < x->npages) {
-				s = x;
-				break;
-			}
-		}
 		if (!s || s->bit_off + s->npages > c->words * 64)
 			return -PT_E_BAD_RANGE;
 		n = s->npages - (gfn - s->base_gfn);

@@ -58,6 +58,7 @@ struct pt_vmctx {
 	uint64_t wr_epoch;	/* epoch wr_read belongs to */
 	struct pt_vm_slots slots;
 	uint64_t slots_gen;	/* pt_vm_state.slot_changes when slots was read */
+	uint32_t last_slot;	/* index of the slot the last range fell in */
 	bool slots_valid;
 	struct pt_vm_counters n;
 };

@@ -120,7 +120,7 @@ static int may_register(const struct pt_peer *p, uint32_t vmm_pid)
 	uid_t uid = 0;
 
 	if (proc_uid(vmm_pid, &uid))
-		return -PT_E_BAD_RANGE;
+		return -PT_E_BAD_FIELD;
 	if (p->uid == 0 || (uint32_t)p->pid == vmm_pid || p->uid == uid)
 		return 0;
 	return -PT_E_PERM;
