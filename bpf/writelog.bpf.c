@@ -25,6 +25,12 @@ char LICENSE[] SEC("license") = "GPL";
 
 /* Host uses two-dimensional paging (EPT/NPT): fault addresses are GPAs. Set by the loader. */
 const volatile bool tdp = false;
+/*
+ * The service's PID namespace when it is not the initial one (a container, a sandbox):
+ * VMMs are registered by the pids the service sees, so the programs translate into it.
+ */
+const volatile __u64 pidns_dev = 0;
+const volatile __u64 pidns_ino = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -123,9 +129,21 @@ static __always_inline struct pt_vm_state *vm_state(__u32 vm)
 	return bpf_map_lookup_elem(&pt_vm_state, &vm);
 }
 
+/* The current process as the service names it; 0 if it is outside the service's namespace. */
+static __always_inline __u32 current_tgid(void)
+{
+	struct bpf_pidns_info ns;
+
+	if (!pidns_ino)
+		return bpf_get_current_pid_tgid() >> 32;
+	if (bpf_get_ns_current_pid_tgid(pidns_dev, pidns_ino, &ns, sizeof(ns)))
+		return 0;
+	return ns.tgid;
+}
+
 static __always_inline int current_vm(__u32 *vm)
 {
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	__u32 tgid = current_tgid();
 	__u32 *idx = bpf_map_lookup_elem(&pt_vm_by_tgid, &tgid);
 
 	if (!idx)
@@ -140,7 +158,7 @@ static __always_inline int current_vm(__u32 *vm)
  */
 static __always_inline struct pt_cpu_cache *cached_vm(__u32 *vm)
 {
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32, zero = 0, gkey = PT_GEN;
+	__u32 tgid = current_tgid(), zero = 0, gkey = PT_GEN;
 	struct pt_cpu_cache *c = bpf_map_lookup_elem(&pt_cache, &zero);
 	__u64 *gen = bpf_map_lookup_elem(&pt_pending, &gkey);
 
