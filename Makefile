@@ -141,7 +141,11 @@ uninstall:
 	$(Q)DESTDIR=$(DESTDIR) scripts/uninstall.sh
 
 format:
-	clang-format -i bpf/*.c bpf/*.h user/*.c user/*.h include/*.h include/pagetrack/*.h tests/*.c tests/*.h
+	clang-format -i bpf/*.c user/*.c user/*.h include/*.h include/pagetrack/*.h tests/*.c tests/*.h
+
+check-format:
+	$(Q)for f in bpf/*.c user/*.c user/*.h include/*.h include/pagetrack/*.h tests/*.c tests/*.h; do \
+		clang-format "$$f" | cmp -s - "$$f" || { echo "not formatted: $$f"; exit 1; }; done
 
 clean:
 	rm -rf $(BUILD)

@@ -35,8 +35,8 @@ const volatile __u64 pidns_ino = 0;
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, PT_MAX_VMS);
-	__type(key, __u32);	/* VMM tgid */
-	__type(value, __u32);	/* vm index */
+	__type(key, __u32);   /* VMM tgid */
+	__type(value, __u32); /* vm index */
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } pt_vm_by_tgid SEC(".maps");
 
@@ -69,7 +69,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, PT_MAX_VMS * PT_MAX_VCPUS);
+	__uint(max_entries, PT_MAX_VMS *PT_MAX_VCPUS);
 	__type(key, __u32);
 	__type(value, struct pt_ring);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
@@ -403,8 +403,8 @@ int BPF_PROG(pt_page_fault, struct kvm_vcpu *vcpu, u64 fault_address, u64 error_
 }
 
 SEC("raw_tp/fast_page_fault")
-int BPF_PROG(pt_fast_page_fault, struct kvm_vcpu *vcpu, struct kvm_page_fault *fault,
-	     u64 *sptep, u64 old_spte, int ret)
+int BPF_PROG(pt_fast_page_fault, struct kvm_vcpu *vcpu, struct kvm_page_fault *fault, u64 *sptep,
+	     u64 old_spte, int ret)
 {
 	struct pt_vm_state *st;
 	__u32 vm;

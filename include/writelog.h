@@ -49,22 +49,22 @@
  * being cleared at arm time, so arming never races with BPF updates.
  */
 struct pt_vm_state {
-	__u32 tgid;	     /* VMM process */
-	__u32 flags;	     /* PT_VM_* */
-	__u64 epoch;	     /* current epoch; userspace bumps it after clearing the log */
-	__u64 sync_epoch;    /* epoch of the last complete dirty-log sync (any kind) */
+	__u32 tgid;	       /* VMM process */
+	__u32 flags;	       /* PT_VM_* */
+	__u64 epoch;	       /* current epoch; userspace bumps it after clearing the log */
+	__u64 sync_epoch;      /* epoch of the last complete dirty-log sync (any kind) */
 	__u64 ring_sync_epoch; /* epoch of the last complete KVM_RESET_DIRTY_RINGS: it succeeds
 				* only on a dirty-ring VM, so it also proves the VM's mode */
-	__u64 taint_epoch;   /* epoch in which the last taint happened */
-	__u32 taint_reason;  /* PT_TAINT_* of taint_epoch (OR-ed) */
+	__u64 taint_epoch;     /* epoch in which the last taint happened */
+	__u32 taint_reason;    /* PT_TAINT_* of taint_epoch (OR-ed) */
 	__u32 pad;
-	__u64 log_bit_base;  /* first bit of this VM's region in pt_log */
-	__u64 log_bits;	     /* size of the region */
+	__u64 log_bit_base; /* first bit of this VM's region in pt_log */
+	__u64 log_bits;	    /* size of the region */
 	/* counters (monotonic) */
-	__u64 lost;	     /* events that could not be recorded (each taints) */
-	__u64 syncs;	     /* complete syncs */
+	__u64 lost;		/* events that could not be recorded (each taints) */
+	__u64 syncs;		/* complete syncs */
 	__u64 syncs_incomplete; /* syncs that left pre-arm entries writable */
-	__u64 slot_changes;  /* memslot ioctls seen */
+	__u64 slot_changes;	/* memslot ioctls seen */
 };
 
 /* Per-CPU event counters (pt_vm_stats, PERCPU_ARRAY by vm index): no shared cache line on
@@ -96,15 +96,15 @@ struct pt_cpu_cache {
 struct pt_slot {
 	__u64 base_gfn;
 	__u64 npages;
-	__u64 bit_off;	/* offset of the slot's first page inside the VM's region */
-	__u32 id;	/* as_id << 16 | slot id, as in KVM's ioctls and kvm_dirty_ring_push */
-	__u32 flags;	/* PT_SLOT_* */
+	__u64 bit_off; /* offset of the slot's first page inside the VM's region */
+	__u32 id;      /* as_id << 16 | slot id, as in KVM's ioctls and kvm_dirty_ring_push */
+	__u32 flags;   /* PT_SLOT_* */
 };
 
 struct pt_vm_slots {
-	__u32 nslots;	/* entries in use, valid or not */
+	__u32 nslots; /* entries in use, valid or not */
 	__u32 pad;
-	__u64 next_bit;	/* next free bit in the VM's region, for slots learned from ioctls */
+	__u64 next_bit; /* next free bit in the VM's region, for slots learned from ioctls */
 	struct pt_slot slots[PT_MAX_SLOTS];
 };
 
@@ -130,15 +130,15 @@ struct pt_ioctl {
  * KVM ioctl numbers the tracker watches (x86-64 values; user/loader.c checks them against
  * <linux/kvm.h> at build time where the header has them).
  */
-#define PT_KVM_SET_USER_MEMORY_REGION  0x4020ae46u
-#define PT_KVM_SET_USER_MEMORY_REGION2 0x40a0ae49u
-#define PT_KVM_ENABLE_CAP	       0x4068aea3u
-#define PT_KVM_GET_DIRTY_LOG	       0x4010ae42u
-#define PT_KVM_CLEAR_DIRTY_LOG	       0xc018aec0u
-#define PT_KVM_RESET_DIRTY_RINGS       0x0000aec7u
-#define PT_KVM_CAP_DIRTY_LOG_RING      192
+#define PT_KVM_SET_USER_MEMORY_REGION	  0x4020ae46u
+#define PT_KVM_SET_USER_MEMORY_REGION2	  0x40a0ae49u
+#define PT_KVM_ENABLE_CAP		  0x4068aea3u
+#define PT_KVM_GET_DIRTY_LOG		  0x4010ae42u
+#define PT_KVM_CLEAR_DIRTY_LOG		  0xc018aec0u
+#define PT_KVM_RESET_DIRTY_RINGS	  0x0000aec7u
+#define PT_KVM_CAP_DIRTY_LOG_RING	  192
 #define PT_KVM_CAP_DIRTY_LOG_RING_ACQ_REL 223
-#define PT_KVM_MEM_LOG_DIRTY_PAGES     (1u << 0)
+#define PT_KVM_MEM_LOG_DIRTY_PAGES	  (1u << 0)
 
 #define PT_MAX_VCPUS 512 /* dirty rings tracked per VM (one per vCPU) */
 

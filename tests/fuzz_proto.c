@@ -95,7 +95,8 @@ static void check_frame(const struct pt_hdr *h, const void *payload)
 	n = reencode(h, &m);
 	if (n == SIZE_MAX)
 		return;
-	/* ERROR frames are rebuilt with bad_seq as seq; skip the header compare when they differ. */
+	/* ERROR frames are rebuilt with bad_seq as seq; skip the header compare when they differ.
+	 */
 	if (m.type == PT_MSG_ERROR && m.error->bad_seq != m.seq)
 		return;
 	if (n != PT_HDR_SIZE + h->len || memcmp(out, h, PT_HDR_SIZE) ||

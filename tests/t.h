@@ -21,24 +21,26 @@ struct t_case {
 	int (*fn)(void);
 };
 
-#define T_CASE(fn) { #fn, fn }
+#define T_CASE(fn)      \
+	{               \
+#fn, fn \
+	}
 
-#define CHECK(cond)                                                                         \
-	do {                                                                                \
-		if (!(cond)) {                                                              \
-			fprintf(stderr, "  %s:%d: CHECK failed: %s\n", __FILE__, __LINE__, \
-				#cond);                                                     \
-			return -1;                                                          \
-		}                                                                           \
+#define CHECK(cond)                                                                                \
+	do {                                                                                       \
+		if (!(cond)) {                                                                     \
+			fprintf(stderr, "  %s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+			return -1;                                                                 \
+		}                                                                                  \
 	} while (0)
 
-#define CHECKF(cond, fmt, ...)                                                              \
-	do {                                                                                \
-		if (!(cond)) {                                                              \
-			fprintf(stderr, "  %s:%d: CHECK failed: %s: " fmt "\n", __FILE__,  \
-				__LINE__, #cond, ##__VA_ARGS__);                            \
-			return -1;                                                          \
-		}                                                                           \
+#define CHECKF(cond, fmt, ...)                                                            \
+	do {                                                                              \
+		if (!(cond)) {                                                            \
+			fprintf(stderr, "  %s:%d: CHECK failed: %s: " fmt "\n", __FILE__, \
+				__LINE__, #cond, ##__VA_ARGS__);                          \
+			return -1;                                                        \
+		}                                                                         \
 	} while (0)
 
 /* Records why the current case is skipped; the case then returns T_SKIP. */
@@ -74,11 +76,11 @@ static inline int t_need_bpf(void)
 	return 0;
 }
 
-#define T_REQUIRE(check)                 \
-	do {                             \
-		int t_req_ = (check);    \
-		if (t_req_)              \
-			return t_req_;   \
+#define T_REQUIRE(check)               \
+	do {                           \
+		int t_req_ = (check);  \
+		if (t_req_)            \
+			return t_req_; \
 	} while (0)
 
 static inline int t_run(const struct t_case *cases, size_t n, int argc, char **argv)
@@ -109,12 +111,12 @@ static inline int t_run(const struct t_case *cases, size_t n, int argc, char **a
 	return failed ? 1 : (ran ? 0 : T_SKIP);
 }
 
-#define T_MAIN(...)                                                                 \
-	int main(int argc, char **argv)                                             \
-	{                                                                           \
-		static const struct t_case cases[] = { __VA_ARGS__ };               \
-		setvbuf(stdout, NULL, _IOLBF, 0);                                   \
-		return t_run(cases, sizeof(cases) / sizeof(cases[0]), argc, argv);  \
+#define T_MAIN(...)                                                                \
+	int main(int argc, char **argv)                                            \
+	{                                                                          \
+		static const struct t_case cases[] = { __VA_ARGS__ };              \
+		setvbuf(stdout, NULL, _IOLBF, 0);                                  \
+		return t_run(cases, sizeof(cases) / sizeof(cases[0]), argc, argv); \
 	}
 
 #endif

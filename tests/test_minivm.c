@@ -11,7 +11,7 @@
 #include "minivm.h"
 #include "t.h"
 
-#define PAGE MINIVM_PAGE_SIZE
+#define PAGE  MINIVM_PAGE_SIZE
 #define SZ_1M (1ULL << 20)
 #define SZ_1G (1ULL << 30)
 

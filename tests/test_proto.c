@@ -93,8 +93,12 @@ static int roundtrip_requests(void)
 
 static int roundtrip_replies(void)
 {
-	struct pt_verdict v = { .cmd_id = 5, .unsure_reason = PT_WHY_TAINTED, .hinted = 2000,
-				.free = 1028, .kept_written = 900, .kept_unsure = 72,
+	struct pt_verdict v = { .cmd_id = 5,
+				.unsure_reason = PT_WHY_TAINTED,
+				.hinted = 2000,
+				.free = 1028,
+				.kept_written = 900,
+				.kept_unsure = 72,
 				.nranges = 2 };
 	struct pt_wr_caps caps = { .page_size = PG, .max_ranges = 4096 };
 	struct pt_msg m;
@@ -103,8 +107,8 @@ static int roundtrip_replies(void)
 	CHECK(parse(&m) == 0 && m.type == PT_MSG_ACK && m.seq == 20);
 	CHECK(m.ack->value32 == 3 && m.ack->pages == 1028 && m.ack->ignored == 16);
 
-	CHECK(pt_build_verdict(fbuf, PT_MAX_FRAME, PT_MSG_VERDICT, 21, PT_F_MORE, &v,
-			       two_ranges) == 16 + 48 + 32);
+	CHECK(pt_build_verdict(fbuf, PT_MAX_FRAME, PT_MSG_VERDICT, 21, PT_F_MORE, &v, two_ranges) ==
+	      16 + 48 + 32);
 	CHECK(parse(&m) == 0 && m.type == PT_MSG_VERDICT && m.flags == PT_F_MORE);
 	CHECK(m.cmd_id == 5 && m.count == 2 && m.verdict->free == 1028);
 	CHECK(m.verdict->unsure_reason == PT_WHY_TAINTED && m.ranges[1].len == 1024 * PG);
@@ -142,8 +146,7 @@ static int builders_respect_cap(void)
 	/* Error text is cut to PT_MAX_REASON, and to what fits, but the error still goes out. */
 	memset(longreason, 'x', sizeof(longreason) - 1);
 	longreason[sizeof(longreason) - 1] = 0;
-	CHECK(pt_build_error(fbuf, PT_MAX_FRAME, 1, PT_E_BUSY, longreason) ==
-	      24 + PT_MAX_REASON);
+	CHECK(pt_build_error(fbuf, PT_MAX_FRAME, 1, PT_E_BUSY, longreason) == 24 + PT_MAX_REASON);
 	CHECK(pt_build_error(fbuf, 30, 1, PT_E_BUSY, longreason) == 30);
 	CHECK(parse(&m) == 0 && m.reason_len == 6);
 	CHECK(pt_build_error(fbuf, 23, 1, PT_E_BUSY, NULL) == 0);
@@ -209,19 +212,31 @@ struct len_case {
 static int length_errors(void)
 {
 	static const struct len_case bad[] = {
-		{ PT_MSG_REGISTER, 15 },   { PT_MSG_REGISTER, 16 + 23 },
+		{ PT_MSG_REGISTER, 15 },
+		{ PT_MSG_REGISTER, 16 + 23 },
 		{ PT_MSG_REGISTER, 16 + 33 * 24 }, /* > PT_MAX_REG_SLOTS */
-		{ PT_MSG_ARM, 0 },	   { PT_MSG_ARM, 7 },
-		{ PT_MSG_ARM, 9 },	   { PT_MSG_STOP, 16 },
-		{ PT_MSG_DONE, 4 },	   { PT_MSG_HINT, 4 },
-		{ PT_MSG_HINT, 8 + 15 },   { PT_MSG_HINT, 8 + 17 },
-		{ PT_MSG_QUERY, 12 },	   { PT_MSG_REPORT, 8 + 33 * 16 }, /* > PT_MAX_REPORT */
-		{ PT_MSG_REPORT, 8 + 8 },  { PT_MSG_INFLATE, 7 },
-		{ PT_MSG_DEFLATE, 8 + 1 }, { PT_MSG_WR_READ, 8 + 24 },
-		{ PT_MSG_PING, 1 },	   { PT_MSG_WR_CAPS, 8 },
-		{ PT_MSG_ACK, 16 },	   { PT_MSG_VERDICT, 40 },
-		{ PT_MSG_VERDICT, 56 },	   { PT_MSG_WR_RECORDS, 48 + 4 },
-		{ PT_MSG_ERROR, 7 },	   { PT_MSG_WR_CAPS_REPLY, 24 },
+		{ PT_MSG_ARM, 0 },
+		{ PT_MSG_ARM, 7 },
+		{ PT_MSG_ARM, 9 },
+		{ PT_MSG_STOP, 16 },
+		{ PT_MSG_DONE, 4 },
+		{ PT_MSG_HINT, 4 },
+		{ PT_MSG_HINT, 8 + 15 },
+		{ PT_MSG_HINT, 8 + 17 },
+		{ PT_MSG_QUERY, 12 },
+		{ PT_MSG_REPORT, 8 + 33 * 16 }, /* > PT_MAX_REPORT */
+		{ PT_MSG_REPORT, 8 + 8 },
+		{ PT_MSG_INFLATE, 7 },
+		{ PT_MSG_DEFLATE, 8 + 1 },
+		{ PT_MSG_WR_READ, 8 + 24 },
+		{ PT_MSG_PING, 1 },
+		{ PT_MSG_WR_CAPS, 8 },
+		{ PT_MSG_ACK, 16 },
+		{ PT_MSG_VERDICT, 40 },
+		{ PT_MSG_VERDICT, 56 },
+		{ PT_MSG_WR_RECORDS, 48 + 4 },
+		{ PT_MSG_ERROR, 7 },
+		{ PT_MSG_WR_CAPS_REPLY, 24 },
 	};
 	struct pt_msg m;
 
@@ -291,10 +306,10 @@ static int reserved_cmd_ids(void)
 static int range_errors(void)
 {
 	static const struct pt_range bad[] = {
-		{ .gpa = 0x1000 + 1, .len = PG },	/* unaligned gpa */
-		{ .gpa = 0x1000, .len = PG + 512 },	/* unaligned len */
-		{ .gpa = 0x1000, .len = 0 },		/* empty */
-		{ .gpa = UINT64_MAX - PG + 1, .len = PG }, /* end wraps to 0 */
+		{ .gpa = 0x1000 + 1, .len = PG },	       /* unaligned gpa */
+		{ .gpa = 0x1000, .len = PG + 512 },	       /* unaligned len */
+		{ .gpa = 0x1000, .len = 0 },		       /* empty */
+		{ .gpa = UINT64_MAX - PG + 1, .len = PG },     /* end wraps to 0 */
 		{ .gpa = 0x1000, .len = UINT64_MAX - PG + 1 }, /* overflows */
 	};
 	struct pt_range r[3] = { two_ranges[0], two_ranges[1] };
@@ -612,11 +627,14 @@ static void fake_verdict(struct fake *f, unsigned int type, uint32_t seq, uint32
 		struct pt_verdict v = { .nranges = n };
 
 		if (last)
-			v = (struct pt_verdict){ .cmd_id = cmd, .hinted = free_pages + 3,
-						 .free = free_pages, .kept_written = 3,
+			v = (struct pt_verdict){ .cmd_id = cmd,
+						 .hinted = free_pages + 3,
+						 .free = free_pages,
+						 .kept_written = 3,
 						 .nranges = n };
 		if (type == PT_MSG_WR_RECORDS && last)
-			v = (struct pt_verdict){ .hinted = free_pages, .kept_written = free_pages,
+			v = (struct pt_verdict){ .hinted = free_pages,
+						 .kept_written = free_pages,
 						 .nranges = n };
 		fake_send(f, pt_build_verdict(out_store, sizeof(out_store), type, seq,
 					      last ? 0 : PT_F_MORE, &v, f->kept + i));
@@ -655,9 +673,9 @@ static void fake_handle(struct fake *f, const struct pt_msg *m)
 		fake_verdict(f, PT_MSG_WR_RECORDS, m->seq, 0);
 		break;
 	case PT_MSG_WR_CAPS:
-		fake_send(f, pt_build_wr_caps(o, cap, m->seq,
-					      &(struct pt_wr_caps){ .page_size = PG,
-								    .max_ranges = 128 }));
+		fake_send(f, pt_build_wr_caps(
+				     o, cap, m->seq,
+				     &(struct pt_wr_caps){ .page_size = PG, .max_ranges = 128 }));
 		break;
 	default:
 		fake_send(f, pt_build_ack(o, cap, m->seq, m->cmd_id, pages, 0));
@@ -693,8 +711,8 @@ static void fake_service(int lfd)
 				continue;
 			rc = pt_frame_parse(h, pl, &m);
 			if (rc)
-				fake_send(&f, pt_build_error(out_store, sizeof(out_store), h->seq, rc,
-							     "fake says no"));
+				fake_send(&f, pt_build_error(out_store, sizeof(out_store), h->seq,
+							     rc, "fake says no"));
 			else
 				fake_handle(&f, &m);
 		}
@@ -731,7 +749,8 @@ static int client_session(struct pt_client *c)
 
 	CHECK(pt_client_hint(c, 5, r, 10000) == 0);
 	pt_client_get_stats(c, &st);
-	CHECKF(st.hint_frames == 3 && st.inflight == 0, "frames %lu", (unsigned long)st.hint_frames);
+	CHECKF(st.hint_frames == 3 && st.inflight == 0, "frames %lu",
+	       (unsigned long)st.hint_frames);
 	CHECK(st.pages_recorded == 10000 * 1024 && st.hint_pages == 10000 * 1024);
 	CHECK(pt_client_hint(c, 6, r, 10) == 0); /* stale: ignored and counted */
 	pt_client_get_stats(c, &st);
@@ -808,7 +827,6 @@ static int client_fake_peer(void)
 }
 
 T_MAIN(T_CASE(roundtrip_requests), T_CASE(roundtrip_replies), T_CASE(builders_respect_cap),
-       T_CASE(header_errors), T_CASE(length_errors), T_CASE(reserved_cmd_ids),
-       T_CASE(range_errors), T_CASE(register_errors), T_CASE(reserved_fields),
-       T_CASE(misaligned_payload), T_CASE(strings), T_CASE(framer_streams),
-       T_CASE(framer_errors), T_CASE(client_fake_peer))
+       T_CASE(header_errors), T_CASE(length_errors), T_CASE(reserved_cmd_ids), T_CASE(range_errors),
+       T_CASE(register_errors), T_CASE(reserved_fields), T_CASE(misaligned_payload),
+       T_CASE(strings), T_CASE(framer_streams), T_CASE(framer_errors), T_CASE(client_fake_peer))

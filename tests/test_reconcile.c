@@ -36,7 +36,8 @@ struct env {
 
 static uint64_t page_gpa(uint32_t p)
 {
-	return p < DATA_PAGES ? DATA_GPA + (uint64_t)p * 4096 : HIGH_GPA + (uint64_t)(p - DATA_PAGES) * 4096;
+	return p < DATA_PAGES ? DATA_GPA + (uint64_t)p * 4096
+			      : HIGH_GPA + (uint64_t)(p - DATA_PAGES) * 4096;
 }
 
 static int gpa_page(uint64_t gpa, uint32_t *p)
@@ -176,9 +177,11 @@ static int env_check(struct env *e, uint32_t cmd, struct pt_verdict *out)
 		     a += 4096) {
 			CHECKF(!gpa_page(a, &p), "free page %#llx outside the guest",
 			       (unsigned long long)a);
-			CHECKF(!e->written[p], "DATA LOSS: page %#llx reported free, KVM saw it written",
+			CHECKF(!e->written[p],
+			       "DATA LOSS: page %#llx reported free, KVM saw it written",
 			       (unsigned long long)a);
-			CHECKF(e->hinted[p], "page %#llx free but never hinted", (unsigned long long)a);
+			CHECKF(e->hinted[p], "page %#llx free but never hinted",
+			       (unsigned long long)a);
 			seen[p] = 1;
 			free_n++;
 		}
@@ -191,8 +194,8 @@ static int env_check(struct env *e, uint32_t cmd, struct pt_verdict *out)
 	CHECK(free_n == out->free);
 	if (!out->unsure_reason) {
 		for (p = 0; p < NPAGES; p++)
-			CHECKF(!e->hinted[p] || e->written[p] || seen[p], "page %u kept, not written",
-			       p);
+			CHECKF(!e->hinted[p] || e->written[p] || seen[p],
+			       "page %u kept, not written", p);
 		CHECK(out->kept_written == kw && out->free + kw == e->hinted_n);
 	} else {
 		CHECK(out->free == 0 && out->kept_written + out->kept_unsure == e->hinted_n);
@@ -438,8 +441,8 @@ static int do_random(struct env *e)
 			CHECK(!env_hint(e, cmd, pages, nh));
 			/* Writes favour hinted pages, so the race is exercised hard. */
 			for (size_t i = 0; i < nw; i++)
-				pages[i] = random() % 2 ? pages[random() % nh] :
-							  1 + random() % (NPAGES - 1);
+				pages[i] = random() % 2 ? pages[random() % nh]
+							: 1 + random() % (NPAGES - 1);
 			CHECK(!env_write(e, pages, nw));
 		}
 		CHECKF(!env_check(e, cmd, &v), "round %u seed %u", round, seed);
@@ -448,7 +451,8 @@ static int do_random(struct env *e)
 		free_total += v.free;
 		kept_total += v.kept_written;
 	}
-	fprintf(stderr, "  %llu pages hinted, %llu confirmed free, %llu kept (written), 0 false free\n",
+	fprintf(stderr,
+		"  %llu pages hinted, %llu confirmed free, %llu kept (written), 0 false free\n",
 		(unsigned long long)total, (unsigned long long)free_total,
 		(unsigned long long)kept_total);
 	env_free(e);
@@ -491,7 +495,8 @@ static int do_concurrent(struct env *e)
 	CHECK(!pthread_create(&th, NULL, writer_thread, &w));
 	for (int r = 0; r < 40; r++) {
 		for (int i = 0; i < 256; i++)
-			hint[i] = random() % 3 ? w.pages[random() % 2000] : 1 + random() % (NPAGES - 1);
+			hint[i] = random() % 3 ? w.pages[random() % 2000]
+					       : 1 + random() % (NPAGES - 1);
 		/* env_hint touches the hinted oracle only; written belongs to the writer. */
 		CHECK(!env_hint(e, 5, hint, 256));
 	}
@@ -609,7 +614,7 @@ static int do_vmm_written(struct env *e)
 	CHECK(!env_hint(e, 2, pages, 8));
 	hva = minivm_hva(e->m, page_gpa(3002), 2 * 4096);
 	CHECK(hva);
-	memset(hva, 0x5a, 2 * 4096); /* the "device" writes; KVM does not see it */
+	memset(hva, 0x5a, 2 * 4096);		    /* the "device" writes; KVM does not see it */
 	CHECK(!env_check(e, 2, &v) && v.free == 8); /* the hole the report closes */
 	CHECK(!pt_client_written(e->c, &dma, 1, &n) && n == 2);
 	e->written[3002] = e->written[3003] = 1;
@@ -624,9 +629,10 @@ static int vmm_own_writes_reported_are_kept(void)
 	return in_child(do_vmm_written);
 }
 
-T_MAIN(T_CASE(hint_then_write_is_kept), T_CASE(vmm_own_writes_reported_are_kept), T_CASE(write_before_arm_does_not_block),
-       T_CASE(stale_reuse_reserved_ids), T_CASE(no_sync_after_arm_keeps_all),
-       T_CASE(done_then_query_keeps_all), T_CASE(untracked_mode_keeps_all),
-       T_CASE(tainted_epoch_keeps_all), T_CASE(randomized_rounds_zero_false_free),
-       T_CASE(concurrent_writes_and_hints), T_CASE(reported_page_free_until_written),
-       T_CASE(silent_deflate_reported), T_CASE(write_records_read_and_clear))
+T_MAIN(T_CASE(hint_then_write_is_kept), T_CASE(vmm_own_writes_reported_are_kept),
+       T_CASE(write_before_arm_does_not_block), T_CASE(stale_reuse_reserved_ids),
+       T_CASE(no_sync_after_arm_keeps_all), T_CASE(done_then_query_keeps_all),
+       T_CASE(untracked_mode_keeps_all), T_CASE(tainted_epoch_keeps_all),
+       T_CASE(randomized_rounds_zero_false_free), T_CASE(concurrent_writes_and_hints),
+       T_CASE(reported_page_free_until_written), T_CASE(silent_deflate_reported),
+       T_CASE(write_records_read_and_clear))

@@ -404,27 +404,27 @@ static double now_ms(void)
 /* Each case body runs between srv_start and srv_stop, so a failed CHECK still reaps the
  * server child (and checks it shut down cleanly). */
 #define WITH_SERVER(name) WITH_SERVER_CFG(name, 0, 0, 0)
-#define WITH_SERVER_CFG(name, nbufs, buf_size, max_conns)  \
-	static int name##_body(struct srv *sv);            \
-	static int name(void)                              \
-	{                                                  \
-		struct srv sv;                             \
-		int rc;                                    \
-		g_nbufs = nbufs;                           \
-		g_buf_size = buf_size;                     \
-		g_max_conns = max_conns;                   \
-		rc = srv_start(&sv);                       \
-		g_nbufs = g_buf_size = g_max_conns = 0;    \
-		if (rc) {                                  \
-			if (sv.pid > 0)                    \
-				srv_stop(&sv);             \
-			return -1;                         \
-		}                                          \
-		rc = name##_body(&sv);                     \
-		if (srv_stop(&sv))                         \
-			rc = -1;                           \
-		return rc;                                 \
-	}                                                  \
+#define WITH_SERVER_CFG(name, nbufs, buf_size, max_conns) \
+	static int name##_body(struct srv *sv);           \
+	static int name(void)                             \
+	{                                                 \
+		struct srv sv;                            \
+		int rc;                                   \
+		g_nbufs = nbufs;                          \
+		g_buf_size = buf_size;                    \
+		g_max_conns = max_conns;                  \
+		rc = srv_start(&sv);                      \
+		g_nbufs = g_buf_size = g_max_conns = 0;   \
+		if (rc) {                                 \
+			if (sv.pid > 0)                   \
+				srv_stop(&sv);            \
+			return -1;                        \
+		}                                         \
+		rc = name##_body(&sv);                    \
+		if (srv_stop(&sv))                        \
+			rc = -1;                          \
+		return rc;                                \
+	}                                                 \
 	static int name##_body(struct srv *sv)
 
 /* --- cases ------------------------------------------------------------------------------------ */
@@ -675,8 +675,9 @@ static int expect_fatal(const struct srv *sv, const struct pt_hdr *bad, int code
 
 WITH_SERVER(bad_magic)
 {
-	struct pt_hdr bad = { .magic = 0xdeadbeef, .version = PT_PROTO_VERSION,
-			      .type = PT_MSG_PING, .seq = 77 };
+	struct pt_hdr bad = {
+		.magic = 0xdeadbeef, .version = PT_PROTO_VERSION, .type = PT_MSG_PING, .seq = 77
+	};
 	int other = cli_connect(sv);
 
 	CHECK(other >= 0);
@@ -689,10 +690,14 @@ WITH_SERVER(bad_magic)
 
 WITH_SERVER(bad_length)
 {
-	struct pt_hdr big = { .magic = PT_PROTO_MAGIC, .version = PT_PROTO_VERSION,
-			      .type = PT_MSG_HINT, .len = PT_MAX_PAYLOAD + 1, .seq = 5 };
-	struct pt_hdr ver = { .magic = PT_PROTO_MAGIC, .version = 9, .type = PT_MSG_PING,
-			      .seq = 6 };
+	struct pt_hdr big = { .magic = PT_PROTO_MAGIC,
+			      .version = PT_PROTO_VERSION,
+			      .type = PT_MSG_HINT,
+			      .len = PT_MAX_PAYLOAD + 1,
+			      .seq = 5 };
+	struct pt_hdr ver = {
+		.magic = PT_PROTO_MAGIC, .version = 9, .type = PT_MSG_PING, .seq = 6
+	};
 	unsigned char buf[64];
 	struct {
 		struct pt_error e;
@@ -716,8 +721,8 @@ WITH_SERVER(bad_length)
 	return 0;
 }
 
-#define NQUERY 16	/* answered with BIG_REPLY bytes each: 2 MiB, over MAX_OUTQ */
-#define NPINGS 60000	/* 960 KB of requests behind them: more than the socket holds */
+#define NQUERY 16    /* answered with BIG_REPLY bytes each: 2 MiB, over MAX_OUTQ */
+#define NPINGS 60000 /* 960 KB of requests behind them: more than the socket holds */
 #define FLOOD  (NQUERY + NPINGS)
 
 /* Expects the reply to request @i of the flood. */
@@ -727,8 +732,8 @@ static int check_flood_reply(const struct pt_hdr *h, uint32_t i)
 		CHECKF(h->type == PT_MSG_VERDICT && h->seq == i && h->len == BIG_REPLY,
 		       "reply %u: type %u seq %u len %u", i, h->type, h->seq, h->len);
 	else
-		CHECKF(h->type == PT_MSG_ACK && h->seq == i, "reply %u: type %u seq %u", i,
-		       h->type, h->seq);
+		CHECKF(h->type == PT_MSG_ACK && h->seq == i, "reply %u: type %u seq %u", i, h->type,
+		       h->seq);
 	return 0;
 }
 
@@ -880,7 +885,8 @@ WITH_SERVER_CFG(small_buffers_enobufs, 4, 4096, 0)
 			if (fd < 0)
 				_exit(2);
 			for (int k = 0; k < 1000; k++)
-				r[k] = (struct pt_range){ .gpa = (uint64_t)(k + i) << 12, .len = 4096 };
+				r[k] = (struct pt_range){ .gpa = (uint64_t)(k + i) << 12,
+							  .len = 4096 };
 			for (int round = 0; round < 20; round++) {
 				off = 0;
 				for (uint32_t k = 0; k < 200; k++)
@@ -890,7 +896,8 @@ WITH_SERVER_CFG(small_buffers_enobufs, 4, 4096, 0)
 				if (send_all(fd, buf, off))
 					_exit(3);
 				for (uint32_t k = 0; k <= 200; k++) {
-					if (read_frame(fd, &h, &ack, sizeof(ack)) != 1 || h.seq != k)
+					if (read_frame(fd, &h, &ack, sizeof(ack)) != 1 ||
+					    h.seq != k)
 						_exit(4);
 				}
 				if (ack.value32 != 1000 || ack.pages != range_sum(r, 1000))
@@ -942,7 +949,8 @@ WITH_SERVER_CFG(stalled_peers_do_not_starve_ring, 4, 4096, 0)
 		CHECK(fds[k] >= 0);
 		/* as much as the socket takes */
 		for (size_t sent = 0; sent < off;) {
-			ssize_t w = send(fds[k], req + sent, off - sent, MSG_DONTWAIT | MSG_NOSIGNAL);
+			ssize_t w =
+				send(fds[k], req + sent, off - sent, MSG_DONTWAIT | MSG_NOSIGNAL);
 
 			if (w <= 0)
 				break;
@@ -996,7 +1004,8 @@ WITH_SERVER_CFG(max_conns_and_slot_reuse, 0, 0, 3)
 		c = cli_connect(sv);
 		CHECK(c >= 0);
 		CHECK(ping(c, 3, &ack) == 0);
-		CHECKF(ack.pages > id_c, "conn id %llu after %u", (unsigned long long)ack.pages, id_c);
+		CHECKF(ack.pages > id_c, "conn id %llu after %u", (unsigned long long)ack.pages,
+		       id_c);
 		id_c = (uint32_t)ack.pages;
 		close(c);
 		usleep(20000);
@@ -1043,8 +1052,7 @@ static int sigterm_shutdown(void)
 	kill(sv.pid, SIGTERM);
 	status = wait_pid(sv.pid, 5000);
 	sv.pid = 0;
-	CHECKF(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0, "status %#x",
-	       status);
+	CHECKF(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0, "status %#x", status);
 	CHECK(access(sv.path, F_OK) != 0 && errno == ENOENT);
 	/* the clients see the connection go away */
 	{
@@ -1075,7 +1083,8 @@ static int listen_fd_activation(void)
 	snprintf(sv.path, sizeof(sv.path), "%s/activated", sv.dir);
 	strcpy(sa.sun_path, sv.path);
 	lfd = socket(AF_UNIX, SOCK_STREAM, 0);
-	CHECK(lfd >= 0 && bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) == 0 && listen(lfd, 8) == 0);
+	CHECK(lfd >= 0 && bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
+	      listen(lfd, 8) == 0);
 	fflush(NULL);
 	sv.pid = fork();
 	if (sv.pid == 0) {
@@ -1177,5 +1186,6 @@ T_MAIN(T_CASE(round_trip), T_CASE(peercred_pid), T_CASE(concurrent_clients),
        T_CASE(disconnect_mid_frame), T_CASE(one_byte_writes), T_CASE(many_frames_one_write),
        T_CASE(frame_larger_than_buffer), T_CASE(bad_magic), T_CASE(bad_length),
        T_CASE(backpressure), T_CASE(conn_close_flushes), T_CASE(tick_and_close_callbacks),
-       T_CASE(small_buffers_enobufs), T_CASE(stalled_peers_do_not_starve_ring), T_CASE(max_conns_and_slot_reuse), T_CASE(sighup_ignored),
-       T_CASE(sigterm_shutdown), T_CASE(listen_fd_activation), T_CASE(stale_socket_replaced))
+       T_CASE(small_buffers_enobufs), T_CASE(stalled_peers_do_not_starve_ring),
+       T_CASE(max_conns_and_slot_reuse), T_CASE(sighup_ignored), T_CASE(sigterm_shutdown),
+       T_CASE(listen_fd_activation), T_CASE(stale_socket_replaced))

@@ -260,11 +260,14 @@ static int expect_error(int fd, uint32_t seq, int code, int line)
 	if (rc != 1 || m.type != PT_MSG_ERROR) {
 		fprintf(stderr, "  line %d: seq %u: wanted ERROR %s, got %s\n", line, seq,
 			pt_err_str(code),
-			rc == 1 ? pt_msg_type_str(m.type) : rc == 0 ? "EOF" : "nothing");
+			rc == 1	  ? pt_msg_type_str(m.type)
+			: rc == 0 ? "EOF"
+				  : "nothing");
 		return -1;
 	}
 	if (m.error->code != (uint32_t)code || m.error->bad_seq != seq || h.seq != seq) {
-		fprintf(stderr, "  line %d: wanted ERROR %s for seq %u, got %s bad_seq %u seq %u: %.*s\n",
+		fprintf(stderr,
+			"  line %d: wanted ERROR %s for seq %u, got %s bad_seq %u seq %u: %.*s\n",
 			line, pt_err_str(code), seq, pt_err_str(m.error->code), m.error->bad_seq,
 			h.seq, (int)m.reason_len, m.reason);
 		return -1;
@@ -282,7 +285,10 @@ static int expect_ack(int fd, uint32_t seq, struct pt_ack *ack, int line)
 
 	if (rc != 1 || m.type != PT_MSG_ACK || h.seq != seq) {
 		fprintf(stderr, "  line %d: seq %u: wanted ACK, got %s (seq %u)", line, seq,
-			rc == 1 ? pt_msg_type_str(m.type) : rc == 0 ? "EOF" : "nothing", h.seq);
+			rc == 1	  ? pt_msg_type_str(m.type)
+			: rc == 0 ? "EOF"
+				  : "nothing",
+			h.seq);
 		if (rc == 1 && m.type == PT_MSG_ERROR)
 			fprintf(stderr, ": %s: %.*s", pt_err_str(m.error->code), (int)m.reason_len,
 				m.reason);
@@ -359,8 +365,8 @@ static int round_trip_child(void *arg)
 	CHECK(handle < 256);
 	CHECKF(pt_client_coverage(c) == (ring_tracked() ? 0 : PT_WHY_UNTRACKED),
 	       "coverage %llu, ring %s: a tracked mode must report 0, an untracked one "
-	       "PT_WHY_UNTRACKED", (unsigned long long)pt_client_coverage(c),
-	       ring_tracked() ? "tracked" : "untracked");
+	       "PT_WHY_UNTRACKED",
+	       (unsigned long long)pt_client_coverage(c), ring_tracked() ? "tracked" : "untracked");
 
 	CHECK(pt_client_arm(c, 7) == 0);
 
@@ -432,9 +438,9 @@ static int round_trip_child(void *arg)
 	CHECK(res.v.cmd_id == 0 && res.v.nranges == 0 && res.v.kept_written == 0);
 	CHECKF(res.v.hinted == 24 && res.v.free == 24 && res.v.kept_unsure == 0,
 	       "WR_RECORDS: asked %llu free %llu written %llu unsure %llu (spec 4.7: hinted = "
-	       "pages asked about, free = the rest)", (unsigned long long)res.v.hinted,
-	       (unsigned long long)res.v.free, (unsigned long long)res.v.kept_written,
-	       (unsigned long long)res.v.kept_unsure);
+	       "pages asked about, free = the rest)",
+	       (unsigned long long)res.v.hinted, (unsigned long long)res.v.free,
+	       (unsigned long long)res.v.kept_written, (unsigned long long)res.v.kept_unsure);
 	pt_client_result_free(&res);
 
 	CHECK(pt_client_ping(c) == 0);
@@ -773,20 +779,20 @@ static int malformed_child(void *arg)
 	 * one bad range records none of its ranges. */
 	{
 		struct pt_range bad[][2] = {
-			{ good, { SLOT_GPA + SLOT_SIZE, PG } },		/* just past the slot */
-			{ good, { SLOT_GPA - PG, 2 * PG } },		/* straddles its start */
-			{ good, { 0, PG } },				/* no memory there */
-			{ good, { 0xfffffffffffff000ull, 0x2000 } },	/* gpa + len wraps */
-			{ good, { 0xfffffffffffff000ull, 0x1000 } },	/* ends at 2^64 */
-			{ good, { SLOT_GPA + 8, PG } },			/* unaligned */
-			{ good, { SLOT_GPA, 0 } },			/* empty */
+			{ good, { SLOT_GPA + SLOT_SIZE, PG } },	     /* just past the slot */
+			{ good, { SLOT_GPA - PG, 2 * PG } },	     /* straddles its start */
+			{ good, { 0, PG } },			     /* no memory there */
+			{ good, { 0xfffffffffffff000ull, 0x2000 } }, /* gpa + len wraps */
+			{ good, { 0xfffffffffffff000ull, 0x1000 } }, /* ends at 2^64 */
+			{ good, { SLOT_GPA + 8, PG } },		     /* unaligned */
+			{ good, { SLOT_GPA, 0 } },		     /* empty */
 		};
 
 		for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 			n = pt_build_hint(tx, sizeof(tx), seq, 5, bad[i], 2);
 			CHECK(!raw_send(fd, tx, n));
-			CHECKF(expect_error(fd, seq, PT_E_BAD_RANGE, __LINE__) == 0, "bad range %zu",
-			       i);
+			CHECKF(expect_error(fd, seq, PT_E_BAD_RANGE, __LINE__) == 0,
+			       "bad range %zu", i);
 			seq++;
 			n = pt_build_report(tx, sizeof(tx), PT_MSG_INFLATE, seq, bad[i], 2);
 			CHECK(!raw_send(fd, tx, n));
@@ -825,7 +831,8 @@ static int malformed_child(void *arg)
 		CHECK(!raw_send(fd, tx, n));
 		CHECK(raw_recv(fd, &h, &m) == 1 && m.type == PT_MSG_VERDICT && h.seq == seq);
 		CHECK(!(h.flags & PT_F_MORE));
-		CHECKF(m.verdict->hinted == 4, "hinted %llu", (unsigned long long)m.verdict->hinted);
+		CHECKF(m.verdict->hinted == 4, "hinted %llu",
+		       (unsigned long long)m.verdict->hinted);
 		seq++;
 	}
 	CHECK(raw_ping(fd, seq++) == 0);
@@ -1075,8 +1082,8 @@ static int reconnect_child(void *arg)
 		usleep(20 * 1000);
 		c = connect_svc();
 		CHECK(c);
-		CHECKF(pt_client_register(c, 0, PT_DIRTY_RING, &slot1, 1, &h2) == 0,
-		       "round %d: %s", round, pt_client_last_error(c)->reason);
+		CHECKF(pt_client_register(c, 0, PT_DIRTY_RING, &slot1, 1, &h2) == 0, "round %d: %s",
+		       round, pt_client_last_error(c)->reason);
 		CHECK(h2 == h1);
 		CHECK(pt_client_ping(c) == 0);
 		CHECK(pt_client_arm(c, id) == 0);
@@ -1281,7 +1288,9 @@ static int register_coverage_bits(void)
 static int wr_unsure_child(void *arg)
 {
 	const struct pt_range ask[3] = {
-		{ SLOT_GPA, 8 * PG }, { SLOT_GPA + 4 * PG, 8 * PG }, { SLOT_GPA + 100 * PG, 2 * PG },
+		{ SLOT_GPA, 8 * PG },
+		{ SLOT_GPA + 4 * PG, 8 * PG },
+		{ SLOT_GPA + 100 * PG, 2 * PG },
 	};
 	struct pt_client *c = connect_svc();
 	struct pt_client_result res;
@@ -1300,11 +1309,11 @@ static int wr_unsure_child(void *arg)
 	}
 	CHECKF(res.v.free == 0 && listed == res.v.kept_written + res.v.kept_unsure && listed == 14,
 	       "untracked WR_RECORDS: free %llu written %llu unsure %llu, %llu pages listed in %u "
-	       "ranges (want all 14 asked pages listed as unsure)", (unsigned long long)res.v.free,
-	       (unsigned long long)res.v.kept_written, (unsigned long long)res.v.kept_unsure,
-	       (unsigned long long)listed, res.v.nranges);
-	CHECK(res.v.nranges == 2 && res.ranges[0].gpa == SLOT_GPA &&
-	      res.ranges[0].len == 12 * PG && res.ranges[1].gpa == SLOT_GPA + 100 * PG);
+	       "ranges (want all 14 asked pages listed as unsure)",
+	       (unsigned long long)res.v.free, (unsigned long long)res.v.kept_written,
+	       (unsigned long long)res.v.kept_unsure, (unsigned long long)listed, res.v.nranges);
+	CHECK(res.v.nranges == 2 && res.ranges[0].gpa == SLOT_GPA && res.ranges[0].len == 12 * PG &&
+	      res.ranges[1].gpa == SLOT_GPA + 100 * PG);
 	pt_client_result_free(&res);
 	pt_client_close(c);
 	return 0;
@@ -1322,7 +1331,7 @@ static int wr_read_lists_unsure_pages(void)
 	return 0;
 }
 
-T_MAIN(T_CASE(round_trip_every_type), T_CASE(concurrent_64_clients),
-       T_CASE(disconnect_mid_frame), T_CASE(malformed_frames), T_CASE(other_uid_refused),
-       T_CASE(reconnect_same_pid), T_CASE(register_twice_and_takeover),
-       T_CASE(register_coverage_bits), T_CASE(wr_read_lists_unsure_pages), T_CASE(real_vm_verdict))
+T_MAIN(T_CASE(round_trip_every_type), T_CASE(concurrent_64_clients), T_CASE(disconnect_mid_frame),
+       T_CASE(malformed_frames), T_CASE(other_uid_refused), T_CASE(reconnect_same_pid),
+       T_CASE(register_twice_and_takeover), T_CASE(register_coverage_bits),
+       T_CASE(wr_read_lists_unsure_pages), T_CASE(real_vm_verdict))

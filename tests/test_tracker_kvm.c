@@ -325,7 +325,8 @@ static int two_vms_no_crosstalk(void)
 
 		CHECK(read(from[i][0], &c, 1) == 1);
 		for (unsigned k = 0; k < 3; k++)
-			s[k] = (struct pt_slot_cfg){ o.slots[k].gpa, o.slots[k].size, o.slots[k].id };
+			s[k] = (struct pt_slot_cfg){ o.slots[k].gpa, o.slots[k].size,
+						     o.slots[k].id };
 		CHECK(!pt_vm_track(t, pid[i], s, 3, 0, &vm[i], &existed));
 		CHECK(!pt_vm_arm(t, vm[i], &epoch));
 		CHECK(write(to[i][1], &c, 1) == 1);

@@ -27,12 +27,9 @@ static const struct {
 	const char *name;
 	workload_fn fn;
 } workloads[] = {
-	{ "hinting (4 MiB)", bench_hinting },
-	{ "worst case (4 KiB)", bench_worst_case },
-	{ "latency", bench_latency },
-	{ "large guest", bench_large_guest },
-	{ "64 devices", bench_many_devices },
-	{ "live guest + 64 GiB verdict", bench_live_guest },
+	{ "hinting (4 MiB)", bench_hinting }, { "worst case (4 KiB)", bench_worst_case },
+	{ "latency", bench_latency },	      { "large guest", bench_large_guest },
+	{ "64 devices", bench_many_devices }, { "live guest + 64 GiB verdict", bench_live_guest },
 };
 
 static int run_service_workloads(bool quick)
@@ -81,12 +78,11 @@ static void print_ratio(const char *what, const char *key, const char *target, d
 static void print_ratios(void)
 {
 	printf("\nRatios (a: pagetrackd, b: raw socket, c: epoll loop, d: ping-pong)\n");
-	print_ratio("a/b hinting 4 MiB, records/s", "hint_ratio_vs_raw_socket", "0.5x", 0.5,
-		    true);
+	print_ratio("a/b hinting 4 MiB, records/s", "hint_ratio_vs_raw_socket", "0.5x", 0.5, true);
 	print_ratio("a/b worst case 4 KiB, records/s", "worst_ratio_vs_raw_socket", "0.5x", 0.5,
 		    true);
-	print_ratio("a/c hinting 4 MiB, records/s (io_uring/epoll)", "hint_ratio_vs_epoll", NULL,
-		    0, true);
+	print_ratio("a/c hinting 4 MiB, records/s (io_uring/epoll)", "hint_ratio_vs_epoll", NULL, 0,
+		    true);
 	print_ratio("a/c worst case 4 KiB, records/s", "worst_ratio_vs_epoll", NULL, 0, true);
 	print_ratio("ack p99 / ping-pong p99", "ratio_ack_p99_vs_pingpong_p99", "2x", 2, false);
 	print_ratio("64 GiB verdict p50 (sure), ms", "verdict_64g_ms_p50", "2 ms", 2, false);

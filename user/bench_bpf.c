@@ -161,10 +161,14 @@ static int ioctl_storm(unsigned n)
 static int measure_other(struct pt_tracker *t, struct baseline_bpf *b, bool quick)
 {
 	struct pair p[2] = {
-		{ .name = "ioctl_enter_other", .label = "pt_ioctl_enter, other ioctls (FIONREAD)",
-		  .prog = t->skel->progs.pt_ioctl_enter, .empty = b->progs.empty_ioctl_enter },
-		{ .name = "ioctl_exit_other", .label = "pt_ioctl_exit, other ioctls (FIONREAD)",
-		  .prog = t->skel->progs.pt_ioctl_exit, .empty = b->progs.empty_ioctl_exit },
+		{ .name = "ioctl_enter_other",
+		  .label = "pt_ioctl_enter, other ioctls (FIONREAD)",
+		  .prog = t->skel->progs.pt_ioctl_enter,
+		  .empty = b->progs.empty_ioctl_enter },
+		{ .name = "ioctl_exit_other",
+		  .label = "pt_ioctl_exit, other ioctls (FIONREAD)",
+		  .prog = t->skel->progs.pt_ioctl_exit,
+		  .empty = b->progs.empty_ioctl_exit },
 	};
 	int err = sample(p, 2, -1);
 
@@ -187,12 +191,18 @@ static uint64_t ring_writes(struct pt_tracker *t, uint32_t vm)
 static int measure(struct pt_tracker *t, struct baseline_bpf *b, bool quick)
 {
 	struct pair p[3] = {
-		{ .name = "ring_push", .label = "pt_ring_push (kvm_dirty_ring_push)",
-		  .prog = t->skel->progs.pt_ring_push, .empty = b->progs.empty_ring_push },
-		{ .name = "ioctl_enter", .label = "pt_ioctl_enter, the VMM's KVM_RUN + RESET",
-		  .prog = t->skel->progs.pt_ioctl_enter, .empty = b->progs.empty_ioctl_enter },
-		{ .name = "ioctl_exit", .label = "pt_ioctl_exit, the VMM's KVM_RUN + RESET",
-		  .prog = t->skel->progs.pt_ioctl_exit, .empty = b->progs.empty_ioctl_exit },
+		{ .name = "ring_push",
+		  .label = "pt_ring_push (kvm_dirty_ring_push)",
+		  .prog = t->skel->progs.pt_ring_push,
+		  .empty = b->progs.empty_ring_push },
+		{ .name = "ioctl_enter",
+		  .label = "pt_ioctl_enter, the VMM's KVM_RUN + RESET",
+		  .prog = t->skel->progs.pt_ioctl_enter,
+		  .empty = b->progs.empty_ioctl_enter },
+		{ .name = "ioctl_exit",
+		  .label = "pt_ioctl_exit, the VMM's KVM_RUN + RESET",
+		  .prog = t->skel->progs.pt_ioctl_exit,
+		  .empty = b->progs.empty_ioctl_exit },
 	};
 	struct minivm *vm = NULL;
 	uint64_t logged;

@@ -151,8 +151,7 @@ int bench_request(struct bench_conn *c, const void *req, size_t len)
 	return c->errors != errors ? -c->last_err : 0;
 }
 
-int bench_register(struct bench_conn *c, uint32_t pid, const struct pt_reg_slot *slots,
-		   uint32_t n)
+int bench_register(struct bench_conn *c, uint32_t pid, const struct pt_reg_slot *slots, uint32_t n)
 {
 	uint8_t buf[PT_HDR_SIZE + sizeof(struct pt_register) +
 		    PT_MAX_REG_SLOTS * sizeof(struct pt_reg_slot)];
@@ -186,16 +185,16 @@ struct pt_range *bench_ranges(const struct pt_reg_slot *slots, uint32_t n, uint6
 	return r;
 }
 
-int bench_round_build(struct bench_round *r, uint32_t cmd, const struct pt_range *ranges,
-		      size_t n, uint32_t per_frame)
+int bench_round_build(struct bench_round *r, uint32_t cmd, const struct pt_range *ranges, size_t n,
+		      uint32_t per_frame)
 {
 	size_t frames = (n + per_frame - 1) / per_frame, cap, off = 0;
 	const size_t cmd_len = PT_HDR_SIZE + sizeof(struct pt_cmd);
 	uint32_t seq = 2;
 
 	memset(r, 0, sizeof(*r));
-	cap = frames * (PT_HDR_SIZE + sizeof(struct pt_hint)) + n * sizeof(*ranges) +
-	      cmd_len + PT_HDR_SIZE + sizeof(struct pt_query);
+	cap = frames * (PT_HDR_SIZE + sizeof(struct pt_hint)) + n * sizeof(*ranges) + cmd_len +
+	      PT_HDR_SIZE + sizeof(struct pt_query);
 	r->arm = malloc(cmd_len);
 	r->body = malloc(cap);
 	if (!r->arm || !r->body) {
@@ -364,8 +363,8 @@ struct ep_child {
 static uint8_t *ep_room(struct ep_child *e, size_t need)
 {
 	if (e->out_cap - e->out_len < need) {
-		size_t cap = e->out_cap * 2 > e->out_len + need ? e->out_cap * 2 :
-								   e->out_len + need;
+		size_t cap =
+			e->out_cap * 2 > e->out_len + need ? e->out_cap * 2 : e->out_len + need;
 		uint8_t *p = realloc(e->out, cap);
 
 		if (!p)
@@ -407,8 +406,8 @@ static int ep_query(struct ep_child *e, const struct pt_msg *m)
 		return err;
 	if (s.why || !s.free)
 		e->nranges = 0;
-	v = (struct pt_verdict){ m->cmd_id, s.why, s.hinted, s.free, s.kept_written,
-				 s.kept_unsure, 0, 0 };
+	v = (struct pt_verdict){ m->cmd_id,	 s.why,		s.hinted, s.free,
+				 s.kept_written, s.kept_unsure, 0,	  0 };
 	do {
 		size_t n = e->nranges - done < per ? e->nranges - done : per;
 		bool more = done + n < e->nranges;

@@ -21,12 +21,12 @@
 /* One device connection. */
 struct bench_conn {
 	int fd;
-	bool sink;		/* the peer sends nothing back */
+	bool sink; /* the peer sends nothing back */
 	struct pt_framer fr;
 	uint8_t *rbuf;
-	uint64_t done;		/* requests completed: ACK, ERROR, last VERDICT frame */
+	uint64_t done; /* requests completed: ACK, ERROR, last VERDICT frame */
 	uint64_t errors;
-	int last_err;		/* code of the last ERROR */
+	int last_err;		   /* code of the last ERROR */
 	struct pt_verdict verdict; /* totals of the last complete VERDICT */
 };
 
@@ -35,8 +35,7 @@ void bench_conn_close(struct bench_conn *c);
 /* Writes @len bytes while reading replies, until all are out and @want more completed. */
 int bench_pump(struct bench_conn *c, const void *buf, size_t len, uint64_t want);
 /* REGISTER @pid with @slots (ring mode); 0 or a negative error. */
-int bench_register(struct bench_conn *c, uint32_t pid, const struct pt_reg_slot *slots,
-		   uint32_t n);
+int bench_register(struct bench_conn *c, uint32_t pid, const struct pt_reg_slot *slots, uint32_t n);
 /* One request and its complete reply; returns 0 or -PT_E_* of an ERROR reply. */
 int bench_request(struct bench_conn *c, const void *req, size_t len);
 
@@ -51,8 +50,8 @@ struct bench_round {
 /* Ranges of @range_len bytes covering every slot. */
 struct pt_range *bench_ranges(const struct pt_reg_slot *slots, uint32_t n, uint64_t range_len,
 			      size_t *count);
-int bench_round_build(struct bench_round *r, uint32_t cmd, const struct pt_range *ranges,
-		      size_t n, uint32_t per_frame);
+int bench_round_build(struct bench_round *r, uint32_t cmd, const struct pt_range *ranges, size_t n,
+		      uint32_t per_frame);
 void bench_round_free(struct bench_round *r);
 
 /* Called between ARM's ACK and the hints: the VMM's dirty-log sync. */
@@ -60,9 +59,9 @@ typedef int (*bench_sync_fn)(void *arg);
 
 struct bench_run {
 	uint64_t rounds, records, ns;
-	uint64_t sure;		/* verdicts without unsure_reason */
-	uint64_t kept_written;	/* summed over the verdicts */
-	uint32_t why;		/* unsure_reason bits seen */
+	uint64_t sure;	       /* verdicts without unsure_reason */
+	uint64_t kept_written; /* summed over the verdicts */
+	uint32_t why;	       /* unsure_reason bits seen */
 };
 
 /*

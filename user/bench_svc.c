@@ -95,8 +95,8 @@ static int check_errors(const struct bench_conn *c, const char *what)
 {
 	if (!c->errors)
 		return 0;
-	bench_progress("%s: %llu requests failed, last: %s", what,
-		       (unsigned long long)c->errors, pt_err_str(c->last_err));
+	bench_progress("%s: %llu requests failed, last: %s", what, (unsigned long long)c->errors,
+		       pt_err_str(c->last_err));
 	return -EPROTO;
 }
 
@@ -223,14 +223,15 @@ static void cmp_put(const struct cmp *x)
 	bench_put(kfmt(p, "guest_gib"), gib, "GiB", "guest size (hinted whole each round)");
 	bench_put(kfmt(p, "rounds"), x->svc.rounds, "", "rounds (ARM, sync, HINT.., STOP, QUERY)");
 	bench_put(kfmt(p, "records_per_s"), a, "rec/s", "(a) pagetrackd: hint records");
-	bench_put(kfmt(p, "gib_validated_per_s"), per_s(x->svc.rounds, x->svc.ns) * gib,
-		  "GiB/s", "(a) pagetrackd: guest validated");
+	bench_put(kfmt(p, "gib_validated_per_s"), per_s(x->svc.rounds, x->svc.ns) * gib, "GiB/s",
+		  "(a) pagetrackd: guest validated");
 	bench_put(kfmt(p, "cpu_ns_per_record"), (double)x->svc_cpu / x->svc.records, "ns",
 		  "(a) pagetrackd: service CPU per record");
 	bench_put(kfmt(p, "raw_socket_records_per_s"), b, "rec/s",
 		  "(b) raw AF_UNIX stream, reader only");
-	bench_put(kfmt(p, "raw_socket_gbytes_per_s"), per_s(x->sink.rounds, x->sink.ns) *
-		  bytes / 1e9, "GB/s", "(b) raw AF_UNIX stream, bytes");
+	bench_put(kfmt(p, "raw_socket_gbytes_per_s"),
+		  per_s(x->sink.rounds, x->sink.ns) * bytes / 1e9, "GB/s",
+		  "(b) raw AF_UNIX stream, bytes");
 	bench_put(kfmt(p, "epoll_records_per_s"), c, "rec/s",
 		  "(c) epoll + read/write, same cmdstate");
 	bench_put(kfmt(p, "epoll_cpu_ns_per_record"), (double)x->ep_cpu / x->ep.records, "ns",
@@ -304,8 +305,8 @@ static int report_samples(int fd, const struct pt_range *r, size_t nr, uint64_t 
 	uint8_t reply[512];
 
 	for (size_t i = 0; i < n; i++) {
-		size_t len = pt_build_report(req, sizeof(req), PT_MSG_REPORT, i,
-					     r + (i * 32) % nr, 32);
+		size_t len =
+			pt_build_report(req, sizeof(req), PT_MSG_REPORT, i, r + (i * 32) % nr, 32);
 		uint64_t t0 = bench_now_ns();
 		int type = rpc(fd, req, len, reply, sizeof(reply));
 
@@ -515,8 +516,8 @@ static void *dev_main(void *arg)
 	return NULL;
 }
 
-static int run_devices(const struct bench_env *env, struct dev *d, const pid_t *pids,
-		       uint64_t *ns, uint64_t *cpu)
+static int run_devices(const struct bench_env *env, struct dev *d, const pid_t *pids, uint64_t *ns,
+		       uint64_t *cpu)
 {
 	static const struct pt_reg_slot slot = { 4 * GIB, 16 * GIB, 1, 0 };
 	pthread_barrier_t bar;
@@ -528,8 +529,9 @@ static int run_devices(const struct bench_env *env, struct dev *d, const pid_t *
 		return err;
 	pthread_barrier_init(&bar, NULL, NDEV + 1);
 	for (int i = 0; i < NDEV; i++) {
-		d[i] = (struct dev){ .env = env, .rounds = r, .slots = &slot, .bar = &bar,
-				     .pid = pids[i] };
+		d[i] = (struct dev){
+			.env = env, .rounds = r, .slots = &slot, .bar = &bar, .pid = pids[i]
+		};
 		if (pthread_create(&d[i].th, NULL, dev_main, &d[i]))
 			break;
 		started++;

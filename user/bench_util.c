@@ -203,8 +203,7 @@ void bench_put_latency(const char *prefix, const char *label, uint64_t *ns, size
 	for (int i = 0; i < 3 && used < 32; i++, used++) {
 		snprintf(keys[used], sizeof(keys[used]), "%s_%s_us", prefix, sfx[i]);
 		snprintf(labels[used], sizeof(labels[used]), "%s %s", label, sfx[i]);
-		bench_put(keys[used], bench_percentile(ns, n, pct[i]) / 1000.0, "us",
-			  labels[used]);
+		bench_put(keys[used], bench_percentile(ns, n, pct[i]) / 1000.0, "us", labels[used]);
 	}
 }
 
@@ -237,8 +236,8 @@ int bench_proc_cpu_ns(pid_t pid, uint64_t *ns)
 		return err;
 	p = strrchr(buf, ')');
 	/* After the comm: state is field 3; utime and stime are fields 14 and 15. */
-	if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut,
-			 &st) != 2)
+	if (!p ||
+	    sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
 		return -EINVAL;
 	*ns = (ut + st) * (1000000000ull / sysconf(_SC_CLK_TCK));
 	return 0;

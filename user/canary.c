@@ -43,8 +43,8 @@ static int track_canary(struct pt_tracker *t, struct minivm *m, uint32_t *vm)
 }
 
 /* Sync, write known pages, sync again; count what KVM and what BPF saw. */
-static int probe(struct pt_tracker *t, struct minivm *m, uint32_t vm, size_t *kvm_n,
-		 size_t *bpf_n, size_t *both)
+static int probe(struct pt_tracker *t, struct minivm *m, uint32_t vm, size_t *kvm_n, size_t *bpf_n,
+		 size_t *both)
 {
 	uint64_t gpas[CANARY_PAGES], *kvm = NULL, *bpf = NULL, epoch;
 	size_t nk, nb;
@@ -83,8 +83,8 @@ out:
 
 static void run_mode(struct pt_tracker *t, enum pt_dirty_mode mode, struct pt_coverage *cov)
 {
-	struct minivm_opts o = { .dirty = mode == PT_DIRTY_RING ? MINIVM_DIRTY_RING :
-								   MINIVM_DIRTY_BITMAP,
+	struct minivm_opts o = { .dirty = mode == PT_DIRTY_RING ? MINIVM_DIRTY_RING
+								: MINIVM_DIRTY_BITMAP,
 				 .nslots = 1 };
 	size_t kvm_n = 0, bpf_n = 0, both = 0;
 	struct minivm *m = NULL;
@@ -120,8 +120,8 @@ static void run_mode(struct pt_tracker *t, enum pt_dirty_mode mode, struct pt_co
 		if (!bpf_n && mode == PT_DIRTY_BITMAP)
 			snprintf(why, 160, "no write faults seen: shadow paging or Intel PML");
 		else
-			snprintf(why, 160, "BPF saw %zu of %zu guest writes (%zu extra)", both, kvm_n,
-				 bpf_n - both);
+			snprintf(why, 160, "BPF saw %zu of %zu guest writes (%zu extra)", both,
+				 kvm_n, bpf_n - both);
 	}
 	pt_info("canary %s: %s (%s)", mode_name[mode], pt_cov_name(cov->mode[mode]), why);
 }

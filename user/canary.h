@@ -15,15 +15,15 @@
 #include "pagetrack/proto.h"
 
 enum pt_cov {
-	PT_COV_UNKNOWN = 0,	/* canary not run */
-	PT_COV_TRACKED,		/* BPF log == KVM's log */
-	PT_COV_NOT_TRACKED,	/* BPF missed writes KVM saw */
-	PT_COV_UNAVAILABLE,	/* KVM cannot run this mode here */
-	PT_COV_ERROR,		/* the canary itself failed */
+	PT_COV_UNKNOWN = 0, /* canary not run */
+	PT_COV_TRACKED,	    /* BPF log == KVM's log */
+	PT_COV_NOT_TRACKED, /* BPF missed writes KVM saw */
+	PT_COV_UNAVAILABLE, /* KVM cannot run this mode here */
+	PT_COV_ERROR,	    /* the canary itself failed */
 };
 
 struct pt_coverage {
-	enum pt_cov mode[2];	/* indexed by enum pt_dirty_mode */
+	enum pt_cov mode[2]; /* indexed by enum pt_dirty_mode */
 	char why[2][160];
 };
 

@@ -95,8 +95,7 @@ int pt_client_errno(int code)
 	}
 }
 
-static void set_error(struct pt_client *c, int code, uint32_t seq, const char *reason,
-		      size_t len)
+static void set_error(struct pt_client *c, int code, uint32_t seq, const char *reason, size_t len)
 {
 	if (len >= sizeof(c->last.reason))
 		len = sizeof(c->last.reason) - 1;
@@ -437,8 +436,8 @@ static int transact(struct pt_client *c, const void *frame, size_t len, struct w
 /* Small requests are built on the stack; big ones (INFLATE, WR_READ) in a heap buffer. */
 #define SMALL_FRAME 1024
 
-static int simple(struct pt_client *c, size_t (*build)(struct pt_client *c, void *buf,
-							 size_t cap, const void *arg),
+static int simple(struct pt_client *c,
+		  size_t (*build)(struct pt_client *c, void *buf, size_t cap, const void *arg),
 		  const void *arg, size_t need, struct waiter *w)
 {
 	uint8_t small[SMALL_FRAME] __attribute__((aligned(8)));
@@ -530,8 +529,7 @@ static bool hints_acked(struct pt_client *c)
 	return !c->st.inflight && !pt_client_want_write(c);
 }
 
-int pt_client_hint(struct pt_client *c, uint32_t cmd_id, const struct pt_range *ranges,
-		   size_t n)
+int pt_client_hint(struct pt_client *c, uint32_t cmd_id, const struct pt_range *ranges, size_t n)
 {
 	int err;
 
@@ -582,8 +580,8 @@ static size_t ranges_frame(uint32_t n)
 	return PT_HDR_SIZE + sizeof(struct pt_report) + (size_t)n * sizeof(struct pt_range);
 }
 
-static int ranges_req(struct pt_client *c, unsigned int type, const struct pt_range *r,
-		      uint32_t n, uint64_t *pages)
+static int ranges_req(struct pt_client *c, unsigned int type, const struct pt_range *r, uint32_t n,
+		      uint64_t *pages)
 {
 	struct ranges_arg a = { type, n, r };
 	struct waiter w = { .want = PT_MSG_ACK };
@@ -673,12 +671,13 @@ static size_t build_query(struct pt_client *c, void *buf, size_t cap, const void
 	return pt_build_query(buf, cap, c->next_seq++, a->cmd_id, a->what);
 }
 
-int pt_client_query_cb(struct pt_client *c, uint32_t cmd_id, uint32_t what,
-		       pt_client_verdict_cb cb, void *arg)
+int pt_client_query_cb(struct pt_client *c, uint32_t cmd_id, uint32_t what, pt_client_verdict_cb cb,
+		       void *arg)
 {
 	struct query_arg a = { cmd_id, what };
-	struct waiter w = { .want = PT_MSG_VERDICT, .on_frame = verdict_frame, .cb = cb,
-			    .cb_arg = arg };
+	struct waiter w = {
+		.want = PT_MSG_VERDICT, .on_frame = verdict_frame, .cb = cb, .cb_arg = arg
+	};
 
 	return simple(c, build_query, &a, SMALL_FRAME, &w);
 }
@@ -742,8 +741,7 @@ int pt_client_query(struct pt_client *c, uint32_t cmd_id, uint32_t what,
 	struct collect col = { .res = res };
 
 	memset(res, 0, sizeof(*res));
-	return collected(c, pt_client_query_cb(c, cmd_id, what, collect_frame, &col), &col,
-			 true);
+	return collected(c, pt_client_query_cb(c, cmd_id, what, collect_frame, &col), &col, true);
 }
 
 int pt_client_wr_read(struct pt_client *c, const struct pt_range *ranges, uint32_t n,
@@ -751,8 +749,10 @@ int pt_client_wr_read(struct pt_client *c, const struct pt_range *ranges, uint32
 {
 	struct ranges_arg a = { PT_MSG_WR_READ, n, ranges };
 	struct collect col = { .res = res };
-	struct waiter w = { .want = PT_MSG_WR_RECORDS, .on_frame = verdict_frame,
-			    .cb = collect_frame, .cb_arg = &col };
+	struct waiter w = { .want = PT_MSG_WR_RECORDS,
+			    .on_frame = verdict_frame,
+			    .cb = collect_frame,
+			    .cb_arg = &col };
 
 	memset(res, 0, sizeof(*res));
 	if (ranges_frame(n) > PT_MAX_FRAME)

@@ -471,8 +471,7 @@ int pt_report_verdict(struct pt_vmctx *c, struct pt_verdict_sum *v, pt_range_cb 
 	return verdict_over(c, c->reported, false, v, cb, ctx);
 }
 
-int pt_balloon_inflate(struct pt_vmctx *c, const struct pt_range *r, uint32_t n,
-		       uint64_t *pages)
+int pt_balloon_inflate(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, uint64_t *pages)
 {
 	struct set_arg a = { lazy_bitmap(c, &c->inflated), true };
 	int err;
@@ -485,8 +484,7 @@ int pt_balloon_inflate(struct pt_vmctx *c, const struct pt_range *r, uint32_t n,
 	return err;
 }
 
-int pt_balloon_deflate(struct pt_vmctx *c, const struct pt_range *r, uint32_t n,
-		       uint64_t *pages)
+int pt_balloon_deflate(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, uint64_t *pages)
 {
 	struct set_arg a = { lazy_bitmap(c, &c->inflated), false };
 	struct set_arg b = { lazy_bitmap(c, &c->reclaimed), false };
@@ -500,8 +498,7 @@ int pt_balloon_deflate(struct pt_vmctx *c, const struct pt_range *r, uint32_t n,
 	return err;
 }
 
-int pt_balloon_reclaimed(struct pt_vmctx *c, struct pt_verdict_sum *v, pt_range_cb cb,
-			 void *ctx)
+int pt_balloon_reclaimed(struct pt_vmctx *c, struct pt_verdict_sum *v, pt_range_cb cb, void *ctx)
 {
 	struct emitter e = { .c = c, .cb = cb, .ctx = ctx };
 	int err = refresh_slots(c);
@@ -550,8 +547,8 @@ static void piece_wr(struct pt_vmctx *c, uint64_t page, uint64_t n, void *arg)
 	}
 }
 
-int pt_wr_read(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, pt_range_cb cb,
-	       void *ctx, uint64_t *pages)
+int pt_wr_read(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, pt_range_cb cb, void *ctx,
+	       uint64_t *pages)
 {
 	struct emitter e = { .c = c, .cb = cb, .ctx = ctx };
 	struct wr_arg a = { &e, 0 };
@@ -573,8 +570,10 @@ int pt_wr_read(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, pt_rang
 
 const char *pt_why_str(uint32_t why, char *buf, size_t len)
 {
-	static const char *const names[] = { "untracked-mode", "tainted-epoch", "no-sync-after-arm",
-					     "unknown-memory", "done", "stale-command-id" };
+	static const char *const names[] = {
+		"untracked-mode", "tainted-epoch", "no-sync-after-arm",
+		"unknown-memory", "done",	   "stale-command-id"
+	};
 	size_t off = 0;
 
 	buf[0] = 0;

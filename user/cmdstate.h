@@ -26,10 +26,10 @@
 #include "vmlog.h"
 
 enum pt_cmd_state {
-	PT_CS_IDLE,	/* no command ID armed yet */
-	PT_CS_ACTIVE,	/* current command ID armed, hints accepted */
-	PT_CS_STOPPED,	/* the driver sent STOP for the current ID */
-	PT_CS_DONE,	/* the device sent DONE: nothing may be discarded */
+	PT_CS_IDLE,    /* no command ID armed yet */
+	PT_CS_ACTIVE,  /* current command ID armed, hints accepted */
+	PT_CS_STOPPED, /* the driver sent STOP for the current ID */
+	PT_CS_DONE,    /* the device sent DONE: nothing may be discarded */
 };
 
 struct pt_vm_counters {
@@ -40,25 +40,25 @@ struct pt_vm_counters {
 
 struct pt_vmctx {
 	struct pt_tracker *t;
-	uint32_t vm;		/* index in the BPF maps */
-	uint32_t pid;		/* VMM */
+	uint32_t vm;  /* index in the BPF maps */
+	uint32_t pid; /* VMM */
 	enum pt_dirty_mode mode;
-	bool mode_tracked;	/* the canary saw writes in this dirty-logging mode */
+	bool mode_tracked; /* the canary saw writes in this dirty-logging mode */
 	enum pt_cmd_state state;
-	uint32_t cur;		/* current command ID (valid unless IDLE) */
-	uint64_t epoch;		/* write-log epoch armed for cur */
-	uint32_t used[64];	/* IDs armed since the driver's last STOP */
+	uint32_t cur;	   /* current command ID (valid unless IDLE) */
+	uint64_t epoch;	   /* write-log epoch armed for cur */
+	uint32_t used[64]; /* IDs armed since the driver's last STOP */
 	unsigned nused;
-	uint64_t words;		/* bitmap words covering the VM's log region */
-	uint64_t *hinted;	/* pages hinted under cur */
-	uint64_t *reported;	/* pages reported free (lazy) */
-	uint64_t *inflated;	/* pages in the balloon (lazy) */
-	uint64_t *reclaimed;	/* inflated pages written without deflate (lazy) */
-	uint64_t *wr_read;	/* write records already returned by WR_READ (lazy) */
-	uint64_t wr_epoch;	/* epoch wr_read belongs to */
+	uint64_t words;	     /* bitmap words covering the VM's log region */
+	uint64_t *hinted;    /* pages hinted under cur */
+	uint64_t *reported;  /* pages reported free (lazy) */
+	uint64_t *inflated;  /* pages in the balloon (lazy) */
+	uint64_t *reclaimed; /* inflated pages written without deflate (lazy) */
+	uint64_t *wr_read;   /* write records already returned by WR_READ (lazy) */
+	uint64_t wr_epoch;   /* epoch wr_read belongs to */
 	struct pt_vm_slots slots;
-	uint64_t slots_gen;	/* pt_vm_state.slot_changes when slots was read */
-	uint32_t last_slot;	/* index of the slot the last range fell in */
+	uint64_t slots_gen; /* pt_vm_state.slot_changes when slots was read */
+	uint32_t last_slot; /* index of the slot the last range fell in */
 	bool slots_valid;
 	struct pt_vm_counters n;
 };
@@ -85,19 +85,16 @@ int pt_cmd_verdict(struct pt_vmctx *c, uint32_t cmd, struct pt_verdict_sum *v, p
 
 int pt_report_add(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, uint64_t *pages);
 int pt_report_verdict(struct pt_vmctx *c, struct pt_verdict_sum *v, pt_range_cb cb, void *ctx);
-int pt_balloon_inflate(struct pt_vmctx *c, const struct pt_range *r, uint32_t n,
-		       uint64_t *pages);
-int pt_balloon_deflate(struct pt_vmctx *c, const struct pt_range *r, uint32_t n,
-		       uint64_t *pages);
+int pt_balloon_inflate(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, uint64_t *pages);
+int pt_balloon_deflate(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, uint64_t *pages);
 /* Pages the VMM wrote itself (device emulation): logged as written, so never confirmed. */
 int pt_vmm_written(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, uint64_t *pages);
 /* Inflated pages the guest wrote: "free" counts them, ranges lists them. */
-int pt_balloon_reclaimed(struct pt_vmctx *c, struct pt_verdict_sum *v, pt_range_cb cb,
-			 void *ctx);
+int pt_balloon_reclaimed(struct pt_vmctx *c, struct pt_verdict_sum *v, pt_range_cb cb, void *ctx);
 /* Read-and-clear of write records inside the ranges: pages written since ARM not returned by
  * an earlier read. The write log itself is never cleared by this (verdicts depend on it). */
-int pt_wr_read(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, pt_range_cb cb,
-	       void *ctx, uint64_t *pages);
+int pt_wr_read(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, pt_range_cb cb, void *ctx,
+	       uint64_t *pages);
 
 /* Why the current epoch cannot vouch for anything (PT_WHY_* bits, 0 if it can). */
 uint32_t pt_epoch_doubt(struct pt_vmctx *c);

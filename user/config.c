@@ -50,7 +50,8 @@ static int parse_uint(const char *v, unsigned *out)
 	return 0;
 }
 
-#define SET(dst, v) (snprintf((dst), sizeof(dst), "%s", (v)) >= (int)sizeof(dst) ? -ENAMETOOLONG : 0)
+#define SET(dst, v) \
+	(snprintf((dst), sizeof(dst), "%s", (v)) >= (int)sizeof(dst) ? -ENAMETOOLONG : 0)
 
 static int set_key(struct pt_service_cfg *c, const char *k, const char *v)
 {
@@ -71,7 +72,10 @@ static int set_key(struct pt_service_cfg *c, const char *k, const char *v)
 	if (!strcmp(k, "verbose"))
 		return parse_bool(v, &c->verbose);
 	if (!strcmp(k, "tdp")) {
-		c->tdp = !strcmp(v, "auto") ? -1 : !strcmp(v, "yes") ? 1 : !strcmp(v, "no") ? 0 : -2;
+		c->tdp = !strcmp(v, "auto")  ? -1
+			 : !strcmp(v, "yes") ? 1
+			 : !strcmp(v, "no")  ? 0
+					     : -2;
 		return c->tdp < -1 ? -EINVAL : 0;
 	}
 	return -ENOENT;

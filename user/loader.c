@@ -156,7 +156,8 @@ static int attach_all(struct pt_tracker *t)
 	size_t off = 0;
 	int err;
 
-	bpf_object__for_each_program(prog, t->skel->obj) {
+	bpf_object__for_each_program(prog, t->skel->obj)
+	{
 		/* Without TDP a fault address is a GVA: the fault path stays detached. */
 		bool on = t->tdp || !is_fault_prog(prog);
 
@@ -166,8 +167,8 @@ static int attach_all(struct pt_tracker *t)
 				return err;
 			t->attached++;
 		}
-		off += snprintf(t->progs + off, sizeof(t->progs) - off, "%s%s:%s",
-				off ? " " : "", bpf_program__name(prog), on ? "attached" : "off");
+		off += snprintf(t->progs + off, sizeof(t->progs) - off, "%s%s:%s", off ? " " : "",
+				bpf_program__name(prog), on ? "attached" : "off");
 		if (off >= sizeof(t->progs))
 			off = sizeof(t->progs) - 1;
 	}
@@ -201,8 +202,7 @@ static int open_skel(struct pt_tracker *t, const struct pt_loader_opts *o)
 	if (err)
 		return err;
 	if (o->no_pin) {
-		bpf_object__for_each_map(map, t->skel->obj)
-			bpf_map__set_pin_path(map, NULL);
+		bpf_object__for_each_map(map, t->skel->obj) bpf_map__set_pin_path(map, NULL);
 	}
 	return 0;
 }
@@ -223,8 +223,8 @@ static int load_skel(struct pt_tracker *t, const struct pt_loader_opts *o)
 	if (err && t->reused_maps) {
 		/* Pins from an incompatible build (other layout or log size): start afresh.
 		 * Every VM must register again; nothing can be confirmed from the old log. */
-		pt_warn("pinned maps in %s do not match this build (%s): removing them",
-			t->pin_dir, strerror(-err));
+		pt_warn("pinned maps in %s do not match this build (%s): removing them", t->pin_dir,
+			strerror(-err));
 		writelog_bpf__destroy(t->skel);
 		t->skel = NULL;
 		pt_tracker_unpin(t->pin_dir);
@@ -246,7 +246,8 @@ int pt_tracker_open(struct pt_tracker **out, const struct pt_loader_opts *o)
 	t = calloc(1, sizeof(*t));
 	if (!t)
 		return -ENOMEM;
-	snprintf(t->pin_dir, sizeof(t->pin_dir), "%s", o->pin_dir ? o->pin_dir : PT_DEFAULT_PIN_DIR);
+	snprintf(t->pin_dir, sizeof(t->pin_dir), "%s",
+		 o->pin_dir ? o->pin_dir : PT_DEFAULT_PIN_DIR);
 	t->tdp = o->tdp < 0 ? pt_host_tdp() : o->tdp;
 	t->no_pin = o->no_pin;
 	err = pt_ensure_mounts();

@@ -19,11 +19,11 @@
 struct writelog_bpf;
 
 struct pt_loader_opts {
-	const char *pin_dir;	/* NULL: PT_DEFAULT_PIN_DIR */
-	unsigned log_mb;	/* write-log bitmap size; 0: PT_DEFAULT_LOG_MB */
-	int tdp;		/* -1: detect from kvm_intel.ept / kvm_amd.npt; 0/1: force */
-	bool no_attach;		/* load and pin maps only (BPF_PROG_TEST_RUN tests) */
-	bool no_pin;		/* private maps and links, nothing pinned: gone with the process */
+	const char *pin_dir; /* NULL: PT_DEFAULT_PIN_DIR */
+	unsigned log_mb;     /* write-log bitmap size; 0: PT_DEFAULT_LOG_MB */
+	int tdp;	     /* -1: detect from kvm_intel.ept / kvm_amd.npt; 0/1: force */
+	bool no_attach;	     /* load and pin maps only (BPF_PROG_TEST_RUN tests) */
+	bool no_pin;	     /* private maps and links, nothing pinned: gone with the process */
 };
 
 struct pt_tracker {
@@ -31,13 +31,13 @@ struct pt_tracker {
 	char pin_dir[256];
 	bool tdp;
 	bool no_pin;
-	bool reused_maps;	/* maps came from pins of an earlier run (restart) */
-	bool reused_links;	/* programs were still attached when we started */
-	int attached;		/* programs attached */
+	bool reused_maps;	 /* maps came from pins of an earlier run (restart) */
+	bool reused_links;	 /* programs were still attached when we started */
+	int attached;		 /* programs attached */
 	struct pt_vm_state *vms; /* mmap of pt_vm_state, PT_MAX_VMS entries */
-	uint64_t *log;		/* mmap of pt_log */
+	uint64_t *log;		 /* mmap of pt_log */
 	uint64_t log_words;
-	char progs[256];	/* "name:attached name:off ..." for status */
+	char progs[256];	   /* "name:attached name:off ..." for status */
 	struct bpf_link *links[8]; /* no_pin only: links live as long as this process */
 	int nlinks;
 };

@@ -20,14 +20,14 @@
 
 #include "minivm.h"
 
-#define PG MINIVM_PAGE_SIZE
-#define SZ_2M (2ULL << 20)
-#define SZ_1G (1ULL << 30)
-#define SZ_512G (512ULL << 30)
-#define ALIGN_UP(x, a) (((x) + (a)-1) & ~((uint64_t)(a)-1))
+#define PG		 MINIVM_PAGE_SIZE
+#define SZ_2M		 (2ULL << 20)
+#define SZ_1G		 (1ULL << 30)
+#define SZ_512G		 (512ULL << 30)
+#define ALIGN_UP(x, a)	 (((x) + (a)-1) & ~((uint64_t)(a)-1))
 #define ALIGN_DOWN(x, a) ((x) & ~((uint64_t)(a)-1))
 
-#define MINIVM_PORT 0xf5 /* any port without an in-kernel device; 8-bit immediate */
+#define MINIVM_PORT  0xf5 /* any port without an in-kernel device; 8-bit immediate */
 #define DEFAULT_RING 4096
 /*
  * Ring entries a guest batch leaves free: KVM's own reserve (KVM_DIRTY_RING_RSVD_ENTRIES) plus
@@ -38,36 +38,36 @@
  * never hands the guest more writes than the ring has room for minus this much.
  */
 #define RING_SLACK 128
-#define MIN_RING (2 * RING_SLACK)
+#define MIN_RING   (2 * RING_SLACK)
 
 /* System slot layout, in pages from its base. Page tables follow the fixed part. */
-#define SYS_GDT 0
-#define SYS_CODE 1
+#define SYS_GDT	  0
+#define SYS_CODE  1
 #define SYS_STACK 2
-#define SYS_CMD 3
-#define SYS_PML4 (SYS_CMD + MINIVM_CMD_PAGES)
+#define SYS_CMD	  3
+#define SYS_PML4  (SYS_CMD + MINIVM_CMD_PAGES)
 #define SYS_FIXED (SYS_PML4 + 1)
 
 /* Page table entry bits. A and D are preset so the guest never writes its page tables. */
-#define PTE_P (1ULL << 0)
+#define PTE_P  (1ULL << 0)
 #define PTE_RW (1ULL << 1)
-#define PTE_A (1ULL << 5)
-#define PTE_D (1ULL << 6)
+#define PTE_A  (1ULL << 5)
+#define PTE_D  (1ULL << 6)
 #define PTE_PS (1ULL << 7)
 
-#define CR0_PE (1ULL << 0)
-#define CR0_MP (1ULL << 1)
-#define CR0_ET (1ULL << 4)
-#define CR0_NE (1ULL << 5)
-#define CR0_WP (1ULL << 16)
-#define CR0_PG (1ULL << 31)
-#define CR4_PAE (1ULL << 5)
+#define CR0_PE	 (1ULL << 0)
+#define CR0_MP	 (1ULL << 1)
+#define CR0_ET	 (1ULL << 4)
+#define CR0_NE	 (1ULL << 5)
+#define CR0_WP	 (1ULL << 16)
+#define CR0_PG	 (1ULL << 31)
+#define CR4_PAE	 (1ULL << 5)
 #define EFER_LME (1ULL << 8)
 #define EFER_LMA (1ULL << 10)
 
 #define SEL_CODE 0x08
 #define SEL_DATA 0x10
-#define SEL_TSS 0x18
+#define SEL_TSS	 0x18
 
 /*
  * Guest code, position independent; RSI = command block GPA (identity mapped).

@@ -35,9 +35,9 @@
 #define MINIVM_MAX_SLOTS 8
 
 enum minivm_dirty {
-	MINIVM_DIRTY_NONE, /* no dirty logging; minivm_harvest() returns -EINVAL */
+	MINIVM_DIRTY_NONE,   /* no dirty logging; minivm_harvest() returns -EINVAL */
 	MINIVM_DIRTY_BITMAP, /* KVM_GET_DIRTY_LOG + KVM_CLEAR_DIRTY_LOG (manual protect) */
-	MINIVM_DIRTY_RING, /* per-vcpu dirty ring, ACQ_REL variant when KVM has it */
+	MINIVM_DIRTY_RING,   /* per-vcpu dirty ring, ACQ_REL variant when KVM has it */
 };
 
 /* A data memslot: KVM slot id (address space 0, must be >= 1), page-aligned GPA and size. */
@@ -119,6 +119,6 @@ void *minivm_hva(struct minivm *vm, uint64_t gpa, uint64_t len);
 
 /* GPAs per guest batch (one command block). */
 #define MINIVM_CMD_PAGES 16
-#define MINIVM_CMD_MAX (MINIVM_CMD_PAGES * MINIVM_PAGE_SIZE / 8 - 2)
+#define MINIVM_CMD_MAX	 (MINIVM_CMD_PAGES * MINIVM_PAGE_SIZE / 8 - 2)
 
 #endif

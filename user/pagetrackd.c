@@ -29,7 +29,8 @@ static const char usage[] =
 	"  run           run the service (default)\n"
 	"  status        show the running service, its VMs, coverage and counters (--json)\n"
 	"  canary        load the tracker, run the coverage canary, print the result\n"
-	"  bench         hint-throughput benchmark, side by side with the socket's limits (--json)\n"
+	"  bench         hint-throughput benchmark, side by side with the socket's limits "
+	"(--json)\n"
 	"  uninstall     remove every pin (maps and program links) under the pin directory\n"
 	"\n"
 	"Options (override " PT_DEFAULT_CONFIG "):\n"
@@ -75,15 +76,19 @@ static int activation_fd(void)
 
 enum { OPT_LOG_MB = 256, OPT_TDP, OPT_NO_CANARY };
 
-static const struct option longopts[] = {
-	{ "config", required_argument, NULL, 'c' },  { "socket", required_argument, NULL, 's' },
-	{ "pin-dir", required_argument, NULL, 'p' }, { "run-dir", required_argument, NULL, 'r' },
-	{ "metrics", required_argument, NULL, 'm' }, { "log-mb", required_argument, NULL, OPT_LOG_MB },
-	{ "tdp", required_argument, NULL, OPT_TDP }, { "no-canary", no_argument, NULL, OPT_NO_CANARY },
-	{ "json", no_argument, NULL, 'j' },	     { "quick", no_argument, NULL, 'q' },
-	{ "verbose", no_argument, NULL, 'v' },	     { "help", no_argument, NULL, 'h' },
-	{ 0 }
-};
+static const struct option longopts[] = { { "config", required_argument, NULL, 'c' },
+					  { "socket", required_argument, NULL, 's' },
+					  { "pin-dir", required_argument, NULL, 'p' },
+					  { "run-dir", required_argument, NULL, 'r' },
+					  { "metrics", required_argument, NULL, 'm' },
+					  { "log-mb", required_argument, NULL, OPT_LOG_MB },
+					  { "tdp", required_argument, NULL, OPT_TDP },
+					  { "no-canary", no_argument, NULL, OPT_NO_CANARY },
+					  { "json", no_argument, NULL, 'j' },
+					  { "quick", no_argument, NULL, 'q' },
+					  { "verbose", no_argument, NULL, 'v' },
+					  { "help", no_argument, NULL, 'h' },
+					  { 0 } };
 
 struct cli {
 	struct pt_service_cfg cfg;

@@ -34,12 +34,15 @@ struct pt_len_rule {
 	uint32_t max;
 };
 
-#define RULE(f, e, m) { true, (f), (e), (m) }
-#define NOLIMIT	      PT_MAX_PAYLOAD
+#define RULE(f, e, m)               \
+	{                           \
+		true, (f), (e), (m) \
+	}
+#define NOLIMIT PT_MAX_PAYLOAD
 
 static const struct pt_len_rule len_rules[] = {
-	[PT_MSG_REGISTER] = RULE(sizeof(struct pt_register), sizeof(struct pt_reg_slot),
-				 PT_MAX_REG_SLOTS),
+	[PT_MSG_REGISTER] =
+		RULE(sizeof(struct pt_register), sizeof(struct pt_reg_slot), PT_MAX_REG_SLOTS),
 	[PT_MSG_ARM] = RULE(sizeof(struct pt_cmd), 0, 0),
 	[PT_MSG_HINT] = RULE(sizeof(struct pt_hint), sizeof(struct pt_range), NOLIMIT),
 	[PT_MSG_STOP] = RULE(sizeof(struct pt_cmd), 0, 0),
@@ -366,15 +369,23 @@ const char *pt_err_str(int code)
 }
 
 static const char *const type_strs[] = {
-	[PT_MSG_REGISTER] = "REGISTER", [PT_MSG_ARM] = "ARM",
-	[PT_MSG_HINT] = "HINT",		[PT_MSG_STOP] = "STOP",
-	[PT_MSG_DONE] = "DONE",		[PT_MSG_QUERY] = "QUERY",
-	[PT_MSG_REPORT] = "REPORT",	[PT_MSG_INFLATE] = "INFLATE",
-	[PT_MSG_DEFLATE] = "DEFLATE",	[PT_MSG_WR_CAPS] = "WR_CAPS",
-	[PT_MSG_WR_READ] = "WR_READ",	[PT_MSG_PING] = "PING",
+	[PT_MSG_REGISTER] = "REGISTER",
+	[PT_MSG_ARM] = "ARM",
+	[PT_MSG_HINT] = "HINT",
+	[PT_MSG_STOP] = "STOP",
+	[PT_MSG_DONE] = "DONE",
+	[PT_MSG_QUERY] = "QUERY",
+	[PT_MSG_REPORT] = "REPORT",
+	[PT_MSG_INFLATE] = "INFLATE",
+	[PT_MSG_DEFLATE] = "DEFLATE",
+	[PT_MSG_WR_CAPS] = "WR_CAPS",
+	[PT_MSG_WR_READ] = "WR_READ",
+	[PT_MSG_PING] = "PING",
 	[PT_MSG_WRITTEN] = "WRITTEN",
-	[PT_MSG_ACK] = "ACK",		[PT_MSG_VERDICT] = "VERDICT",
-	[PT_MSG_ERROR] = "ERROR",	[PT_MSG_WR_CAPS_REPLY] = "WR_CAPS_REPLY",
+	[PT_MSG_ACK] = "ACK",
+	[PT_MSG_VERDICT] = "VERDICT",
+	[PT_MSG_ERROR] = "ERROR",
+	[PT_MSG_WR_CAPS_REPLY] = "WR_CAPS_REPLY",
 	[PT_MSG_WR_RECORDS] = "WR_RECORDS",
 };
 
@@ -425,8 +436,8 @@ static size_t build(void *buf, size_t cap, unsigned int type, unsigned int flags
 	return PT_HDR_SIZE + len;
 }
 
-size_t pt_build_register(void *buf, size_t cap, uint32_t seq, uint32_t vmm_pid,
-			 uint32_t dirty_mode, const struct pt_reg_slot *slots, uint32_t nslots)
+size_t pt_build_register(void *buf, size_t cap, uint32_t seq, uint32_t vmm_pid, uint32_t dirty_mode,
+			 const struct pt_reg_slot *slots, uint32_t nslots)
 {
 	struct pt_register r = { .vmm_pid = vmm_pid, .dirty_mode = dirty_mode, .nslots = nslots };
 
@@ -504,9 +515,8 @@ size_t pt_build_verdict_hdr(void *buf, size_t cap, unsigned int type, uint32_t s
 	return PT_HDR_SIZE + sizeof(fixed);
 }
 
-size_t pt_build_verdict(void *buf, size_t cap, unsigned int type, uint32_t seq,
-			unsigned int flags, const struct pt_verdict *v,
-			const struct pt_range *ranges)
+size_t pt_build_verdict(void *buf, size_t cap, unsigned int type, uint32_t seq, unsigned int flags,
+			const struct pt_verdict *v, const struct pt_range *ranges)
 {
 	size_t off = pt_build_verdict_hdr(buf, cap, type, seq, flags, v);
 

@@ -24,9 +24,9 @@
 #endif
 
 /* Size of the fixed part in front of the entries, per message type. */
-#define PT_HDR_SIZE	sizeof(struct pt_hdr)
-#define PT_MAX_FRAME	(PT_HDR_SIZE + PT_MAX_PAYLOAD)
-#define PT_MAX_REASON	256 /* bytes of error text a builder writes; the parser accepts more */
+#define PT_HDR_SIZE   sizeof(struct pt_hdr)
+#define PT_MAX_FRAME  (PT_HDR_SIZE + PT_MAX_PAYLOAD)
+#define PT_MAX_REASON 256 /* bytes of error text a builder writes; the parser accepts more */
 
 /* Payloads handed to pt_frame_parse() must be aligned like this (struct pt_range has u64s). */
 #define PT_PAYLOAD_ALIGN 8
@@ -40,17 +40,18 @@ struct pt_msg {
 	uint8_t type;	/* enum pt_msg_type */
 	uint16_t flags; /* PT_F_* from the header */
 	uint32_t seq;
-	uint32_t len;	/* payload bytes */
+	uint32_t len;	 /* payload bytes */
 	uint32_t cmd_id; /* ARM, STOP, DONE, HINT, QUERY, VERDICT, WR_RECORDS */
 	uint32_t count;	 /* entries in ranges[] or slots[] */
-	const struct pt_range *ranges; /* HINT, REPORT, INFLATE, DEFLATE, WR_READ, VERDICT, WR_RECORDS */
+	const struct pt_range
+		*ranges; /* HINT, REPORT, INFLATE, DEFLATE, WR_READ, VERDICT, WR_RECORDS */
 	union {
 		const void *body; /* the fixed part of the payload, NULL for empty payloads */
 		const struct pt_register *reg;
 		const struct pt_cmd *cmd;
 		const struct pt_hint *hint;
 		const struct pt_query *query;
-		const struct pt_report *report;	  /* REPORT, INFLATE, DEFLATE, WR_READ */
+		const struct pt_report *report; /* REPORT, INFLATE, DEFLATE, WR_READ */
 		const struct pt_ack *ack;
 		const struct pt_verdict *verdict; /* VERDICT, WR_RECORDS */
 		const struct pt_error *error;
@@ -78,14 +79,14 @@ int pt_range_check(const struct pt_range *r);
 bool pt_type_is_request(unsigned int type);
 bool pt_type_is_reply(unsigned int type);
 
-const char *pt_err_str(int code);	/* accepts code or -code */
+const char *pt_err_str(int code); /* accepts code or -code */
 const char *pt_msg_type_str(int type);
 
 /* Encoders. See the file comment for the return convention. */
 size_t pt_encode_hdr(void *buf, size_t cap, unsigned int type, unsigned int flags, uint32_t len,
 		     uint32_t seq);
-size_t pt_build_register(void *buf, size_t cap, uint32_t seq, uint32_t vmm_pid,
-			 uint32_t dirty_mode, const struct pt_reg_slot *slots, uint32_t nslots);
+size_t pt_build_register(void *buf, size_t cap, uint32_t seq, uint32_t vmm_pid, uint32_t dirty_mode,
+			 const struct pt_reg_slot *slots, uint32_t nslots);
 /* ARM, STOP or DONE */
 size_t pt_build_cmd(void *buf, size_t cap, unsigned int type, uint32_t seq, uint32_t cmd_id);
 size_t pt_build_hint(void *buf, size_t cap, uint32_t seq, uint32_t cmd_id,
@@ -108,9 +109,8 @@ size_t pt_build_error(void *buf, size_t cap, uint32_t seq, int code, const char 
 size_t pt_build_verdict_hdr(void *buf, size_t cap, unsigned int type, uint32_t seq,
 			    unsigned int flags, const struct pt_verdict *v);
 /* pt_build_verdict_hdr() plus a copy of v->nranges @ranges. */
-size_t pt_build_verdict(void *buf, size_t cap, unsigned int type, uint32_t seq,
-			unsigned int flags, const struct pt_verdict *v,
-			const struct pt_range *ranges);
+size_t pt_build_verdict(void *buf, size_t cap, unsigned int type, uint32_t seq, unsigned int flags,
+			const struct pt_verdict *v, const struct pt_range *ranges);
 size_t pt_build_wr_caps(void *buf, size_t cap, uint32_t seq, const struct pt_wr_caps *caps);
 
 /*

@@ -88,8 +88,8 @@ static int report_err(struct pt_client *c, const char *what, int err)
 	const struct pt_client_error *e = pt_client_last_error(c);
 
 	if (e->reason[0])
-		fprintf(stderr, "ptballoon: %s: %s (code %d: %s)\n", what, strerror(-err),
-			e->code, e->reason);
+		fprintf(stderr, "ptballoon: %s: %s (code %d: %s)\n", what, strerror(-err), e->code,
+			e->reason);
 	else
 		fprintf(stderr, "ptballoon: %s: %s\n", what, strerror(-err));
 	return err;
@@ -299,8 +299,8 @@ struct command {
 };
 
 static const struct command commands[] = {
-	{ "register", cmd_register }, { "arm", cmd_life },     { "stop", cmd_life },
-	{ "done", cmd_life },	      { "hint", cmd_hint },    { "query", cmd_query },
+	{ "register", cmd_register }, { "arm", cmd_life },	{ "stop", cmd_life },
+	{ "done", cmd_life },	      { "hint", cmd_hint },	{ "query", cmd_query },
 	{ "report", cmd_pages },      { "inflate", cmd_pages }, { "deflate", cmd_pages },
 	{ "wrread", cmd_pages },      { "wrcaps", cmd_wrcaps }, { "ping", cmd_ping },
 };

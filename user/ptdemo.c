@@ -61,7 +61,8 @@ static int setup(struct demo *d)
 	err = pt_client_register(d->c, 0, PT_DIRTY_RING, rs, 2, &handle);
 	step("register the VM (pid, memslots, dirty-ring mode)", err);
 	if (!err && pt_client_coverage(d->c)) {
-		fprintf(stderr, "ptdemo: the service says dirty-ring writes are not tracked here\n");
+		fprintf(stderr,
+			"ptdemo: the service says dirty-ring writes are not tracked here\n");
 		err = -ENOTSUP;
 	}
 	return err;
@@ -137,7 +138,8 @@ static int check(struct demo *d, const struct pt_client_result *res)
 			uint64_t p = (a - GUEST_GPA) / 4096;
 
 			free_pages++;
-			bad += a < GUEST_GPA || p >= GUEST_PAGES || !d->hinted[p] || d->kvm_dirty[p];
+			bad += a < GUEST_GPA || p >= GUEST_PAGES || !d->hinted[p] ||
+			       d->kvm_dirty[p];
 		}
 	}
 	for (uint64_t p = 0; p < GUEST_PAGES; p++)
@@ -149,8 +151,8 @@ static int check(struct demo *d, const struct pt_client_result *res)
 	       (unsigned long long)res->v.free, (unsigned long long)expect_free);
 	printf("  %-44s %10llu %10llu\n", "pages kept: written after the hint",
 	       (unsigned long long)res->v.kept_written, (unsigned long long)d->n_rewritten);
-	printf("  %-44s %10llu %10d\n", "pages kept: unsure", (unsigned long long)res->v.kept_unsure,
-	       0);
+	printf("  %-44s %10llu %10d\n", "pages kept: unsure",
+	       (unsigned long long)res->v.kept_unsure, 0);
 	printf("  %-44s %10llu\n", "confirmed pages KVM saw written (data loss)",
 	       (unsigned long long)bad);
 	return bad || free_pages != res->v.free || res->v.free != expect_free ||
@@ -168,10 +170,10 @@ static int run(struct demo *d)
 	if (step("ARM command ID 2 (write log cleared, new epoch)", pt_client_arm(d->c, CMD_ID)) ||
 	    step("VMM sync: harvest + KVM_RESET_DIRTY_RINGS (write-protect)", vmm_sync(d)) ||
 	    step("guest hints its free 4 MiB blocks under ID 2", guest_hints(d)) ||
-	    step("guest writes 700 pages, most of them hinted ones",
-		 guest_rewrites(d)) ||
+	    step("guest writes 700 pages, most of them hinted ones", guest_rewrites(d)) ||
 	    step("driver STOP for ID 2", pt_client_stop(d->c, CMD_ID)) ||
-	    step("QUERY ID 2: verdict computed now", pt_client_query(d->c, CMD_ID, PT_Q_HINTS, &res)))
+	    step("QUERY ID 2: verdict computed now",
+		 pt_client_query(d->c, CMD_ID, PT_Q_HINTS, &res)))
 		return -1;
 	err = check(d, &res);
 	pt_client_result_free(&res);

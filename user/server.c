@@ -54,7 +54,7 @@
 #define CHUNK_MIN     (64u << 10)
 #define MAX_CONN_IDX  ((1u << 24) - 1)
 /* A framer buffer grown past this by a large frame is freed once the frame is done. */
-#define FRAMER_KEEP   (256u << 10)
+#define FRAMER_KEEP	(256u << 10)
 #define ACCEPT_RETRY_MS 100
 
 enum op {
@@ -63,10 +63,10 @@ enum op {
 	OP_ACCEPT_RETRY, /* timeout before re-arming accept after EMFILE and the like */
 	OP_RECV,	 /* multishot recv, provided buffers */
 	OP_SEND,
-	OP_SIGNAL,	 /* read of the signalfd */
-	OP_WAKE,	 /* read of the eventfd pt_server_stop() writes */
-	OP_TICK,	 /* IORING_OP_TIMEOUT */
-	OP_CANCEL,	 /* async cancel; its own completion is ignored */
+	OP_SIGNAL, /* read of the signalfd */
+	OP_WAKE,   /* read of the eventfd pt_server_stop() writes */
+	OP_TICK,   /* IORING_OP_TIMEOUT */
+	OP_CANCEL, /* async cancel; its own completion is ignored */
 };
 
 static inline uint64_t ud_make(enum op op, uint32_t idx, uint32_t gen)
@@ -110,15 +110,15 @@ struct pt_conn {
 	uint32_t id;
 	int fd;
 	bool used;
-	bool recv_armed;    /* a multishot recv is in flight */
-	bool recv_cancel;   /* ... and a cancel for it was issued */
+	bool recv_armed;  /* a multishot recv is in flight */
+	bool recv_cancel; /* ... and a cancel for it was issued */
 	bool send_inflight;
-	bool stalled;	    /* out queue over max_outq: input stopped */
-	bool eof;	    /* peer shut down its side; replies still go out */
-	bool closing;	    /* pt_conn_close or bad framing: no more input, flush, close */
-	bool dead;	    /* error: drop everything, close as soon as nothing is in flight */
-	bool fd_cancel;	    /* cancel of everything on fd issued */
-	bool nobufs;	    /* recv ended with -ENOBUFS; re-arm when buffers come back */
+	bool stalled;	/* out queue over max_outq: input stopped */
+	bool eof;	/* peer shut down its side; replies still go out */
+	bool closing;	/* pt_conn_close or bad framing: no more input, flush, close */
+	bool dead;	/* error: drop everything, close as soon as nothing is in flight */
+	bool fd_cancel; /* cancel of everything on fd issued */
+	bool nobufs;	/* recv ended with -ENOBUFS; re-arm when buffers come back */
 	bool dirty;
 	uint32_t dirty_next;
 	struct pt_peer peer;
@@ -160,7 +160,7 @@ struct pt_server {
 	size_t bufs_size;
 	unsigned nbufs;
 	unsigned buf_size;
-	unsigned br_pending; /* returned, not yet published */
+	unsigned br_pending;	  /* returned, not yet published */
 	unsigned nparked_bufs;	  /* ring buffers parked, all connections */
 	unsigned max_parked_bufs; /* past this, parked bytes are copied out */
 	uint64_t parked_bytes;
@@ -490,14 +490,14 @@ static void dispatch(struct pt_conn *c, const struct pt_hdr *h, const void *payl
 	if (rc < 0) {
 		/* Framing is intact (the framer checked it): refuse this frame, keep going. */
 		s->st.bad_frames++;
-		pt_conn_send_error(c, h->seq, rc, "bad frame (type %u len %u): %s", h->type,
-				   h->len, pt_err_str(rc));
+		pt_conn_send_error(c, h->seq, rc, "bad frame (type %u len %u): %s", h->type, h->len,
+				   pt_err_str(rc));
 		return;
 	}
 	s->st.frames++;
 	if (s->ops.on_frame) {
-			s->ops.on_frame(s->ctx, c, h, h->len ? payload : NULL);
-		}
+		s->ops.on_frame(s->ctx, c, h, h->len ? payload : NULL);
+	}
 }
 
 static bool conn_over(const struct pt_conn *c)
@@ -702,8 +702,7 @@ static void handle_accept(struct pt_server *s, int res, bool more)
 	pt_framer_init(&c->fr, PT_FRAMER_REQUESTS);
 	s->st.conns_accepted++;
 	s->st.conns_open++;
-	pt_debug("conn %u pid %d uid %u: accepted", c->id, (int)c->peer.pid,
-		 (unsigned)c->peer.uid);
+	pt_debug("conn %u pid %d uid %u: accepted", c->id, (int)c->peer.pid, (unsigned)c->peer.uid);
 	mark_dirty(c); /* arms the recv */
 }
 
@@ -869,7 +868,8 @@ static unsigned reap(struct pt_server *s)
 	struct io_uring_cqe *cqe;
 	unsigned head, n = 0;
 
-	io_uring_for_each_cqe(&s->ring, head, cqe) {
+	io_uring_for_each_cqe(&s->ring, head, cqe)
+	{
 		handle_cqe(s, cqe);
 		n++;
 	}
@@ -977,8 +977,8 @@ static int setup_ring(struct pt_server *s)
 		return -errno;
 	}
 	s->bufs_size = (size_t)s->nbufs * s->buf_size;
-	s->bufs = mmap(NULL, s->bufs_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-		       -1, 0);
+	s->bufs = mmap(NULL, s->bufs_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+		       0);
 	if (s->bufs == MAP_FAILED) {
 		s->bufs = NULL;
 		return -errno;

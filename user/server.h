@@ -56,18 +56,18 @@ struct pt_server_ops {
 };
 
 struct pt_server_cfg {
-	const char *path;  /* socket path: created with mode 0660 whatever the umask; the parent
-			    * directory must exist; a stale socket file is replaced, a live one
-			    * (something accepts on it) is an error (-EADDRINUSE) */
-	int listen_fd;	   /* >= 0: an already listening socket (systemd socket activation); @path
-			    * is then unused. The server owns it and closes it on destroy. */
-	unsigned tick_ms;  /* 0 = no tick */
+	const char *path;   /* socket path: created with mode 0660 whatever the umask; the parent
+			     * directory must exist; a stale socket file is replaced, a live one
+			     * (something accepts on it) is an error (-EADDRINUSE) */
+	int listen_fd;	    /* >= 0: an already listening socket (systemd socket activation); @path
+			     * is then unused. The server owns it and closes it on destroy. */
+	unsigned tick_ms;   /* 0 = no tick */
 	unsigned max_conns; /* 0 = 1024; further connections are accepted and closed at once */
-	size_t max_outq;   /* queued reply bytes per connection before the server stops reading
-			    * from it; 0 = 4 MiB */
-	unsigned nbufs;	   /* receive buffers in the provided-buffer ring, a power of two
-			    * <= 32768; 0 = 256 */
-	unsigned buf_size; /* bytes per receive buffer; 0 = 64 KiB */
+	size_t max_outq;    /* queued reply bytes per connection before the server stops reading
+			     * from it; 0 = 4 MiB */
+	unsigned nbufs;	    /* receive buffers in the provided-buffer ring, a power of two
+			     * <= 32768; 0 = 256 */
+	unsigned buf_size;  /* bytes per receive buffer; 0 = 64 KiB */
 };
 
 int pt_server_create(struct pt_server **out, const struct pt_server_cfg *cfg,
@@ -106,7 +106,7 @@ struct pt_server *pt_conn_server(const struct pt_conn *c);
 struct pt_server_stats {
 	uint64_t conns_accepted;
 	uint64_t conns_open;
-	uint64_t frames;	      /* frames handed to on_frame */
+	uint64_t frames; /* frames handed to on_frame */
 	uint64_t bytes_in;
 	uint64_t bytes_out;
 	uint64_t bad_frames;	      /* framing errors and pt_hdr_check() failures */

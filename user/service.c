@@ -23,9 +23,9 @@ struct svc {
 	struct pt_coverage cov;
 	struct pt_server *srv;
 	struct pt_vmctx *vms[PT_MAX_VMS];
-	uint32_t owner[PT_MAX_VMS];  /* connection id bound to each VM, 0 if none */
-	uint8_t *out;		     /* one reply frame being built */
-	struct pt_range *ranges;     /* verdict ranges, buffered until the verdict is sure */
+	uint32_t owner[PT_MAX_VMS]; /* connection id bound to each VM, 0 if none */
+	uint8_t *out;		    /* one reply frame being built */
+	struct pt_range *ranges;    /* verdict ranges, buffered until the verdict is sure */
 	size_t nranges, cap_ranges;
 	struct pt_status_counters n;
 	unsigned ticks;
@@ -33,8 +33,8 @@ struct svc {
 
 /* --- replies -------------------------------------------------------------------------------- */
 
-static void reply_ack(struct svc *s, struct pt_conn *c, uint32_t seq, uint32_t v32,
-		      uint64_t pages, uint64_t ignored)
+static void reply_ack(struct svc *s, struct pt_conn *c, uint32_t seq, uint32_t v32, uint64_t pages,
+		      uint64_t ignored)
 {
 	size_t len = pt_build_ack(s->out, PT_MAX_FRAME, seq, v32, pages, ignored);
 
@@ -90,8 +90,11 @@ static void send_ranges(struct svc *s, struct pt_conn *c, unsigned type, uint32_
 static void reply_verdict(struct svc *s, struct pt_conn *c, uint32_t seq, uint32_t cmd,
 			  const struct pt_verdict_sum *sum)
 {
-	struct pt_verdict v = { .cmd_id = cmd, .unsure_reason = sum->why, .hinted = sum->hinted,
-				.free = sum->free, .kept_written = sum->kept_written,
+	struct pt_verdict v = { .cmd_id = cmd,
+				.unsure_reason = sum->why,
+				.hinted = sum->hinted,
+				.free = sum->free,
+				.kept_written = sum->kept_written,
 				.kept_unsure = sum->kept_unsure };
 
 	/* An unsure verdict confirms nothing: whatever ranges were gathered are dropped. */
@@ -134,8 +137,8 @@ static int track_vm(struct svc *s, const struct pt_msg *m, uint32_t *vm)
 	int err;
 
 	for (uint32_t i = 0; i < m->count; i++)
-		slots[i] = (struct pt_slot_cfg){ m->slots[i].gpa, m->slots[i].size,
-						 m->slots[i].id };
+		slots[i] =
+			(struct pt_slot_cfg){ m->slots[i].gpa, m->slots[i].size, m->slots[i].id };
 	err = pt_vm_track(s->t, r->vmm_pid, slots, m->count,
 			  (uint64_t)s->live.learn_mb * 1024 * 1024 * 8, vm, &existed);
 	if (err == -ENOSPC)
@@ -164,8 +167,9 @@ static void on_register(struct svc *s, struct pt_conn *c, const struct pt_msg *m
 	}
 	err = may_register(pt_conn_peer(c), r->vmm_pid);
 	if (err) {
-		reply_err(s, c, m->seq, err, err == -PT_E_PERM ? "register: not your VM" :
-								  "register: no such VMM process");
+		reply_err(s, c, m->seq, err,
+			  err == -PT_E_PERM ? "register: not your VM"
+					    : "register: no such VMM process");
 		return;
 	}
 	err = track_vm(s, m, &vm);
@@ -189,16 +193,15 @@ static void on_register(struct svc *s, struct pt_conn *c, const struct pt_msg *m
 	pt_conn_set_data(c, ctx);
 	if (!tracked)
 		pt_warn("VM %u (pid %u) uses %s dirty logging, which BPF does not see here: every "
-			"verdict will be keep", vm, r->vmm_pid,
-			r->dirty_mode == PT_DIRTY_RING ? "dirty-ring" : "bitmap");
+			"verdict will be keep",
+			vm, r->vmm_pid, r->dirty_mode == PT_DIRTY_RING ? "dirty-ring" : "bitmap");
 	/* Coverage: 0 when every write path is observed, else why every verdict will be keep. */
 	reply_ack(s, c, m->seq, vm, tracked ? 0 : PT_WHY_UNTRACKED, 0);
 }
 
 /* --- the other requests --------------------------------------------------------------------- */
 
-static void on_query(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx,
-		     const struct pt_msg *m)
+static void on_query(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx, const struct pt_msg *m)
 {
 	struct pt_verdict_sum sum;
 	int err;
@@ -215,8 +218,10 @@ static void on_query(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx,
 		err = pt_balloon_reclaimed(ctx, &sum, collect_range, s);
 		/* Reclaimed pages are facts, not permissions: always listed. */
 		if (!err) {
-			struct pt_verdict v = { .cmd_id = m->cmd_id, .unsure_reason = sum.why,
-						.hinted = sum.hinted, .free = sum.free };
+			struct pt_verdict v = { .cmd_id = m->cmd_id,
+						.unsure_reason = sum.why,
+						.hinted = sum.hinted,
+						.free = sum.free };
 
 			send_ranges(s, c, PT_MSG_VERDICT, m->seq, &v);
 			return;
@@ -300,8 +305,7 @@ static void on_wr_read(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx,
 	send_ranges(s, c, PT_MSG_WR_RECORDS, m->seq, &v);
 }
 
-static void on_batch(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx,
-		     const struct pt_msg *m)
+static void on_batch(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx, const struct pt_msg *m)
 {
 	uint64_t pages = 0;
 	int err;
@@ -539,12 +543,15 @@ static void adopt_pinned_vms(struct svc *s)
 
 static int start(struct svc *s)
 {
-	struct pt_loader_opts lo = { .pin_dir = s->cfg->pin_dir, .log_mb = s->cfg->log_mb,
+	struct pt_loader_opts lo = { .pin_dir = s->cfg->pin_dir,
+				     .log_mb = s->cfg->log_mb,
 				     .tdp = s->cfg->tdp };
 	/* 128 KiB receive buffers: a full 4096-range HINT frame (64 KiB + 24 bytes) lands in one
 	 * buffer and is parsed in place instead of being reassembled. */
-	struct pt_server_cfg sc = { .path = s->cfg->socket, .listen_fd = s->cfg->listen_fd,
-				    .tick_ms = s->cfg->tick_ms, .nbufs = 128,
+	struct pt_server_cfg sc = { .path = s->cfg->socket,
+				    .listen_fd = s->cfg->listen_fd,
+				    .tick_ms = s->cfg->tick_ms,
+				    .nbufs = 128,
 				    .buf_size = 128 * 1024 };
 	struct pt_server_ops ops = { on_frame, on_close, on_tick, on_signal };
 	char cov[400];

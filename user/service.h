@@ -13,17 +13,17 @@
 #define PT_DEFAULT_CONFIG  "/etc/pagetrack/pagetrack.conf"
 
 struct pt_service_cfg {
-	char socket[256];	/* AF_UNIX path the devices connect to */
-	char pin_dir[256];	/* bpffs directory of maps and links */
-	char run_dir[256];	/* status.json lives here */
-	char metrics[256];	/* Prometheus textfile; "" = run_dir/metrics.prom, "-" = off */
-	unsigned log_mb;	/* write-log bitmap size */
-	unsigned learn_mb;	/* log reserved per VM whose memslots are learned (MiB of bitmap) */
-	int tdp;		/* -1 auto */
-	bool canary;		/* run the coverage canary at start (default yes) */
+	char socket[256];  /* AF_UNIX path the devices connect to */
+	char pin_dir[256]; /* bpffs directory of maps and links */
+	char run_dir[256]; /* status.json lives here */
+	char metrics[256]; /* Prometheus textfile; "" = run_dir/metrics.prom, "-" = off */
+	unsigned log_mb;   /* write-log bitmap size */
+	unsigned learn_mb; /* log reserved per VM whose memslots are learned (MiB of bitmap) */
+	int tdp;	   /* -1 auto */
+	bool canary;	   /* run the coverage canary at start (default yes) */
 	bool verbose;
-	unsigned tick_ms;	/* status/metrics/VMM liveness period */
-	int listen_fd;		/* socket activation: inherited listening socket, else -1 */
+	unsigned tick_ms;	 /* status/metrics/VMM liveness period */
+	int listen_fd;		 /* socket activation: inherited listening socket, else -1 */
 	const char *config_path; /* for reload */
 };
 

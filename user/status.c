@@ -47,9 +47,9 @@ static void json_vm(FILE *f, struct pt_tracker *t, const struct pt_vmctx *c, boo
 		"\"stale_pages\": %llu, \"queries\": %llu, \"confirmed_free\": %llu, "
 		"\"kept_written\": %llu, \"kept_unsure\": %llu, \"reported_pages\": %llu, "
 		"\"reclaimed_pages\": %llu}",
-		first ? "" : ",", c->vm, c->pid, mode_str(c->mode), c->mode_tracked ? "true" : "false",
-		pt_cmd_state_str(c->state), c->cur, (unsigned long long)st->epoch,
-		st->sync_epoch == st->epoch ? "true" : "false",
+		first ? "" : ",", c->vm, c->pid, mode_str(c->mode),
+		c->mode_tracked ? "true" : "false", pt_cmd_state_str(c->state), c->cur,
+		(unsigned long long)st->epoch, st->sync_epoch == st->epoch ? "true" : "false",
 		pt_why_str(pt_epoch_doubt((struct pt_vmctx *)c), why, sizeof(why)),
 		st->taint_epoch == st->epoch ? st->taint_reason : 0,
 		(unsigned long long)ev.ring_writes, (unsigned long long)ev.fault_writes,
@@ -234,7 +234,8 @@ int pt_status_show(const struct pt_service_cfg *cfg, int json)
 	if (fscanf(f, "{\"pid\": %d", &pid) != 1)
 		pid = 0;
 	rewind(f);
-	printf("service:  pid %d (%s)\n", pid, pid > 0 && !kill(pid, 0) ? "running" : "NOT running");
+	printf("service:  pid %d (%s)\n", pid,
+	       pid > 0 && !kill(pid, 0) ? "running" : "NOT running");
 	show_pins(cfg->pin_dir);
 	printf("status file %s:\n", path);
 	while (fgets(line, sizeof(line), f))

@@ -14,8 +14,8 @@
 
 int pt_vm_find(struct pt_tracker *t, uint32_t tgid, uint32_t *vm)
 {
-	if (bpf_map__lookup_elem(t->skel->maps.pt_vm_by_tgid, &tgid, sizeof(tgid), vm,
-				 sizeof(*vm), 0))
+	if (bpf_map__lookup_elem(t->skel->maps.pt_vm_by_tgid, &tgid, sizeof(tgid), vm, sizeof(*vm),
+				 0))
 		return -ENOENT;
 	if (*vm >= PT_MAX_VMS || !(t->vms[*vm].flags & PT_VM_ACTIVE))
 		return -ENOENT;
@@ -37,7 +37,8 @@ static int alloc_region(struct pt_tracker *t, uint64_t bits, uint64_t *base)
 
 			if (!(s->flags & PT_VM_ACTIVE))
 				continue;
-			if (start < s->log_bit_base + s->log_bits && s->log_bit_base < start + bits) {
+			if (start < s->log_bit_base + s->log_bits &&
+			    s->log_bit_base < start + bits) {
 				start = ALIGN64(s->log_bit_base + s->log_bits);
 				moved = true;
 			}
@@ -114,8 +115,8 @@ int pt_vm_stats_get(struct pt_tracker *t, uint32_t vm, struct pt_vm_stats *sum)
 	v = calloc(ncpu, sizeof(*v));
 	if (!v)
 		return -ENOMEM;
-	err = bpf_map__lookup_elem(t->skel->maps.pt_vm_stats, &vm, sizeof(vm), v,
-				   ncpu * sizeof(*v), 0);
+	err = bpf_map__lookup_elem(t->skel->maps.pt_vm_stats, &vm, sizeof(vm), v, ncpu * sizeof(*v),
+				   0);
 	for (int i = 0; !err && i < ncpu; i++) {
 		sum->ring_writes += v[i].ring_writes;
 		sum->fault_writes += v[i].fault_writes;
@@ -125,8 +126,8 @@ int pt_vm_stats_get(struct pt_tracker *t, uint32_t vm, struct pt_vm_stats *sum)
 	return err;
 }
 
-int pt_vm_track(struct pt_tracker *t, uint32_t tgid, const struct pt_slot_cfg *slots,
-		unsigned n, uint64_t learn_pages, uint32_t *vm, bool *existed)
+int pt_vm_track(struct pt_tracker *t, uint32_t tgid, const struct pt_slot_cfg *slots, unsigned n,
+		uint64_t learn_pages, uint32_t *vm, bool *existed)
 {
 	struct pt_vm_slots sl;
 	struct pt_vm_state *st;

@@ -23,8 +23,8 @@ struct pt_slot_cfg {
  * reserved. If `tgid` is already tracked (service restarted) its index is returned and
  * *existed set: its log continues. Returns 0 or negative errno.
  */
-int pt_vm_track(struct pt_tracker *t, uint32_t tgid, const struct pt_slot_cfg *slots,
-		unsigned n, uint64_t learn_pages, uint32_t *vm, bool *existed);
+int pt_vm_track(struct pt_tracker *t, uint32_t tgid, const struct pt_slot_cfg *slots, unsigned n,
+		uint64_t learn_pages, uint32_t *vm, bool *existed);
 int pt_vm_untrack(struct pt_tracker *t, uint32_t vm);
 /* Event counters of a VM, summed over CPUs. */
 int pt_vm_stats_get(struct pt_tracker *t, uint32_t vm, struct pt_vm_stats *sum);

@@ -38,7 +38,7 @@ extern "C" {
 #endif
 
 #define PT_DEFAULT_SOCKET "/run/pagetrack/balloon.sock"
-#define PT_CLIENT_BATCH	  4096	    /* hint entries per frame: 64 KiB of ranges */
+#define PT_CLIENT_BATCH	  4096	     /* hint entries per frame: 64 KiB of ranges */
 #define PT_CLIENT_QUEUE	  (4u << 20) /* unsent bytes pt_client_queue_hint() may hold */
 
 struct pt_client;

@@ -17,10 +17,10 @@
 #define PT_PROTO_VERSION 1
 #define PT_PROTO_PAGE	 4096u
 
-#define PT_MAX_PAYLOAD	   (1u << 20) /* 1 MiB: 65536 hint entries */
-#define PT_MAX_HINTS	   (PT_MAX_PAYLOAD / sizeof(struct pt_range) - 1)
-#define PT_MAX_REPORT	   32 /* entries per free page reporting batch (Linux sends <= 32) */
-#define PT_MAX_REG_SLOTS   32
+#define PT_MAX_PAYLOAD	 (1u << 20) /* 1 MiB: 65536 hint entries */
+#define PT_MAX_HINTS	 (PT_MAX_PAYLOAD / sizeof(struct pt_range) - 1)
+#define PT_MAX_REPORT	 32 /* entries per free page reporting batch (Linux sends <= 32) */
+#define PT_MAX_REG_SLOTS 32
 
 /* Command IDs (virtio-balloon free page hinting): 0 and 1 are reserved. */
 #define PT_CMD_ID_STOP 0u
@@ -29,26 +29,26 @@
 
 enum pt_msg_type {
 	/* device -> service */
-	PT_MSG_REGISTER = 1,	/* struct pt_register + pt_reg_slot[nslots] */
-	PT_MSG_ARM = 2,		/* struct pt_cmd: start command ID (before the VMM's sync) */
-	PT_MSG_HINT = 3,	/* struct pt_hint + pt_range[count] */
-	PT_MSG_STOP = 4,	/* struct pt_cmd: the driver sent STOP for this command ID */
-	PT_MSG_DONE = 5,	/* struct pt_cmd: the device sent DONE; release the command ID */
-	PT_MSG_QUERY = 6,	/* struct pt_query: verdict for a command ID (or reported pages) */
-	PT_MSG_REPORT = 7,	/* struct pt_report + pt_range[count], count <= 32 */
-	PT_MSG_INFLATE = 8,	/* struct pt_report + pt_range[count]: pages given to the balloon */
-	PT_MSG_DEFLATE = 9,	/* struct pt_report + pt_range[count]: pages taken back (told) */
-	PT_MSG_WR_CAPS = 10,	/* empty: write-record capabilities */
-	PT_MSG_WR_READ = 11,	/* struct pt_report + pt_range[count]: read-and-clear write records */
-	PT_MSG_PING = 12,	/* empty: liveness / latency floor */
-	PT_MSG_WRITTEN = 13,	/* struct pt_report + pt_range[count]: pages the VMM itself wrote
-				 * (device emulation, DMA): KVM never sees those writes */
+	PT_MSG_REGISTER = 1, /* struct pt_register + pt_reg_slot[nslots] */
+	PT_MSG_ARM = 2,	     /* struct pt_cmd: start command ID (before the VMM's sync) */
+	PT_MSG_HINT = 3,     /* struct pt_hint + pt_range[count] */
+	PT_MSG_STOP = 4,     /* struct pt_cmd: the driver sent STOP for this command ID */
+	PT_MSG_DONE = 5,     /* struct pt_cmd: the device sent DONE; release the command ID */
+	PT_MSG_QUERY = 6,    /* struct pt_query: verdict for a command ID (or reported pages) */
+	PT_MSG_REPORT = 7,   /* struct pt_report + pt_range[count], count <= 32 */
+	PT_MSG_INFLATE = 8,  /* struct pt_report + pt_range[count]: pages given to the balloon */
+	PT_MSG_DEFLATE = 9,  /* struct pt_report + pt_range[count]: pages taken back (told) */
+	PT_MSG_WR_CAPS = 10, /* empty: write-record capabilities */
+	PT_MSG_WR_READ = 11, /* struct pt_report + pt_range[count]: read-and-clear write records */
+	PT_MSG_PING = 12,    /* empty: liveness / latency floor */
+	PT_MSG_WRITTEN = 13, /* struct pt_report + pt_range[count]: pages the VMM itself wrote
+			      * (device emulation, DMA): KVM never sees those writes */
 	/* service -> device */
-	PT_MSG_ACK = 64,	/* struct pt_ack: request completed */
-	PT_MSG_VERDICT = 65,	/* struct pt_verdict + pt_range[nranges]; PT_F_MORE until last */
-	PT_MSG_ERROR = 66,	/* struct pt_error + reason text (not NUL-terminated) */
+	PT_MSG_ACK = 64,	   /* struct pt_ack: request completed */
+	PT_MSG_VERDICT = 65,	   /* struct pt_verdict + pt_range[nranges]; PT_F_MORE until last */
+	PT_MSG_ERROR = 66,	   /* struct pt_error + reason text (not NUL-terminated) */
 	PT_MSG_WR_CAPS_REPLY = 67, /* struct pt_wr_caps */
-	PT_MSG_WR_RECORDS = 68,	/* struct pt_verdict-like header + pt_range[]; PT_F_MORE */
+	PT_MSG_WR_RECORDS = 68,	   /* struct pt_verdict-like header + pt_range[]; PT_F_MORE */
 };
 
 /* pt_hdr.flags */
@@ -57,10 +57,10 @@ enum pt_msg_type {
 struct pt_hdr {
 	uint32_t magic;
 	uint8_t version;
-	uint8_t type;	 /* enum pt_msg_type */
-	uint16_t flags;	 /* PT_F_* */
-	uint32_t len;	 /* payload bytes following this header, <= PT_MAX_PAYLOAD */
-	uint32_t seq;	 /* chosen by the sender of a request, echoed by every reply to it */
+	uint8_t type;	/* enum pt_msg_type */
+	uint16_t flags; /* PT_F_* */
+	uint32_t len;	/* payload bytes following this header, <= PT_MAX_PAYLOAD */
+	uint32_t seq;	/* chosen by the sender of a request, echoed by every reply to it */
 };
 
 struct pt_range {
@@ -81,12 +81,12 @@ struct pt_reg_slot {
 	uint32_t flags; /* 0 */
 };
 
+/* Followed by struct pt_reg_slot slots[nslots]. */
 struct pt_register {
 	uint32_t vmm_pid;    /* the process holding the KVM VM fd */
 	uint32_t dirty_mode; /* enum pt_dirty_mode */
 	uint32_t nslots;     /* 0: learn slots from the VMM's ioctls */
 	uint32_t flags;	     /* 0 */
-	/* struct pt_reg_slot slots[nslots]; */
 };
 
 struct pt_cmd {
@@ -94,10 +94,10 @@ struct pt_cmd {
 	uint32_t flags; /* 0 */
 };
 
+/* Followed by struct pt_range ranges[count]. */
 struct pt_hint {
 	uint32_t cmd_id;
 	uint32_t count; /* entries following; len == 8 + 16 * count */
-	/* struct pt_range ranges[count]; */
 };
 
 /* pt_query.what */
@@ -112,10 +112,10 @@ struct pt_query {
 	uint32_t what; /* enum pt_query_what */
 };
 
+/* Followed by struct pt_range ranges[count]. */
 struct pt_report {
 	uint32_t count;
 	uint32_t flags; /* 0 */
-	/* struct pt_range ranges[count]; */
 };
 
 /* Why pages are kept although hinted (pt_verdict.unsure_reason, a bit set). */
@@ -127,12 +127,13 @@ struct pt_report {
 #define PT_WHY_STALE	   (1u << 5) /* command ID not current */
 
 struct pt_ack {
-	uint32_t status; /* 0 */
+	uint32_t status;  /* 0 */
 	uint32_t value32; /* type specific: REGISTER -> vm handle; HINT -> ranges recorded */
 	uint64_t pages;	  /* HINT/REPORT/INFLATE: pages recorded; REGISTER: coverage bits */
 	uint64_t ignored; /* HINT: pages ignored (stale command ID) */
 };
 
+/* Followed by struct pt_range ranges[nranges]: free pages (WR_RECORDS: written pages). */
 struct pt_verdict {
 	uint32_t cmd_id;
 	uint32_t unsure_reason; /* PT_WHY_* */
@@ -142,7 +143,6 @@ struct pt_verdict {
 	uint64_t kept_unsure;	/* hinted, state unknown */
 	uint32_t nranges;	/* ranges in this frame */
 	uint32_t pad;
-	/* struct pt_range ranges[nranges]; free pages (or, for WR_RECORDS, written pages) */
 };
 
 struct pt_wr_caps {
@@ -155,23 +155,23 @@ enum pt_err {
 	PT_E_BAD_MAGIC = 1,
 	PT_E_BAD_VERSION = 2,
 	PT_E_BAD_TYPE = 3,
-	PT_E_BAD_LENGTH = 4,	  /* truncated, oversized or not a multiple of the entry size */
-	PT_E_RESERVED_CMD = 5,	  /* command ID 0 or 1 where a real one is needed */
-	PT_E_STALE_CMD = 6,	  /* command ID is not the current one */
-	PT_E_CMD_REUSE = 7,	  /* command ID reused before the driver's STOP */
-	PT_E_BAD_RANGE = 8,	  /* unaligned, empty, overflowing, or outside registered memory */
-	PT_E_NOT_REGISTERED = 9,  /* request needs REGISTER first */
-	PT_E_PERM = 10,		  /* peer may not register / touch that VM */
-	PT_E_BUSY = 11,		  /* resource limit (VMs, memory) */
-	PT_E_STATE = 12,	  /* request not valid in the current state */
+	PT_E_BAD_LENGTH = 4,	 /* truncated, oversized or not a multiple of the entry size */
+	PT_E_RESERVED_CMD = 5,	 /* command ID 0 or 1 where a real one is needed */
+	PT_E_STALE_CMD = 6,	 /* command ID is not the current one */
+	PT_E_CMD_REUSE = 7,	 /* command ID reused before the driver's STOP */
+	PT_E_BAD_RANGE = 8,	 /* unaligned, empty, overflowing, or outside registered memory */
+	PT_E_NOT_REGISTERED = 9, /* request needs REGISTER first */
+	PT_E_PERM = 10,		 /* peer may not register / touch that VM */
+	PT_E_BUSY = 11,		 /* resource limit (VMs, memory) */
+	PT_E_STATE = 12,	 /* request not valid in the current state */
 	PT_E_INTERNAL = 13,
-	PT_E_BAD_FIELD = 14,	  /* reserved field or flag nonzero, unknown enum value */
+	PT_E_BAD_FIELD = 14, /* reserved field or flag nonzero, unknown enum value */
 };
 
 struct pt_error {
 	uint32_t code;	  /* enum pt_err */
 	uint32_t bad_seq; /* seq of the offending frame (also in the header) */
-	/* char reason[len - 8]; */
+			  /* char reason[len - 8]; */
 };
 
 #endif
