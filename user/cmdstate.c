@@ -11,27 +11,31 @@
 
 /* --- page bitmaps over the VM's log region -------------------------------------------------- */
 
+static void bits_word(uint64_t *w, uint64_t mask, bool on)
+{
+	if (on)
+		*w |= mask;
+	else
+		*w &= ~mask;
+}
+
+/* Set or clear n bits from `first`: partial head and tail words, whole words in between. */
 static void bits_set(uint64_t *b, uint64_t first, uint64_t n, bool on)
 {
-	if (n == 1) { /* the worst case: one 4 KiB page per record */
-		if (on)
-			b[first / 64] |= 1ull << (first % 64);
-		else
-			b[first / 64] &= ~(1ull << (first % 64));
-		return;
-	}
-	while (n) {
-		uint64_t w = first / 64, off = first % 64;
-		uint64_t k = 64 - off < n ? 64 - off : n;
-		uint64_t mask = (k == 64 ? ~0ull : ((1ull << k) - 1)) << off;
+	uint64_t w = first / 64, off = first % 64, k;
 
-		if (on)
-			b[w] |= mask;
-		else
-			b[w] &= ~mask;
-		first += k;
+	if (off) {
+		k = 64 - off < n ? 64 - off : n;
+		bits_word(&b[w++], (k == 64 ? ~0ull : (1ull << k) - 1) << off, on);
 		n -= k;
 	}
+	if (n >= 64) {
+		memset(&b[w], on ? 0xff : 0, n / 64 * 8);
+		w += n / 64;
+		n %= 64;
+	}
+	if (n)
+		bits_word(&b[w], (1ull << n) - 1, on);
 }
 
 static uint64_t *lazy_bitmap(struct pt_vmctx *c, uint64_t **b)
@@ -272,6 +276,8 @@ static void carry_over(struct pt_vmctx *c)
 {
 	bool doubt = pt_epoch_doubt(c) & ~PT_WHY_UNTRACKED;
 
+	if (!c->reported && !(c->inflated && c->reclaimed))
+		return;
 	for (uint64_t w = 0; w < c->words; w++) {
 		uint64_t wr = pt_vm_log_word(c->t, c->vm, w);
 
