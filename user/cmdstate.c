@@ -73,7 +73,9 @@ static const struct pt_slot *slot_of(struct pt_vmctx *c, uint64_t gfn)
 	return NULL;
 }
 
-static int for_each_piece(struct pt_vmctx *c, const struct pt_range *r, piece_fn fn, void *arg)
+/* Inlined at each caller, so the piece function is a direct call, not an indirect one. */
+static inline __attribute__((always_inline)) int
+for_each_piece(struct pt_vmctx *c, const struct pt_range *r, piece_fn fn, void *arg)
 {
 	uint64_t gfn = r->gpa >> PAGE_SHIFT, left = r->len >> PAGE_SHIFT;
 
@@ -114,8 +116,10 @@ static int refresh_slots(struct pt_vmctx *c)
 }
 
 /* Validate every range first, so that a batch is applied whole or not at all. */
-static int apply_ranges(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, piece_fn fn,
-			void *arg, uint64_t *pages)
+static inline __attribute__((always_inline)) int apply_ranges(struct pt_vmctx *c,
+							      const struct pt_range *r, uint32_t n,
+							      piece_fn fn, void *arg,
+							      uint64_t *pages)
 {
 	int err = refresh_slots(c);
 
