@@ -5,7 +5,7 @@
 set -eu
 
 PKGS="make gcc clang llvm libbpf-dev bpftool liburing-dev libelf-dev zlib1g-dev pkg-config
-      libclang-rt-14-dev systemd util-linux iproute2 procps"
+      libclang-rt-14-dev systemd util-linux procps python3"
 
 missing=""
 for p in $PKGS; do
