@@ -463,10 +463,22 @@ int pt_ioctl_enter(struct trace_event_raw_sys_enter *ctx)
 	return 0;
 }
 
-static __always_inline void learn_region(__u32 vm, struct pt_vm_state *st, __u64 uarg)
+static __always_inline __u32 slot_flags(__u32 kvm_flags)
 {
-	struct kvm_userspace_memory_region r;
+	return PT_SLOT_VALID | (kvm_flags & PT_KVM_MEM_LOG_DIRTY_PAGES ? 0 : PT_SLOT_NOLOG);
+}
+
+/*
+ * The VMM changed memslot r.slot. For a slot in the table: deleted or moved pages are no
+ * longer what was hinted, and switching dirty logging off (or on) means writes of this epoch
+ * went unseen: both taint. A slot without dirty logging stays marked PT_SLOT_NOLOG, which
+ * makes every verdict of the VM "keep" until logging is back. Unknown slots are added only
+ * for a VM whose table is learned from the ioctls.
+ */
+static __always_inline void memslot_changed(__u32 vm, struct pt_vm_state *st, __u64 uarg)
+{
 	struct pt_vm_slots *sl = bpf_map_lookup_elem(&pt_vm_slots, &vm);
+	struct kvm_userspace_memory_region r;
 	struct pt_slot *s = NULL;
 	__u64 npages;
 	__u32 i;
@@ -475,7 +487,6 @@ static __always_inline void learn_region(__u32 vm, struct pt_vm_state *st, __u64
 		taint(st, PT_TAINT_UNKNOWN_SLOT);
 		return;
 	}
-	__sync_fetch_and_add(&st->slot_changes, 1);
 	npages = r.memory_size >> PT_PAGE_SHIFT;
 	for (i = 0; i < PT_MAX_SLOTS; i++) {
 		if (i >= sl->nslots)
@@ -486,17 +497,18 @@ static __always_inline void learn_region(__u32 vm, struct pt_vm_state *st, __u64
 		}
 	}
 	if (s && (s->flags & PT_SLOT_VALID)) {
-		/* Same place and size: only flags changed (e.g. dirty logging switched on). */
 		if (npages && s->base_gfn == r.guest_phys_addr >> PT_PAGE_SHIFT &&
-		    s->npages == npages)
+		    s->npages == npages) {
+			if (s->flags != slot_flags(r.flags)) {
+				s->flags = slot_flags(r.flags);
+				taint(st, PT_TAINT_SLOT_CHANGE);
+			}
 			return;
-		/* Deleted or moved: pages hinted there are no longer what they were. */
+		}
 		s->flags = 0;
 		taint(st, PT_TAINT_SLOT_CHANGE);
-		if (!npages)
-			return;
 	}
-	if (!npages)
+	if (!npages || !(st->flags & PT_VM_LEARN_SLOTS))
 		return;
 	if (!s) {
 		i = sl->nslots;
@@ -516,7 +528,7 @@ static __always_inline void learn_region(__u32 vm, struct pt_vm_state *st, __u64
 	s->npages = npages;
 	s->bit_off = sl->next_bit;
 	sl->next_bit += npages;
-	s->flags = PT_SLOT_VALID;
+	s->flags = slot_flags(r.flags);
 }
 
 static __always_inline void ioctl_done(struct pt_ioctl *io, struct pt_vm_state *st)
@@ -527,10 +539,9 @@ static __always_inline void ioctl_done(struct pt_ioctl *io, struct pt_vm_state *
 	case PT_KVM_SET_USER_MEMORY_REGION:
 	case PT_KVM_SET_USER_MEMORY_REGION2:
 		/* REGION2 starts with the same fields, so one reader serves both. */
-		if (st->flags & PT_VM_LEARN_SLOTS)
-			learn_region(io->vm, st, io->arg);
-		else
-			__sync_fetch_and_add(&st->slot_changes, 1);
+		memslot_changed(io->vm, st, io->arg);
+		/* Bumped after the table changed: userspace re-reads it when this moves. */
+		__sync_fetch_and_add(&st->slot_changes, 1);
 		break;
 	case PT_KVM_ENABLE_CAP:
 		if (bpf_probe_read_user(&cap, sizeof(cap), (void *)io->arg))

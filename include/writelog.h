@@ -41,6 +41,7 @@
 
 /* pt_slot.flags */
 #define PT_SLOT_VALID (1u << 0)
+#define PT_SLOT_NOLOG (1u << 1) /* KVM does not log this slot's writes: nothing is confirmable */
 
 /*
  * Per-VM state, written by BPF and by userspace through an mmap of pt_vm_state, so every

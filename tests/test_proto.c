@@ -362,7 +362,10 @@ static int register_errors(void)
 	CHECK(pt_build_register(fbuf, PT_MAX_FRAME, 1, 99, PT_DIRTY_BITMAP, s, 2));
 	CHECK(parse(&m) == -PT_E_BAD_RANGE);
 	s[1].gpa = 64 * PG;
-	s[1].flags = 1;
+	s[1].flags = PT_REG_SLOT_LOGGED; /* the one defined flag */
+	CHECK(pt_build_register(fbuf, PT_MAX_FRAME, 1, 99, PT_DIRTY_BITMAP, s, 2));
+	CHECK(parse(&m) == 0 && m.slots[1].flags == PT_REG_SLOT_LOGGED);
+	s[1].flags = 2;
 	CHECK(pt_build_register(fbuf, PT_MAX_FRAME, 1, 99, PT_DIRTY_BITMAP, s, 2));
 	CHECK(parse(&m) == -PT_E_BAD_FIELD);
 	s[1].flags = 0;

@@ -83,11 +83,11 @@ static int env_setup(struct env *e, enum pt_dirty_mode mode, bool omit_high)
 	o.slots[1] = (struct minivm_slot){ HIGH_GPA, HIGH_PAGES * 4096ull, 3 };
 	if (minivm_create(&e->m, &o))
 		return -1;
-	rs[0] = (struct pt_reg_slot){ DATA_GPA, DATA_PAGES * 4096ull, 1, 0 };
+	rs[0] = (struct pt_reg_slot){ DATA_GPA, DATA_PAGES * 4096ull, 1, PT_REG_SLOT_LOGGED };
 	minivm_system_range(e->m, &rs[1].gpa, &rs[1].size);
 	rs[1].id = 0;
-	rs[1].flags = 0;
-	rs[2] = (struct pt_reg_slot){ HIGH_GPA, HIGH_PAGES * 4096ull, 3, 0 };
+	rs[1].flags = PT_REG_SLOT_LOGGED;
+	rs[2] = (struct pt_reg_slot){ HIGH_GPA, HIGH_PAGES * 4096ull, 3, PT_REG_SLOT_LOGGED };
 	e->c = pt_client_connect(svc.socket);
 	if (!e->c)
 		return -1;
@@ -597,6 +597,90 @@ static int write_records_read_and_clear(void)
 	return in_child(do_write_records);
 }
 
+/* The VMM changes the dirty-logging flag of a memslot, as QEMU does around migration. */
+static int set_logging(struct env *e, bool on)
+{
+	struct kvm_userspace_memory_region r = {
+		.slot = 3,
+		.flags = on ? KVM_MEM_LOG_DIRTY_PAGES : 0,
+		.guest_phys_addr = HIGH_GPA,
+		.memory_size = HIGH_PAGES * 4096ull,
+		.userspace_addr = (uintptr_t)minivm_hva(e->m, HIGH_GPA, HIGH_PAGES * 4096ull),
+	};
+
+	return ioctl(minivm_vm_fd(e->m), KVM_SET_USER_MEMORY_REGION, &r) ? -1 : 0;
+}
+
+/*
+ * A memslot KVM does not dirty-log hides its writes. Switching logging off taints the epoch
+ * and keeps every later verdict "keep" until it is back on; switching it on again taints the
+ * epoch it happens in (writes before it went unseen); the next epoch is clean.
+ */
+static int do_logging_toggled(struct env *e)
+{
+	uint32_t pages[4] = { 10, 11, 12, 13 };
+	struct pt_verdict v;
+
+	CHECK(!env_setup(e, PT_DIRTY_RING, false));
+	CHECK(!env_arm(e, 2));
+	CHECK(!env_hint(e, 2, pages, 4));
+	CHECK(!set_logging(e, false));
+	CHECK(!env_check(e, 2, &v));
+	CHECK(v.free == 0 && (v.unsure_reason & PT_WHY_TAINTED) &&
+	      (v.unsure_reason & PT_WHY_UNTRACKED));
+	CHECK(!pt_client_stop(e->c, 2));
+	CHECK(!env_arm(e, 3)); /* a new epoch, but the slot is still unlogged */
+	CHECK(!env_hint(e, 3, pages, 4));
+	CHECK(!env_check(e, 3, &v));
+	CHECK(v.free == 0 && (v.unsure_reason & PT_WHY_UNTRACKED) &&
+	      !(v.unsure_reason & PT_WHY_TAINTED));
+	CHECK(!set_logging(e, true));
+	CHECK(!env_check(e, 3, &v));
+	CHECK(v.free == 0 && v.unsure_reason == PT_WHY_TAINTED);
+	CHECK(!pt_client_stop(e->c, 3));
+	CHECK(!env_arm(e, 4));
+	CHECK(!env_hint(e, 4, pages, 4));
+	CHECK(!env_check(e, 4, &v));
+	CHECK(!v.unsure_reason && v.free == 4);
+	env_free(e);
+	return 0;
+}
+
+static int memslot_logging_toggled(void)
+{
+	return in_child(do_logging_toggled);
+}
+
+/* A slot registered without PT_REG_SLOT_LOGGED: the service may not assume KVM logs it. */
+static int do_unlogged_registration(struct env *e)
+{
+	struct pt_reg_slot rs[2] = { { DATA_GPA, DATA_PAGES * 4096ull, 1, 0 } };
+	struct minivm_opts o = { .dirty = MINIVM_DIRTY_RING, .nslots = 1 };
+	struct pt_range r = { DATA_GPA + 4096, 4096 };
+	struct pt_client_result res;
+
+	memset(e, 0, sizeof(*e));
+	o.slots[0] = (struct minivm_slot){ DATA_GPA, DATA_PAGES * 4096ull, 1 };
+	CHECK(!minivm_create(&e->m, &o));
+	minivm_system_range(e->m, &rs[1].gpa, &rs[1].size);
+	rs[1].flags = PT_REG_SLOT_LOGGED;
+	e->c = pt_client_connect(svc.socket);
+	CHECK(e->c && !pt_client_register(e->c, 0, PT_DIRTY_RING, rs, 2, NULL));
+	CHECK(!pt_client_arm(e->c, 2) && !env_sync(e));
+	CHECK(!pt_client_hint(e->c, 2, &r, 1));
+	CHECK(!pt_client_query(e->c, 2, PT_Q_HINTS, &res));
+	CHECKF(res.v.free == 0 && (res.v.unsure_reason & PT_WHY_UNTRACKED), "free %llu why %#x",
+	       (unsigned long long)res.v.free, res.v.unsure_reason);
+	pt_client_result_free(&res);
+	env_free(e);
+	return 0;
+}
+
+static int unlogged_slot_registration_keeps_all(void)
+{
+	return in_child(do_unlogged_registration);
+}
+
 /*
  * The VMM writes guest memory itself (device emulation, DMA into a guest buffer): KVM logs
  * nothing, so only the device's WRITTEN report keeps such a page from being confirmed.
@@ -630,6 +714,7 @@ static int vmm_own_writes_reported_are_kept(void)
 }
 
 T_MAIN(T_CASE(hint_then_write_is_kept), T_CASE(vmm_own_writes_reported_are_kept),
+       T_CASE(memslot_logging_toggled), T_CASE(unlogged_slot_registration_keeps_all),
        T_CASE(write_before_arm_does_not_block), T_CASE(stale_reuse_reserved_ids),
        T_CASE(no_sync_after_arm_keeps_all), T_CASE(done_then_query_keeps_all),
        T_CASE(untracked_mode_keeps_all), T_CASE(tainted_epoch_keeps_all),

@@ -31,10 +31,11 @@ static int sync_vm(struct minivm *m)
 
 static struct pt_client *reg(struct pt_spawned *s, struct minivm *m)
 {
-	struct pt_reg_slot rs[2] = { { GPA, PAGES * 4096ull, 1, 0 } };
+	struct pt_reg_slot rs[2] = { { GPA, PAGES * 4096ull, 1, PT_REG_SLOT_LOGGED } };
 	struct pt_client *c = pt_client_connect(s->socket);
 
 	minivm_system_range(m, &rs[1].gpa, &rs[1].size);
+	rs[1].flags = PT_REG_SLOT_LOGGED;
 	if (c && pt_client_register(c, 0, PT_DIRTY_RING, rs, 2, NULL)) {
 		pt_client_close(c);
 		c = NULL;

@@ -33,7 +33,9 @@
 /* The slot every explicitly registered test VM has: 64 MiB at 1 GiB, KVM slot 1. */
 #define SLOT_GPA  (1ull << 30)
 #define SLOT_SIZE (64ull << 20)
-static const struct pt_reg_slot slot1 = { .gpa = SLOT_GPA, .size = SLOT_SIZE, .id = 1 };
+static const struct pt_reg_slot slot1 = {
+	.gpa = SLOT_GPA, .size = SLOT_SIZE, .id = 1, .flags = PT_REG_SLOT_LOGGED
+};
 
 /* --- the one service of this binary ------------------------------------------------------ */
 
@@ -1183,10 +1185,12 @@ static int real_vm_child(void *arg)
 
 	o.slots[0] = (struct minivm_slot){ .gpa = VM_DATA_GPA, .size = VM_DATA_SIZE, .id = 1 };
 	CHECK(!minivm_create(&m, &o));
-	slots[0] = (struct pt_reg_slot){ .gpa = VM_DATA_GPA, .size = VM_DATA_SIZE, .id = 1 };
+	slots[0] = (struct pt_reg_slot){
+		.gpa = VM_DATA_GPA, .size = VM_DATA_SIZE, .id = 1, .flags = PT_REG_SLOT_LOGGED
+	};
 	minivm_system_range(m, &slots[1].gpa, &slots[1].size);
 	slots[1].id = 0;
-	slots[1].flags = 0;
+	slots[1].flags = PT_REG_SLOT_LOGGED;
 
 	c = connect_svc();
 	CHECK(c);

@@ -51,9 +51,11 @@ static int track(struct pt_tracker *t, pid_t pid, const struct minivm_opts *o,
 	unsigned i;
 
 	for (i = 0; i < o->nslots; i++)
-		s[i] = (struct pt_slot_cfg){ o->slots[i].gpa, o->slots[i].size, o->slots[i].id };
+		s[i] = (struct pt_slot_cfg){ o->slots[i].gpa, o->slots[i].size, o->slots[i].id,
+					     true };
 	minivm_system_range(m, &s[i].gpa, &s[i].size);
 	s[i].id = 0;
+	s[i].logged = true;
 	return pt_vm_track(t, pid, s, o->nslots + 1, 0, vm, &existed);
 }
 
@@ -325,8 +327,8 @@ static int two_vms_no_crosstalk(void)
 
 		CHECK(read(from[i][0], &c, 1) == 1);
 		for (unsigned k = 0; k < 3; k++)
-			s[k] = (struct pt_slot_cfg){ o.slots[k].gpa, o.slots[k].size,
-						     o.slots[k].id };
+			s[k] = (struct pt_slot_cfg){ o.slots[k].gpa, o.slots[k].size, o.slots[k].id,
+						     true };
 		CHECK(!pt_vm_track(t, pid[i], s, 3, 0, &vm[i], &existed));
 		CHECK(!pt_vm_arm(t, vm[i], &epoch));
 		CHECK(write(to[i][1], &c, 1) == 1);

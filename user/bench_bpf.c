@@ -91,7 +91,7 @@ static int harvest(struct minivm *vm)
 static int guest(struct pt_tracker *t, struct minivm **vm, uint32_t *idx)
 {
 	struct minivm_opts o = { .dirty = MINIVM_DIRTY_RING, .nslots = 1, .ring_entries = 4096 };
-	struct pt_slot_cfg s[2] = { { DATA_GPA, DATA_PAGES * 4096ull, 1 } };
+	struct pt_slot_cfg s[2] = { { DATA_GPA, DATA_PAGES * 4096ull, 1, true } };
 	uint64_t epoch;
 	bool existed;
 	int err;
@@ -104,6 +104,7 @@ static int guest(struct pt_tracker *t, struct minivm **vm, uint32_t *idx)
 		return err;
 	minivm_system_range(*vm, &s[1].gpa, &s[1].size);
 	s[1].id = 0;
+	s[1].logged = true;
 	err = pt_vm_track(t, getpid(), s, 2, 0, idx, &existed);
 	if (!err)
 		err = pt_vm_arm(t, *idx, &epoch);

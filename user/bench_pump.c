@@ -470,7 +470,8 @@ static int ep_setup(struct ep_child *e, const struct pt_reg_slot *slots, uint32_
 
 	pt_log_level = LOG_WARNING;
 	for (uint32_t i = 0; i < n && i < PT_MAX_REG_SLOTS; i++)
-		cfg[i] = (struct pt_slot_cfg){ slots[i].gpa, slots[i].size, slots[i].id };
+		cfg[i] = (struct pt_slot_cfg){ slots[i].gpa, slots[i].size, slots[i].id,
+					       slots[i].flags & PT_REG_SLOT_LOGGED };
 	err = pt_tracker_open(&t, &lo);
 	if (!err)
 		err = pt_vm_track(t, getpid(), cfg, n, 0, &vm, &existed);

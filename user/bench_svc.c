@@ -675,9 +675,10 @@ static int live_vm(struct live *l, struct pt_reg_slot *s)
 		err = minivm_setup_memory(l->vm);
 	if (err)
 		return err;
-	s[0] = (struct pt_reg_slot){ LIVE_GPA, LIVE_SIZE, 1, 0 };
+	s[0] = (struct pt_reg_slot){ LIVE_GPA, LIVE_SIZE, 1, PT_REG_SLOT_LOGGED };
 	minivm_system_range(l->vm, &s[1].gpa, &s[1].size);
 	s[1].id = 0;
+	s[1].flags = PT_REG_SLOT_LOGGED;
 	s[1].flags = 0;
 	return harvest(l->vm);
 }

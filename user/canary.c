@@ -34,11 +34,13 @@ const char *pt_cov_name(enum pt_cov c)
 
 static int track_canary(struct pt_tracker *t, struct minivm *m, uint32_t *vm)
 {
-	struct pt_slot_cfg s[2] = { { CANARY_GPA, CANARY_SIZE, 1 } };
+	/* minivm turns dirty logging on for every slot it creates. */
+	struct pt_slot_cfg s[2] = { { CANARY_GPA, CANARY_SIZE, 1, true } };
 	bool existed;
 
 	minivm_system_range(m, &s[1].gpa, &s[1].size);
 	s[1].id = 0;
+	s[1].logged = true;
 	return pt_vm_track(t, getpid(), s, 2, 0, vm, &existed);
 }
 

@@ -244,12 +244,26 @@ void pt_vmctx_free(struct pt_vmctx *c)
 	free(c);
 }
 
+/* A memslot KVM does not dirty-log: its writes are invisible, so nothing can be vouched for. */
+static bool any_unlogged_slot(struct pt_vmctx *c)
+{
+	if (refresh_slots(c))
+		return true;
+	for (uint32_t i = 0; i < c->slots.nslots && i < PT_MAX_SLOTS; i++)
+		if ((c->slots.slots[i].flags & (PT_SLOT_VALID | PT_SLOT_NOLOG)) ==
+		    (PT_SLOT_VALID | PT_SLOT_NOLOG))
+			return true;
+	return false;
+}
+
 uint32_t pt_epoch_doubt(struct pt_vmctx *c)
 {
 	struct pt_vm_state *st = pt_vm(c->t, c->vm);
 	uint64_t epoch = __atomic_load_n(&st->epoch, __ATOMIC_ACQUIRE);
 	uint32_t why = 0;
 
+	if (any_unlogged_slot(c))
+		why |= PT_WHY_UNTRACKED;
 	if (!c->mode_tracked)
 		why |= PT_WHY_UNTRACKED;
 	/* A ring VM's sync is a complete KVM_RESET_DIRTY_RINGS, which only a ring VM can do. */

@@ -161,7 +161,7 @@ static int slot_check(const struct pt_reg_slot *s)
 {
 	struct pt_range r = { .gpa = s->gpa, .len = s->size };
 
-	if (s->flags)
+	if (s->flags & ~PT_REG_SLOT_LOGGED)
 		return -PT_E_BAD_FIELD;
 	return pt_range_check(&r);
 }

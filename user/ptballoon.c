@@ -24,7 +24,8 @@
 static const char usage[] =
 	"usage: ptballoon [-s SOCKET] [-t TIMEOUT_MS] [COMMAND [ARGS...] [, COMMAND ...]]\n"
 	"commands (without one, read one per line from stdin):\n"
-	"  register PID [ring|bitmap] [GPA:SIZE:SLOT...]   register the VM of VMM PID\n"
+	"  register PID [ring|bitmap] [GPA:SIZE:SLOT[:log]...]  register the VM of VMM PID\n"
+	"      (:log: the memslot has KVM_MEM_LOG_DIRTY_PAGES; unlogged slots confirm nothing)\n"
 	"  arm CMD | stop CMD | done CMD                    command ID life cycle\n"
 	"  hint CMD GPA:LEN...                              free page hints under CMD\n"
 	"  query CMD [hints|reported|reclaimed]             print the verdict\n"
@@ -109,8 +110,16 @@ static int cmd_register(struct pt_client *c, int argc, char **argv)
 	else if (argc > 2 && !strcmp(argv[2], "ring"))
 		i++;
 	for (; i < argc && n < PT_MAX_REG_SLOTS; i++, n++) {
+		size_t len = strlen(argv[i]);
 		struct pt_range r;
-		char *last = strrchr(argv[i], ':');
+		char *last;
+
+		/* A trailing ":log" declares KVM_MEM_LOG_DIRTY_PAGES on the slot. */
+		if (len > 4 && !strcmp(argv[i] + len - 4, ":log")) {
+			slots[n].flags = PT_REG_SLOT_LOGGED;
+			argv[i][len - 4] = 0;
+		}
+		last = strrchr(argv[i], ':');
 
 		if (!last || parse_u32(last + 1, &slots[n].id))
 			return -EINVAL;

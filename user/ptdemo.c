@@ -46,7 +46,7 @@ static int step(const char *what, int err)
 static int setup(struct demo *d)
 {
 	struct minivm_opts o = { .dirty = MINIVM_DIRTY_RING, .nslots = 1, .ring_entries = 16384 };
-	struct pt_reg_slot rs[2] = { { GUEST_GPA, GUEST_PAGES * 4096ull, 1, 0 } };
+	struct pt_reg_slot rs[2] = { { GUEST_GPA, GUEST_PAGES * 4096ull, 1, PT_REG_SLOT_LOGGED } };
 	uint32_t handle;
 	int err;
 
@@ -55,6 +55,7 @@ static int setup(struct demo *d)
 	if (step("start a KVM guest (128 MiB at 1 GiB, dirty ring)", err))
 		return err;
 	minivm_system_range(d->m, &rs[1].gpa, &rs[1].size);
+	rs[1].flags = PT_REG_SLOT_LOGGED; /* minivm logs every slot, its own included */
 	d->c = pt_client_connect(d->svc.socket);
 	if (step("balloon device connects to pagetrackd", d->c ? 0 : -errno))
 		return -errno;

@@ -137,8 +137,8 @@ static int track_vm(struct svc *s, const struct pt_msg *m, uint32_t *vm)
 	int err;
 
 	for (uint32_t i = 0; i < m->count; i++)
-		slots[i] =
-			(struct pt_slot_cfg){ m->slots[i].gpa, m->slots[i].size, m->slots[i].id };
+		slots[i] = (struct pt_slot_cfg){ m->slots[i].gpa, m->slots[i].size, m->slots[i].id,
+						 m->slots[i].flags & PT_REG_SLOT_LOGGED };
 	err = pt_vm_track(s->t, r->vmm_pid, slots, m->count,
 			  (uint64_t)s->live.learn_mb * 1024 * 1024 * 8, vm, &existed);
 	if (err == -ENOSPC)

@@ -75,7 +75,7 @@ static int build_slots(const struct pt_slot_cfg *cfg, unsigned n, struct pt_vm_s
 		s->npages = cfg[i].size >> PT_PAGE_SHIFT;
 		s->bit_off = sl->next_bit;
 		s->id = cfg[i].id;
-		s->flags = PT_SLOT_VALID;
+		s->flags = PT_SLOT_VALID | (cfg[i].logged ? 0 : PT_SLOT_NOLOG);
 		sl->next_bit += s->npages;
 	}
 	sl->nslots = n;

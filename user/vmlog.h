@@ -15,6 +15,7 @@ struct pt_slot_cfg {
 	uint64_t gpa;
 	uint64_t size;
 	uint32_t id; /* as_id << 16 | slot id */
+	bool logged; /* KVM_MEM_LOG_DIRTY_PAGES is set on the slot */
 };
 
 /*

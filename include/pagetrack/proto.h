@@ -74,11 +74,18 @@ enum pt_dirty_mode {
 	PT_DIRTY_RING = 1,   /* KVM_CAP_DIRTY_LOG_RING + KVM_RESET_DIRTY_RINGS */
 };
 
+/*
+ * pt_reg_slot.flags: the slot has KVM_MEM_LOG_DIRTY_PAGES set now. Without it KVM logs none of
+ * the slot's writes, so the service confirms nothing for the VM until the VMM enables dirty
+ * logging on it (which the service observes). The safe default is 0: "not logged".
+ */
+#define PT_REG_SLOT_LOGGED 0x1u
+
 struct pt_reg_slot {
 	uint64_t gpa;	/* slot base, page aligned */
 	uint64_t size;	/* bytes, page aligned */
 	uint32_t id;	/* KVM slot: as_id << 16 | slot id */
-	uint32_t flags; /* 0 */
+	uint32_t flags; /* PT_REG_SLOT_LOGGED or 0 */
 };
 
 /* Followed by struct pt_reg_slot slots[nslots]. */
