@@ -124,7 +124,7 @@ int pt_spawn_stop(struct pt_spawned *s, int sig)
 	}
 	pt_tracker_unpin(s->pin_dir);
 	if (s->dir[0] && !getenv("PAGETRACK_KEEP_LOGS")) {
-		const char *files[] = { "status.json", "metrics.prom", "balloon.sock",
+		const char *files[] = { "status.json", "status.txt", "metrics.prom", "balloon.sock",
 					"pagetrackd.log" };
 
 		for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {

@@ -170,6 +170,59 @@ static void write_prom(const char *path, const struct pt_coverage *cov, struct p
 	commit_tmp(f, tmp, path);
 }
 
+static void text_vm(FILE *f, struct pt_tracker *t, const struct pt_vmctx *c)
+{
+	const struct pt_vm_state *st = pt_vm(t, c->vm);
+	struct pt_vm_stats ev = events(t, c->vm);
+	char why[128];
+
+	fprintf(f,
+		"%-3u %-8u %-10s %-8s %-7s %-6u %-6llu %-10llu %-5llu %-10llu %-10llu %-8llu "
+		"%-8llu  %s\n",
+		c->vm, c->pid, mode_str(c->mode), c->mode_tracked ? "yes" : "NO",
+		pt_cmd_state_str(c->state), c->cur, (unsigned long long)st->epoch,
+		(unsigned long long)(ev.ring_writes + ev.fault_writes),
+		(unsigned long long)st->lost, (unsigned long long)c->n.hinted_pages,
+		(unsigned long long)c->n.confirmed_free, (unsigned long long)c->n.kept_written,
+		(unsigned long long)c->n.kept_unsure,
+		pt_why_str(pt_epoch_doubt((struct pt_vmctx *)c), why, sizeof(why)));
+}
+
+/* The same facts as status.json, laid out for a terminal (what `pagetrackd status` prints). */
+static void write_text(const char *path, const struct pt_service_cfg *cfg, struct pt_tracker *t,
+		       const struct pt_coverage *cov, struct pt_vmctx *const *vms,
+		       const struct pt_server_stats *st, const struct pt_status_counters *n)
+{
+	char tmp[320], c[400];
+	FILE *f = open_tmp(path, tmp, sizeof(tmp));
+	unsigned nvms = 0;
+
+	if (!f)
+		return;
+	for (uint32_t i = 0; i < PT_MAX_VMS; i++)
+		nvms += !!vms[i];
+	fprintf(f, "socket:   %s\ncoverage: %s\nprograms: %s (tdp %s, maps %s)\n", cfg->socket,
+		pt_coverage_str(cov, c, sizeof(c)), t->progs, t->tdp ? "yes" : "no",
+		t->reused_maps ? "reused from an earlier run" : "new");
+	fprintf(f,
+		"traffic:  %llu connections, %llu frames, %llu errors, %llu bad frames, "
+		"%llu hint records, %llu verdicts\n\n",
+		(unsigned long long)st->conns_open, (unsigned long long)n->frames,
+		(unsigned long long)n->errors, (unsigned long long)st->bad_frames,
+		(unsigned long long)n->hint_records, (unsigned long long)n->verdicts);
+	fprintf(f, "%u VMs\n", nvms);
+	if (nvms)
+		fprintf(f,
+			"%-3s %-8s %-10s %-8s %-7s %-6s %-6s %-10s %-5s %-10s %-10s %-8s %-8s  "
+			"%s\n",
+			"VM", "PID", "MODE", "TRACKED", "STATE", "CMD", "EPOCH", "WRITES", "LOST",
+			"HINTED", "FREE", "KEPT-W", "KEPT-U", "DOUBT");
+	for (uint32_t i = 0; i < PT_MAX_VMS; i++)
+		if (vms[i])
+			text_vm(f, t, vms[i]);
+	commit_tmp(f, tmp, path);
+}
+
 void pt_status_write(const struct pt_service_cfg *cfg, struct pt_tracker *t,
 		     const struct pt_coverage *cov, struct pt_vmctx *const *vms,
 		     const struct pt_server_stats *st, const struct pt_status_counters *n)
@@ -178,6 +231,8 @@ void pt_status_write(const struct pt_service_cfg *cfg, struct pt_tracker *t,
 
 	snprintf(path, sizeof(path), "%s/status.json", cfg->run_dir);
 	write_json(path, cfg, t, cov, vms, st, n);
+	snprintf(path, sizeof(path), "%s/status.txt", cfg->run_dir);
+	write_text(path, cfg, t, cov, vms, st, n);
 	if (!strcmp(cfg->metrics, "-"))
 		return;
 	if (cfg->metrics[0])
@@ -236,8 +291,12 @@ int pt_status_show(const struct pt_service_cfg *cfg, int json)
 	rewind(f);
 	printf("service:  pid %d (%s)\n", pid,
 	       pid > 0 && !kill(pid, 0) ? "running" : "NOT running");
+	fclose(f);
 	show_pins(cfg->pin_dir);
-	printf("status file %s:\n", path);
+	snprintf(path, sizeof(path), "%s/status.txt", cfg->run_dir);
+	f = fopen(path, "r");
+	if (!f)
+		return 0;
 	while (fgets(line, sizeof(line), f))
 		fputs(line, stdout);
 	fclose(f);
