@@ -232,6 +232,14 @@ static void on_query(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx, con
 		return;
 	}
 	s->n.verdicts++;
+	if (sum.why) {
+		char why[128];
+
+		/* Fail safe, and say why: the operator sees what kept the pages. */
+		pt_info("VM %u (pid %u) command ID %u: %llu pages kept, none confirmed: %s",
+			ctx->vm, ctx->pid, m->cmd_id, (unsigned long long)sum.hinted,
+			pt_why_str(sum.why, why, sizeof(why)));
+	}
 	reply_verdict(s, c, m->seq, m->cmd_id, &sum);
 }
 
