@@ -84,6 +84,13 @@ if bad:
     print("FAIL: bench JSON keys missing or not positive/finite: " + ", ".join(bad))
     sys.exit(1)
 print(f"PASS: bench JSON has all {len(positive) + len(counts) + len(strings)} keys, numbers finite and positive")
+# The live guest is a real KVM VM synced after every ARM: its verdicts must be sure. Zero would
+# mean the bench measured "keep everything", not reconciliation.
+if d["live_sure_verdicts"] <= 0 or d["verdict_64g_sure"] <= 0:
+    print(f"FAIL: real-guest verdicts were never sure (live {d['live_sure_verdicts']}, "
+          f"64 GiB {d['verdict_64g_sure']})")
+    sys.exit(1)
+print("PASS: real-guest verdicts in the bench were sure")
 EOF
 	:
 else

@@ -678,8 +678,7 @@ static int live_vm(struct live *l, struct pt_reg_slot *s)
 	s[0] = (struct pt_reg_slot){ LIVE_GPA, LIVE_SIZE, 1, PT_REG_SLOT_LOGGED };
 	minivm_system_range(l->vm, &s[1].gpa, &s[1].size);
 	s[1].id = 0;
-	s[1].flags = PT_REG_SLOT_LOGGED;
-	s[1].flags = 0;
+	s[1].flags = PT_REG_SLOT_LOGGED; /* minivm logs every slot, its own included */
 	return harvest(l->vm);
 }
 
