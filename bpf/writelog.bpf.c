@@ -179,16 +179,23 @@ static __always_inline struct pt_cpu_cache *cached_vm(__u32 *vm)
 
 static __always_inline void taint(struct pt_vm_state *st, __u32 reason)
 {
-	__u64 epoch = st->epoch;
+	__u64 epoch = st->epoch, old = st->taint_epoch;
 
-	/* Two stores, not one atomic: a reader sees taint_epoch == epoch and then the reason
-	 * bits; a reason from an older epoch only makes the report say more, never less. */
-	if (st->taint_epoch != epoch) {
-		st->taint_reason = reason;
-		st->taint_epoch = epoch;
-	} else {
-		__sync_fetch_and_or(&st->taint_reason, reason);
+	/*
+	 * taint_epoch only ever grows: a program that read an old epoch and was delayed must not
+	 * overwrite the taint of a newer one. The reason bits are informational; a reason from an
+	 * older epoch only makes the report say more, never less.
+	 */
+	for (int i = 0; i < 8 && old < epoch; i++) {
+		__u64 seen = __sync_val_compare_and_swap(&st->taint_epoch, old, epoch);
+
+		if (seen == old) {
+			st->taint_reason = reason;
+			break;
+		}
+		old = seen;
 	}
+	__sync_fetch_and_or(&st->taint_reason, reason);
 	__sync_fetch_and_add(&st->lost, 1);
 }
 
@@ -447,6 +454,7 @@ int pt_ioctl_enter(struct trace_event_raw_sys_enter *ctx)
 		return 0;
 	io.cmd = cmd;
 	io.vm = vm;
+	io.tgid = current_tgid();
 	io.arg = ctx->args[2];
 	st = vm_state(vm);
 	if (!st)
@@ -531,6 +539,19 @@ static __always_inline void memslot_changed(__u32 vm, struct pt_vm_state *st, __
 	s->flags = slot_flags(r.flags);
 }
 
+static __always_inline void slot_synced(__u32 vm, __u64 uarg, __u64 epoch)
+{
+	struct pt_vm_slots *sl = bpf_map_lookup_elem(&pt_vm_slots, &vm);
+	struct kvm_dirty_log log;
+	struct pt_slot *s;
+
+	if (!sl || bpf_probe_read_user(&log, sizeof(log), (void *)uarg))
+		return;
+	s = slot_by_id(sl, log.slot);
+	if (s)
+		s->sync_epoch = epoch;
+}
+
 static __always_inline void ioctl_done(struct pt_ioctl *io, struct pt_vm_state *st)
 {
 	struct kvm_enable_cap cap;
@@ -549,6 +570,9 @@ static __always_inline void ioctl_done(struct pt_ioctl *io, struct pt_vm_state *
 		if (cap.cap == PT_KVM_CAP_DIRTY_LOG_RING ||
 		    cap.cap == PT_KVM_CAP_DIRTY_LOG_RING_ACQ_REL)
 			__sync_fetch_and_or(&st->flags, PT_VM_DIRTY_RING);
+		/* With manual protect, KVM_GET_DIRTY_LOG write-protects nothing. */
+		if (cap.cap == PT_KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2)
+			__sync_fetch_and_or(&st->flags, PT_VM_MANUAL_PROTECT);
 		break;
 	case PT_KVM_RESET_DIRTY_RINGS:
 		if (io->incomplete) {
@@ -558,9 +582,18 @@ static __always_inline void ioctl_done(struct pt_ioctl *io, struct pt_vm_state *
 		if (io->epoch == st->epoch)
 			st->ring_sync_epoch = io->epoch;
 		/* fallthrough */
-	case PT_KVM_GET_DIRTY_LOG:
 	case PT_KVM_CLEAR_DIRTY_LOG:
+		/* CLEAR succeeds only under manual protect: GETs of this VM protect nothing. */
+		__sync_fetch_and_or(&st->flags, PT_VM_MANUAL_PROTECT);
 		/* A sync that began before the arm protects nothing for the new epoch. */
+		if (io->epoch == st->epoch)
+			st->sync_epoch = io->epoch;
+		__sync_fetch_and_add(&st->syncs, 1);
+		break;
+	case PT_KVM_GET_DIRTY_LOG:
+		/* Bitmap mode syncs one memslot per ioctl: the slot records it. */
+		if (io->epoch == st->epoch)
+			slot_synced(io->vm, io->arg, io->epoch);
 		if (io->epoch == st->epoch)
 			st->sync_epoch = io->epoch;
 		__sync_fetch_and_add(&st->syncs, 1);
@@ -582,7 +615,8 @@ int pt_ioctl_exit(struct trace_event_raw_sys_exit *ctx)
 	if (!io)
 		return 0;
 	st = vm_state(io->vm);
-	if (st && ctx->ret >= 0)
+	/* The VM index may have been given to another VMM while the ioctl ran. */
+	if (st && ctx->ret >= 0 && st->tgid == io->tgid)
 		ioctl_done(io, st);
 	bpf_map_delete_elem(&pt_ioctl, &id);
 	__sync_fetch_and_add(pending, -1);

@@ -27,9 +27,11 @@
 #define PT_DEFAULT_LOG_MB 32 /* 2^28 bits: 1 TiB of guest memory in 4 KiB pages */
 
 /* pt_vm_state.flags */
-#define PT_VM_ACTIVE	  (1u << 0) /* index in use */
-#define PT_VM_DIRTY_RING  (1u << 1) /* VMM enabled KVM_CAP_DIRTY_LOG_RING(_ACQ_REL) */
-#define PT_VM_LEARN_SLOTS (1u << 2) /* learn memslots from the VMM's ioctls */
+#define PT_VM_ACTIVE	     (1u << 0) /* index in use */
+#define PT_VM_DIRTY_RING     (1u << 1) /* VMM enabled KVM_CAP_DIRTY_LOG_RING(_ACQ_REL) */
+#define PT_VM_LEARN_SLOTS    (1u << 2) /* learn memslots from the VMM's ioctls */
+#define PT_VM_MANUAL_PROTECT (1u << 3) /* KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2: GET protects nothing \
+					*/
 
 /* Why an epoch is tainted (pt_vm_state.taint_reason, a bit set; sticky until next arm). */
 #define PT_TAINT_UNKNOWN_SLOT (1u << 0) /* write to a slot id not in the table */
@@ -97,9 +99,10 @@ struct pt_cpu_cache {
 struct pt_slot {
 	__u64 base_gfn;
 	__u64 npages;
-	__u64 bit_off; /* offset of the slot's first page inside the VM's region */
-	__u32 id;      /* as_id << 16 | slot id, as in KVM's ioctls and kvm_dirty_ring_push */
-	__u32 flags;   /* PT_SLOT_* */
+	__u64 bit_off;	  /* offset of the slot's first page inside the VM's region */
+	__u32 id;	  /* as_id << 16 | slot id, as in KVM's ioctls and kvm_dirty_ring_push */
+	__u32 flags;	  /* PT_SLOT_* */
+	__u64 sync_epoch; /* bitmap mode: epoch of the last KVM_GET_DIRTY_LOG of this slot */
 };
 
 struct pt_vm_slots {
@@ -121,7 +124,7 @@ struct pt_ioctl {
 	__u32 cmd;
 	__u32 vm;
 	__u32 incomplete; /* set by kvm_dirty_ring_reset when a pre-arm entry stayed */
-	__u32 pad;
+	__u32 tgid;	  /* host tgid of the caller: the VM index must still be its own */
 	__u64 arg;
 	__u64 epoch; /* epoch when the ioctl started: a sync counts only for an epoch armed
 		      * before it began */
@@ -131,15 +134,16 @@ struct pt_ioctl {
  * KVM ioctl numbers the tracker watches (x86-64 values; user/loader.c checks them against
  * <linux/kvm.h> at build time where the header has them).
  */
-#define PT_KVM_SET_USER_MEMORY_REGION	  0x4020ae46u
-#define PT_KVM_SET_USER_MEMORY_REGION2	  0x40a0ae49u
-#define PT_KVM_ENABLE_CAP		  0x4068aea3u
-#define PT_KVM_GET_DIRTY_LOG		  0x4010ae42u
-#define PT_KVM_CLEAR_DIRTY_LOG		  0xc018aec0u
-#define PT_KVM_RESET_DIRTY_RINGS	  0x0000aec7u
-#define PT_KVM_CAP_DIRTY_LOG_RING	  192
-#define PT_KVM_CAP_DIRTY_LOG_RING_ACQ_REL 223
-#define PT_KVM_MEM_LOG_DIRTY_PAGES	  (1u << 0)
+#define PT_KVM_SET_USER_MEMORY_REGION	     0x4020ae46u
+#define PT_KVM_SET_USER_MEMORY_REGION2	     0x40a0ae49u
+#define PT_KVM_ENABLE_CAP		     0x4068aea3u
+#define PT_KVM_GET_DIRTY_LOG		     0x4010ae42u
+#define PT_KVM_CLEAR_DIRTY_LOG		     0xc018aec0u
+#define PT_KVM_RESET_DIRTY_RINGS	     0x0000aec7u
+#define PT_KVM_CAP_DIRTY_LOG_RING	     192
+#define PT_KVM_CAP_DIRTY_LOG_RING_ACQ_REL    223
+#define PT_KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 168
+#define PT_KVM_MEM_LOG_DIRTY_PAGES	     (1u << 0)
 
 #define PT_MAX_VCPUS 512 /* dirty rings tracked per VM (one per vCPU) */
 

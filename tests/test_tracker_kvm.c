@@ -274,6 +274,46 @@ static int learned_slots_from_ioctls(void)
 	return 0;
 }
 
+/*
+ * Bitmap mode: each KVM_GET_DIRTY_LOG syncs one memslot, and manual dirty-log protection
+ * (minivm turns it on, as QEMU does) means GET protects nothing: BPF must record both.
+ */
+static int bitmap_sync_per_slot_and_manual_protect(void)
+{
+	struct minivm_opts o = ring_opts();
+	struct pt_vm_slots sl;
+	struct pt_tracker *t;
+	struct minivm *m;
+	uint64_t epoch, *junk;
+	bool existed;
+	size_t nj;
+	uint32_t vm, synced = 0;
+
+	T_REQUIRE(t_need_kvm());
+	T_REQUIRE(t_need_bpf());
+	if (minivm_supported(MINIVM_DIRTY_BITMAP))
+		return t_skip("KVM has no manual dirty-log protection");
+	t = open_tracker();
+	CHECK(t);
+	o.dirty = MINIVM_DIRTY_BITMAP;
+	o.defer_memory = true;
+	CHECK(!pt_vm_track(t, getpid(), NULL, 0, 1 << 20, &vm, &existed));
+	CHECK(!minivm_create(&m, &o));
+	CHECK(!minivm_setup_memory(m));
+	CHECK(pt_vm(t, vm)->flags & PT_VM_MANUAL_PROTECT);
+	CHECK(!(pt_vm(t, vm)->flags & PT_VM_DIRTY_RING));
+	CHECK(!pt_vm_arm(t, vm, &epoch));
+	CHECK(!minivm_harvest(m, &junk, &nj));
+	free(junk);
+	CHECK(!pt_vm_slots_get(t, vm, &sl));
+	for (unsigned i = 0; i < sl.nslots; i++)
+		synced += (sl.slots[i].flags & PT_SLOT_VALID) && sl.slots[i].sync_epoch == epoch;
+	CHECKF(synced == sl.nslots, "%u of %u slots synced", synced, sl.nslots);
+	minivm_destroy(m);
+	pt_tracker_close(t);
+	return 0;
+}
+
 /* Child: run a VM, wait for the parent to track and arm it, sync, write, send KVM's log. */
 static void child_vm(int rd, int wr, unsigned seed)
 {
@@ -360,4 +400,4 @@ static int two_vms_no_crosstalk(void)
 
 T_MAIN(T_CASE(ring_log_matches_kvm), T_CASE(sync_counting_matches_ioctls),
        T_CASE(incomplete_reset_taints), T_CASE(learned_slots_from_ioctls),
-       T_CASE(two_vms_no_crosstalk))
+       T_CASE(two_vms_no_crosstalk), T_CASE(bitmap_sync_per_slot_and_manual_protect))

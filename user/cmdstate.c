@@ -256,6 +256,29 @@ static bool any_unlogged_slot(struct pt_vmctx *c)
 	return false;
 }
 
+/*
+ * Bitmap mode: KVM_GET_DIRTY_LOG write-protects one memslot, and under manual protect none at
+ * all (KVM_CLEAR_DIRTY_LOG protects only what it is given, which is not checked here). The
+ * epoch is synced only if every slot had its own GET after the arm and manual protect is off.
+ * The table is read fresh: per-slot sync epochs change without a memslot ioctl.
+ */
+static bool bitmap_synced(struct pt_vmctx *c, uint64_t epoch)
+{
+	uint32_t flags = __atomic_load_n(&pt_vm(c->t, c->vm)->flags, __ATOMIC_ACQUIRE);
+	struct pt_vm_slots sl;
+
+	/* Whether manual protect is on is known only if tracking began before the VMM set the
+	 * VM up (memslots learned from its ioctls, KVM_ENABLE_CAP seen). */
+	if ((flags & PT_VM_MANUAL_PROTECT) || !(flags & PT_VM_LEARN_SLOTS))
+		return false;
+	if (pt_vm_slots_get(c->t, c->vm, &sl))
+		return false;
+	for (uint32_t i = 0; i < sl.nslots && i < PT_MAX_SLOTS; i++)
+		if ((sl.slots[i].flags & PT_SLOT_VALID) && sl.slots[i].sync_epoch != epoch)
+			return false;
+	return true;
+}
+
 uint32_t pt_epoch_doubt(struct pt_vmctx *c)
 {
 	struct pt_vm_state *st = pt_vm(c->t, c->vm);
@@ -267,8 +290,9 @@ uint32_t pt_epoch_doubt(struct pt_vmctx *c)
 	if (!c->mode_tracked)
 		why |= PT_WHY_UNTRACKED;
 	/* A ring VM's sync is a complete KVM_RESET_DIRTY_RINGS, which only a ring VM can do. */
-	if (__atomic_load_n(c->mode == PT_DIRTY_RING ? &st->ring_sync_epoch : &st->sync_epoch,
-			    __ATOMIC_ACQUIRE) != epoch)
+	if (c->mode == PT_DIRTY_RING
+		    ? __atomic_load_n(&st->ring_sync_epoch, __ATOMIC_ACQUIRE) != epoch
+		    : !bitmap_synced(c, epoch))
 		why |= PT_WHY_NO_SYNC;
 	if (__atomic_load_n(&st->taint_epoch, __ATOMIC_ACQUIRE) == epoch)
 		why |= PT_WHY_TAINTED;
