@@ -27,11 +27,12 @@
 #define PT_DEFAULT_LOG_MB 32 /* 2^28 bits: 1 TiB of guest memory in 4 KiB pages */
 
 /* pt_vm_state.flags */
-#define PT_VM_ACTIVE	     (1u << 0) /* index in use */
-#define PT_VM_DIRTY_RING     (1u << 1) /* VMM enabled KVM_CAP_DIRTY_LOG_RING(_ACQ_REL) */
-#define PT_VM_LEARN_SLOTS    (1u << 2) /* learn memslots from the VMM's ioctls */
-#define PT_VM_MANUAL_PROTECT (1u << 3) /* KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2: GET protects nothing \
-					*/
+#define PT_VM_ACTIVE	  (1u << 0) /* index in use */
+#define PT_VM_DIRTY_RING  (1u << 1) /* VMM enabled KVM_CAP_DIRTY_LOG_RING(_ACQ_REL) */
+#define PT_VM_LEARN_SLOTS (1u << 2) /* learn memslots from the VMM's ioctls */
+#define PT_VM_MANUAL_PROTECT                                                 \
+	(1u << 3) /* KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2: GET protects nothing \
+		   */
 
 /* Why an epoch is tainted (pt_vm_state.taint_reason, a bit set; sticky until next arm). */
 #define PT_TAINT_UNKNOWN_SLOT (1u << 0) /* write to a slot id not in the table */
@@ -61,6 +62,8 @@ struct pt_vm_state {
 	__u64 taint_epoch;     /* epoch in which the last taint happened */
 	__u32 taint_reason;    /* PT_TAINT_* of taint_epoch (OR-ed) */
 	__u32 pad;
+	__u64 start_time;   /* VMM start time (/proc/PID/stat, clock ticks): with tgid, the
+			     * VM's identity; a reused pid has another. Userspace only. */
 	__u64 log_bit_base; /* first bit of this VM's region in pt_log */
 	__u64 log_bits;	    /* size of the region */
 	/* counters (monotonic) */

@@ -1335,7 +1335,80 @@ static int wr_read_lists_unsure_pages(void)
 	return 0;
 }
 
+/*
+ * A device in another process registers a VMM that then exits. After the service's reap tick
+ * the device's connection is still open: its next requests must be refused cleanly (the
+ * context it was bound to is gone), and the service must stay up for everyone else.
+ */
+static int vmm_exit_child(void *arg)
+{
+	pid_t vmm = fork();
+	struct pt_client *c;
+	struct timespec ts = { 1, 600 * 1000 * 1000 }; /* more than one tick (1 s) */
+	int err;
+
+	if (!vmm) {
+		pause();
+		_exit(0);
+	}
+	c = connect_svc();
+	CHECK(vmm > 0 && c);
+	CHECK(pt_client_register(c, vmm, PT_DIRTY_RING, &slot1, 1, NULL) == 0);
+	CHECK(pt_client_arm(c, 2) == 0);
+	kill(vmm, SIGKILL);
+	waitpid(vmm, NULL, 0);
+	nanosleep(&ts, NULL);
+	err = pt_client_arm(c, 3);
+	CHECKF(err < 0 && pt_client_last_error(c)->code == PT_E_NOT_REGISTERED,
+	       "ARM after the VMM exited: %d", err);
+	CHECK(pt_client_ping(c) == 0);
+	pt_client_close(c);
+	CHECK(fresh_ping() == 0);
+	return 0;
+}
+
+static int vmm_exit_releases_vm(void)
+{
+	T_REQUIRE(need_service());
+	CHECK(in_child(vmm_exit_child, NULL) == 0);
+	CHECK(kill(svc.pid, 0) == 0);
+	return 0;
+}
+
+/* The same VMM registered again with another memory map is a new VM: nothing carries over. */
+static int new_map_child(void *arg)
+{
+	static const struct pt_reg_slot other = {
+		.gpa = SLOT_GPA, .size = SLOT_SIZE / 2, .id = 1, .flags = PT_REG_SLOT_LOGGED
+	};
+	struct pt_range r = { SLOT_GPA, 4 * PG };
+	struct pt_client_result res;
+	struct pt_client *c = connect_svc();
+
+	CHECK(c && pt_client_register(c, 0, PT_DIRTY_RING, &slot1, 1, NULL) == 0);
+	CHECK(pt_client_arm(c, 2) == 0 && pt_client_hint(c, 2, &r, 1) == 0);
+	pt_client_close(c);
+	c = connect_svc();
+	CHECK(c && pt_client_register(c, 0, PT_DIRTY_RING, &other, 1, NULL) == 0);
+	CHECK(pt_client_query(c, 2, PT_Q_HINTS, &res) < 0);
+	CHECK(pt_client_last_error(c)->code == PT_E_STALE_CMD);
+	/* ID 2 may be armed again at once: the old VM's IDs went with it. */
+	CHECK(pt_client_arm(c, 2) == 0 && pt_client_query(c, 2, PT_Q_HINTS, &res) == 0);
+	CHECK(res.v.hinted == 0);
+	pt_client_result_free(&res);
+	pt_client_close(c);
+	return 0;
+}
+
+static int reregister_new_map_starts_afresh(void)
+{
+	T_REQUIRE(need_service());
+	CHECK(in_child(new_map_child, NULL) == 0);
+	return 0;
+}
+
 T_MAIN(T_CASE(round_trip_every_type), T_CASE(concurrent_64_clients), T_CASE(disconnect_mid_frame),
        T_CASE(malformed_frames), T_CASE(other_uid_refused), T_CASE(reconnect_same_pid),
        T_CASE(register_twice_and_takeover), T_CASE(register_coverage_bits),
-       T_CASE(wr_read_lists_unsure_pages), T_CASE(real_vm_verdict))
+       T_CASE(wr_read_lists_unsure_pages), T_CASE(real_vm_verdict), T_CASE(vmm_exit_releases_vm),
+       T_CASE(reregister_new_map_starts_afresh))

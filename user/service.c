@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +25,7 @@ struct svc {
 	struct pt_server *srv;
 	struct pt_vmctx *vms[PT_MAX_VMS];
 	uint32_t owner[PT_MAX_VMS]; /* connection id bound to each VM, 0 if none */
+	uint16_t gen[PT_MAX_VMS];   /* bumped per context, so a connection's binding can go stale */
 	uint8_t *out;		    /* one reply frame being built */
 	struct pt_range *ranges;    /* verdict ranges, buffered until the verdict is sure */
 	size_t nranges, cap_ranges;
@@ -153,11 +155,95 @@ static int track_vm(struct svc *s, const struct pt_msg *m, uint32_t *vm)
 
 static struct pt_vmctx *bound_vm(struct svc *s, struct pt_conn *c);
 
+/*
+ * A connection remembers its VM as index + generation, never as a pointer: the context may be
+ * freed (its VMM exited) while the connection lives on.
+ */
+static void bind_conn(struct svc *s, struct pt_conn *c, uint32_t vm)
+{
+	pt_conn_set_data(c, (void *)(uintptr_t)((uint32_t)s->gen[vm] << 16 | (vm + 1)));
+}
+
+static struct pt_vmctx *conn_vm(struct svc *s, struct pt_conn *c)
+{
+	uintptr_t d = (uintptr_t)pt_conn_data(c);
+	uint32_t vm = (d & 0xffff) - 1;
+
+	if (!d || vm >= PT_MAX_VMS || !s->vms[vm] || s->gen[vm] != d >> 16)
+		return NULL;
+	return s->vms[vm];
+}
+
+/* Forget a VM whose VMM is gone: BPF tracking, command-ID state, any connection's binding. */
+static void release_vm(struct svc *s, uint32_t vm, const char *why)
+{
+	pt_info("VM %u (pid %u) released: %s", vm, pt_vm(s->t, vm)->tgid, why);
+	pt_vm_untrack(s->t, vm);
+	pt_vmctx_free(s->vms[vm]);
+	s->vms[vm] = NULL;
+	s->owner[vm] = 0;
+	s->gen[vm]++;
+}
+
+/* Field 22 of /proc/PID/stat: with the pid, what tells this process from a later one. */
+static int proc_start_time(uint32_t pid, uint64_t *start)
+{
+	char path[64], buf[1024], *p;
+	unsigned long long v;
+	ssize_t n;
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/%u/stat", pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return -EIO;
+	buf[n] = 0;
+	p = strrchr(buf, ')'); /* the command name may hold spaces and parentheses */
+	if (!p || sscanf(p + 2,
+			 "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d "
+			 "%*d %*d %*d %*d %llu",
+			 &v) != 1)
+		return -EIO;
+	*start = v;
+	return 0;
+}
+
+/* Is the VMM of this index still the process that registered it? */
+static bool vmm_alive(struct svc *s, uint32_t vm)
+{
+	const struct pt_vm_state *st = pt_vm(s->t, vm);
+	uint64_t start;
+
+	return !proc_start_time(st->tgid, &start) && start == st->start_time;
+}
+
+/* Same memory map as the one already tracked (a reconnect), or a different VM config? */
+static bool same_slots(struct svc *s, uint32_t vm, const struct pt_msg *m)
+{
+	struct pt_vm_slots sl;
+
+	if (pt_vm(s->t, vm)->flags & PT_VM_LEARN_SLOTS)
+		return !m->count;
+	if (pt_vm_slots_get(s->t, vm, &sl) || sl.nslots != m->count)
+		return false;
+	for (uint32_t i = 0; i < m->count; i++)
+		if (sl.slots[i].id != m->slots[i].id ||
+		    sl.slots[i].base_gfn != m->slots[i].gpa >> 12 ||
+		    sl.slots[i].npages != m->slots[i].size >> 12)
+			return false;
+	return true;
+}
+
 static void on_register(struct svc *s, struct pt_conn *c, const struct pt_msg *m)
 {
 	const struct pt_register *r = m->reg;
 	bool tracked = pt_coverage_tracked(&s->cov, r->dirty_mode);
 	struct pt_vmctx *ctx;
+	uint64_t start;
 	uint32_t vm;
 	int err;
 
@@ -172,11 +258,24 @@ static void on_register(struct svc *s, struct pt_conn *c, const struct pt_msg *m
 					    : "register: no such VMM process");
 		return;
 	}
+	if (proc_start_time(r->vmm_pid, &start)) {
+		reply_err(s, c, m->seq, -PT_E_BAD_FIELD, "register: no such VMM process");
+		return;
+	}
+	/* A VM tracked under this pid that is not this process (the pid was reused), or with
+	 * another memory map: its state says nothing about this VM. Start afresh. */
+	if (!pt_vm_find(s->t, r->vmm_pid, &vm) &&
+	    (pt_vm(s->t, vm)->start_time != start || !same_slots(s, vm, m)))
+		release_vm(s, vm,
+			   pt_vm(s->t, vm)->start_time != start
+				   ? "pid reused by another process"
+				   : "registered again with another memory map");
 	err = track_vm(s, m, &vm);
 	if (err) {
 		reply_err(s, c, m->seq, err, "register");
 		return;
 	}
+	pt_vm(s->t, vm)->start_time = start;
 	ctx = s->vms[vm];
 	if (!ctx) {
 		err = pt_vmctx_new(&ctx, s->t, vm, r->vmm_pid, r->dirty_mode, tracked);
@@ -186,11 +285,12 @@ static void on_register(struct svc *s, struct pt_conn *c, const struct pt_msg *m
 			return;
 		}
 		s->vms[vm] = ctx;
+		s->gen[vm]++;
 	}
 	ctx->mode = r->dirty_mode;
 	ctx->mode_tracked = tracked;
 	s->owner[vm] = pt_conn_id(c);
-	pt_conn_set_data(c, ctx);
+	bind_conn(s, c, vm);
 	if (!tracked)
 		pt_warn("VM %u (pid %u) uses %s dirty logging, which BPF does not see here: every "
 			"verdict will be keep",
@@ -365,7 +465,7 @@ static void on_cmd(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx, const
 
 static struct pt_vmctx *bound_vm(struct svc *s, struct pt_conn *c)
 {
-	struct pt_vmctx *ctx = pt_conn_data(c);
+	struct pt_vmctx *ctx = conn_vm(s, c);
 
 	/* Another connection of the same VMM may have taken the VM over. */
 	if (ctx && s->owner[ctx->vm] != pt_conn_id(c)) {
@@ -441,7 +541,7 @@ static void on_frame(void *arg, struct pt_conn *c, const struct pt_hdr *h, const
 static void on_close(void *arg, struct pt_conn *c)
 {
 	struct svc *s = arg;
-	struct pt_vmctx *ctx = pt_conn_data(c);
+	struct pt_vmctx *ctx = conn_vm(s, c);
 
 	/* The VM stays tracked: its device may reconnect. It goes when its VMM exits. Its
 	 * command IDs go now (PROTOCOL.md section 2): a new connection arms anew. */
@@ -455,19 +555,12 @@ static void on_close(void *arg, struct pt_conn *c)
 
 /* --- housekeeping --------------------------------------------------------------------------- */
 
+/* Every tracked VM, with or without a context here (adopted after a restart). */
 static void reap_dead_vmms(struct svc *s)
 {
-	for (uint32_t i = 0; i < PT_MAX_VMS; i++) {
-		struct pt_vmctx *ctx = s->vms[i];
-
-		if (!ctx || !kill(ctx->pid, 0) || errno != ESRCH)
-			continue;
-		pt_info("VMM pid %u exited: VM %u released", ctx->pid, i);
-		pt_vm_untrack(s->t, i);
-		pt_vmctx_free(ctx);
-		s->vms[i] = NULL;
-		s->owner[i] = 0;
-	}
+	for (uint32_t i = 0; i < PT_MAX_VMS; i++)
+		if ((pt_vm(s->t, i)->flags & PT_VM_ACTIVE) && !vmm_alive(s, i))
+			release_vm(s, i, "its VMM exited");
 }
 
 static void publish_status(struct svc *s)
@@ -540,8 +633,8 @@ static void adopt_pinned_vms(struct svc *s)
 
 		if (!(st->flags & PT_VM_ACTIVE))
 			continue;
-		if (kill(st->tgid, 0) && errno == ESRCH) {
-			pt_vm_untrack(s->t, i);
+		if (!vmm_alive(s, i)) {
+			release_vm(s, i, "its VMM exited while the service was down");
 			continue;
 		}
 		pt_info("VM %u (pid %u) still tracked from an earlier run; waiting for its device",
