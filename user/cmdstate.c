@@ -240,7 +240,6 @@ void pt_vmctx_free(struct pt_vmctx *c)
 	free(c->reported);
 	free(c->inflated);
 	free(c->reclaimed);
-	free(c->wr_read);
 	free(c);
 }
 
@@ -310,26 +309,38 @@ static bool id_used(struct pt_vmctx *c, uint32_t cmd)
 }
 
 /*
- * Before the log is cleared for a new epoch, settle what reporting and ballooning learned
- * from the old one: a page written since is no longer free (reported) or was reclaimed
- * (inflated). If the old epoch cannot vouch for its log, reported pages are forgotten.
+ * As the log is cleared for a new epoch, settle what reporting and ballooning learned from the
+ * old one: a page written since is no longer free (reported) or was reclaimed (inflated).
  */
-static void carry_over(struct pt_vmctx *c)
+static void fold_word(void *arg, uint64_t w, uint64_t wr)
 {
-	bool doubt = pt_epoch_doubt(c) & ~PT_WHY_UNTRACKED;
+	struct pt_vmctx *c = arg;
 
-	if (!c->reported && !(c->inflated && c->reclaimed))
-		return;
-	for (uint64_t w = 0; w < c->words; w++) {
-		uint64_t wr = pt_vm_log_word(c->t, c->vm, w);
-
-		if (c->reported)
-			c->reported[w] &= doubt ? 0 : ~wr;
-		if (c->inflated && c->reclaimed) {
-			c->reclaimed[w] |= c->inflated[w] & wr;
-			c->inflated[w] &= ~wr;
-		}
+	if (c->reported)
+		c->reported[w] &= ~wr;
+	if (c->inflated && c->reclaimed) {
+		c->reclaimed[w] |= c->inflated[w] & wr;
+		c->inflated[w] &= ~wr;
 	}
+}
+
+/* Clear the log (folding the old epoch into reported/inflated), start the next epoch. */
+static int next_epoch(struct pt_vmctx *c, uint64_t *epoch)
+{
+	struct pt_vm_state *st = pt_vm(c->t, c->vm);
+	bool fold = c->reported || (c->inflated && c->reclaimed);
+	uint32_t doubt = fold ? pt_epoch_doubt(c) & ~PT_WHY_UNTRACKED : 0;
+	uint64_t old = __atomic_load_n(&st->epoch, __ATOMIC_ACQUIRE);
+	int err;
+
+	err = pt_vm_arm_fold(c->t, c->vm, fold ? fold_word : NULL, c, epoch);
+	if (err || !c->reported)
+		return err;
+	/* If the old epoch could not vouch for its log (or was tainted while we cleared it),
+	 * a reported page may have been written unseen: forget them all. */
+	if (doubt || __atomic_load_n(&st->taint_epoch, __ATOMIC_ACQUIRE) >= old)
+		memset(c->reported, 0, c->words * 8);
+	return 0;
 }
 
 int pt_cmd_arm(struct pt_vmctx *c, uint32_t cmd)
@@ -344,8 +355,7 @@ int pt_cmd_arm(struct pt_vmctx *c, uint32_t cmd)
 		return -PT_E_CMD_REUSE;
 	if (c->nused == sizeof(c->used) / sizeof(c->used[0]))
 		return -PT_E_BUSY;
-	carry_over(c);
-	err = pt_vm_arm(c->t, c->vm, &epoch);
+	err = next_epoch(c, &epoch);
 	if (err)
 		return -PT_E_INTERNAL;
 	memset(c->hinted, 0, c->words * 8);
@@ -580,35 +590,35 @@ struct wr_arg {
 	uint64_t count;
 };
 
+/* Written pages of one piece, a word at a time. */
 static void piece_wr(struct pt_vmctx *c, uint64_t page, uint64_t n, void *arg)
 {
 	struct wr_arg *a = arg;
 
-	for (uint64_t p = page; p < page + n; p++) {
-		uint64_t bit = 1ull << (p % 64);
+	for (uint64_t p = page, end = page + n; p < end;) {
+		uint64_t off = p % 64, k = 64 - off < end - p ? 64 - off : end - p;
+		uint64_t mask = (k == 64 ? ~0ull : (1ull << k) - 1) << off;
+		uint64_t bits = pt_vm_log_word(c->t, c->vm, p / 64) & mask;
 
-		if (!pt_vm_page_written(c->t, c->vm, p) || (c->wr_read[p / 64] & bit))
-			continue;
-		c->wr_read[p / 64] |= bit;
-		a->count++;
-		emit_word(a->e, p / 64, bit);
+		a->count += __builtin_popcountll(bits);
+		emit_word(a->e, p / 64, bits);
+		p += k;
 	}
 }
 
+/*
+ * Every page in the ranges written since ARM, on every read. Records cannot be cleared one
+ * by one: a page once written stays writable in KVM until the VMM's next sync, so its later
+ * writes raise no event. ARM (followed by the sync) is the clear.
+ */
 int pt_wr_read(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, pt_range_cb cb, void *ctx,
 	       uint64_t *pages)
 {
 	struct emitter e = { .c = c, .cb = cb, .ctx = ctx };
 	struct wr_arg a = { &e, 0 };
-	uint64_t epoch = pt_vm(c->t, c->vm)->epoch, total;
+	uint64_t total;
 	int err;
 
-	if (!lazy_bitmap(c, &c->wr_read))
-		return -PT_E_BUSY;
-	if (c->wr_epoch != epoch) {
-		memset(c->wr_read, 0, c->words * 8);
-		c->wr_epoch = epoch;
-	}
 	err = apply_ranges(c, r, n, piece_wr, &a, &total);
 	if (!err && e.len)
 		emit_flush(&e);

@@ -54,8 +54,6 @@ struct pt_vmctx {
 	uint64_t *reported;  /* pages reported free (lazy) */
 	uint64_t *inflated;  /* pages in the balloon (lazy) */
 	uint64_t *reclaimed; /* inflated pages written without deflate (lazy) */
-	uint64_t *wr_read;   /* write records already returned by WR_READ (lazy) */
-	uint64_t wr_epoch;   /* epoch wr_read belongs to */
 	struct pt_vm_slots slots;
 	uint64_t slots_gen; /* pt_vm_state.slot_changes when slots was read */
 	uint32_t last_slot; /* index of the slot the last range fell in */
@@ -91,8 +89,7 @@ int pt_balloon_deflate(struct pt_vmctx *c, const struct pt_range *r, uint32_t n,
 int pt_vmm_written(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, uint64_t *pages);
 /* Inflated pages the guest wrote: "free" counts them, ranges lists them. */
 int pt_balloon_reclaimed(struct pt_vmctx *c, struct pt_verdict_sum *v, pt_range_cb cb, void *ctx);
-/* Read-and-clear of write records inside the ranges: pages written since ARM not returned by
- * an earlier read. The write log itself is never cleared by this (verdicts depend on it). */
+/* Write records inside the ranges: every page written since ARM (ARM is the clear). */
 int pt_wr_read(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, pt_range_cb cb, void *ctx,
 	       uint64_t *pages);
 

@@ -398,9 +398,10 @@ static void on_wr_read(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx,
 		reply_err(s, c, m->seq, err, "write records");
 		return;
 	}
-	/* Records are facts about writes: a missing sync does not make them less true, but
-	 * a taint or an untracked mode means some writes may be missing from them. */
-	v.unsure_reason = pt_epoch_doubt(ctx) & ~PT_WHY_NO_SYNC;
+	/* Without a sync after ARM, pages dirtied before it stay writable and their writes
+	 * go unseen; a taint or an untracked mode loses writes too: all make the records
+	 * incomplete, and then every asked page is listed. */
+	v.unsure_reason = pt_epoch_doubt(ctx);
 	for (uint32_t i = 0; i < m->count; i++)
 		v.hinted += m->ranges[i].len / PT_PROTO_PAGE;
 	v.kept_written = pages;

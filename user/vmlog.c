@@ -190,21 +190,37 @@ int pt_vm_untrack(struct pt_tracker *t, uint32_t vm)
 	return 0;
 }
 
-int pt_vm_arm(struct pt_tracker *t, uint32_t vm, uint64_t *epoch)
+int pt_vm_arm_fold(struct pt_tracker *t, uint32_t vm, pt_log_fold fold, void *arg,
+		   uint64_t *epoch)
 {
 	struct pt_vm_state *st = &t->vms[vm];
+	uint64_t *log, words;
 
 	if (vm >= PT_MAX_VMS || !(st->flags & PT_VM_ACTIVE))
 		return -ENOENT;
+	log = t->log + st->log_bit_base / 64;
+	words = ALIGN64(st->log_bits) / 64;
 	/*
 	 * Clear first, then publish the epoch. A write that lands while we clear is either
 	 * kept (its bit survives: a harmless "keep") or belongs to a page whose dirty state the
 	 * VMM's sync (which must start after this returns) re-protects; a dirty-ring entry of
-	 * such a write carries the old epoch, so an incomplete reset of it taints.
+	 * such a write carries the old epoch, so an incomplete reset of it taints. A caller that
+	 * needs the old epoch's bits takes each word as it clears it: read-then-clear would lose
+	 * a write that lands in between.
 	 */
-	memset(t->log + st->log_bit_base / 64, 0, ALIGN64(st->log_bits) / 8);
+	if (fold) {
+		for (uint64_t w = 0; w < words; w++)
+			fold(arg, w, __atomic_exchange_n(&log[w], 0, __ATOMIC_SEQ_CST));
+	} else {
+		memset(log, 0, words * 8);
+	}
 	*epoch = __atomic_add_fetch(&st->epoch, 1, __ATOMIC_SEQ_CST);
 	return 0;
+}
+
+int pt_vm_arm(struct pt_tracker *t, uint32_t vm, uint64_t *epoch)
+{
+	return pt_vm_arm_fold(t, vm, NULL, NULL, epoch);
 }
 
 void pt_vm_taint(struct pt_tracker *t, uint32_t vm, uint32_t reason)
