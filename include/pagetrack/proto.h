@@ -21,6 +21,8 @@
 #define PT_MAX_HINTS	 (PT_MAX_PAYLOAD / sizeof(struct pt_range) - 1)
 #define PT_MAX_REPORT	 32 /* entries per free page reporting batch (Linux sends <= 32) */
 #define PT_MAX_REG_SLOTS 32
+/* Pages one HINT/REPORT/INFLATE/DEFLATE/WRITTEN/WR_READ frame may cover in all (4 TiB). */
+#define PT_MAX_BATCH_PAGES (1ull << 30)
 
 /* Command IDs (virtio-balloon free page hinting): 0 and 1 are reserved. */
 #define PT_CMD_ID_STOP 0u
