@@ -83,14 +83,16 @@ bool pt_host_tdp(void)
  */
 #define PROC_PID_INIT_INO 0xEFFFFFFCu
 
-static void set_pidns(struct writelog_bpf *skel)
+static void set_pidns(struct pt_tracker *t)
 {
+	struct writelog_bpf *skel = t->skel;
 	struct stat st;
 
 	if (stat("/proc/self/ns/pid", &st) || st.st_ino == PROC_PID_INIT_INO)
 		return;
 	skel->rodata->pidns_dev = st.st_dev;
 	skel->rodata->pidns_ino = st.st_ino;
+	t->pidns_ino = st.st_ino;
 	pt_info("running in a PID namespace (inode %lu): VMM pids are taken in it",
 		(unsigned long)st.st_ino);
 }
@@ -196,7 +198,7 @@ static int open_skel(struct pt_tracker *t, const struct pt_loader_opts *o)
 	if (!t->skel)
 		return -errno;
 	t->skel->rodata->tdp = t->tdp;
-	set_pidns(t->skel);
+	set_pidns(t);
 	t->log_words = (uint64_t)log_mb * 1024 * 1024 / 8;
 	err = bpf_map__set_max_entries(t->skel->maps.pt_log, t->log_words);
 	if (err)

@@ -238,10 +238,25 @@ static bool same_slots(struct svc *s, uint32_t vm, const struct pt_msg *m)
 	return true;
 }
 
+/*
+ * In a PID namespace the BPF programs name processes in exactly the service's namespace: a
+ * VMM in a namespace below it is invisible to them, so nothing of it could ever be confirmed.
+ */
+static bool vmm_visible(struct svc *s, uint32_t pid)
+{
+	char path[64];
+	struct stat st;
+
+	if (!s->t->pidns_ino)
+		return true;
+	snprintf(path, sizeof(path), "/proc/%u/ns/pid", pid);
+	return !stat(path, &st) && st.st_ino == s->t->pidns_ino;
+}
+
 static void on_register(struct svc *s, struct pt_conn *c, const struct pt_msg *m)
 {
 	const struct pt_register *r = m->reg;
-	bool tracked = pt_coverage_tracked(&s->cov, r->dirty_mode);
+	bool tracked = pt_coverage_tracked(&s->cov, r->dirty_mode) && vmm_visible(s, r->vmm_pid);
 	struct pt_vmctx *ctx;
 	uint64_t start;
 	uint32_t vm;
@@ -292,9 +307,10 @@ static void on_register(struct svc *s, struct pt_conn *c, const struct pt_msg *m
 	s->owner[vm] = pt_conn_id(c);
 	bind_conn(s, c, vm);
 	if (!tracked)
-		pt_warn("VM %u (pid %u) uses %s dirty logging, which BPF does not see here: every "
+		pt_warn("VM %u (pid %u): BPF does not see its writes (%s dirty logging%s): every "
 			"verdict will be keep",
-			vm, r->vmm_pid, r->dirty_mode == PT_DIRTY_RING ? "dirty-ring" : "bitmap");
+			vm, r->vmm_pid, r->dirty_mode == PT_DIRTY_RING ? "dirty-ring" : "bitmap",
+			vmm_visible(s, r->vmm_pid) ? "" : ", VMM in another PID namespace");
 	/* Coverage: 0 when every write path is observed, else why every verdict will be keep. */
 	reply_ack(s, c, m->seq, vm, tracked ? 0 : PT_WHY_UNTRACKED, 0);
 }
