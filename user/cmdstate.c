@@ -127,7 +127,8 @@ static inline __attribute__((always_inline)) int apply_ranges(struct pt_vmctx *c
 	/* One frame may not keep the only event loop busy for long: bound the pages it covers. */
 	for (uint32_t i = 0; !err && i < n; i++) {
 		sum += r[i].len >> PAGE_SHIFT;
-		err = sum > PT_MAX_BATCH_PAGES ? -PT_E_BAD_RANGE : for_each_piece(c, &r[i], NULL, NULL);
+		err = sum > PT_MAX_BATCH_PAGES ? -PT_E_BAD_RANGE
+					       : for_each_piece(c, &r[i], NULL, NULL);
 	}
 	if (err)
 		return err;

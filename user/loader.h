@@ -31,7 +31,7 @@ struct pt_tracker {
 	char pin_dir[256];
 	bool tdp;
 	bool no_pin;
-	uint64_t pidns_ino;	/* the service's PID namespace when not the initial one, else 0 */
+	uint64_t pidns_ino;	 /* the service's PID namespace when not the initial one, else 0 */
 	bool reused_maps;	 /* maps came from pins of an earlier run (restart) */
 	bool reused_links;	 /* programs were still attached when we started */
 	int attached;		 /* programs attached */

@@ -51,10 +51,18 @@ static void reply_err(struct svc *s, struct pt_conn *c, uint32_t seq, int code, 
 	pt_conn_send_error(c, seq, code, "%s: %s", what, pt_err_str(code));
 }
 
+/*
+ * Ranges of one reply, buffered: 4 Mi ranges (64 MiB) at most. A verdict more fragmented than
+ * that is refused with PT_E_BUSY (the device keeps everything) rather than held in memory.
+ */
+#define MAX_REPLY_RANGES (4u << 20)
+
 static int collect_range(void *ctx, uint64_t gpa, uint64_t len)
 {
 	struct svc *s = ctx;
 
+	if (s->nranges == MAX_REPLY_RANGES)
+		return -PT_E_BUSY;
 	if (s->nranges == s->cap_ranges) {
 		size_t cap = s->cap_ranges ? s->cap_ranges * 2 : 4096;
 		struct pt_range *r = realloc(s->ranges, cap * sizeof(*r));
@@ -87,6 +95,13 @@ static void send_ranges(struct svc *s, struct pt_conn *c, unsigned type, uint32_
 			break;
 		done += n;
 	} while (done < s->nranges);
+	/* Keep a small buffer between queries, not the largest one ever needed. */
+	if (s->cap_ranges > 65536) {
+		free(s->ranges);
+		s->ranges = NULL;
+		s->cap_ranges = 0;
+	}
+	s->nranges = 0;
 }
 
 static void reply_verdict(struct svc *s, struct pt_conn *c, uint32_t seq, uint32_t cmd,

@@ -190,8 +190,7 @@ int pt_vm_untrack(struct pt_tracker *t, uint32_t vm)
 	return 0;
 }
 
-int pt_vm_arm_fold(struct pt_tracker *t, uint32_t vm, pt_log_fold fold, void *arg,
-		   uint64_t *epoch)
+int pt_vm_arm_fold(struct pt_tracker *t, uint32_t vm, pt_log_fold fold, void *arg, uint64_t *epoch)
 {
 	struct pt_vm_state *st = &t->vms[vm];
 	uint64_t *log, words;

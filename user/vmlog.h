@@ -35,8 +35,7 @@ int pt_vm_find(struct pt_tracker *t, uint32_t tgid, uint32_t *vm);
 int pt_vm_arm(struct pt_tracker *t, uint32_t vm, uint64_t *epoch);
 /* The same, handing each log word of the ending epoch to fold() as it is atomically cleared. */
 typedef void (*pt_log_fold)(void *arg, uint64_t word, uint64_t written);
-int pt_vm_arm_fold(struct pt_tracker *t, uint32_t vm, pt_log_fold fold, void *arg,
-		   uint64_t *epoch);
+int pt_vm_arm_fold(struct pt_tracker *t, uint32_t vm, pt_log_fold fold, void *arg, uint64_t *epoch);
 /* Declare that writes may have been missed (e.g. a restart gap) in the current epoch. */
 void pt_vm_taint(struct pt_tracker *t, uint32_t vm, uint32_t reason);
 
