@@ -146,7 +146,7 @@ PT_API int pt_client_deflate(struct pt_client *c, const struct pt_range *ranges,
 PT_API int pt_client_written(struct pt_client *c, const struct pt_range *ranges, uint32_t n,
 			     uint64_t *pages);
 
-/* Write records: capabilities, and read-and-clear over ranges (written or unsure pages). */
+/* Write records: capabilities, and the pages written since ARM in the ranges (or unsure). */
 PT_API int pt_client_wr_caps(struct pt_client *c, struct pt_wr_caps *caps);
 PT_API int pt_client_wr_read(struct pt_client *c, const struct pt_range *ranges, uint32_t n,
 			     struct pt_client_result *res);

@@ -41,7 +41,7 @@ enum pt_msg_type {
 	PT_MSG_INFLATE = 8,  /* struct pt_report + pt_range[count]: pages given to the balloon */
 	PT_MSG_DEFLATE = 9,  /* struct pt_report + pt_range[count]: pages taken back (told) */
 	PT_MSG_WR_CAPS = 10, /* empty: write-record capabilities */
-	PT_MSG_WR_READ = 11, /* struct pt_report + pt_range[count]: read-and-clear write records */
+	PT_MSG_WR_READ = 11, /* struct pt_report + pt_range[count]: write records since ARM */
 	PT_MSG_PING = 12,    /* empty: liveness / latency floor */
 	PT_MSG_WRITTEN = 13, /* struct pt_report + pt_range[count]: pages the VMM itself wrote
 			      * (device emulation, DMA): KVM never sees those writes */
