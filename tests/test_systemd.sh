@@ -89,13 +89,15 @@ trap cleanup EXIT
 trap 'exit 1' INT TERM
 
 # --- the private root pieces ------------------------------------------------------------------
-# Not under /tmp: the namespace hides the real /tmp.
-W=$(mktemp -d "$BUILD/systest.XXXXXX") || exit 1
+# Not under /tmp, /var/tmp or /run, which the namespace hides behind its own tmpfs; not in the
+# build directory either, since a checkout may itself live under /tmp (CI clones anywhere).
+W=$(mktemp -d /var/lib/pagetrack-systest.XXXXXX) || exit 1
 MARK=$(mktemp /tmp/pagetrack-systest-mark.XXXXXX) # must survive the namespace's systemd
 U=$W/units
 mkdir -p "$U/pagetrackd.service.d" "$W/sbin"
 cp "$TOP/systemd/pagetrackd.service" "$TOP/systemd/pagetrackd.socket" "$U/"
 cp "$BIN" "$W/sbin/pagetrackd"
+cp "$BALLOON" "$W/sbin/ptballoon" # the build directory may be hidden (under /tmp)
 cat >"$U/pt-test.target" <<'EOF'
 [Unit]
 Description=pagetrack test boot target (nothing)
@@ -214,7 +216,7 @@ echo "# StatusText: $st"
 # differs, so "NOT tracked" is expected here; test_ops.sh checks real coverage.)
 check "StatusText reports coverage" grep -q 'dirty-ring: ' <<<"$st"
 check "socket unit listening, mode 0660" test "$(prop pagetrackd.socket SubState)/$(ns stat -c %a "$SOCK")" = "running/660"
-ping_ok() { ns "$BALLOON" -s "$SOCK" ping -n "$1" >/dev/null; }
+ping_ok() { ns /usr/local/sbin/ptballoon -s "$SOCK" ping -n "$1" >/dev/null; }
 check "device ping through the activated socket" ping_ok 5
 pid1=$(prop pagetrackd.service MainPID)
 [ "${pid1:-0}" -gt 1 ] 2>/dev/null || pid1=0
