@@ -406,7 +406,7 @@ static int arm_races_writes(void)
 	pthread_join(th, NULL);
 	printf("  %u rounds checked, %u with an arm in between, %u arms\n", checked, skipped,
 	       a.arms);
-	CHECK(checked > 100 && skipped > 100);
+	CHECK(checked >= 20 && skipped >= 20); /* both kinds of round happened: not vacuous */
 	minivm_destroy(m);
 	pt_tracker_close(t);
 	return 0;
