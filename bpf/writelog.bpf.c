@@ -387,25 +387,30 @@ static __always_inline void count_ignored_fault(__u32 vm)
 		n->faults_ignored++;
 }
 
-SEC("raw_tp/kvm_page_fault")
-int BPF_PROG(pt_page_fault, struct kvm_vcpu *vcpu, u64 fault_address, u64 error_code)
+/* A write fault of the current process at `addr`, a GPA only if gpa is true (TDP). */
+static __always_inline void write_fault(__u64 addr, bool gpa)
 {
 	struct pt_vm_state *st;
 	__u32 vm;
 
-	if (!(error_code & 2)) /* PFERR_WRITE_MASK */
-		return 0;
 	if (current_vm(&vm))
-		return 0;
+		return;
 	st = vm_state(vm);
 	if (!st)
-		return 0;
-	if (!tdp) {
+		return;
+	if (!gpa) {
 		/* Shadow paging: the address is a GVA, useless for the log. */
 		count_ignored_fault(vm);
-		return 0;
+		return;
 	}
-	record_gfn(vm, st, fault_address >> PT_PAGE_SHIFT);
+	record_gfn(vm, st, addr >> PT_PAGE_SHIFT);
+}
+
+SEC("raw_tp/kvm_page_fault")
+int BPF_PROG(pt_page_fault, struct kvm_vcpu *vcpu, u64 fault_address, u64 error_code)
+{
+	if (error_code & 2) /* PFERR_WRITE_MASK */
+		write_fault(fault_address, tdp);
 	return 0;
 }
 
@@ -413,21 +418,8 @@ SEC("raw_tp/fast_page_fault")
 int BPF_PROG(pt_fast_page_fault, struct kvm_vcpu *vcpu, struct kvm_page_fault *fault, u64 *sptep,
 	     u64 old_spte, int ret)
 {
-	struct pt_vm_state *st;
-	__u32 vm;
-
-	if (!BPF_CORE_READ(fault, write))
-		return 0;
-	if (current_vm(&vm))
-		return 0;
-	st = vm_state(vm);
-	if (!st)
-		return 0;
-	if (!tdp || !BPF_CORE_READ(fault, is_tdp)) {
-		count_ignored_fault(vm);
-		return 0;
-	}
-	record_gfn(vm, st, BPF_CORE_READ(fault, addr) >> PT_PAGE_SHIFT);
+	if (BPF_CORE_READ(fault, write))
+		write_fault(BPF_CORE_READ(fault, addr), tdp && BPF_CORE_READ(fault, is_tdp));
 	return 0;
 }
 
