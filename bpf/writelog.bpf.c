@@ -307,7 +307,9 @@ int BPF_PROG(pt_ring_push, struct kvm_dirty_ring *ring, u32 slot, u64 offset)
 	if (!c)
 		return 0;
 	st = vm_state(vm);
-	if (!st)
+	/* The index may have passed to another VMM since it was looked up: its ring state must
+	 * not be planted in the new tenant's epoch. */
+	if (!st || st->tgid != c->tgid)
 		return 0;
 	/* Once per ring and epoch on this CPU: the rest of the epoch's pushes skip it. */
 	if (c->ring != (__u64)ring || c->ring_epoch != st->epoch) {
