@@ -189,12 +189,14 @@ static __always_inline void taint(struct pt_vm_state *st, __u32 reason)
 	for (int i = 0; i < 8 && old < epoch; i++) {
 		__u64 seen = __sync_val_compare_and_swap(&st->taint_epoch, old, epoch);
 
-		if (seen == old) {
-			st->taint_reason = reason;
+		if (seen == old)
 			break;
-		}
 		old = seen;
 	}
+	/* Never give up unsafe: the epoch only grows, so a plain store cannot move it back
+	 * past a newer taint by more than the CAS race it lost. */
+	if (st->taint_epoch < epoch)
+		st->taint_epoch = epoch;
 	__sync_fetch_and_or(&st->taint_reason, reason);
 	__sync_fetch_and_add(&st->lost, 1);
 }
@@ -428,7 +430,7 @@ int BPF_PROG(pt_fast_page_fault, struct kvm_vcpu *vcpu, struct kvm_page_fault *f
 static __always_inline bool watched_ioctl(__u32 cmd)
 {
 	return cmd == PT_KVM_SET_USER_MEMORY_REGION || cmd == PT_KVM_SET_USER_MEMORY_REGION2 ||
-	       cmd == PT_KVM_ENABLE_CAP || cmd == PT_KVM_GET_DIRTY_LOG ||
+	       cmd == PT_KVM_CREATE_VM || cmd == PT_KVM_ENABLE_CAP || cmd == PT_KVM_GET_DIRTY_LOG ||
 	       cmd == PT_KVM_CLEAR_DIRTY_LOG || cmd == PT_KVM_RESET_DIRTY_RINGS;
 }
 
@@ -546,6 +548,14 @@ static __always_inline void slot_synced(__u32 vm, __u64 uarg, __u64 epoch)
 		s->sync_epoch = epoch;
 }
 
+/* A sync that began before the arm protects nothing for the new epoch. */
+static __always_inline void synced(struct pt_ioctl *io, struct pt_vm_state *st)
+{
+	if (io->epoch == st->epoch)
+		st->sync_epoch = io->epoch;
+	__sync_fetch_and_add(&st->syncs, 1);
+}
+
 static __always_inline void ioctl_done(struct pt_ioctl *io, struct pt_vm_state *st)
 {
 	struct kvm_enable_cap cap;
@@ -568,6 +578,10 @@ static __always_inline void ioctl_done(struct pt_ioctl *io, struct pt_vm_state *
 		if (cap.cap == PT_KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2)
 			__sync_fetch_and_or(&st->flags, PT_VM_MANUAL_PROTECT);
 		break;
+	case PT_KVM_CREATE_VM:
+		/* Tracked from before the VM existed: every KVM_ENABLE_CAP of it will be seen. */
+		__sync_fetch_and_or(&st->flags, PT_VM_SEEN_CREATE);
+		break;
 	case PT_KVM_RESET_DIRTY_RINGS:
 		if (io->incomplete) {
 			__sync_fetch_and_add(&st->syncs_incomplete, 1);
@@ -575,22 +589,19 @@ static __always_inline void ioctl_done(struct pt_ioctl *io, struct pt_vm_state *
 		}
 		if (io->epoch == st->epoch)
 			st->ring_sync_epoch = io->epoch;
-		/* fallthrough */
+		synced(io, st);
+		break;
 	case PT_KVM_CLEAR_DIRTY_LOG:
-		/* CLEAR succeeds only under manual protect: GETs of this VM protect nothing. */
+		/* A VMM that clears explicitly (QEMU under manual protect) does not rely on GET
+		 * to write-protect: treat its GETs as protecting nothing. */
 		__sync_fetch_and_or(&st->flags, PT_VM_MANUAL_PROTECT);
-		/* A sync that began before the arm protects nothing for the new epoch. */
-		if (io->epoch == st->epoch)
-			st->sync_epoch = io->epoch;
-		__sync_fetch_and_add(&st->syncs, 1);
+		synced(io, st);
 		break;
 	case PT_KVM_GET_DIRTY_LOG:
 		/* Bitmap mode syncs one memslot per ioctl: the slot records it. */
 		if (io->epoch == st->epoch)
 			slot_synced(io->vm, io->arg, io->epoch);
-		if (io->epoch == st->epoch)
-			st->sync_epoch = io->epoch;
-		__sync_fetch_and_add(&st->syncs, 1);
+		synced(io, st);
 		break;
 	}
 }

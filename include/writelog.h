@@ -30,9 +30,10 @@
 #define PT_VM_ACTIVE	  (1u << 0) /* index in use */
 #define PT_VM_DIRTY_RING  (1u << 1) /* VMM enabled KVM_CAP_DIRTY_LOG_RING(_ACQ_REL) */
 #define PT_VM_LEARN_SLOTS (1u << 2) /* learn memslots from the VMM's ioctls */
-#define PT_VM_MANUAL_PROTECT                                                 \
-	(1u << 3) /* KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2: GET protects nothing \
-		   */
+/* KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 (or a CLEAR) seen: KVM_GET_DIRTY_LOG protects nothing */
+#define PT_VM_MANUAL_PROTECT (1u << 3)
+/* KVM_CREATE_VM seen while tracked: every KVM_ENABLE_CAP of the VM has been seen too */
+#define PT_VM_SEEN_CREATE (1u << 4)
 
 /* Why an epoch is tainted (pt_vm_state.taint_reason, a bit set; sticky until next arm). */
 #define PT_TAINT_UNKNOWN_SLOT (1u << 0) /* write to a slot id not in the table */
@@ -143,6 +144,7 @@ struct pt_ioctl {
 #define PT_KVM_GET_DIRTY_LOG		     0x4010ae42u
 #define PT_KVM_CLEAR_DIRTY_LOG		     0xc018aec0u
 #define PT_KVM_RESET_DIRTY_RINGS	     0x0000aec7u
+#define PT_KVM_CREATE_VM		     0x0000ae01u
 #define PT_KVM_CAP_DIRTY_LOG_RING	     192
 #define PT_KVM_CAP_DIRTY_LOG_RING_ACQ_REL    223
 #define PT_KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 168

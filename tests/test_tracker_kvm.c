@@ -303,6 +303,7 @@ static int bitmap_sync_per_slot_and_manual_protect(void)
 	CHECK(!minivm_create(&m, &o));
 	CHECK(!minivm_setup_memory(m));
 	CHECK(pt_vm(t, vm)->flags & PT_VM_MANUAL_PROTECT);
+	CHECK(pt_vm(t, vm)->flags & PT_VM_SEEN_CREATE); /* tracked before KVM_CREATE_VM */
 	CHECK(!(pt_vm(t, vm)->flags & PT_VM_DIRTY_RING));
 	CHECK(!pt_vm_arm(t, vm, &epoch));
 	CHECK(!minivm_harvest(m, &junk, &nj));

@@ -271,9 +271,9 @@ static bool bitmap_synced(struct pt_vmctx *c, uint64_t epoch)
 	uint32_t flags = __atomic_load_n(&pt_vm(c->t, c->vm)->flags, __ATOMIC_ACQUIRE);
 	struct pt_vm_slots sl;
 
-	/* Whether manual protect is on is known only if tracking began before the VMM set the
-	 * VM up (memslots learned from its ioctls, KVM_ENABLE_CAP seen). */
-	if ((flags & PT_VM_MANUAL_PROTECT) || !(flags & PT_VM_LEARN_SLOTS))
+	/* Whether manual protect is on is known only if tracking began before the VMM created
+	 * the VM (so its KVM_ENABLE_CAP calls were all seen). */
+	if ((flags & PT_VM_MANUAL_PROTECT) || !(flags & PT_VM_SEEN_CREATE))
 		return false;
 	if (pt_vm_slots_get(c->t, c->vm, &sl))
 		return false;
@@ -381,6 +381,25 @@ static int check_current(struct pt_vmctx *c, uint32_t cmd)
 	return 0;
 }
 
+static void piece_written(struct pt_vmctx *c, uint64_t page, uint64_t n, void *arg)
+{
+	pt_vm_mark_written(c->t, c->vm, page, n);
+}
+
+/*
+ * Pages hinted or reported before the epoch's sync may still be writable in KVM (dirty since
+ * the last sync): a write to them now would raise no event, and the sync would then hide it.
+ * They are kept for this epoch, as if written. (Rule 1 of the protocol, publish the command ID
+ * only after the sync, makes this rare for hints; reports have no such ordering.)
+ */
+static void keep_if_unsynced(struct pt_vmctx *c, const struct pt_range *r, uint32_t n)
+{
+	uint64_t pages;
+
+	if (pt_epoch_doubt(c) & PT_WHY_NO_SYNC)
+		apply_ranges(c, r, n, piece_written, NULL, &pages);
+}
+
 int pt_cmd_hint(struct pt_vmctx *c, uint32_t cmd, const struct pt_range *r, uint32_t n,
 		uint64_t *pages)
 {
@@ -398,6 +417,7 @@ int pt_cmd_hint(struct pt_vmctx *c, uint32_t cmd, const struct pt_range *r, uint
 	err = apply_ranges(c, r, n, piece_set, &a, pages);
 	if (err)
 		return err;
+	keep_if_unsynced(c, r, n);
 	c->n.hint_batches++;
 	c->n.hinted_pages += *pages;
 	return 0;
@@ -461,8 +481,8 @@ static int verdict_over(struct pt_vmctx *c, const uint64_t *set, bool want_writt
 		/* Nothing can be vouched for. Ranges already passed to cb must be dropped: the
 		 * caller buffers them and sends nothing unless this returns with why == 0. */
 		v->free = 0;
-		v->kept_written = want_written ? 0 : written;
-		v->kept_unsure = total - v->kept_written;
+		v->kept_written = 0;
+		v->kept_unsure = total;
 		return 0;
 	}
 	if (e.len && emit_flush(&e))
@@ -495,11 +515,6 @@ int pt_cmd_verdict(struct pt_vmctx *c, uint32_t cmd, struct pt_verdict_sum *v, p
 	return 0;
 }
 
-static void piece_written(struct pt_vmctx *c, uint64_t page, uint64_t n, void *arg)
-{
-	pt_vm_mark_written(c->t, c->vm, page, n);
-}
-
 int pt_vmm_written(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, uint64_t *pages)
 {
 	return apply_ranges(c, r, n, piece_written, NULL, pages);
@@ -515,9 +530,11 @@ int pt_report_add(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, uint
 	if (!a.bits)
 		return -PT_E_BUSY;
 	err = apply_ranges(c, r, n, piece_set, &a, pages);
-	if (!err)
-		c->n.reported_pages += *pages;
-	return err;
+	if (err)
+		return err;
+	keep_if_unsynced(c, r, n);
+	c->n.reported_pages += *pages;
+	return 0;
 }
 
 int pt_report_verdict(struct pt_vmctx *c, struct pt_verdict_sum *v, pt_range_cb cb, void *ctx)

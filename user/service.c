@@ -245,10 +245,14 @@ static bool same_slots(struct svc *s, uint32_t vm, const struct pt_msg *m)
 		return !m->count;
 	if (pt_vm_slots_get(s->t, vm, &sl) || sl.nslots != m->count)
 		return false;
+	/* A slot BPF dropped (moved, deleted) or whose logging differs is another map too. */
 	for (uint32_t i = 0; i < m->count; i++)
 		if (sl.slots[i].id != m->slots[i].id ||
 		    sl.slots[i].base_gfn != m->slots[i].gpa >> 12 ||
-		    sl.slots[i].npages != m->slots[i].size >> 12)
+		    sl.slots[i].npages != m->slots[i].size >> 12 ||
+		    !(sl.slots[i].flags & PT_SLOT_VALID) ||
+		    !(sl.slots[i].flags & PT_SLOT_NOLOG) !=
+			    !!(m->slots[i].flags & PT_REG_SLOT_LOGGED))
 			return false;
 	return true;
 }
@@ -412,7 +416,8 @@ static int list_unsure(struct svc *s, const struct pt_msg *m, struct pt_verdict 
 		listed += s->ranges[i].len / PT_PROTO_PAGE;
 	v->hinted = listed;
 	v->free = 0;
-	v->kept_unsure = listed - v->kept_written;
+	v->kept_written = 0; /* as for verdicts: an unsure log vouches for nothing, either way */
+	v->kept_unsure = listed;
 	return 0;
 }
 
