@@ -215,6 +215,8 @@ static void emit_word(struct emitter *e, uint64_t w, uint64_t bits)
 
 /* --- the state machine ---------------------------------------------------------------------- */
 
+static void settle_early(struct pt_vmctx *c);
+
 int pt_vmctx_new(struct pt_vmctx **out, struct pt_tracker *t, uint32_t vm, uint32_t pid,
 		 enum pt_dirty_mode mode, bool mode_tracked)
 {
@@ -334,10 +336,12 @@ static int next_epoch(struct pt_vmctx *c, uint64_t *epoch)
 {
 	struct pt_vm_state *st = pt_vm(c->t, c->vm);
 	bool fold = c->reported || (c->inflated && c->reclaimed);
-	uint32_t doubt = fold ? pt_epoch_doubt(c) & ~PT_WHY_UNTRACKED : 0;
+	uint32_t doubt;
 	uint64_t old = __atomic_load_n(&st->epoch, __ATOMIC_ACQUIRE);
 	int err;
 
+	settle_early(c);
+	doubt = fold ? pt_epoch_doubt(c) & ~PT_WHY_UNTRACKED : 0;
 	err = pt_vm_arm_fold(c->t, c->vm, fold ? fold_word : NULL, c, epoch);
 	if (err || !c->reported)
 		return err;
@@ -364,6 +368,7 @@ int pt_cmd_arm(struct pt_vmctx *c, uint32_t cmd)
 	if (err)
 		return -PT_E_INTERNAL;
 	memset(c->hinted, 0, c->words * 8);
+	c->early = false;
 	c->used[c->nused++] = cmd;
 	c->cur = cmd;
 	c->epoch = epoch;
@@ -389,15 +394,37 @@ static void piece_written(struct pt_vmctx *c, uint64_t page, uint64_t n, void *a
 /*
  * Pages hinted or reported before the epoch's sync may still be writable in KVM (dirty since
  * the last sync): a write to them now would raise no event, and the sync would then hide it.
- * They are kept for this epoch, as if written. (Rule 1 of the protocol, publish the command ID
- * only after the sync, makes this rare for hints; reports have no such ordering.)
+ * They must be kept for this epoch, as if written. Rather than marking them one by one, the
+ * first request that finds the epoch synced marks every page then hinted or reported (a
+ * superset: safe), once. Until the sync every verdict is "keep" anyway. (Rule 1 of the
+ * protocol, publish the command ID only after the sync, makes this rare for hints; reports
+ * have no such ordering.)
  */
-static void keep_if_unsynced(struct pt_vmctx *c, const struct pt_range *r, uint32_t n)
+static void settle_early(struct pt_vmctx *c)
 {
-	uint64_t pages;
+	uint64_t w;
 
+	if (!c->early || (pt_epoch_doubt(c) & PT_WHY_NO_SYNC))
+		return;
+	for (w = 0; w < c->words; w++) {
+		uint64_t m = c->hinted[w] | (c->reported ? c->reported[w] : 0);
+
+		while (m) {
+			uint64_t lo = __builtin_ctzll(m);
+			uint64_t run = ~(m >> lo) ? (uint64_t)__builtin_ctzll(~(m >> lo)) : 64 - lo;
+
+			pt_vm_mark_written(c->t, c->vm, w * 64 + lo, run);
+			m = run + lo >= 64 ? 0 : m & ~(((1ull << run) - 1) << lo);
+		}
+	}
+	c->early = false;
+}
+
+/* After recording new pages (settle_early() ran before): are they early? */
+static void note_early(struct pt_vmctx *c)
+{
 	if (pt_epoch_doubt(c) & PT_WHY_NO_SYNC)
-		apply_ranges(c, r, n, piece_written, NULL, &pages);
+		c->early = true;
 }
 
 int pt_cmd_hint(struct pt_vmctx *c, uint32_t cmd, const struct pt_range *r, uint32_t n,
@@ -414,10 +441,11 @@ int pt_cmd_hint(struct pt_vmctx *c, uint32_t cmd, const struct pt_range *r, uint
 			c->n.stale_pages += r[i].len >> PAGE_SHIFT;
 		return err;
 	}
+	settle_early(c);
 	err = apply_ranges(c, r, n, piece_set, &a, pages);
 	if (err)
 		return err;
-	keep_if_unsynced(c, r, n);
+	note_early(c);
 	c->n.hint_batches++;
 	c->n.hinted_pages += *pages;
 	return 0;
@@ -504,6 +532,7 @@ int pt_cmd_verdict(struct pt_vmctx *c, uint32_t cmd, struct pt_verdict_sum *v, p
 	c->n.queries++;
 	if (c->state == PT_CS_DONE)
 		v->why |= PT_WHY_DONE;
+	settle_early(c);
 	err = refresh_slots(c);
 	if (!err)
 		err = verdict_over(c, c->hinted, false, v, cb, ctx);
@@ -529,10 +558,11 @@ int pt_report_add(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, uint
 
 	if (!a.bits)
 		return -PT_E_BUSY;
+	settle_early(c);
 	err = apply_ranges(c, r, n, piece_set, &a, pages);
 	if (err)
 		return err;
-	keep_if_unsynced(c, r, n);
+	note_early(c);
 	c->n.reported_pages += *pages;
 	return 0;
 }
@@ -546,6 +576,7 @@ int pt_report_verdict(struct pt_vmctx *c, struct pt_verdict_sum *v, pt_range_cb 
 		return err;
 	if (!c->reported)
 		return 0;
+	settle_early(c);
 	/* A reported page written before it was reported is dirty and writable: its next write
 	 * would not fault. Its bit is set, so it counts as written, i.e. kept. */
 	return verdict_over(c, c->reported, false, v, cb, ctx);

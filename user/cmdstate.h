@@ -57,6 +57,7 @@ struct pt_vmctx {
 	struct pt_vm_slots slots;
 	uint64_t slots_gen; /* pt_vm_state.slot_changes when slots was read */
 	uint32_t last_slot; /* index of the slot the last range fell in */
+	bool early;	    /* pages were hinted/reported before this epoch's sync */
 	bool slots_valid;
 	struct pt_vm_counters n;
 };

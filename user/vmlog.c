@@ -290,12 +290,19 @@ void pt_vm_mark_written(struct pt_tracker *t, uint32_t vm, uint64_t page, uint64
 {
 	uint64_t bit = t->vms[vm].log_bit_base + page;
 
-	/* Atomic: BPF programs set bits in the same words concurrently. */
+	/*
+	 * BPF programs set bits in the same words concurrently: a partial word takes an atomic
+	 * OR; a whole word may simply be stored all-ones, which no concurrent set can undo.
+	 */
 	for (uint64_t end = bit + n; bit < end;) {
 		uint64_t off = bit % 64, k = 64 - off < end - bit ? 64 - off : end - bit;
 		uint64_t mask = (k == 64 ? ~0ull : (1ull << k) - 1) << off;
 
-		__atomic_fetch_or(&t->log[bit / 64], mask, __ATOMIC_SEQ_CST);
+		if (k == 64)
+			__atomic_store_n(&t->log[bit / 64], ~0ull, __ATOMIC_RELAXED);
+		else
+			__atomic_fetch_or(&t->log[bit / 64], mask, __ATOMIC_SEQ_CST);
 		bit += k;
 	}
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
 }
