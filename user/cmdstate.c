@@ -409,13 +409,8 @@ static void settle_early(struct pt_vmctx *c)
 	for (w = 0; w < c->words; w++) {
 		uint64_t m = c->hinted[w] | (c->reported ? c->reported[w] : 0);
 
-		while (m) {
-			uint64_t lo = __builtin_ctzll(m);
-			uint64_t run = ~(m >> lo) ? (uint64_t)__builtin_ctzll(~(m >> lo)) : 64 - lo;
-
-			pt_vm_mark_written(c->t, c->vm, w * 64 + lo, run);
-			m = run + lo >= 64 ? 0 : m & ~(((1ull << run) - 1) << lo);
-		}
+		if (m)
+			pt_vm_log_or(c->t, c->vm, w, m);
 	}
 	c->early = false;
 }

@@ -62,6 +62,12 @@ static inline bool pt_vm_page_written(struct pt_tracker *t, uint32_t vm, uint64_
 	return __atomic_load_n(&t->log[bit / 64], __ATOMIC_RELAXED) & (1ull << (bit % 64));
 }
 
+/* Mark pages of word `w` written (atomic: BPF sets bits in the same word concurrently). */
+static inline void pt_vm_log_or(struct pt_tracker *t, uint32_t vm, uint64_t w, uint64_t mask)
+{
+	__atomic_fetch_or(&t->log[t->vms[vm].log_bit_base / 64 + w], mask, __ATOMIC_SEQ_CST);
+}
+
 /* Word `w` (64 pages from page w * 64) of the VM's region. The region is 64-page aligned. */
 static inline uint64_t pt_vm_log_word(struct pt_tracker *t, uint32_t vm, uint64_t w)
 {
