@@ -97,13 +97,7 @@ static int env_setup(struct env *e, enum pt_dirty_mode mode, bool omit_high)
 /* The VMM's dirty-log sync: harvest everything, then a reset KVM always performs. */
 static int env_sync(struct env *e)
 {
-	uint64_t *g;
-	size_t n;
-
-	if (minivm_harvest(e->m, &g, &n))
-		return -1;
-	free(g);
-	return ioctl(minivm_vm_fd(e->m), KVM_RESET_DIRTY_RINGS, 0) < 0 ? -1 : 0;
+	return minivm_sync(e->m) ? -1 : 0;
 }
 
 /* Arm the next command ID, then sync: arm before protect. Resets the oracle. */

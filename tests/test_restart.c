@@ -18,17 +18,6 @@
 #define GPA   (2ull << 30)
 #define PAGES 1024
 
-static int sync_vm(struct minivm *m)
-{
-	uint64_t *g;
-	size_t n;
-
-	if (minivm_harvest(m, &g, &n))
-		return -1;
-	free(g);
-	return ioctl(minivm_vm_fd(m), KVM_RESET_DIRTY_RINGS, 0) < 0 ? -1 : 0;
-}
-
 static struct pt_client *reg(struct pt_spawned *s, struct minivm *m)
 {
 	struct pt_reg_slot rs[2] = { { GPA, PAGES * 4096ull, 1, PT_REG_SLOT_LOGGED } };
@@ -61,7 +50,7 @@ static int kill9_restart_keeps_log(void)
 	CHECK(!pt_spawn_service(&s1, NULL, "restart", NULL));
 	c = reg(&s1, m);
 	CHECK(c);
-	CHECK(!pt_client_arm(c, 2) && !sync_vm(m));
+	CHECK(!pt_client_arm(c, 2) && !minivm_sync(m));
 	CHECK(!pt_client_hint(c, 2, &hint, 1));
 
 	/* The service dies hard; its links stay pinned. The guest writes hinted page 5. */
@@ -83,7 +72,7 @@ static int kill9_restart_keeps_log(void)
 	       "%u ranges", res.v.nranges);
 	pt_client_result_free(&res);
 	/* A new round works, and the earlier write does not block a fresh hint of page 5. */
-	CHECK(!pt_client_arm(c, 3) && !sync_vm(m));
+	CHECK(!pt_client_arm(c, 3) && !minivm_sync(m));
 	CHECK(!pt_client_hint(c, 3, &hint, 1));
 	CHECK(!pt_client_query(c, 3, PT_Q_HINTS, &res));
 	CHECK(!res.v.unsure_reason && res.v.free == 16);

@@ -78,16 +78,6 @@ static int sample(struct pair *p, int n, int sign)
 	return 0;
 }
 
-static int harvest(struct minivm *vm)
-{
-	uint64_t *gfns = NULL;
-	size_t n;
-	int err = minivm_harvest(vm, &gfns, &n);
-
-	free(gfns);
-	return err;
-}
-
 static int guest(struct pt_tracker *t, struct minivm **vm, uint32_t *idx)
 {
 	struct minivm_opts o = { .dirty = MINIVM_DIRTY_RING, .nslots = 1, .ring_entries = 4096 };
@@ -108,7 +98,7 @@ static int guest(struct pt_tracker *t, struct minivm **vm, uint32_t *idx)
 	err = pt_vm_track(t, getpid(), s, 2, 0, idx, &existed);
 	if (!err)
 		err = pt_vm_arm(t, *idx, &epoch);
-	return err ? err : harvest(*vm);
+	return err ? err : minivm_sync(*vm);
 }
 
 static int write_rounds(struct minivm *vm, unsigned rounds)
@@ -121,7 +111,7 @@ static int write_rounds(struct minivm *vm, unsigned rounds)
 			gpas[i] = DATA_GPA + ((r * ROUND_PAGES + i) % DATA_PAGES) * 4096ull;
 		err = minivm_guest_write(vm, gpas, ROUND_PAGES, r);
 		if (!err)
-			err = harvest(vm);
+			err = minivm_sync(vm);
 	}
 	free(gpas);
 	return err;

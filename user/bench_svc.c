@@ -592,16 +592,6 @@ struct live {
 	int err;
 };
 
-static int harvest(struct minivm *vm)
-{
-	uint64_t *gfns = NULL;
-	size_t n;
-	int err = minivm_harvest(vm, &gfns, &n);
-
-	free(gfns);
-	return err;
-}
-
 /* The guest writes a batch of pseudo-random pages; the VMM then syncs (harvest). */
 static int write_batch(struct minivm *vm, uint64_t *x)
 {
@@ -616,11 +606,11 @@ static int write_batch(struct minivm *vm, uint64_t *x)
 	}
 	err = minivm_guest_write(vm, gpas, LIVE_BATCH, *x);
 	while (err == -ENOSPC) {
-		err = harvest(vm);
+		err = minivm_sync(vm);
 		if (!err)
 			err = minivm_resume(vm);
 	}
-	return err ? err : harvest(vm);
+	return err ? err : minivm_sync(vm);
 }
 
 static void *writer_main(void *arg)
@@ -660,7 +650,7 @@ static int harvest_now(void *arg)
 {
 	struct live *l = arg;
 
-	return harvest(l->vm);
+	return minivm_sync(l->vm);
 }
 
 static int live_vm(struct live *l, struct pt_reg_slot *s)
@@ -679,7 +669,7 @@ static int live_vm(struct live *l, struct pt_reg_slot *s)
 	minivm_system_range(l->vm, &s[1].gpa, &s[1].size);
 	s[1].id = 0;
 	s[1].flags = PT_REG_SLOT_LOGGED; /* minivm logs every slot, its own included */
-	return harvest(l->vm);
+	return minivm_sync(l->vm);
 }
 
 static int live_rounds(const struct bench_env *env, struct live *l, struct bench_conn *c,

@@ -930,3 +930,16 @@ bool minivm_ring_acq_rel(const struct minivm *vm)
 {
 	return vm->ring_acq_rel;
 }
+
+int minivm_sync(struct minivm *vm)
+{
+	uint64_t *gfns = NULL;
+	size_t n;
+	int err = minivm_harvest(vm, &gfns, &n);
+
+	free(gfns);
+	if (!err && vm->dirty == MINIVM_DIRTY_RING &&
+	    ioctl(vm->vm_fd, KVM_RESET_DIRTY_RINGS, 0) < 0)
+		err = -errno;
+	return err;
+}

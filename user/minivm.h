@@ -103,6 +103,12 @@ int minivm_host_read(struct minivm *vm, uint64_t gpa, uint64_t *value);
  *           happen through minivm_guest_write(), which keeps room in the ring).
  */
 int minivm_harvest(struct minivm *vm, uint64_t **gfns, size_t *n);
+/*
+ * The VMM's sync when the log itself is not wanted: harvest and drop it, and in ring mode
+ * issue KVM_RESET_DIRTY_RINGS even when nothing was harvested (as pagetrack's protocol asks:
+ * an empty ring must still show the sync).
+ */
+int minivm_sync(struct minivm *vm);
 
 /* True for GFNs of the system slot: pages the guest machinery may dirty by itself. */
 bool minivm_is_system_gfn(const struct minivm *vm, uint64_t gfn);

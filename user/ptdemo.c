@@ -69,19 +69,6 @@ static int setup(struct demo *d)
 	return err;
 }
 
-/* The VMM's dirty-log sync after ARM: harvest the ring, reset (write-protect again). */
-static int vmm_sync(struct demo *d)
-{
-	uint64_t *g;
-	size_t n;
-	int err = minivm_harvest(d->m, &g, &n);
-
-	free(g);
-	if (!err && ioctl(minivm_vm_fd(d->m), KVM_RESET_DIRTY_RINGS, 0) < 0)
-		err = -errno;
-	return err;
-}
-
 /* The guest frees every other 4 MiB block; its driver hints them under the command ID. */
 static int guest_hints(struct demo *d)
 {
@@ -169,7 +156,7 @@ static int run(struct demo *d)
 	if ((err = setup(d)))
 		return err;
 	if (step("ARM command ID 2 (write log cleared, new epoch)", pt_client_arm(d->c, CMD_ID)) ||
-	    step("VMM sync: harvest + KVM_RESET_DIRTY_RINGS (write-protect)", vmm_sync(d)) ||
+	    step("VMM sync: harvest + KVM_RESET_DIRTY_RINGS (write-protect)", minivm_sync(d->m)) ||
 	    step("guest hints its free 4 MiB blocks under ID 2", guest_hints(d)) ||
 	    step("guest writes 700 pages, most of them hinted ones", guest_rewrites(d)) ||
 	    step("driver STOP for ID 2", pt_client_stop(d->c, CMD_ID)) ||
