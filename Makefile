@@ -39,24 +39,44 @@ BPF_SRCS  := $(wildcard bpf/*.bpf.c)
 BPF_OBJS  := $(patsubst bpf/%.bpf.c,$(BUILD)/bpf/%.bpf.o,$(BPF_SRCS))
 SKELS     := $(patsubst bpf/%.bpf.c,$(BUILD)/%.skel.h,$(BPF_SRCS))
 
-# Programs with a main(); every other user/*.c is a library module.
-MAINS       := user/pagetrackd.c user/ptballoon.c user/ptdemo.c
-CLIENT_SRCS := user/client.c user/proto.c
-CORE_SRCS   := $(filter-out $(MAINS),$(wildcard user/*.c))
-CORE_OBJS   := $(patsubst user/%.c,$(BUILD)/user/%.o,$(CORE_SRCS))
-CLIENT_OBJS := $(patsubst user/%.c,$(BUILD)/pic/%.o,$(filter $(wildcard $(CLIENT_SRCS)),$(CLIENT_SRCS)))
-BINS        := $(patsubst user/%.c,$(BUILD)/%,$(filter $(wildcard $(MAINS)),$(MAINS)))
+# user/ has one folder per concern; each folder's sources are listed here once.
+#   lib/      libpagetrack: the wire format and the client (built once, PIC, into .a and .so)
+#   shared/   small helpers every other folder may use (logging)
+#   writelog/ the write log: BPF loader, per-VM log, canary
+#   vmm/      minivm, the tiny VMM over /dev/kvm
+#   daemon/   pagetrackd: config, io_uring server, dispatch, command state, status
+#   bench/    `pagetrackd bench`
+#   tools/    ptballoon (the example device), ptdemo, spawn (a private service)
+LIB_SRCS      := $(wildcard user/lib/*.c)
+SHARED_SRCS   := $(wildcard user/shared/*.c)
+WRITELOG_SRCS := $(wildcard user/writelog/*.c)
+VMM_SRCS      := $(wildcard user/vmm/*.c)
+DAEMON_SRCS   := $(filter-out user/daemon/pagetrackd.c,$(wildcard user/daemon/*.c))
+BENCH_SRCS    := $(wildcard user/bench/*.c)
+TOOLS_SRCS    := user/tools/spawn.c
 
-TEST_SRCS := $(wildcard tests/test_*.c)
-TEST_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
-TEST_LIB  := $(filter-out $(TEST_SRCS) $(wildcard tests/fuzz_*.c),$(wildcard tests/*.c))
-FUZZ_SRCS := $(wildcard tests/fuzz_*.c)
+# Everything but the library goes into one internal archive the programs and tests link.
+CORE_SRCS := $(SHARED_SRCS) $(WRITELOG_SRCS) $(VMM_SRCS) $(DAEMON_SRCS) $(BENCH_SRCS) $(TOOLS_SRCS)
+CORE_OBJS := $(patsubst user/%.c,$(BUILD)/obj/%.o,$(CORE_SRCS))
+LIB_OBJS  := $(patsubst user/%.c,$(BUILD)/obj/%.o,$(LIB_SRCS))
+LIB       := $(BUILD)/libpagetrack.a
+CORE      := $(BUILD)/libpagetrack-core.a
+BINS      := $(BUILD)/pagetrackd $(BUILD)/ptballoon $(BUILD)/ptdemo
+USER_HDRS := $(wildcard user/*/*.h include/*.h include/pagetrack/*.h)
+
+# Tests live in tests/<concern>/ beside the folder they test; binaries all land in build/tests/.
+TEST_SRCS := $(wildcard tests/*/test_*.c)
+TEST_BINS := $(addprefix $(BUILD)/tests/,$(basename $(notdir $(TEST_SRCS))))
+FUZZ_SRCS := $(wildcard tests/*/fuzz_*.c)
+FUZZ_BINS := $(addprefix $(BUILD)/fuzz/,$(basename $(notdir $(FUZZ_SRCS))))
+vpath test_%.c $(sort $(dir $(TEST_SRCS)))
+vpath fuzz_%.c $(sort $(dir $(FUZZ_SRCS)))
 
 .PHONY: all deps test demo clean fuzz fuzz-long format check-format install uninstall bench
 .DELETE_ON_ERROR:
 .SECONDARY: $(SKELS) $(BPF_OBJS)
 
-all: $(BINS) $(BUILD)/libpagetrack.a $(BUILD)/libpagetrack.so $(TEST_BINS)
+all: $(BINS) $(LIB) $(BUILD)/libpagetrack.so $(TEST_BINS)
 
 # --- dependencies -----------------------------------------------------------------------------
 deps:
@@ -73,45 +93,53 @@ $(BUILD)/%.skel.h: $(BUILD)/bpf/%.bpf.o
 	$(Q)$(BPFTOOL) gen skeleton $< name $(subst .,_,$*)_bpf > $@
 
 # --- userspace ---------------------------------------------------------------------------------
-$(BUILD)/user/%.o: user/%.c $(SKELS) $(wildcard user/*.h include/*.h include/pagetrack/*.h)
+# The library sees only its own folder and include/: it can never pick up a daemon header.
+$(BUILD)/obj/lib/%.o: user/lib/%.c $(wildcard user/lib/*.h include/pagetrack/*.h)
+	$(call msg,CC-LIB,$@)
+	$(Q)mkdir -p $(@D)
+	$(Q)$(CC) -D_GNU_SOURCE -Iinclude $(CFLAGS) -fPIC -fvisibility=hidden -DPT_BUILD_SHARED \
+		-c $< -o $@
+
+$(BUILD)/obj/%.o: user/%.c $(SKELS) $(USER_HDRS)
 	$(call msg,CC,$@)
 	$(Q)mkdir -p $(@D)
 	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
 
-$(BUILD)/pic/%.o: user/%.c $(wildcard user/*.h include/pagetrack/*.h)
-	$(call msg,CC-PIC,$@)
-	$(Q)mkdir -p $(@D)
-	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -fPIC -fvisibility=hidden -DPT_BUILD_SHARED -c $< -o $@
-
-$(BUILD)/libpagetrack-core.a: $(CORE_OBJS)
+$(LIB): $(LIB_OBJS)
 	$(call msg,AR,$@)
 	$(Q)rm -f $@ && ar rcs $@ $^
 
-$(BUILD)/libpagetrack.a: $(CLIENT_OBJS)
-	$(call msg,AR,$@)
-	$(Q)rm -f $@ && ar rcs $@ $^
-
-$(BUILD)/libpagetrack.so: $(CLIENT_OBJS)
+$(BUILD)/libpagetrack.so: $(LIB_OBJS)
 	$(call msg,LD,$@)
 	$(Q)$(CC) -shared $(LDFLAGS) -Wl,-soname,libpagetrack.so.0 -o $@ $^
 
-$(BUILD)/%: user/%.c $(BUILD)/libpagetrack-core.a
+$(CORE): $(CORE_OBJS)
+	$(call msg,AR,$@)
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/pagetrackd: $(BUILD)/obj/daemon/pagetrackd.o $(CORE) $(LIB)
 	$(call msg,LD,$@)
-	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) $< $(BUILD)/libpagetrack-core.a $(LDLIBS) -o $@
+	$(Q)$(CC) $(CFLAGS) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
+$(BUILD)/ptdemo: $(BUILD)/obj/tools/ptdemo.o $(CORE) $(LIB)
+	$(call msg,LD,$@)
+	$(Q)$(CC) $(CFLAGS) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
+# The example device needs nothing but the client library.
+$(BUILD)/ptballoon: $(BUILD)/obj/tools/ptballoon.o $(LIB)
+	$(call msg,LD,$@)
+	$(Q)$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@
 
 # --- tests -------------------------------------------------------------------------------------
-$(BUILD)/tests/%: tests/%.c $(TEST_LIB) $(wildcard tests/*.h) $(BUILD)/libpagetrack-core.a
+$(BUILD)/tests/%: %.c tests/t.h $(CORE) $(LIB)
 	$(call msg,LD,$@)
 	$(Q)mkdir -p $(@D)
-	$(Q)$(CC) $(CPPFLAGS) -Itests $(CFLAGS) $(LDFLAGS) $< $(TEST_LIB) \
-		$(BUILD)/libpagetrack-core.a $(LDLIBS) -o $@
+	$(Q)$(CC) $(CPPFLAGS) -Itests $(CFLAGS) $(LDFLAGS) $< $(CORE) $(LIB) $(LDLIBS) -o $@
 
-$(BUILD)/fuzz/%: tests/%.c $(CORE_SRCS)
+$(BUILD)/fuzz/%: %.c $(LIB_SRCS) $(wildcard user/lib/*.h)
 	$(call msg,FUZZ,$@)
 	$(Q)mkdir -p $(@D)
-	$(Q)$(CLANG) $(CPPFLAGS) -g -O1 -fsanitize=fuzzer,address,undefined $< user/proto.c -o $@
-
-FUZZ_BINS := $(patsubst tests/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRCS))
+	$(Q)$(CLANG) $(CPPFLAGS) -g -O1 -fsanitize=fuzzer,address,undefined $< user/lib/proto.c -o $@
 
 test: deps-check all $(FUZZ_BINS)
 	$(Q)BUILD=$(BUILD) tests/run.sh
@@ -141,10 +169,10 @@ uninstall:
 	$(Q)DESTDIR=$(DESTDIR) scripts/uninstall.sh
 
 format:
-	clang-format -i bpf/*.c user/*.c user/*.h include/*.h include/pagetrack/*.h tests/*.c tests/*.h
+	clang-format -i bpf/*.c user/*/*.c user/*/*.h include/*.h include/pagetrack/*.h tests/*/*.c tests/*.h
 
 check-format:
-	$(Q)for f in bpf/*.c user/*.c user/*.h include/*.h include/pagetrack/*.h tests/*.c tests/*.h; do \
+	$(Q)for f in bpf/*.c user/*/*.c user/*/*.h include/*.h include/pagetrack/*.h tests/*/*.c tests/*.h; do \
 		clang-format "$$f" | cmp -s - "$$f" || { echo "not formatted: $$f"; exit 1; }; done
 
 clean:

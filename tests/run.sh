@@ -1,6 +1,6 @@
 #!/bin/bash
 # SPDX-License-Identifier: GPL-2.0
-# Runs every test binary ($BUILD/tests/test_*) and script (tests/test_*.sh) and counts the
+# Runs every test binary ($BUILD/tests/test_*) and script (tests/<concern>/test_*.sh) and counts the
 # PASS/FAIL/SKIP lines they print. A program that exits without a verdict line counts as one
 # failure (exit code 77 with none counts as one skip). Last line: "N passed, N failed, N skipped".
 set -u
@@ -41,7 +41,7 @@ run_one() {
 	pass=$((pass + p)) fail=$((fail + f)) skip=$((skip + s))
 }
 
-for t in "$BUILD"/tests/test_* tests/test_*.sh; do
+for t in "$BUILD"/tests/test_* tests/*/test_*.sh; do
 	[ -x "$t" ] || continue
 	name=$(basename "$t")
 	[ -n "$filter" ] && [[ $name != *"$filter"* ]] && continue

@@ -1,0 +1,235 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * The write tracker's BPF programs driven through BPF_PROG_TEST_RUN with synthetic
+ * tracepoint arguments. This is how the paths that cannot fire on the project's machines
+ * (write faults under TDP: guests here use shadow paging, so kvm_page_fault carries no GPA
+ * and no write faults reach it) are tested, together with the taint paths of the dirty-ring
+ * program. The test process itself is registered as the "VMM", so bpf_get_current_pid_tgid()
+ * inside the programs matches.
+ */
+#include <stdlib.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+
+#include "t.h"
+#include "writelog/loader.h"
+#include "writelog/vmlog.h"
+#include "writelog.skel.h"
+
+#define SLOT_A_GPA (1ull << 20)
+#define SLOT_B_GPA (4ull << 30)
+
+static struct pt_tracker *open_tracker(int tdp)
+{
+	struct pt_loader_opts o = { .tdp = tdp, .no_attach = true, .no_pin = true, .log_mb = 1 };
+	struct pt_tracker *t = NULL;
+
+	if (pt_tracker_open(&t, &o))
+		return NULL;
+	return t;
+}
+
+static int track_self(struct pt_tracker *t, uint32_t *vm)
+{
+	struct pt_slot_cfg slots[] = {
+		{ .gpa = SLOT_A_GPA, .size = 64 << 12, .id = 1 },
+		{ .gpa = SLOT_B_GPA, .size = 256 << 12, .id = 5 },
+	};
+	bool existed;
+
+	return pt_vm_track(t, getpid(), slots, 2, 0, vm, &existed);
+}
+
+static int run_prog(struct bpf_program *prog, const uint64_t *args, size_t n)
+{
+	LIBBPF_OPTS(bpf_test_run_opts, o, .ctx_in = args, .ctx_size_in = n * sizeof(*args));
+
+	return bpf_prog_test_run_opts(bpf_program__fd(prog), &o);
+}
+
+static bool written(struct pt_tracker *t, uint32_t vm, uint64_t gpa)
+{
+	struct pt_vm_slots sl;
+	uint64_t page;
+
+	if (pt_vm_slots_get(t, vm, &sl) || pt_slots_page(&sl, gpa >> 12, &page))
+		return false;
+	return pt_vm_page_written(t, vm, page);
+}
+
+static uint64_t count_bits(struct pt_tracker *t, uint32_t vm)
+{
+	uint64_t n = 0;
+
+	for (uint64_t w = 0; w < (t->vms[vm].log_bits + 63) / 64; w++)
+		n += __builtin_popcountll(pt_vm_log_word(t, vm, w));
+	return n;
+}
+
+static struct pt_vm_stats stats(struct pt_tracker *t, uint32_t vm)
+{
+	struct pt_vm_stats n;
+
+	if (pt_vm_stats_get(t, vm, &n))
+		memset(&n, 0xff, sizeof(n));
+	return n;
+}
+
+static bool tainted(struct pt_tracker *t, uint32_t vm, uint32_t why)
+{
+	struct pt_vm_state *st = pt_vm(t, vm);
+
+	return st->taint_epoch == st->epoch && (st->taint_reason & why);
+}
+
+static int ring_push_records_page(void)
+{
+	struct pt_tracker *t;
+	uint32_t vm;
+	int ret = -1;
+
+	T_REQUIRE(t_need_bpf());
+	t = open_tracker(0);
+	CHECK(t);
+	if (track_self(t, &vm))
+		goto out;
+	{
+		uint64_t args[] = { 0, 5, 17 }; /* ring, slot 5, offset 17 */
+
+		if (run_prog(t->skel->progs.pt_ring_push, args, 3))
+			goto out;
+	}
+	if (!written(t, vm, SLOT_B_GPA + (17 << 12)) || count_bits(t, vm) != 1)
+		goto out;
+	if (stats(t, vm).ring_writes != 1 || tainted(t, vm, ~0u))
+		goto out;
+	ret = 0;
+out:
+	pt_tracker_close(t);
+	return ret;
+}
+
+static int ring_push_unknown_slot_taints(void)
+{
+	struct pt_tracker *t;
+	uint64_t args[] = { 0, 7, 0 }, range[] = { 0, 1, 64 }; /* slot 1 has 64 pages */
+	uint32_t vm;
+
+	T_REQUIRE(t_need_bpf());
+	t = open_tracker(0);
+	CHECK(t);
+	CHECK(!track_self(t, &vm));
+	CHECK(!run_prog(t->skel->progs.pt_ring_push, args, 3));
+	CHECK(tainted(t, vm, PT_TAINT_UNKNOWN_SLOT));
+	CHECK(!run_prog(t->skel->progs.pt_ring_push, range, 3));
+	CHECK(tainted(t, vm, PT_TAINT_GFN_RANGE));
+	CHECK(pt_vm(t, vm)->lost == 2);
+	CHECK(count_bits(t, vm) == 0);
+	/* A new epoch starts clean: the taint belongs to the old one. */
+	{
+		uint64_t epoch;
+
+		CHECK(!pt_vm_arm(t, vm, &epoch));
+		CHECK(!tainted(t, vm, ~0u));
+	}
+	pt_tracker_close(t);
+	return 0;
+}
+
+static int untracked_process_ignored(void)
+{
+	uint64_t args[] = { 0, 5, 3 }, fault[] = { 0, SLOT_A_GPA, 2 };
+	struct pt_tracker *t;
+	uint32_t vm;
+
+	T_REQUIRE(t_need_bpf());
+	t = open_tracker(1);
+	CHECK(t);
+	CHECK(!track_self(t, &vm));
+	CHECK(!pt_vm_untrack(t, vm));
+	CHECK(!run_prog(t->skel->progs.pt_ring_push, args, 3));
+	CHECK(!run_prog(t->skel->progs.pt_page_fault, fault, 3));
+	CHECK(count_bits(t, vm) == 0);
+	CHECK(pt_vm(t, vm)->lost == 0 && stats(t, vm).ring_writes == 0);
+	pt_tracker_close(t);
+	return 0;
+}
+
+static int tdp_write_fault_records_gpa(void)
+{
+	uint64_t wr[] = { 0, SLOT_A_GPA + (3 << 12) + 0x123, 0x2 | 0x1 };
+	uint64_t rd[] = { 0, SLOT_A_GPA + (4 << 12), 0x1 };
+	uint64_t out[] = { 0, 8ull << 30, 0x2 };
+	struct pt_tracker *t;
+	uint32_t vm;
+
+	T_REQUIRE(t_need_bpf());
+	t = open_tracker(1);
+	CHECK(t);
+	CHECK(!track_self(t, &vm));
+	CHECK(!run_prog(t->skel->progs.pt_page_fault, wr, 3));
+	CHECK(!run_prog(t->skel->progs.pt_page_fault, rd, 3));
+	CHECK(written(t, vm, SLOT_A_GPA + (3 << 12)));
+	CHECK(!written(t, vm, SLOT_A_GPA + (4 << 12)));
+	CHECK(count_bits(t, vm) == 1);
+	CHECK(stats(t, vm).fault_writes == 1);
+	CHECK(!tainted(t, vm, ~0u));
+	/* A GPA outside every memslot: the write cannot be placed, so the epoch is tainted. */
+	CHECK(!run_prog(t->skel->progs.pt_page_fault, out, 3));
+	CHECK(tainted(t, vm, PT_TAINT_GFN_RANGE));
+	pt_tracker_close(t);
+	return 0;
+}
+
+static int no_tdp_fault_path_off(void)
+{
+	uint64_t wr[] = { 0, SLOT_A_GPA + (3 << 12), 0x2 };
+	struct pt_tracker *t;
+	uint32_t vm;
+
+	T_REQUIRE(t_need_bpf());
+	t = open_tracker(0);
+	CHECK(t);
+	CHECK(!track_self(t, &vm));
+	/* Under shadow paging the address is a GVA: it must not be logged as a GPA. */
+	CHECK(!run_prog(t->skel->progs.pt_page_fault, wr, 3));
+	CHECK(count_bits(t, vm) == 0);
+	CHECK(stats(t, vm).faults_ignored == 1);
+	CHECK(!tainted(t, vm, ~0u));
+	pt_tracker_close(t);
+	return 0;
+}
+
+static int arm_clears_only_own_region(void)
+{
+	uint64_t args[] = { 0, 1, 9 };
+	struct pt_tracker *t;
+	uint32_t vm1, vm2;
+	uint64_t epoch, before;
+	bool existed;
+	struct pt_slot_cfg other = { .gpa = 0, .size = 128 << 12, .id = 1 };
+
+	T_REQUIRE(t_need_bpf());
+	t = open_tracker(0);
+	CHECK(t);
+	CHECK(!track_self(t, &vm1));
+	/* A second VM (another tgid) whose bits must survive vm1's arm. */
+	CHECK(!pt_vm_track(t, 1, &other, 1, 0, &vm2, &existed));
+	CHECK(vm1 != vm2);
+	CHECK(t->vms[vm1].log_bit_base + t->vms[vm1].log_bits <= t->vms[vm2].log_bit_base ||
+	      t->vms[vm2].log_bit_base + t->vms[vm2].log_bits <= t->vms[vm1].log_bit_base);
+	t->log[t->vms[vm2].log_bit_base / 64] = 0x5;
+	CHECK(!run_prog(t->skel->progs.pt_ring_push, args, 3));
+	CHECK(written(t, vm1, SLOT_A_GPA + (9 << 12)));
+	before = pt_vm(t, vm1)->epoch;
+	CHECK(!pt_vm_arm(t, vm1, &epoch));
+	CHECK(epoch == before + 1);
+	CHECK(count_bits(t, vm1) == 0);
+	CHECK(pt_vm_log_word(t, vm2, 0) == 0x5);
+	pt_tracker_close(t);
+	return 0;
+}
+
+T_MAIN(T_CASE(ring_push_records_page), T_CASE(ring_push_unknown_slot_taints),
+       T_CASE(untracked_process_ignored), T_CASE(tdp_write_fault_records_gpa),
+       T_CASE(no_tdp_fault_path_off), T_CASE(arm_clears_only_own_region))

@@ -1,0 +1,120 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * `pagetrackd bench`: drives a private pagetrackd (user/spawn.h: real io_uring core, real
+ * socket, real reconciliation) with synthetic balloon devices, and measures in the same run,
+ * with the same bytes, what the machine allows: a raw AF_UNIX stream into a reader that does
+ * nothing, an epoll + read()/write() loop applying the same cmdstate functions, and a 16-byte
+ * ping-pong. Then the BPF programs' cost per event against empty programs.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "bench.h"
+#include "bench_bpf.h"
+#include "bench_svc.h"
+#include "bench_util.h"
+#include "tools/spawn.h"
+
+#define RUN_NS_QUICK 600000000ull
+#define RUN_NS_FULL  4000000000ull
+
+typedef int (*workload_fn)(const struct bench_env *env);
+
+static const struct {
+	const char *name;
+	workload_fn fn;
+} workloads[] = {
+	{ "hinting (4 MiB)", bench_hinting }, { "worst case (4 KiB)", bench_worst_case },
+	{ "latency", bench_latency },	      { "large guest", bench_large_guest },
+	{ "64 devices", bench_many_devices }, { "live guest + 64 GiB verdict", bench_live_guest },
+};
+
+static int run_service_workloads(bool quick)
+{
+	/* 128 MiB of write log: 4 TiB of guest, since VMs of finished workloads are released
+	 * only at the service's next tick. */
+	static const char *const extra[] = { "--log-mb", "128", NULL };
+	struct bench_env env = { .quick = quick, .run_ns = quick ? RUN_NS_QUICK : RUN_NS_FULL };
+	struct pt_spawned svc;
+	int err = pt_spawn_service(&svc, NULL, "bench", extra);
+
+	if (err) {
+		fprintf(stderr, "pagetrackd bench: cannot start a private pagetrackd: %s\n",
+			strerror(-err));
+		return err;
+	}
+	env.socket = svc.socket;
+	env.svc = svc.pid;
+	for (size_t i = 0; !err && i < sizeof(workloads) / sizeof(workloads[0]); i++) {
+		bench_progress("%s", workloads[i].name);
+		err = workloads[i].fn(&env);
+		if (err)
+			fprintf(stderr, "pagetrackd bench: %s: %s (service log: %s)\n",
+				workloads[i].name, strerror(err < 0 ? -err : err), svc.log);
+	}
+	if (pt_spawn_stop(&svc, SIGTERM) && !err)
+		fprintf(stderr, "pagetrackd bench: the service did not exit cleanly\n");
+	return err;
+}
+
+/* @target NULL: informational, no target. */
+static void print_ratio(const char *what, const char *key, const char *target, double goal,
+			bool at_least)
+{
+	double v = bench_get(key);
+	bool met = at_least ? v >= goal : v <= goal;
+
+	if (!target) {
+		printf("  %-44s %8.3f\n", what, v);
+		return;
+	}
+	printf("  %-44s %8.3f  (target %s %s)  %s\n", what, v, at_least ? ">=" : "<=", target,
+	       met ? "met" : "MISSED");
+}
+
+static void print_ratios(void)
+{
+	printf("\nRatios (a: pagetrackd, b: raw socket, c: epoll loop, d: ping-pong)\n");
+	print_ratio("a/b hinting 4 MiB, records/s", "hint_ratio_vs_raw_socket", "0.5x", 0.5, true);
+	print_ratio("a/b worst case 4 KiB, records/s", "worst_ratio_vs_raw_socket", "0.5x", 0.5,
+		    true);
+	print_ratio("a/c hinting 4 MiB, records/s (io_uring/epoll)", "hint_ratio_vs_epoll", NULL, 0,
+		    true);
+	print_ratio("a/c worst case 4 KiB, records/s", "worst_ratio_vs_epoll", NULL, 0, true);
+	print_ratio("ack p99 / ping-pong p99", "ratio_ack_p99_vs_pingpong_p99", "2x", 2, false);
+	print_ratio("64 GiB verdict p50 (sure), ms", "verdict_64g_ms_p50", "2 ms", 2, false);
+	print_ratio("bits per guest page (measured)", "mem_bits_per_page", "2", 2.05, false);
+	print_ratio("BPF ring push / empty program", "bpf_ring_push_ratio", "1.3x", 1.3, false);
+	print_ratio("BPF ioctl enter / empty, other processes", "bpf_ioctl_enter_other_ratio",
+		    "1.3x", 1.3, false);
+}
+
+int pt_bench_run(bool quick, bool json)
+{
+	int err;
+
+	if (geteuid()) {
+		fprintf(stderr, "pagetrackd bench: needs root (BPF, KVM)\n");
+		return -EPERM;
+	}
+	bench_note("mode", NULL, "%s", quick ? "quick" : "full");
+	err = run_service_workloads(quick);
+	if (!err) {
+		bench_progress("BPF cost per event");
+		err = bench_bpf(quick);
+		if (err)
+			fprintf(stderr, "pagetrackd bench: BPF section: %s\n", strerror(-err));
+	}
+	if (err)
+		return err;
+	if (json) {
+		bench_print_json(stdout);
+		return 0;
+	}
+	bench_print_table(stdout);
+	print_ratios();
+	return 0;
+}

@@ -1,0 +1,259 @@
+// SPDX-License-Identifier: GPL-2.0
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/ioctl.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+
+#include "baseline.skel.h"
+#include "bench_bpf.h"
+#include "bench_util.h"
+#include "writelog/loader.h"
+#include "shared/log.h"
+#include "vmm/minivm.h"
+#include "writelog/vmlog.h"
+#include "writelog.skel.h"
+
+#define STATS_SYSCTL "/proc/sys/kernel/bpf_stats_enabled"
+#define DATA_GPA     (1ull << 30)
+#define DATA_PAGES   16384 /* 64 MiB */
+#define ROUND_PAGES  2048  /* written between two harvests: each one pushes */
+
+struct pair {
+	const char *name; /* key part */
+	const char *label;
+	struct bpf_program *prog, *empty;
+	uint64_t ns[2], cnt[2]; /* tracker, empty: deltas */
+};
+
+static int sysctl_rw(const char *val, char *old, size_t len)
+{
+	int fd = open(STATS_SYSCTL, O_RDWR | O_CLOEXEC);
+	ssize_t n = 0;
+
+	if (fd < 0)
+		return -errno;
+	if (old) {
+		n = read(fd, old, len - 1);
+		old[n > 0 ? n : 0] = 0;
+	}
+	if (n >= 0 && val)
+		n = pwrite(fd, val, strlen(val), 0);
+	close(fd);
+	return n < 0 ? -errno : 0;
+}
+
+static int prog_stats(struct bpf_program *p, uint64_t *ns, uint64_t *cnt)
+{
+	struct bpf_prog_info info;
+	__u32 len = sizeof(info);
+	int err;
+
+	memset(&info, 0, sizeof(info));
+	err = bpf_obj_get_info_by_fd(bpf_program__fd(p), &info, &len);
+	if (err)
+		return err;
+	*ns = info.run_time_ns;
+	*cnt = info.run_cnt;
+	return 0;
+}
+
+/* sign -1 before the run, +1 after: leaves the deltas. */
+static int sample(struct pair *p, int n, int sign)
+{
+	for (int i = 0; i < n; i++) {
+		uint64_t ns[2], cnt[2];
+
+		if (prog_stats(p[i].prog, &ns[0], &cnt[0]) ||
+		    prog_stats(p[i].empty, &ns[1], &cnt[1]))
+			return -EIO;
+		for (int k = 0; k < 2; k++) {
+			p[i].ns[k] += sign * ns[k];
+			p[i].cnt[k] += sign * cnt[k];
+		}
+	}
+	return 0;
+}
+
+static int guest(struct pt_tracker *t, struct minivm **vm, uint32_t *idx)
+{
+	struct minivm_opts o = { .dirty = MINIVM_DIRTY_RING, .nslots = 1, .ring_entries = 4096 };
+	struct pt_slot_cfg s[2] = { { DATA_GPA, DATA_PAGES * 4096ull, 1, true } };
+	uint64_t epoch;
+	bool existed;
+	int err;
+
+	o.slots[0] = (struct minivm_slot){ DATA_GPA, DATA_PAGES * 4096ull, 1 };
+	err = minivm_create(vm, &o);
+	if (!err)
+		err = minivm_setup_memory(*vm);
+	if (err)
+		return err;
+	minivm_system_range(*vm, &s[1].gpa, &s[1].size);
+	s[1].id = 0;
+	s[1].logged = true;
+	err = pt_vm_track(t, getpid(), s, 2, 0, idx, &existed);
+	if (!err)
+		err = pt_vm_arm(t, *idx, &epoch);
+	return err ? err : minivm_sync(*vm);
+}
+
+static int write_rounds(struct minivm *vm, unsigned rounds)
+{
+	uint64_t *gpas = malloc(ROUND_PAGES * sizeof(*gpas));
+	int err = gpas ? 0 : -ENOMEM;
+
+	for (unsigned r = 0; !err && r < rounds; r++) {
+		for (unsigned i = 0; i < ROUND_PAGES; i++)
+			gpas[i] = DATA_GPA + ((r * ROUND_PAGES + i) % DATA_PAGES) * 4096ull;
+		err = minivm_guest_write(vm, gpas, ROUND_PAGES, r);
+		if (!err)
+			err = minivm_sync(vm);
+	}
+	free(gpas);
+	return err;
+}
+
+static void put_pair(const struct pair *p)
+{
+	double a = p->cnt[0] ? (double)p->ns[0] / p->cnt[0] : 0;
+	double b = p->cnt[1] ? (double)p->ns[1] / p->cnt[1] : 0;
+	char *k[4] = { NULL };
+
+	if (asprintf(&k[0], "bpf_%s_ns", p->name) < 0 ||
+	    asprintf(&k[1], "bpf_empty_%s_ns", p->name) < 0 ||
+	    asprintf(&k[2], "bpf_%s_ratio", p->name) < 0 ||
+	    asprintf(&k[3], "bpf_%s_events", p->name) < 0)
+		return;
+	/* The keys stay referenced by the results until exit. */
+	bench_put(k[0], a, "ns/event", p->label);
+	bench_put(k[1], b, "ns/event", "  empty program, same events");
+	bench_put(k[2], b ? a / b : 0, "x", "  ratio (target <= 1.3x)");
+	bench_put(k[3], p->cnt[0], "", "  events");
+}
+
+/* Ioctls of any process pass the ioctl programs: the common, unwatched path. */
+static int ioctl_storm(unsigned n)
+{
+	int fds[2], avail;
+
+	if (pipe(fds))
+		return -errno;
+	for (unsigned i = 0; i < n; i++)
+		ioctl(fds[0], FIONREAD, &avail);
+	close(fds[0]);
+	close(fds[1]);
+	return 0;
+}
+
+static int measure_other(struct pt_tracker *t, struct baseline_bpf *b, bool quick)
+{
+	struct pair p[2] = {
+		{ .name = "ioctl_enter_other",
+		  .label = "pt_ioctl_enter, other ioctls (FIONREAD)",
+		  .prog = t->skel->progs.pt_ioctl_enter,
+		  .empty = b->progs.empty_ioctl_enter },
+		{ .name = "ioctl_exit_other",
+		  .label = "pt_ioctl_exit, other ioctls (FIONREAD)",
+		  .prog = t->skel->progs.pt_ioctl_exit,
+		  .empty = b->progs.empty_ioctl_exit },
+	};
+	int err = sample(p, 2, -1);
+
+	if (!err)
+		err = ioctl_storm(quick ? 100000 : 1000000);
+	if (!err)
+		err = sample(p, 2, 1);
+	for (int i = 0; !err && i < 2; i++)
+		put_pair(&p[i]);
+	return err;
+}
+
+static uint64_t ring_writes(struct pt_tracker *t, uint32_t vm)
+{
+	struct pt_vm_stats n;
+
+	return pt_vm_stats_get(t, vm, &n) ? 0 : n.ring_writes;
+}
+
+static int measure(struct pt_tracker *t, struct baseline_bpf *b, bool quick)
+{
+	struct pair p[3] = {
+		{ .name = "ring_push",
+		  .label = "pt_ring_push (kvm_dirty_ring_push)",
+		  .prog = t->skel->progs.pt_ring_push,
+		  .empty = b->progs.empty_ring_push },
+		{ .name = "ioctl_enter",
+		  .label = "pt_ioctl_enter, the VMM's KVM_RUN + RESET",
+		  .prog = t->skel->progs.pt_ioctl_enter,
+		  .empty = b->progs.empty_ioctl_enter },
+		{ .name = "ioctl_exit",
+		  .label = "pt_ioctl_exit, the VMM's KVM_RUN + RESET",
+		  .prog = t->skel->progs.pt_ioctl_exit,
+		  .empty = b->progs.empty_ioctl_exit },
+	};
+	struct minivm *vm = NULL;
+	uint64_t logged;
+	uint32_t idx;
+	int err = guest(t, &vm, &idx);
+
+	if (err)
+		goto out;
+	logged = ring_writes(t, idx);
+	err = sample(p, 3, -1);
+	if (!err)
+		err = write_rounds(vm, quick ? 20 : 200);
+	if (!err)
+		err = sample(p, 3, 1);
+	for (int i = 0; !err && i < 3; i++)
+		put_pair(&p[i]);
+	if (!err)
+		bench_put("bpf_ring_writes_logged", ring_writes(t, idx) - logged, "",
+			  "guest writes that reached the write log");
+	pt_vm_untrack(t, idx);
+	if (!err)
+		err = measure_other(t, b, quick);
+out:
+	minivm_destroy(vm);
+	return err;
+}
+
+static int load_both(struct pt_tracker **t, struct baseline_bpf **b)
+{
+	struct pt_loader_opts lo = { .no_pin = true, .log_mb = 4, .tdp = -1 };
+	int err = pt_tracker_open(t, &lo);
+
+	if (err)
+		return err;
+	*b = baseline_bpf__open_and_load();
+	if (!*b)
+		return -errno ? -errno : -EINVAL;
+	return baseline_bpf__attach(*b);
+}
+
+int bench_bpf(bool quick)
+{
+	struct baseline_bpf *b = NULL;
+	struct pt_tracker *t = NULL;
+	char old[16] = "0";
+	int err, level;
+
+	bench_section("BPF cost per event (kernel.bpf_stats_enabled), tracker vs empty program");
+	err = sysctl_rw("1", old, sizeof(old));
+	if (err)
+		return err;
+	level = pt_log_level;
+	pt_log_level = LOG_WARNING;
+	err = load_both(&t, &b);
+	if (!err)
+		err = measure(t, b, quick);
+	baseline_bpf__destroy(b);
+	pt_tracker_close(t);
+	old[strcspn(old, "\n")] = 0;
+	sysctl_rw(old[0] ? old : "0", NULL, 0);
+	pt_log_level = level;
+	return err;
+}

@@ -1,0 +1,693 @@
+// SPDX-License-Identifier: GPL-2.0
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cmdstate.h"
+#include "shared/log.h"
+
+#define PAGE_SHIFT 12
+
+/* --- page bitmaps over the VM's log region -------------------------------------------------- */
+
+static void bits_word(uint64_t *w, uint64_t mask, bool on)
+{
+	if (on)
+		*w |= mask;
+	else
+		*w &= ~mask;
+}
+
+/* Set or clear n bits from `first`: partial head and tail words, whole words in between. */
+static void bits_set(uint64_t *b, uint64_t first, uint64_t n, bool on)
+{
+	uint64_t w = first / 64, off = first % 64, k;
+
+	if (off) {
+		k = 64 - off < n ? 64 - off : n;
+		bits_word(&b[w++], (k == 64 ? ~0ull : (1ull << k) - 1) << off, on);
+		n -= k;
+	}
+	if (n >= 64) {
+		memset(&b[w], on ? 0xff : 0, n / 64 * 8);
+		w += n / 64;
+		n %= 64;
+	}
+	if (n)
+		bits_word(&b[w], (1ull << n) - 1, on);
+}
+
+static uint64_t *lazy_bitmap(struct pt_vmctx *c, uint64_t **b)
+{
+	if (!*b)
+		*b = calloc(c->words ? c->words : 1, 8);
+	return *b;
+}
+
+/*
+ * Walk [gpa, gpa + len) slot by slot, calling fn on each piece as (first page index in the
+ * region, pages). With fn == NULL it only checks that every page lies in a known memslot.
+ */
+typedef void (*piece_fn)(struct pt_vmctx *c, uint64_t page, uint64_t n, void *arg);
+
+static bool slot_has(const struct pt_slot *x, uint64_t gfn)
+{
+	return (x->flags & PT_SLOT_VALID) && !(x->id >> 16) && gfn >= x->base_gfn &&
+	       gfn - x->base_gfn < x->npages;
+}
+
+/* Hints come in runs inside one memslot: the slot of the last hit is tried first. */
+static const struct pt_slot *slot_of(struct pt_vmctx *c, uint64_t gfn)
+{
+	const struct pt_slot *x = &c->slots.slots[c->last_slot % PT_MAX_SLOTS];
+
+	if (slot_has(x, gfn))
+		return x;
+	for (uint32_t i = 0; i < c->slots.nslots && i < PT_MAX_SLOTS; i++) {
+		if (slot_has(&c->slots.slots[i], gfn)) {
+			c->last_slot = i;
+			return &c->slots.slots[i];
+		}
+	}
+	return NULL;
+}
+
+/* Inlined at each caller, so the piece function is a direct call, not an indirect one. */
+static inline __attribute__((always_inline)) int
+for_each_piece(struct pt_vmctx *c, const struct pt_range *r, piece_fn fn, void *arg)
+{
+	uint64_t gfn = r->gpa >> PAGE_SHIFT, left = r->len >> PAGE_SHIFT;
+
+	while (left) {
+		const struct pt_slot *s = slot_of(c, gfn);
+		uint64_t n;
+
+		if (!s || s->bit_off + s->npages > c->words * 64)
+			return -PT_E_BAD_RANGE;
+		n = s->npages - (gfn - s->base_gfn);
+		if (n > left)
+			n = left;
+		if (fn)
+			fn(c, s->bit_off + gfn - s->base_gfn, n, arg);
+		gfn += n;
+		left -= n;
+	}
+	return 0;
+}
+
+/*
+ * Memslots may have been learned or changed by BPF since the last request. Every memslot
+ * ioctl bumps slot_changes, so the table is re-read only after one (a bpf() call saved per
+ * batch). The counter is read before the table: a change racing with the read is re-read
+ * next time, and BPF taints the epoch of any change that moves or drops a slot anyway.
+ */
+static int refresh_slots(struct pt_vmctx *c)
+{
+	uint64_t gen = __atomic_load_n(&pt_vm(c->t, c->vm)->slot_changes, __ATOMIC_ACQUIRE);
+
+	if (c->slots_valid && gen == c->slots_gen)
+		return 0;
+	if (pt_vm_slots_get(c->t, c->vm, &c->slots))
+		return -PT_E_INTERNAL;
+	c->slots_gen = gen;
+	c->slots_valid = true;
+	return 0;
+}
+
+/* Validate every range first, so that a batch is applied whole or not at all. */
+static inline __attribute__((always_inline)) int apply_ranges(struct pt_vmctx *c,
+							      const struct pt_range *r, uint32_t n,
+							      piece_fn fn, void *arg,
+							      uint64_t *pages)
+{
+	int err = refresh_slots(c);
+	uint64_t sum = 0;
+
+	/* One frame may not keep the only event loop busy for long: bound the pages it covers. */
+	for (uint32_t i = 0; !err && i < n; i++) {
+		sum += r[i].len >> PAGE_SHIFT;
+		err = sum > PT_MAX_BATCH_PAGES ? -PT_E_BAD_RANGE
+					       : for_each_piece(c, &r[i], NULL, NULL);
+	}
+	if (err)
+		return err;
+	*pages = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		for_each_piece(c, &r[i], fn, arg);
+		*pages += r[i].len >> PAGE_SHIFT;
+	}
+	return 0;
+}
+
+struct set_arg {
+	uint64_t *bits;
+	bool on;
+};
+
+static void piece_set(struct pt_vmctx *c, uint64_t page, uint64_t n, void *arg)
+{
+	struct set_arg *a = arg;
+
+	bits_set(a->bits, page, n, a->on);
+}
+
+/* --- range emission: region page index -> guest-physical ranges ---------------------------- */
+
+struct emitter {
+	struct pt_vmctx *c;
+	pt_range_cb cb;
+	void *ctx;
+	uint64_t start, len; /* pending run, in region pages */
+	int err;
+};
+
+static int emit_flush(struct emitter *e)
+{
+	uint64_t page = e->start, left = e->len;
+
+	e->len = 0;
+	/* A run may cross from one slot into the next: split it at slot ends. */
+	while (left && !e->err) {
+		const struct pt_slot *s = NULL;
+		uint64_t n;
+
+		for (uint32_t i = 0; i < e->c->slots.nslots && i < PT_MAX_SLOTS; i++) {
+			const struct pt_slot *x = &e->c->slots.slots[i];
+
+			if ((x->flags & PT_SLOT_VALID) && page >= x->bit_off &&
+			    page - x->bit_off < x->npages) {
+				s = x;
+				break;
+			}
+		}
+		if (!s)
+			return e->err = -PT_E_INTERNAL;
+		n = s->npages - (page - s->bit_off);
+		if (n > left)
+			n = left;
+		if (e->cb)
+			e->err = e->cb(e->ctx, (s->base_gfn + page - s->bit_off) << PAGE_SHIFT,
+				       n << PAGE_SHIFT);
+		page += n;
+		left -= n;
+	}
+	return e->err;
+}
+
+static void emit_word(struct emitter *e, uint64_t w, uint64_t bits)
+{
+	while (bits) {
+		uint64_t lo = __builtin_ctzll(bits), page = w * 64 + lo;
+		uint64_t run = ~(bits >> lo) ? (uint64_t)__builtin_ctzll(~(bits >> lo)) : 64 - lo;
+
+		if (e->len && e->start + e->len == page) {
+			e->len += run;
+		} else {
+			if (e->len)
+				emit_flush(e);
+			e->start = page;
+			e->len = run;
+		}
+		bits = run + lo >= 64 ? 0 : bits & ~(((1ull << run) - 1) << lo);
+	}
+}
+
+/* --- the state machine ---------------------------------------------------------------------- */
+
+static void settle_early(struct pt_vmctx *c);
+
+int pt_vmctx_new(struct pt_vmctx **out, struct pt_tracker *t, uint32_t vm, uint32_t pid,
+		 enum pt_dirty_mode mode, bool mode_tracked)
+{
+	struct pt_vmctx *c = calloc(1, sizeof(*c));
+
+	if (!c)
+		return -ENOMEM;
+	c->t = t;
+	c->vm = vm;
+	c->pid = pid;
+	c->mode = mode;
+	c->mode_tracked = mode_tracked;
+	c->words = (t->vms[vm].log_bits + 63) / 64;
+	c->hinted = calloc(c->words ? c->words : 1, 8);
+	if (!c->hinted || pt_vm_slots_get(t, vm, &c->slots)) {
+		pt_vmctx_free(c);
+		return -ENOMEM;
+	}
+	*out = c;
+	return 0;
+}
+
+void pt_vmctx_free(struct pt_vmctx *c)
+{
+	if (!c)
+		return;
+	free(c->hinted);
+	free(c->reported);
+	free(c->inflated);
+	free(c->reclaimed);
+	free(c);
+}
+
+/* A memslot KVM does not dirty-log: its writes are invisible, so nothing can be vouched for. */
+static bool any_unlogged_slot(struct pt_vmctx *c)
+{
+	if (refresh_slots(c))
+		return true;
+	for (uint32_t i = 0; i < c->slots.nslots && i < PT_MAX_SLOTS; i++)
+		if ((c->slots.slots[i].flags & (PT_SLOT_VALID | PT_SLOT_NOLOG)) ==
+		    (PT_SLOT_VALID | PT_SLOT_NOLOG))
+			return true;
+	return false;
+}
+
+/*
+ * Bitmap mode: KVM_GET_DIRTY_LOG write-protects one memslot, and under manual protect none at
+ * all (KVM_CLEAR_DIRTY_LOG protects only what it is given, which is not checked here). The
+ * epoch is synced only if every slot had its own GET after the arm and manual protect is off.
+ * The table is read fresh: per-slot sync epochs change without a memslot ioctl.
+ */
+static bool bitmap_synced(struct pt_vmctx *c, uint64_t epoch)
+{
+	uint32_t flags = __atomic_load_n(&pt_vm(c->t, c->vm)->flags, __ATOMIC_ACQUIRE);
+	struct pt_vm_slots sl;
+
+	/* Whether manual protect is on is known only if tracking began before the VMM created
+	 * the VM (so its KVM_ENABLE_CAP calls were all seen). */
+	if ((flags & PT_VM_MANUAL_PROTECT) || !(flags & PT_VM_SEEN_CREATE))
+		return false;
+	if (pt_vm_slots_get(c->t, c->vm, &sl))
+		return false;
+	for (uint32_t i = 0; i < sl.nslots && i < PT_MAX_SLOTS; i++)
+		if ((sl.slots[i].flags & PT_SLOT_VALID) && sl.slots[i].sync_epoch != epoch)
+			return false;
+	return true;
+}
+
+uint32_t pt_epoch_doubt(struct pt_vmctx *c)
+{
+	struct pt_vm_state *st = pt_vm(c->t, c->vm);
+	uint64_t epoch = __atomic_load_n(&st->epoch, __ATOMIC_ACQUIRE);
+	uint32_t why = 0;
+
+	if (any_unlogged_slot(c))
+		why |= PT_WHY_UNTRACKED;
+	if (!c->mode_tracked)
+		why |= PT_WHY_UNTRACKED;
+	/* A ring VM's sync is a complete KVM_RESET_DIRTY_RINGS, which only a ring VM can do. */
+	if (c->mode == PT_DIRTY_RING
+		    ? __atomic_load_n(&st->ring_sync_epoch, __ATOMIC_ACQUIRE) != epoch
+		    : !bitmap_synced(c, epoch))
+		why |= PT_WHY_NO_SYNC;
+	if (__atomic_load_n(&st->taint_epoch, __ATOMIC_ACQUIRE) == epoch)
+		why |= PT_WHY_TAINTED;
+	if (!(__atomic_load_n(&st->flags, __ATOMIC_ACQUIRE) & PT_VM_ACTIVE))
+		why |= PT_WHY_UNTRACKED;
+	return why;
+}
+
+static bool id_used(struct pt_vmctx *c, uint32_t cmd)
+{
+	for (unsigned i = 0; i < c->nused; i++)
+		if (c->used[i] == cmd)
+			return true;
+	return false;
+}
+
+/*
+ * As the log is cleared for a new epoch, settle what reporting and ballooning learned from the
+ * old one: a page written since is no longer free (reported) or was reclaimed (inflated).
+ */
+static void fold_word(void *arg, uint64_t w, uint64_t wr)
+{
+	struct pt_vmctx *c = arg;
+
+	if (c->reported)
+		c->reported[w] &= ~wr;
+	if (c->inflated && c->reclaimed) {
+		c->reclaimed[w] |= c->inflated[w] & wr;
+		c->inflated[w] &= ~wr;
+	}
+}
+
+/* Clear the log (folding the old epoch into reported/inflated), start the next epoch. */
+static int next_epoch(struct pt_vmctx *c, uint64_t *epoch)
+{
+	struct pt_vm_state *st = pt_vm(c->t, c->vm);
+	bool fold = c->reported || (c->inflated && c->reclaimed);
+	uint32_t doubt;
+	uint64_t old = __atomic_load_n(&st->epoch, __ATOMIC_ACQUIRE);
+	int err;
+
+	settle_early(c);
+	doubt = fold ? pt_epoch_doubt(c) & ~PT_WHY_UNTRACKED : 0;
+	err = pt_vm_arm_fold(c->t, c->vm, fold ? fold_word : NULL, c, epoch);
+	if (err || !c->reported)
+		return err;
+	/* If the old epoch could not vouch for its log (or was tainted while we cleared it),
+	 * a reported page may have been written unseen: forget them all. */
+	if (doubt || __atomic_load_n(&st->taint_epoch, __ATOMIC_ACQUIRE) >= old)
+		memset(c->reported, 0, c->words * 8);
+	return 0;
+}
+
+int pt_cmd_arm(struct pt_vmctx *c, uint32_t cmd)
+{
+	uint64_t epoch;
+	int err;
+
+	if (cmd < PT_CMD_ID_MIN)
+		return -PT_E_RESERVED_CMD;
+	/* Spec: the device MUST NOT reuse a command ID before the driver's STOP. */
+	if (id_used(c, cmd))
+		return -PT_E_CMD_REUSE;
+	if (c->nused == sizeof(c->used) / sizeof(c->used[0]))
+		return -PT_E_BUSY;
+	err = next_epoch(c, &epoch);
+	if (err)
+		return -PT_E_INTERNAL;
+	memset(c->hinted, 0, c->words * 8);
+	c->early = false;
+	c->used[c->nused++] = cmd;
+	c->cur = cmd;
+	c->epoch = epoch;
+	c->state = PT_CS_ACTIVE;
+	c->n.arms++;
+	return 0;
+}
+
+static int check_current(struct pt_vmctx *c, uint32_t cmd)
+{
+	if (cmd < PT_CMD_ID_MIN)
+		return -PT_E_RESERVED_CMD;
+	if (c->state == PT_CS_IDLE || cmd != c->cur)
+		return -PT_E_STALE_CMD;
+	return 0;
+}
+
+static void piece_written(struct pt_vmctx *c, uint64_t page, uint64_t n, void *arg)
+{
+	pt_vm_mark_written(c->t, c->vm, page, n);
+}
+
+/*
+ * Pages hinted or reported before the epoch's sync may still be writable in KVM (dirty since
+ * the last sync): a write to them now would raise no event, and the sync would then hide it.
+ * They must be kept for this epoch, as if written. Rather than marking them one by one, the
+ * first request that finds the epoch synced marks every page then hinted or reported (a
+ * superset: safe), once. Until the sync every verdict is "keep" anyway. (Rule 1 of the
+ * protocol, publish the command ID only after the sync, makes this rare for hints; reports
+ * have no such ordering.)
+ */
+static void settle_early(struct pt_vmctx *c)
+{
+	uint64_t w;
+
+	if (!c->early || (pt_epoch_doubt(c) & PT_WHY_NO_SYNC))
+		return;
+	for (w = 0; w < c->words; w++) {
+		uint64_t m = c->hinted[w] | (c->reported ? c->reported[w] : 0);
+
+		if (m)
+			pt_vm_log_or(c->t, c->vm, w, m);
+	}
+	c->early = false;
+}
+
+/* After recording new pages (settle_early() ran before): are they early? */
+static void note_early(struct pt_vmctx *c)
+{
+	if (pt_epoch_doubt(c) & PT_WHY_NO_SYNC)
+		c->early = true;
+}
+
+int pt_cmd_hint(struct pt_vmctx *c, uint32_t cmd, const struct pt_range *r, uint32_t n,
+		uint64_t *pages)
+{
+	struct set_arg a = { c->hinted, true };
+	int err = check_current(c, cmd);
+
+	if (!err && c->state == PT_CS_DONE)
+		err = -PT_E_STALE_CMD;
+	if (err) {
+		/* Spec: pages sent with an ID that is not current are ignored. Count them. */
+		for (uint32_t i = 0; i < n; i++)
+			c->n.stale_pages += r[i].len >> PAGE_SHIFT;
+		return err;
+	}
+	settle_early(c);
+	err = apply_ranges(c, r, n, piece_set, &a, pages);
+	if (err)
+		return err;
+	note_early(c);
+	c->n.hint_batches++;
+	c->n.hinted_pages += *pages;
+	return 0;
+}
+
+int pt_cmd_stop(struct pt_vmctx *c, uint32_t cmd)
+{
+	int err = check_current(c, cmd);
+
+	if (err)
+		return err;
+	/* After the driver's STOP the device may reuse IDs; only the current one stays. */
+	c->used[0] = c->cur;
+	c->nused = 1;
+	if (c->state == PT_CS_ACTIVE)
+		c->state = PT_CS_STOPPED;
+	return 0;
+}
+
+int pt_cmd_done(struct pt_vmctx *c, uint32_t cmd)
+{
+	int err = check_current(c, cmd);
+
+	if (err)
+		return err;
+	c->state = PT_CS_DONE;
+	return 0;
+}
+
+/*
+ * free = hinted AND NOT written, read now. The log words are read before the doubt check, so
+ * a taint raised while we read (a write that could not be logged) is seen by the check.
+ */
+static int verdict_over(struct pt_vmctx *c, const uint64_t *set, bool want_written,
+			struct pt_verdict_sum *v, pt_range_cb cb, void *ctx)
+{
+	struct emitter e = { .c = c, .cb = NULL, .ctx = ctx };
+	uint64_t written = 0, total = 0, chosen = 0;
+
+	v->why |= pt_epoch_doubt(c);
+	if (!v->why)
+		e.cb = cb;
+	for (uint64_t w = 0; w < c->words; w++) {
+		uint64_t h = set[w], wr, pick;
+
+		if (!h)
+			continue;
+		wr = pt_vm_log_word(c->t, c->vm, w) & h;
+		pick = want_written ? wr : h & ~wr;
+		total += __builtin_popcountll(h);
+		written += __builtin_popcountll(wr);
+		chosen += __builtin_popcountll(pick);
+		if (e.cb)
+			emit_word(&e, w, pick);
+		if (e.err)
+			return e.err;
+	}
+	v->why |= pt_epoch_doubt(c);
+	v->hinted = total;
+	if (v->why) {
+		/* Nothing can be vouched for. Ranges already passed to cb must be dropped: the
+		 * caller buffers them and sends nothing unless this returns with why == 0. */
+		v->free = 0;
+		v->kept_written = 0;
+		v->kept_unsure = total;
+		return 0;
+	}
+	if (e.len && emit_flush(&e))
+		return e.err;
+	v->free = chosen;
+	v->kept_written = want_written ? 0 : written;
+	v->kept_unsure = 0;
+	return 0;
+}
+
+int pt_cmd_verdict(struct pt_vmctx *c, uint32_t cmd, struct pt_verdict_sum *v, pt_range_cb cb,
+		   void *ctx)
+{
+	int err = check_current(c, cmd);
+
+	memset(v, 0, sizeof(*v));
+	if (err)
+		return err;
+	c->n.queries++;
+	if (c->state == PT_CS_DONE)
+		v->why |= PT_WHY_DONE;
+	settle_early(c);
+	err = refresh_slots(c);
+	if (!err)
+		err = verdict_over(c, c->hinted, false, v, cb, ctx);
+	if (err)
+		return err;
+	c->n.confirmed_free += v->free;
+	c->n.kept_written += v->kept_written;
+	c->n.kept_unsure += v->kept_unsure;
+	return 0;
+}
+
+int pt_vmm_written(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, uint64_t *pages)
+{
+	return apply_ranges(c, r, n, piece_written, NULL, pages);
+}
+
+/* --- reporting, ballooning, write records --------------------------------------------------- */
+
+int pt_report_add(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, uint64_t *pages)
+{
+	struct set_arg a = { lazy_bitmap(c, &c->reported), true };
+	int err;
+
+	if (!a.bits)
+		return -PT_E_BUSY;
+	settle_early(c);
+	err = apply_ranges(c, r, n, piece_set, &a, pages);
+	if (err)
+		return err;
+	note_early(c);
+	c->n.reported_pages += *pages;
+	return 0;
+}
+
+int pt_report_verdict(struct pt_vmctx *c, struct pt_verdict_sum *v, pt_range_cb cb, void *ctx)
+{
+	int err = refresh_slots(c);
+
+	memset(v, 0, sizeof(*v));
+	if (err)
+		return err;
+	if (!c->reported)
+		return 0;
+	settle_early(c);
+	/* A reported page written before it was reported is dirty and writable: its next write
+	 * would not fault. Its bit is set, so it counts as written, i.e. kept. */
+	return verdict_over(c, c->reported, false, v, cb, ctx);
+}
+
+int pt_balloon_inflate(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, uint64_t *pages)
+{
+	struct set_arg a = { lazy_bitmap(c, &c->inflated), true };
+	int err;
+
+	if (!a.bits || !lazy_bitmap(c, &c->reclaimed))
+		return -PT_E_BUSY;
+	err = apply_ranges(c, r, n, piece_set, &a, pages);
+	if (!err)
+		c->n.inflated_pages += *pages;
+	return err;
+}
+
+int pt_balloon_deflate(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, uint64_t *pages)
+{
+	struct set_arg a = { lazy_bitmap(c, &c->inflated), false };
+	struct set_arg b = { lazy_bitmap(c, &c->reclaimed), false };
+	int err;
+
+	if (!a.bits || !b.bits)
+		return -PT_E_BUSY;
+	err = apply_ranges(c, r, n, piece_set, &a, pages);
+	if (!err)
+		apply_ranges(c, r, n, piece_set, &b, pages);
+	return err;
+}
+
+int pt_balloon_reclaimed(struct pt_vmctx *c, struct pt_verdict_sum *v, pt_range_cb cb, void *ctx)
+{
+	struct emitter e = { .c = c, .cb = cb, .ctx = ctx };
+	int err = refresh_slots(c);
+
+	memset(v, 0, sizeof(*v));
+	if (err)
+		return err;
+	if (!c->inflated)
+		return 0;
+	/* Written since the arm, or found written at an earlier arm: either is a reclaim. Doubt
+	 * about the log only means more reclaims may exist; it is reported in `why`. */
+	for (uint64_t w = 0; w < c->words; w++) {
+		uint64_t in = c->inflated[w] | c->reclaimed[w], rec;
+
+		if (!in)
+			continue;
+		rec = c->reclaimed[w] | (c->inflated[w] & pt_vm_log_word(c->t, c->vm, w));
+		v->hinted += __builtin_popcountll(in);
+		v->free += __builtin_popcountll(rec);
+		emit_word(&e, w, rec);
+	}
+	if (e.len)
+		emit_flush(&e);
+	v->why = pt_epoch_doubt(c);
+	c->n.reclaimed_pages = v->free;
+	return e.err;
+}
+
+struct wr_arg {
+	struct emitter *e;
+	uint64_t count;
+};
+
+/* Written pages of one piece, a word at a time. */
+static void piece_wr(struct pt_vmctx *c, uint64_t page, uint64_t n, void *arg)
+{
+	struct wr_arg *a = arg;
+
+	for (uint64_t p = page, end = page + n; p < end;) {
+		uint64_t off = p % 64, k = 64 - off < end - p ? 64 - off : end - p;
+		uint64_t mask = (k == 64 ? ~0ull : (1ull << k) - 1) << off;
+		uint64_t bits = pt_vm_log_word(c->t, c->vm, p / 64) & mask;
+
+		a->count += __builtin_popcountll(bits);
+		emit_word(a->e, p / 64, bits);
+		p += k;
+	}
+}
+
+/*
+ * Every page in the ranges written since ARM, on every read. Records cannot be cleared one
+ * by one: a page once written stays writable in KVM until the VMM's next sync, so its later
+ * writes raise no event. ARM (followed by the sync) is the clear.
+ */
+int pt_wr_read(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, pt_range_cb cb, void *ctx,
+	       uint64_t *pages)
+{
+	struct emitter e = { .c = c, .cb = cb, .ctx = ctx };
+	struct wr_arg a = { &e, 0 };
+	uint64_t total;
+	int err;
+
+	err = apply_ranges(c, r, n, piece_wr, &a, &total);
+	if (!err && e.len)
+		emit_flush(&e);
+	*pages = a.count;
+	return err ? err : e.err;
+}
+
+const char *pt_why_str(uint32_t why, char *buf, size_t len)
+{
+	static const char *const names[] = {
+		"untracked-mode", "tainted-epoch", "no-sync-after-arm",
+		"unknown-memory", "done",	   "stale-command-id"
+	};
+	size_t off = 0;
+
+	buf[0] = 0;
+	for (unsigned i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+		if (why & (1u << i))
+			off += snprintf(buf + off, off < len ? len - off : 0, "%s%s",
+					off ? "," : "", names[i]);
+	if (!off)
+		snprintf(buf, len, "none");
+	return buf;
+}

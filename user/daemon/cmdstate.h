@@ -1,0 +1,102 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * The command-ID state machine and the reconciliation, per VM. This is where the safety
+ * invariants of the design brief (section 2) are enforced:
+ *
+ *   ARM(N)    N >= 2 and not used since the driver's last STOP; clears the write log and
+ *             starts a new epoch. The VMM's dirty-log sync must follow (arm before protect).
+ *   HINT(N)   recorded only while N is current; otherwise ignored, counted, refused.
+ *   STOP(N)   the driver's STOP: hinting for N is over, IDs may be reused again.
+ *   QUERY(N)  verdict computed now: hinted AND NOT written since ARM(N). Everything the
+ *             service cannot vouch for (no sync after ARM, tainted epoch, untracked mode) is
+ *             "keep", with the reason.
+ *   DONE(N)   nothing hinted under N may be discarded any more; queries answer "keep".
+ *
+ * Free page reporting and balloon inflation use the same write log: a reported page stays
+ * free until the guest writes it; an inflated page the guest writes without a deflate is
+ * "silently reclaimed".
+ */
+#ifndef PT_CMDSTATE_H
+#define PT_CMDSTATE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "pagetrack/proto.h"
+#include "writelog/vmlog.h"
+
+enum pt_cmd_state {
+	PT_CS_IDLE,    /* no command ID armed yet */
+	PT_CS_ACTIVE,  /* current command ID armed, hints accepted */
+	PT_CS_STOPPED, /* the driver sent STOP for the current ID */
+	PT_CS_DONE,    /* the device sent DONE: nothing may be discarded */
+};
+
+struct pt_vm_counters {
+	uint64_t arms, hint_batches, hinted_pages, stale_pages, queries;
+	uint64_t confirmed_free, kept_written, kept_unsure;
+	uint64_t reported_pages, inflated_pages, reclaimed_pages;
+};
+
+struct pt_vmctx {
+	struct pt_tracker *t;
+	uint32_t vm;  /* index in the BPF maps */
+	uint32_t pid; /* VMM */
+	enum pt_dirty_mode mode;
+	bool mode_tracked; /* the canary saw writes in this dirty-logging mode */
+	enum pt_cmd_state state;
+	uint32_t cur;	   /* current command ID (valid unless IDLE) */
+	uint64_t epoch;	   /* write-log epoch armed for cur */
+	uint32_t used[64]; /* IDs armed since the driver's last STOP */
+	unsigned nused;
+	uint64_t words;	     /* bitmap words covering the VM's log region */
+	uint64_t *hinted;    /* pages hinted under cur */
+	uint64_t *reported;  /* pages reported free (lazy) */
+	uint64_t *inflated;  /* pages in the balloon (lazy) */
+	uint64_t *reclaimed; /* inflated pages written without deflate (lazy) */
+	struct pt_vm_slots slots;
+	uint64_t slots_gen; /* pt_vm_state.slot_changes when slots was read */
+	uint32_t last_slot; /* index of the slot the last range fell in */
+	bool early;	    /* pages were hinted/reported before this epoch's sync */
+	bool slots_valid;
+	struct pt_vm_counters n;
+};
+
+/* Verdict counts; ranges go to the callback as they are found (gpa, bytes). */
+struct pt_verdict_sum {
+	uint32_t why; /* PT_WHY_* */
+	uint64_t hinted, free, kept_written, kept_unsure;
+};
+typedef int (*pt_range_cb)(void *ctx, uint64_t gpa, uint64_t len);
+
+int pt_vmctx_new(struct pt_vmctx **out, struct pt_tracker *t, uint32_t vm, uint32_t pid,
+		 enum pt_dirty_mode mode, bool mode_tracked);
+void pt_vmctx_free(struct pt_vmctx *c);
+
+/* All return 0 or a negative enum pt_err code. */
+int pt_cmd_arm(struct pt_vmctx *c, uint32_t cmd);
+int pt_cmd_hint(struct pt_vmctx *c, uint32_t cmd, const struct pt_range *r, uint32_t n,
+		uint64_t *pages);
+int pt_cmd_stop(struct pt_vmctx *c, uint32_t cmd);
+int pt_cmd_done(struct pt_vmctx *c, uint32_t cmd);
+int pt_cmd_verdict(struct pt_vmctx *c, uint32_t cmd, struct pt_verdict_sum *v, pt_range_cb cb,
+		   void *ctx);
+
+int pt_report_add(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, uint64_t *pages);
+int pt_report_verdict(struct pt_vmctx *c, struct pt_verdict_sum *v, pt_range_cb cb, void *ctx);
+int pt_balloon_inflate(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, uint64_t *pages);
+int pt_balloon_deflate(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, uint64_t *pages);
+/* Pages the VMM wrote itself (device emulation): logged as written, so never confirmed. */
+int pt_vmm_written(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, uint64_t *pages);
+/* Inflated pages the guest wrote: "free" counts them, ranges lists them. */
+int pt_balloon_reclaimed(struct pt_vmctx *c, struct pt_verdict_sum *v, pt_range_cb cb, void *ctx);
+/* Write records inside the ranges: every page written since ARM (ARM is the clear). */
+int pt_wr_read(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, pt_range_cb cb, void *ctx,
+	       uint64_t *pages);
+
+/* Why the current epoch cannot vouch for anything (PT_WHY_* bits, 0 if it can). */
+uint32_t pt_epoch_doubt(struct pt_vmctx *c);
+
+const char *pt_why_str(uint32_t why, char *buf, size_t len);
+
+#endif

@@ -1,0 +1,738 @@
+// SPDX-License-Identifier: GPL-2.0
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "writelog/canary.h"
+#include "cmdstate.h"
+#include "shared/log.h"
+#include "lib/proto.h"
+#include "sdnotify.h"
+#include "server.h"
+#include "service.h"
+#include "status.h"
+
+struct svc {
+	const struct pt_config *cfg;
+	struct pt_config live; /* what SIGHUP may change */
+	struct pt_tracker *t;
+	struct pt_coverage cov;
+	struct pt_server *srv;
+	struct pt_vmctx *vms[PT_MAX_VMS];
+	uint32_t owner[PT_MAX_VMS]; /* connection id bound to each VM, 0 if none */
+	uint16_t gen[PT_MAX_VMS];   /* bumped per context, so a connection's binding can go stale */
+	uint8_t *out;		    /* one reply frame being built */
+	struct pt_range *ranges;    /* verdict ranges, buffered until the verdict is sure */
+	size_t nranges, cap_ranges;
+	struct pt_status_counters n;
+	unsigned ticks;
+};
+
+/* --- replies -------------------------------------------------------------------------------- */
+
+static void reply_ack(struct svc *s, struct pt_conn *c, uint32_t seq, uint32_t v32, uint64_t pages,
+		      uint64_t ignored)
+{
+	size_t len = pt_build_ack(s->out, PT_MAX_FRAME, seq, v32, pages, ignored);
+
+	pt_conn_send(c, s->out, len);
+}
+
+static void reply_err(struct svc *s, struct pt_conn *c, uint32_t seq, int code, const char *what)
+{
+	if (code < 0)
+		code = -code;
+	s->n.errors++;
+	pt_conn_send_error(c, seq, code, "%s: %s", what, pt_err_str(code));
+}
+
+/*
+ * Ranges of one reply, buffered: 4 Mi ranges (64 MiB) at most. A verdict more fragmented than
+ * that is refused with PT_E_BUSY (the device keeps everything) rather than held in memory.
+ */
+#define MAX_REPLY_RANGES (4u << 20)
+
+static int collect_range(void *ctx, uint64_t gpa, uint64_t len)
+{
+	struct svc *s = ctx;
+
+	if (s->nranges == MAX_REPLY_RANGES)
+		return -PT_E_BUSY;
+	if (s->nranges == s->cap_ranges) {
+		size_t cap = s->cap_ranges ? s->cap_ranges * 2 : 4096;
+		struct pt_range *r = realloc(s->ranges, cap * sizeof(*r));
+
+		if (!r)
+			return -PT_E_BUSY;
+		s->ranges = r;
+		s->cap_ranges = cap;
+	}
+	s->ranges[s->nranges++] = (struct pt_range){ gpa, len };
+	return 0;
+}
+
+/* Ranges in as many frames as needed; every frame repeats the counts, the last lacks MORE. */
+static void send_ranges(struct svc *s, struct pt_conn *c, unsigned type, uint32_t seq,
+			struct pt_verdict *v)
+{
+	const size_t per = (PT_MAX_PAYLOAD - sizeof(*v)) / sizeof(struct pt_range);
+	size_t done = 0;
+
+	do {
+		size_t n = s->nranges - done < per ? s->nranges - done : per;
+		bool more = done + n < s->nranges;
+		size_t len;
+
+		v->nranges = n;
+		len = pt_build_verdict(s->out, PT_MAX_FRAME, type, seq, more ? PT_F_MORE : 0, v,
+				       s->ranges + done);
+		if (!len || pt_conn_send(c, s->out, len))
+			break;
+		done += n;
+	} while (done < s->nranges);
+	/* Keep a small buffer between queries, not the largest one ever needed. */
+	if (s->cap_ranges > 65536) {
+		free(s->ranges);
+		s->ranges = NULL;
+		s->cap_ranges = 0;
+	}
+	s->nranges = 0;
+}
+
+static void reply_verdict(struct svc *s, struct pt_conn *c, uint32_t seq, uint32_t cmd,
+			  const struct pt_verdict_sum *sum)
+{
+	struct pt_verdict v = { .cmd_id = cmd,
+				.unsure_reason = sum->why,
+				.hinted = sum->hinted,
+				.free = sum->free,
+				.kept_written = sum->kept_written,
+				.kept_unsure = sum->kept_unsure };
+
+	/* An unsure verdict confirms nothing: whatever ranges were gathered are dropped. */
+	if (sum->why || !sum->free)
+		s->nranges = 0;
+	send_ranges(s, c, PT_MSG_VERDICT, seq, &v);
+}
+
+/* --- REGISTER: who may track which VM ------------------------------------------------------- */
+
+static int proc_uid(pid_t pid, uid_t *uid)
+{
+	char path[64];
+	struct stat st;
+
+	snprintf(path, sizeof(path), "/proc/%d", pid);
+	if (stat(path, &st))
+		return -errno;
+	*uid = st.st_uid;
+	return 0;
+}
+
+/* Root, the VMM itself, or a process of the VMM's user may register it. */
+static int may_register(const struct pt_peer *p, uint32_t vmm_pid)
+{
+	uid_t uid = 0;
+
+	if (proc_uid(vmm_pid, &uid))
+		return -PT_E_BAD_FIELD;
+	if (p->uid == 0 || (uint32_t)p->pid == vmm_pid || p->uid == uid)
+		return 0;
+	return -PT_E_PERM;
+}
+
+static int track_vm(struct svc *s, const struct pt_msg *m, uint32_t *vm)
+{
+	struct pt_slot_cfg slots[PT_MAX_REG_SLOTS];
+	const struct pt_register *r = m->reg;
+	bool existed;
+	int err;
+
+	for (uint32_t i = 0; i < m->count; i++)
+		slots[i] = (struct pt_slot_cfg){ m->slots[i].gpa, m->slots[i].size, m->slots[i].id,
+						 m->slots[i].flags & PT_REG_SLOT_LOGGED };
+	err = pt_vm_track(s->t, r->vmm_pid, slots, m->count,
+			  (uint64_t)s->live.learn_mb * 1024 * 1024 * 8, vm, &existed);
+	if (err == -ENOSPC)
+		return -PT_E_BUSY;
+	if (err)
+		return -PT_E_INTERNAL;
+	if (existed && !s->vms[*vm])
+		pt_info("VM %u (pid %u) was tracked by an earlier run: its log continued", *vm,
+			r->vmm_pid);
+	return 0;
+}
+
+static struct pt_vmctx *bound_vm(struct svc *s, struct pt_conn *c);
+
+/*
+ * A connection remembers its VM as index + generation, never as a pointer: the context may be
+ * freed (its VMM exited) while the connection lives on.
+ */
+static void bind_conn(struct svc *s, struct pt_conn *c, uint32_t vm)
+{
+	pt_conn_set_data(c, (void *)(uintptr_t)((uint32_t)s->gen[vm] << 16 | (vm + 1)));
+}
+
+static struct pt_vmctx *conn_vm(struct svc *s, struct pt_conn *c)
+{
+	uintptr_t d = (uintptr_t)pt_conn_data(c);
+	uint32_t vm = (d & 0xffff) - 1;
+
+	if (!d || vm >= PT_MAX_VMS || !s->vms[vm] || s->gen[vm] != d >> 16)
+		return NULL;
+	return s->vms[vm];
+}
+
+/* Forget a VM whose VMM is gone: BPF tracking, command-ID state, any connection's binding. */
+static void release_vm(struct svc *s, uint32_t vm, const char *why)
+{
+	pt_info("VM %u (pid %u) released: %s", vm, pt_vm(s->t, vm)->tgid, why);
+	pt_vm_untrack(s->t, vm);
+	pt_vmctx_free(s->vms[vm]);
+	s->vms[vm] = NULL;
+	s->owner[vm] = 0;
+	s->gen[vm]++;
+}
+
+/* Field 22 of /proc/PID/stat: with the pid, what tells this process from a later one. */
+static int proc_start_time(uint32_t pid, uint64_t *start)
+{
+	char path[64], buf[1024], *p;
+	unsigned long long v;
+	ssize_t n;
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/%u/stat", pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return -EIO;
+	buf[n] = 0;
+	p = strrchr(buf, ')'); /* the command name may hold spaces and parentheses */
+	if (!p || sscanf(p + 2,
+			 "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d "
+			 "%*d %*d %*d %*d %llu",
+			 &v) != 1)
+		return -EIO;
+	*start = v;
+	return 0;
+}
+
+/* Is the VMM of this index still the process that registered it? */
+static bool vmm_alive(struct svc *s, uint32_t vm)
+{
+	const struct pt_vm_state *st = pt_vm(s->t, vm);
+	uint64_t start;
+
+	return !proc_start_time(st->tgid, &start) && start == st->start_time;
+}
+
+/* Same memory map as the one already tracked (a reconnect), or a different VM config? */
+static bool same_slots(struct svc *s, uint32_t vm, const struct pt_msg *m)
+{
+	struct pt_vm_slots sl;
+
+	if (pt_vm(s->t, vm)->flags & PT_VM_LEARN_SLOTS)
+		return !m->count;
+	if (pt_vm_slots_get(s->t, vm, &sl) || sl.nslots != m->count)
+		return false;
+	/* A slot BPF dropped (moved, deleted) or whose logging differs is another map too. */
+	for (uint32_t i = 0; i < m->count; i++)
+		if (sl.slots[i].id != m->slots[i].id ||
+		    sl.slots[i].base_gfn != m->slots[i].gpa >> 12 ||
+		    sl.slots[i].npages != m->slots[i].size >> 12 ||
+		    !(sl.slots[i].flags & PT_SLOT_VALID) ||
+		    !(sl.slots[i].flags & PT_SLOT_NOLOG) !=
+			    !!(m->slots[i].flags & PT_REG_SLOT_LOGGED))
+			return false;
+	return true;
+}
+
+/*
+ * In a PID namespace the BPF programs name processes in exactly the service's namespace: a
+ * VMM in a namespace below it is invisible to them, so nothing of it could ever be confirmed.
+ */
+static bool vmm_visible(struct svc *s, uint32_t pid)
+{
+	char path[64];
+	struct stat st;
+
+	if (!s->t->pidns_ino)
+		return true;
+	snprintf(path, sizeof(path), "/proc/%u/ns/pid", pid);
+	return !stat(path, &st) && st.st_ino == s->t->pidns_ino;
+}
+
+static void on_register(struct svc *s, struct pt_conn *c, const struct pt_msg *m)
+{
+	const struct pt_register *r = m->reg;
+	bool tracked = pt_coverage_tracked(&s->cov, r->dirty_mode) && vmm_visible(s, r->vmm_pid);
+	struct pt_vmctx *ctx;
+	uint64_t start;
+	uint32_t vm;
+	int err;
+
+	if (bound_vm(s, c)) {
+		reply_err(s, c, m->seq, -PT_E_STATE, "register: this connection has a VM");
+		return;
+	}
+	err = may_register(pt_conn_peer(c), r->vmm_pid);
+	if (err) {
+		reply_err(s, c, m->seq, err,
+			  err == -PT_E_PERM ? "register: not your VM"
+					    : "register: no such VMM process");
+		return;
+	}
+	if (proc_start_time(r->vmm_pid, &start)) {
+		reply_err(s, c, m->seq, -PT_E_BAD_FIELD, "register: no such VMM process");
+		return;
+	}
+	/* A VM tracked under this pid that is not this process (the pid was reused), or with
+	 * another memory map: its state says nothing about this VM. Start afresh. */
+	if (!pt_vm_find(s->t, r->vmm_pid, &vm) &&
+	    (pt_vm(s->t, vm)->start_time != start || !same_slots(s, vm, m)))
+		release_vm(s, vm,
+			   pt_vm(s->t, vm)->start_time != start
+				   ? "pid reused by another process"
+				   : "registered again with another memory map");
+	err = track_vm(s, m, &vm);
+	if (err) {
+		reply_err(s, c, m->seq, err, "register");
+		return;
+	}
+	pt_vm(s->t, vm)->start_time = start;
+	ctx = s->vms[vm];
+	if (!ctx) {
+		err = pt_vmctx_new(&ctx, s->t, vm, r->vmm_pid, r->dirty_mode, tracked);
+		if (err) {
+			pt_vm_untrack(s->t, vm);
+			reply_err(s, c, m->seq, -PT_E_BUSY, "register: out of memory");
+			return;
+		}
+		s->vms[vm] = ctx;
+		s->gen[vm]++;
+	}
+	ctx->mode = r->dirty_mode;
+	ctx->mode_tracked = tracked;
+	s->owner[vm] = pt_conn_id(c);
+	bind_conn(s, c, vm);
+	if (!tracked)
+		pt_warn("VM %u (pid %u): BPF does not see its writes (%s dirty logging%s): every "
+			"verdict will be keep",
+			vm, r->vmm_pid, r->dirty_mode == PT_DIRTY_RING ? "dirty-ring" : "bitmap",
+			vmm_visible(s, r->vmm_pid) ? "" : ", VMM in another PID namespace");
+	/* Coverage: 0 when every write path is observed, else why every verdict will be keep. */
+	reply_ack(s, c, m->seq, vm, tracked ? 0 : PT_WHY_UNTRACKED, 0);
+}
+
+/* --- the other requests --------------------------------------------------------------------- */
+
+static void on_query(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx, const struct pt_msg *m)
+{
+	struct pt_verdict_sum sum;
+	int err;
+
+	s->nranges = 0;
+	switch (m->query->what) {
+	case PT_Q_HINTS:
+		err = pt_cmd_verdict(ctx, m->cmd_id, &sum, collect_range, s);
+		break;
+	case PT_Q_REPORTED:
+		err = pt_report_verdict(ctx, &sum, collect_range, s);
+		break;
+	default:
+		err = pt_balloon_reclaimed(ctx, &sum, collect_range, s);
+		/* Reclaimed pages are facts, not permissions: always listed. */
+		if (!err) {
+			struct pt_verdict v = { .cmd_id = m->cmd_id,
+						.unsure_reason = sum.why,
+						.hinted = sum.hinted,
+						.free = sum.free };
+
+			send_ranges(s, c, PT_MSG_VERDICT, m->seq, &v);
+			return;
+		}
+	}
+	if (err) {
+		reply_err(s, c, m->seq, err, "query");
+		return;
+	}
+	s->n.verdicts++;
+	if (sum.why) {
+		char why[128];
+
+		/* Fail safe, and say why: the operator sees what kept the pages. */
+		pt_info("VM %u (pid %u) command ID %u: %llu pages kept, none confirmed: %s",
+			ctx->vm, ctx->pid, m->cmd_id, (unsigned long long)sum.hinted,
+			pt_why_str(sum.why, why, sizeof(why)));
+	}
+	reply_verdict(s, c, m->seq, m->cmd_id, &sum);
+}
+
+static int cmp_range(const void *a, const void *b)
+{
+	const struct pt_range *x = a, *y = b;
+
+	return x->gpa < y->gpa ? -1 : x->gpa > y->gpa;
+}
+
+/*
+ * The log cannot vouch for the asked pages: all of them are unsure, and a reader treats the
+ * listed pages as written, so every asked page is listed (sorted, merged; the written ones
+ * collected so far are among them).
+ */
+static int list_unsure(struct svc *s, const struct pt_msg *m, struct pt_verdict *v)
+{
+	uint64_t listed = 0;
+	size_t k = 0;
+
+	s->nranges = 0;
+	for (uint32_t i = 0; i < m->count; i++)
+		if (collect_range(s, m->ranges[i].gpa, m->ranges[i].len))
+			return -1;
+	qsort(s->ranges, s->nranges, sizeof(*s->ranges), cmp_range);
+	for (size_t i = 0; i < s->nranges; i++) {
+		struct pt_range r = s->ranges[i];
+		struct pt_range *last = k ? &s->ranges[k - 1] : NULL;
+
+		if (last && r.gpa <= last->gpa + last->len) {
+			if (r.gpa + r.len > last->gpa + last->len)
+				last->len = r.gpa + r.len - last->gpa;
+		} else {
+			s->ranges[k++] = r;
+		}
+	}
+	s->nranges = k;
+	for (size_t i = 0; i < k; i++)
+		listed += s->ranges[i].len / PT_PROTO_PAGE;
+	v->hinted = listed;
+	v->free = 0;
+	v->kept_written = 0; /* as for verdicts: an unsure log vouches for nothing, either way */
+	v->kept_unsure = listed;
+	return 0;
+}
+
+static void on_wr_read(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx,
+		       const struct pt_msg *m)
+{
+	struct pt_verdict v = { 0 };
+	uint64_t pages;
+	int err;
+
+	s->nranges = 0;
+	err = pt_wr_read(ctx, m->ranges, m->count, collect_range, s, &pages);
+	if (err) {
+		reply_err(s, c, m->seq, err, "write records");
+		return;
+	}
+	/* Without a sync after ARM, pages dirtied before it stay writable and their writes
+	 * go unseen; a taint or an untracked mode loses writes too: all make the records
+	 * incomplete, and then every asked page is listed. */
+	v.unsure_reason = pt_epoch_doubt(ctx);
+	for (uint32_t i = 0; i < m->count; i++)
+		v.hinted += m->ranges[i].len / PT_PROTO_PAGE;
+	v.kept_written = pages;
+	if (!v.unsure_reason)
+		v.free = v.hinted - pages;
+	else if (list_unsure(s, m, &v)) {
+		reply_err(s, c, m->seq, -PT_E_BUSY, "write records: out of memory");
+		return;
+	}
+	send_ranges(s, c, PT_MSG_WR_RECORDS, m->seq, &v);
+}
+
+static void on_batch(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx, const struct pt_msg *m)
+{
+	uint64_t pages = 0;
+	int err;
+
+	switch (m->type) {
+	case PT_MSG_HINT:
+		err = pt_cmd_hint(ctx, m->cmd_id, m->ranges, m->count, &pages);
+		if (!err)
+			s->n.hint_records += m->count;
+		break;
+	case PT_MSG_REPORT:
+		err = pt_report_add(ctx, m->ranges, m->count, &pages);
+		break;
+	case PT_MSG_INFLATE:
+		err = pt_balloon_inflate(ctx, m->ranges, m->count, &pages);
+		break;
+	case PT_MSG_WRITTEN:
+		err = pt_vmm_written(ctx, m->ranges, m->count, &pages);
+		break;
+	default:
+		err = pt_balloon_deflate(ctx, m->ranges, m->count, &pages);
+		break;
+	}
+	if (err)
+		reply_err(s, c, m->seq, err, pt_msg_type_str(m->type));
+	else
+		reply_ack(s, c, m->seq, m->count, pages, 0);
+}
+
+static void on_cmd(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx, const struct pt_msg *m)
+{
+	int err;
+
+	if (m->type == PT_MSG_ARM)
+		err = pt_cmd_arm(ctx, m->cmd_id);
+	else if (m->type == PT_MSG_STOP)
+		err = pt_cmd_stop(ctx, m->cmd_id);
+	else
+		err = pt_cmd_done(ctx, m->cmd_id);
+	if (err) {
+		reply_err(s, c, m->seq, err, pt_msg_type_str(m->type));
+		return;
+	}
+	if (m->type == PT_MSG_ARM)
+		pt_debug("VM %u: command ID %u armed, epoch %llu", ctx->vm, m->cmd_id,
+			 (unsigned long long)ctx->epoch);
+	reply_ack(s, c, m->seq, m->cmd_id, 0, 0);
+}
+
+static struct pt_vmctx *bound_vm(struct svc *s, struct pt_conn *c)
+{
+	struct pt_vmctx *ctx = conn_vm(s, c);
+
+	/* Another connection of the same VMM may have taken the VM over. */
+	if (ctx && s->owner[ctx->vm] != pt_conn_id(c)) {
+		pt_conn_set_data(c, NULL);
+		return NULL;
+	}
+	return ctx;
+}
+
+static void dispatch(struct svc *s, struct pt_conn *c, const struct pt_msg *m)
+{
+	struct pt_vmctx *ctx;
+
+	if (m->type == PT_MSG_PING) {
+		reply_ack(s, c, m->seq, 0, 0, 0);
+		return;
+	}
+	if (m->type == PT_MSG_REGISTER) {
+		on_register(s, c, m);
+		return;
+	}
+	ctx = bound_vm(s, c);
+	if (!ctx) {
+		reply_err(s, c, m->seq, -PT_E_NOT_REGISTERED, pt_msg_type_str(m->type));
+		return;
+	}
+	switch (m->type) {
+	case PT_MSG_ARM:
+	case PT_MSG_STOP:
+	case PT_MSG_DONE:
+		on_cmd(s, c, ctx, m);
+		break;
+	case PT_MSG_HINT:
+	case PT_MSG_REPORT:
+	case PT_MSG_INFLATE:
+	case PT_MSG_DEFLATE:
+	case PT_MSG_WRITTEN:
+		on_batch(s, c, ctx, m);
+		break;
+	case PT_MSG_QUERY:
+		on_query(s, c, ctx, m);
+		break;
+	case PT_MSG_WR_CAPS: {
+		struct pt_wr_caps caps = { PT_PROTO_PAGE, PT_MAX_HINTS, 0 };
+
+		pt_conn_send(c, s->out, pt_build_wr_caps(s->out, PT_MAX_FRAME, m->seq, &caps));
+		break;
+	}
+	case PT_MSG_WR_READ:
+		on_wr_read(s, c, ctx, m);
+		break;
+	default:
+		reply_err(s, c, m->seq, -PT_E_BAD_TYPE, "request");
+	}
+}
+
+static void on_frame(void *arg, struct pt_conn *c, const struct pt_hdr *h, const void *payload)
+{
+	struct svc *s = arg;
+	struct pt_msg m;
+	int err;
+
+	s->n.frames++;
+	err = pt_frame_parse(h, payload, &m);
+	if (err) {
+		/* Payload errors skip the frame; the connection and every VM go on. */
+		reply_err(s, c, h->seq, err, pt_msg_type_str(h->type));
+		return;
+	}
+	dispatch(s, c, &m);
+}
+
+static void on_close(void *arg, struct pt_conn *c)
+{
+	struct svc *s = arg;
+	struct pt_vmctx *ctx = conn_vm(s, c);
+
+	/* The VM stays tracked: its device may reconnect. It goes when its VMM exits. Its
+	 * command IDs go now (PROTOCOL.md section 2): a new connection arms anew. */
+	if (ctx && s->owner[ctx->vm] == pt_conn_id(c)) {
+		s->owner[ctx->vm] = 0;
+		ctx->state = PT_CS_IDLE;
+		ctx->cur = 0;
+		ctx->nused = 0;
+	}
+}
+
+/* --- housekeeping --------------------------------------------------------------------------- */
+
+/* Every tracked VM, with or without a context here (adopted after a restart). */
+static void reap_dead_vmms(struct svc *s)
+{
+	for (uint32_t i = 0; i < PT_MAX_VMS; i++)
+		if ((pt_vm(s->t, i)->flags & PT_VM_ACTIVE) && !vmm_alive(s, i))
+			release_vm(s, i, "its VMM exited");
+}
+
+static void publish_status(struct svc *s)
+{
+	struct pt_server_stats st;
+
+	pt_server_get_stats(s->srv, &st);
+	pt_status_write(&s->live, s->t, &s->cov, s->vms, &st, &s->n);
+}
+
+static void on_tick(void *arg)
+{
+	struct svc *s = arg;
+
+	sd_notify_str("WATCHDOG=1");
+	reap_dead_vmms(s);
+	publish_status(s);
+	if (!(s->ticks++ % 10)) {
+		char cov[400], msg[512];
+		unsigned nvms = 0;
+
+		for (uint32_t i = 0; i < PT_MAX_VMS; i++)
+			nvms += !!s->vms[i];
+		snprintf(msg, sizeof(msg), "STATUS=%u VMs; %s", nvms,
+			 pt_coverage_str(&s->cov, cov, sizeof(cov)));
+		sd_notify_str(msg);
+	}
+}
+
+static void reload(struct svc *s)
+{
+	struct pt_config c = *s->cfg;
+
+	sd_notify_str("RELOADING=1");
+	if (s->cfg->config_path && pt_config_load(&c, s->cfg->config_path, false))
+		pt_err("reload: %s unreadable or invalid, keeping the old settings",
+		       s->cfg->config_path);
+	else {
+		/* Socket, pins and log size need a restart; the rest applies now. */
+		snprintf(s->live.metrics, sizeof(s->live.metrics), "%s", c.metrics);
+		s->live.learn_mb = c.learn_mb;
+		pt_log_level = c.verbose ? LOG_DEBUG : LOG_INFO;
+		pt_info("configuration reloaded");
+	}
+	sd_notify_str("READY=1");
+}
+
+static bool on_signal(void *arg, int signo)
+{
+	struct svc *s = arg;
+
+	if (signo == SIGHUP) {
+		reload(s);
+		return false;
+	}
+	pt_info("signal %d: stopping (BPF links stay pinned: tracking continues)", signo);
+	sd_notify_str("STOPPING=1");
+	return true;
+}
+
+/*
+ * VMs tracked by an earlier run of the service: their log went on through the pinned links.
+ * Their command-ID state died with that run, so they wait for their device to register
+ * again (and arm anew); those whose VMM is gone are released.
+ */
+static void adopt_pinned_vms(struct svc *s)
+{
+	for (uint32_t i = 0; i < PT_MAX_VMS; i++) {
+		struct pt_vm_state *st = pt_vm(s->t, i);
+
+		if (!(st->flags & PT_VM_ACTIVE))
+			continue;
+		if (!vmm_alive(s, i)) {
+			release_vm(s, i, "its VMM exited while the service was down");
+			continue;
+		}
+		pt_info("VM %u (pid %u) still tracked from an earlier run; waiting for its device",
+			i, st->tgid);
+	}
+}
+
+static int start(struct svc *s)
+{
+	struct pt_loader_opts lo = { .pin_dir = s->cfg->pin_dir,
+				     .log_mb = s->cfg->log_mb,
+				     .tdp = s->cfg->tdp };
+	/* 128 KiB receive buffers: a full 4096-range HINT frame (64 KiB + 24 bytes) lands in one
+	 * buffer and is parsed in place instead of being reassembled. */
+	struct pt_server_cfg sc = { .path = s->cfg->socket,
+				    .listen_fd = s->cfg->listen_fd,
+				    .tick_ms = s->cfg->tick_ms,
+				    .nbufs = 128,
+				    .buf_size = 128 * 1024 };
+	struct pt_server_ops ops = { on_frame, on_close, on_tick, on_signal };
+	char cov[400];
+	int err;
+
+	mkdir(s->cfg->run_dir, 0755);
+	err = pt_tracker_open(&s->t, &lo);
+	if (err)
+		return err;
+	adopt_pinned_vms(s);
+	if (s->cfg->canary)
+		pt_canary_run(s->t, &s->cov);
+	pt_info("coverage: %s", pt_coverage_str(&s->cov, cov, sizeof(cov)));
+	err = pt_server_create(&s->srv, &sc, &ops, s);
+	if (err) {
+		pt_err("socket %s: %s", s->cfg->socket, strerror(-err));
+		return err;
+	}
+	publish_status(s);
+	pt_info("listening on %s", s->cfg->socket[0] ? s->cfg->socket : "(inherited socket)");
+	sd_notifyf("READY=1\nSTATUS=0 VMs; %s", cov);
+	return 0;
+}
+
+int pt_service_run(const struct pt_config *cfg)
+{
+	struct svc *s = calloc(1, sizeof(*s));
+	int err;
+
+	if (!s)
+		return -ENOMEM;
+	s->cfg = cfg;
+	s->live = *cfg;
+	s->out = aligned_alloc(8, PT_MAX_FRAME);
+	err = s->out ? start(s) : -ENOMEM;
+	if (!err)
+		err = pt_server_run(s->srv);
+	pt_server_destroy(s->srv);
+	for (uint32_t i = 0; i < PT_MAX_VMS; i++)
+		pt_vmctx_free(s->vms[i]);
+	pt_tracker_close(s->t);
+	free(s->ranges);
+	free(s->out);
+	free(s);
+	return err;
+}

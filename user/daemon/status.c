@@ -1,0 +1,304 @@
+// SPDX-License-Identifier: GPL-2.0
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <signal.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "shared/log.h"
+#include "status.h"
+
+const char *pt_cmd_state_str(enum pt_cmd_state s)
+{
+	static const char *const n[] = { "idle", "active", "stopped", "done" };
+
+	return (unsigned)s < 4 ? n[s] : "?";
+}
+
+static const char *mode_str(enum pt_dirty_mode m)
+{
+	return m == PT_DIRTY_RING ? "dirty-ring" : "bitmap";
+}
+
+static struct pt_vm_stats events(struct pt_tracker *t, uint32_t vm)
+{
+	struct pt_vm_stats ev;
+
+	if (pt_vm_stats_get(t, vm, &ev))
+		memset(&ev, 0, sizeof(ev));
+	return ev;
+}
+
+static void json_vm(FILE *f, struct pt_tracker *t, const struct pt_vmctx *c, bool first)
+{
+	const struct pt_vm_state *st = pt_vm(t, c->vm);
+	struct pt_vm_stats ev = events(t, c->vm);
+	char why[128];
+
+	fprintf(f,
+		"%s\n    {\"vm\": %u, \"pid\": %u, \"mode\": \"%s\", \"mode_tracked\": %s, "
+		"\"state\": \"%s\", \"cmd_id\": %u, \"epoch\": %llu, \"synced\": %s, "
+		"\"doubt\": \"%s\", \"taint_reason\": %u, \"ring_writes\": %llu, "
+		"\"fault_writes\": %llu, \"lost_events\": %llu, \"syncs\": %llu, "
+		"\"syncs_incomplete\": %llu, \"hint_batches\": %llu, \"hinted_pages\": %llu, "
+		"\"stale_pages\": %llu, \"queries\": %llu, \"confirmed_free\": %llu, "
+		"\"kept_written\": %llu, \"kept_unsure\": %llu, \"reported_pages\": %llu, "
+		"\"reclaimed_pages\": %llu}",
+		first ? "" : ",", c->vm, c->pid, mode_str(c->mode),
+		c->mode_tracked ? "true" : "false", pt_cmd_state_str(c->state), c->cur,
+		(unsigned long long)st->epoch, st->sync_epoch == st->epoch ? "true" : "false",
+		pt_why_str(pt_epoch_doubt((struct pt_vmctx *)c), why, sizeof(why)),
+		st->taint_epoch == st->epoch ? st->taint_reason : 0,
+		(unsigned long long)ev.ring_writes, (unsigned long long)ev.fault_writes,
+		(unsigned long long)st->lost, (unsigned long long)st->syncs,
+		(unsigned long long)st->syncs_incomplete, (unsigned long long)c->n.hint_batches,
+		(unsigned long long)c->n.hinted_pages, (unsigned long long)c->n.stale_pages,
+		(unsigned long long)c->n.queries, (unsigned long long)c->n.confirmed_free,
+		(unsigned long long)c->n.kept_written, (unsigned long long)c->n.kept_unsure,
+		(unsigned long long)c->n.reported_pages, (unsigned long long)c->n.reclaimed_pages);
+}
+
+static FILE *open_tmp(const char *path, char *tmp, size_t len)
+{
+	snprintf(tmp, len, "%s.tmp", path);
+	return fopen(tmp, "w");
+}
+
+static void commit_tmp(FILE *f, const char *tmp, const char *path)
+{
+	if (fclose(f) || rename(tmp, path))
+		pt_warn("cannot write %s: %s", path, strerror(errno));
+}
+
+static void write_json(const char *path, const struct pt_config *cfg, struct pt_tracker *t,
+		       const struct pt_coverage *cov, struct pt_vmctx *const *vms,
+		       const struct pt_server_stats *st, const struct pt_status_counters *n)
+{
+	char tmp[320], c[400];
+	bool first = true;
+	FILE *f = open_tmp(path, tmp, sizeof(tmp));
+
+	if (!f)
+		return;
+	fprintf(f,
+		"{\"pid\": %d, \"time\": %lld, \"socket\": \"%s\", \"pin_dir\": \"%s\", "
+		"\"tdp\": %s, \"programs\": \"%s\", \"maps_reused\": %s,\n \"coverage\": "
+		"{\"dirty-ring\": \"%s\", \"bitmap\": \"%s\", \"text\": \"%s\"},\n \"server\": "
+		"{\"connections\": %llu, \"accepted\": %llu, \"frames\": %llu, \"errors\": %llu, "
+		"\"bytes_in\": %llu, \"bytes_out\": %llu, \"bad_frames\": %llu, "
+		"\"backpressure_stalls\": %llu, \"hint_records\": %llu, \"verdicts\": %llu},\n "
+		"\"vms\": [",
+		getpid(), (long long)time(NULL), cfg->socket, t->pin_dir, t->tdp ? "true" : "false",
+		t->progs, t->reused_maps ? "true" : "false", pt_cov_name(cov->mode[PT_DIRTY_RING]),
+		pt_cov_name(cov->mode[PT_DIRTY_BITMAP]), pt_coverage_str(cov, c, sizeof(c)),
+		(unsigned long long)st->conns_open, (unsigned long long)st->conns_accepted,
+		(unsigned long long)n->frames, (unsigned long long)n->errors,
+		(unsigned long long)st->bytes_in, (unsigned long long)st->bytes_out,
+		(unsigned long long)st->bad_frames, (unsigned long long)st->backpressure_stalls,
+		(unsigned long long)n->hint_records, (unsigned long long)n->verdicts);
+	for (uint32_t i = 0; i < PT_MAX_VMS; i++) {
+		if (vms[i]) {
+			json_vm(f, t, vms[i], first);
+			first = false;
+		}
+	}
+	fprintf(f, "]}\n");
+	commit_tmp(f, tmp, path);
+}
+
+static void prom_vm(FILE *f, struct pt_tracker *t, const struct pt_vmctx *c)
+{
+	const struct pt_vm_state *st = pt_vm(t, c->vm);
+	struct pt_vm_stats ev = events(t, c->vm);
+	const struct {
+		const char *name;
+		unsigned long long v;
+	} m[] = {
+		{ "pagetrack_vm_epoch", st->epoch },
+		{ "pagetrack_vm_ring_writes_total", ev.ring_writes },
+		{ "pagetrack_vm_fault_writes_total", ev.fault_writes },
+		{ "pagetrack_vm_lost_events_total", st->lost },
+		{ "pagetrack_vm_syncs_total", st->syncs },
+		{ "pagetrack_vm_syncs_incomplete_total", st->syncs_incomplete },
+		{ "pagetrack_vm_hinted_pages_total", c->n.hinted_pages },
+		{ "pagetrack_vm_stale_pages_total", c->n.stale_pages },
+		{ "pagetrack_vm_confirmed_free_pages_total", c->n.confirmed_free },
+		{ "pagetrack_vm_kept_written_pages_total", c->n.kept_written },
+		{ "pagetrack_vm_kept_unsure_pages_total", c->n.kept_unsure },
+		{ "pagetrack_vm_tainted", st->taint_epoch == st->epoch },
+		{ "pagetrack_vm_mode_tracked", c->mode_tracked },
+	};
+
+	for (size_t i = 0; i < sizeof(m) / sizeof(m[0]); i++)
+		fprintf(f, "%s{vm=\"%u\",pid=\"%u\",mode=\"%s\"} %llu\n", m[i].name, c->vm, c->pid,
+			mode_str(c->mode), m[i].v);
+}
+
+static void write_prom(const char *path, const struct pt_coverage *cov, struct pt_tracker *t,
+		       struct pt_vmctx *const *vms, const struct pt_server_stats *st,
+		       const struct pt_status_counters *n)
+{
+	char tmp[320];
+	unsigned nvms = 0;
+	FILE *f = open_tmp(path, tmp, sizeof(tmp));
+
+	if (!f)
+		return;
+	for (uint32_t i = 0; i < PT_MAX_VMS; i++)
+		nvms += !!vms[i];
+	fprintf(f, "# HELP pagetrack_coverage 1 if the canary saw BPF log every guest write in "
+		   "this dirty-logging mode.\n# TYPE pagetrack_coverage gauge\n");
+	fprintf(f, "pagetrack_coverage{mode=\"dirty-ring\"} %d\n",
+		cov->mode[PT_DIRTY_RING] == PT_COV_TRACKED);
+	fprintf(f, "pagetrack_coverage{mode=\"bitmap\"} %d\n",
+		cov->mode[PT_DIRTY_BITMAP] == PT_COV_TRACKED);
+	fprintf(f, "# TYPE pagetrack_vms gauge\npagetrack_vms %u\n", nvms);
+	fprintf(f, "# TYPE pagetrack_connections gauge\npagetrack_connections %llu\n",
+		(unsigned long long)st->conns_open);
+	fprintf(f, "# TYPE pagetrack_frames_total counter\npagetrack_frames_total %llu\n",
+		(unsigned long long)n->frames);
+	fprintf(f, "# TYPE pagetrack_errors_total counter\npagetrack_errors_total %llu\n",
+		(unsigned long long)n->errors);
+	fprintf(f, "# TYPE pagetrack_bad_frames_total counter\npagetrack_bad_frames_total %llu\n",
+		(unsigned long long)st->bad_frames);
+	for (uint32_t i = 0; i < PT_MAX_VMS; i++)
+		if (vms[i])
+			prom_vm(f, t, vms[i]);
+	commit_tmp(f, tmp, path);
+}
+
+static void text_vm(FILE *f, struct pt_tracker *t, const struct pt_vmctx *c)
+{
+	const struct pt_vm_state *st = pt_vm(t, c->vm);
+	struct pt_vm_stats ev = events(t, c->vm);
+	char why[128];
+
+	fprintf(f,
+		"%-3u %-8u %-10s %-8s %-7s %-6u %-6llu %-10llu %-5llu %-10llu %-10llu %-8llu "
+		"%-8llu  %s\n",
+		c->vm, c->pid, mode_str(c->mode), c->mode_tracked ? "yes" : "NO",
+		pt_cmd_state_str(c->state), c->cur, (unsigned long long)st->epoch,
+		(unsigned long long)(ev.ring_writes + ev.fault_writes),
+		(unsigned long long)st->lost, (unsigned long long)c->n.hinted_pages,
+		(unsigned long long)c->n.confirmed_free, (unsigned long long)c->n.kept_written,
+		(unsigned long long)c->n.kept_unsure,
+		pt_why_str(pt_epoch_doubt((struct pt_vmctx *)c), why, sizeof(why)));
+}
+
+/* The same facts as status.json, laid out for a terminal (what `pagetrackd status` prints). */
+static void write_text(const char *path, const struct pt_config *cfg, struct pt_tracker *t,
+		       const struct pt_coverage *cov, struct pt_vmctx *const *vms,
+		       const struct pt_server_stats *st, const struct pt_status_counters *n)
+{
+	char tmp[320], c[400];
+	FILE *f = open_tmp(path, tmp, sizeof(tmp));
+	unsigned nvms = 0;
+
+	if (!f)
+		return;
+	for (uint32_t i = 0; i < PT_MAX_VMS; i++)
+		nvms += !!vms[i];
+	fprintf(f, "socket:   %s\ncoverage: %s\nprograms: %s (tdp %s, maps %s)\n", cfg->socket,
+		pt_coverage_str(cov, c, sizeof(c)), t->progs, t->tdp ? "yes" : "no",
+		t->reused_maps ? "reused from an earlier run" : "new");
+	fprintf(f,
+		"traffic:  %llu connections, %llu frames, %llu errors, %llu bad frames, "
+		"%llu hint records, %llu verdicts\n\n",
+		(unsigned long long)st->conns_open, (unsigned long long)n->frames,
+		(unsigned long long)n->errors, (unsigned long long)st->bad_frames,
+		(unsigned long long)n->hint_records, (unsigned long long)n->verdicts);
+	fprintf(f, "%u VMs\n", nvms);
+	if (nvms)
+		fprintf(f,
+			"%-3s %-8s %-10s %-8s %-7s %-6s %-6s %-10s %-5s %-10s %-10s %-8s %-8s  "
+			"%s\n",
+			"VM", "PID", "MODE", "TRACKED", "STATE", "CMD", "EPOCH", "WRITES", "LOST",
+			"HINTED", "FREE", "KEPT-W", "KEPT-U", "DOUBT");
+	for (uint32_t i = 0; i < PT_MAX_VMS; i++)
+		if (vms[i])
+			text_vm(f, t, vms[i]);
+	commit_tmp(f, tmp, path);
+}
+
+void pt_status_write(const struct pt_config *cfg, struct pt_tracker *t,
+		     const struct pt_coverage *cov, struct pt_vmctx *const *vms,
+		     const struct pt_server_stats *st, const struct pt_status_counters *n)
+{
+	char path[300];
+
+	snprintf(path, sizeof(path), "%s/status.json", cfg->run_dir);
+	write_json(path, cfg, t, cov, vms, st, n);
+	snprintf(path, sizeof(path), "%s/status.txt", cfg->run_dir);
+	write_text(path, cfg, t, cov, vms, st, n);
+	if (!strcmp(cfg->metrics, "-"))
+		return;
+	if (cfg->metrics[0])
+		snprintf(path, sizeof(path), "%s", cfg->metrics);
+	else
+		snprintf(path, sizeof(path), "%s/metrics.prom", cfg->run_dir);
+	write_prom(path, cov, t, vms, st, n);
+}
+
+static void show_pins(const char *dir)
+{
+	struct dirent *de;
+	DIR *d = opendir(dir);
+	int maps = 0, links = 0;
+
+	if (!d) {
+		printf("pins:     none under %s (%s)\n", dir, strerror(errno));
+		return;
+	}
+	while ((de = readdir(d))) {
+		if (de->d_name[0] == '.')
+			continue;
+		if (!strncmp(de->d_name, "link_", 5))
+			links++;
+		else
+			maps++;
+	}
+	closedir(d);
+	printf("pins:     %s: %d maps, %d program links (tracking continues while linked)\n", dir,
+	       maps, links);
+}
+
+int pt_status_show(const struct pt_config *cfg, int json)
+{
+	char path[300], line[4096];
+	FILE *f;
+	pid_t pid = 0;
+
+	snprintf(path, sizeof(path), "%s/status.json", cfg->run_dir);
+	f = fopen(path, "r");
+	if (!f) {
+		fprintf(stderr, "pagetrackd status: %s: %s (is the service running?)\n", path,
+			strerror(errno));
+		if (!json)
+			show_pins(cfg->pin_dir);
+		return -ENOENT;
+	}
+	if (json) {
+		while (fgets(line, sizeof(line), f))
+			fputs(line, stdout);
+		fclose(f);
+		return 0;
+	}
+	if (fscanf(f, "{\"pid\": %d", &pid) != 1)
+		pid = 0;
+	rewind(f);
+	printf("service:  pid %d (%s)\n", pid,
+	       pid > 0 && !kill(pid, 0) ? "running" : "NOT running");
+	fclose(f);
+	show_pins(cfg->pin_dir);
+	snprintf(path, sizeof(path), "%s/status.txt", cfg->run_dir);
+	f = fopen(path, "r");
+	if (!f)
+		return 0;
+	while (fgets(line, sizeof(line), f))
+		fputs(line, stdout);
+	fclose(f);
+	return 0;
+}

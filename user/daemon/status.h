@@ -1,0 +1,27 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * What the service shows operators: run_dir/status.json (read by `pagetrackd status`) and a
+ * Prometheus textfile (node_exporter's textfile collector), both replaced atomically.
+ */
+#ifndef PT_STATUS_H
+#define PT_STATUS_H
+
+#include <stdint.h>
+
+#include "writelog/canary.h"
+#include "cmdstate.h"
+#include "server.h"
+#include "config.h"
+
+struct pt_status_counters {
+	uint64_t frames, errors, verdicts, hint_records;
+};
+
+void pt_status_write(const struct pt_config *cfg, struct pt_tracker *t,
+		     const struct pt_coverage *cov, struct pt_vmctx *const *vms,
+		     const struct pt_server_stats *st, const struct pt_status_counters *n);
+/* `pagetrackd status [--json]`: prints the status file and what is pinned. */
+int pt_status_show(const struct pt_config *cfg, int json);
+const char *pt_cmd_state_str(enum pt_cmd_state s);
+
+#endif

@@ -1,0 +1,322 @@
+// SPDX-License-Identifier: GPL-2.0
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/vfs.h>
+#include <unistd.h>
+#include <linux/kvm.h>
+#include <linux/magic.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+
+#include "loader.h"
+#include "shared/log.h"
+#include "writelog.skel.h"
+
+_Static_assert(PT_KVM_SET_USER_MEMORY_REGION == KVM_SET_USER_MEMORY_REGION, "ioctl number");
+_Static_assert(PT_KVM_ENABLE_CAP == KVM_ENABLE_CAP, "ioctl number");
+_Static_assert(PT_KVM_GET_DIRTY_LOG == KVM_GET_DIRTY_LOG, "ioctl number");
+_Static_assert(PT_KVM_CLEAR_DIRTY_LOG == KVM_CLEAR_DIRTY_LOG, "ioctl number");
+_Static_assert(PT_KVM_RESET_DIRTY_RINGS == KVM_RESET_DIRTY_RINGS, "ioctl number");
+_Static_assert(PT_KVM_CAP_DIRTY_LOG_RING == KVM_CAP_DIRTY_LOG_RING, "cap number");
+
+static int mount_if_missing(const char *dir, const char *type, long magic)
+{
+	struct statfs sf;
+
+	if (!statfs(dir, &sf) && sf.f_type == (typeof(sf.f_type))magic)
+		return 0;
+	if (mkdir(dir, 0755) && errno != EEXIST)
+		return -errno;
+	if (mount(type, dir, type, 0, NULL))
+		return -errno;
+	pt_info("mounted %s on %s", type, dir);
+	return 0;
+}
+
+int pt_ensure_mounts(void)
+{
+	int err;
+
+	err = mount_if_missing("/sys/fs/bpf", "bpf", BPF_FS_MAGIC);
+	if (err) {
+		pt_err("cannot mount bpffs on /sys/fs/bpf: %s", strerror(-err));
+		return err;
+	}
+	/* libbpf finds tracepoint ids under tracefs; debugfs/tracing is the old place. */
+	err = mount_if_missing("/sys/kernel/tracing", "tracefs", TRACEFS_MAGIC);
+	if (err)
+		pt_warn("cannot mount tracefs on /sys/kernel/tracing: %s", strerror(-err));
+	return 0;
+}
+
+static bool param_on(const char *path)
+{
+	char buf[8] = "";
+	FILE *f = fopen(path, "r");
+
+	if (!f)
+		return false;
+	if (!fgets(buf, sizeof(buf), f))
+		buf[0] = 0;
+	fclose(f);
+	return buf[0] == 'Y' || buf[0] == 'y' || buf[0] == '1';
+}
+
+/* With EPT/NPT the fault tracepoints carry GPAs; with shadow paging (or PVM) they carry GVAs. */
+bool pt_host_tdp(void)
+{
+	return param_on("/sys/module/kvm_intel/parameters/ept") ||
+	       param_on("/sys/module/kvm_amd/parameters/npt");
+}
+
+/*
+ * pids the service sees are the ones devices register; outside the initial PID namespace the
+ * programs must translate into ours (bpf_get_ns_current_pid_tgid).
+ */
+#define PROC_PID_INIT_INO 0xEFFFFFFCu
+
+static void set_pidns(struct pt_tracker *t)
+{
+	struct writelog_bpf *skel = t->skel;
+	struct stat st;
+
+	if (stat("/proc/self/ns/pid", &st) || st.st_ino == PROC_PID_INIT_INO)
+		return;
+	skel->rodata->pidns_dev = st.st_dev;
+	skel->rodata->pidns_ino = st.st_ino;
+	t->pidns_ino = st.st_ino;
+	pt_info("running in a PID namespace (inode %lu): VMM pids are taken in it",
+		(unsigned long)st.st_ino);
+}
+
+static int pin_path(char *buf, size_t len, const char *dir, const char *name)
+{
+	int n = snprintf(buf, len, "%s/%s", dir, name);
+
+	return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
+}
+
+/*
+ * Attach one program and pin its link as link_<prog>. A link pinned by an earlier run is
+ * replaced only after the new one is attached, so both run for a moment and none is missed.
+ */
+static int attach_pinned(struct pt_tracker *t, struct bpf_program *prog)
+{
+	char path[512];
+	struct bpf_link *link;
+	int err;
+
+	if (t->no_pin) {
+		if (t->nlinks >= (int)(sizeof(t->links) / sizeof(t->links[0])))
+			return -E2BIG;
+		link = bpf_program__attach(prog);
+		if (!link)
+			return -errno;
+		t->links[t->nlinks++] = link;
+		return 0;
+	}
+	err = pin_path(path, sizeof(path), t->pin_dir, "link_");
+	if (err)
+		return err;
+	strncat(path, bpf_program__name(prog), sizeof(path) - strlen(path) - 1);
+	if (!access(path, F_OK))
+		t->reused_links = true;
+	link = bpf_program__attach(prog);
+	if (!link) {
+		err = -errno;
+		pt_err("attach %s: %s", bpf_program__name(prog), strerror(-err));
+		return err;
+	}
+	unlink(path);
+	err = bpf_link__pin(link, path);
+	if (err)
+		pt_err("pin link %s: %s", path, strerror(-err));
+	/* The pin holds the attachment; our reference can go. */
+	bpf_link__disconnect(link);
+	bpf_link__destroy(link);
+	return err;
+}
+
+static bool is_fault_prog(const struct bpf_program *prog)
+{
+	const char *n = bpf_program__name(prog);
+
+	return !strcmp(n, "pt_page_fault") || !strcmp(n, "pt_fast_page_fault");
+}
+
+static int attach_all(struct pt_tracker *t)
+{
+	struct bpf_program *prog;
+	size_t off = 0;
+	int err;
+
+	bpf_object__for_each_program(prog, t->skel->obj)
+	{
+		/* Without TDP a fault address is a GVA: the fault path stays detached. */
+		bool on = t->tdp || !is_fault_prog(prog);
+
+		if (on) {
+			err = attach_pinned(t, prog);
+			if (err)
+				return err;
+			t->attached++;
+		}
+		off += snprintf(t->progs + off, sizeof(t->progs) - off, "%s%s:%s", off ? " " : "",
+				bpf_program__name(prog), on ? "attached" : "off");
+		if (off >= sizeof(t->progs))
+			off = sizeof(t->progs) - 1;
+	}
+	return 0;
+}
+
+static int map_mmap(struct bpf_map *map, size_t size, void **out)
+{
+	void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, bpf_map__fd(map), 0);
+
+	if (p == MAP_FAILED)
+		return -errno;
+	*out = p;
+	return 0;
+}
+
+static int open_skel(struct pt_tracker *t, const struct pt_loader_opts *o)
+{
+	LIBBPF_OPTS(bpf_object_open_opts, oo, .pin_root_path = o->no_pin ? NULL : t->pin_dir);
+	unsigned log_mb = o->log_mb ? o->log_mb : PT_DEFAULT_LOG_MB;
+	struct bpf_map *map;
+	int err;
+
+	t->skel = writelog_bpf__open_opts(&oo);
+	if (!t->skel)
+		return -errno;
+	t->skel->rodata->tdp = t->tdp;
+	set_pidns(t);
+	t->log_words = (uint64_t)log_mb * 1024 * 1024 / 8;
+	err = bpf_map__set_max_entries(t->skel->maps.pt_log, t->log_words);
+	if (err)
+		return err;
+	if (o->no_pin) {
+		bpf_object__for_each_map(map, t->skel->obj) bpf_map__set_pin_path(map, NULL);
+	}
+	return 0;
+}
+
+static int load_skel(struct pt_tracker *t, const struct pt_loader_opts *o)
+{
+	char path[512];
+	int err;
+
+	err = open_skel(t, o);
+	if (err)
+		return err;
+	if (!o->no_pin) {
+		pin_path(path, sizeof(path), t->pin_dir, "pt_vm_state");
+		t->reused_maps = !access(path, F_OK);
+	}
+	err = writelog_bpf__load(t->skel);
+	if (err && t->reused_maps) {
+		/* Pins from an incompatible build (other layout or log size): start afresh.
+		 * Every VM must register again; nothing can be confirmed from the old log. */
+		pt_warn("pinned maps in %s do not match this build (%s): removing them", t->pin_dir,
+			strerror(-err));
+		writelog_bpf__destroy(t->skel);
+		t->skel = NULL;
+		pt_tracker_unpin(t->pin_dir);
+		t->reused_maps = false;
+		err = open_skel(t, o);
+		if (!err)
+			err = writelog_bpf__load(t->skel);
+	}
+	if (err)
+		pt_err("loading BPF programs: %s", strerror(-err));
+	return err;
+}
+
+int pt_tracker_open(struct pt_tracker **out, const struct pt_loader_opts *o)
+{
+	struct pt_tracker *t;
+	int err;
+
+	t = calloc(1, sizeof(*t));
+	if (!t)
+		return -ENOMEM;
+	snprintf(t->pin_dir, sizeof(t->pin_dir), "%s",
+		 o->pin_dir ? o->pin_dir : PT_DEFAULT_PIN_DIR);
+	t->tdp = o->tdp < 0 ? pt_host_tdp() : o->tdp;
+	t->no_pin = o->no_pin;
+	err = pt_ensure_mounts();
+	if (err)
+		goto cleanup;
+	if (!o->no_pin && mkdir(t->pin_dir, 0700) && errno != EEXIST) {
+		err = -errno;
+		pt_err("create pin directory %s: %s", t->pin_dir, strerror(errno));
+		goto cleanup;
+	}
+	err = load_skel(t, o);
+	if (err)
+		goto cleanup;
+	err = map_mmap(t->skel->maps.pt_vm_state, sizeof(struct pt_vm_state) * PT_MAX_VMS,
+		       (void **)&t->vms);
+	if (err)
+		goto cleanup;
+	err = map_mmap(t->skel->maps.pt_log, t->log_words * 8, (void **)&t->log);
+	if (err)
+		goto cleanup;
+	if (!o->no_attach) {
+		err = attach_all(t);
+		if (err)
+			goto cleanup;
+	}
+	pt_info("BPF write tracker loaded (tdp=%s, log %llu MiB, maps %s, %s)",
+		t->tdp ? "yes" : "no", (unsigned long long)(t->log_words * 8 >> 20),
+		t->reused_maps ? "reused" : "new", t->progs[0] ? t->progs : "not attached");
+	*out = t;
+	return 0;
+cleanup:
+	pt_tracker_close(t);
+	return err;
+}
+
+void pt_tracker_close(struct pt_tracker *t)
+{
+	if (!t)
+		return;
+	for (int i = 0; i < t->nlinks; i++)
+		bpf_link__destroy(t->links[i]);
+	if (t->vms)
+		munmap(t->vms, sizeof(struct pt_vm_state) * PT_MAX_VMS);
+	if (t->log)
+		munmap(t->log, t->log_words * 8);
+	writelog_bpf__destroy(t->skel);
+	free(t);
+}
+
+int pt_tracker_unpin(const char *dir)
+{
+	char path[512];
+	struct dirent *de;
+	int err = 0;
+	DIR *d;
+
+	d = opendir(dir);
+	if (!d)
+		return errno == ENOENT ? 0 : -errno;
+	while ((de = readdir(d))) {
+		if (de->d_name[0] == '.')
+			continue;
+		if (pin_path(path, sizeof(path), dir, de->d_name) || unlink(path))
+			err = -errno;
+	}
+	closedir(d);
+	if (rmdir(dir) && errno != ENOENT)
+		err = -errno;
+	return err;
+}
