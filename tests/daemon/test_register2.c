@@ -113,8 +113,8 @@ static int fd_behind_pipelined_frame(void)
 	CHECK(!send_fds(fd, tx, build_reg2(2, PT_DIRTY_RING, 1), &efd, 1));
 	EXPECT_ACK(fd, 1, NULL);
 	CHECK(raw_recv(fd, &h, &m) == 1 && m.type == PT_MSG_ERROR);
-	CHECKF(m.reason_len && memmem(m.reason, m.reason_len, "not a KVM VM", 12),
-	       "reason: %.*s", (int)m.reason_len, m.reason);
+	CHECKF(m.reason_len && memmem(m.reason, m.reason_len, "not a KVM VM", 12), "reason: %.*s",
+	       (int)m.reason_len, m.reason);
 	close(efd);
 	close(fd);
 	return 0;

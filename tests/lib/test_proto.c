@@ -874,5 +874,6 @@ static int client_fake_peer(void)
 
 T_MAIN(T_CASE(roundtrip_requests), T_CASE(roundtrip_replies), T_CASE(builders_respect_cap),
        T_CASE(header_errors), T_CASE(length_errors), T_CASE(reserved_cmd_ids), T_CASE(range_errors),
-       T_CASE(register_errors), T_CASE(register2_rules), T_CASE(reserved_fields), T_CASE(misaligned_payload),
-       T_CASE(strings), T_CASE(framer_streams), T_CASE(framer_errors), T_CASE(client_fake_peer))
+       T_CASE(register_errors), T_CASE(register2_rules), T_CASE(reserved_fields),
+       T_CASE(misaligned_payload), T_CASE(strings), T_CASE(framer_streams), T_CASE(framer_errors),
+       T_CASE(client_fake_peer))

@@ -784,8 +784,7 @@ static bool handle_recv_buf(struct pt_conn *c, unsigned bid, int res)
 		return true;
 	}
 	len = io_uring_recvmsg_payload_length(o, res, &s->rmsg);
-	off = (uint32_t)((unsigned char *)io_uring_recvmsg_payload(o, &s->rmsg) -
-			 buf_addr(s, bid));
+	off = (uint32_t)((unsigned char *)io_uring_recvmsg_payload(o, &s->rmsg) - buf_addr(s, bid));
 	if ((o->controllen || (o->flags & MSG_CTRUNC)) && !conn_keep_fds(c, o)) {
 		buf_return(s, bid);
 		pt_conn_send_error(c, 0, PT_E_BAD_FIELD,

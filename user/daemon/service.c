@@ -346,7 +346,6 @@ static void on_register(struct svc *s, struct pt_conn *c, const struct reg_req *
 	reply_ack(s, c, r->seq, vm, tracked ? 0 : PT_WHY_UNTRACKED, 0);
 }
 
-
 static void reg_from_v1(struct reg_req *r, const struct pt_msg *m)
 {
 	memset(r, 0, sizeof(*r));

@@ -219,7 +219,8 @@ static int slots2_check(const struct pt_reg_slot2 *s, uint32_t n, bool uffd)
 			return err;
 		if (!uffd && s[i].hva)
 			return -PT_E_BAD_FIELD;
-		if (uffd && (!s[i].hva || s[i].hva % PT_PROTO_PAGE || s[i].hva + s[i].size < s[i].hva))
+		if (uffd &&
+		    (!s[i].hva || s[i].hva % PT_PROTO_PAGE || s[i].hva + s[i].size < s[i].hva))
 			return -PT_E_BAD_RANGE;
 		for (uint32_t j = 0; j < i; j++) {
 			if (s[i].id == s[j].id)
@@ -227,7 +228,8 @@ static int slots2_check(const struct pt_reg_slot2 *s, uint32_t n, bool uffd)
 			if (s[i].id >> 16 == s[j].id >> 16 && s[i].gpa < s[j].gpa + s[j].size &&
 			    s[j].gpa < s[i].gpa + s[i].size)
 				return -PT_E_BAD_RANGE;
-			if (uffd && s[i].hva < s[j].hva + s[j].size && s[j].hva < s[i].hva + s[i].size)
+			if (uffd && s[i].hva < s[j].hva + s[j].size &&
+			    s[j].hva < s[i].hva + s[i].size)
 				return -PT_E_BAD_RANGE;
 		}
 	}

@@ -60,7 +60,7 @@ struct pt_msg {
 	};
 	const struct pt_reg_slot *slots;   /* REGISTER */
 	const struct pt_reg_slot2 *slots2; /* REGISTER2 */
-	const char *reason;		 /* ERROR: not NUL-terminated */
+	const char *reason;		   /* ERROR: not NUL-terminated */
 	uint32_t reason_len;
 };
 
