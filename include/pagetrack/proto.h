@@ -31,20 +31,20 @@
 
 enum pt_msg_type {
 	/* device -> service */
-	PT_MSG_REGISTER = 1, /* struct pt_register + pt_reg_slot[nslots] */
-	PT_MSG_ARM = 2,	     /* struct pt_cmd: start command ID (before the VMM's sync) */
-	PT_MSG_HINT = 3,     /* struct pt_hint + pt_range[count] */
-	PT_MSG_STOP = 4,     /* struct pt_cmd: the driver sent STOP for this command ID */
-	PT_MSG_DONE = 5,     /* struct pt_cmd: the device sent DONE; release the command ID */
-	PT_MSG_QUERY = 6,    /* struct pt_query: verdict for a command ID (or reported pages) */
-	PT_MSG_REPORT = 7,   /* struct pt_report + pt_range[count], count <= 32 */
-	PT_MSG_INFLATE = 8,  /* struct pt_report + pt_range[count]: pages given to the balloon */
-	PT_MSG_DEFLATE = 9,  /* struct pt_report + pt_range[count]: pages taken back (told) */
-	PT_MSG_WR_CAPS = 10, /* empty: write-record capabilities */
-	PT_MSG_WR_READ = 11, /* struct pt_report + pt_range[count]: write records since ARM */
-	PT_MSG_PING = 12,    /* empty: liveness / latency floor */
-	PT_MSG_WRITTEN = 13, /* struct pt_report + pt_range[count]: pages the VMM itself wrote
-			      * (device emulation, DMA): KVM never sees those writes */
+	PT_MSG_REGISTER = 1,   /* struct pt_register + pt_reg_slot[nslots] */
+	PT_MSG_ARM = 2,	       /* struct pt_cmd: start command ID (before the VMM's sync) */
+	PT_MSG_HINT = 3,       /* struct pt_hint + pt_range[count] */
+	PT_MSG_STOP = 4,       /* struct pt_cmd: the driver sent STOP for this command ID */
+	PT_MSG_DONE = 5,       /* struct pt_cmd: the device sent DONE; release the command ID */
+	PT_MSG_QUERY = 6,      /* struct pt_query: verdict for a command ID (or reported pages) */
+	PT_MSG_REPORT = 7,     /* struct pt_report + pt_range[count], count <= 32 */
+	PT_MSG_INFLATE = 8,    /* struct pt_report + pt_range[count]: pages given to the balloon */
+	PT_MSG_DEFLATE = 9,    /* struct pt_report + pt_range[count]: pages taken back (told) */
+	PT_MSG_WR_CAPS = 10,   /* empty: write-record capabilities */
+	PT_MSG_WR_READ = 11,   /* struct pt_report + pt_range[count]: write records since ARM */
+	PT_MSG_PING = 12,      /* empty: liveness / latency floor */
+	PT_MSG_WRITTEN = 13,   /* struct pt_report + pt_range[count]: pages the VMM itself wrote
+				* (device emulation, DMA): KVM never sees those writes */
 	PT_MSG_REGISTER2 = 14, /* struct pt_register2 + pt_reg_slot2[nslots], with nfds file
 				* descriptors attached (SCM_RIGHTS) to the frame's bytes */
 	/* service -> device */
