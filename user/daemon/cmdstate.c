@@ -310,9 +310,46 @@ uint32_t pt_epoch_doubt(struct pt_vmctx *c)
 static bool id_used(struct pt_vmctx *c, uint32_t cmd)
 {
 	for (unsigned i = 0; i < c->nused; i++)
-		if (c->used[i] == cmd)
+		if (cmd >= c->used[i].lo && cmd <= c->used[i].hi)
 			return true;
 	return false;
+}
+
+/* Run i grew: merge the run it now touches, if any, into it. */
+static void merge_runs(struct pt_vmctx *c, unsigned i)
+{
+	for (unsigned j = 0; j < c->nused; j++) {
+		struct pt_id_run *a = &c->used[i], *b = &c->used[j];
+
+		if (j == i || !((uint64_t)a->hi + 1 == b->lo || (uint64_t)b->hi + 1 == a->lo))
+			continue;
+		a->lo = a->lo < b->lo ? a->lo : b->lo;
+		a->hi = a->hi > b->hi ? a->hi : b->hi;
+		*b = c->used[--c->nused];
+		return; /* growing by one ID can close one gap only */
+	}
+}
+
+/* Block an unused ID until the driver's next STOP. -PT_E_BUSY if it would need a new run and
+ * every run is taken (a device whose next ID extends a run never gets it). */
+static int id_block(struct pt_vmctx *c, uint32_t cmd)
+{
+	for (unsigned i = 0; i < c->nused; i++) {
+		struct pt_id_run *r = &c->used[i];
+
+		if ((uint64_t)r->hi + 1 == cmd || (uint64_t)cmd + 1 == r->lo) {
+			if (cmd < r->lo)
+				r->lo = cmd;
+			else
+				r->hi = cmd;
+			merge_runs(c, i);
+			return 0;
+		}
+	}
+	if (c->nused == PT_MAX_ID_RUNS)
+		return -PT_E_BUSY;
+	c->used[c->nused++] = (struct pt_id_run){ cmd, cmd };
+	return 0;
 }
 
 /*
@@ -359,17 +396,19 @@ int pt_cmd_arm(struct pt_vmctx *c, uint32_t cmd)
 
 	if (cmd < PT_CMD_ID_MIN)
 		return -PT_E_RESERVED_CMD;
-	/* Spec: the device MUST NOT reuse a command ID before the driver's STOP. */
+	/* Spec: the device MUST NOT reuse a command ID until it has received the driver's STOP.
+	 * Every ID armed since the last STOP is blocked: a late buffer of the guest may still
+	 * carry it, and would be taken for a hint of the new epoch. */
 	if (id_used(c, cmd))
 		return -PT_E_CMD_REUSE;
-	if (c->nused == sizeof(c->used) / sizeof(c->used[0]))
-		return -PT_E_BUSY;
+	err = id_block(c, cmd);
+	if (err)
+		return err;
 	err = next_epoch(c, &epoch);
 	if (err)
 		return -PT_E_INTERNAL;
 	memset(c->hinted, 0, c->words * 8);
 	c->early = false;
-	c->used[c->nused++] = cmd;
 	c->cur = cmd;
 	c->epoch = epoch;
 	c->state = PT_CS_ACTIVE;
@@ -452,9 +491,12 @@ int pt_cmd_stop(struct pt_vmctx *c, uint32_t cmd)
 
 	if (err)
 		return err;
-	/* After the driver's STOP the device may reuse IDs; only the current one stays. */
-	c->used[0] = c->cur;
-	c->nused = 1;
+	/*
+	 * The driver's STOP follows, in queue order, every buffer it sent under any earlier ID:
+	 * none can arrive later. The spec then lets the device reuse any ID, the current one too
+	 * (it stays current until the next ARM, which opens a new epoch whatever its number).
+	 */
+	c->nused = 0;
 	if (c->state == PT_CS_ACTIVE)
 		c->state = PT_CS_STOPPED;
 	return 0;
