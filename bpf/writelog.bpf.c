@@ -349,6 +349,15 @@ int BPF_PROG(pt_ring_push, struct kvm_dirty_ring *ring, u32 slot, u64 offset)
 	return 0;
 }
 
+/*
+ * The end of one ring's reset inside KVM_RESET_DIRTY_RINGS (KVM resets every vCPU's ring in
+ * one ioctl, firing this once per ring). Entries before the ring's first entry of this epoch
+ * were pushed before the arm: their pages stay writable, without any further push, until a
+ * reset covers them. A reset that leaves one of them is therefore not (yet) the sync of this
+ * epoch: the ioctl is marked incomplete and does not count. Nothing is lost: writes to such a
+ * page happen before the sync, and hints before the sync are kept anyway (PROTOCOL.md 5, rule
+ * 8). The first complete reset after the arm is the sync; no taint, no lost event.
+ */
 SEC("raw_tp/kvm_dirty_ring_reset")
 int BPF_PROG(pt_ring_reset, struct kvm_dirty_ring *ring)
 {
@@ -356,7 +365,7 @@ int BPF_PROG(pt_ring_reset, struct kvm_dirty_ring *ring)
 	__u64 id = bpf_get_current_pid_tgid();
 	struct pt_vm_state *st;
 	struct pt_ioctl *io;
-	struct pt_ring *r;
+	struct pt_ring *r = NULL;
 
 	if (current_vm(&vm))
 		return 0;
@@ -365,21 +374,19 @@ int BPF_PROG(pt_ring_reset, struct kvm_dirty_ring *ring)
 		return 0;
 	vcpu = BPF_CORE_READ(ring, index);
 	key = vm * PT_MAX_VCPUS + vcpu;
-	r = bpf_map_lookup_elem(&pt_rings, &key);
+	if (vcpu < PT_MAX_VCPUS)
+		r = bpf_map_lookup_elem(&pt_rings, &key);
 	reset_idx = BPF_CORE_READ(ring, reset_index);
-	/* Entries before `boundary` were pushed before the arm. If the reset left any of them,
-	 * that page is still writable without faulting: its next write would not be logged. */
+	/* A ring with no entry noted in this epoch (or not tracked) must be reset to its end. */
 	if (r && r->vm == vm + 1 && r->epoch == st->epoch)
 		boundary = r->first_idx;
 	else
 		boundary = BPF_CORE_READ(ring, dirty_index);
-	if ((__s32)(reset_idx - boundary) >= 0 && vcpu < PT_MAX_VCPUS)
+	if ((__s32)(reset_idx - boundary) >= 0)
 		return 0;
 	io = bpf_map_lookup_elem(&pt_ioctl, &id);
 	if (io)
 		io->incomplete = 1;
-	/* Writes to those pages may already have gone unseen in this epoch. */
-	taint(st, PT_TAINT_RING_UNRESET);
 	return 0;
 }
 
@@ -583,6 +590,7 @@ static __always_inline void ioctl_done(struct pt_ioctl *io, struct pt_vm_state *
 		__sync_fetch_and_or(&st->flags, PT_VM_SEEN_CREATE);
 		break;
 	case PT_KVM_RESET_DIRTY_RINGS:
+		/* Not the sync (yet): the epoch stays unsynced until a complete reset. */
 		if (io->incomplete) {
 			__sync_fetch_and_add(&st->syncs_incomplete, 1);
 			break;

@@ -40,7 +40,7 @@
 #define PT_TAINT_GFN_RANGE    (1u << 1) /* offset/GPA past the slot or outside every slot */
 #define PT_TAINT_LOG_FULL     (1u << 2) /* slot does not fit the VM's bitmap region */
 #define PT_TAINT_SLOT_CHANGE  (1u << 3) /* memslot created/deleted/moved during the epoch */
-#define PT_TAINT_RING_UNRESET (1u << 4) /* a sync left pre-arm dirty-ring entries writable */
+#define PT_TAINT_RING_UNRESET (1u << 4) /* a ring that cannot be followed (vCPU index too big) */
 #define PT_TAINT_USER	      (1u << 5) /* userspace declared a gap (restart, lost state) */
 
 /* pt_slot.flags */
@@ -70,7 +70,7 @@ struct pt_vm_state {
 	/* counters (monotonic) */
 	__u64 lost;		/* events that could not be recorded (each taints) */
 	__u64 syncs;		/* complete syncs */
-	__u64 syncs_incomplete; /* syncs that left pre-arm entries writable */
+	__u64 syncs_incomplete; /* ring resets that left pre-arm entries: not a sync, not a loss */
 	__u64 slot_changes;	/* memslot ioctls seen */
 };
 
