@@ -203,9 +203,9 @@ int pt_vm_arm_fold(struct pt_tracker *t, uint32_t vm, pt_log_fold fold, void *ar
 	 * Clear first, then publish the epoch. A write that lands while we clear is either
 	 * kept (its bit survives: a harmless "keep") or belongs to a page whose dirty state the
 	 * VMM's sync (which must start after this returns) re-protects; a dirty-ring entry of
-	 * such a write carries the old epoch, so a reset that leaves it is not the sync. A caller that
-	 * needs the old epoch's bits takes each word as it clears it: read-then-clear would lose
-	 * a write that lands in between.
+	 * such a write carries the old epoch, so a reset that leaves it is not the sync. A caller
+	 * that needs the old epoch's bits takes each word as it clears it: read-then-clear would
+	 * lose a write that lands in between.
 	 */
 	if (fold) {
 		for (uint64_t w = 0; w < words; w++)
