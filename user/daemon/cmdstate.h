@@ -48,14 +48,14 @@ struct pt_vmctx {
 	enum pt_dirty_mode mode;
 	bool mode_tracked; /* the canary saw writes in this dirty-logging mode */
 	enum pt_cmd_state state;
-	uint32_t cur;	   /* current command ID (valid unless IDLE) */
-	uint64_t epoch;	   /* write-log epoch armed for cur */
+	uint32_t cur;	/* current command ID (valid unless IDLE) */
+	uint64_t epoch; /* write-log epoch armed for cur */
 	/* IDs armed since the driver's last STOP, as disjoint runs [lo, hi]: a device that counts
 	 * its IDs upwards fills one run, however many ARMs the guest leaves without a STOP. */
 	struct pt_id_run {
 		uint32_t lo, hi;
 	} used[PT_MAX_ID_RUNS];
-	unsigned nused; /* runs in use; 0 forgets them all (a STOP, a closed connection) */
+	unsigned nused;	     /* runs in use; 0 forgets them all (a STOP, a closed connection) */
 	uint64_t words;	     /* bitmap words covering the VM's log region */
 	uint64_t *hinted;    /* pages hinted under cur */
 	uint64_t *reported;  /* pages reported free (lazy) */
