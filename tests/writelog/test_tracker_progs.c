@@ -242,7 +242,9 @@ static int ring_reset_verdict(struct pt_tracker *t, uint32_t vm, uint32_t first_
 {
 	uint64_t id = (uint64_t)getpid() << 32 | (uint32_t)gettid(), args[] = { 0 };
 	struct pt_ring r = { .epoch = pt_vm(t, vm)->epoch, .first_idx = first_idx, .vm = vm + 1 };
-	struct pt_ioctl io = { .cmd = PT_KVM_RESET_DIRTY_RINGS, .vm = vm, .tgid = getpid(),
+	struct pt_ioctl io = { .cmd = PT_KVM_RESET_DIRTY_RINGS,
+			       .vm = vm,
+			       .tgid = getpid(),
 			       .epoch = pt_vm(t, vm)->epoch };
 	uint32_t key = vm * PT_MAX_VCPUS;
 
@@ -270,7 +272,8 @@ static int ring_reset_incomplete_is_not_a_loss(void)
 	CHECK(!ring_reset_verdict(t, vm, 5, &inc));
 	CHECK(inc == 1);
 	CHECK(!tainted(t, vm, ~0u) && pt_vm(t, vm)->lost == 0);
-	/* Reset up to the epoch's first entry: every pre-arm entry was reset, the ioctl is whole. */
+	/* Reset up to the epoch's first entry: every pre-arm entry was reset, the ioctl is whole.
+	 */
 	CHECK(!ring_reset_verdict(t, vm, 0, &inc));
 	CHECK(inc == 0);
 	CHECK(!tainted(t, vm, ~0u) && pt_vm(t, vm)->lost == 0);
@@ -279,8 +282,9 @@ static int ring_reset_incomplete_is_not_a_loss(void)
 	CHECK(!pt_vm_arm(t, vm, &epoch));
 	{
 		uint64_t id = (uint64_t)getpid() << 32 | (uint32_t)gettid(), args[] = { 0 };
-		struct pt_ioctl io = { .cmd = PT_KVM_RESET_DIRTY_RINGS, .vm = vm, .tgid = getpid(),
-				       .epoch = epoch };
+		struct pt_ioctl io = {
+			.cmd = PT_KVM_RESET_DIRTY_RINGS, .vm = vm, .tgid = getpid(), .epoch = epoch
+		};
 
 		CHECK(!bpf_map__update_elem(t->skel->maps.pt_ioctl, &id, sizeof(id), &io,
 					    sizeof(io), 0));
