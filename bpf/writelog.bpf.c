@@ -479,20 +479,46 @@ static __always_inline __u32 slot_flags(__u32 kvm_flags)
 	return PT_SLOT_VALID | (kvm_flags & PT_KVM_MEM_LOG_DIRTY_PAGES ? 0 : PT_SLOT_NOLOG);
 }
 
+/* Fill table entry idx with the region; bits from `bit_off`. */
+static __always_inline void slot_fill(struct pt_vm_slots *sl, __u32 idx,
+				      const struct kvm_userspace_memory_region *r, __u64 npages,
+				      __u64 bit_off)
+{
+	struct pt_slot *s;
+
+	/* The barrier keeps the compiler from computing the address before the check. */
+	barrier_var(idx);
+	if (idx >= PT_MAX_SLOTS)
+		return;
+	s = &sl->slots[idx];
+	s->id = r->slot;
+	s->base_gfn = r->guest_phys_addr >> PT_PAGE_SHIFT;
+	s->npages = npages;
+	s->bit_off = bit_off;
+	s->flags = slot_flags(r->flags);
+}
+
 /*
  * The VMM changed memslot r.slot. For a slot in the table: deleted or moved pages are no
  * longer what was hinted, and switching dirty logging off (or on) means writes of this epoch
  * went unseen: both taint. A slot without dirty logging stays marked PT_SLOT_NOLOG, which
  * makes every verdict of the VM "keep" until logging is back. Unknown slots are added only
  * for a VM whose table is learned from the ioctls.
+ *
+ * A slot created again under an id the table knows (deleted and re-created, moved: memory map
+ * changes, hotplug, virtio-mem) becomes valid again at once, reusing its bits where it fits
+ * in them, and taints the epoch in which it changed: it is usable from the next ARM on, never
+ * inside that epoch. A registered slot re-created larger than registered stays invalid (its
+ * pages are unknown memory: hints of them are refused, writes to it taint).
  */
 static __always_inline void memslot_changed(__u32 vm, struct pt_vm_state *st, __u64 uarg)
 {
 	struct pt_vm_slots *sl = bpf_map_lookup_elem(&pt_vm_slots, &vm);
+	bool learn = st->flags & PT_VM_LEARN_SLOTS;
 	struct kvm_userspace_memory_region r;
 	struct pt_slot *s = NULL;
-	__u64 npages;
-	__u32 i;
+	__u64 npages, bits = 0, bit_off = 0;
+	__u32 i, idx;
 
 	if (!sl || bpf_probe_read_user(&r, sizeof(r), (void *)uarg)) {
 		taint(st, PT_TAINT_UNKNOWN_SLOT);
@@ -507,6 +533,7 @@ static __always_inline void memslot_changed(__u32 vm, struct pt_vm_state *st, __
 			break;
 		}
 	}
+	idx = i;
 	if (s && (s->flags & PT_SLOT_VALID)) {
 		if (npages && s->base_gfn == r.guest_phys_addr >> PT_PAGE_SHIFT &&
 		    s->npages == npages) {
@@ -519,27 +546,32 @@ static __always_inline void memslot_changed(__u32 vm, struct pt_vm_state *st, __
 		s->flags = 0;
 		taint(st, PT_TAINT_SLOT_CHANGE);
 	}
-	if (!npages || !(st->flags & PT_VM_LEARN_SLOTS))
+	if (!npages)
 		return;
-	if (!s) {
-		i = sl->nslots;
-		if (i >= PT_MAX_SLOTS) {
-			taint(st, PT_TAINT_LOG_FULL);
-			return;
-		}
-		s = &sl->slots[i];
-		sl->nslots = i + 1;
-	}
-	if (sl->next_bit + npages > st->log_bits) {
+	if (s) {
+		/* Known id, created again: not usable in the epoch of the change. */
+		taint(st, PT_TAINT_SLOT_CHANGE);
+		bits = s->npages;
+		bit_off = s->bit_off;
+	} else if (!learn) {
+		return;
+	} else if (idx >= PT_MAX_SLOTS) {
 		taint(st, PT_TAINT_LOG_FULL);
 		return;
 	}
-	s->id = r.slot;
-	s->base_gfn = r.guest_phys_addr >> PT_PAGE_SHIFT;
-	s->npages = npages;
-	s->bit_off = sl->next_bit;
-	sl->next_bit += npages;
-	s->flags = slot_flags(r.flags);
+	if (npages > bits) {
+		if (!learn)
+			return;
+		if (sl->next_bit + npages > st->log_bits) {
+			taint(st, PT_TAINT_LOG_FULL);
+			return;
+		}
+		bit_off = sl->next_bit;
+		sl->next_bit += npages;
+	}
+	slot_fill(sl, idx, &r, npages, bit_off);
+	if (!s)
+		sl->nslots = idx + 1;
 }
 
 static __always_inline void slot_synced(__u32 vm, __u64 uarg, __u64 epoch)
