@@ -215,8 +215,6 @@ static void emit_word(struct emitter *e, uint64_t w, uint64_t bits)
 
 /* --- the state machine ---------------------------------------------------------------------- */
 
-static void settle_early(struct pt_vmctx *c);
-
 int pt_vmctx_new(struct pt_vmctx **out, struct pt_tracker *t, uint32_t vm, uint32_t pid,
 		 enum pt_dirty_mode mode, bool mode_tracked)
 {
@@ -247,6 +245,7 @@ void pt_vmctx_free(struct pt_vmctx *c)
 	free(c->reported);
 	free(c->inflated);
 	free(c->reclaimed);
+	free(c->early);
 	free(c);
 }
 
@@ -360,8 +359,10 @@ static void fold_word(void *arg, uint64_t w, uint64_t wr)
 {
 	struct pt_vmctx *c = arg;
 
+	/* Reported before the sync: may have been written unseen before it (PROTOCOL.md 5,
+	 * rule 8). Those pages leave the reported set; the others stay. */
 	if (c->reported)
-		c->reported[w] &= ~wr;
+		c->reported[w] &= ~(wr | (c->early ? c->early[w] : 0));
 	if (c->inflated && c->reclaimed) {
 		c->reclaimed[w] |= c->inflated[w] & wr;
 		c->inflated[w] &= ~wr;
@@ -377,16 +378,20 @@ static int next_epoch(struct pt_vmctx *c, uint64_t *epoch)
 	uint64_t old = __atomic_load_n(&st->epoch, __ATOMIC_ACQUIRE);
 	int err;
 
-	settle_early(c);
-	doubt = fold ? pt_epoch_doubt(c) & ~PT_WHY_UNTRACKED : 0;
+	doubt = fold ? pt_epoch_doubt(c) & PT_WHY_TAINTED : 0;
 	err = pt_vm_arm_fold(c->t, c->vm, fold ? fold_word : NULL, c, epoch);
 	if (err || !c->reported)
-		return err;
-	/* If the old epoch could not vouch for its log (or was tainted while we cleared it),
-	 * a reported page may have been written unseen: forget them all. */
+		goto out;
+	/* A tainted epoch (or one tainted while we cleared it) lost events: a reported page may
+	 * have been written unseen, forget them all. Without a taint a page reported in an
+	 * earlier epoch and never written is still write-protected (a sync protected it before
+	 * it was reported), so its writes in an unsynced epoch were logged: it stays. */
 	if (doubt || __atomic_load_n(&st->taint_epoch, __ATOMIC_ACQUIRE) >= old)
 		memset(c->reported, 0, c->words * 8);
-	return 0;
+out:
+	if (c->early)
+		memset(c->early, 0, c->words * 8);
+	return err;
 }
 
 int pt_cmd_arm(struct pt_vmctx *c, uint32_t cmd)
@@ -408,7 +413,6 @@ int pt_cmd_arm(struct pt_vmctx *c, uint32_t cmd)
 	if (err)
 		return -PT_E_INTERNAL;
 	memset(c->hinted, 0, c->words * 8);
-	c->early = false;
 	c->cur = cmd;
 	c->epoch = epoch;
 	c->state = PT_CS_ACTIVE;
@@ -432,39 +436,46 @@ static void piece_written(struct pt_vmctx *c, uint64_t page, uint64_t n, void *a
 
 /*
  * Pages hinted or reported before the epoch's sync may still be writable in KVM (dirty since
- * the last sync): a write to them now would raise no event, and the sync would then hide it.
- * They must be kept for this epoch, as if written. Rather than marking them one by one, the
- * first request that finds the epoch synced marks every page then hinted or reported (a
- * superset: safe), once. Until the sync every verdict is "keep" anyway. (Rule 1 of the
- * protocol, publish the command ID only after the sync, makes this rare for hints; reports
- * have no such ordering.)
+ * the last sync): a write to them before the sync would raise no event. They are unsure for
+ * this epoch (PT_WHY_NO_SYNC), not written: the `early` set remembers them until the next
+ * ARM. (Rule 1 of the protocol, publish the command ID only after the sync, makes this rare
+ * for hints; reports have no such ordering.) A page already reported and not written since
+ * is still write-protected, so reporting it again does not make it early.
  */
-static void settle_early(struct pt_vmctx *c)
+struct early_arg {
+	uint64_t *set;	 /* the hinted or reported set */
+	uint64_t *early; /* NULL once the epoch is synced */
+};
+
+static void piece_add(struct pt_vmctx *c, uint64_t page, uint64_t n, void *arg)
 {
-	uint64_t w;
+	struct early_arg *a = arg;
 
-	if (!c->early || (pt_epoch_doubt(c) & PT_WHY_NO_SYNC))
-		return;
-	for (w = 0; w < c->words; w++) {
-		uint64_t m = c->hinted[w] | (c->reported ? c->reported[w] : 0);
+	for (uint64_t p = page, end = page + n; p < end;) {
+		uint64_t off = p % 64, k = 64 - off < end - p ? 64 - off : end - p;
+		uint64_t mask = (k == 64 ? ~0ull : (1ull << k) - 1) << off;
 
-		if (m)
-			pt_vm_log_or(c->t, c->vm, w, m);
+		if (a->early)
+			a->early[p / 64] |= mask & ~a->set[p / 64];
+		a->set[p / 64] |= mask;
+		p += k;
 	}
-	c->early = false;
 }
 
-/* After recording new pages (settle_early() ran before): are they early? */
-static void note_early(struct pt_vmctx *c)
+/* Record pages into `set`, and into the early set while the epoch is not synced. */
+static int add_pages(struct pt_vmctx *c, uint64_t *set, const struct pt_range *r, uint32_t n,
+		     uint64_t *pages)
 {
-	if (pt_epoch_doubt(c) & PT_WHY_NO_SYNC)
-		c->early = true;
+	struct early_arg a = { set, NULL };
+
+	if ((pt_epoch_doubt(c) & PT_WHY_NO_SYNC) && !(a.early = lazy_bitmap(c, &c->early)))
+		return -PT_E_BUSY;
+	return apply_ranges(c, r, n, piece_add, &a, pages);
 }
 
 int pt_cmd_hint(struct pt_vmctx *c, uint32_t cmd, const struct pt_range *r, uint32_t n,
 		uint64_t *pages)
 {
-	struct set_arg a = { c->hinted, true };
 	int err = check_current(c, cmd);
 
 	if (!err && c->state == PT_CS_DONE)
@@ -475,11 +486,9 @@ int pt_cmd_hint(struct pt_vmctx *c, uint32_t cmd, const struct pt_range *r, uint
 			c->n.stale_pages += r[i].len >> PAGE_SHIFT;
 		return err;
 	}
-	settle_early(c);
-	err = apply_ranges(c, r, n, piece_set, &a, pages);
+	err = add_pages(c, c->hinted, r, n, pages);
 	if (err)
 		return err;
-	note_early(c);
 	c->n.hint_batches++;
 	c->n.hinted_pages += *pages;
 	return 0;
@@ -513,27 +522,30 @@ int pt_cmd_done(struct pt_vmctx *c, uint32_t cmd)
 }
 
 /*
- * free = hinted AND NOT written, read now. The log words are read before the doubt check, so
- * a taint raised while we read (a write that could not be logged) is seen by the check.
+ * free = hinted AND NOT written AND NOT early, read now. Written pages are kept_written; early
+ * pages not written are kept_unsure (PT_WHY_NO_SYNC). The log words are read before the doubt
+ * check, so a taint raised while we read (a write that could not be logged) is seen by it.
  */
-static int verdict_over(struct pt_vmctx *c, const uint64_t *set, bool want_written,
-			struct pt_verdict_sum *v, pt_range_cb cb, void *ctx)
+static int verdict_over(struct pt_vmctx *c, const uint64_t *set, struct pt_verdict_sum *v,
+			pt_range_cb cb, void *ctx)
 {
 	struct emitter e = { .c = c, .cb = NULL, .ctx = ctx };
-	uint64_t written = 0, total = 0, chosen = 0;
+	uint64_t written = 0, total = 0, chosen = 0, unsure = 0;
 
 	v->why |= pt_epoch_doubt(c);
 	if (!v->why)
 		e.cb = cb;
 	for (uint64_t w = 0; w < c->words; w++) {
-		uint64_t h = set[w], wr, pick;
+		uint64_t h = set[w], wr, early, pick;
 
 		if (!h)
 			continue;
 		wr = pt_vm_log_word(c->t, c->vm, w) & h;
-		pick = want_written ? wr : h & ~wr;
+		early = c->early ? c->early[w] & h & ~wr : 0;
+		pick = h & ~wr & ~early;
 		total += __builtin_popcountll(h);
 		written += __builtin_popcountll(wr);
+		unsure += __builtin_popcountll(early);
 		chosen += __builtin_popcountll(pick);
 		if (e.cb)
 			emit_word(&e, w, pick);
@@ -544,7 +556,7 @@ static int verdict_over(struct pt_vmctx *c, const uint64_t *set, bool want_writt
 	v->hinted = total;
 	if (v->why) {
 		/* Nothing can be vouched for. Ranges already passed to cb must be dropped: the
-		 * caller buffers them and sends nothing unless this returns with why == 0. */
+		 * caller buffers them and sends none unless this returns with free > 0. */
 		v->free = 0;
 		v->kept_written = 0;
 		v->kept_unsure = total;
@@ -553,8 +565,10 @@ static int verdict_over(struct pt_vmctx *c, const uint64_t *set, bool want_writt
 	if (e.len && emit_flush(&e))
 		return e.err;
 	v->free = chosen;
-	v->kept_written = want_written ? 0 : written;
-	v->kept_unsure = 0;
+	v->kept_written = written;
+	v->kept_unsure = unsure;
+	if (unsure)
+		v->why |= PT_WHY_NO_SYNC; /* only these pages: they came before the sync */
 	return 0;
 }
 
@@ -569,10 +583,9 @@ int pt_cmd_verdict(struct pt_vmctx *c, uint32_t cmd, struct pt_verdict_sum *v, p
 	c->n.queries++;
 	if (c->state == PT_CS_DONE)
 		v->why |= PT_WHY_DONE;
-	settle_early(c);
 	err = refresh_slots(c);
 	if (!err)
-		err = verdict_over(c, c->hinted, false, v, cb, ctx);
+		err = verdict_over(c, c->hinted, v, cb, ctx);
 	if (err)
 		return err;
 	c->n.confirmed_free += v->free;
@@ -590,16 +603,13 @@ int pt_vmm_written(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, uin
 
 int pt_report_add(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, uint64_t *pages)
 {
-	struct set_arg a = { lazy_bitmap(c, &c->reported), true };
 	int err;
 
-	if (!a.bits)
+	if (!lazy_bitmap(c, &c->reported))
 		return -PT_E_BUSY;
-	settle_early(c);
-	err = apply_ranges(c, r, n, piece_set, &a, pages);
+	err = add_pages(c, c->reported, r, n, pages);
 	if (err)
 		return err;
-	note_early(c);
 	c->n.reported_pages += *pages;
 	return 0;
 }
@@ -613,10 +623,9 @@ int pt_report_verdict(struct pt_vmctx *c, struct pt_verdict_sum *v, pt_range_cb 
 		return err;
 	if (!c->reported)
 		return 0;
-	settle_early(c);
 	/* A reported page written before it was reported is dirty and writable: its next write
 	 * would not fault. Its bit is set, so it counts as written, i.e. kept. */
-	return verdict_over(c, c->reported, false, v, cb, ctx);
+	return verdict_over(c, c->reported, v, cb, ctx);
 }
 
 int pt_balloon_inflate(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, uint64_t *pages)

@@ -61,10 +61,10 @@ struct pt_vmctx {
 	uint64_t *reported;  /* pages reported free (lazy) */
 	uint64_t *inflated;  /* pages in the balloon (lazy) */
 	uint64_t *reclaimed; /* inflated pages written without deflate (lazy) */
+	uint64_t *early;     /* hinted/reported before this epoch's sync: unsure (lazy) */
 	struct pt_vm_slots slots;
 	uint64_t slots_gen; /* pt_vm_state.slot_changes when slots was read */
 	uint32_t last_slot; /* index of the slot the last range fell in */
-	bool early;	    /* pages were hinted/reported before this epoch's sync */
 	bool slots_valid;
 	struct pt_vm_counters n;
 };

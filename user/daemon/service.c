@@ -114,8 +114,9 @@ static void reply_verdict(struct svc *s, struct pt_conn *c, uint32_t seq, uint32
 				.kept_written = sum->kept_written,
 				.kept_unsure = sum->kept_unsure };
 
-	/* An unsure verdict confirms nothing: whatever ranges were gathered are dropped. */
-	if (sum->why || !sum->free)
+	/* A verdict that confirms nothing drops whatever ranges were gathered. (`why` alone may
+	 * only explain some unsure pages, hinted before the sync, beside confirmed ones.) */
+	if (!sum->free)
 		s->nranges = 0;
 	send_ranges(s, c, PT_MSG_VERDICT, seq, &v);
 }
@@ -367,7 +368,7 @@ static void on_query(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx, con
 		return;
 	}
 	s->n.verdicts++;
-	if (sum.why) {
+	if (sum.why && !sum.free) {
 		char why[128];
 
 		/* Fail safe, and say why: the operator sees what kept the pages. */
