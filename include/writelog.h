@@ -34,6 +34,9 @@
 #define PT_VM_MANUAL_PROTECT (1u << 3)
 /* KVM_CREATE_VM seen while tracked: every KVM_ENABLE_CAP of the VM has been seen too */
 #define PT_VM_SEEN_CREATE (1u << 4)
+/* Slots are learned, but the VMM held a VM when tracking began: memslots it created before
+ * were never seen, so the table is incomplete for good (userspace only) */
+#define PT_VM_SLOTS_UNSEEN (1u << 5)
 
 /* Why an epoch is tainted (pt_vm_state.taint_reason, a bit set; sticky until next arm). */
 #define PT_TAINT_UNKNOWN_SLOT (1u << 0) /* write to a slot id not in the table */

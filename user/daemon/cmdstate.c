@@ -303,7 +303,14 @@ uint32_t pt_epoch_doubt(struct pt_vmctx *c)
 		why |= PT_WHY_TAINTED;
 	if (!(__atomic_load_n(&st->flags, __ATOMIC_ACQUIRE) & PT_VM_ACTIVE))
 		why |= PT_WHY_UNTRACKED;
+	if (__atomic_load_n(&st->flags, __ATOMIC_ACQUIRE) & PT_VM_SLOTS_UNSEEN)
+		why |= PT_WHY_UNKNOWN_MEM;
 	return why;
+}
+
+uint32_t pt_coverage_bits(struct pt_vmctx *c)
+{
+	return pt_epoch_doubt(c) & (PT_WHY_UNTRACKED | PT_WHY_UNKNOWN_MEM);
 }
 
 static bool id_used(struct pt_vmctx *c, uint32_t cmd)

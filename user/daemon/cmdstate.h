@@ -103,6 +103,9 @@ int pt_wr_read(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, pt_rang
 
 /* Why the current epoch cannot vouch for anything (PT_WHY_* bits, 0 if it can). */
 uint32_t pt_epoch_doubt(struct pt_vmctx *c);
+/* REGISTER's coverage: the bits that will make every verdict "keep" whatever the device does
+ * (untracked mode, an unlogged slot, memslots never seen), 0 if none. */
+uint32_t pt_coverage_bits(struct pt_vmctx *c);
 
 const char *pt_why_str(uint32_t why, char *buf, size_t len);
 

@@ -332,7 +332,7 @@ static void on_register(struct svc *s, struct pt_conn *c, const struct pt_msg *m
 			vm, r->vmm_pid, r->dirty_mode == PT_DIRTY_RING ? "dirty-ring" : "bitmap",
 			vmm_visible(s, r->vmm_pid) ? "" : ", VMM in another PID namespace");
 	/* Coverage: 0 when every write path is observed, else why every verdict will be keep. */
-	reply_ack(s, c, m->seq, vm, tracked ? 0 : PT_WHY_UNTRACKED, 0);
+	reply_ack(s, c, m->seq, vm, pt_coverage_bits(ctx), 0);
 }
 
 /* --- the other requests --------------------------------------------------------------------- */
