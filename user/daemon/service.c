@@ -76,11 +76,15 @@ static int collect_range(void *ctx, uint64_t gpa, uint64_t len)
 	return 0;
 }
 
+/* Reply frames stay at or below 64 KiB (PROTOCOL.md section 6): 4093 ranges each. */
+#define REPLY_FRAME_BYTES 65536
+
 /* Ranges in as many frames as needed; every frame repeats the counts, the last lacks MORE. */
 static void send_ranges(struct svc *s, struct pt_conn *c, unsigned type, uint32_t seq,
 			struct pt_verdict *v)
 {
-	const size_t per = (PT_MAX_PAYLOAD - sizeof(*v)) / sizeof(struct pt_range);
+	const size_t per = (REPLY_FRAME_BYTES - sizeof(struct pt_hdr) - sizeof(*v)) /
+			   sizeof(struct pt_range);
 	size_t done = 0;
 
 	do {
@@ -422,6 +426,10 @@ static int list_unsure(struct svc *s, const struct pt_msg *m, struct pt_verdict 
 	return 0;
 }
 
+/* Ranges per WR_READ (WR_CAPS max_ranges): one more still fits a frame, so the documented
+ * PT_E_BUSY is what a device that asks too much gets, not a closed connection. */
+#define WR_MAX_RANGES 4096
+
 static void on_wr_read(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx,
 		       const struct pt_msg *m)
 {
@@ -429,6 +437,10 @@ static void on_wr_read(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx,
 	uint64_t pages;
 	int err;
 
+	if (m->count > WR_MAX_RANGES) {
+		reply_err(s, c, m->seq, -PT_E_BUSY, "write records: more than max_ranges ranges");
+		return;
+	}
 	s->nranges = 0;
 	err = pt_wr_read(ctx, m->ranges, m->count, collect_range, s, &pages);
 	if (err) {
@@ -517,8 +529,10 @@ static void dispatch(struct svc *s, struct pt_conn *c, const struct pt_msg *m)
 {
 	struct pt_vmctx *ctx;
 
+	/* PING is a liveness probe, valid before REGISTER too: always an ACK, whose value32 says
+	 * whether this connection holds a VM now (1) or not (0: never registered, or moved away). */
 	if (m->type == PT_MSG_PING) {
-		reply_ack(s, c, m->seq, 0, 0, 0);
+		reply_ack(s, c, m->seq, bound_vm(s, c) ? 1 : 0, 0, 0);
 		return;
 	}
 	if (m->type == PT_MSG_REGISTER) {
@@ -547,7 +561,7 @@ static void dispatch(struct svc *s, struct pt_conn *c, const struct pt_msg *m)
 		on_query(s, c, ctx, m);
 		break;
 	case PT_MSG_WR_CAPS: {
-		struct pt_wr_caps caps = { PT_PROTO_PAGE, PT_MAX_HINTS, 0 };
+		struct pt_wr_caps caps = { PT_PROTO_PAGE, WR_MAX_RANGES, 0 };
 
 		pt_conn_send(c, s->out, pt_build_wr_caps(s->out, PT_MAX_FRAME, m->seq, &caps));
 		break;
