@@ -83,8 +83,8 @@ static int collect_range(void *ctx, uint64_t gpa, uint64_t len)
 static void send_ranges(struct svc *s, struct pt_conn *c, unsigned type, uint32_t seq,
 			struct pt_verdict *v)
 {
-	const size_t per = (REPLY_FRAME_BYTES - sizeof(struct pt_hdr) - sizeof(*v)) /
-			   sizeof(struct pt_range);
+	const size_t per =
+		(REPLY_FRAME_BYTES - sizeof(struct pt_hdr) - sizeof(*v)) / sizeof(struct pt_range);
 	size_t done = 0;
 
 	do {
@@ -530,7 +530,8 @@ static void dispatch(struct svc *s, struct pt_conn *c, const struct pt_msg *m)
 	struct pt_vmctx *ctx;
 
 	/* PING is a liveness probe, valid before REGISTER too: always an ACK, whose value32 says
-	 * whether this connection holds a VM now (1) or not (0: never registered, or moved away). */
+	 * whether this connection holds a VM now (1) or not (0: never registered, or moved away).
+	 */
 	if (m->type == PT_MSG_PING) {
 		reply_ack(s, c, m->seq, bound_vm(s, c) ? 1 : 0, 0, 0);
 		return;
