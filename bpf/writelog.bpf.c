@@ -177,7 +177,8 @@ static __always_inline struct pt_cpu_cache *cached_vm(__u32 *vm)
 	return c;
 }
 
-static __always_inline void taint(struct pt_vm_state *st, __u32 reason)
+/* Mark the current epoch unable to vouch for its log (`reason`: PT_TAINT_*). */
+static __always_inline void doubt_epoch(struct pt_vm_state *st, __u32 reason)
 {
 	__u64 epoch = st->epoch, old = st->taint_epoch;
 
@@ -198,6 +199,12 @@ static __always_inline void taint(struct pt_vm_state *st, __u32 reason)
 	if (st->taint_epoch < epoch)
 		st->taint_epoch = epoch;
 	__sync_fetch_and_or(&st->taint_reason, reason);
+}
+
+/* An event that could not be recorded: the epoch is tainted and the loss counted. */
+static __always_inline void taint(struct pt_vm_state *st, __u32 reason)
+{
+	doubt_epoch(st, reason);
 	__sync_fetch_and_add(&st->lost, 1);
 }
 
@@ -508,7 +515,7 @@ static __always_inline void slot_fill(struct pt_vm_slots *sl, __u32 idx,
  * A slot created again under an id the table knows (deleted and re-created, moved: memory map
  * changes, hotplug, virtio-mem) becomes valid again at once, reusing its bits where it fits
  * in them, and taints the epoch in which it changed: it is usable from the next ARM on, never
- * inside that epoch. A registered slot re-created larger than registered stays invalid (its
+ * inside that epoch. A change the VMM made is no lost event: it taints without counting one. A registered slot re-created larger than registered stays invalid (its
  * pages are unknown memory: hints of them are refused, writes to it taint).
  */
 static __always_inline void memslot_changed(__u32 vm, struct pt_vm_state *st, __u64 uarg)
@@ -539,18 +546,18 @@ static __always_inline void memslot_changed(__u32 vm, struct pt_vm_state *st, __
 		    s->npages == npages) {
 			if (s->flags != slot_flags(r.flags)) {
 				s->flags = slot_flags(r.flags);
-				taint(st, PT_TAINT_SLOT_CHANGE);
+				doubt_epoch(st, PT_TAINT_SLOT_CHANGE);
 			}
 			return;
 		}
 		s->flags = 0;
-		taint(st, PT_TAINT_SLOT_CHANGE);
+		doubt_epoch(st, PT_TAINT_SLOT_CHANGE);
 	}
 	if (!npages)
 		return;
 	if (s) {
 		/* Known id, created again: not usable in the epoch of the change. */
-		taint(st, PT_TAINT_SLOT_CHANGE);
+		doubt_epoch(st, PT_TAINT_SLOT_CHANGE);
 		bits = s->npages;
 		bit_off = s->bit_off;
 	} else if (!learn) {
