@@ -515,8 +515,9 @@ static __always_inline void slot_fill(struct pt_vm_slots *sl, __u32 idx,
  * A slot created again under an id the table knows (deleted and re-created, moved: memory map
  * changes, hotplug, virtio-mem) becomes valid again at once, reusing its bits where it fits
  * in them, and taints the epoch in which it changed: it is usable from the next ARM on, never
- * inside that epoch. A change the VMM made is no lost event: it taints without counting one. A registered slot re-created larger than registered stays invalid (its
- * pages are unknown memory: hints of them are refused, writes to it taint).
+ * inside that epoch. A change the VMM made is no lost event: it taints without counting one. A
+ * registered slot re-created larger than registered stays invalid (its pages are unknown memory:
+ * hints of them are refused, writes to it taint).
  */
 static __always_inline void memslot_changed(__u32 vm, struct pt_vm_state *st, __u64 uarg)
 {
