@@ -458,12 +458,15 @@ static void piece_add(struct pt_vmctx *c, uint64_t page, uint64_t n, void *arg)
 {
 	struct early_arg *a = arg;
 
+	if (!a->early) { /* the common case: synced, whole words at a time */
+		bits_set(a->set, page, n, true);
+		return;
+	}
 	for (uint64_t p = page, end = page + n; p < end;) {
 		uint64_t off = p % 64, k = 64 - off < end - p ? 64 - off : end - p;
 		uint64_t mask = (k == 64 ? ~0ull : (1ull << k) - 1) << off;
 
-		if (a->early)
-			a->early[p / 64] |= mask & ~a->set[p / 64];
+		a->early[p / 64] |= mask & ~a->set[p / 64];
 		a->set[p / 64] |= mask;
 		p += k;
 	}
