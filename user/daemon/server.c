@@ -716,6 +716,8 @@ static void handle_accept(struct pt_server *s, int res, bool more)
 	s->st.conns_accepted++;
 	s->st.conns_open++;
 	pt_debug("conn %u pid %d uid %u: accepted", c->id, (int)c->peer.pid, (unsigned)c->peer.uid);
+	if (s->ops.on_accept)
+		s->ops.on_accept(s->ctx, c);
 	mark_dirty(c); /* arms the recv */
 }
 
@@ -784,8 +786,7 @@ static bool handle_recv_buf(struct pt_conn *c, unsigned bid, int res)
 		return true;
 	}
 	len = io_uring_recvmsg_payload_length(o, res, &s->rmsg);
-	off = (uint32_t)((unsigned char *)io_uring_recvmsg_payload(o, &s->rmsg) -
-			 buf_addr(s, bid));
+	off = (uint32_t)((unsigned char *)io_uring_recvmsg_payload(o, &s->rmsg) - buf_addr(s, bid));
 	if ((o->controllen || (o->flags & MSG_CTRUNC)) && !conn_keep_fds(c, o)) {
 		buf_return(s, bid);
 		pt_conn_send_error(c, 0, PT_E_BAD_FIELD,
@@ -1377,6 +1378,20 @@ unsigned pt_conn_take_fds(struct pt_conn *c, int *fds, unsigned max)
 const struct pt_peer *pt_conn_peer(const struct pt_conn *c)
 {
 	return &c->peer;
+}
+
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77
+#endif
+
+int pt_conn_peer_pidfd(const struct pt_conn *c)
+{
+	int fd = -1;
+	socklen_t len = sizeof(fd);
+
+	if (getsockopt(c->fd, SOL_SOCKET, SO_PEERPIDFD, &fd, &len))
+		return -errno;
+	return fd >= 0 ? fd : -ESRCH;
 }
 
 uint32_t pt_conn_id(const struct pt_conn *c)
