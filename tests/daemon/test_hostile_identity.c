@@ -110,12 +110,26 @@ static int pipes_open(struct pipes *p)
 	return pipe(p->to_child) || pipe(p->to_parent) ? -1 : 0;
 }
 
+static void close_fd(int *fd)
+{
+	if (*fd >= 0)
+		close(*fd);
+	*fd = -1;
+}
+
+/* Each side keeps only its ends, so that a side that dies is seen (EOF), not waited for. */
+static void pipes_side(struct pipes *p, bool child)
+{
+	close_fd(&p->to_child[child]);
+	close_fd(&p->to_parent[!child]);
+}
+
 static void pipes_close(struct pipes *p)
 {
-	close(p->to_child[0]);
-	close(p->to_child[1]);
-	close(p->to_parent[0]);
-	close(p->to_parent[1]);
+	close_fd(&p->to_child[0]);
+	close_fd(&p->to_child[1]);
+	close_fd(&p->to_parent[0]);
+	close_fd(&p->to_parent[1]);
 }
 
 static struct pt_range pages(uint64_t first, uint64_t n)
@@ -156,6 +170,7 @@ static int victim(void *arg)
 	struct pt_client *c, *c2;
 	int err;
 
+	pipes_side(p, true);
 	CHECK(become_nobody() == 0);
 	c = connect_svc();
 	CHECK(c);
@@ -232,6 +247,7 @@ static int takeover_starts_afresh(void)
 		return t_skip("needs root to switch uid");
 	CHECK(open_socket(true) == 0 && pipes_open(&p) == 0);
 	v = start_child(victim, &p);
+	pipes_side(&p, false);
 	CHECK(v > 0);
 	if (step_wait(p.to_parent[0], '1'))
 		goto out;
@@ -302,6 +318,7 @@ static int reused_vmm(void *arg)
 	struct pt_client *c = connect_svc();
 	int err;
 
+	pipes_side(p, true);
 	CHECK(c);
 	CHECK(pt_client_register(c, 0, PT_DIRTY_RING, &slot1, 1, NULL) == 0);
 	CHECK(pt_client_arm(c, 2) == 0 && pt_client_hint(c, 2, &r, 1) == 0);
@@ -361,10 +378,12 @@ static int pid_reuse_refused(void)
 	CHECK(read(u.keeper_pid[0], &keeper, sizeof(keeper)) == sizeof(keeper));
 
 	v = start_child_as(pp, reused_vmm, &p);
+	pipes_side(&p, false);
 	if (v != pp) {
 		kill(keeper, SIGKILL);
 		wait_child(keeper);
 		open_socket(false);
+		pipes_close(&p);
 		return t_skip("could not get pid %d back for a new process", (int)pp);
 	}
 	if (step_wait(p.to_parent[0], 'r'))
@@ -386,6 +405,10 @@ out:
 		kill(v, SIGKILL);
 	rc |= wait_child(v);
 	pipes_close(&p);
+	for (int i = 0; i < 2; i++) {
+		close(u.keeper_in[i]);
+		close(u.keeper_pid[i]);
+	}
 	open_socket(false);
 	CHECK(rc == 0);
 	return 0;
@@ -420,7 +443,8 @@ static int holder(void *arg)
 		else if (err == -EBUSY && reason_has(c, "quota"))
 			res = 'B';
 		if (res != 'A')
-			fprintf(stderr, "  register: %d %s\n", err, pt_client_last_error(c)->reason);
+			fprintf(stderr, "  register: %d %s\n", err,
+				pt_client_last_error(c)->reason);
 		pt_client_close(c); /* the registration lives with the process, not the socket */
 	}
 	if (write(h->out, &res, 1) != 1)
@@ -477,7 +501,8 @@ static int nobody_conns(void *arg)
 		fd = raw_connect();
 		CHECK(fd >= 0);
 		CHECK(raw_recv(fd, &h, &m) == 1 && m.type == PT_MSG_ERROR);
-		CHECKF(m.error->code == PT_E_BUSY && memmem(m.reason, m.reason_len, "quota-conns", 11),
+		CHECKF(m.error->code == PT_E_BUSY &&
+			       memmem(m.reason, m.reason_len, "quota-conns", 11),
 		       "%s %.*s", pt_err_str(m.error->code), (int)m.reason_len, m.reason);
 		CHECK(raw_eof(fd));
 		close(fd);
@@ -626,6 +651,7 @@ static int vm_holder(void *arg)
 	int vm = create_vm();
 	struct pt_client *c;
 
+	pipes_side(p, true);
 	CHECK(vm >= 0 && become_nobody() == 0);
 	c = connect_svc();
 	CHECK(c && register2(c, 0, vm, 0) == 0);
@@ -648,6 +674,7 @@ static int token_resumes(void)
 		return 0;
 	CHECK(open_socket(true) == 0 && pipes_open(&p) == 0);
 	v = start_child(vm_holder, &p);
+	pipes_side(&p, false);
 	if (!step_wait(p.to_parent[0], 'r'))
 		rc = wait_child(start_child(other_vm_child, &v));
 	step_send(p.to_child[1], 'g');
@@ -676,8 +703,10 @@ static int write_conf(void)
 	f = fopen(conf, "w");
 	if (!f)
 		return -1;
-	fprintf(f, "quota-conns = %d\nquota-vms = %d\nquota-log-mb = %d\n", Q_CONNS, Q_VMS,
-		Q_LOG_MB);
+	fprintf(f,
+		getenv("OLDCONF") ? "#%d %d %d\n"
+				  : "quota-conns = %d\nquota-vms = %d\nquota-log-mb = %d\n",
+		Q_CONNS, Q_VMS, Q_LOG_MB);
 	fclose(f);
 	atexit(remove_conf);
 	args[0] = "-c";
