@@ -424,16 +424,21 @@ static bool vmm_visible(struct svc *s, uint32_t pid)
 
 /* A VM under this pid that is not this process (pid reused), or another memory map: its
  * state says nothing about this VM. */
-static void release_if_other(struct svc *s, const struct reg_req *r, uint64_t start)
+static void release_if_other(struct svc *s, struct pt_conn *c, const struct reg_req *r,
+			     uint64_t start)
 {
+	bool reused;
 	uint32_t vm;
 
 	if (pt_vm_find(s->t, r->vmm_pid, &vm))
 		return;
-	if (tracked_vm(s, r->vmm_pid, start) < 0)
-		release_vm(s, vm, "pid reused by another process");
-	else if (!same_slots(s, vm, r))
-		release_vm(s, vm, "registered again with another memory map");
+	reused = tracked_vm(s, r->vmm_pid, start) < 0;
+	if (!reused && same_slots(s, vm, r))
+		return;
+	unbind_holder(s, vm, c);
+	release_vm(s, vm,
+		   reused ? "pid reused by another process"
+			  : "registered again with another memory map");
 }
 
 /*
@@ -486,7 +491,7 @@ static int register_vm(struct svc *s, struct pt_conn *c, struct reg_req *r, stru
 	uint64_t bits;
 	int err, held;
 
-	release_if_other(s, r, w->start);
+	release_if_other(s, c, r, w->start);
 	held = tracked_vm(s, r->vmm_pid, w->start);
 	bits = held >= 0 ? pt_vm(s->t, held)->log_bits : reg_bits(s, r);
 	err = charge_vm(s, held, w->uid, bits, why, cap);
