@@ -274,13 +274,20 @@ out:
 static int socket_keeper(int sock, int in)
 {
 	struct pt_range r = pages(0, 64);
+	struct pt_hdr h;
+	struct pt_msg m;
 	uint32_t pid;
 	size_t n;
 
 	CHECK(read(in, &pid, sizeof(pid)) == sizeof(pid));
 	n = pt_build_register(tx, sizeof(tx), 10, pid, PT_DIRTY_RING, &slot1, 1);
 	CHECK(!raw_send(sock, tx, n));
-	EXPECT_ERROR(sock, 10, PT_E_PERM);
+	CHECK(raw_recv(sock, &h, &m) == 1);
+	CHECKF(m.type == PT_MSG_ERROR && m.error->code == PT_E_PERM && h.seq == 10 &&
+		       memmem(m.reason, m.reason_len, "exited", 6),
+	       "REGISTER of the reused pid: %s %.*s", pt_msg_type_str(m.type),
+	       m.type == PT_MSG_ERROR ? (int)m.reason_len : 0,
+	       m.type == PT_MSG_ERROR ? m.reason : "");
 	n = pt_build_hint(tx, sizeof(tx), 11, 2, &r, 1);
 	CHECK(!raw_send(sock, tx, n));
 	EXPECT_ERROR(sock, 11, PT_E_NOT_REGISTERED);
@@ -521,7 +528,7 @@ static int quota_exhaustion(void)
 {
 	pid_t pids[Q_VMS + 8] = { 0 };
 	int n = 0, busy = 0, root_fd, rc;
-	char r;
+	char r = 0;
 
 	T_REQUIRE(need_service());
 	if (geteuid() != 0)
@@ -551,6 +558,14 @@ static int quota_exhaustion(void)
 		rc = -1;
 	kill_all(pids, n);
 	CHECK(rc == 0);
+	/* The registrations die with their VMM processes: the quota frees up (reaped each tick). */
+	r = 0;
+	for (int i = 0; i < 150 && r != 'A'; i++) {
+		usleep(100 * 1000);
+		r = hold(true, 4ull << 20, &pids[0]);
+		kill_all(pids, 1);
+	}
+	CHECKF(r == 'A', "uid 65534's quota still full after its VMMs exited: %c", r);
 
 	/* Log: 64 GiB is 2 MiB of log, over uid 65534's 1 MiB; root's is not limited. */
 	n = 0;
