@@ -273,13 +273,9 @@ static int charge_vm(struct svc *s, int vm, uid_t uid, uint64_t bits, char *why,
 	if (err || !id)
 		return err;
 	uncharge_vm(s, (uint32_t)vm);
-	*id = (struct vm_id){ .pidfd = id->pidfd,
-			      .vm_fd = id->vm_fd,
-			      .token = id->token,
-			      .conn = id->conn,
-			      .uid = uid,
-			      .bits = bits,
-			      .charged = true };
+	id->uid = uid;
+	id->bits = bits;
+	id->charged = true;
 	return 0;
 }
 
@@ -882,6 +878,8 @@ static void on_frame(void *arg, struct pt_conn *c, const struct pt_hdr *h, const
 	struct pt_msg m;
 	int err;
 
+	if (!pt_conn_data(c))
+		return; /* refused at accept (quota, memory): closing, nothing is served */
 	s->n.frames++;
 	err = pt_frame_parse(h, payload, &m);
 	if (err) {
