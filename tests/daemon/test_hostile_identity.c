@@ -12,6 +12,9 @@
  *                           naming the quota) while root still connects and registers
  *   token_resumes           (KVM) REGISTER2 with the ACK's token carries the state over, a
  *                           wrong token starts afresh; another VM's descriptor is refused
+ *   takeover_verdict        (KVM) the issue's break with a real guest: data in pages 0..63,
+ *                           the device hints 0..15, root registers the VM and hints 16..63,
+ *                           the device reconnects: its verdict lists 0..15 only
  *
  * Without KVM the state reset is read from what the service answers: QUERY of a command ID
  * armed before the takeover is PT_E_STALE_CMD, hinted counts start from zero.
@@ -23,8 +26,11 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
+#include <sys/mman.h>
+
 #include "t.h"
 #include "svc.h"
+#include "vmm/minivm.h"
 
 #define NOBODY	 65534
 #define PG	 4096ull
@@ -701,6 +707,120 @@ static int token_resumes(void)
 }
 
 /* ========================================================================================= */
+/* The verdict a device acts on, with a real guest.                                          */
+
+#define VM_DATA_GPA  (4ull << 30)
+#define VM_DATA_SIZE (8ull << 20)
+
+/* The slots the intruder registers: written by the VMM child in shared memory. */
+struct shared_slots {
+	struct pt_reg_slot slots[2];
+};
+
+struct verdict_arg {
+	struct pipes p;
+	struct shared_slots *sh;
+};
+
+static int verdict_check(struct pt_client *c, const struct pt_range *first)
+{
+	struct pt_client_result res;
+	uint64_t listed = 0;
+
+	CHECK(pt_client_query(c, 2, PT_Q_HINTS, &res) == 0);
+	for (uint32_t i = 0; i < res.v.nranges; i++) {
+		const struct pt_range *x = &res.ranges[i];
+
+		listed += x->len / PG;
+		CHECKF(x->gpa >= first->gpa && x->gpa + x->len <= first->gpa + first->len,
+		       "page %#llx listed free: the device never hinted it",
+		       (unsigned long long)x->gpa);
+	}
+	CHECKF(res.v.free == listed && res.v.hinted == first->len / PG && listed <= res.v.hinted,
+	       "hinted %llu free %llu listed %llu", (unsigned long long)res.v.hinted,
+	       (unsigned long long)res.v.free, (unsigned long long)listed);
+	pt_client_result_free(&res);
+	return 0;
+}
+
+static int verdict_vmm(void *arg)
+{
+	struct verdict_arg *va = arg;
+	struct pipes *p = &va->p;
+	struct shared_slots *sh = va->sh;
+	struct minivm_opts o = { .dirty = MINIVM_DIRTY_RING, .nslots = 1, .ring_entries = 4096 };
+	struct pt_range first = { VM_DATA_GPA, 16 * PG };
+	struct pt_client *c, *c2;
+	uint64_t gpas[64];
+	struct minivm *m;
+	int err;
+
+	pipes_side(p, true);
+	o.slots[0] = (struct minivm_slot){ .gpa = VM_DATA_GPA, .size = VM_DATA_SIZE, .id = 1 };
+	CHECK(!minivm_create(&m, &o));
+	sh->slots[0] = (struct pt_reg_slot){ VM_DATA_GPA, VM_DATA_SIZE, 1, PT_REG_SLOT_LOGGED };
+	minivm_system_range(m, &sh->slots[1].gpa, &sh->slots[1].size);
+	sh->slots[1].flags = PT_REG_SLOT_LOGGED;
+	for (int i = 0; i < 64; i++)
+		gpas[i] = VM_DATA_GPA + i * PG;
+	CHECK(!minivm_guest_write(m, gpas, 64, 0x1111)); /* live data, never hinted past 15 */
+
+	c = connect_svc();
+	CHECK(c && pt_client_register(c, 0, PT_DIRTY_RING, sh->slots, 2, NULL) == 0);
+	CHECK(pt_client_arm(c, 2) == 0 && !minivm_sync(m) && pt_client_hint(c, 2, &first, 1) == 0);
+	CHECK(step_send(p->to_parent[1], '1') == 0 && step_wait(p->to_child[0], '1') == 0);
+
+	hinted(c, 2, &err);
+	CHECKF(err == -ENOTCONN, "the device was not told of the takeover: %d", err);
+	c2 = connect_svc();
+	CHECK(c2 && pt_client_register(c2, 0, PT_DIRTY_RING, sh->slots, 2, NULL) == 0);
+	hinted(c2, 2, &err);
+	CHECKF(err == -ESTALE, "the intruder's round carried over: %d", err);
+	CHECK(pt_client_arm(c2, 2) == 0 && !minivm_sync(m));
+	CHECK(pt_client_hint(c2, 2, &first, 1) == 0);
+	CHECK(verdict_check(c2, &first) == 0);
+	pt_client_close(c2);
+	pt_client_close(c);
+	minivm_destroy(m);
+	return 0;
+}
+
+static int takeover_verdict(void)
+{
+	struct pt_range rest = { VM_DATA_GPA + 16 * PG, 48 * PG };
+	struct pt_client *c = NULL;
+	struct verdict_arg va;
+	pid_t v;
+	int rc = -1;
+
+	T_REQUIRE(t_need_kvm());
+	T_REQUIRE(need_service());
+	if (!ring_tracked())
+		return t_skip("dirty-ring writes not tracked on this host");
+	va.sh = mmap(NULL, sizeof(*va.sh), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1,
+		     0);
+	CHECK(va.sh != MAP_FAILED && pipes_open(&va.p) == 0);
+	v = start_child(verdict_vmm, &va);
+	pipes_side(&va.p, false);
+	if (step_wait(va.p.to_parent[0], '1') == 0) {
+		/* Root registers the VMM's VM (allowed, but afresh) and hints the rest. */
+		c = connect_svc();
+		if (c &&
+		    !pt_client_register(c, (uint32_t)v, PT_DIRTY_RING, va.sh->slots, 2, NULL) &&
+		    !pt_client_arm(c, 2) && !pt_client_hint(c, 2, &rest, 1))
+			rc = step_send(va.p.to_child[1], '1');
+	}
+	if (rc)
+		kill(v, SIGKILL);
+	rc |= wait_child(v);
+	pt_client_close(c);
+	pipes_close(&va.p);
+	munmap(va.sh, sizeof(*va.sh));
+	CHECK(rc == 0);
+	return 0;
+}
+
+/* ========================================================================================= */
 
 static char conf[64];
 
@@ -733,10 +853,8 @@ static int write_conf(void)
 int main(int argc, char **argv)
 {
 	static const struct t_case cases[] = {
-		T_CASE(takeover_starts_afresh),
-		T_CASE(pid_reuse_refused),
-		T_CASE(quota_exhaustion),
-		T_CASE(token_resumes),
+		T_CASE(takeover_starts_afresh), T_CASE(pid_reuse_refused), T_CASE(quota_exhaustion),
+		T_CASE(token_resumes),		T_CASE(takeover_verdict),
 	};
 
 	setvbuf(stdout, NULL, _IOLBF, 0);
