@@ -37,6 +37,7 @@ struct conn_info {
 	uint32_t bind;	     /* generation << 16 | VM index + 1, or 0 */
 	bool taken_over;     /* another connection registered the VM this one held */
 	bool counted;	     /* in the uid's connection quota */
+	bool refused;	     /* over the quota at accept: closing, nothing is served */
 	uint64_t peer_start; /* start time of the peer at accept (kernels without SO_PEERPIDFD) */
 };
 
@@ -311,6 +312,24 @@ static int track_vm(struct svc *s, const struct reg_req *r, uint32_t *vm)
 }
 
 static struct pt_vmctx *bound_vm(struct svc *s, struct pt_conn *c);
+
+/*
+ * The service's record of a connection, made at accept (or at its first frame where the
+ * server has no accept hook); NULL only when out of memory.
+ */
+static struct conn_info *conn_info(struct pt_conn *c)
+{
+	struct conn_info *ci = pt_conn_data(c);
+
+	if (ci)
+		return ci;
+	ci = calloc(1, sizeof(*ci));
+	if (ci) {
+		pt_proc_start_time((uint32_t)pt_conn_peer(c)->pid, &ci->peer_start);
+		pt_conn_set_data(c, ci);
+	}
+	return ci;
+}
 
 /*
  * A connection remembers its VM as index + generation, never as a pointer: the context may be
@@ -878,7 +897,7 @@ static void on_frame(void *arg, struct pt_conn *c, const struct pt_hdr *h, const
 	struct pt_msg m;
 	int err;
 
-	if (!pt_conn_data(c))
+	if (!conn_info(c) || conn_info(c)->refused)
 		return; /* refused at accept (quota, memory): closing, nothing is served */
 	s->n.frames++;
 	err = pt_frame_parse(h, payload, &m);
@@ -896,15 +915,16 @@ static void on_accept(void *arg, struct pt_conn *c)
 	struct svc *s = arg;
 	const struct pt_peer *p = pt_conn_peer(c);
 	struct pt_quota_limits l = quota_limits(s);
-	struct conn_info *ci = calloc(1, sizeof(*ci));
+	struct conn_info *ci = conn_info(c);
 	uint8_t frame[sizeof(struct pt_hdr) + sizeof(struct pt_error) + 160];
 	char why[160];
 	time_t now;
 
-	pt_conn_set_data(c, ci);
 	if (!ci || pt_quota_conn_get(s->quota, &l, p->uid, why, sizeof(why))) {
 		if (!ci)
 			snprintf(why, sizeof(why), "out of memory");
+		else
+			ci->refused = true;
 		pt_conn_send(c, frame, pt_build_error(frame, sizeof(frame), 0, PT_E_BUSY, why));
 		pt_conn_close(c);
 		now = time(NULL);
@@ -914,7 +934,6 @@ static void on_accept(void *arg, struct pt_conn *c)
 		return;
 	}
 	ci->counted = true;
-	pt_proc_start_time((uint32_t)p->pid, &ci->peer_start);
 }
 
 static void on_close(void *arg, struct pt_conn *c)
