@@ -11,7 +11,8 @@
  *   quota_exhaustion        uid 65534 fills its connection, VM and log quotas (PT_E_BUSY
  *                           naming the quota) while root still connects and registers
  *   token_resumes           (KVM) REGISTER2 with the ACK's token carries the state over, a
- *                           wrong token starts afresh; another VM's descriptor is refused
+ *                           wrong token starts afresh; a device process of the VMM's uid
+ *                           registers with the VM's descriptor; another VM's is refused
  *   takeover_verdict        (KVM) the issue's break with a real guest: data in pages 0..63,
  *                           the device hints 0..15, root registers the VM and hints 16..63,
  *                           the device reconnects: its verdict lists 0..15 only
@@ -666,16 +667,36 @@ static int other_vm_child(void *arg)
 	return 0;
 }
 
+/* A device process of the VMM's user, not the VMM: the VM's descriptor is its proof. */
+static int device_of(pid_t vmm, int vm, uint64_t tok)
+{
+	struct pt_client *c = connect_svc();
+	int err;
+
+	CHECK(c);
+	err = register2(c, (uint32_t)vmm, vm, tok);
+	CHECKF(err == 0 && pt_client_token(c) == tok, "possession with the token: %d %s", err,
+	       pt_client_last_error(c)->reason);
+	pt_client_close(c);
+	return 0;
+}
+
 static int vm_holder(void *arg)
 {
 	struct pipes *p = arg;
 	int vm = create_vm();
 	struct pt_client *c;
+	pid_t vmm = getpid(), dev;
 
 	pipes_side(p, true);
 	CHECK(vm >= 0 && become_nobody() == 0);
 	c = connect_svc();
 	CHECK(c && register2(c, 0, vm, 0) == 0);
+	fflush(NULL);
+	dev = fork();
+	if (dev == 0)
+		_exit(device_of(vmm, vm, pt_client_token(c)) ? 1 : 0);
+	CHECK(wait_child(dev) == 0);
 	CHECK(step_send(p->to_parent[1], 'r') == 0 && step_wait(p->to_child[0], 'g') == 0);
 	pt_client_close(c);
 	close(vm);
