@@ -157,6 +157,17 @@ static uint64_t hinted(struct pt_client *c, uint32_t cmd, int *err)
 	return n;
 }
 
+/* status.json (rewritten every tick) shows @key at @min or more, within 10 s. */
+static bool status_reaches(const char *key, long long min)
+{
+	for (int i = 0; i < 100; i++) {
+		if (status_num(key) >= min)
+			return true;
+		usleep(100 * 1000);
+	}
+	return false;
+}
+
 static bool reason_has(struct pt_client *c, const char *what)
 {
 	return strstr(pt_client_last_error(c)->reason, what) != NULL;
@@ -271,6 +282,9 @@ out:
 	pipes_close(&p);
 	open_socket(false);
 	CHECK(rc == 0);
+	CHECKF(status_reaches("takeovers", 2) && status_reaches("refused_perm", 1),
+	       "status.json: takeovers %lld refused_perm %lld", status_num("takeovers"),
+	       status_num("refused_perm"));
 	return 0;
 }
 
@@ -583,6 +597,8 @@ static int quota_exhaustion(void)
 	kill_all(pids, n);
 	open_socket(false);
 	CHECKF(rc == 0, "log quota: uid 65534's 64 GiB VM answered %c", r);
+	CHECKF(status_reaches("refused_quota", 3), "status.json: refused_quota %lld",
+	       status_num("refused_quota"));
 	return 0;
 }
 

@@ -466,8 +466,11 @@ static int vm_state(struct svc *s, uint32_t vm, const struct reg_req *r, bool tr
 	struct pt_vmctx *ctx;
 	int err;
 
-	if (s->vms[vm] && r->resume && pt_token_eq(r->resume, id->token))
+	if (s->vms[vm] && r->resume && pt_token_eq(r->resume, id->token)) {
+		s->n.resumes++;
 		return 0;
+	}
+	s->n.takeovers += !!s->vms[vm];
 	if (s->vms[vm])
 		pt_info("VM %u (pid %u): registered without its token: starts afresh", vm,
 			r->vmm_pid);
@@ -550,6 +553,7 @@ static void on_register(struct svc *s, struct pt_conn *c, struct reg_req *r)
 	if (err) {
 		if (w.vmm_pidfd >= 0)
 			close(w.vmm_pidfd);
+		s->n.refused_perm += err == -PT_E_PERM;
 		s->n.errors++;
 		pt_conn_send_error(c, r->seq, err, "register pid %u: %s", r->vmm_pid, w.why);
 		return;
@@ -558,6 +562,7 @@ static void on_register(struct svc *s, struct pt_conn *c, struct reg_req *r)
 	if (w.vmm_pidfd >= 0)
 		close(w.vmm_pidfd);
 	if (err) {
+		s->n.refused_quota += !!strstr(why, "quota");
 		s->n.errors++;
 		pt_conn_send_error(c, r->seq, err, "register pid %u: %s", r->vmm_pid, why);
 		return;
@@ -925,6 +930,7 @@ static void on_accept(void *arg, struct pt_conn *c)
 			snprintf(why, sizeof(why), "out of memory");
 		else
 			ci->refused = true;
+		s->n.refused_quota++;
 		pt_conn_send(c, frame, pt_build_error(frame, sizeof(frame), 0, PT_E_BUSY, why));
 		pt_conn_close(c);
 		now = time(NULL);
