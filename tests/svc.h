@@ -25,7 +25,8 @@
 /* --- the one service of this binary ------------------------------------------------------ */
 
 static struct pt_spawned svc;
-static int svc_state; /* 0 not tried, 1 up, -1 failed */
+static const char *const *svc_args; /* extra pagetrackd options, set before need_service() */
+static int svc_state;		    /* 0 not tried, 1 up, -1 failed */
 static pid_t svc_owner;
 
 static inline void svc_stop(void)
@@ -49,7 +50,7 @@ static inline int need_service(void)
 {
 	T_REQUIRE(t_need_bpf());
 	if (svc_state == 0) {
-		int err = pt_spawn_service(&svc, NULL, "tsvc", NULL);
+		int err = pt_spawn_service(&svc, NULL, "tsvc", svc_args);
 
 		svc_state = err ? -1 : 1;
 		if (err)

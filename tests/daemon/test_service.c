@@ -1129,6 +1129,7 @@ static int register_twice_child(void *arg)
 	struct pt_client *c = connect_svc(), *c2 = connect_svc();
 	struct pt_client_result res;
 	struct pt_range r = { SLOT_GPA, 3 * PG };
+	uint64_t tok;
 	int err;
 
 	CHECK(c && c2);
@@ -1141,20 +1142,24 @@ static int register_twice_child(void *arg)
 	CHECKF(err == -EBADFD && pt_client_last_error(c)->code == PT_E_STATE,
 	       "second REGISTER on one connection: %d %s", err, pt_client_last_error(c)->reason);
 
-	/* Another connection of the same VMM takes the VM over (PROTOCOL 2: a reconnect), with
-	 * its command-ID state; the old connection is no longer bound to it. */
+	/* Another connection of the same VMM, without the first registration's token (v1
+	 * REGISTER has none): the VM starts afresh (PROTOCOL 2), and the old connection is told. */
+	tok = pt_client_token(c);
 	err = pt_client_register(c2, 0, PT_DIRTY_RING, &slot1, 1, NULL);
 	CHECKF(err == 0, "takeover REGISTER: %d %s", err, pt_client_last_error(c2)->reason);
-	CHECK(pt_client_query(c2, 2, PT_Q_HINTS, &res) == 0);
-	CHECK(res.v.hinted == 3);
-	pt_client_result_free(&res);
+	CHECK(tok && pt_client_token(c2) && pt_client_token(c2) != tok);
+	err = pt_client_query(c2, 2, PT_Q_HINTS, &res);
+	CHECKF(err == -ESTALE, "a takeover without the token kept the command state: %d", err);
 	CHECK(pt_client_ping(c) == 0);
 	err = pt_client_query(c, 2, PT_Q_HINTS, &res);
-	CHECKF(err < 0 && pt_client_last_error(c)->code == PT_E_NOT_REGISTERED,
-	       "old connection still acts on the VM: %d", err);
+	CHECKF(err < 0 && pt_client_last_error(c)->code == PT_E_NOT_REGISTERED &&
+		       strstr(pt_client_last_error(c)->reason, "taken over"),
+	       "old connection not told of the takeover: %d %s", err,
+	       pt_client_last_error(c)->reason);
 	/* Its close does not reset the VM it no longer holds. */
+	CHECK(pt_client_arm(c2, 3) == 0 && pt_client_hint(c2, 3, &r, 1) == 0);
 	pt_client_close(c);
-	CHECK(pt_client_ping(c2) == 0 && pt_client_query(c2, 2, PT_Q_HINTS, &res) == 0);
+	CHECK(pt_client_ping(c2) == 0 && pt_client_query(c2, 3, PT_Q_HINTS, &res) == 0);
 	CHECK(res.v.hinted == 3);
 	pt_client_result_free(&res);
 	pt_client_close(c2);

@@ -105,7 +105,11 @@ static void write_json(const char *path, const struct pt_config *cfg, struct pt_
 			first = false;
 		}
 	}
-	fprintf(f, "]}\n");
+	fprintf(f,
+		"],\n \"registrations\": {\"takeovers\": %llu, \"resumes\": %llu, "
+		"\"refused_perm\": %llu, \"refused_quota\": %llu}}\n",
+		(unsigned long long)n->takeovers, (unsigned long long)n->resumes,
+		(unsigned long long)n->refused_perm, (unsigned long long)n->refused_quota);
 	commit_tmp(f, tmp, path);
 }
 
@@ -164,6 +168,13 @@ static void write_prom(const char *path, const struct pt_coverage *cov, struct p
 		(unsigned long long)n->errors);
 	fprintf(f, "# TYPE pagetrack_bad_frames_total counter\npagetrack_bad_frames_total %llu\n",
 		(unsigned long long)st->bad_frames);
+	fprintf(f, "# TYPE pagetrack_takeovers_total counter\npagetrack_takeovers_total %llu\n",
+		(unsigned long long)n->takeovers);
+	fprintf(f, "# TYPE pagetrack_refused_total counter\n");
+	fprintf(f, "pagetrack_refused_total{why=\"perm\"} %llu\n",
+		(unsigned long long)n->refused_perm);
+	fprintf(f, "pagetrack_refused_total{why=\"quota\"} %llu\n",
+		(unsigned long long)n->refused_quota);
 	for (uint32_t i = 0; i < PT_MAX_VMS; i++)
 		if (vms[i])
 			prom_vm(f, t, vms[i]);
