@@ -131,7 +131,7 @@ $(BUILD)/ptballoon: $(BUILD)/obj/tools/ptballoon.o $(LIB)
 	$(Q)$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@
 
 # --- tests -------------------------------------------------------------------------------------
-$(BUILD)/tests/%: %.c tests/t.h $(CORE) $(LIB)
+$(BUILD)/tests/%: %.c $(wildcard tests/*.h tests/*/*.h) $(CORE) $(LIB)
 	$(call msg,LD,$@)
 	$(Q)mkdir -p $(@D)
 	$(Q)$(CC) $(CPPFLAGS) -Itests $(CFLAGS) $(LDFLAGS) $< $(CORE) $(LIB) $(LDLIBS) -o $@

@@ -48,32 +48,6 @@ static const struct pt_reg_slot slot1 = {
 
 /* --- processes ---------------------------------------------------------------------------- */
 
-typedef int (*child_fn)(void *arg);
-
-static pid_t start_child(child_fn fn, void *arg)
-{
-	pid_t pid;
-
-	fflush(NULL);
-	pid = fork();
-	if (pid == 0) {
-		int rc = fn(arg);
-
-		fflush(NULL);
-		_exit(rc == 0 ? 0 : rc == T_SKIP ? T_SKIP : 1);
-	}
-	return pid;
-}
-
-static int wait_child(pid_t pid)
-{
-	int st;
-
-	if (pid <= 0 || waitpid(pid, &st, 0) != pid || !WIFEXITED(st))
-		return -1;
-	return WEXITSTATUS(st);
-}
-
 static int become_nobody(void)
 {
 	CHECK(!setgroups(0, NULL) && !setgid(NOBODY) && !setuid(NOBODY));
