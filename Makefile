@@ -17,11 +17,18 @@ Q := @
 msg = @printf '  %-8s %s\n' "$(1)" "$(2)";
 endif
 
+# The release number lives in VERSION and nowhere else: pagetrackd --version, pagetrack.pc,
+# CHANGELOG.md's top entry and debian/changelog are checked against it (tests/pkg).
+VERSION := $(shell cat VERSION)
+# The library's ABI major (its SONAME), independent of the release number: bump it, and the
+# node in user/lib/libpagetrack.map, only with an incompatible change to include/pagetrack/.
+LIB_SONAME := libpagetrack.so.1
+
 ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
 
 CFLAGS   ?= -O2 -g
 CFLAGS   += -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -Wshadow -fno-strict-aliasing
-CPPFLAGS += -D_GNU_SOURCE -Iinclude -Iuser -I$(BUILD)
+CPPFLAGS += -D_GNU_SOURCE -Iinclude -Iuser -I$(BUILD) -DPAGETRACK_VERSION='"$(VERSION)"'
 LDLIBS   += -lbpf -luring -lelf -lz -lpthread
 # The verdict counts bits over the whole guest: use the instruction, not libgcc's loop.
 ifeq ($(ARCH),x86)
@@ -73,10 +80,14 @@ vpath test_%.c $(sort $(dir $(TEST_SRCS)))
 vpath fuzz_%.c $(sort $(dir $(FUZZ_SRCS)))
 
 .PHONY: all deps test demo clean fuzz fuzz-long format check-format install uninstall bench
+.PHONY: man deb progs
 .DELETE_ON_ERROR:
 .SECONDARY: $(SKELS) $(BPF_OBJS)
 
 all: $(BINS) $(LIB) $(BUILD)/libpagetrack.so $(TEST_BINS)
+
+# What gets installed (make install, the Debian package): no tests.
+progs: $(BINS) $(LIB) $(BUILD)/libpagetrack.so man
 
 # --- dependencies -----------------------------------------------------------------------------
 deps:
@@ -109,9 +120,17 @@ $(LIB): $(LIB_OBJS)
 	$(call msg,AR,$@)
 	$(Q)rm -f $@ && ar rcs $@ $^
 
-$(BUILD)/libpagetrack.so: $(LIB_OBJS)
+# Exports exactly the PT_API functions, each at version node LIBPAGETRACK_1 (tests/pkg checks
+# the map against the header). libpagetrack.so is the link-time name.
+$(BUILD)/$(LIB_SONAME): $(LIB_OBJS) user/lib/libpagetrack.map
 	$(call msg,LD,$@)
-	$(Q)$(CC) -shared $(LDFLAGS) -Wl,-soname,libpagetrack.so.0 -o $@ $^
+	$(Q)$(CC) -shared $(LDFLAGS) -Wl,-soname,$(LIB_SONAME) \
+		-Wl,--version-script=user/lib/libpagetrack.map -o $@ $(LIB_OBJS)
+
+$(BUILD)/libpagetrack.so: $(BUILD)/$(LIB_SONAME)
+	$(Q)ln -sf $(LIB_SONAME) $@
+
+$(BUILD)/obj/daemon/pagetrackd.o: VERSION
 
 $(CORE): $(CORE_OBJS)
 	$(call msg,AR,$@)
@@ -141,7 +160,7 @@ $(BUILD)/fuzz/%: %.c $(LIB_SRCS) $(wildcard user/lib/*.h)
 	$(Q)mkdir -p $(@D)
 	$(Q)$(CLANG) $(CPPFLAGS) -g -O1 -fsanitize=fuzzer,address,undefined $< user/lib/proto.c -o $@
 
-test: deps-check all $(FUZZ_BINS)
+test: deps-check all man $(FUZZ_BINS)
 	$(Q)BUILD=$(BUILD) tests/run.sh
 
 fuzz-long: $(FUZZ_BINS)
@@ -161,12 +180,29 @@ deps-check:
 	$(Q)scripts/deps.sh --check >/dev/null 2>&1 || scripts/deps.sh
 
 # Installs pagetrackd, the client library, the units and a default configuration (as root).
-install: all
-	$(Q)BUILD=$(BUILD) DESTDIR=$(DESTDIR) scripts/install.sh
+install: progs
+	$(Q)BUILD=$(BUILD) DESTDIR=$(DESTDIR) VERSION=$(VERSION) scripts/install.sh
 
 # Stops the service, removes the installed files and every pin under the pin directory.
 uninstall:
 	$(Q)DESTDIR=$(DESTDIR) scripts/uninstall.sh
+
+# --- manual pages (scdoc) -------------------------------------------------------------------
+MAN_SRCS  := $(wildcard man/*.scd)
+MAN_PAGES := $(patsubst man/%.scd,$(BUILD)/man/%,$(MAN_SRCS))
+
+man: $(MAN_PAGES)
+
+$(BUILD)/man/%: man/%.scd VERSION
+	$(call msg,SCDOC,$@)
+	$(Q)mkdir -p $(@D)
+	$(Q)sed 's/@VERSION@/$(VERSION)/g' $< | scdoc >$@
+
+# --- Debian packages -----------------------------------------------------------------------
+# Built from a copy of the tree inside $(BUILD)/deb (dpkg-buildpackage writes to the parent
+# of the source directory); the .deb files end up in $(BUILD)/deb/.
+deb: deps-check
+	$(Q)scripts/deb.sh $(BUILD)/deb
 
 format:
 	clang-format -i bpf/*.c user/*/*.c user/*/*.h include/*.h include/pagetrack/*.h tests/*/*.c tests/*.h

@@ -45,6 +45,7 @@ static const char usage[] =
 	"  -j, --json            machine-readable output (status, bench)\n"
 	"  -q, --quick           short benchmark run\n"
 	"  -v, --verbose         debug logging, libbpf messages\n"
+	"  -V, --version         print the version and exit\n"
 	"  -h, --help            this text\n"
 	"\n"
 	"Examples:\n"
@@ -88,6 +89,7 @@ static const struct option longopts[] = { { "config", required_argument, NULL, '
 					  { "quick", no_argument, NULL, 'q' },
 					  { "verbose", no_argument, NULL, 'v' },
 					  { "help", no_argument, NULL, 'h' },
+					  { "version", no_argument, NULL, 'V' },
 					  { 0 } };
 
 struct cli {
@@ -159,9 +161,13 @@ static int parse_args(struct cli *c, int argc, char **argv)
 	int opt, err;
 
 	/* First pass: only find the configuration file. */
-	while ((opt = getopt_long(argc, argv, "c:s:p:r:m:jqvh", longopts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "c:s:p:r:m:jqvhV", longopts, NULL)) != -1) {
 		if (opt == 'h') {
 			fputs(usage, stdout);
+			exit(0);
+		}
+		if (opt == 'V') {
+			printf("pagetrackd %s\n", PAGETRACK_VERSION);
 			exit(0);
 		}
 		if (opt == '?')
@@ -175,7 +181,7 @@ static int parse_args(struct cli *c, int argc, char **argv)
 		return err;
 	c->cfg.config_path = config ? config : PT_DEFAULT_CONFIG;
 	optind = 1;
-	while ((opt = getopt_long(argc, argv, "c:s:p:r:m:jqvh", longopts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "c:s:p:r:m:jqvhV", longopts, NULL)) != -1) {
 		if (opt != 'c' && apply_opt(c, opt, optarg)) {
 			fprintf(stderr, "pagetrackd: bad value for option: %s\n", optarg);
 			return -EINVAL;
