@@ -23,6 +23,7 @@
 
 static const char usage[] =
 	"usage: ptballoon [-s SOCKET] [-t TIMEOUT_MS] [COMMAND [ARGS...] [, COMMAND ...]]\n"
+	"       ptballoon -h|--help\n"
 	"commands (without one, read one per line from stdin):\n"
 	"  register PID [ring|bitmap] [GPA:SIZE:SLOT[:log]...]  register the VM of VMM PID\n"
 	"      (:log: the memslot has KVM_MEM_LOG_DIRTY_PAGES; unlogged slots confirm nothing)\n"
@@ -380,6 +381,10 @@ int main(int argc, char **argv)
 	struct pt_client *c;
 	int opt, err, timeout = -2;
 
+	if (argc > 1 && !strcmp(argv[1], "--help")) {
+		fputs(usage, stdout);
+		return 0;
+	}
 	while ((opt = getopt(argc, argv, "+s:t:h")) != -1) {
 		switch (opt) {
 		case 's':
