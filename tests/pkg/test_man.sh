@@ -72,7 +72,7 @@ if [ -z "$miss" ] && [ "$nkeys" -ge 9 ]; then pass "pagetrack.conf.5 has all $nk
 fi
 t1=$(text ptballoon.1)
 miss=
-for c in register arm stop done hint query report inflate deflate wrcaps wrread ping; do
+for c in register arm stop done hint query report inflate deflate written wrcaps wrread ping; do
 	grep -q "^ *$c\b" <<<"$(sed -n '/^COMMANDS/,/^EXIT/p' <<<"$t1" | tr '|,' '\n\n' | sed 's/^ *//')" || miss="$miss $c"
 done
 if [ -z "$miss" ]; then pass "ptballoon.1 has every command"; else fail "ptballoon.1 lacks:$miss"; fi

@@ -60,6 +60,10 @@ struct pt_vmctx {
 	bool early;	    /* pages were hinted/reported before this epoch's sync */
 	bool slots_valid;
 	struct pt_vm_counters n;
+	struct {
+		uint32_t cmd;
+		uint64_t hinted, free, kept;
+	} last; /* the last hint verdict (status.json, `pagetrackd top`) */
 };
 
 /* Verdict counts; ranges go to the callback as they are found (gpa, bytes). */
