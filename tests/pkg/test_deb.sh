@@ -71,6 +71,11 @@ check "pagetrackd: /etc/pagetrack/pagetrack.conf is a conffile" \
 post=$(dpkg-deb -I "$(deb pagetrackd)" postinst 2>/dev/null)
 check "pagetrackd: postinst enables the units (dh_installsystemd)" \
 	eval 'grep -q "deb-systemd-helper.*pagetrackd.service" <<<"$post" && grep -q "pagetrackd.socket" <<<"$post"'
+prerm=$(dpkg-deb -I "$(deb pagetrackd)" prerm 2>/dev/null)
+check "pagetrackd: prerm stops the units, then removes the pins on remove (not upgrade)" \
+	eval 'grep -q "deb-systemd-invoke stop.*pagetrackd" <<<"$prerm" &&
+		[ "$(grep -n "deb-systemd-invoke stop" <<<"$prerm" | cut -d: -f1)" -lt \
+		  "$(grep -n "pagetrackd uninstall" <<<"$prerm" | head -1 | cut -d: -f1)" ]'
 syms=$(dpkg-deb -I "$(deb libpagetrack1)" symbols 2>/dev/null)
 n=$(grep -c '@LIBPAGETRACK_1 ' <<<"$syms")
 check "libpagetrack1: symbols file, $n versioned symbols (28 functions + the node)" test "$n" -eq 29
