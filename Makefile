@@ -195,6 +195,7 @@ man: $(MAN_PAGES)
 
 $(BUILD)/man/%: man/%.scd VERSION
 	$(call msg,SCDOC,$@)
+	$(Q)command -v scdoc >/dev/null || { echo "scdoc is missing: make deps" >&2; exit 1; }
 	$(Q)mkdir -p $(@D)
 	$(Q)sed 's/@VERSION@/$(VERSION)/g' $< | scdoc >$@
 
