@@ -21,8 +21,9 @@ endif
 # CHANGELOG.md's top entry and debian/changelog are checked against it (tests/pkg).
 VERSION := $(shell cat VERSION)
 # The library's ABI major (its SONAME), independent of the release number: bump it, and the
-# node in user/lib/libpagetrack.map, only with an incompatible change to include/pagetrack/.
+# version node, only with an incompatible change to include/pagetrack/.
 LIB_SONAME := libpagetrack.so.1
+LIB_VNODE  := LIBPAGETRACK_1
 
 ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
 
@@ -120,12 +121,21 @@ $(LIB): $(LIB_OBJS)
 	$(call msg,AR,$@)
 	$(Q)rm -f $@ && ar rcs $@ $^
 
-# Exports exactly the PT_API functions, each at version node LIBPAGETRACK_1 (tests/pkg checks
-# the map against the header). libpagetrack.so is the link-time name.
-$(BUILD)/$(LIB_SONAME): $(LIB_OBJS) user/lib/libpagetrack.map
+# The symbol version script: every PT_API function of the public headers, at $(LIB_VNODE),
+# nothing else. (The ABI record is debian/libpagetrack1.symbols: dpkg-gensymbols fails the
+# package build when a symbol disappears.)
+$(BUILD)/libpagetrack.map: $(wildcard include/pagetrack/*.h)
+	$(call msg,GEN,$@)
+	$(Q)mkdir -p $(@D)
+	$(Q){ printf '$(LIB_VNODE) {\nglobal:\n'; \
+	  grep -ho 'PT_API[^(]*(' $^ | grep -o 'pt_[a-z0-9_]*($$' | tr -d '(' | sort | \
+	  sed 's/.*/\t&;/'; printf 'local:\n\t*;\n};\n'; } >$@
+
+# Exports exactly those, each at its version node. libpagetrack.so is the link-time name.
+$(BUILD)/$(LIB_SONAME): $(LIB_OBJS) $(BUILD)/libpagetrack.map
 	$(call msg,LD,$@)
 	$(Q)$(CC) -shared $(LDFLAGS) -Wl,-soname,$(LIB_SONAME) \
-		-Wl,--version-script=user/lib/libpagetrack.map -o $@ $(LIB_OBJS)
+		-Wl,--version-script=$(BUILD)/libpagetrack.map -o $@ $(LIB_OBJS)
 
 $(BUILD)/libpagetrack.so: $(BUILD)/$(LIB_SONAME)
 	$(Q)ln -sf $(LIB_SONAME) $@

@@ -5,8 +5,8 @@
 # then pkg-config alone (PKG_CONFIG_PATH + PKG_CONFIG_SYSROOT_DIR pointing into the DESTDIR)
 # gives the flags to build the example device, user/tools/ptballoon.c, against the installed
 # headers and libpagetrack.so.1; the result runs (`--help`). Also: the SONAME, the symbol
-# versions (exactly the PT_API functions of the headers, all at LIBPAGETRACK_1, as listed in
-# user/lib/libpagetrack.map), a static link through `pkg-config --static`, and that
+# versions (exactly the PT_API functions of the headers, all at LIBPAGETRACK_1, as the
+# generated version script lists them), a static link through `pkg-config --static`, and that
 # uninstall.sh removes it all again.
 set -u
 TOP=$(cd "$(dirname "$0")/../.." && pwd)
@@ -41,7 +41,7 @@ so=$BUILD/libpagetrack.so.1
 check "SONAME is libpagetrack.so.1" \
 	test "$(readelf -d "$so" | sed -n 's/.*Library soname: \[\(.*\)\]/\1/p')" = libpagetrack.so.1
 api=$(grep -ho 'PT_API[^(]*(' "$TOP"/include/pagetrack/*.h | grep -o 'pt_[a-z_0-9]*(' | tr -d '(' | sort)
-map=$(grep -o '^[[:space:]]*pt_[a-z_0-9]*;' "$TOP/user/lib/libpagetrack.map" | tr -d ' \t;' | sort)
+map=$(grep -o '^[[:space:]]*pt_[a-z_0-9]*;' "$BUILD/libpagetrack.map" | tr -d ' \t;' | sort)
 exported=$(objdump -T "$so" | awk '$2 == "g" && $4 == ".text" { print $6 " " $7 }' | sort)
 check "version script lists exactly the PT_API functions ($(wc -w <<<"$api"))" test "$api" = "$map"
 check "exports exactly the PT_API functions, each at LIBPAGETRACK_1" \
