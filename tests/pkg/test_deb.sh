@@ -78,7 +78,7 @@ check "pagetrackd: prerm stops the units, then removes the pins on remove (not u
 		  "$(grep -n "pagetrackd uninstall" <<<"$prerm" | head -1 | cut -d: -f1)" ]'
 syms=$(dpkg-deb -I "$(deb libpagetrack1)" symbols 2>/dev/null)
 n=$(grep -c '@LIBPAGETRACK_1 ' <<<"$syms")
-napi=$(grep -ho 'PT_API[^(]*(' "$TOP"/include/pagetrack/*.h | wc -l)
+napi=$(grep -ho 'PT_API[^(]*(' "$TOP"/include/pagetrack/*.h | grep -c 'pt_[a-z0-9_]*($')
 check "libpagetrack1: symbols file, $n versioned symbols ($napi PT_API functions + the node)" \
 	test "$n" -eq $((napi + 1))
 check "libpagetrack1: shlibs names libpagetrack.so.1" \
