@@ -77,10 +77,14 @@ check "pagetrackd: prerm stops the units, then removes the pins on remove (not u
 		[ "$(grep -n "deb-systemd-invoke stop" <<<"$prerm" | cut -d: -f1)" -lt \
 		  "$(grep -n "pagetrackd uninstall" <<<"$prerm" | head -1 | cut -d: -f1)" ]'
 syms=$(dpkg-deb -I "$(deb libpagetrack1)" symbols 2>/dev/null)
-n=$(grep -c '@LIBPAGETRACK_1 ' <<<"$syms")
-napi=$(grep -ho 'PT_API[^(]*(' "$TOP"/include/pagetrack/*.h | grep -c 'pt_[a-z0-9_]*($')
-check "libpagetrack1: symbols file, $n versioned symbols ($napi PT_API functions + the node)" \
-	test "$n" -eq $((napi + 1))
+names() { grep -v '#MISSING' | grep -o '[A-Za-z0-9_]*@LIBPAGETRACK_1 ' | sed 's/@.*//' | sort -u; }
+api=$( (grep -ho 'PT_API[^(]*(' "$TOP"/include/pagetrack/*.h | grep -o 'pt_[a-z0-9_]*($' |
+	tr -d '('; echo LIBPAGETRACK_1) | sort -u)
+# Every PT_API function is in it; every symbol it requires (not optional) is one of them.
+lacks=$(comm -23 <(echo "$api") <(names <<<"$syms") | tr '\n' ' ')
+extra=$(comm -13 <(echo "$api") <(grep -v '(optional)' <<<"$syms" | names) | tr '\n' ' ')
+check "libpagetrack1: symbols file has the $(wc -l <<<"$api") PT_API functions and the node${lacks:+, lacks: $lacks}${extra:+, extra: $extra}" \
+	test -z "$lacks$extra"
 check "libpagetrack1: shlibs names libpagetrack.so.1" \
 	grep -q '^libpagetrack 1 libpagetrack1' <<<"$(dpkg-deb -I "$(deb libpagetrack1)" shlibs)"
 
