@@ -67,6 +67,10 @@ struct pt_vmctx {
 	uint32_t last_slot; /* index of the slot the last range fell in */
 	bool slots_valid;
 	struct pt_vm_counters n;
+	struct {
+		uint32_t cmd;
+		uint64_t hinted, free, kept;
+	} last; /* the last hint verdict (status.json, `pagetrackd top`) */
 };
 
 /* Verdict counts; ranges go to the callback as they are found (gpa, bytes). */
