@@ -18,6 +18,8 @@
 #include "service.h"
 #include "status.h"
 
+struct lazy_reply;
+
 struct svc {
 	const struct pt_config *cfg;
 	struct pt_config live; /* what SIGHUP may change */
@@ -32,6 +34,7 @@ struct svc {
 	size_t nranges, cap_ranges;
 	struct pt_status_counters n;
 	unsigned ticks;
+	struct lazy_reply *lazy; /* long replies being produced, one per connection at most */
 };
 
 /* --- replies -------------------------------------------------------------------------------- */
@@ -81,7 +84,8 @@ static int collect_range(void *ctx, uint64_t gpa, uint64_t len)
 static void send_ranges(struct svc *s, struct pt_conn *c, unsigned type, uint32_t seq,
 			struct pt_verdict *v)
 {
-	const size_t per = (PT_MAX_PAYLOAD - sizeof(*v)) / sizeof(struct pt_range);
+	/* Frames near 64 KiB (PROTOCOL.md section 6). */
+	const size_t per = (65536 - sizeof(struct pt_hdr) - sizeof(*v)) / sizeof(struct pt_range);
 	size_t done = 0;
 
 	do {
@@ -105,8 +109,146 @@ static void send_ranges(struct svc *s, struct pt_conn *c, unsigned type, uint32_
 	s->nranges = 0;
 }
 
+/* --- long replies, produced as the peer reads them ------------------------------------------ */
+
+/*
+ * A VERDICT or WR_RECORDS reply may list millions of ranges (16 bytes each) for a request of
+ * 24 bytes. Its pages are frozen when the request is handled (a bitmap of the VM's region, one
+ * bit per page: 32 KiB per GiB of guest memory), and its frames, about 64 KiB each, are built
+ * from them only as the connection's queue drains. Input from the connection waits meanwhile,
+ * so the reply's frames stay together.
+ */
+struct lazy_reply {
+	struct lazy_reply *next;
+	struct pt_conn *c;
+	unsigned type;
+	uint32_t seq;
+	struct pt_verdict v; /* totals, repeated in every frame */
+	struct pt_pages pages;
+	struct pt_range *r; /* ranges emitted, not yet sent */
+	size_t n, cap;
+	bool emitted_all;
+};
+
+/* Ranges per frame: frames near 64 KiB (PROTOCOL.md section 6). */
+#define LAZY_PER ((65536 - sizeof(struct pt_hdr) - sizeof(struct pt_verdict)) / sizeof(struct pt_range))
+/* Bitmap words looked at per call (2^26 pages, about a millisecond), and reply bytes queued
+ * per call before waiting for the peer to read. */
+#define LAZY_WORDS (1u << 20)
+#define LAZY_QUEUE (256u << 10)
+
+static int lazy_collect(void *ctx, uint64_t gpa, uint64_t len)
+{
+	struct lazy_reply *lr = ctx;
+
+	if (lr->n == lr->cap) {
+		size_t cap = lr->cap ? lr->cap * 2 : 2 * LAZY_PER;
+		struct pt_range *r = realloc(lr->r, cap * sizeof(*r));
+
+		if (!r)
+			return -PT_E_BUSY;
+		lr->r = r;
+		lr->cap = cap;
+	}
+	lr->r[lr->n++] = (struct pt_range){ gpa, len };
+	return 0;
+}
+
+static void lazy_free(struct svc *s, struct lazy_reply *lr)
+{
+	for (struct lazy_reply **p = &s->lazy; *p; p = &(*p)->next) {
+		if (*p == lr) {
+			*p = lr->next;
+			break;
+		}
+	}
+	pt_pages_release(&lr->pages);
+	free(lr->r);
+	free(lr);
+}
+
+static struct lazy_reply *lazy_of(struct svc *s, struct pt_conn *c)
+{
+	for (struct lazy_reply *lr = s->lazy; lr; lr = lr->next)
+		if (lr->c == c)
+			return lr;
+	return NULL;
+}
+
+/*
+ * Emits up to LAZY_WORDS words, and sends one frame if a full one is ready or the last one is.
+ * 1: the last frame went out; 0: call again; negative: the reply failed.
+ */
+static int lazy_step(struct svc *s, struct lazy_reply *lr)
+{
+	size_t k;
+	bool more;
+	int err = 0;
+
+	if (!lr->emitted_all && lr->n <= LAZY_PER) {
+		err = pt_pages_emit(&lr->pages, LAZY_WORDS, lazy_collect, lr, &lr->emitted_all);
+		pt_conn_charge(lr->c, (uint64_t)LAZY_WORDS * 64);
+		if (err)
+			return err;
+	}
+	if (lr->n <= LAZY_PER && !lr->emitted_all)
+		return 0;
+	k = lr->n < LAZY_PER ? lr->n : LAZY_PER;
+	more = lr->n > k || !lr->emitted_all;
+	lr->v.nranges = k;
+	if (pt_conn_send(lr->c, s->out,
+			 pt_build_verdict(s->out, PT_MAX_FRAME, lr->type, lr->seq,
+					  more ? PT_F_MORE : 0, &lr->v, lr->r)))
+		return -PT_E_INTERNAL;
+	memmove(lr->r, lr->r + k, (lr->n - k) * sizeof(*lr->r));
+	lr->n -= k;
+	return !more;
+}
+
+/* Queues frames until the peer has enough to read. Frees @lr when the reply is complete. */
+static void lazy_pump(struct svc *s, struct lazy_reply *lr)
+{
+	struct pt_conn *c = lr->c;
+	int rc = 0;
+
+	for (int calls = 0; calls < 16 && pt_conn_outq(c) < LAZY_QUEUE && !rc; calls++)
+		rc = lazy_step(s, lr);
+	if (!rc) {
+		pt_conn_pause(c); /* on_drain comes back here */
+		return;
+	}
+	if (rc < 0)
+		reply_err(s, c, lr->seq, rc, "reply");
+	lazy_free(s, lr);
+	pt_conn_resume(c);
+}
+
+/* Starts a reply listing @lr's frozen pages: frames now while they fit, the rest later. */
+static void lazy_start(struct svc *s, struct pt_conn *c, struct lazy_reply *lr, unsigned type,
+		       uint32_t seq, const struct pt_verdict *v)
+{
+	lr->c = c;
+	lr->type = type;
+	lr->seq = seq;
+	lr->v = *v;
+	lr->next = s->lazy;
+	s->lazy = lr;
+	lazy_pump(s, lr);
+}
+
+static void on_drain(void *arg, struct pt_conn *c)
+{
+	struct svc *s = arg;
+	struct lazy_reply *lr = lazy_of(s, c);
+
+	if (lr)
+		lazy_pump(s, lr);
+	else
+		pt_conn_resume(c);
+}
+
 static void reply_verdict(struct svc *s, struct pt_conn *c, uint32_t seq, uint32_t cmd,
-			  const struct pt_verdict_sum *sum)
+			  const struct pt_verdict_sum *sum, struct lazy_reply *lr)
 {
 	struct pt_verdict v = { .cmd_id = cmd,
 				.unsure_reason = sum->why,
@@ -115,10 +257,10 @@ static void reply_verdict(struct svc *s, struct pt_conn *c, uint32_t seq, uint32
 				.kept_written = sum->kept_written,
 				.kept_unsure = sum->kept_unsure };
 
-	/* An unsure verdict confirms nothing: whatever ranges were gathered are dropped. */
+	/* An unsure verdict confirms nothing: whatever pages were gathered are dropped. */
 	if (sum->why || !sum->free)
-		s->nranges = 0;
-	send_ranges(s, c, PT_MSG_VERDICT, seq, &v);
+		pt_pages_release(&lr->pages);
+	lazy_start(s, c, lr, PT_MSG_VERDICT, seq, &v);
 }
 
 /* --- REGISTER: who may track which VM ------------------------------------------------------- */
@@ -337,6 +479,7 @@ static void on_register(struct svc *s, struct pt_conn *c, const struct reg_req *
 	ctx->mode_tracked = tracked;
 	s->owner[vm] = pt_conn_id(c);
 	bind_conn(s, c, vm);
+	pt_conn_set_registered(c, true);
 	if (!tracked)
 		pt_warn("VM %u (pid %u): BPF does not see its writes (%s dirty logging%s): every "
 			"verdict will be keep",
@@ -413,33 +556,56 @@ static void on_register2(struct svc *s, struct pt_conn *c, const struct pt_msg *
 
 /* --- the other requests --------------------------------------------------------------------- */
 
+/*
+ * Reclaimed pages are facts, not permissions, but an incomplete list is read as "the others
+ * are still in the balloon". While the log is in doubt nothing is listed: every inflated page
+ * is counted unsure, and the device treats each as possibly reclaimed (PROTOCOL.md 4.4).
+ */
+static void reply_reclaimed(struct svc *s, struct pt_conn *c, const struct pt_msg *m,
+			    const struct pt_verdict_sum *sum, struct lazy_reply *lr)
+{
+	struct pt_verdict v = { .cmd_id = m->cmd_id,
+				.unsure_reason = sum->why,
+				.hinted = sum->hinted,
+				.free = sum->free };
+
+	if (sum->why) {
+		pt_pages_release(&lr->pages);
+		v.free = 0;
+		v.kept_unsure = sum->hinted;
+	}
+	lazy_start(s, c, lr, PT_MSG_VERDICT, m->seq, &v);
+}
+
 static void on_query(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx, const struct pt_msg *m)
 {
+	struct lazy_reply *lr = calloc(1, sizeof(*lr));
 	struct pt_verdict_sum sum;
 	int err;
 
-	s->nranges = 0;
+	if (!lr) {
+		reply_err(s, c, m->seq, -PT_E_BUSY, "query: out of memory");
+		return;
+	}
+	/* The whole log region is read, whatever the answer: that is the work done. */
+	pt_conn_charge(c, ctx->words * 64);
 	switch (m->query->what) {
 	case PT_Q_HINTS:
-		err = pt_cmd_verdict(ctx, m->cmd_id, &sum, collect_range, s);
+		err = pt_cmd_verdict(ctx, m->cmd_id, &sum, pt_pages_freeze, &lr->pages);
 		break;
 	case PT_Q_REPORTED:
-		err = pt_report_verdict(ctx, &sum, collect_range, s);
+		err = pt_report_verdict(ctx, &sum, pt_pages_freeze, &lr->pages);
 		break;
 	default:
-		err = pt_balloon_reclaimed(ctx, &sum, collect_range, s);
-		/* Reclaimed pages are facts, not permissions: always listed. */
+		err = pt_balloon_reclaimed(ctx, &sum, pt_pages_freeze, &lr->pages);
 		if (!err) {
-			struct pt_verdict v = { .cmd_id = m->cmd_id,
-						.unsure_reason = sum.why,
-						.hinted = sum.hinted,
-						.free = sum.free };
-
-			send_ranges(s, c, PT_MSG_VERDICT, m->seq, &v);
+			reply_reclaimed(s, c, m, &sum, lr);
 			return;
 		}
 	}
 	if (err) {
+		pt_pages_release(&lr->pages);
+		free(lr);
 		reply_err(s, c, m->seq, err, "query");
 		return;
 	}
@@ -452,7 +618,7 @@ static void on_query(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx, con
 			ctx->vm, ctx->pid, m->cmd_id, (unsigned long long)sum.hinted,
 			pt_why_str(sum.why, why, sizeof(why)));
 	}
-	reply_verdict(s, c, m->seq, m->cmd_id, &sum);
+	reply_verdict(s, c, m->seq, m->cmd_id, &sum, lr);
 }
 
 static int cmp_range(const void *a, const void *b)
@@ -501,13 +667,17 @@ static int list_unsure(struct svc *s, const struct pt_msg *m, struct pt_verdict 
 static void on_wr_read(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx,
 		       const struct pt_msg *m)
 {
+	struct lazy_reply *lr = calloc(1, sizeof(*lr));
 	struct pt_verdict v = { 0 };
 	uint64_t pages;
 	int err;
 
-	s->nranges = 0;
-	err = pt_wr_read(ctx, m->ranges, m->count, collect_range, s, &pages);
+	err = lr ? pt_wr_read(ctx, m->ranges, m->count, pt_pages_freeze, &lr->pages, &pages)
+		 : -PT_E_BUSY;
 	if (err) {
+		if (lr)
+			pt_pages_release(&lr->pages);
+		free(lr);
 		reply_err(s, c, m->seq, err, "write records");
 		return;
 	}
@@ -518,9 +688,16 @@ static void on_wr_read(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx,
 	for (uint32_t i = 0; i < m->count; i++)
 		v.hinted += m->ranges[i].len / PT_PROTO_PAGE;
 	v.kept_written = pages;
-	if (!v.unsure_reason)
+	pt_conn_charge(c, v.hinted);
+	if (!v.unsure_reason) {
 		v.free = v.hinted - pages;
-	else if (list_unsure(s, m, &v)) {
+		lazy_start(s, c, lr, PT_MSG_WR_RECORDS, m->seq, &v);
+		return;
+	}
+	pt_pages_release(&lr->pages);
+	free(lr);
+	/* The asked ranges themselves, at most one request's worth: sent at once. */
+	if (list_unsure(s, m, &v)) {
 		reply_err(s, c, m->seq, -PT_E_BUSY, "write records: out of memory");
 		return;
 	}
@@ -551,10 +728,12 @@ static void on_batch(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx, con
 		err = pt_balloon_deflate(ctx, m->ranges, m->count, &pages);
 		break;
 	}
-	if (err)
+	if (err) {
 		reply_err(s, c, m->seq, err, pt_msg_type_str(m->type));
-	else
-		reply_ack(s, c, m->seq, m->count, pages, 0);
+		return;
+	}
+	pt_conn_charge(c, pages);
+	reply_ack(s, c, m->seq, m->count, pages, 0);
 }
 
 static void on_cmd(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx, const struct pt_msg *m)
@@ -663,7 +842,10 @@ static void on_close(void *arg, struct pt_conn *c)
 {
 	struct svc *s = arg;
 	struct pt_vmctx *ctx = conn_vm(s, c);
+	struct lazy_reply *lr = lazy_of(s, c);
 
+	if (lr)
+		lazy_free(s, lr);
 	/* The VM stays tracked: its device may reconnect. It goes when its VMM exits. Its
 	 * command IDs go now (PROTOCOL.md section 2): a new connection arms anew. */
 	if (ctx && s->owner[ctx->vm] == pt_conn_id(c)) {
@@ -775,7 +957,7 @@ static int start(struct svc *s)
 				    .tick_ms = s->cfg->tick_ms,
 				    .nbufs = 128,
 				    .buf_size = 128 * 1024 };
-	struct pt_server_ops ops = { on_frame, on_close, on_tick, on_signal };
+	struct pt_server_ops ops = { on_frame, on_close, on_tick, on_signal, on_drain };
 	char cov[400];
 	int err;
 
