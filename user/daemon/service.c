@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -945,6 +946,30 @@ static void adopt_pinned_vms(struct svc *s)
 	}
 }
 
+/* Descriptors beyond the connections: BPF objects, the ring, status files, the canary's VMs. */
+#define FD_OVERHEAD 256
+
+/*
+ * Every connection holds a descriptor: raise the soft limit to the hard one (systemd's
+ * LimitNOFILE), and say so when even that cannot hold max-conns connections. Running out is
+ * survived (new connections are refused at once), but devices are then turned away.
+ */
+static void raise_fd_limit(unsigned max_conns)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl))
+		return;
+	if (rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+	if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < (rlim_t)max_conns + FD_OVERHEAD)
+		pt_warn("descriptor limit %llu is below max-conns %u + %u: raise LimitNOFILE, "
+			"or connections will be refused before max-conns",
+			(unsigned long long)rl.rlim_cur, max_conns, FD_OVERHEAD);
+}
+
 static int start(struct svc *s)
 {
 	struct pt_loader_opts lo = { .pin_dir = s->cfg->pin_dir,
@@ -956,12 +981,21 @@ static int start(struct svc *s)
 				    .listen_fd = s->cfg->listen_fd,
 				    .tick_ms = s->cfg->tick_ms,
 				    .nbufs = 128,
-				    .buf_size = 128 * 1024 };
+				    .buf_size = 128 * 1024,
+				    .max_conns = s->cfg->max_conns,
+				    .max_outq = (size_t)s->cfg->conn_output_kb << 10,
+				    .max_outq_total = (size_t)s->cfg->max_output_mb << 20,
+				    .turn_frames = s->cfg->turn_frames,
+				    .turn_work = s->cfg->turn_pages,
+				    .frame_timeout_ms = s->cfg->frame_timeout * 1000,
+				    .reply_timeout_ms = s->cfg->reply_timeout * 1000,
+				    .idle_timeout_ms = s->cfg->idle_timeout * 1000 };
 	struct pt_server_ops ops = { on_frame, on_close, on_tick, on_signal, on_drain };
 	char cov[400];
 	int err;
 
 	mkdir(s->cfg->run_dir, 0755);
+	raise_fd_limit(s->cfg->max_conns);
 	err = pt_tracker_open(&s->t, &lo);
 	if (err)
 		return err;
