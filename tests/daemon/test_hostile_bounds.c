@@ -301,13 +301,14 @@ static int hint_burst_ping_and_tick(void)
 		if (dt > worst)
 			worst = dt;
 		pings++;
+		/* The tick rewrites it every second: "time" changes every 1 to 2 s of wall time. */
 		st = status_time();
+		if (now_ms() - last_change > gap_max)
+			gap_max = (long long)(now_ms() - last_change);
 		if (st != last_time) {
 			last_time = st;
 			last_change = now_ms();
 		}
-		if (now_ms() - last_change > gap_max)
-			gap_max = (long long)(now_ms() - last_change);
 		usleep(20 * 1000);
 		CHECK(now_ms() - t0 < 120 * 1000);
 	}
@@ -320,7 +321,7 @@ static int hint_burst_ping_and_tick(void)
 		status_num("max_turn_us"));
 	CHECKF(b.acks == BURST_FRAMES, "%d of %d HINTs answered in order", b.acks, BURST_FRAMES);
 	CHECKF(worst < 500, "a PING waited %.1f ms behind the burst", worst);
-	CHECKF(gap_max < 5000, "status.json was not rewritten for %lld ms", gap_max);
+	CHECKF(gap_max < 3000, "status.json was not rewritten for %lld ms", gap_max);
 	close(b.fd);
 	close(ping_fd);
 	return 0;

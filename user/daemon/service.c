@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "writelog/canary.h"
+#include "caps.h"
 #include "cmdstate.h"
 #include "shared/fdlink.h"
 #include "shared/log.h"
@@ -414,18 +415,47 @@ static bool same_slots(struct svc *s, uint32_t vm, const struct reg_req *r)
 }
 
 /*
+ * How deep a process's PID namespace is: the number of pids on its NSpid line, one per level
+ * from the root namespace down. A process this service can see is in its namespace or below,
+ * so the same depth means the same namespace. -1 if unreadable.
+ */
+static int pidns_depth(const char *status_path)
+{
+	char line[512];
+	int depth = -1;
+	FILE *f = fopen(status_path, "re");
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f)) {
+		char *tok, *save = NULL;
+
+		if (strncmp(line, "NSpid:", 6))
+			continue;
+		depth = 0;
+		for (tok = strtok_r(line + 6, " \t\n", &save); tok;
+		     tok = strtok_r(NULL, " \t\n", &save))
+			depth++;
+		break;
+	}
+	fclose(f);
+	return depth;
+}
+
+/*
  * In a PID namespace the BPF programs name processes in exactly the service's namespace: a
  * VMM in a namespace below it is invisible to them, so nothing of it could ever be confirmed.
  */
 static bool vmm_visible(struct svc *s, uint32_t pid)
 {
 	char path[64];
-	struct stat st;
 
 	if (!s->t->pidns_ino)
 		return true;
-	snprintf(path, sizeof(path), "/proc/%u/ns/pid", pid);
-	return !stat(path, &st) && st.st_ino == s->t->pidns_ino;
+	/* Not /proc/PID/ns/pid: following it needs ptrace rights over another user's VMM,
+	 * which the service gave up with its capabilities. /proc/PID/status is readable. */
+	snprintf(path, sizeof(path), "/proc/%u/status", pid);
+	return pidns_depth(path) == pidns_depth("/proc/self/status");
 }
 
 static void on_register(struct svc *s, struct pt_conn *c, const struct reg_req *r)
@@ -1008,8 +1038,14 @@ static int start(struct svc *s)
 		pt_err("socket %s: %s", s->cfg->socket, strerror(-err));
 		return err;
 	}
+	err = pt_caps_drop_all();
+	if (err) {
+		pt_err("dropping capabilities: %s", strerror(-err));
+		return err;
+	}
 	publish_status(s);
-	pt_info("listening on %s", s->cfg->socket[0] ? s->cfg->socket : "(inherited socket)");
+	pt_info("listening on %s (capabilities dropped)",
+		s->cfg->socket[0] ? s->cfg->socket : "(inherited socket)");
 	sd_notifyf("READY=1\nSTATUS=0 VMs; %s", cov);
 	return 0;
 }
