@@ -136,8 +136,10 @@ struct lazy_reply {
 #define LAZY_PER ((65536 - sizeof(struct pt_hdr) - sizeof(struct pt_verdict)) / sizeof(struct pt_range))
 /* Bitmap words looked at per call (2^26 pages, about a millisecond), and reply bytes queued
  * per call before waiting for the peer to read. */
+#ifndef LAZY_WORDS /* tests/daemon/fuzz_dispatch.c makes them small */
 #define LAZY_WORDS (1u << 20)
 #define LAZY_QUEUE (256u << 10)
+#endif
 
 static int lazy_collect(void *ctx, uint64_t gpa, uint64_t len)
 {
