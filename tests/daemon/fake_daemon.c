@@ -236,7 +236,8 @@ int pt_config_load(struct pt_config *cfg, const char *path, bool must_exist)
 	return 0;
 }
 
-/* --- the server ---------------------------------------------------------------------------------- */
+/* --- the server ----------------------------------------------------------------------------------
+ */
 
 void fake_conn_init(struct pt_conn *c, uint32_t id, pid_t pid, uid_t uid)
 {
@@ -250,7 +251,8 @@ void fake_conn_consume(struct pt_conn *c, size_t n)
 {
 	if (n > c->len)
 		n = c->len;
-	memmove(c->out, c->out + n, c->len - n);
+	if (n < c->len)
+		memmove(c->out, c->out + n, c->len - n);
 	c->len -= n;
 }
 
@@ -312,9 +314,9 @@ int pt_conn_send_error(struct pt_conn *c, uint32_t seq, int code, const char *fm
 	va_start(ap, fmt);
 	vsnprintf(reason, sizeof(reason), fmt, ap);
 	va_end(ap);
-	return pt_conn_send(c, frame,
-			    pt_build_error(frame, sizeof(frame), seq, code < 0 ? -code : code,
-					   reason));
+	return pt_conn_send(
+		c, frame,
+		pt_build_error(frame, sizeof(frame), seq, code < 0 ? -code : code, reason));
 }
 
 void pt_conn_close(struct pt_conn *c)

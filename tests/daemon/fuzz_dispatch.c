@@ -43,7 +43,7 @@
 struct req {
 	uint32_t seq;
 	uint32_t type, what;
-	int pidx;   /* VMM of the connection when sent, -1 if none */
+	int pidx;    /* VMM of the connection when sent, -1 if none */
 	uint8_t *ok; /* QUERY: pages that may be listed free; WR_READ: pages that must be listed */
 	uint8_t *asked;
 };
@@ -76,9 +76,9 @@ static uint32_t pids[NPID];
 static uint32_t next_id;
 static uint8_t frame[PT_MAX_FRAME + 64] __attribute__((aligned(8)));
 
-#define BUG(cond)         \
-	do {              \
-		if (cond) \
+#define BUG(cond)                \
+	do {                     \
+		if (cond)        \
 			abort(); \
 	} while (0)
 
@@ -210,8 +210,8 @@ static void on_ack(struct fconn *f, const struct req *r, const struct pt_msg *m)
 	struct shadow *v;
 
 	if (r->type == PT_MSG_REGISTER || r->type == PT_MSG_REGISTER2) {
-		f->pidx = pid_index(r->type == PT_MSG_REGISTER ? m->reg->vmm_pid
-							       : m->reg2->vmm_pid);
+		f->pidx =
+			pid_index(r->type == PT_MSG_REGISTER ? m->reg->vmm_pid : m->reg2->vmm_pid);
 		if (f->pidx >= 0) {
 			sh[f->pidx].armed = false;
 			if (CHECK_TAKEOVER && owner_conn[f->pidx] != f->c.id) {

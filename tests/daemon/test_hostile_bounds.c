@@ -53,7 +53,8 @@ static int restart_service_limited(const char *conf, unsigned nofile)
 	fprintf(f, "canary = no\n%s", conf);
 	fclose(f);
 	if (nofile) {
-		/* The limit is set in the service's own process, hard and soft, before it starts. */
+		/* The limit is set in the service's own process, hard and soft, before it starts.
+		 */
 		strcpy(wrapper, "/tmp/pagetrack-hostile-sh-XXXXXX");
 		fd = mkstemp(wrapper);
 		if (fd < 0)
@@ -122,8 +123,9 @@ static int log_lines(const char *what)
 /* REGISTER of this process with one slot at @gpa of @size bytes, on a raw socket. */
 static int register_self(int fd, uint32_t seq, uint64_t gpa, uint64_t size)
 {
-	struct pt_reg_slot slot = { .gpa = gpa, .size = size, .id = 1,
-				    .flags = PT_REG_SLOT_LOGGED };
+	struct pt_reg_slot slot = {
+		.gpa = gpa, .size = size, .id = 1, .flags = PT_REG_SLOT_LOGGED
+	};
 	size_t n = pt_build_register(tx, sizeof(tx), seq, getpid(), PT_DIRTY_RING, &slot, 1);
 
 	if (!n || raw_send(fd, tx, n))
@@ -207,8 +209,9 @@ static int query_amplification_rss(void)
 		waitpid(kids[i], NULL, 0);
 	}
 	close(p[0]);
-	fprintf(stderr, "  service RSS %lld kB before, peak %lld kB with %d peers x 20 queries "
-			"of 4 Mi reclaimed ranges unread\n",
+	fprintf(stderr,
+		"  service RSS %lld kB before, peak %lld kB with %d peers x 20 queries "
+		"of 4 Mi reclaimed ranges unread\n",
 		rss0, peak, AMP_PEERS);
 	/* Before the fix every query queued 67 MB (over 1 GB here). What may grow: the receive
 	 * buffers (16 MiB), four VMs' balloon bitmaps (8 MiB), a frozen bitmap being sent. */
@@ -315,8 +318,10 @@ static int hint_burst_ping_and_tick(void)
 	pthread_join(th, NULL);
 	CHECK(b.err == 0);
 	fprintf(stderr,
-		"  burst of %d HINT frames (2^28 pages each) took %.0f ms; %d pings: worst %.1f ms, "
-		"mean %.1f ms; status.json unchanged for %lld ms at most; longest loop turn %lld us\n",
+		"  burst of %d HINT frames (2^28 pages each) took %.0f ms; %d pings: worst %.1f "
+		"ms, "
+		"mean %.1f ms; status.json unchanged for %lld ms at most; longest loop turn %lld "
+		"us\n",
 		BURST_FRAMES, now_ms() - t0, pings, worst, sum / pings, gap_max,
 		status_num("max_turn_us"));
 	CHECKF(b.acks == BURST_FRAMES, "%d of %d HINTs answered in order", b.acks, BURST_FRAMES);
@@ -527,9 +532,9 @@ static int idle_flood_devices_served(void)
 			int fd = raw_connect();
 
 			_exit(fd >= 0 && register_self(fd, 1, 4 * GIB, 64 << 20) == 0 &&
-				      raw_ping(fd, 2) == 0
-			      ? 0
-			      : 1);
+					      raw_ping(fd, 2) == 0
+				      ? 0
+				      : 1);
 		}
 		int st;
 

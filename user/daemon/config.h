@@ -23,18 +23,19 @@ struct pt_config {
 	int tdp;	   /* -1 auto */
 	bool canary;	   /* run the coverage canary at start (default yes) */
 	bool verbose;
-	unsigned tick_ms;	 /* status/metrics/VMM liveness period */
-	int listen_fd;		 /* socket activation: inherited listening socket, else -1 */
+	unsigned tick_ms; /* status/metrics/VMM liveness period */
+	int listen_fd;	  /* socket activation: inherited listening socket, else -1 */
+
 	/* Limits per peer and for the whole service (docs/PROTOCOL.md sections 6, 7, 9). */
-	unsigned max_conns;	  /* connections open at once */
-	unsigned conn_output_kb;  /* queued reply bytes per connection before reading stops */
-	unsigned max_output_mb;	  /* queued reply bytes, all connections */
-	unsigned turn_frames;	  /* frames per connection per turn of the event loop */
+	unsigned max_conns;	       /* connections open at once */
+	unsigned conn_output_kb;       /* queued reply bytes per connection before reading stops */
+	unsigned max_output_mb;	       /* queued reply bytes, all connections */
+	unsigned turn_frames;	       /* frames per connection per turn of the event loop */
 	unsigned long long turn_pages; /* pages of work per connection per turn */
-	unsigned frame_timeout;	  /* s: partial frame held */
-	unsigned reply_timeout;	  /* s: queued replies not read */
-	unsigned idle_timeout;	  /* s: connection without a registration and without frames */
-	const char *config_path; /* for reload */
+	unsigned frame_timeout;	       /* s: partial frame held */
+	unsigned reply_timeout;	       /* s: queued replies not read */
+	unsigned idle_timeout;	       /* s: connection without a registration and without frames */
+	const char *config_path;       /* for reload */
 };
 
 void pt_config_defaults(struct pt_config *cfg);

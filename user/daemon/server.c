@@ -49,6 +49,8 @@
 #define DEF_MAX_OUTQ  (4u << 20)
 #define DEF_NBUFS     256u
 #define DEF_BUF_SIZE  (64u << 10)
+
+/* Limits against hostile peers (server.h, PROTOCOL.md section 9). */
 #define DEF_MAX_OUTQ_TOTAL (64u << 20)
 #define DEF_TURN_FRAMES	   64u
 #define DEF_TURN_WORK	   (1ull << 26)
@@ -60,7 +62,7 @@
 /* Out of descriptors: one log line per this many ms at most. */
 #define NOFD_LOG_MS 10000u
 /* Slots beyond max_conns: a new connection is accepted while the one evicted for it closes. */
-#define EVICT_SPARE 16u
+#define EVICT_SPARE   16u
 #define EVICT_IDLE_MS 1000u
 /* Bytes parked from one completion up to this are copied: no ring buffer held for them. */
 #define PARK_COPY_MAX 4096u
@@ -141,9 +143,9 @@ struct pt_conn {
 	bool nobufs;	/* recv ended with -ENOBUFS; re-arm when buffers come back */
 	bool dirty;
 	uint32_t dirty_next;
-	bool paused;	 /* pt_conn_pause: a long reply is being produced, input waits */
-	bool yielded;	 /* used its turn's budget: input waits for the next turn */
-	bool registered; /* pt_conn_set_registered: never idle-closed nor evicted */
+	bool paused;	   /* pt_conn_pause: a long reply is being produced, input waits */
+	bool yielded;	   /* used its turn's budget: input waits for the next turn */
+	bool registered;   /* pt_conn_set_registered: never idle-closed nor evicted */
 	bool yield_listed; /* on the server's yield list (may outlive the connection) */
 	uint32_t yield_next;
 	uint64_t turn_id; /* the turn turn_frames/turn_work count for */
@@ -1073,8 +1075,7 @@ static bool handle_recv_buf(struct pt_conn *c, unsigned bid, int res)
 		return true;
 	}
 	len = io_uring_recvmsg_payload_length(o, res, &s->rmsg);
-	off = (uint32_t)((unsigned char *)io_uring_recvmsg_payload(o, &s->rmsg) -
-			 buf_addr(s, bid));
+	off = (uint32_t)((unsigned char *)io_uring_recvmsg_payload(o, &s->rmsg) - buf_addr(s, bid));
 	if ((o->controllen || (o->flags & MSG_CTRUNC)) && !conn_keep_fds(c, o)) {
 		buf_return(s, bid);
 		pt_conn_send_error(c, 0, PT_E_BAD_FIELD,
@@ -1329,8 +1330,10 @@ fail:
  */
 static int restrict_ring(struct pt_server *s)
 {
-	static const uint8_t ops[] = { IORING_OP_ACCEPT, IORING_OP_RECVMSG, IORING_OP_SEND,
-				       IORING_OP_READ,	 IORING_OP_TIMEOUT, IORING_OP_ASYNC_CANCEL };
+	static const uint8_t ops[] = {
+		IORING_OP_ACCEPT, IORING_OP_RECVMSG, IORING_OP_SEND,
+		IORING_OP_READ,	  IORING_OP_TIMEOUT, IORING_OP_ASYNC_CANCEL
+	};
 	struct io_uring_restriction res[sizeof(ops) + 1];
 	unsigned n = 0;
 	int rc;

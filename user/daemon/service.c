@@ -133,7 +133,8 @@ struct lazy_reply {
 };
 
 /* Ranges per frame: frames near 64 KiB (PROTOCOL.md section 6). */
-#define LAZY_PER ((65536 - sizeof(struct pt_hdr) - sizeof(struct pt_verdict)) / sizeof(struct pt_range))
+#define LAZY_PER \
+	((65536 - sizeof(struct pt_hdr) - sizeof(struct pt_verdict)) / sizeof(struct pt_range))
 /* Bitmap words looked at per call (2^26 pages, about a millisecond), and reply bytes queued
  * per call before waiting for the peer to read. */
 #ifndef LAZY_WORDS /* tests/daemon/fuzz_dispatch.c makes them small */
@@ -204,7 +205,8 @@ static int lazy_step(struct svc *s, struct lazy_reply *lr)
 			 pt_build_verdict(s->out, PT_MAX_FRAME, lr->type, lr->seq,
 					  more ? PT_F_MORE : 0, &lr->v, lr->r)))
 		return -PT_E_INTERNAL;
-	memmove(lr->r, lr->r + k, (lr->n - k) * sizeof(*lr->r));
+	if (lr->n > k)
+		memmove(lr->r, lr->r + k, (lr->n - k) * sizeof(*lr->r));
 	lr->n -= k;
 	return !more;
 }
@@ -522,7 +524,6 @@ static void on_register(struct svc *s, struct pt_conn *c, const struct reg_req *
 	reply_ack(s, c, r->seq, vm, tracked ? 0 : PT_WHY_UNTRACKED, 0);
 }
 
-
 static void reg_from_v1(struct reg_req *r, const struct pt_msg *m)
 {
 	memset(r, 0, sizeof(*r));
@@ -720,10 +721,11 @@ static void on_wr_read(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx,
 	v.unsure_reason = pt_epoch_doubt(ctx);
 	for (uint32_t i = 0; i < m->count; i++)
 		v.hinted += m->ranges[i].len / PT_PROTO_PAGE;
-	v.kept_written = pages;
+	/* Asked ranges may overlap: a page is listed (and counted written) once. */
+	v.kept_written = lr->pages.count;
 	pt_conn_charge(c, v.hinted);
 	if (!v.unsure_reason) {
-		v.free = v.hinted - pages;
+		v.free = v.hinted - v.kept_written;
 		lazy_start(s, c, lr, PT_MSG_WR_RECORDS, m->seq, &v);
 		return;
 	}
