@@ -798,6 +798,7 @@ static struct pt_vmctx *bound_vm(struct svc *s, struct pt_conn *c)
 	/* Another connection of the same VMM may have taken the VM over. */
 	if (ctx && s->owner[ctx->vm] != pt_conn_id(c)) {
 		pt_conn_set_data(c, NULL);
+		pt_conn_set_registered(c, false); /* idle-timeout and eviction apply again */
 		return NULL;
 	}
 	return ctx;
