@@ -62,7 +62,10 @@
 /* Out of descriptors: one log line per this many ms at most. */
 #define NOFD_LOG_MS 10000u
 /* Slots beyond max_conns: a new connection is accepted while the one evicted for it closes. */
-#define EVICT_SPARE   16u
+#define EVICT_SPARE 16u
+/* Work of all connections together per turn, in turn_work units: the tick, and connections
+ * that only PING, wait for at most this much, however many connections are busy. */
+#define TURN_TOTAL    4u
 #define EVICT_IDLE_MS 1000u
 /* Bytes parked from one completion up to this are copied: no ring buffer held for them. */
 #define PARK_COPY_MAX 4096u
@@ -222,6 +225,8 @@ struct pt_server {
 	uint64_t turn_work;
 	unsigned frame_timeout_ms, reply_timeout_ms, idle_timeout_ms;
 	uint64_t turn_id;
+	uint64_t turn_total;		 /* work charged in this turn, all connections */
+	uint64_t turn_us_window;	 /* longest turn since the last tick */
 	uint32_t yield_head, yield_tail; /* connections waiting for the next turn */
 	int reserve_fd;			 /* given up to refuse connections when out of fds */
 	uint64_t nofd_logged_ms;	 /* last "out of descriptors" line */
@@ -597,23 +602,33 @@ static bool turn_used(struct pt_conn *c)
 		c->turn_frames = 0;
 		c->turn_work = 0;
 	}
-	return c->turn_frames >= s->turn_frames || c->turn_work >= s->turn_work;
+	return c->turn_frames >= s->turn_frames || c->turn_work >= s->turn_work ||
+	       s->turn_total >= TURN_TOTAL * s->turn_work;
 }
 
-/* Puts @c on the list looked at in the next turn (at most once: yield_listed). */
+/*
+ * Puts @c on the list looked at in the next turn (at most once: yield_listed). One that got
+ * nothing done in this turn (all connections together used the turn) goes first, so that
+ * the busy ones at the front of the list cannot keep it waiting turn after turn.
+ */
 static void yield_link(struct pt_conn *c)
 {
 	struct pt_server *s = c->s;
+	bool first = c->turn_id == s->turn_id && !c->turn_frames && !c->turn_work;
 
 	if (c->yield_listed)
 		return;
 	c->yield_listed = true;
 	c->yield_next = NIL;
-	if (s->yield_head == NIL)
+	if (s->yield_head == NIL) {
+		s->yield_head = s->yield_tail = c->idx;
+	} else if (first) {
+		c->yield_next = s->yield_head;
 		s->yield_head = c->idx;
-	else
+	} else {
 		s->conns[s->yield_tail].yield_next = c->idx;
-	s->yield_tail = c->idx;
+		s->yield_tail = c->idx;
+	}
 }
 
 /*
@@ -637,6 +652,7 @@ static void resume_yielded(struct pt_server *s)
 
 	s->yield_head = s->yield_tail = NIL;
 	s->turn_id++;
+	s->turn_total = 0;
 	while (i != NIL) {
 		struct pt_conn *c = &s->conns[i];
 
@@ -776,6 +792,8 @@ static void turn_done(struct pt_server *s, uint64_t t0)
 
 	if (us > s->st.max_turn_us)
 		s->st.max_turn_us = us;
+	if (us > s->turn_us_window)
+		s->turn_us_window = us;
 }
 
 static void conn_stall(struct pt_conn *c)
@@ -1226,6 +1244,8 @@ static void handle_cqe(struct pt_server *s, struct io_uring_cqe *cqe)
 		if (s->stopping || cqe->res == -ECANCELED)
 			break;
 		sweep_timeouts(s);
+		s->st.tick_max_turn_us = s->turn_us_window;
+		s->turn_us_window = 0;
 		if (s->ops.on_tick)
 			s->ops.on_tick(s->ctx);
 		arm_tick(s);
@@ -1566,8 +1586,15 @@ int pt_server_run(struct pt_server *s)
 		resume_yielded(s);
 		process_dirty(s);
 		buf_publish(s);
-		/* Connections waiting for their next turn: look for completions, do not sleep. */
-		rc = submit_wait(s, s->yield_head == NIL, 0);
+		/* Connections waiting for their next turn: look for completions, do not sleep. The
+		 * kernel must still run its deferred completion work (timer, other connections'
+		 * receives): with COOP_TASKRUN only an enter that asks for events does. */
+		if (s->yield_head != NIL)
+			rc = io_uring_submit_and_get_events(&s->ring);
+		else
+			rc = submit_wait(s, 1, 0);
+		if (rc == -EINTR || rc == -EAGAIN || rc == -EBUSY || rc > 0)
+			rc = 0;
 		if (rc < 0) {
 			pt_err("server: io_uring_submit_and_wait: %s", strerror(-rc));
 			break;
@@ -1714,6 +1741,7 @@ void pt_conn_charge(struct pt_conn *c, uint64_t work)
 {
 	turn_used(c); /* a charge from a new turn starts the count afresh */
 	c->turn_work += work;
+	c->s->turn_total += work;
 }
 
 void pt_conn_pause(struct pt_conn *c)

@@ -158,6 +158,7 @@ struct pt_server_stats {
 	uint64_t conns_refused_nofd;  /* accepted and closed at once: out of descriptors */
 	uint64_t max_turn_us;	      /* longest turn of the loop (handling one batch of
 				       * completions), microseconds, since start */
+	uint64_t tick_max_turn_us;    /* the same, during the last tick period */
 };
 void pt_server_get_stats(const struct pt_server *s, struct pt_server_stats *st);
 

@@ -90,7 +90,8 @@ static void write_json(const char *path, const struct pt_config *cfg, struct pt_
 		"{\"connections\": %llu, \"accepted\": %llu, \"frames\": %llu, \"errors\": %llu, "
 		"\"bytes_in\": %llu, \"bytes_out\": %llu, \"bad_frames\": %llu, "
 		"\"backpressure_stalls\": %llu, \"hint_records\": %llu, \"verdicts\": %llu, "
-		"\"turns_yielded\": %llu, \"max_turn_us\": %llu, \"timed_out\": %llu, "
+		"\"turns_yielded\": %llu, \"max_turn_us\": %llu, \"tick_max_turn_us\": %llu, "
+		"\"timed_out\": %llu, "
 		"\"evicted\": %llu, \"rejected\": %llu, \"refused_nofd\": %llu, "
 		"\"outq_bytes\": %llu},\n \"vms\": [",
 		getpid(), (long long)time(NULL), cfg->socket, t->pin_dir, t->tdp ? "true" : "false",
@@ -102,9 +103,9 @@ static void write_json(const char *path, const struct pt_config *cfg, struct pt_
 		(unsigned long long)st->bad_frames, (unsigned long long)st->backpressure_stalls,
 		(unsigned long long)n->hint_records, (unsigned long long)n->verdicts,
 		(unsigned long long)st->turns_yielded, (unsigned long long)st->max_turn_us,
-		(unsigned long long)st->conns_timed_out, (unsigned long long)st->conns_evicted,
-		(unsigned long long)st->conns_rejected, (unsigned long long)st->conns_refused_nofd,
-		(unsigned long long)st->outq_bytes);
+		(unsigned long long)st->tick_max_turn_us, (unsigned long long)st->conns_timed_out,
+		(unsigned long long)st->conns_evicted, (unsigned long long)st->conns_rejected,
+		(unsigned long long)st->conns_refused_nofd, (unsigned long long)st->outq_bytes);
 	for (uint32_t i = 0; i < PT_MAX_VMS; i++) {
 		if (vms[i]) {
 			json_vm(f, t, vms[i], first);
