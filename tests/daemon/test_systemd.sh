@@ -132,7 +132,7 @@ ExecStart=
 ExecStart=/usr/local/sbin/pagetrackd -c $W/pagetrack.conf run
 # The unit makes only its default pin directory writable: the test's one too.
 ExecStartPre=+/bin/mkdir -p -m 0700 $PIN
-ReadWritePaths=$PIN
+ReadWritePaths=-$PIN
 # A sanitizer build (make SANITIZE=...): LeakSanitizer's stop-the-world cannot run inside the
 # unit's seccomp filter, and would turn a clean stop into exit status 1. No effect otherwise.
 Environment=ASAN_OPTIONS=detect_leaks=0
