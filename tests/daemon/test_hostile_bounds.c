@@ -239,6 +239,43 @@ static int query_amplification_rss(void)
 	return 0;
 }
 
+/*
+ * Without a KVM guest the log is in doubt (untracked mode): RECLAIMED must then list nothing
+ * and count every inflated page unsure, not list the reclaims it happens to know of.
+ */
+static int reclaimed_in_doubt_lists_nothing(void)
+{
+	struct pt_range in = { AMP_GPA, 64 * 4096 }, wr = { AMP_GPA + 8 * 4096, 10 * 4096 };
+	struct pt_hdr h;
+	struct pt_msg m;
+	size_t n;
+	int fd;
+
+	T_REQUIRE(restart_service(""));
+	fd = raw_connect();
+	CHECK(fd >= 0);
+	CHECK(register_self(fd, 1, AMP_GPA, 64 << 20) == 0);
+	n = pt_build_report(tx, sizeof(tx), PT_MSG_INFLATE, 2, &in, 1);
+	CHECK(n && !raw_send(fd, tx, n));
+	EXPECT_ACK(fd, 2, NULL);
+	n = pt_build_report(tx, sizeof(tx), PT_MSG_WRITTEN, 3, &wr, 1);
+	CHECK(n && !raw_send(fd, tx, n));
+	EXPECT_ACK(fd, 3, NULL);
+	n = pt_build_query(tx, sizeof(tx), 4, 0, PT_Q_RECLAIMED);
+	CHECK(n && !raw_send(fd, tx, n));
+	CHECK(raw_recv(fd, &h, &m) == 1 && m.type == PT_MSG_VERDICT && h.seq == 4);
+	fprintf(stderr,
+		"  RECLAIMED in doubt (%#x): hinted %llu free %llu kept_unsure %llu, %u ranges\n",
+		m.verdict->unsure_reason, (unsigned long long)m.verdict->hinted,
+		(unsigned long long)m.verdict->free, (unsigned long long)m.verdict->kept_unsure,
+		m.count);
+	CHECK(m.verdict->unsure_reason != 0 && !(h.flags & PT_F_MORE));
+	CHECK(m.count == 0 && m.verdict->free == 0);
+	CHECK(m.verdict->hinted == 64 && m.verdict->kept_unsure == 64);
+	close(fd);
+	return 0;
+}
+
 /* --- break 4: a HINT burst, a concurrent PING, the tick ------------------------------------ */
 
 #define BURST_FRAMES 3000
@@ -605,6 +642,6 @@ static int idle_flood_devices_served(void)
 	return 0;
 }
 
-T_MAIN(T_CASE(query_amplification_rss), T_CASE(hint_burst_ping_and_tick),
-       T_CASE(slowloris_and_idle_timeout), T_CASE(fd_limit_refuses_at_once),
-       T_CASE(idle_flood_devices_served))
+T_MAIN(T_CASE(query_amplification_rss), T_CASE(reclaimed_in_doubt_lists_nothing),
+       T_CASE(hint_burst_ping_and_tick), T_CASE(slowloris_and_idle_timeout),
+       T_CASE(fd_limit_refuses_at_once), T_CASE(idle_flood_devices_served))
