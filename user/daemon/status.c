@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 #include <dirent.h>
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -144,6 +145,41 @@ static void prom_vm(FILE *f, struct pt_tracker *t, const struct pt_vmctx *c)
 			mode_str(c->mode), m[i].v);
 }
 
+/* What the limits against hostile or broken devices did (docs/OPERATIONS.md section 2.1). */
+static void prom_limits(FILE *f, const struct pt_server_stats *st)
+{
+	static const struct {
+		const char *name, *type;
+		size_t off;
+	} m[] = {
+		{ "pagetrack_conns_timed_out_total", "counter",
+		  offsetof(struct pt_server_stats, conns_timed_out) },
+		{ "pagetrack_conns_evicted_total", "counter",
+		  offsetof(struct pt_server_stats, conns_evicted) },
+		{ "pagetrack_conns_rejected_total", "counter",
+		  offsetof(struct pt_server_stats, conns_rejected) },
+		{ "pagetrack_conns_refused_nofd_total", "counter",
+		  offsetof(struct pt_server_stats, conns_refused_nofd) },
+		{ "pagetrack_turns_yielded_total", "counter",
+		  offsetof(struct pt_server_stats, turns_yielded) },
+		{ "pagetrack_output_queued_bytes", "gauge",
+		  offsetof(struct pt_server_stats, outq_bytes) },
+		{ "pagetrack_loop_turn_max_seconds", "gauge",
+		  offsetof(struct pt_server_stats, tick_max_turn_us) },
+	};
+
+	for (size_t i = 0; i < sizeof(m) / sizeof(m[0]); i++) {
+		uint64_t v;
+
+		memcpy(&v, (const char *)st + m[i].off, sizeof(v));
+		fprintf(f, "# TYPE %s %s\n", m[i].name, m[i].type);
+		if (strstr(m[i].name, "_seconds"))
+			fprintf(f, "%s %.6f\n", m[i].name, v / 1e6);
+		else
+			fprintf(f, "%s %llu\n", m[i].name, (unsigned long long)v);
+	}
+}
+
 static void write_prom(const char *path, const struct pt_coverage *cov, struct pt_tracker *t,
 		       struct pt_vmctx *const *vms, const struct pt_server_stats *st,
 		       const struct pt_status_counters *n)
@@ -171,6 +207,7 @@ static void write_prom(const char *path, const struct pt_coverage *cov, struct p
 		(unsigned long long)n->errors);
 	fprintf(f, "# TYPE pagetrack_bad_frames_total counter\npagetrack_bad_frames_total %llu\n",
 		(unsigned long long)st->bad_frames);
+	prom_limits(f, st);
 	for (uint32_t i = 0; i < PT_MAX_VMS; i++)
 		if (vms[i])
 			prom_vm(f, t, vms[i]);
