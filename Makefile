@@ -139,8 +139,9 @@ $(BUILD)/tests/%: %.c tests/t.h $(CORE) $(LIB)
 # Every fuzz target links the wire format; FUZZ_SRCS_<target> adds what else it drives.
 # fuzz_dispatch runs the service's dispatch and command state against fakes of the write log
 # and the server (tests/daemon/fake_daemon.c): no BPF, no io_uring, no KVM.
-FUZZ_SRCS_fuzz_dispatch := tests/daemon/fake_daemon.c user/daemon/cmdstate.c user/shared/log.c \
-	user/shared/fdlink.c
+FUZZ_SRCS_fuzz_dispatch := tests/daemon/fake_daemon.c user/daemon/cmdstate.c user/daemon/config.c \
+	user/shared/log.c user/shared/fdlink.c \
+	$(wildcard user/daemon/identity.c user/daemon/quota.c)
 # Above 1 MiB, so that the largest frames and their reassembly across reads are covered.
 FUZZ_MAX_LEN := 1200000
 $(BUILD)/fuzz/%: %.c $(LIB_SRCS) $(USER_HDRS) $(wildcard tests/*/fake_*) user/daemon/service.c \

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * The fakes of fake_daemon.h: the write log (writelog/loader.h, writelog/vmlog.h), the
- * canary, the status writer, sd_notify, the capability drop, the configuration loader and the
- * io_uring server's connection API, each as small as the dispatch needs.
+ * canary, the status writer, sd_notify, the capability drop and the io_uring server's
+ * connection API, each as small as the dispatch needs.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -230,12 +230,6 @@ int pt_caps_drop_all(void)
 	return 0;
 }
 
-int pt_config_load(struct pt_config *cfg, const char *path, bool must_exist)
-{
-	(void)cfg, (void)path, (void)must_exist;
-	return 0;
-}
-
 /* --- the server ----------------------------------------------------------------------------------
  */
 
@@ -353,6 +347,14 @@ void pt_conn_resume(struct pt_conn *c)
 void pt_conn_set_registered(struct pt_conn *c, bool registered)
 {
 	c->registered = registered;
+}
+
+/* The peer's pidfd (SO_PEERPIDFD) where the server has it: here, as on kernels before 6.5. */
+int pt_conn_peer_pidfd(const struct pt_conn *c);
+int pt_conn_peer_pidfd(const struct pt_conn *c)
+{
+	(void)c;
+	return -ENOPROTOOPT;
 }
 
 const struct pt_peer *pt_conn_peer(const struct pt_conn *c)

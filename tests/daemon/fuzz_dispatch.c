@@ -188,11 +188,16 @@ static void req_done(struct fconn *f)
 }
 
 /*
- * Off until a takeover starts the VM afresh (issue 11, identity): then a REGISTER by another
- * connection must forget what the previous one hinted and reported, and this checks it.
+ * Once a takeover starts the VM afresh (issue 11, identity: its quota.h comes with it), a
+ * REGISTER by another connection must forget what the previous one hinted, and this checks
+ * it. Before, a takeover carried the state over.
  */
 #ifndef CHECK_TAKEOVER
+#ifdef PT_QUOTA_H
+#define CHECK_TAKEOVER 1
+#else
 #define CHECK_TAKEOVER 0
+#endif
 #endif
 static uint32_t owner_conn[NPID];
 
@@ -214,10 +219,8 @@ static void on_ack(struct fconn *f, const struct req *r, const struct pt_msg *m)
 			pid_index(r->type == PT_MSG_REGISTER ? m->reg->vmm_pid : m->reg2->vmm_pid);
 		if (f->pidx >= 0) {
 			sh[f->pidx].armed = false;
-			if (CHECK_TAKEOVER && owner_conn[f->pidx] != f->c.id) {
+			if (CHECK_TAKEOVER && owner_conn[f->pidx] != f->c.id)
 				memset(sh[f->pidx].hinted, 0, NPAGES);
-				memset(sh[f->pidx].reported, 0, NPAGES);
-			}
 			owner_conn[f->pidx] = f->c.id;
 		}
 		return;
@@ -517,6 +520,9 @@ static void op(struct in *in)
 		if (!f->c.used) {
 			fake_conn_init(&f->c, ++next_id, (pid_t)pids[get8(in) % NPID],
 				       get8(in) & 1 ? 1000 : 0);
+#ifdef PT_QUOTA_H /* the service with per-uid quotas sees every connection accepted */
+			on_accept(S, &f->c);
+#endif
 			f->pidx = -1;
 			f->seen = 0;
 			f->seq = 0;
@@ -596,15 +602,17 @@ static void setup(void)
 {
 	static struct pt_config cfg;
 
-	memset(&cfg, 0, sizeof(cfg));
+	pt_config_defaults(&cfg);
 	cfg.learn_mb = 1;
-	cfg.tick_ms = 1000;
 	S = calloc(1, sizeof(*S));
 	S->cfg = &cfg;
 	S->live = cfg;
 	S->out = (uint8_t *)out_frame;
 	S->t = fake_tracker_new();
 	pt_canary_run(S->t, &S->cov);
+#ifdef PT_QUOTA_H
+	S->quota = pt_quota_new();
+#endif
 	memset(sh, 0, sizeof(sh));
 	memset(conns, 0, sizeof(conns));
 	memset(owner_conn, 0, sizeof(owner_conn));
@@ -622,6 +630,9 @@ static void teardown(void)
 	for (uint32_t i = 0; i < PT_MAX_VMS; i++)
 		pt_vmctx_free(S->vms[i]);
 	fake_tracker_free(S->t);
+#ifdef PT_QUOTA_H
+	pt_quota_free(S->quota);
+#endif
 	free(S->ranges);
 	free(S);
 }
