@@ -165,17 +165,29 @@ $(BUILD)/tests/%: %.c $(wildcard tests/*.h tests/*/*.h) $(CORE) $(LIB)
 	$(Q)mkdir -p $(@D)
 	$(Q)$(CC) $(CPPFLAGS) -Itests $(CFLAGS) $(LDFLAGS) $< $(CORE) $(LIB) $(LDLIBS) -o $@
 
-$(BUILD)/fuzz/%: %.c $(LIB_SRCS) $(wildcard user/lib/*.h)
+# Every fuzz target links the wire format; FUZZ_SRCS_<target> adds what else it drives.
+# fuzz_dispatch runs the service's dispatch and command state against fakes of the write log
+# and the server (tests/daemon/fake_daemon.c): no BPF, no io_uring, no KVM.
+FUZZ_SRCS_fuzz_dispatch := tests/daemon/fake_daemon.c user/daemon/cmdstate.c user/daemon/config.c \
+	user/shared/log.c user/shared/fdlink.c \
+	$(wildcard user/daemon/identity.c user/daemon/quota.c)
+# Above 1 MiB, so that the largest frames and their reassembly across reads are covered.
+FUZZ_MAX_LEN := 1200000
+$(BUILD)/fuzz/%: %.c $(LIB_SRCS) $(USER_HDRS) $(wildcard tests/*/fake_*) user/daemon/service.c \
+		user/daemon/cmdstate.c $(SKELS)
 	$(call msg,FUZZ,$@)
 	$(Q)mkdir -p $(@D)
-	$(Q)$(CLANG) $(CPPFLAGS) -g -O1 -fsanitize=fuzzer,address,undefined $< user/lib/proto.c -o $@
+	$(Q)$(CLANG) $(CPPFLAGS) -Itests -g -O1 -fsanitize=fuzzer,address,undefined $< user/lib/proto.c \
+		$(FUZZ_SRCS_$*) -o $@
 
 test: deps-check all man $(FUZZ_BINS)
 	$(Q)BUILD=$(BUILD) tests/run.sh
 
 fuzz-long: $(FUZZ_BINS)
 	$(Q)for f in $(FUZZ_BINS); do mkdir -p fuzz-corpus/$$(basename $$f); \
-		$$f -max_total_time=$${FUZZ_SECONDS:-600} fuzz-corpus/$$(basename $$f) || exit 1; done
+		cp tests/*/$$(basename $$f).seeds/* fuzz-corpus/$$(basename $$f)/ 2>/dev/null; \
+		$$f -max_len=$(FUZZ_MAX_LEN) -max_total_time=$${FUZZ_SECONDS:-600} \
+			fuzz-corpus/$$(basename $$f) || exit 1; done
 
 demo: deps-check all
 	$(Q)BUILD=$(BUILD) scripts/demo.sh

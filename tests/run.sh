@@ -52,9 +52,12 @@ for f in "$BUILD"/fuzz/fuzz_*; do
 	[ -x "$f" ] || continue
 	name=$(basename "$f")
 	[ -n "$filter" ] && [[ $name != *"$filter"* ]] && continue
-	# Smoke run: a few seconds of coverage-guided input on the frame parser.
+	# Smoke run: a few seconds of coverage-guided input on each target (the frame parser, the
+	# dispatch); inputs up to 1.2 MB, so frames of PT_MAX_PAYLOAD are reassembled too.
 	corpus=$(mktemp -d /tmp/pagetrack-fuzz.XXXXXX)
-	if "$f" -max_total_time="${FUZZ_SECONDS:-15}" -print_final_stats=1 "$corpus" >"$log/$name.out" 2>&1; then
+	# Seeds that reach deep states (tests/<concern>/<target>.seeds/), if the target has any.
+	for seeds in tests/*/"$name".seeds; do [ -d "$seeds" ] && cp "$seeds"/* "$corpus"/; done
+	if "$f" -max_len=1200000 -max_total_time="${FUZZ_SECONDS:-15}" -print_final_stats=1 "$corpus" >"$log/$name.out" 2>&1; then
 		echo "PASS: $name (smoke, ${FUZZ_SECONDS:-15}s: $(grep -o 'stat::number_of_executed_units: [0-9]*' "$log/$name.out" | awk '{print $2}') runs)"
 		pass=$((pass + 1))
 	else

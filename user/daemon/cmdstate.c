@@ -156,6 +156,7 @@ static void piece_set(struct pt_vmctx *c, uint64_t page, uint64_t n, void *arg)
 
 struct emitter {
 	struct pt_vmctx *c;
+	const struct pt_vm_slots *sl; /* NULL: c->slots */
 	pt_range_cb cb;
 	void *ctx;
 	uint64_t start, len; /* pending run, in region pages */
@@ -164,6 +165,7 @@ struct emitter {
 
 static int emit_flush(struct emitter *e)
 {
+	const struct pt_vm_slots *sl = e->sl ? e->sl : &e->c->slots;
 	uint64_t page = e->start, left = e->len;
 
 	e->len = 0;
@@ -172,8 +174,8 @@ static int emit_flush(struct emitter *e)
 		const struct pt_slot *s = NULL;
 		uint64_t n;
 
-		for (uint32_t i = 0; i < e->c->slots.nslots && i < PT_MAX_SLOTS; i++) {
-			const struct pt_slot *x = &e->c->slots.slots[i];
+		for (uint32_t i = 0; i < sl->nslots && i < PT_MAX_SLOTS; i++) {
+			const struct pt_slot *x = &sl->slots[i];
 
 			if ((x->flags & PT_SLOT_VALID) && page >= x->bit_off &&
 			    page - x->bit_off < x->npages) {
@@ -195,8 +197,14 @@ static int emit_flush(struct emitter *e)
 	return e->err;
 }
 
+static void freeze_word(struct emitter *e, uint64_t w, uint64_t bits);
+
 static void emit_word(struct emitter *e, uint64_t w, uint64_t bits)
 {
+	if (e->cb == pt_pages_freeze) {
+		freeze_word(e, w, bits);
+		return;
+	}
 	while (bits) {
 		uint64_t lo = __builtin_ctzll(bits), page = w * 64 + lo;
 		uint64_t run = ~(bits >> lo) ? (uint64_t)__builtin_ctzll(~(bits >> lo)) : 64 - lo;
@@ -211,6 +219,60 @@ static void emit_word(struct emitter *e, uint64_t w, uint64_t bits)
 		}
 		bits = run + lo >= 64 ? 0 : bits & ~(((1ull << run) - 1) << lo);
 	}
+}
+
+/* --- frozen page sets: long replies produced a frame at a time ------------------------------ */
+
+/* A marker, never called: the emitter stores the pages in the pt_pages that is its ctx. */
+int pt_pages_freeze(void *ctx, uint64_t gpa, uint64_t len)
+{
+	(void)ctx;
+	(void)gpa;
+	(void)len;
+	return -PT_E_INTERNAL;
+}
+
+/* One bit per region page, allocated at the first page, with the memory map of that moment. */
+static void freeze_word(struct emitter *e, uint64_t w, uint64_t bits)
+{
+	struct pt_pages *p = e->ctx;
+
+	if (!bits || e->err)
+		return;
+	if (!p->bits) {
+		p->bits = calloc(e->c->words, sizeof(uint64_t));
+		if (!p->bits) {
+			e->err = -PT_E_BUSY;
+			return;
+		}
+		p->words = e->c->words;
+		p->slots = e->c->slots;
+	}
+	p->count += __builtin_popcountll(bits & ~p->bits[w]);
+	p->bits[w] |= bits;
+}
+
+int pt_pages_emit(struct pt_pages *p, uint64_t max_words, pt_range_cb cb, void *ctx, bool *done)
+{
+	struct emitter e = { .sl = &p->slots, .cb = cb, .ctx = ctx };
+	uint64_t end = p->words - p->next > max_words ? p->next + max_words : p->words;
+
+	e.start = p->run_start;
+	e.len = p->run_len;
+	for (; p->next < end && !e.err; p->next++)
+		emit_word(&e, p->next, p->bits[p->next]);
+	*done = p->next == p->words;
+	if (*done && e.len && !e.err)
+		emit_flush(&e);
+	p->run_start = e.start;
+	p->run_len = e.len;
+	return e.err;
+}
+
+void pt_pages_release(struct pt_pages *p)
+{
+	free(p->bits);
+	memset(p, 0, sizeof(*p));
 }
 
 /* --- the state machine ---------------------------------------------------------------------- */

@@ -80,6 +80,28 @@ struct pt_verdict_sum {
 };
 typedef int (*pt_range_cb)(void *ctx, uint64_t gpa, uint64_t len);
 
+/*
+ * A set of pages frozen when a verdict or listing was computed, emitted as ranges later, a
+ * part at a time (long replies are produced as the peer reads them). Pass pt_pages_freeze as
+ * the callback and a zeroed struct pt_pages as its ctx to any function below that takes a
+ * pt_range_cb: the pages go into the set (one bit per page of the VM's log region, allocated
+ * at the first page) instead of to a callback. The set holds a copy of the memory map, so it
+ * stays valid when the VM goes away.
+ */
+struct pt_pages {
+	uint64_t *bits;
+	uint64_t words;
+	uint64_t count; /* pages in the set */
+	uint64_t next;	/* first word not emitted yet */
+	uint64_t run_start, run_len;
+	struct pt_vm_slots slots;
+};
+int pt_pages_freeze(void *ctx, uint64_t gpa, uint64_t len);
+/* Emits the ranges of the next @max_words words of the set (ascending, disjoint, merged across
+ * calls) to @cb; *done once the whole set is out. 0 or the callback's error. */
+int pt_pages_emit(struct pt_pages *p, uint64_t max_words, pt_range_cb cb, void *ctx, bool *done);
+void pt_pages_release(struct pt_pages *p);
+
 int pt_vmctx_new(struct pt_vmctx **out, struct pt_tracker *t, uint32_t vm, uint32_t pid,
 		 enum pt_dirty_mode mode, bool mode_tracked);
 void pt_vmctx_free(struct pt_vmctx *c);

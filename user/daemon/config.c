@@ -2,10 +2,13 @@
 /*
  * /etc/pagetrack/pagetrack.conf: "key = value" lines, '#' comments. Keys are the long
  * command-line options (socket, pin-dir, run-dir, metrics, log-mb, learn-mb, tdp, canary,
- * verbose), and the per-uid quotas (quota-conns, quota-vms, quota-log-mb) that only this file
- * sets; docs/OPERATIONS.md documents them and systemd/pagetrack.conf shows the defaults.
+ * verbose), the per-uid quotas (quota-conns, quota-vms, quota-log-mb) and the limits
+ * (max-conns, conn-output-kb, max-output-mb, turn-frames, turn-pages, frame-timeout,
+ * reply-timeout, idle-timeout); docs/OPERATIONS.md documents them and systemd/pagetrack.conf
+ * shows the defaults.
  */
 #include <ctype.h>
+#include <stddef.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +34,14 @@ void pt_config_defaults(struct pt_config *cfg)
 	cfg->quota_conns = 32;
 	cfg->quota_vms = 8;
 	cfg->quota_log_mb = 8;
+	cfg->max_conns = 1024;
+	cfg->conn_output_kb = 4096;
+	cfg->max_output_mb = 64;
+	cfg->turn_frames = 64;
+	cfg->turn_pages = 1ull << 26; /* about a millisecond of bitmap work */
+	cfg->frame_timeout = 30;
+	cfg->reply_timeout = 30;
+	cfg->idle_timeout = 60;
 }
 
 static int parse_bool(const char *v, bool *out)
@@ -53,6 +64,41 @@ static int parse_uint(const char *v, unsigned *out)
 		return -EINVAL;
 	*out = n;
 	return 0;
+}
+
+static int parse_u64(const char *v, unsigned long long *out)
+{
+	char *end;
+	unsigned long long n = strtoull(v, &end, 10);
+
+	if (!*v || *end || !n || n > 1ull << 40)
+		return -EINVAL;
+	*out = n;
+	return 0;
+}
+
+/* The limits; -ENOENT if @k is not one of them. */
+static int set_limit(struct pt_config *c, const char *k, const char *v)
+{
+	static const struct {
+		const char *key;
+		size_t off;
+	} keys[] = {
+		{ "max-conns", offsetof(struct pt_config, max_conns) },
+		{ "conn-output-kb", offsetof(struct pt_config, conn_output_kb) },
+		{ "max-output-mb", offsetof(struct pt_config, max_output_mb) },
+		{ "turn-frames", offsetof(struct pt_config, turn_frames) },
+		{ "frame-timeout", offsetof(struct pt_config, frame_timeout) },
+		{ "reply-timeout", offsetof(struct pt_config, reply_timeout) },
+		{ "idle-timeout", offsetof(struct pt_config, idle_timeout) },
+	};
+
+	if (!strcmp(k, "turn-pages"))
+		return parse_u64(v, &c->turn_pages);
+	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
+		if (!strcmp(k, keys[i].key))
+			return parse_uint(v, (unsigned *)((char *)c + keys[i].off));
+	return -ENOENT;
 }
 
 #define SET(dst, v) \
@@ -89,7 +135,7 @@ static int set_key(struct pt_config *c, const char *k, const char *v)
 					     : -2;
 		return c->tdp < -1 ? -EINVAL : 0;
 	}
-	return -ENOENT;
+	return set_limit(c, k, v);
 }
 
 static char *trim(char *s)

@@ -27,8 +27,18 @@ struct pt_config {
 	/* Per-uid quotas (root is exempt): connections open, VMs registered, MiB of write-log
 	 * bitmap those VMs hold. */
 	unsigned quota_conns, quota_vms, quota_log_mb;
-	int listen_fd;		 /* socket activation: inherited listening socket, else -1 */
-	const char *config_path; /* for reload */
+	int listen_fd; /* socket activation: inherited listening socket, else -1 */
+
+	/* Limits per peer and for the whole service (docs/PROTOCOL.md sections 6, 7, 9). */
+	unsigned max_conns;	       /* connections open at once */
+	unsigned conn_output_kb;       /* queued reply bytes per connection before reading stops */
+	unsigned max_output_mb;	       /* queued reply bytes, all connections */
+	unsigned turn_frames;	       /* frames per connection per turn of the event loop */
+	unsigned long long turn_pages; /* pages of work per connection per turn */
+	unsigned frame_timeout;	       /* s: partial frame held */
+	unsigned reply_timeout;	       /* s: queued replies not read */
+	unsigned idle_timeout;	       /* s: connection without a registration and without frames */
+	const char *config_path;       /* for reload */
 };
 
 void pt_config_defaults(struct pt_config *cfg);

@@ -37,6 +37,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -48,6 +49,26 @@
 #define DEF_MAX_OUTQ  (4u << 20)
 #define DEF_NBUFS     256u
 #define DEF_BUF_SIZE  (64u << 10)
+
+/* Limits against hostile peers (server.h, PROTOCOL.md section 9). */
+#define DEF_MAX_OUTQ_TOTAL (64u << 20)
+#define DEF_TURN_FRAMES	   64u
+#define DEF_TURN_WORK	   (1ull << 26)
+#define DEF_FRAME_TIMEOUT  30000u
+#define DEF_REPLY_TIMEOUT  30000u
+#define DEF_IDLE_TIMEOUT   60000u
+/* A paused connection (long reply) is asked for more once its queue is below this. */
+#define DRAIN_MARK (256u << 10)
+/* Out of descriptors: one log line per this many ms at most. */
+#define NOFD_LOG_MS 10000u
+/* Slots beyond max_conns: a new connection is accepted while the one evicted for it closes. */
+#define EVICT_SPARE 16u
+/* Work of all connections together per turn, in turn_work units: the tick, and connections
+ * that only PING, wait for at most this much, however many connections are busy. */
+#define TURN_TOTAL    4u
+#define EVICT_IDLE_MS 1000u
+/* Bytes parked from one completion up to this are copied: no ring buffer held for them. */
+#define PARK_COPY_MAX 4096u
 #define BGID	      0
 #define RING_ENTRIES  1024u
 #define CQ_ENTRIES    16384u
@@ -125,6 +146,17 @@ struct pt_conn {
 	bool nobufs;	/* recv ended with -ENOBUFS; re-arm when buffers come back */
 	bool dirty;
 	uint32_t dirty_next;
+	bool paused;	   /* pt_conn_pause: a long reply is being produced, input waits */
+	bool yielded;	   /* used its turn's budget: input waits for the next turn */
+	bool registered;   /* pt_conn_set_registered: never idle-closed nor evicted */
+	bool yield_listed; /* on the server's yield list (may outlive the connection) */
+	uint32_t yield_next;
+	uint64_t turn_id; /* the turn turn_frames/turn_work count for */
+	uint32_t turn_frames;
+	uint64_t turn_work;
+	uint64_t t_active;   /* ms: accepted, or last frame handled */
+	uint64_t t_partial;  /* ms: a partial frame started to arrive */
+	uint64_t t_sendprog; /* ms: replies queued on an empty queue, or last send progress */
 	struct pt_peer peer;
 	void *data;
 	struct pt_framer fr;
@@ -157,6 +189,7 @@ struct pt_server {
 	struct __kernel_timespec tick_ts;
 	struct __kernel_timespec retry_ts;
 	unsigned max_conns;
+	unsigned nslots; /* max_conns + EVICT_SPARE: room while an evicted one is closing */
 	size_t max_outq;
 
 	/* provided buffers; each multishot recvmsg completion fills one as
@@ -185,6 +218,19 @@ struct pt_server {
 	uint64_t inflight; /* SQEs whose final CQE has not been seen */
 
 	struct pt_server_stats st;
+
+	/* limits (server.h) */
+	size_t max_outq_total;
+	unsigned turn_frames;
+	uint64_t turn_work;
+	unsigned frame_timeout_ms, reply_timeout_ms, idle_timeout_ms;
+	uint64_t turn_id;
+	uint64_t turn_total;		 /* work charged in this turn, all connections */
+	uint64_t turn_us_window;	 /* longest turn since the last tick */
+	uint32_t yield_head, yield_tail; /* connections waiting for the next turn */
+	int reserve_fd;			 /* given up to refuse connections when out of fds */
+	uint64_t nofd_logged_ms;	 /* last "out of descriptors" line */
+	uint64_t nofd_unlogged;		 /* refused since */
 };
 
 #define NIL UINT32_MAX
@@ -337,7 +383,7 @@ static void park_link(struct pt_conn *c, struct parked *pk, bool front)
 static int park(struct pt_conn *c, unsigned bid, uint32_t off, uint32_t len, bool front)
 {
 	struct pt_server *s = c->s;
-	bool copy = s->nparked_bufs >= s->max_parked_bufs;
+	bool copy = s->nparked_bufs >= s->max_parked_bufs || len <= PARK_COPY_MAX;
 	struct parked *pk = malloc(sizeof(*pk) + (copy ? len : 0));
 
 	if (!pk) {
@@ -417,7 +463,7 @@ static struct pt_conn *conn_lookup(struct pt_server *s, uint64_t ud)
 	uint32_t idx = ud_idx(ud);
 	struct pt_conn *c;
 
-	if (idx >= s->max_conns)
+	if (idx >= s->nslots)
 		return NULL;
 	c = &s->conns[idx];
 	if (!c->used || c->gen != ud_gen(ud))
@@ -512,9 +558,242 @@ static void dispatch(struct pt_conn *c, const struct pt_hdr *h, const void *payl
 	}
 }
 
+/*
+ * Over its own limit, or holding replies while all connections together are over theirs. A
+ * connection with an empty queue is never over: one request of every peer can be answered.
+ */
 static bool conn_over(const struct pt_conn *c)
 {
-	return c->oq_bytes > c->s->max_outq;
+	return c->oq_bytes > c->s->max_outq ||
+	       (c->oq_bytes && c->s->st.outq_bytes > c->s->max_outq_total);
+}
+
+/* --- limits: turns, timeouts, descriptors ---------------------------------------------- */
+
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static uint64_t now_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+/* Input of @c waits: for its replies to drain (stall), a long reply (pause), or its turn. */
+static bool conn_blocked(const struct pt_conn *c)
+{
+	return c->stalled || c->paused || c->yielded;
+}
+
+/* Has @c used up this turn of the loop? The counters start afresh at every turn. */
+static bool turn_used(struct pt_conn *c)
+{
+	struct pt_server *s = c->s;
+
+	if (c->turn_id != s->turn_id) {
+		c->turn_id = s->turn_id;
+		c->turn_frames = 0;
+		c->turn_work = 0;
+	}
+	return c->turn_frames >= s->turn_frames || c->turn_work >= s->turn_work ||
+	       s->turn_total >= TURN_TOTAL * s->turn_work;
+}
+
+/*
+ * Puts @c on the list looked at in the next turn (at most once: yield_listed). One that got
+ * nothing done in this turn (all connections together used the turn) goes first, so that
+ * the busy ones at the front of the list cannot keep it waiting turn after turn.
+ */
+static void yield_link(struct pt_conn *c)
+{
+	struct pt_server *s = c->s;
+	bool first = c->turn_id == s->turn_id && !c->turn_frames && !c->turn_work;
+
+	if (c->yield_listed)
+		return;
+	c->yield_listed = true;
+	c->yield_next = NIL;
+	if (s->yield_head == NIL) {
+		s->yield_head = s->yield_tail = c->idx;
+	} else if (first) {
+		c->yield_next = s->yield_head;
+		s->yield_head = c->idx;
+	} else {
+		s->conns[s->yield_tail].yield_next = c->idx;
+		s->yield_tail = c->idx;
+	}
+}
+
+/*
+ * The rest of @c's input waits until every other connection had its turn. Its recv stops, so
+ * what the peer sends meanwhile stays in the kernel's socket buffer, not in ours.
+ */
+static void conn_yield(struct pt_conn *c)
+{
+	if (c->yielded)
+		return;
+	c->yielded = true;
+	c->s->st.turns_yielded++;
+	yield_link(c);
+	cancel_recv(c);
+}
+
+/* A new turn: the connections that waited for it go again (in the order they yielded). */
+static void resume_yielded(struct pt_server *s)
+{
+	uint32_t i = s->yield_head;
+
+	s->yield_head = s->yield_tail = NIL;
+	s->turn_id++;
+	s->turn_total = 0;
+	while (i != NIL) {
+		struct pt_conn *c = &s->conns[i];
+
+		i = c->yield_next;
+		c->yield_listed = false;
+		c->yielded = false;
+		if (c->used)
+			mark_dirty(c);
+	}
+}
+
+/* A paused connection whose queue drained: ask for the next part of its long reply. */
+static void conn_drain(struct pt_conn *c)
+{
+	struct pt_server *s = c->s;
+
+	if (c->oq_bytes > DRAIN_MARK || (c->oq_bytes && s->st.outq_bytes > s->max_outq_total))
+		return; /* a send completion brings it back here */
+	if (!s->ops.on_drain) {
+		pt_conn_resume(c);
+		return;
+	}
+	s->ops.on_drain(s->ctx, c);
+	if (c->paused && !c->dead && c->oq_bytes <= DRAIN_MARK)
+		yield_link(c); /* nothing queued: try again next turn */
+}
+
+static const char *conn_overdue(struct pt_server *s, const struct pt_conn *c, uint64_t now)
+{
+	if (c->t_partial && now - c->t_partial > s->frame_timeout_ms)
+		return "a partial frame held";
+	if (c->oq_bytes && now - c->t_sendprog > s->reply_timeout_ms)
+		return "replies not read";
+	if (!c->registered && now - c->t_active > s->idle_timeout_ms)
+		return "idle without a registration";
+	return NULL;
+}
+
+/* Every tick: close connections that hold a partial frame, unread replies, or idle too long. */
+static void sweep_timeouts(struct pt_server *s)
+{
+	uint64_t now = now_ms();
+
+	for (uint32_t i = 0; i < s->nslots; i++) {
+		struct pt_conn *c = &s->conns[i];
+		const char *why;
+
+		if (!c->used || c->dead)
+			continue;
+		why = conn_overdue(s, c, now);
+		if (!why)
+			continue;
+		s->st.conns_timed_out++;
+		pt_warn("conn %u pid %d: %s for too long; closing", c->id, (int)c->peer.pid, why);
+		conn_abort(c);
+	}
+}
+
+/* One line per NOFD_LOG_MS at most, with what was refused since the last one. */
+static void log_nofd(struct pt_server *s, int err, unsigned refused)
+{
+	uint64_t now = now_ms();
+
+	s->nofd_unlogged += refused;
+	if (s->nofd_logged_ms && now - s->nofd_logged_ms < NOFD_LOG_MS)
+		return;
+	pt_warn("server: accept: %s: %llu connections refused (next report in %u s at most)",
+		strerror(-err), (unsigned long long)s->nofd_unlogged, NOFD_LOG_MS / 1000);
+	s->nofd_logged_ms = now;
+	s->nofd_unlogged = 0;
+}
+
+/*
+ * Out of descriptors: free the reserve, accept and close at once what waits on the listener
+ * (those peers see the connection closed, instead of hanging), take the reserve back. Returns
+ * how many were refused; 0 means nothing could be done and the caller waits before retrying.
+ */
+static unsigned refuse_nofd(struct pt_server *s)
+{
+	int fl = fcntl(s->lfd, F_GETFL);
+	unsigned n = 0;
+	int fd;
+
+	if (fl < 0 || fcntl(s->lfd, F_SETFL, fl | O_NONBLOCK))
+		return 0;
+	if (s->reserve_fd >= 0)
+		close(s->reserve_fd);
+	while (n < 4096 && (fd = accept4(s->lfd, NULL, NULL, SOCK_CLOEXEC)) >= 0) {
+		close(fd);
+		n++;
+	}
+	fcntl(s->lfd, F_SETFL, fl);
+	s->reserve_fd = eventfd(0, EFD_CLOEXEC);
+	s->st.conns_refused_nofd += n;
+	return n;
+}
+
+/*
+ * The unregistered connection idle the longest (at least EVICT_IDLE_MS: a device that just
+ * connected gets the time to register), to close for a new one; NULL if none.
+ */
+static struct pt_conn *evict_candidate(struct pt_server *s)
+{
+	uint64_t now = now_ms();
+	struct pt_conn *best = NULL;
+
+	for (uint32_t i = 0; i < s->nslots; i++) {
+		struct pt_conn *c = &s->conns[i];
+
+		if (c->used && !c->dead && !c->registered && now - c->t_active >= EVICT_IDLE_MS &&
+		    (!best || c->t_active < best->t_active))
+			best = c;
+	}
+	return best;
+}
+
+/* max_conns are open: make room by closing the unregistered connection idle the longest. */
+static bool make_room(struct pt_server *s)
+{
+	struct pt_conn *c = evict_candidate(s);
+
+	if (!c)
+		return false;
+	s->st.conns_evicted++;
+	if (!(s->st.conns_evicted & (s->st.conns_evicted - 1)))
+		pt_warn("server: %u connections open: closing unregistered conn %u pid %d, idle "
+			"the longest, for a new one (%llu so far)",
+			s->max_conns, c->id, (int)c->peer.pid,
+			(unsigned long long)s->st.conns_evicted);
+	conn_abort(c);
+	return true;
+}
+
+static void turn_done(struct pt_server *s, uint64_t t0)
+{
+	uint64_t us = now_us() - t0;
+
+	if (us > s->st.max_turn_us)
+		s->st.max_turn_us = us;
+	if (us > s->turn_us_window)
+		s->turn_us_window = us;
 }
 
 static void conn_stall(struct pt_conn *c)
@@ -544,8 +823,12 @@ static uint32_t conn_feed(struct pt_conn *c, const unsigned char *p, uint32_t le
 		size_t used = 0;
 		int rc;
 
-		if (conn_over(c))
+		if (conn_over(c) || c->paused)
 			break;
+		if (turn_used(c)) {
+			conn_yield(c);
+			break;
+		}
 		rc = pt_framer_feed(&c->fr, p + done, len - done, &used, &h, &payload);
 		done += (uint32_t)used;
 		if (rc < 0) {
@@ -553,6 +836,9 @@ static uint32_t conn_feed(struct pt_conn *c, const unsigned char *p, uint32_t le
 			break;
 		}
 		if (rc == 1) {
+			c->turn_frames++;
+			c->t_active = now_ms();
+			c->t_partial = 0;
 			dispatch(c, h, payload);
 			if (c->fr.buf_cap > FRAMER_KEEP && pt_framer_idle(&c->fr)) {
 				pt_framer_release(&c->fr);
@@ -564,9 +850,11 @@ static uint32_t conn_feed(struct pt_conn *c, const unsigned char *p, uint32_t le
 	}
 	if (c->closing)
 		return 0;
+	if (!pt_framer_idle(&c->fr) && !c->t_partial)
+		c->t_partial = now_ms();
 	if (conn_over(c))
 		conn_stall(c);
-	return c->stalled ? len - done : 0;
+	return conn_blocked(c) ? len - done : 0;
 }
 
 static void conn_start_send(struct pt_conn *c)
@@ -590,7 +878,7 @@ static void conn_start_send(struct pt_conn *c)
 
 static bool conn_can_read(const struct pt_conn *c)
 {
-	return !c->eof && !c->closing && !c->stalled && !c->nparked && !c->s->stopping;
+	return !c->eof && !c->closing && !conn_blocked(c) && !c->nparked && !c->s->stopping;
 }
 
 /* Decides what a connection does next; see the file comment. */
@@ -608,12 +896,17 @@ static void conn_update(struct pt_conn *c)
 		return;
 	}
 	/* Resume a stalled connection once its queue has drained to half the limit. */
-	if (c->stalled && c->oq_bytes <= s->max_outq / 2) {
-		struct parked *pk;
-
+	if (c->stalled && c->oq_bytes <= s->max_outq / 2 &&
+	    (!c->oq_bytes || s->st.outq_bytes <= s->max_outq_total)) {
 		c->stalled = false;
 		pt_debug("conn %u: out queue drained, input resumed", c->id);
-		while (!c->stalled && !c->closing && (pk = park_pop(c))) {
+	}
+	if (c->paused && !c->closing)
+		conn_drain(c);
+	if (!conn_blocked(c) && !c->closing && c->nparked) {
+		struct parked *pk;
+
+		while (!conn_blocked(c) && !c->closing && (pk = park_pop(c))) {
 			uint32_t left = conn_feed(c, parked_data(s, pk), pk->len);
 
 			if (left) {
@@ -667,9 +960,17 @@ static void handle_accept(struct pt_server *s, int res, bool more)
 	if (res < 0) {
 		if (res == -ECANCELED || s->stopping)
 			return;
+		if (res == -EMFILE || res == -ENFILE) {
+			unsigned n = refuse_nofd(s);
+
+			log_nofd(s, res, n);
+			if (!more)
+				n ? arm_accept(s) : arm_accept_retry(s);
+			return;
+		}
 		pt_warn("server: accept: %s", strerror(-res));
 		if (!more) {
-			if (res == -EMFILE || res == -ENFILE || res == -ENOMEM || res == -ENOBUFS)
+			if (res == -ENOMEM || res == -ENOBUFS)
 				arm_accept_retry(s);
 			else
 				arm_accept(s);
@@ -682,9 +983,14 @@ static void handle_accept(struct pt_server *s, int res, bool more)
 		close(res);
 		return;
 	}
-	if (s->free_head == NIL) {
+	/* Full: an unregistered connection makes room (it closes, this one takes a spare slot);
+	 * when every connection is registered, the new one is refused. */
+	if ((s->st.conns_open >= s->max_conns && !make_room(s)) || s->free_head == NIL) {
 		s->st.conns_rejected++;
-		pt_warn("server: %u connections open, refusing another", s->max_conns);
+		if (!(s->st.conns_rejected & (s->st.conns_rejected - 1))) /* 1, 2, 4, ...: rarer */
+			pt_warn("server: %u connections open, all registered: refusing another "
+				"(%llu so far)",
+				s->max_conns, (unsigned long long)s->st.conns_rejected);
 		close(res);
 		return;
 	}
@@ -696,6 +1002,9 @@ static void handle_accept(struct pt_server *s, int res, bool more)
 	c->id = ++s->next_id;
 	c->recv_armed = c->recv_cancel = c->send_inflight = c->stalled = false;
 	c->eof = c->closing = c->dead = c->fd_cancel = c->nobufs = false;
+	c->paused = c->yielded = c->registered = false;
+	c->t_active = now_ms();
+	c->t_partial = 0;
 	c->data = NULL;
 	c->oq_head = c->oq_tail = NULL;
 	c->oq_bytes = 0;
@@ -761,7 +1070,7 @@ static void conn_input(struct pt_conn *c, unsigned bid, uint32_t off, uint32_t l
 
 	if (c->closing) {
 		buf_return(s, bid);
-	} else if (c->stalled || c->nparked) {
+	} else if (conn_blocked(c) || c->nparked) {
 		if (park(c, bid, off, len, false))
 			conn_abort(c);
 	} else {
@@ -854,6 +1163,7 @@ static void handle_send_conn(struct pt_conn *c, int res)
 		return;
 	}
 	s->st.bytes_out += (uint64_t)res;
+	c->t_sendprog = now_ms();
 	if (c->dead) {
 		oq_free(c, false);
 		return;
@@ -935,6 +1245,9 @@ static void handle_cqe(struct pt_server *s, struct io_uring_cqe *cqe)
 	case OP_TICK:
 		if (s->stopping || cqe->res == -ECANCELED)
 			break;
+		sweep_timeouts(s);
+		s->st.tick_max_turn_us = s->turn_us_window;
+		s->turn_us_window = 0;
 		if (s->ops.on_tick)
 			s->ops.on_tick(s->ctx);
 		arm_tick(s);
@@ -1031,6 +1344,39 @@ fail:
 	return rc;
 }
 
+/*
+ * The ring was created disabled: allow only what the server submits, then enable it. Peer
+ * input is parsed in this process; should it ever be subverted, the ring cannot be used to
+ * open, read or write files, or to register new buffers or descriptors. Registration done
+ * before this (the buffer ring) is not restricted; after it, no register call is allowed.
+ */
+static int restrict_ring(struct pt_server *s)
+{
+	static const uint8_t ops[] = {
+		IORING_OP_ACCEPT, IORING_OP_RECVMSG, IORING_OP_SEND,
+		IORING_OP_READ,	  IORING_OP_TIMEOUT, IORING_OP_ASYNC_CANCEL
+	};
+	struct io_uring_restriction res[sizeof(ops) + 1];
+	unsigned n = 0;
+	int rc;
+
+	memset(res, 0, sizeof(res));
+	for (; n < sizeof(ops); n++) {
+		res[n].opcode = IORING_RESTRICTION_SQE_OP;
+		res[n].sqe_op = ops[n];
+	}
+	res[n].opcode = IORING_RESTRICTION_SQE_FLAGS_ALLOWED;
+	res[n++].sqe_flags = IOSQE_BUFFER_SELECT;
+	/* Debian's liburing 2.3 declares io_uring_register_restrictions() but does not export
+	 * it: the system call itself. */
+	rc = (int)syscall(__NR_io_uring_register, s->ring.ring_fd, IORING_REGISTER_RESTRICTIONS,
+			  res, n);
+	if (!rc)
+		rc = (int)syscall(__NR_io_uring_register, s->ring.ring_fd,
+				  IORING_REGISTER_ENABLE_RINGS, NULL, 0);
+	return rc ? -errno : 0;
+}
+
 static int setup_ring(struct pt_server *s)
 {
 	struct io_uring_params p;
@@ -1038,12 +1384,13 @@ static int setup_ring(struct pt_server *s)
 	int rc;
 
 	memset(&p, 0, sizeof(p));
-	p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN;
+	p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN |
+		  IORING_SETUP_R_DISABLED;
 	p.cq_entries = CQ_ENTRIES;
 	rc = io_uring_queue_init_params(RING_ENTRIES, &s->ring, &p);
 	if (rc == -EINVAL) {
 		memset(&p, 0, sizeof(p));
-		p.flags = IORING_SETUP_CQSIZE;
+		p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_R_DISABLED;
 		p.cq_entries = CQ_ENTRIES;
 		rc = io_uring_queue_init_params(RING_ENTRIES, &s->ring, &p);
 	}
@@ -1079,7 +1426,20 @@ static int setup_ring(struct pt_server *s)
 	for (unsigned i = 0; i < s->nbufs; i++)
 		buf_return(s, i);
 	buf_publish(s);
-	return 0;
+	return restrict_ring(s);
+}
+
+static void server_limits(struct pt_server *s, const struct pt_server_cfg *cfg)
+{
+	s->nslots = s->max_conns + EVICT_SPARE;
+	s->max_outq_total = cfg->max_outq_total ? cfg->max_outq_total : DEF_MAX_OUTQ_TOTAL;
+	s->turn_frames = cfg->turn_frames ? cfg->turn_frames : DEF_TURN_FRAMES;
+	s->turn_work = cfg->turn_work ? cfg->turn_work : DEF_TURN_WORK;
+	s->frame_timeout_ms = cfg->frame_timeout_ms ? cfg->frame_timeout_ms : DEF_FRAME_TIMEOUT;
+	s->reply_timeout_ms = cfg->reply_timeout_ms ? cfg->reply_timeout_ms : DEF_REPLY_TIMEOUT;
+	s->idle_timeout_ms = cfg->idle_timeout_ms ? cfg->idle_timeout_ms : DEF_IDLE_TIMEOUT;
+	s->yield_head = s->yield_tail = NIL;
+	s->reserve_fd = eventfd(0, EFD_CLOEXEC);
 }
 
 int pt_server_create(struct pt_server **out, const struct pt_server_cfg *cfg,
@@ -1108,17 +1468,18 @@ int pt_server_create(struct pt_server **out, const struct pt_server_cfg *cfg,
 	s->nbufs = cfg->nbufs ? cfg->nbufs : DEF_NBUFS;
 	s->buf_size = cfg->buf_size ? cfg->buf_size : DEF_BUF_SIZE;
 	s->max_parked_bufs = s->nbufs / 8;
+	server_limits(s, cfg);
 	rc = -EINVAL;
-	if (s->max_conns > MAX_CONN_IDX || (s->nbufs & (s->nbufs - 1)) || s->nbufs > 32768 ||
+	if (s->nslots > MAX_CONN_IDX || (s->nbufs & (s->nbufs - 1)) || s->nbufs > 32768 ||
 	    s->buf_size < 64 || s->buf_size > (1u << 30))
 		goto fail;
 
 	rc = -ENOMEM;
-	s->conns = calloc(s->max_conns, sizeof(*s->conns));
+	s->conns = calloc(s->nslots, sizeof(*s->conns));
 	if (!s->conns)
 		goto fail;
 	s->free_head = NIL;
-	for (uint32_t i = s->max_conns; i-- > 0;) {
+	for (uint32_t i = s->nslots; i-- > 0;) {
 		s->conns[i].s = s;
 		s->conns[i].idx = i;
 		s->conns[i].fd = -1;
@@ -1172,7 +1533,7 @@ fail:
  */
 static void force_close_all(struct pt_server *s)
 {
-	for (uint32_t i = 0; i < s->max_conns; i++) {
+	for (uint32_t i = 0; i < s->nslots; i++) {
 		struct pt_conn *c = &s->conns[i];
 
 		if (c->used) {
@@ -1222,19 +1583,33 @@ int pt_server_run(struct pt_server *s)
 		arm_tick(s);
 
 	while (!s->stop) {
+		uint64_t t0;
+
+		resume_yielded(s);
 		process_dirty(s);
 		buf_publish(s);
-		rc = submit_wait(s, 1, 0);
+		/* Connections waiting for their next turn: look for completions, do not sleep. The
+		 * kernel must still run its deferred completion work (timer, other connections'
+		 * receives): with COOP_TASKRUN only an enter that asks for events does. */
+		if (s->yield_head != NIL)
+			rc = io_uring_submit_and_get_events(&s->ring);
+		else
+			rc = submit_wait(s, 1, 0);
+		if (rc == -EINTR || rc == -EAGAIN || rc == -EBUSY || rc > 0)
+			rc = 0;
 		if (rc < 0) {
 			pt_err("server: io_uring_submit_and_wait: %s", strerror(-rc));
 			break;
 		}
+		t0 = now_us();
 		reap(s);
+		process_dirty(s);
+		turn_done(s, t0);
 	}
 
 	/* Shutdown: cancel everything, drain, close. */
 	s->stopping = true;
-	for (uint32_t i = 0; i < s->max_conns; i++)
+	for (uint32_t i = 0; i < s->nslots; i++)
 		if (s->conns[i].used)
 			mark_dirty(&s->conns[i]);
 	for (int round = 0; s->inflight && round < 50; round++) {
@@ -1292,6 +1667,8 @@ void pt_server_destroy(struct pt_server *s)
 		close(s->sfd);
 	if (s->efd >= 0)
 		close(s->efd);
+	if (s->reserve_fd >= 0)
+		close(s->reserve_fd);
 	if (s->mask_set)
 		pthread_sigmask(SIG_SETMASK, &s->oldmask, NULL);
 	free(s->conns);
@@ -1324,6 +1701,8 @@ int pt_conn_send(struct pt_conn *c, const void *frame, size_t len)
 			c->oq_head = t;
 		c->oq_tail = t;
 	}
+	if (!c->oq_bytes)
+		c->t_sendprog = now_ms();
 	/* Appending behind a send in flight is fine: the kernel reads only [off, off+send_len). */
 	memcpy(t->data + t->len, frame, len);
 	t->len += len;
@@ -1358,6 +1737,35 @@ void pt_conn_close(struct pt_conn *c)
 		return;
 	c->closing = true;
 	mark_dirty(c);
+}
+
+void pt_conn_charge(struct pt_conn *c, uint64_t work)
+{
+	turn_used(c); /* a charge from a new turn starts the count afresh */
+	c->turn_work += work;
+	c->s->turn_total += work;
+}
+
+void pt_conn_pause(struct pt_conn *c)
+{
+	if (c->paused || !c->used)
+		return;
+	c->paused = true;
+	cancel_recv(c); /* what the peer sends meanwhile stays in the kernel */
+	mark_dirty(c);
+}
+
+void pt_conn_resume(struct pt_conn *c)
+{
+	if (!c->paused)
+		return;
+	c->paused = false;
+	mark_dirty(c);
+}
+
+void pt_conn_set_registered(struct pt_conn *c, bool registered)
+{
+	c->registered = registered;
 }
 
 size_t pt_conn_outq(const struct pt_conn *c)

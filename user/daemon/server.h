@@ -56,6 +56,10 @@ struct pt_server_ops {
 	/* A connection was accepted (pt_conn_peer() is filled in); it may be refused with
 	 * pt_conn_close(). Optional. on_close follows in any case. */
 	void (*on_accept)(void *ctx, struct pt_conn *c);
+	/* A connection paused with pt_conn_pause() has sent (nearly) all its queued replies:
+	 * queue the next part of the long reply, or pt_conn_resume() when it is complete. If it
+	 * does neither, it is called again on the next turn of the loop. */
+	void (*on_drain)(void *ctx, struct pt_conn *c);
 };
 
 struct pt_server_cfg {
@@ -71,6 +75,15 @@ struct pt_server_cfg {
 	unsigned nbufs;	    /* receive buffers in the provided-buffer ring, a power of two
 			     * <= 32768; 0 = 256 */
 	unsigned buf_size;  /* bytes per receive buffer; 0 = 64 KiB */
+	/* Limits (see docs/PROTOCOL.md sections 6 and 9); 0 = the default in brackets. */
+	size_t max_outq_total;	   /* reply bytes queued, all connections, before every
+				    * connection with replies queued stops reading [64 MiB] */
+	unsigned turn_frames;	   /* frames one connection may have handled per turn [64] */
+	uint64_t turn_work;	   /* work (pages, see pt_conn_charge) per turn [2^26] */
+	unsigned frame_timeout_ms; /* a partial frame held longer: closed [30 s] */
+	unsigned reply_timeout_ms; /* queued replies not read for longer: closed [30 s] */
+	unsigned idle_timeout_ms;  /* unregistered connection without a frame for longer:
+				    * closed [60 s] */
 };
 
 int pt_server_create(struct pt_server **out, const struct pt_server_cfg *cfg,
@@ -112,6 +125,21 @@ int pt_conn_peer_pidfd(const struct pt_conn *c);
  * connection. At most 4 may wait: a peer that sends more is closed.
  */
 unsigned pt_conn_take_fds(struct pt_conn *c, int *fds, unsigned max);
+/*
+ * Fairness. pt_conn_charge() adds work (pages touched) to what the connection used in this
+ * turn of the loop; once it has used turn_work, or handled turn_frames frames, the rest of its
+ * input waits for the next turn, after every other connection had its turn.
+ */
+void pt_conn_charge(struct pt_conn *c, uint64_t work);
+/*
+ * Long replies: pt_conn_pause() stops handling input from @c after the current frame (what
+ * arrives is kept, in order); on_drain is called as its queue drains, until pt_conn_resume().
+ */
+void pt_conn_pause(struct pt_conn *c);
+void pt_conn_resume(struct pt_conn *c);
+/* A registered connection is never closed for idling, nor evicted to make room for a new one
+ * when max_conns are open (the unregistered one idle the longest is). */
+void pt_conn_set_registered(struct pt_conn *c, bool registered);
 uint32_t pt_conn_id(const struct pt_conn *c); /* unique for the server's life, from 1 */
 void *pt_conn_data(const struct pt_conn *c);
 void pt_conn_set_data(struct pt_conn *c, void *p);
@@ -130,6 +158,13 @@ struct pt_server_stats {
 	uint64_t outq_bytes;	      /* reply bytes queued now, all connections */
 	uint64_t bufs_parked;	      /* ring buffers held by stalled connections now */
 	uint64_t parked_bytes;	      /* received bytes held by stalled connections now */
+	uint64_t turns_yielded;	      /* times a connection's input waited for the next turn */
+	uint64_t conns_timed_out;     /* closed: partial frame, unread replies, or idle */
+	uint64_t conns_evicted;	      /* unregistered, closed to make room (max_conns) */
+	uint64_t conns_refused_nofd;  /* accepted and closed at once: out of descriptors */
+	uint64_t max_turn_us;	      /* longest turn of the loop (handling one batch of
+				       * completions), microseconds, since start */
+	uint64_t tick_max_turn_us;    /* the same, during the last tick period */
 };
 void pt_server_get_stats(const struct pt_server *s, struct pt_server_stats *st);
 

@@ -5,11 +5,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "writelog/canary.h"
+#include "caps.h"
 #include "cmdstate.h"
 #include "identity.h"
 #include "quota.h"
@@ -41,6 +43,8 @@ struct conn_info {
 	uint64_t peer_start; /* start time of the peer at accept (kernels without SO_PEERPIDFD) */
 };
 
+struct lazy_reply;
+
 struct svc {
 	const struct pt_config *cfg;
 	struct pt_config live; /* what SIGHUP may change */
@@ -57,6 +61,7 @@ struct svc {
 	size_t nranges, cap_ranges;
 	struct pt_status_counters n;
 	unsigned ticks;
+	struct lazy_reply *lazy; /* long replies being produced, one per connection at most */
 };
 
 /* --- replies -------------------------------------------------------------------------------- */
@@ -134,8 +139,150 @@ static void send_ranges(struct svc *s, struct pt_conn *c, unsigned type, uint32_
 	s->nranges = 0;
 }
 
+/* --- long replies, produced as the peer reads them ------------------------------------------ */
+
+/*
+ * A VERDICT or WR_RECORDS reply may list millions of ranges (16 bytes each) for a request of
+ * 24 bytes. Its pages are frozen when the request is handled (a bitmap of the VM's region, one
+ * bit per page: 32 KiB per GiB of guest memory), and its frames, about 64 KiB each, are built
+ * from them only as the connection's queue drains. Input from the connection waits meanwhile,
+ * so the reply's frames stay together.
+ */
+struct lazy_reply {
+	struct lazy_reply *next;
+	struct pt_conn *c;
+	unsigned type;
+	uint32_t seq;
+	struct pt_verdict v; /* totals, repeated in every frame */
+	struct pt_pages pages;
+	struct pt_range *r; /* ranges emitted, not yet sent */
+	size_t n, cap;
+	bool emitted_all;
+};
+
+/* Ranges per frame: frames near 64 KiB (PROTOCOL.md section 6). */
+#define LAZY_PER \
+	((65536 - sizeof(struct pt_hdr) - sizeof(struct pt_verdict)) / sizeof(struct pt_range))
+/* Bitmap words looked at per call (2^26 pages, about a millisecond), and reply bytes queued
+ * per call before waiting for the peer to read. */
+#ifndef LAZY_WORDS /* tests/daemon/fuzz_dispatch.c makes them small */
+#define LAZY_WORDS (1u << 20)
+#define LAZY_QUEUE (256u << 10)
+#endif
+
+static int lazy_collect(void *ctx, uint64_t gpa, uint64_t len)
+{
+	struct lazy_reply *lr = ctx;
+
+	if (lr->n == lr->cap) {
+		size_t cap = lr->cap ? lr->cap * 2 : 2 * LAZY_PER;
+		struct pt_range *r = realloc(lr->r, cap * sizeof(*r));
+
+		if (!r)
+			return -PT_E_BUSY;
+		lr->r = r;
+		lr->cap = cap;
+	}
+	lr->r[lr->n++] = (struct pt_range){ gpa, len };
+	return 0;
+}
+
+static void lazy_free(struct svc *s, struct lazy_reply *lr)
+{
+	for (struct lazy_reply **p = &s->lazy; *p; p = &(*p)->next) {
+		if (*p == lr) {
+			*p = lr->next;
+			break;
+		}
+	}
+	pt_pages_release(&lr->pages);
+	free(lr->r);
+	free(lr);
+}
+
+static struct lazy_reply *lazy_of(struct svc *s, struct pt_conn *c)
+{
+	for (struct lazy_reply *lr = s->lazy; lr; lr = lr->next)
+		if (lr->c == c)
+			return lr;
+	return NULL;
+}
+
+/*
+ * Emits up to LAZY_WORDS words, and sends one frame if a full one is ready or the last one is.
+ * 1: the last frame went out; 0: call again; negative: the reply failed.
+ */
+static int lazy_step(struct svc *s, struct lazy_reply *lr)
+{
+	size_t k;
+	bool more;
+	int err = 0;
+
+	if (!lr->emitted_all && lr->n <= LAZY_PER) {
+		err = pt_pages_emit(&lr->pages, LAZY_WORDS, lazy_collect, lr, &lr->emitted_all);
+		pt_conn_charge(lr->c, (uint64_t)LAZY_WORDS * 64);
+		if (err)
+			return err;
+	}
+	if (lr->n <= LAZY_PER && !lr->emitted_all)
+		return 0;
+	k = lr->n < LAZY_PER ? lr->n : LAZY_PER;
+	more = lr->n > k || !lr->emitted_all;
+	lr->v.nranges = k;
+	if (pt_conn_send(lr->c, s->out,
+			 pt_build_verdict(s->out, PT_MAX_FRAME, lr->type, lr->seq,
+					  more ? PT_F_MORE : 0, &lr->v, lr->r)))
+		return -PT_E_INTERNAL;
+	if (lr->n > k)
+		memmove(lr->r, lr->r + k, (lr->n - k) * sizeof(*lr->r));
+	lr->n -= k;
+	return !more;
+}
+
+/* Queues frames until the peer has enough to read. Frees @lr when the reply is complete. */
+static void lazy_pump(struct svc *s, struct lazy_reply *lr)
+{
+	struct pt_conn *c = lr->c;
+	int rc = 0;
+
+	for (int calls = 0; calls < 16 && pt_conn_outq(c) < LAZY_QUEUE && !rc; calls++)
+		rc = lazy_step(s, lr);
+	if (!rc) {
+		pt_conn_pause(c); /* on_drain comes back here */
+		return;
+	}
+	if (rc < 0)
+		reply_err(s, c, lr->seq, rc, "reply");
+	lazy_free(s, lr);
+	pt_conn_resume(c);
+}
+
+/* Starts a reply listing @lr's frozen pages: frames now while they fit, the rest later. */
+static void lazy_start(struct svc *s, struct pt_conn *c, struct lazy_reply *lr, unsigned type,
+		       uint32_t seq, const struct pt_verdict *v)
+{
+	lr->c = c;
+	lr->type = type;
+	lr->seq = seq;
+	lr->v = *v;
+	lr->next = s->lazy;
+	s->lazy = lr;
+	lazy_pump(s, lr);
+}
+
+static void on_drain(void *arg, struct pt_conn *c)
+{
+	struct svc *s = arg;
+	struct lazy_reply *lr = lazy_of(s, c);
+
+	if (lr)
+		lazy_pump(s, lr);
+	else
+		pt_conn_resume(c);
+}
+
 static void reply_verdict(struct svc *s, struct pt_conn *c, uint32_t seq, uint32_t cmd,
-			  const struct pt_verdict_sum *sum)
+			  const struct pt_verdict_sum *sum, struct lazy_reply *lr)
 {
 	struct pt_verdict v = { .cmd_id = cmd,
 				.unsure_reason = sum->why,
@@ -144,11 +291,11 @@ static void reply_verdict(struct svc *s, struct pt_conn *c, uint32_t seq, uint32
 				.kept_written = sum->kept_written,
 				.kept_unsure = sum->kept_unsure };
 
-	/* A verdict that confirms nothing drops whatever ranges were gathered. (`why` alone may
+	/* A verdict that confirms nothing drops whatever pages were gathered. (`why` alone may
 	 * only explain some unsure pages, hinted before the sync, beside confirmed ones.) */
 	if (!sum->free)
-		s->nranges = 0;
-	send_ranges(s, c, PT_MSG_VERDICT, seq, &v);
+		pt_pages_release(&lr->pages);
+	lazy_start(s, c, lr, PT_MSG_VERDICT, seq, &v);
 }
 
 /* --- REGISTER: who may track which VM (PROTOCOL.md section 2) ------------------------------- */
@@ -428,18 +575,47 @@ static bool same_slots(struct svc *s, uint32_t vm, const struct reg_req *r)
 }
 
 /*
+ * How deep a process's PID namespace is: the number of pids on its NSpid line, one per level
+ * from the root namespace down. A process this service can see is in its namespace or below,
+ * so the same depth means the same namespace. -1 if unreadable.
+ */
+static int pidns_depth(const char *status_path)
+{
+	char line[512];
+	int depth = -1;
+	FILE *f = fopen(status_path, "re");
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f)) {
+		char *tok, *save = NULL;
+
+		if (strncmp(line, "NSpid:", 6))
+			continue;
+		depth = 0;
+		for (tok = strtok_r(line + 6, " \t\n", &save); tok;
+		     tok = strtok_r(NULL, " \t\n", &save))
+			depth++;
+		break;
+	}
+	fclose(f);
+	return depth;
+}
+
+/*
  * In a PID namespace the BPF programs name processes in exactly the service's namespace: a
  * VMM in a namespace below it is invisible to them, so nothing of it could ever be confirmed.
  */
 static bool vmm_visible(struct svc *s, uint32_t pid)
 {
 	char path[64];
-	struct stat st;
 
 	if (!s->t->pidns_ino)
 		return true;
-	snprintf(path, sizeof(path), "/proc/%u/ns/pid", pid);
-	return !stat(path, &st) && st.st_ino == s->t->pidns_ino;
+	/* Not /proc/PID/ns/pid: following it needs ptrace rights over another user's VMM,
+	 * which the service gave up with its capabilities. /proc/PID/status is readable. */
+	snprintf(path, sizeof(path), "/proc/%u/status", pid);
+	return pidns_depth(path) == pidns_depth("/proc/self/status");
 }
 
 /* A VM under this pid that is not this process (pid reused), or another memory map: its
@@ -577,6 +753,7 @@ static void on_register(struct svc *s, struct pt_conn *c, struct reg_req *r)
 	ctx->mode_tracked = tracked;
 	s->id[vm].conn = c;
 	bind_conn(s, c, vm);
+	pt_conn_set_registered(c, true);
 	if (!tracked)
 		pt_warn("VM %u (pid %u): BPF does not see its writes (%s dirty logging%s): every "
 			"verdict will be keep",
@@ -656,33 +833,56 @@ static void on_register2(struct svc *s, struct pt_conn *c, const struct pt_msg *
 
 /* --- the other requests --------------------------------------------------------------------- */
 
+/*
+ * Reclaimed pages are facts, not permissions, but an incomplete list is read as "the others
+ * are still in the balloon". While the log is in doubt nothing is listed: every inflated page
+ * is counted unsure, and the device treats each as possibly reclaimed (PROTOCOL.md 4.4).
+ */
+static void reply_reclaimed(struct svc *s, struct pt_conn *c, const struct pt_msg *m,
+			    const struct pt_verdict_sum *sum, struct lazy_reply *lr)
+{
+	struct pt_verdict v = { .cmd_id = m->cmd_id,
+				.unsure_reason = sum->why,
+				.hinted = sum->hinted,
+				.free = sum->free };
+
+	if (sum->why) {
+		pt_pages_release(&lr->pages);
+		v.free = 0;
+		v.kept_unsure = sum->hinted;
+	}
+	lazy_start(s, c, lr, PT_MSG_VERDICT, m->seq, &v);
+}
+
 static void on_query(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx, const struct pt_msg *m)
 {
+	struct lazy_reply *lr = calloc(1, sizeof(*lr));
 	struct pt_verdict_sum sum;
 	int err;
 
-	s->nranges = 0;
+	if (!lr) {
+		reply_err(s, c, m->seq, -PT_E_BUSY, "query: out of memory");
+		return;
+	}
+	/* The whole log region is read, whatever the answer: that is the work done. */
+	pt_conn_charge(c, ctx->words * 64);
 	switch (m->query->what) {
 	case PT_Q_HINTS:
-		err = pt_cmd_verdict(ctx, m->cmd_id, &sum, collect_range, s);
+		err = pt_cmd_verdict(ctx, m->cmd_id, &sum, pt_pages_freeze, &lr->pages);
 		break;
 	case PT_Q_REPORTED:
-		err = pt_report_verdict(ctx, &sum, collect_range, s);
+		err = pt_report_verdict(ctx, &sum, pt_pages_freeze, &lr->pages);
 		break;
 	default:
-		err = pt_balloon_reclaimed(ctx, &sum, collect_range, s);
-		/* Reclaimed pages are facts, not permissions: always listed. */
+		err = pt_balloon_reclaimed(ctx, &sum, pt_pages_freeze, &lr->pages);
 		if (!err) {
-			struct pt_verdict v = { .cmd_id = m->cmd_id,
-						.unsure_reason = sum.why,
-						.hinted = sum.hinted,
-						.free = sum.free };
-
-			send_ranges(s, c, PT_MSG_VERDICT, m->seq, &v);
+			reply_reclaimed(s, c, m, &sum, lr);
 			return;
 		}
 	}
 	if (err) {
+		pt_pages_release(&lr->pages);
+		free(lr);
 		reply_err(s, c, m->seq, err, "query");
 		return;
 	}
@@ -695,7 +895,7 @@ static void on_query(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx, con
 			ctx->vm, ctx->pid, m->cmd_id, (unsigned long long)sum.hinted,
 			pt_why_str(sum.why, why, sizeof(why)));
 	}
-	reply_verdict(s, c, m->seq, m->cmd_id, &sum);
+	reply_verdict(s, c, m->seq, m->cmd_id, &sum, lr);
 }
 
 static int cmp_range(const void *a, const void *b)
@@ -748,17 +948,20 @@ static int list_unsure(struct svc *s, const struct pt_msg *m, struct pt_verdict 
 static void on_wr_read(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx,
 		       const struct pt_msg *m)
 {
+	struct lazy_reply *lr = calloc(1, sizeof(*lr));
 	struct pt_verdict v = { 0 };
 	uint64_t pages;
 	int err;
 
-	if (m->count > WR_MAX_RANGES) {
-		reply_err(s, c, m->seq, -PT_E_BUSY, "write records: more than max_ranges ranges");
-		return;
-	}
-	s->nranges = 0;
-	err = pt_wr_read(ctx, m->ranges, m->count, collect_range, s, &pages);
+	if (m->count > WR_MAX_RANGES)
+		err = -PT_E_BUSY;
+	else
+		err = lr ? pt_wr_read(ctx, m->ranges, m->count, pt_pages_freeze, &lr->pages, &pages)
+			 : -PT_E_BUSY;
 	if (err) {
+		if (lr)
+			pt_pages_release(&lr->pages);
+		free(lr);
 		reply_err(s, c, m->seq, err, "write records");
 		return;
 	}
@@ -768,10 +971,18 @@ static void on_wr_read(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx,
 	v.unsure_reason = pt_epoch_doubt(ctx);
 	for (uint32_t i = 0; i < m->count; i++)
 		v.hinted += m->ranges[i].len / PT_PROTO_PAGE;
-	v.kept_written = pages;
-	if (!v.unsure_reason)
-		v.free = v.hinted - pages;
-	else if (list_unsure(s, m, &v)) {
+	/* Asked ranges may overlap: a page is listed (and counted written) once. */
+	v.kept_written = lr->pages.count;
+	pt_conn_charge(c, v.hinted);
+	if (!v.unsure_reason) {
+		v.free = v.hinted - v.kept_written;
+		lazy_start(s, c, lr, PT_MSG_WR_RECORDS, m->seq, &v);
+		return;
+	}
+	pt_pages_release(&lr->pages);
+	free(lr);
+	/* The asked ranges themselves, at most one request's worth: sent at once. */
+	if (list_unsure(s, m, &v)) {
 		reply_err(s, c, m->seq, -PT_E_BUSY, "write records: out of memory");
 		return;
 	}
@@ -802,10 +1013,12 @@ static void on_batch(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx, con
 		err = pt_balloon_deflate(ctx, m->ranges, m->count, &pages);
 		break;
 	}
-	if (err)
+	if (err) {
 		reply_err(s, c, m->seq, err, pt_msg_type_str(m->type));
-	else
-		reply_ack(s, c, m->seq, m->count, pages, 0);
+		return;
+	}
+	pt_conn_charge(c, pages);
+	reply_ack(s, c, m->seq, m->count, pages, 0);
 }
 
 static void on_cmd(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx, const struct pt_msg *m)
@@ -835,6 +1048,7 @@ static struct pt_vmctx *bound_vm(struct svc *s, struct pt_conn *c)
 	/* Another connection may have registered the VM since (unbind_holder()). */
 	if (ctx && s->id[ctx->vm].conn != c) {
 		((struct conn_info *)pt_conn_data(c))->bind = 0;
+		pt_conn_set_registered(c, false); /* idle-timeout and eviction apply again */
 		return NULL;
 	}
 	return ctx;
@@ -963,7 +1177,10 @@ static void on_close(void *arg, struct pt_conn *c)
 	struct svc *s = arg;
 	struct conn_info *ci = pt_conn_data(c);
 	struct pt_vmctx *ctx = ci ? conn_vm(s, c) : NULL;
+	struct lazy_reply *lr = lazy_of(s, c);
 
+	if (lr)
+		lazy_free(s, lr);
 	/* The VM stays tracked: its device may reconnect. It goes when its VMM exits. Its
 	 * command IDs go now (PROTOCOL.md section 2): a new connection arms anew. */
 	if (ctx && s->id[ctx->vm].conn == c) {
@@ -1072,6 +1289,30 @@ static void adopt_pinned_vms(struct svc *s)
 	}
 }
 
+/* Descriptors beyond the connections: BPF objects, the ring, status files, the canary's VMs. */
+#define FD_OVERHEAD 256
+
+/*
+ * Every connection holds a descriptor: raise the soft limit to the hard one (systemd's
+ * LimitNOFILE), and say so when even that cannot hold max-conns connections. Running out is
+ * survived (new connections are refused at once), but devices are then turned away.
+ */
+static void raise_fd_limit(unsigned max_conns)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl))
+		return;
+	if (rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+	if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < (rlim_t)max_conns + FD_OVERHEAD)
+		pt_warn("descriptor limit %llu is below max-conns %u + %u: raise LimitNOFILE, "
+			"or connections will be refused before max-conns",
+			(unsigned long long)rl.rlim_cur, max_conns, FD_OVERHEAD);
+}
+
 static int start(struct svc *s)
 {
 	struct pt_loader_opts lo = { .pin_dir = s->cfg->pin_dir,
@@ -1083,12 +1324,26 @@ static int start(struct svc *s)
 				    .listen_fd = s->cfg->listen_fd,
 				    .tick_ms = s->cfg->tick_ms,
 				    .nbufs = 128,
-				    .buf_size = 128 * 1024 };
-	struct pt_server_ops ops = { on_frame, on_close, on_tick, on_signal, on_accept };
+				    .buf_size = 128 * 1024,
+				    .max_conns = s->cfg->max_conns,
+				    .max_outq = (size_t)s->cfg->conn_output_kb << 10,
+				    .max_outq_total = (size_t)s->cfg->max_output_mb << 20,
+				    .turn_frames = s->cfg->turn_frames,
+				    .turn_work = s->cfg->turn_pages,
+				    .frame_timeout_ms = s->cfg->frame_timeout * 1000,
+				    .reply_timeout_ms = s->cfg->reply_timeout * 1000,
+				    .idle_timeout_ms = s->cfg->idle_timeout * 1000 };
+	struct pt_server_ops ops = { .on_frame = on_frame,
+				     .on_close = on_close,
+				     .on_tick = on_tick,
+				     .on_signal = on_signal,
+				     .on_accept = on_accept,
+				     .on_drain = on_drain };
 	char cov[400];
 	int err;
 
 	mkdir(s->cfg->run_dir, 0755);
+	raise_fd_limit(s->cfg->max_conns);
 	err = pt_tracker_open(&s->t, &lo);
 	if (err)
 		return err;
@@ -1101,8 +1356,14 @@ static int start(struct svc *s)
 		pt_err("socket %s: %s", s->cfg->socket, strerror(-err));
 		return err;
 	}
+	err = pt_caps_drop_all();
+	if (err) {
+		pt_err("dropping capabilities: %s", strerror(-err));
+		return err;
+	}
 	publish_status(s);
-	pt_info("listening on %s", s->cfg->socket[0] ? s->cfg->socket : "(inherited socket)");
+	pt_info("listening on %s (capabilities dropped)",
+		s->cfg->socket[0] ? s->cfg->socket : "(inherited socket)");
 	sd_notifyf("READY=1\nSTATUS=0 VMs; %s", cov);
 	return 0;
 }

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 #include <dirent.h>
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -161,8 +162,11 @@ static void write_json(const char *path, const struct pt_config *cfg, struct pt_
 		"{\"dirty-ring\": \"%s\", \"bitmap\": \"%s\", \"text\": \"%s\"},\n \"server\": "
 		"{\"connections\": %llu, \"accepted\": %llu, \"frames\": %llu, \"errors\": %llu, "
 		"\"bytes_in\": %llu, \"bytes_out\": %llu, \"bad_frames\": %llu, "
-		"\"backpressure_stalls\": %llu, \"hint_records\": %llu, \"verdicts\": %llu},\n "
-		"\"vms\": [",
+		"\"backpressure_stalls\": %llu, \"hint_records\": %llu, \"verdicts\": %llu, "
+		"\"turns_yielded\": %llu, \"max_turn_us\": %llu, \"tick_max_turn_us\": %llu, "
+		"\"timed_out\": %llu, "
+		"\"evicted\": %llu, \"rejected\": %llu, \"refused_nofd\": %llu, "
+		"\"outq_bytes\": %llu},\n \"vms\": [",
 		getpid(), (long long)time(NULL), (unsigned long long)rates_ms, cfg->socket,
 		t->pin_dir, t->tdp ? "true" : "false", t->progs, t->reused_maps ? "true" : "false",
 		pt_cov_name(cov->mode[PT_DIRTY_RING]), pt_cov_name(cov->mode[PT_DIRTY_BITMAP]),
@@ -171,7 +175,11 @@ static void write_json(const char *path, const struct pt_config *cfg, struct pt_
 		(unsigned long long)n->errors, (unsigned long long)st->bytes_in,
 		(unsigned long long)st->bytes_out, (unsigned long long)st->bad_frames,
 		(unsigned long long)st->backpressure_stalls, (unsigned long long)n->hint_records,
-		(unsigned long long)n->verdicts);
+		(unsigned long long)n->verdicts, (unsigned long long)st->turns_yielded,
+		(unsigned long long)st->max_turn_us, (unsigned long long)st->tick_max_turn_us,
+		(unsigned long long)st->conns_timed_out, (unsigned long long)st->conns_evicted,
+		(unsigned long long)st->conns_rejected, (unsigned long long)st->conns_refused_nofd,
+		(unsigned long long)st->outq_bytes);
 	for (uint32_t i = 0; i < PT_MAX_VMS; i++) {
 		if (vms[i]) {
 			json_vm(f, t, vms[i], first);
@@ -222,6 +230,41 @@ static void prom_vm(FILE *f, struct pt_tracker *t, const struct pt_vmctx *c)
 			c->vm, c->pid, mode_str(c->mode), rates[c->vm].rate);
 }
 
+/* What the limits against hostile or broken devices did (docs/OPERATIONS.md section 2.1). */
+static void prom_limits(FILE *f, const struct pt_server_stats *st)
+{
+	static const struct {
+		const char *name, *type;
+		size_t off;
+	} m[] = {
+		{ "pagetrack_conns_timed_out_total", "counter",
+		  offsetof(struct pt_server_stats, conns_timed_out) },
+		{ "pagetrack_conns_evicted_total", "counter",
+		  offsetof(struct pt_server_stats, conns_evicted) },
+		{ "pagetrack_conns_rejected_total", "counter",
+		  offsetof(struct pt_server_stats, conns_rejected) },
+		{ "pagetrack_conns_refused_nofd_total", "counter",
+		  offsetof(struct pt_server_stats, conns_refused_nofd) },
+		{ "pagetrack_turns_yielded_total", "counter",
+		  offsetof(struct pt_server_stats, turns_yielded) },
+		{ "pagetrack_output_queued_bytes", "gauge",
+		  offsetof(struct pt_server_stats, outq_bytes) },
+		{ "pagetrack_loop_turn_max_seconds", "gauge",
+		  offsetof(struct pt_server_stats, tick_max_turn_us) },
+	};
+
+	for (size_t i = 0; i < sizeof(m) / sizeof(m[0]); i++) {
+		uint64_t v;
+
+		memcpy(&v, (const char *)st + m[i].off, sizeof(v));
+		fprintf(f, "# TYPE %s %s\n", m[i].name, m[i].type);
+		if (strstr(m[i].name, "_seconds"))
+			fprintf(f, "%s %.6f\n", m[i].name, v / 1e6);
+		else
+			fprintf(f, "%s %llu\n", m[i].name, (unsigned long long)v);
+	}
+}
+
 static void write_prom(const char *path, const struct pt_coverage *cov, struct pt_tracker *t,
 		       struct pt_vmctx *const *vms, const struct pt_server_stats *st,
 		       const struct pt_status_counters *n)
@@ -256,6 +299,7 @@ static void write_prom(const char *path, const struct pt_coverage *cov, struct p
 		(unsigned long long)n->refused_perm);
 	fprintf(f, "pagetrack_refused_total{why=\"quota\"} %llu\n",
 		(unsigned long long)n->refused_quota);
+	prom_limits(f, st);
 	for (uint32_t i = 0; i < PT_MAX_VMS; i++)
 		if (vms[i])
 			prom_vm(f, t, vms[i]);
