@@ -46,6 +46,7 @@ struct pt_uffd {
 	uint64_t pages, words;
 	uint64_t *acc; /* written pages found by scans in this epoch */
 	uint32_t detail;
+	bool state_unknown; /* page tables may hold unreported writes: arm protects all */
 	struct pt_uffd_stats st;
 	struct page_region vec[SCAN_VEC];
 };
@@ -104,8 +105,8 @@ static int wp_range(struct pt_uffd *u, uint64_t hva, uint64_t len)
  * Not retried on any error: a re-protecting scan that failed may have consumed written state
  * it could not report.
  */
-static long scan(struct pt_uffd *u, uint64_t start, uint64_t end, uint64_t flags, uint64_t cat,
-		 uint64_t max_pages, uint64_t *walk_end)
+static long scan(struct pt_uffd *u, uint64_t start, uint64_t end, uint64_t flags,
+		      uint64_t cat, uint64_t ret, uint64_t *walk_end)
 {
 	struct pm_scan_arg a = {
 		.size = sizeof(a),
@@ -114,9 +115,11 @@ static long scan(struct pt_uffd *u, uint64_t start, uint64_t end, uint64_t flags
 		.end = end,
 		.vec = (uintptr_t)u->vec,
 		.vec_len = SCAN_VEC,
-		.max_pages = max_pages,
+		/* Bounds the re-protecting work of one call; a read-only walk stops when the
+		 * vector is full. Either way the next call continues from walk_end. */
+		.max_pages = flags & PM_SCAN_WP_MATCHING ? SCAN_MAX_PAGES : 0,
 		.category_mask = cat,
-		.return_mask = cat,
+		.return_mask = ret,
 	};
 	long n;
 
@@ -130,13 +133,23 @@ static long scan(struct pt_uffd *u, uint64_t start, uint64_t end, uint64_t flags
 	return n;
 }
 
+static int unmapped(struct pt_uffd *u, uint64_t hva)
+{
+	if (!(u->detail & PT_UFFD_UNMAPPED))
+		pt_warn("uffd log of pid %u: guest memory at %#llx not mapped", u->pid,
+			(unsigned long long)hva);
+	u->detail |= PT_UFFD_UNMAPPED;
+	return -EFAULT;
+}
+
 /* Is [start, end) entirely mapped by VMAs registered for async WP? 0, -EFAULT or -errno. */
 static int covered(struct pt_uffd *u, uint64_t start, uint64_t end)
 {
 	uint64_t at = start, we;
 
 	while (at < end) {
-		long n = scan(u, at, end, PM_SCAN_CHECK_WPASYNC, PAGE_IS_WPALLOWED, 0, &we);
+		long n = scan(u, at, end, PM_SCAN_CHECK_WPASYNC, PAGE_IS_WPALLOWED, PAGE_IS_WPALLOWED,
+			      &we);
 		uint64_t from = at;
 
 		if (n < 0)
@@ -155,7 +168,7 @@ static int covered(struct pt_uffd *u, uint64_t start, uint64_t end)
 	return at == end ? 0 : -EFAULT;
 }
 
-/* --- the per-epoch bitmap ---------------------------------------------------------------- */
+/* --- bitmaps (log page index)  ---------------------------------------------------------------- */
 
 /* Set bits [bit, bit + n) in acc; returns how many were newly set. */
 static uint64_t acc_set(uint64_t *acc, uint64_t bit, uint64_t n)
@@ -186,53 +199,124 @@ static void acc_or(const uint64_t *acc, uint64_t bit, uint64_t n, uint64_t *out)
 
 /* --- arm and read ------------------------------------------------------------------------ */
 
-int pt_uffd_arm(struct pt_uffd *u)
+/* Is an output region of a scan over [from, to) well formed? */
+static bool region_ok(const struct page_region *r, uint64_t from, uint64_t to)
 {
-	uint64_t t0 = now_ns();
-	int err = 0;
-
-	/* Until every slot is protected the log vouches for nothing. */
-	u->detail = (u->detail & ~EPOCH_DOUBTS) | PT_UFFD_NOT_ARMED;
-	memset(u->acc, 0, u->words * 8);
-	for (unsigned i = 0; !err && i < u->nslots; i++) {
-		const struct uslot *s = &u->slots[i];
-		uint64_t len = s->npages << PAGE_SHIFT;
-
-		for (uint64_t off = 0; !err && off < len; off += ARM_CHUNK)
-			err = wp_range(u, s->hva + off, len - off < ARM_CHUNK ? len - off : ARM_CHUNK);
-	}
-	u->st.last_arm_ns = now_ns() - t0;
-	if (err)
-		return err;
-	u->detail &= ~PT_UFFD_NOT_ARMED;
-	u->st.arms++;
-	return 0;
+	return r->start >= from && r->end <= to && r->start < r->end && !((r->start | r->end) % PAGE);
 }
 
-/* Scan [hva, hva + len) of slot s: written pages into acc, re-protected. */
-static int scan_written(struct pt_uffd *u, const struct uslot *s, uint64_t hva, uint64_t len)
+/*
+ * Re-protect every page of slot s written since the last arm, atomically reporting each into
+ * `prev` (if given): a write that lands while we re-protect is either reported here (old
+ * epoch) or faults again afterwards (new epoch); none is lost between a read and a protect.
+ */
+static int arm_scan(struct pt_uffd *u, const struct uslot *s, uint64_t *prev)
 {
-	uint64_t end = hva + len, we;
+	uint64_t hva = s->hva, end = s->hva + (s->npages << PAGE_SHIFT), we;
 
 	while (hva < end) {
 		uint64_t stop = end - hva < SCAN_CHUNK ? end : hva + SCAN_CHUNK;
 		long n = scan(u, hva, stop, PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
-			      PAGE_IS_WRITTEN, SCAN_MAX_PAGES, &we);
+			      PAGE_IS_WRITTEN, PAGE_IS_WRITTEN, &we);
 
 		if (n < 0)
 			return fail(u, (int)-n, true);
 		for (long i = 0; i < n; i++) {
 			const struct page_region *r = &u->vec[i];
 
-			if (r->start < hva || r->end > stop || r->start >= r->end ||
-			    (r->start | r->end) % PAGE)
+			if (!region_ok(r, hva, stop))
 				return fail(u, EIO, true);
-			u->st.pages_written += acc_set(u->acc, s->bit_off + (r->start - s->hva) / PAGE,
-						       (r->end - r->start) / PAGE);
+			if (prev)
+				acc_set(prev, s->bit_off + (r->start - s->hva) / PAGE,
+					(r->end - r->start) / PAGE);
 		}
 		if (we <= hva)
 			return fail(u, EIO, true);
 		hva = we;
+	}
+	return 0;
+}
+
+/* Write-protect all of slot s, whatever its state (UFFDIO_WRITEPROTECT, in chunks). */
+static int arm_protect(struct pt_uffd *u, const struct uslot *s)
+{
+	uint64_t len = s->npages << PAGE_SHIFT;
+	int err = 0;
+
+	for (uint64_t off = 0; !err && off < len; off += ARM_CHUNK)
+		err = wp_range(u, s->hva + off, len - off < ARM_CHUNK ? len - off : ARM_CHUNK);
+	return err;
+}
+
+int pt_uffd_arm_fold(struct pt_uffd *u, uint64_t *prev)
+{
+	bool unknown = u->state_unknown;
+	uint64_t t0 = now_ns();
+	int err = 0;
+
+	/* Until every slot is protected the log vouches for nothing. */
+	u->detail = (u->detail & ~EPOCH_DOUBTS) | PT_UFFD_NOT_ARMED;
+	u->state_unknown = true;
+	if (prev && unknown)
+		acc_set(prev, 0, u->pages);
+	else if (prev)
+		acc_or(u->acc, 0, u->pages, prev);
+	memset(u->acc, 0, u->words * 8);
+	/*
+	 * Normally only the pages written in the ending epoch are unprotected: the re-protecting
+	 * scan finds and protects just those, and reports them. After open or a failure the
+	 * page-table state is unknown: protect everything (and everything counts as written).
+	 */
+	for (unsigned i = 0; !err && i < u->nslots; i++)
+		err = unknown ? arm_protect(u, &u->slots[i]) : arm_scan(u, &u->slots[i], prev);
+	u->st.last_arm_ns = now_ns() - t0;
+	if (err)
+		return err;
+	u->detail &= ~PT_UFFD_NOT_ARMED;
+	u->state_unknown = false;
+	u->st.arms++;
+	return 0;
+}
+
+int pt_uffd_arm(struct pt_uffd *u)
+{
+	return pt_uffd_arm_fold(u, NULL);
+}
+
+/*
+ * Read [hva, hva + len) of slot s without changing it: one walk returns regions covering every
+ * page mapped in a VMA registered for async WP, written or not. Written pages go into acc; a
+ * gap between regions is memory with no mapping at all, which a scan would otherwise skip in
+ * silence. Written pages stay unprotected (acc remembers them; the next arm re-protects).
+ */
+static int scan_read(struct pt_uffd *u, const struct uslot *s, uint64_t hva, uint64_t len)
+{
+	uint64_t end = hva + len, at = hva, we;
+
+	while (at < end) {
+		uint64_t stop = end - at < SCAN_CHUNK ? end : at + SCAN_CHUNK, from = at;
+		long n = scan(u, at, stop, PM_SCAN_CHECK_WPASYNC, PAGE_IS_WPALLOWED,
+				   PAGE_IS_WPALLOWED | PAGE_IS_WRITTEN, &we);
+
+		if (n < 0)
+			return fail(u, (int)-n, true);
+		for (long i = 0; i < n; i++) {
+			const struct page_region *r = &u->vec[i];
+
+			if (!region_ok(r, at, stop))
+				return fail(u, EIO, true);
+			if (r->start != at)
+				return unmapped(u, at);
+			if (r->categories & PAGE_IS_WRITTEN)
+				u->st.pages_written +=
+					acc_set(u->acc, s->bit_off + (r->start - s->hva) / PAGE,
+						(r->end - r->start) / PAGE);
+			at = r->end;
+		}
+		if (we >= stop && at < stop)
+			return unmapped(u, at);
+		if (at == from)
+			return fail(u, EIO, true);
 	}
 	return 0;
 }
@@ -243,30 +327,11 @@ struct piece {
 	uint64_t bit, n;
 };
 
-/* Scan a merged piece, then check it is still all mapped and registered. */
 static int scan_piece(struct pt_uffd *u, const struct piece *p)
 {
 	const struct uslot *s = &u->slots[p->slot];
-	uint64_t hva = s->hva + ((p->bit - s->bit_off) << PAGE_SHIFT), len = p->n << PAGE_SHIFT;
-	int err = scan_written(u, s, hva, len);
 
-	if (err)
-		return err;
-	/*
-	 * A scan silently skips addresses with no mapping at all; their writes (if the memory
-	 * comes back) could not be seen. Checked after the scan, so a hole present during it is
-	 * seen here (a hole that comes and goes between the two would have to be remapped
-	 * unregistered, which the next scan refuses, or registered afresh, which reads as written).
-	 */
-	err = covered(u, hva, hva + len);
-	if (err == -EFAULT) {
-		if (!(u->detail & PT_UFFD_UNMAPPED))
-			pt_warn("uffd log of pid %u: guest memory at %#llx not mapped", u->pid,
-				(unsigned long long)hva);
-		u->detail |= PT_UFFD_UNMAPPED;
-		return err;
-	}
-	return err ? fail(u, -err, true) : 0;
+	return scan_read(u, s, s->hva + ((p->bit - s->bit_off) << PAGE_SHIFT), p->n << PAGE_SHIFT);
 }
 
 /* Split gfn range r into slot pieces, calling fn on each; -ENOENT if it leaves the slots. */
@@ -409,6 +474,7 @@ static int check_fds(int uffd, int pm, uint32_t pid, char *err, size_t errlen)
 	char link[256], want[64];
 	struct statfs fs;
 	unsigned other;
+	int end = 0;
 
 	if (fd_link(uffd, link, sizeof(link)) || strcmp(link, "anon_inode:[userfaultfd]"))
 		ERR(-EBADF, "the uffd is not a userfaultfd");
@@ -417,7 +483,7 @@ static int check_fds(int uffd, int pm, uint32_t pid, char *err, size_t errlen)
 	snprintf(want, sizeof(want), "/proc/%u/pagemap", pid);
 	if (!strcmp(link, want))
 		return 0;
-	if (sscanf(link, "/proc/%u/pagemap", &other) == 1)
+	if (sscanf(link, "/proc/%u/pagemap%n", &other, &end) == 1 && end && !link[end])
 		ERR(-EPERM, "the pagemap fd belongs to pid %u, not the VMM (pid %u)", other, pid);
 	ERR(-EBADF, "the pagemap fd is %.100s, not %s", link, want);
 }
@@ -527,6 +593,7 @@ int pt_uffd_open(struct pt_uffd **out, int uffd, int pagemap_fd, uint32_t vmm_pi
 	u->pm = pagemap_fd;
 	u->pid = vmm_pid;
 	u->detail = PT_UFFD_NOT_ARMED;
+	u->state_unknown = true;
 	r = check_fds(uffd, pagemap_fd, vmm_pid, err, errlen);
 	if (!r)
 		r = build_slots(u, slots, n, err, errlen);

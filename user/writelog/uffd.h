@@ -5,15 +5,21 @@
  * registers its guest memory with UFFDIO_REGISTER_MODE_WP and hands the service that uffd and
  * an fd of its /proc/self/pagemap. Then:
  *
- *   arm   write-protects every slot (UFFDIO_WRITEPROTECT). A later write by anyone through the
- *         VMM's page tables (the guest through KVM, whose MMU notifier dropped its writable
- *         mappings, or the VMM itself) faults once; in async mode the kernel unprotects the
- *         page and leaves it "written". No handler thread is involved.
- *   read  PAGEMAP_SCAN with PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC, category
- *         PAGE_IS_WRITTEN, over only the ranges asked for: returns the written pages and
- *         re-protects them in one step. Re-protecting consumes the page-table state, so the
- *         backend keeps what it found in its own bitmap for the epoch; every read ORs into it
- *         and answers from it. Arm resets it.
+ *   arm   write-protects every slot. A later write by anyone through the VMM's page tables
+ *         (the guest through KVM, whose MMU notifier dropped its writable mappings, or the VMM
+ *         itself) faults once; in async mode the kernel unprotects the page and leaves it
+ *         "written". No handler thread is involved. The first arm (and any after a failure)
+ *         is UFFDIO_WRITEPROTECT over everything; later ones are a PAGEMAP_SCAN with
+ *         PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC, category PAGE_IS_WRITTEN, which
+ *         re-protects only the pages written in the ending epoch and reports them in the same
+ *         atomic step (pt_uffd_arm_fold(): what reported/inflated pages need).
+ *   read  a read-only PAGEMAP_SCAN (PM_SCAN_CHECK_WPASYNC) over only the ranges asked for,
+ *         returning PAGE_IS_WPALLOWED | PAGE_IS_WRITTEN regions: the written pages, and
+ *         (as gaps) memory that is no longer mapped at all, in one walk. It changes nothing:
+ *         re-protecting at read time would cost a TLB flush per page table and a second
+ *         fault per written page for nothing, since a page once written stays written for
+ *         the epoch. The backend still keeps what it found in its own bitmap for the epoch
+ *         (a written page later discarded with MADV_DONTNEED must stay written).
  *
  * Fail safe: any error leaves a reason in doubt() until the next successful arm (the state a
  * failed scan consumed is unknown); nothing here ever reports a page unwritten that it could
@@ -76,6 +82,12 @@ void pt_uffd_close(struct pt_uffd *u); /* NULL-safe */
 
 /* Write-protect every slot and start a new epoch. */
 int pt_uffd_arm(struct pt_uffd *u);
+/*
+ * The same, also ORing into `prev` (log page index) every page written in the ending epoch,
+ * atomically with its re-protection (after open or a failure: every page, as nothing can be
+ * vouched for), so a caller that keeps pages across epochs (reported, inflated) misses none.
+ */
+int pt_uffd_arm_fold(struct pt_uffd *u, uint64_t *prev);
 /* OR the pages written since the arm, inside the ranges, into bits (log page index). */
 int pt_uffd_read(struct pt_uffd *u, const struct pt_gfn_range *r, size_t n, uint64_t *bits);
 /* PT_WHY_* bits (0: the log can be trusted); *detail gets the PT_UFFD_* bits (may be NULL). */
