@@ -50,7 +50,10 @@ struct uc_shared {
 };
 
 /* Declare as `struct uc c = UC_NONE;` so uc_stop() is safe before uc_start(). */
-#define UC_NONE { .sock = -1, .uffd = -1, .pm = -1 }
+#define UC_NONE                                  \
+	{                                        \
+		.sock = -1, .uffd = -1, .pm = -1 \
+	}
 struct uc {
 	pid_t pid;
 	int sock;
@@ -59,8 +62,17 @@ struct uc {
 	struct uc_shared *sh;
 };
 
-enum uc_op { UC_WRITE = 1, UC_DONTNEED, UC_UNREGISTER, UC_MUNMAP, UC_REMAP, UC_WRITER_START,
-	     UC_WRITER_STOP, UC_THP_KB, UC_EXIT };
+enum uc_op {
+	UC_WRITE = 1,
+	UC_DONTNEED,
+	UC_UNREGISTER,
+	UC_MUNMAP,
+	UC_REMAP,
+	UC_WRITER_START,
+	UC_WRITER_STOP,
+	UC_THP_KB,
+	UC_EXIT
+};
 
 struct uc_cmd {
 	uint32_t op, n; /* UC_WRITE: n page indices follow */
@@ -163,8 +175,8 @@ static int64_t uc_do(struct uc_child *c, const struct uc_cmd *cmd)
 	case UC_MUNMAP:
 		return munmap(at, len) ? -errno : 0;
 	case UC_REMAP:
-		return mmap(at, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
-			    -1, 0) == MAP_FAILED
+		return mmap(at, len, PROT_READ | PROT_WRITE,
+			    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED
 			       ? -errno
 			       : 0;
 	case UC_WRITER_START:
@@ -183,9 +195,10 @@ static int64_t uc_do(struct uc_child *c, const struct uc_cmd *cmd)
 /* Map, register, send the fds; returns the mapping or NULL (errno). */
 static char *uc_setup(const struct uc_opts *o, int *uffd_out)
 {
-	uint64_t feat = o->features ? o->features
-				    : UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED |
-					      (o->kind == UC_SHMEM ? UFFD_FEATURE_WP_HUGETLBFS_SHMEM : 0);
+	uint64_t feat =
+		o->features ? o->features
+			    : UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED |
+				      (o->kind == UC_SHMEM ? UFFD_FEATURE_WP_HUGETLBFS_SHMEM : 0);
 	struct uffdio_api api = { .api = UFFD_API, .features = feat };
 	int uffd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
 	char *mem;
@@ -204,8 +217,9 @@ static char *uc_setup(const struct uc_opts *o, int *uffd_out)
 		char *raw = mmap(NULL, o->size + (2 << 20), PROT_READ | PROT_WRITE,
 				 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 
-		mem = raw == MAP_FAILED ? raw
-					: (char *)(((uintptr_t)raw + (2 << 20) - 1) & ~((2ul << 20) - 1));
+		mem = raw == MAP_FAILED
+			      ? raw
+			      : (char *)(((uintptr_t)raw + (2 << 20) - 1) & ~((2ul << 20) - 1));
 		if (raw != MAP_FAILED && o->kind == UC_THP)
 			madvise(mem, o->size, MADV_HUGEPAGE);
 		if (raw != MAP_FAILED && o->kind == UC_ANON)
@@ -265,8 +279,8 @@ static int uc_recv_fds(int sock, int *a, int *b, void *msg, size_t len)
 	return 0;
 }
 
-static void __attribute__((noreturn)) uc_child_main(int sock, const struct uc_opts *o,
-						    struct uc_shared *sh)
+static void __attribute__((noreturn))
+uc_child_main(int sock, const struct uc_opts *o, struct uc_shared *sh)
 {
 	struct uc_child c = { .sock = sock, .sh = sh, .size = o->size };
 	uint64_t hello[2] = { 0, o->size };

@@ -105,8 +105,8 @@ static int wp_range(struct pt_uffd *u, uint64_t hva, uint64_t len)
  * Not retried on any error: a re-protecting scan that failed may have consumed written state
  * it could not report.
  */
-static long scan(struct pt_uffd *u, uint64_t start, uint64_t end, uint64_t flags,
-		      uint64_t cat, uint64_t ret, uint64_t *walk_end)
+static long scan(struct pt_uffd *u, uint64_t start, uint64_t end, uint64_t flags, uint64_t cat,
+		 uint64_t ret, uint64_t *walk_end)
 {
 	struct pm_scan_arg a = {
 		.size = sizeof(a),
@@ -148,8 +148,8 @@ static int covered(struct pt_uffd *u, uint64_t start, uint64_t end)
 	uint64_t at = start, we;
 
 	while (at < end) {
-		long n = scan(u, at, end, PM_SCAN_CHECK_WPASYNC, PAGE_IS_WPALLOWED, PAGE_IS_WPALLOWED,
-			      &we);
+		long n = scan(u, at, end, PM_SCAN_CHECK_WPASYNC, PAGE_IS_WPALLOWED,
+			      PAGE_IS_WPALLOWED, &we);
 		uint64_t from = at;
 
 		if (n < 0)
@@ -202,7 +202,8 @@ static void acc_or(const uint64_t *acc, uint64_t bit, uint64_t n, uint64_t *out)
 /* Is an output region of a scan over [from, to) well formed? */
 static bool region_ok(const struct page_region *r, uint64_t from, uint64_t to)
 {
-	return r->start >= from && r->end <= to && r->start < r->end && !((r->start | r->end) % PAGE);
+	return r->start >= from && r->end <= to && r->start < r->end &&
+	       !((r->start | r->end) % PAGE);
 }
 
 /*
@@ -296,7 +297,7 @@ static int scan_read(struct pt_uffd *u, const struct uslot *s, uint64_t hva, uin
 	while (at < end) {
 		uint64_t stop = end - at < SCAN_CHUNK ? end : at + SCAN_CHUNK, from = at;
 		long n = scan(u, at, stop, PM_SCAN_CHECK_WPASYNC, PAGE_IS_WPALLOWED,
-				   PAGE_IS_WPALLOWED | PAGE_IS_WRITTEN, &we);
+			      PAGE_IS_WPALLOWED | PAGE_IS_WRITTEN, &we);
 
 		if (n < 0)
 			return fail(u, (int)-n, true);
@@ -369,8 +370,8 @@ static int merge_piece(struct pt_uffd *u, const struct piece *p, void *arg)
 
 	if (pend->n && pend->slot == p->slot && p->bit >= pend->bit &&
 	    p->bit <= pend->bit + pend->n + MERGE_GAP) {
-		uint64_t end = p->bit + p->n > pend->bit + pend->n ? p->bit + p->n
-								   : pend->bit + pend->n;
+		uint64_t end =
+			p->bit + p->n > pend->bit + pend->n ? p->bit + p->n : pend->bit + pend->n;
 
 		pend->n = end - pend->bit;
 		return 0;
@@ -431,7 +432,7 @@ uint32_t pt_uffd_doubt(struct pt_uffd *u, uint32_t *detail)
 
 const char *pt_uffd_doubt_str(uint32_t detail, int err, char *buf, size_t len)
 {
-	static const char *const names[] = { "not-armed",   "uffd-lost",   "memory-unmapped",
+	static const char *const names[] = { "not-armed",   "uffd-lost",       "memory-unmapped",
 					     "scan-failed", "no-pagemap-scan", "vmm-gone" };
 	size_t off = 0;
 
@@ -462,10 +463,10 @@ static int fd_link(int fd, char *buf, size_t len)
 	return 0;
 }
 
-#define ERR(code, ...)                               \
-	do {                                         \
-		snprintf(err, errlen, __VA_ARGS__);  \
-		return code;                         \
+#define ERR(code, ...)                              \
+	do {                                        \
+		snprintf(err, errlen, __VA_ARGS__); \
+		return code;                        \
 	} while (0)
 
 /* The pagemap fd: procfs, and the path of vmm_pid's pagemap (opened by the VMM itself). */
@@ -500,7 +501,8 @@ static int build_slots(struct pt_uffd *u, const struct pt_uffd_slot *sl, unsigne
 		    sl[i].gpa + sl[i].size < sl[i].gpa || sl[i].hva + sl[i].size < sl[i].hva)
 			ERR(-EINVAL, "slot %u: unaligned, empty or overflowing", i);
 		for (unsigned j = 0; j < i; j++)
-			if (sl[i].gpa < sl[j].gpa + sl[j].size && sl[j].gpa < sl[i].gpa + sl[i].size)
+			if (sl[i].gpa < sl[j].gpa + sl[j].size &&
+			    sl[j].gpa < sl[i].gpa + sl[i].size)
 				ERR(-EINVAL, "slots %u and %u overlap", j, i);
 		s->gfn = sl[i].gpa >> PAGE_SHIFT;
 		s->npages = sl[i].size >> PAGE_SHIFT;
@@ -529,8 +531,10 @@ static int probe(struct pt_uffd *u, char *err, size_t errlen)
 		if (r == -ENOTTY || r == -EINVAL)
 			ERR(-EOPNOTSUPP, "the kernel lacks PAGEMAP_SCAN (Linux 6.7)");
 		if (r == -EPERM)
-			ERR(-ENOENT, "slot %u: memory not registered for async write-protect "
-				     "(UFFD_FEATURE_WP_ASYNC|WP_UNPOPULATED, UFFDIO_REGISTER_MODE_WP)", i);
+			ERR(-ENOENT,
+			    "slot %u: memory not registered for async write-protect "
+			    "(UFFD_FEATURE_WP_ASYNC|WP_UNPOPULATED, UFFDIO_REGISTER_MODE_WP)",
+			    i);
 		if (r == -EFAULT)
 			ERR(-EFAULT, "slot %u: memory at %#llx not (entirely) mapped", i,
 			    (unsigned long long)s->hva);
@@ -546,8 +550,7 @@ static int probe(struct pt_uffd *u, char *err, size_t errlen)
 	return 0;
 }
 
-static int uffd_wlog_read(struct pt_wlog *l, const struct pt_gfn_range *r, size_t n,
-			  uint64_t *bits)
+static int uffd_wlog_read(struct pt_wlog *l, const struct pt_gfn_range *r, size_t n, uint64_t *bits)
 {
 	return pt_uffd_read((struct pt_uffd *)l, r, n, bits);
 }

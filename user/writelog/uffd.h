@@ -46,8 +46,9 @@ struct pt_uffd_slot {
 };
 
 /* Why the log cannot be trusted (pt_uffd_doubt() detail bits). */
-#define PT_UFFD_NOT_ARMED   (1u << 0) /* no successful arm yet (or the last one failed) */
-#define PT_UFFD_LOST	    (1u << 1) /* memory no longer registered for async WP with this
+#define PT_UFFD_NOT_ARMED (1u << 0) /* no successful arm yet (or the last one failed) */
+#define PT_UFFD_LOST                                                                        \
+	(1u << 1)		      /* memory no longer registered for async WP with this \
 				       * uffd: unregistered, uffd closed, memory remapped */
 #define PT_UFFD_UNMAPPED    (1u << 2) /* part of the guest memory is not mapped */
 #define PT_UFFD_SCAN_FAILED (1u << 3) /* a scan failed: written state may have been consumed */

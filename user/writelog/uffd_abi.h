@@ -46,7 +46,8 @@ struct pm_scan_arg {
 	__u64 flags;
 	__u64 start;
 	__u64 end;
-	__u64 walk_end; /* out: where the walk stopped (end, or earlier when vec/max_pages ran out) */
+	__u64 walk_end; /* out: where the walk stopped (end, or earlier when vec/max_pages ran out)
+			 */
 	__u64 vec;	/* struct page_region[vec_len] */
 	__u64 vec_len;
 	__u64 max_pages; /* 0: unlimited; otherwise stop after this many matching pages */

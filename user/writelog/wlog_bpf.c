@@ -93,8 +93,10 @@ static uint32_t bpf_doubt(struct pt_wlog *l, char *text, size_t len)
 	if (!(__atomic_load_n(&st->flags, __ATOMIC_ACQUIRE) & PT_VM_ACTIVE))
 		why |= PT_WHY_UNTRACKED;
 	if (text)
-		snprintf(text, len, "%s", !why ? "none" : why & PT_WHY_UNTRACKED ? "vm-not-tracked" :
-				    "tainted-epoch");
+		snprintf(text, len, "%s",
+			 !why			  ? "none"
+			 : why & PT_WHY_UNTRACKED ? "vm-not-tracked"
+						  : "tainted-epoch");
 	return why;
 }
 
