@@ -96,6 +96,26 @@ PT_API int pt_client_register(struct pt_client *c, uint32_t vmm_pid, enum pt_dir
 			      const struct pt_reg_slot *slots, uint32_t nslots, uint32_t *handle);
 PT_API uint64_t pt_client_coverage(const struct pt_client *c);
 
+/*
+ * REGISTER2: REGISTER with file descriptors passed to the service (SCM_RIGHTS) as proof that
+ * the device holds the VM (see proto.h for which descriptors each mode takes). @resume is 0 or
+ * the token of an earlier registration of this VM (pt_client_token() on the old client). The
+ * device may close its descriptors after the call.
+ */
+struct pt_client_reg {
+	uint32_t vmm_pid; /* 0: the calling process */
+	enum pt_dirty_mode mode;
+	const struct pt_reg_slot2 *slots;
+	uint32_t nslots;
+	const int *fds;
+	uint32_t nfds;
+	uint64_t resume;
+};
+PT_API int pt_client_register2(struct pt_client *c, const struct pt_client_reg *reg,
+			       uint32_t *handle);
+/* The token the service returned with the last successful REGISTER(2), or 0. */
+PT_API uint64_t pt_client_token(const struct pt_client *c);
+
 /* Command IDs: ARM before the dirty-log sync, STOP on the driver's STOP, DONE when sent. */
 PT_API int pt_client_arm(struct pt_client *c, uint32_t cmd_id);
 PT_API int pt_client_stop(struct pt_client *c, uint32_t cmd_id);

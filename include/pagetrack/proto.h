@@ -31,20 +31,22 @@
 
 enum pt_msg_type {
 	/* device -> service */
-	PT_MSG_REGISTER = 1, /* struct pt_register + pt_reg_slot[nslots] */
-	PT_MSG_ARM = 2,	     /* struct pt_cmd: start command ID (before the VMM's sync) */
-	PT_MSG_HINT = 3,     /* struct pt_hint + pt_range[count] */
-	PT_MSG_STOP = 4,     /* struct pt_cmd: the driver sent STOP for this command ID */
-	PT_MSG_DONE = 5,     /* struct pt_cmd: the device sent DONE; release the command ID */
-	PT_MSG_QUERY = 6,    /* struct pt_query: verdict for a command ID (or reported pages) */
-	PT_MSG_REPORT = 7,   /* struct pt_report + pt_range[count], count <= 32 */
-	PT_MSG_INFLATE = 8,  /* struct pt_report + pt_range[count]: pages given to the balloon */
-	PT_MSG_DEFLATE = 9,  /* struct pt_report + pt_range[count]: pages taken back (told) */
-	PT_MSG_WR_CAPS = 10, /* empty: write-record capabilities */
-	PT_MSG_WR_READ = 11, /* struct pt_report + pt_range[count]: write records since ARM */
-	PT_MSG_PING = 12,    /* empty: liveness / latency floor */
-	PT_MSG_WRITTEN = 13, /* struct pt_report + pt_range[count]: pages the VMM itself wrote
-			      * (device emulation, DMA): KVM never sees those writes */
+	PT_MSG_REGISTER = 1,   /* struct pt_register + pt_reg_slot[nslots] */
+	PT_MSG_ARM = 2,	       /* struct pt_cmd: start command ID (before the VMM's sync) */
+	PT_MSG_HINT = 3,       /* struct pt_hint + pt_range[count] */
+	PT_MSG_STOP = 4,       /* struct pt_cmd: the driver sent STOP for this command ID */
+	PT_MSG_DONE = 5,       /* struct pt_cmd: the device sent DONE; release the command ID */
+	PT_MSG_QUERY = 6,      /* struct pt_query: verdict for a command ID (or reported pages) */
+	PT_MSG_REPORT = 7,     /* struct pt_report + pt_range[count], count <= 32 */
+	PT_MSG_INFLATE = 8,    /* struct pt_report + pt_range[count]: pages given to the balloon */
+	PT_MSG_DEFLATE = 9,    /* struct pt_report + pt_range[count]: pages taken back (told) */
+	PT_MSG_WR_CAPS = 10,   /* empty: write-record capabilities */
+	PT_MSG_WR_READ = 11,   /* struct pt_report + pt_range[count]: write records since ARM */
+	PT_MSG_PING = 12,      /* empty: liveness / latency floor */
+	PT_MSG_WRITTEN = 13,   /* struct pt_report + pt_range[count]: pages the VMM itself wrote
+				* (device emulation, DMA): KVM never sees those writes */
+	PT_MSG_REGISTER2 = 14, /* struct pt_register2 + pt_reg_slot2[nslots], with nfds file
+				* descriptors attached (SCM_RIGHTS) to the frame's bytes */
 	/* service -> device */
 	PT_MSG_ACK = 64,	   /* struct pt_ack: request completed */
 	PT_MSG_VERDICT = 65,	   /* struct pt_verdict + pt_range[nranges]; PT_F_MORE until last */
@@ -74,6 +76,8 @@ struct pt_range {
 enum pt_dirty_mode {
 	PT_DIRTY_BITMAP = 0, /* KVM_GET_DIRTY_LOG / KVM_CLEAR_DIRTY_LOG */
 	PT_DIRTY_RING = 1,   /* KVM_CAP_DIRTY_LOG_RING + KVM_RESET_DIRTY_RINGS */
+	PT_TRACK_UFFD = 2,   /* no KVM dirty logging needed: async userfaultfd write-protect on
+			      * the VMM's guest memory, read with PAGEMAP_SCAN (REGISTER2 only) */
 };
 
 /*
@@ -96,6 +100,35 @@ struct pt_register {
 	uint32_t dirty_mode; /* enum pt_dirty_mode */
 	uint32_t nslots;     /* 0: learn slots from the VMM's ioctls */
 	uint32_t flags;	     /* 0 */
+};
+
+/*
+ * REGISTER2: REGISTER with proof of possession. The device attaches file descriptors to the
+ * frame (SCM_RIGHTS on a sendmsg() that carries the frame's first byte), in this order:
+ *   PT_DIRTY_BITMAP, PT_DIRTY_RING: [0] the VM's KVM fd (anon_inode:kvm-vm)          nfds 1
+ *   PT_TRACK_UFFD: [0] the userfaultfd, [1] the VMM's /proc/self/pagemap,
+ *                  [2] the VM's KVM fd, optional                                  nfds 2 or 3
+ * The service keeps its own copies; the device may close its copies after the ACK.
+ */
+#define PT_MAX_REG_FDS 3
+
+struct pt_reg_slot2 {
+	uint64_t gpa;	/* slot base, page aligned */
+	uint64_t size;	/* bytes, page aligned */
+	uint64_t hva;	/* the VMM's address of the slot (PT_TRACK_UFFD), page aligned; else 0 */
+	uint32_t id;	/* KVM slot: as_id << 16 | slot id */
+	uint32_t flags; /* PT_REG_SLOT_LOGGED or 0 */
+};
+
+/* Followed by struct pt_reg_slot2 slots[nslots]. */
+struct pt_register2 {
+	uint32_t vmm_pid; /* the VMM process */
+	uint32_t mode;	  /* enum pt_dirty_mode */
+	uint32_t nslots;  /* 0: learn slots from the VMM's ioctls (not with PT_TRACK_UFFD) */
+	uint32_t nfds;	  /* descriptors attached to this frame, see above */
+	uint64_t resume;  /* 0, or the token of an earlier REGISTER(2)'s ACK (pt_ack.token) */
+	uint32_t flags;	  /* 0 */
+	uint32_t pad;	  /* 0 */
 };
 
 struct pt_cmd {
@@ -139,7 +172,10 @@ struct pt_ack {
 	uint32_t status;  /* 0 */
 	uint32_t value32; /* type specific: REGISTER -> vm handle; HINT -> ranges recorded */
 	uint64_t pages;	  /* HINT/REPORT/INFLATE: pages recorded; REGISTER: coverage bits */
-	uint64_t ignored; /* HINT: pages ignored (stale command ID) */
+	union {
+		uint64_t ignored; /* HINT: pages ignored (stale command ID) */
+		uint64_t token;	  /* REGISTER, REGISTER2: proves this registration on resume */
+	};
 };
 
 /* Followed by struct pt_range ranges[nranges]: free pages (WR_RECORDS: written pages). */

@@ -43,7 +43,6 @@ for t in unshare nsenter systemctl systemd-analyze mountpoint python3; do
 done
 [ -x /lib/systemd/systemd ] || skip "no /lib/systemd/systemd"
 [ -x "$BIN" ] && [ -x "$BALLOON" ] || skip "build first (make)"
-[ -c /dev/kvm ] || skip "no /dev/kvm"
 [ "$(stat -f -c %T /sys/fs/bpf 2>/dev/null)" = bpf_fs ] || skip "bpffs not mounted on /sys/fs/bpf"
 unshare --pid --fork --mount --mount-proc true 2>/dev/null || skip "unshare --pid --mount fails here"
 
@@ -125,8 +124,12 @@ cat >"$W/pagetrack.conf" <<EOF
 pin-dir = $PIN
 verbose = no
 EOF
+# The unit starts only where /dev/kvm exists; on a machine without it, the test lifts that
+# condition so that everything else about the unit is still checked.
+nokvm_dropin=
+[ -c /dev/kvm ] || nokvm_dropin=$'[Unit]\nConditionPathExists=\n'
 cat >"$U/pagetrackd.service.d/test.conf" <<EOF
-[Service]
+${nokvm_dropin}[Service]
 ConfigurationDirectory=
 ExecStart=
 ExecStart=/usr/local/sbin/pagetrackd -c $W/pagetrack.conf run

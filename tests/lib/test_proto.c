@@ -175,7 +175,7 @@ static int header_errors(void)
 	CHECK(parse(&m) == -PT_E_BAD_VERSION);
 	CHECK(pt_hdr_check_framing(fhdr()) == -PT_E_BAD_VERSION);
 
-	static const uint8_t bad_types[] = { 0, 14, 63, 69, 255 };
+	static const uint8_t bad_types[] = { 0, 15, 63, 69, 255 };
 	for (size_t i = 0; i < sizeof(bad_types); i++) {
 		pt_build_cmd(fbuf, PT_MAX_FRAME, PT_MSG_ARM, 1, 5);
 		fhdr()->type = bad_types[i];
@@ -381,6 +381,48 @@ static int register_errors(void)
 	return 0;
 }
 
+/* REGISTER2: descriptor counts per mode, hva only (and always) in the userfaultfd mode. */
+static int register2_rules(void)
+{
+	struct pt_reg_slot2 s[2] = {
+		{ .gpa = 0, .size = 16 * PG, .hva = 0x7f0000000000, .id = 0 },
+		{ .gpa = 16 * PG, .size = 16 * PG, .hva = 0x7f0000010000, .id = 1 },
+	};
+	struct pt_register2 r = { .vmm_pid = 99, .mode = PT_TRACK_UFFD, .nslots = 2, .nfds = 2 };
+	struct pt_msg m;
+
+	CHECK(pt_build_register2(fbuf, PT_MAX_FRAME, 5, &r, s) == 16 + 32 + 2 * 32);
+	CHECK(parse(&m) == 0 && m.type == PT_MSG_REGISTER2 && m.count == 2);
+	CHECK(m.reg2->nfds == 2 && m.slots2[1].hva == 0x7f0000010000);
+	r.nfds = 4; /* uffd + pagemap + VM fd at most */
+	CHECK(pt_build_register2(fbuf, PT_MAX_FRAME, 5, &r, s) && parse(&m) == -PT_E_BAD_FIELD);
+	r.nfds = 3;
+	s[1].hva = 0x7f0000008000; /* host memory shared by two slots */
+	CHECK(pt_build_register2(fbuf, PT_MAX_FRAME, 5, &r, s) && parse(&m) == -PT_E_BAD_RANGE);
+	s[1].hva = 0x7f0000010800; /* unaligned */
+	CHECK(pt_build_register2(fbuf, PT_MAX_FRAME, 5, &r, s) && parse(&m) == -PT_E_BAD_RANGE);
+	s[1].hva = 0;
+	CHECK(pt_build_register2(fbuf, PT_MAX_FRAME, 5, &r, s) && parse(&m) == -PT_E_BAD_RANGE);
+	r.nslots = 0; /* the userfaultfd mode cannot learn slots */
+	CHECK(pt_build_register2(fbuf, PT_MAX_FRAME, 5, &r, s) && parse(&m) == -PT_E_BAD_FIELD);
+
+	s[0].hva = s[1].hva = 0;
+	r = (struct pt_register2){ .vmm_pid = 99, .mode = PT_DIRTY_RING, .nslots = 2, .nfds = 1 };
+	CHECK(pt_build_register2(fbuf, PT_MAX_FRAME, 5, &r, s) && parse(&m) == 0);
+	r.nfds = 2; /* the dirty-log modes take the VM fd only */
+	CHECK(pt_build_register2(fbuf, PT_MAX_FRAME, 5, &r, s) && parse(&m) == -PT_E_BAD_FIELD);
+	r.nfds = 1;
+	s[0].hva = 0x7f0000000000; /* hva outside the userfaultfd mode */
+	CHECK(pt_build_register2(fbuf, PT_MAX_FRAME, 5, &r, s) && parse(&m) == -PT_E_BAD_FIELD);
+	s[0].hva = 0;
+	r.pad = 1;
+	CHECK(pt_build_register2(fbuf, PT_MAX_FRAME, 5, &r, s) && parse(&m) == -PT_E_BAD_FIELD);
+	r.pad = 0;
+	r.mode = 3;
+	CHECK(pt_build_register2(fbuf, PT_MAX_FRAME, 5, &r, s) && parse(&m) == -PT_E_BAD_FIELD);
+	return 0;
+}
+
 static int reserved_fields(void)
 {
 	struct pt_msg m;
@@ -430,7 +472,8 @@ static int strings(void)
 	for (int c = 1; c <= PT_E_BAD_FIELD; c++)
 		CHECKF(strcmp(pt_err_str(c), "unknown error"), "code %d", c);
 	CHECK(!strcmp(pt_msg_type_str(PT_MSG_WR_RECORDS), "WR_RECORDS"));
-	CHECK(!strcmp(pt_msg_type_str(14), "UNKNOWN"));
+	CHECK(!strcmp(pt_msg_type_str(15), "UNKNOWN"));
+	CHECK(!strcmp(pt_msg_type_str(PT_MSG_REGISTER2), "REGISTER2"));
 	CHECK(!strcmp(pt_msg_type_str(PT_MSG_WRITTEN), "WRITTEN"));
 	CHECK(!strcmp(pt_msg_type_str(-1), "UNKNOWN"));
 	for (unsigned int t = 0; t < 256; t++)
@@ -831,5 +874,6 @@ static int client_fake_peer(void)
 
 T_MAIN(T_CASE(roundtrip_requests), T_CASE(roundtrip_replies), T_CASE(builders_respect_cap),
        T_CASE(header_errors), T_CASE(length_errors), T_CASE(reserved_cmd_ids), T_CASE(range_errors),
-       T_CASE(register_errors), T_CASE(reserved_fields), T_CASE(misaligned_payload),
-       T_CASE(strings), T_CASE(framer_streams), T_CASE(framer_errors), T_CASE(client_fake_peer))
+       T_CASE(register_errors), T_CASE(register2_rules), T_CASE(reserved_fields),
+       T_CASE(misaligned_payload), T_CASE(strings), T_CASE(framer_streams), T_CASE(framer_errors),
+       T_CASE(client_fake_peer))

@@ -56,6 +56,10 @@
 /* A framer buffer grown past this by a large frame is freed once the frame is done. */
 #define FRAMER_KEEP	(256u << 10)
 #define ACCEPT_RETRY_MS 100
+/* Descriptors a connection may have received and not yet handed to a frame (REGISTER2 takes
+ * at most PT_MAX_REG_FDS); more, or more than one recvmsg's control buffer holds, is an error. */
+#define CONN_MAX_FDS 4
+#define CMSG_BYTES   CMSG_SPACE(CONN_MAX_FDS * sizeof(int))
 
 enum op {
 	OP_NONE = 0,
@@ -124,6 +128,8 @@ struct pt_conn {
 	struct pt_peer peer;
 	void *data;
 	struct pt_framer fr;
+	int fds[CONN_MAX_FDS]; /* received with SCM_RIGHTS, not yet taken by a frame */
+	uint32_t nfds;
 	struct chunk *oq_head, *oq_tail;
 	size_t oq_bytes;
 	size_t send_len;
@@ -153,7 +159,9 @@ struct pt_server {
 	unsigned max_conns;
 	size_t max_outq;
 
-	/* provided buffers */
+	/* provided buffers; each multishot recvmsg completion fills one as
+	 * [io_uring_recvmsg_out][control: CMSG_BYTES][payload] */
+	struct msghdr rmsg;
 	struct io_uring_buf_ring *br;
 	size_t br_size;
 	unsigned char *bufs;
@@ -247,7 +255,9 @@ static void arm_recv(struct pt_conn *c)
 {
 	struct io_uring_sqe *sqe = get_sqe(c->s);
 
-	io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+	/* recvmsg, not recv: descriptors passed with REGISTER2 arrive as control messages, and a
+	 * plain recv would have the kernel close them. */
+	io_uring_prep_recvmsg_multishot(sqe, c->fd, &c->s->rmsg, MSG_CMSG_CLOEXEC);
 	sqe->flags |= IOSQE_BUFFER_SELECT;
 	sqe->buf_group = BGID;
 	io_uring_sqe_set_data64(sqe, ud_make(OP_RECV, c->idx, c->gen));
@@ -461,6 +471,8 @@ static void conn_free(struct pt_conn *c)
 	pt_debug("conn %u pid %d: closed", c->id, (int)c->peer.pid);
 	close(c->fd);
 	c->fd = -1;
+	while (c->nfds)
+		close(c->fds[--c->nfds]);
 	oq_free(c, false);
 	park_drop(c);
 	pt_framer_release(&c->fr);
@@ -689,6 +701,7 @@ static void handle_accept(struct pt_server *s, int res, bool more)
 	c->oq_bytes = 0;
 	c->pk_head = c->pk_tail = NULL;
 	c->nparked = 0;
+	c->nfds = 0;
 	memset(&c->peer, 0, sizeof(c->peer));
 	if (getsockopt(res, SOL_SOCKET, SO_PEERCRED, &cred, &clen) == 0) {
 		c->peer.pid = cred.pid;
@@ -706,6 +719,88 @@ static void handle_accept(struct pt_server *s, int res, bool more)
 	mark_dirty(c); /* arms the recv */
 }
 
+/*
+ * Keeps the descriptors that came with received bytes for the frame that will take them
+ * (pt_conn_take_fds). Returns false when the peer sent more than a frame may carry: the
+ * kernel closed what did not fit (MSG_CTRUNC) or the queue is full.
+ */
+static bool conn_keep_fds(struct pt_conn *c, struct io_uring_recvmsg_out *o)
+{
+	struct msghdr *mh = &c->s->rmsg;
+	bool ok = !(o->flags & MSG_CTRUNC);
+
+	for (struct cmsghdr *cm = io_uring_recvmsg_cmsg_firsthdr(o, mh); cm;
+	     cm = io_uring_recvmsg_cmsg_nexthdr(o, mh, cm)) {
+		int n = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+		int *fds = (int *)CMSG_DATA(cm);
+
+		if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+			continue;
+		for (int i = 0; i < n; i++) {
+			int fd;
+
+			memcpy(&fd, &fds[i], sizeof(fd));
+			if (c->nfds < CONN_MAX_FDS) {
+				c->fds[c->nfds++] = fd;
+			} else {
+				close(fd);
+				ok = false;
+			}
+		}
+	}
+	return ok;
+}
+
+/* Bytes of one completion: feed them, or park them while the connection is stalled. */
+static void conn_input(struct pt_conn *c, unsigned bid, uint32_t off, uint32_t len)
+{
+	struct pt_server *s = c->s;
+	uint32_t left;
+
+	if (c->closing) {
+		buf_return(s, bid);
+	} else if (c->stalled || c->nparked) {
+		if (park(c, bid, off, len, false))
+			conn_abort(c);
+	} else {
+		left = conn_feed(c, buf_addr(s, bid) + off, len);
+		if (!left)
+			buf_return(s, bid);
+		else if (park(c, bid, off + len - left, left, true))
+			conn_abort(c);
+	}
+}
+
+/* A multishot recvmsg completion that holds a buffer. Returns false at end of stream. */
+static bool handle_recv_buf(struct pt_conn *c, unsigned bid, int res)
+{
+	struct pt_server *s = c->s;
+	struct io_uring_recvmsg_out *o = io_uring_recvmsg_validate(buf_addr(s, bid), res, &s->rmsg);
+	uint32_t off, len;
+
+	if (!o) {
+		buf_return(s, bid);
+		conn_abort(c);
+		return true;
+	}
+	len = io_uring_recvmsg_payload_length(o, res, &s->rmsg);
+	off = (uint32_t)((unsigned char *)io_uring_recvmsg_payload(o, &s->rmsg) - buf_addr(s, bid));
+	if ((o->controllen || (o->flags & MSG_CTRUNC)) && !conn_keep_fds(c, o)) {
+		buf_return(s, bid);
+		pt_conn_send_error(c, 0, PT_E_BAD_FIELD,
+				   "more than %d file descriptors sent; closing", CONN_MAX_FDS);
+		pt_conn_close(c);
+		return true;
+	}
+	if (!len) {
+		buf_return(s, bid);
+		return false;
+	}
+	s->st.bytes_in += len;
+	conn_input(c, bid, off, len);
+	return true;
+}
+
 static void handle_recv(struct pt_server *s, struct io_uring_cqe *cqe)
 {
 	struct pt_conn *c = conn_lookup(s, cqe->user_data);
@@ -721,25 +816,11 @@ static void handle_recv(struct pt_server *s, struct io_uring_cqe *cqe)
 	if (!(cqe->flags & IORING_CQE_F_MORE))
 		c->recv_armed = false;
 	mark_dirty(c);
-	if (res > 0 && has_buf) {
-		s->st.bytes_in += (uint64_t)res;
-		uint32_t left = 0;
-
-		if (c->closing) {
-			buf_return(s, bid);
-		} else if (c->stalled || c->nparked) {
-			if (park(c, bid, 0, (uint32_t)res, false))
-				conn_abort(c);
-		} else {
-			left = conn_feed(c, buf_addr(s, bid), (uint32_t)res);
-			if (!left)
-				buf_return(s, bid);
-			else if (park(c, bid, (uint32_t)res - left, left, true))
-				conn_abort(c);
-		}
+	if (res > 0 && has_buf && handle_recv_buf(c, bid, res))
 		return;
-	}
-	if (has_buf)
+	if (res > 0 && has_buf)
+		res = 0; /* a completion with no payload: the peer shut down */
+	else if (has_buf)
 		buf_return(s, bid);
 	if (res == 0) {
 		c->eof = true;
@@ -984,6 +1065,7 @@ static int setup_ring(struct pt_server *s)
 		return -errno;
 	}
 	io_uring_buf_ring_init(s->br);
+	s->rmsg.msg_controllen = CMSG_BYTES;
 	memset(&reg, 0, sizeof(reg));
 	reg.ring_addr = (unsigned long)s->br;
 	reg.ring_entries = s->nbufs;
@@ -1279,6 +1361,16 @@ void pt_conn_close(struct pt_conn *c)
 size_t pt_conn_outq(const struct pt_conn *c)
 {
 	return c->oq_bytes;
+}
+
+unsigned pt_conn_take_fds(struct pt_conn *c, int *fds, unsigned max)
+{
+	unsigned n = c->nfds < max ? c->nfds : max;
+
+	memcpy(fds, c->fds, n * sizeof(int));
+	memmove(c->fds, c->fds + n, (c->nfds - n) * sizeof(int));
+	c->nfds -= n;
+	return n;
 }
 
 const struct pt_peer *pt_conn_peer(const struct pt_conn *c)

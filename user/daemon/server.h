@@ -98,6 +98,14 @@ void pt_conn_close(struct pt_conn *c);
 /* Reply bytes queued and not yet sent. */
 size_t pt_conn_outq(const struct pt_conn *c);
 const struct pt_peer *pt_conn_peer(const struct pt_conn *c); /* SO_PEERCRED at accept */
+/*
+ * Moves up to @max descriptors the peer passed with SCM_RIGHTS into @fds, oldest first, and
+ * returns how many. Descriptors arrive with the bytes of the sendmsg() that carried them, so
+ * when a frame is dispatched the ones sent with it have arrived (possibly with ones sent for a
+ * later frame in the same read). The caller owns what it takes; the rest are closed with the
+ * connection. At most 4 may wait: a peer that sends more is closed.
+ */
+unsigned pt_conn_take_fds(struct pt_conn *c, int *fds, unsigned max);
 uint32_t pt_conn_id(const struct pt_conn *c); /* unique for the server's life, from 1 */
 void *pt_conn_data(const struct pt_conn *c);
 void pt_conn_set_data(struct pt_conn *c, void *p);

@@ -10,6 +10,7 @@
 
 #include "writelog/canary.h"
 #include "cmdstate.h"
+#include "shared/fdlink.h"
 #include "shared/log.h"
 #include "lib/proto.h"
 #include "sdnotify.h"
@@ -146,17 +147,29 @@ static int may_register(const struct pt_peer *p, uint32_t vmm_pid)
 	return -PT_E_PERM;
 }
 
-static int track_vm(struct svc *s, const struct pt_msg *m, uint32_t *vm)
+/* REGISTER and REGISTER2, reduced to one request. */
+struct reg_req {
+	uint32_t seq;
+	uint32_t vmm_pid;
+	uint32_t mode; /* enum pt_dirty_mode */
+	uint32_t nslots;
+	uint32_t nfds; /* descriptors received with the frame (REGISTER2), owned here */
+	uint64_t resume;
+	struct pt_reg_slot slots[PT_MAX_REG_SLOTS];
+	uint64_t hva[PT_MAX_REG_SLOTS];
+	int fds[PT_MAX_REG_FDS];
+};
+
+static int track_vm(struct svc *s, const struct reg_req *r, uint32_t *vm)
 {
 	struct pt_slot_cfg slots[PT_MAX_REG_SLOTS];
-	const struct pt_register *r = m->reg;
 	bool existed;
 	int err;
 
-	for (uint32_t i = 0; i < m->count; i++)
-		slots[i] = (struct pt_slot_cfg){ m->slots[i].gpa, m->slots[i].size, m->slots[i].id,
-						 m->slots[i].flags & PT_REG_SLOT_LOGGED };
-	err = pt_vm_track(s->t, r->vmm_pid, slots, m->count,
+	for (uint32_t i = 0; i < r->nslots; i++)
+		slots[i] = (struct pt_slot_cfg){ r->slots[i].gpa, r->slots[i].size, r->slots[i].id,
+						 r->slots[i].flags & PT_REG_SLOT_LOGGED };
+	err = pt_vm_track(s->t, r->vmm_pid, slots, r->nslots,
 			  (uint64_t)s->live.learn_mb * 1024 * 1024 * 8, vm, &existed);
 	if (err == -ENOSPC)
 		return -PT_E_BUSY;
@@ -237,22 +250,22 @@ static bool vmm_alive(struct svc *s, uint32_t vm)
 }
 
 /* Same memory map as the one already tracked (a reconnect), or a different VM config? */
-static bool same_slots(struct svc *s, uint32_t vm, const struct pt_msg *m)
+static bool same_slots(struct svc *s, uint32_t vm, const struct reg_req *r)
 {
 	struct pt_vm_slots sl;
 
 	if (pt_vm(s->t, vm)->flags & PT_VM_LEARN_SLOTS)
-		return !m->count;
-	if (pt_vm_slots_get(s->t, vm, &sl) || sl.nslots != m->count)
+		return !r->nslots;
+	if (pt_vm_slots_get(s->t, vm, &sl) || sl.nslots != r->nslots)
 		return false;
 	/* A slot BPF dropped (moved, deleted) or whose logging differs is another map too. */
-	for (uint32_t i = 0; i < m->count; i++)
-		if (sl.slots[i].id != m->slots[i].id ||
-		    sl.slots[i].base_gfn != m->slots[i].gpa >> 12 ||
-		    sl.slots[i].npages != m->slots[i].size >> 12 ||
+	for (uint32_t i = 0; i < r->nslots; i++)
+		if (sl.slots[i].id != r->slots[i].id ||
+		    sl.slots[i].base_gfn != r->slots[i].gpa >> 12 ||
+		    sl.slots[i].npages != r->slots[i].size >> 12 ||
 		    !(sl.slots[i].flags & PT_SLOT_VALID) ||
 		    !(sl.slots[i].flags & PT_SLOT_NOLOG) !=
-			    !!(m->slots[i].flags & PT_REG_SLOT_LOGGED))
+			    !!(r->slots[i].flags & PT_REG_SLOT_LOGGED))
 			return false;
 	return true;
 }
@@ -272,66 +285,129 @@ static bool vmm_visible(struct svc *s, uint32_t pid)
 	return !stat(path, &st) && st.st_ino == s->t->pidns_ino;
 }
 
-static void on_register(struct svc *s, struct pt_conn *c, const struct pt_msg *m)
+static void on_register(struct svc *s, struct pt_conn *c, const struct reg_req *r)
 {
-	const struct pt_register *r = m->reg;
-	bool tracked = pt_coverage_tracked(&s->cov, r->dirty_mode) && vmm_visible(s, r->vmm_pid);
+	bool tracked = pt_coverage_tracked(&s->cov, r->mode) && vmm_visible(s, r->vmm_pid);
 	struct pt_vmctx *ctx;
 	uint64_t start;
 	uint32_t vm;
 	int err;
 
 	if (bound_vm(s, c)) {
-		reply_err(s, c, m->seq, -PT_E_STATE, "register: this connection has a VM");
+		reply_err(s, c, r->seq, -PT_E_STATE, "register: this connection has a VM");
 		return;
 	}
 	err = may_register(pt_conn_peer(c), r->vmm_pid);
 	if (err) {
-		reply_err(s, c, m->seq, err,
+		reply_err(s, c, r->seq, err,
 			  err == -PT_E_PERM ? "register: not your VM"
 					    : "register: no such VMM process");
 		return;
 	}
 	if (proc_start_time(r->vmm_pid, &start)) {
-		reply_err(s, c, m->seq, -PT_E_BAD_FIELD, "register: no such VMM process");
+		reply_err(s, c, r->seq, -PT_E_BAD_FIELD, "register: no such VMM process");
 		return;
 	}
 	/* A VM tracked under this pid that is not this process (the pid was reused), or with
 	 * another memory map: its state says nothing about this VM. Start afresh. */
 	if (!pt_vm_find(s->t, r->vmm_pid, &vm) &&
-	    (pt_vm(s->t, vm)->start_time != start || !same_slots(s, vm, m)))
+	    (pt_vm(s->t, vm)->start_time != start || !same_slots(s, vm, r)))
 		release_vm(s, vm,
 			   pt_vm(s->t, vm)->start_time != start
 				   ? "pid reused by another process"
 				   : "registered again with another memory map");
-	err = track_vm(s, m, &vm);
+	err = track_vm(s, r, &vm);
 	if (err) {
-		reply_err(s, c, m->seq, err, "register");
+		reply_err(s, c, r->seq, err, "register");
 		return;
 	}
 	pt_vm(s->t, vm)->start_time = start;
 	ctx = s->vms[vm];
 	if (!ctx) {
-		err = pt_vmctx_new(&ctx, s->t, vm, r->vmm_pid, r->dirty_mode, tracked);
+		err = pt_vmctx_new(&ctx, s->t, vm, r->vmm_pid, r->mode, tracked);
 		if (err) {
 			pt_vm_untrack(s->t, vm);
-			reply_err(s, c, m->seq, -PT_E_BUSY, "register: out of memory");
+			reply_err(s, c, r->seq, -PT_E_BUSY, "register: out of memory");
 			return;
 		}
 		s->vms[vm] = ctx;
 		s->gen[vm]++;
 	}
-	ctx->mode = r->dirty_mode;
+	ctx->mode = r->mode;
 	ctx->mode_tracked = tracked;
 	s->owner[vm] = pt_conn_id(c);
 	bind_conn(s, c, vm);
 	if (!tracked)
 		pt_warn("VM %u (pid %u): BPF does not see its writes (%s dirty logging%s): every "
 			"verdict will be keep",
-			vm, r->vmm_pid, r->dirty_mode == PT_DIRTY_RING ? "dirty-ring" : "bitmap",
+			vm, r->vmm_pid, r->mode == PT_DIRTY_RING ? "dirty-ring" : "bitmap",
 			vmm_visible(s, r->vmm_pid) ? "" : ", VMM in another PID namespace");
 	/* Coverage: 0 when every write path is observed, else why every verdict will be keep. */
-	reply_ack(s, c, m->seq, vm, tracked ? 0 : PT_WHY_UNTRACKED, 0);
+	reply_ack(s, c, r->seq, vm, tracked ? 0 : PT_WHY_UNTRACKED, 0);
+}
+
+static void reg_from_v1(struct reg_req *r, const struct pt_msg *m)
+{
+	memset(r, 0, sizeof(*r));
+	r->seq = m->seq;
+	r->vmm_pid = m->reg->vmm_pid;
+	r->mode = m->reg->dirty_mode;
+	r->nslots = m->count;
+	memcpy(r->slots, m->slots, m->count * sizeof(r->slots[0]));
+}
+
+/* REGISTER2's fields, and the descriptors that came with it. 0 or -PT_E_*. */
+static int reg_from_v2(struct reg_req *r, struct pt_conn *c, const struct pt_msg *m)
+{
+	const struct pt_register2 *r2 = m->reg2;
+
+	memset(r, 0, sizeof(*r));
+	r->seq = m->seq;
+	r->vmm_pid = r2->vmm_pid;
+	r->mode = r2->mode;
+	r->nslots = m->count;
+	r->resume = r2->resume;
+	for (uint32_t i = 0; i < m->count; i++) {
+		const struct pt_reg_slot2 *sl = &m->slots2[i];
+
+		r->slots[i] = (struct pt_reg_slot){ sl->gpa, sl->size, sl->id, sl->flags };
+		r->hva[i] = sl->hva;
+	}
+	r->nfds = pt_conn_take_fds(c, r->fds, r2->nfds);
+	return r->nfds == r2->nfds ? 0 : -PT_E_BAD_FIELD;
+}
+
+static void reg_close_fds(struct reg_req *r)
+{
+	while (r->nfds)
+		close(r->fds[--r->nfds]);
+}
+
+/*
+ * The userfaultfd write-protect write log (PT_TRACK_UFFD) is a backend of its own; until this
+ * service has it, such a REGISTER2 is refused rather than tracked by a log that cannot see its
+ * writes.
+ */
+static void on_register_uffd(struct svc *s, struct pt_conn *c, struct reg_req *r)
+{
+	reply_err(s, c, r->seq, -PT_E_BAD_FIELD, "register: userfaultfd mode not supported");
+}
+
+static void on_register2(struct svc *s, struct pt_conn *c, const struct pt_msg *m)
+{
+	struct reg_req r;
+
+	if (reg_from_v2(&r, c, m)) {
+		reply_err(s, c, m->seq, -PT_E_BAD_FIELD,
+			  "register: fewer descriptors arrived than nfds announced");
+	} else if (r.mode == PT_TRACK_UFFD) {
+		on_register_uffd(s, c, &r);
+	} else if (!pt_fd_is_anon(r.fds[0], "kvm-vm")) {
+		reply_err(s, c, m->seq, -PT_E_BAD_FIELD, "register: descriptor 0 is not a KVM VM");
+	} else {
+		on_register(s, c, &r);
+	}
+	reg_close_fds(&r);
 }
 
 /* --- the other requests --------------------------------------------------------------------- */
@@ -521,7 +597,14 @@ static void dispatch(struct svc *s, struct pt_conn *c, const struct pt_msg *m)
 		return;
 	}
 	if (m->type == PT_MSG_REGISTER) {
-		on_register(s, c, m);
+		struct reg_req r;
+
+		reg_from_v1(&r, m);
+		on_register(s, c, &r);
+		return;
+	}
+	if (m->type == PT_MSG_REGISTER2) {
+		on_register2(s, c, m);
 		return;
 	}
 	ctx = bound_vm(s, c);

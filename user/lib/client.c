@@ -44,6 +44,7 @@ struct pt_client {
 	int broken; /* sticky negative errno: the connection cannot be trusted any more */
 	uint32_t next_seq;
 	uint64_t coverage;
+	uint64_t token; /* of the last registration */
 
 	struct pt_framer fr;
 	uint8_t *rbuf; /* 8-aligned, so whole frames are parsed in place */
@@ -514,9 +515,100 @@ int pt_client_register(struct pt_client *c, uint32_t vmm_pid, enum pt_dirty_mode
 	if (err)
 		return err;
 	c->coverage = w.ack.pages;
+	c->token = w.ack.token;
 	if (handle)
 		*handle = w.ack.value32;
 	return 0;
+}
+
+/*
+ * Sends @frame with @fds attached to its first byte, after everything queued before it, so
+ * that the service finds the descriptors when it reads this frame. A partial send queues the
+ * rest normally: the descriptors went with the first byte.
+ */
+static int send_with_fds(struct pt_client *c, const uint8_t *frame, size_t len, const int *fds,
+			 uint32_t nfds)
+{
+	char ctl[CMSG_SPACE(PT_MAX_REG_FDS * sizeof(int))] __attribute__((aligned(8)));
+	struct iovec iov = { (void *)frame, len };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+	struct cmsghdr *cm;
+	ssize_t n;
+	int err;
+
+	if (!nfds || nfds > PT_MAX_REG_FDS)
+		return -EINVAL;
+	seal_hint(c);
+	while (pt_client_want_write(c)) {
+		struct pollfd pfd = { .fd = c->fd, .events = POLLOUT };
+
+		err = pt_client_flush(c);
+		if (err && err != -EAGAIN)
+			return err;
+		if (err && poll(&pfd, 1, c->timeout_ms) <= 0)
+			return fail(c, -ETIMEDOUT, "timed out sending");
+	}
+	memset(ctl, 0, sizeof(ctl));
+	mh.msg_control = ctl;
+	mh.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
+	cm = CMSG_FIRSTHDR(&mh);
+	cm->cmsg_level = SOL_SOCKET;
+	cm->cmsg_type = SCM_RIGHTS;
+	cm->cmsg_len = CMSG_LEN(nfds * sizeof(int));
+	memcpy(CMSG_DATA(cm), fds, nfds * sizeof(int));
+	do
+		n = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
+	while (n < 0 && errno == EINTR);
+	if (n <= 0) /* a nonblocking socket with an empty queue takes at least a byte */
+		return fail(c, n < 0 ? -errno : -EIO, "sendmsg failed");
+	err = wreserve(c, len - n);
+	if (err)
+		return err;
+	memcpy(c->wbuf + c->wlen, frame + n, len - n);
+	c->wlen += len - n;
+	return 0;
+}
+
+int pt_client_register2(struct pt_client *c, const struct pt_client_reg *reg, uint32_t *handle)
+{
+	struct pt_register2 r = { .vmm_pid = reg->vmm_pid ? reg->vmm_pid : (uint32_t)getpid(),
+				  .mode = reg->mode,
+				  .nslots = reg->nslots,
+				  .nfds = reg->nfds,
+				  .resume = reg->resume };
+	uint8_t buf[sizeof(struct pt_hdr) + sizeof(r) +
+		    PT_MAX_REG_SLOTS * sizeof(struct pt_reg_slot2)] __attribute__((aligned(8)));
+	struct waiter w = { .want = PT_MSG_ACK };
+	size_t len;
+	int err;
+
+	if (c->broken)
+		return c->broken;
+	if (reg->nslots > PT_MAX_REG_SLOTS)
+		return -E2BIG;
+	len = pt_build_register2(buf, sizeof(buf), c->next_seq++, &r, reg->slots);
+	if (!len)
+		return -EMSGSIZE;
+	memcpy(&w.seq, buf + offsetof(struct pt_hdr, seq), sizeof(w.seq));
+	err = send_with_fds(c, buf, len, reg->fds, reg->nfds);
+	if (err)
+		return err;
+	c->w = &w;
+	err = run_until(c, waiter_done);
+	c->w = NULL;
+	err = err ? err : w.err;
+	if (err)
+		return err;
+	c->coverage = w.ack.pages;
+	c->token = w.ack.token;
+	if (handle)
+		*handle = w.ack.value32;
+	return 0;
+}
+
+uint64_t pt_client_token(const struct pt_client *c)
+{
+	return c->token;
 }
 
 uint64_t pt_client_coverage(const struct pt_client *c)

@@ -55,6 +55,8 @@ static const struct pt_len_rule len_rules[] = {
 	[PT_MSG_WR_READ] = RULE(sizeof(struct pt_report), sizeof(struct pt_range), NOLIMIT),
 	[PT_MSG_PING] = RULE(0, 0, 0),
 	[PT_MSG_WRITTEN] = RULE(sizeof(struct pt_report), sizeof(struct pt_range), NOLIMIT),
+	[PT_MSG_REGISTER2] =
+		RULE(sizeof(struct pt_register2), sizeof(struct pt_reg_slot2), PT_MAX_REG_SLOTS),
 	[PT_MSG_ACK] = RULE(sizeof(struct pt_ack), 0, 0),
 	[PT_MSG_VERDICT] = RULE(sizeof(struct pt_verdict), sizeof(struct pt_range), NOLIMIT),
 	[PT_MSG_ERROR] = RULE(sizeof(struct pt_error), 1, NOLIMIT),
@@ -205,6 +207,51 @@ static int parse_register(struct pt_msg *m)
 	return slots_check(m->slots, m->count);
 }
 
+/* The v1 checks on each slot's KVM part, plus: hva given exactly in the userfaultfd mode,
+ * page aligned, not wrapping, and no two slots sharing host memory. */
+static int slots2_check(const struct pt_reg_slot2 *s, uint32_t n, bool uffd)
+{
+	for (uint32_t i = 0; i < n; i++) {
+		struct pt_reg_slot v1 = { s[i].gpa, s[i].size, s[i].id, s[i].flags };
+		int err = slots_check(&v1, 1);
+
+		if (err)
+			return err;
+		if (!uffd && s[i].hva)
+			return -PT_E_BAD_FIELD;
+		if (uffd &&
+		    (!s[i].hva || s[i].hva % PT_PROTO_PAGE || s[i].hva + s[i].size < s[i].hva))
+			return -PT_E_BAD_RANGE;
+		for (uint32_t j = 0; j < i; j++) {
+			if (s[i].id == s[j].id)
+				return -PT_E_BAD_FIELD;
+			if (s[i].id >> 16 == s[j].id >> 16 && s[i].gpa < s[j].gpa + s[j].size &&
+			    s[j].gpa < s[i].gpa + s[i].size)
+				return -PT_E_BAD_RANGE;
+			if (uffd && s[i].hva < s[j].hva + s[j].size &&
+			    s[j].hva < s[i].hva + s[i].size)
+				return -PT_E_BAD_RANGE;
+		}
+	}
+	return 0;
+}
+
+static int parse_register2(struct pt_msg *m)
+{
+	const struct pt_register2 *reg = m->reg2;
+	bool uffd = reg->mode == PT_TRACK_UFFD;
+
+	if (reg->nslots != entries(m))
+		return -PT_E_BAD_LENGTH;
+	if (!reg->vmm_pid || reg->flags || reg->pad || reg->mode > PT_TRACK_UFFD)
+		return -PT_E_BAD_FIELD;
+	if (uffd ? reg->nfds < 2 || reg->nfds > 3 || !reg->nslots : reg->nfds != 1)
+		return -PT_E_BAD_FIELD;
+	m->count = reg->nslots;
+	m->slots2 = (const struct pt_reg_slot2 *)(reg + 1);
+	return slots2_check(m->slots2, m->count, uffd);
+}
+
 static int parse_cmd(struct pt_msg *m)
 {
 	int err = cmd_id_check(m->cmd->cmd_id);
@@ -311,6 +358,8 @@ int pt_frame_parse(const struct pt_hdr *h, const void *payload, struct pt_msg *o
 	switch (h->type) {
 	case PT_MSG_REGISTER:
 		return parse_register(out);
+	case PT_MSG_REGISTER2:
+		return parse_register2(out);
 	case PT_MSG_ARM:
 	case PT_MSG_STOP:
 	case PT_MSG_DONE:
@@ -382,6 +431,7 @@ static const char *const type_strs[] = {
 	[PT_MSG_WR_READ] = "WR_READ",
 	[PT_MSG_PING] = "PING",
 	[PT_MSG_WRITTEN] = "WRITTEN",
+	[PT_MSG_REGISTER2] = "REGISTER2",
 	[PT_MSG_ACK] = "ACK",
 	[PT_MSG_VERDICT] = "VERDICT",
 	[PT_MSG_ERROR] = "ERROR",
@@ -442,6 +492,13 @@ size_t pt_build_register(void *buf, size_t cap, uint32_t seq, uint32_t vmm_pid, 
 	struct pt_register r = { .vmm_pid = vmm_pid, .dirty_mode = dirty_mode, .nslots = nslots };
 
 	return build(buf, cap, PT_MSG_REGISTER, 0, seq, &r, sizeof(r), slots, nslots,
+		     sizeof(*slots));
+}
+
+size_t pt_build_register2(void *buf, size_t cap, uint32_t seq, const struct pt_register2 *r,
+			  const struct pt_reg_slot2 *slots)
+{
+	return build(buf, cap, PT_MSG_REGISTER2, 0, seq, r, sizeof(*r), slots, r->nslots,
 		     sizeof(*slots));
 }
 

@@ -48,6 +48,7 @@ struct pt_msg {
 	union {
 		const void *body; /* the fixed part of the payload, NULL for empty payloads */
 		const struct pt_register *reg;
+		const struct pt_register2 *reg2;
 		const struct pt_cmd *cmd;
 		const struct pt_hint *hint;
 		const struct pt_query *query;
@@ -57,8 +58,9 @@ struct pt_msg {
 		const struct pt_error *error;
 		const struct pt_wr_caps *caps;
 	};
-	const struct pt_reg_slot *slots; /* REGISTER */
-	const char *reason;		 /* ERROR: not NUL-terminated */
+	const struct pt_reg_slot *slots;   /* REGISTER */
+	const struct pt_reg_slot2 *slots2; /* REGISTER2 */
+	const char *reason;		   /* ERROR: not NUL-terminated */
 	uint32_t reason_len;
 };
 
@@ -87,6 +89,9 @@ size_t pt_encode_hdr(void *buf, size_t cap, unsigned int type, unsigned int flag
 		     uint32_t seq);
 size_t pt_build_register(void *buf, size_t cap, uint32_t seq, uint32_t vmm_pid, uint32_t dirty_mode,
 			 const struct pt_reg_slot *slots, uint32_t nslots);
+/* @r->nslots entries from @slots */
+size_t pt_build_register2(void *buf, size_t cap, uint32_t seq, const struct pt_register2 *r,
+			  const struct pt_reg_slot2 *slots);
 /* ARM, STOP or DONE */
 size_t pt_build_cmd(void *buf, size_t cap, unsigned int type, uint32_t seq, uint32_t cmd_id);
 size_t pt_build_hint(void *buf, size_t cap, uint32_t seq, uint32_t cmd_id,

@@ -1,0 +1,263 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * For tests that talk to the real service: one private pagetrackd per test binary (its own
+ * socket, pin directory and run directory, see user/tools/spawn.h), stopped and unpinned at
+ * exit or when the runner's timeout kills the binary; and raw-socket helpers that send exact
+ * frames and check exact replies. Include once per binary, after t.h.
+ */
+#ifndef PT_TESTS_SVC_H
+#define PT_TESTS_SVC_H
+
+#include <errno.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/un.h>
+
+#include <pagetrack/client.h>
+
+#include "lib/proto.h"
+#include "tools/spawn.h"
+
+/* --- the one service of this binary ------------------------------------------------------ */
+
+static struct pt_spawned svc;
+static int svc_state; /* 0 not tried, 1 up, -1 failed */
+static pid_t svc_owner;
+
+static inline void svc_stop(void)
+{
+	if (svc_state == 1 && getpid() == svc_owner)
+		pt_spawn_stop(&svc, SIGTERM);
+	svc_state = 0;
+}
+
+/* Killed (tests/run.sh's timeout): do not leave the service's pins behind. */
+static inline void svc_on_signal(int sig)
+{
+	if (getpid() == svc_owner && svc_state == 1)
+		pt_spawn_stop(&svc, SIGKILL);
+	signal(sig, SIG_DFL);
+	raise(sig);
+}
+
+/* Starts the service on first use; T_SKIP (with a reason) where it cannot run. */
+static inline int need_service(void)
+{
+	T_REQUIRE(t_need_bpf());
+	if (svc_state == 0) {
+		int err = pt_spawn_service(&svc, NULL, "tsvc", NULL);
+
+		svc_state = err ? -1 : 1;
+		if (err)
+			fprintf(stderr, "  cannot start pagetrackd: %s\n", strerror(-err));
+		svc_owner = getpid();
+		atexit(svc_stop);
+		signal(SIGTERM, svc_on_signal);
+		signal(SIGINT, svc_on_signal);
+	}
+	if (svc_state < 0)
+		return t_skip("pagetrackd did not start");
+	if (kill(svc.pid, 0))
+		return -1;
+	return 0;
+}
+
+static inline struct pt_client *connect_svc(void)
+{
+	struct pt_client *c = pt_client_connect(svc.socket);
+
+	if (c)
+		pt_client_set_timeout(c, 20000);
+	return c;
+}
+
+/* The service's status.json, or "" (it is rewritten every tick). */
+static inline const char *status_json(char *buf, size_t cap)
+{
+	char path[256];
+	FILE *f;
+	size_t n = 0;
+
+	snprintf(path, sizeof(path), "%s/status.json", svc.dir);
+	f = fopen(path, "r");
+	if (f) {
+		n = fread(buf, 1, cap - 1, f);
+		fclose(f);
+	}
+	buf[n] = 0;
+	return buf;
+}
+
+/* A numeric field of status.json ("errors", "bad_frames", ...), or -1. */
+static inline long long status_num(const char *key)
+{
+	static char buf[65536];
+	char pat[64];
+	const char *p;
+
+	snprintf(pat, sizeof(pat), "\"%s\": ", key);
+	p = strstr(status_json(buf, sizeof(buf)), pat);
+	return p ? strtoll(p + strlen(pat), NULL, 10) : -1;
+}
+
+static inline bool ring_tracked(void)
+{
+	static char buf[65536];
+
+	return strstr(status_json(buf, sizeof(buf)), "\"dirty-ring\": \"tracked\"") != NULL;
+}
+
+static inline bool bitmap_tracked(void)
+{
+	static char buf[65536];
+
+	return strstr(status_json(buf, sizeof(buf)), "\"bitmap\": \"tracked\"") != NULL;
+}
+
+/* --- raw sockets ------------------------------------------------------------------------- */
+
+static inline int raw_connect(void)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct timeval tv = { 10, 0 };
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	if (fd < 0 || strlen(svc.socket) >= sizeof(sa.sun_path))
+		return -1;
+	memcpy(sa.sun_path, svc.socket, strlen(svc.socket) + 1);
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa))) {
+		close(fd);
+		return -1;
+	}
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	return fd;
+}
+
+static inline int raw_send(int fd, const void *p, size_t n)
+{
+	const uint8_t *b = p;
+
+	while (n) {
+		ssize_t k = send(fd, b, n, MSG_NOSIGNAL);
+
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			return -1;
+		b += k;
+		n -= (size_t)k;
+	}
+	return 0;
+}
+
+/* Reads exactly n bytes: n, fewer at EOF, -1 on error or timeout. */
+static inline ssize_t read_full(int fd, void *p, size_t n)
+{
+	size_t got = 0;
+
+	while (got < n) {
+		ssize_t k = recv(fd, (uint8_t *)p + got, n - got, 0);
+
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0)
+			return -1;
+		if (k == 0)
+			break;
+		got += (size_t)k;
+	}
+	return (ssize_t)got;
+}
+
+/* Payload buffer for replies; 8-aligned so pt_frame_parse() can read it in place. */
+static uint64_t rx_store[(PT_MAX_PAYLOAD + 64) / 8];
+
+/* One reply frame, parsed: 1, 0 at EOF, -1 on timeout/garbage. */
+static inline int raw_recv(int fd, struct pt_hdr *h, struct pt_msg *m)
+{
+	ssize_t n = read_full(fd, h, sizeof(*h));
+
+	if (n == 0)
+		return 0;
+	if (n != sizeof(*h) || pt_hdr_check(h) || !pt_type_is_reply(h->type))
+		return -1;
+	if (h->len && read_full(fd, rx_store, h->len) != (ssize_t)h->len)
+		return -1;
+	return pt_frame_parse(h, h->len ? rx_store : NULL, m) ? -1 : 1;
+}
+
+/* The next frame must be ERROR `code` for request `seq`. 0 or -1 (with a message). */
+static inline int expect_error(int fd, uint32_t seq, int code, int line)
+{
+	struct pt_hdr h;
+	struct pt_msg m;
+	int rc = raw_recv(fd, &h, &m);
+
+	if (rc != 1 || m.type != PT_MSG_ERROR) {
+		fprintf(stderr, "  line %d: seq %u: wanted ERROR %s, got %s\n", line, seq,
+			pt_err_str(code),
+			rc == 1	  ? pt_msg_type_str(m.type)
+			: rc == 0 ? "EOF"
+				  : "nothing");
+		return -1;
+	}
+	if (m.error->code != (uint32_t)code || m.error->bad_seq != seq || h.seq != seq) {
+		fprintf(stderr,
+			"  line %d: wanted ERROR %s for seq %u, got %s bad_seq %u seq %u: %.*s\n",
+			line, pt_err_str(code), seq, pt_err_str(m.error->code), m.error->bad_seq,
+			h.seq, (int)m.reason_len, m.reason);
+		return -1;
+	}
+	return 0;
+}
+#define EXPECT_ERROR(fd, seq, code) CHECK(expect_error((fd), (seq), (code), __LINE__) == 0)
+
+/* The next frame must be an ACK for `seq`; copied to *ack if not NULL. */
+static inline int expect_ack(int fd, uint32_t seq, struct pt_ack *ack, int line)
+{
+	struct pt_hdr h;
+	struct pt_msg m;
+	int rc = raw_recv(fd, &h, &m);
+
+	if (rc != 1 || m.type != PT_MSG_ACK || h.seq != seq) {
+		fprintf(stderr, "  line %d: seq %u: wanted ACK, got %s (seq %u)", line, seq,
+			rc == 1	  ? pt_msg_type_str(m.type)
+			: rc == 0 ? "EOF"
+				  : "nothing",
+			h.seq);
+		if (rc == 1 && m.type == PT_MSG_ERROR)
+			fprintf(stderr, ": %s: %.*s", pt_err_str(m.error->code), (int)m.reason_len,
+				m.reason);
+		fprintf(stderr, "\n");
+		return -1;
+	}
+	if (ack)
+		*ack = *m.ack;
+	return 0;
+}
+#define EXPECT_ACK(fd, seq, ack) CHECK(expect_ack((fd), (seq), (ack), __LINE__) == 0)
+
+/* The service closed the connection: EOF (not a timeout, not another frame). */
+static inline bool raw_eof(int fd)
+{
+	uint8_t b;
+
+	return recv(fd, &b, 1, 0) == 0;
+}
+
+static uint8_t tx[PT_MAX_FRAME + 64] __attribute__((aligned(8)));
+
+static inline int raw_ping(int fd, uint32_t seq)
+{
+	size_t n = pt_build_empty(tx, sizeof(tx), PT_MSG_PING, seq);
+
+	if (raw_send(fd, tx, n))
+		return -1;
+	return expect_ack(fd, seq, NULL, __LINE__);
+}
+
+#endif
