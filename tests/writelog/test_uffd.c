@@ -276,10 +276,10 @@ static int unregistered_behind_back(void)
 	bits = NULL;
 	if (uc_cmd(&c, UC_UNREGISTER, 0, 0))
 		goto out;
-	if (read_all(u, &c, &bits) != -EPERM || doubt_is(u, PT_WHY_UNTRACKED, PT_UFFD_LOST))
+	if (read_all(u, &c, &bits) != -EPERM || doubt_is(u, PT_WHY_UFFD_LOST, PT_UFFD_LOST))
 		goto out;
 	/* A new arm cannot protect what is not registered: the doubt stays. */
-	if (!pt_uffd_arm(u) || doubt_is(u, PT_WHY_UNTRACKED | PT_WHY_NO_SYNC, PT_UFFD_LOST))
+	if (!pt_uffd_arm(u) || doubt_is(u, PT_WHY_UFFD_LOST | PT_WHY_NO_SYNC, PT_UFFD_LOST))
 		goto out;
 	rc = 0;
 out:
@@ -315,7 +315,7 @@ static int unmapped_memory(void)
 	/* Memory mapped again there, not registered: the uffd lost it. */
 	if (uc_cmd(&c, UC_REMAP, 100, 4) || !pt_uffd_arm(u) ||
 	    pt_uffd_read(u, &hole, 1, bits) != -EPERM ||
-	    doubt_is(u, PT_WHY_UNTRACKED, PT_UFFD_LOST))
+	    doubt_is(u, PT_WHY_UFFD_LOST, PT_UFFD_LOST))
 		goto out;
 	rc = 0;
 out:
@@ -588,7 +588,7 @@ static int bpf_adapter(void)
 	struct pt_gfn_range r[2] = { { 0, 256 }, { (1ull << 32) / 4096 + 10, 2 } };
 	struct pt_tracker *t = NULL;
 	struct pt_wlog *l = NULL;
-	uint64_t bits[8] = { 0 };
+	uint64_t bits[8] = { 0 }, prev[8] = { 0 };
 	uint32_t vm;
 	bool existed;
 	int rc = -1;
@@ -610,7 +610,10 @@ static int bpf_adapter(void)
 	if (pt_wlog_read(l, r, 2, bits) != -ENOENT || bits[0])
 		goto out;
 	r[1].gfn = (1ull << 32) / 4096;
-	if (pt_wlog_arm(l) || pt_wlog_read(l, r, 2, bits) || bits[0] || bits[4])
+	/* The arm hands over the ending epoch's pages, all of them, as it clears them. */
+	if (pt_wlog_arm(l, prev) || prev[0] != 0x18 || prev[4] != 1ull << 11 ||
+	    prev[5] != 1ull << 36 || pt_wlog_pages(l) != 512 || pt_wlog_read(l, r, 2, bits) ||
+	    bits[0] || bits[4])
 		goto out;
 	pt_vm_taint(t, vm, PT_TAINT_USER);
 	if (pt_wlog_doubt(l, NULL, 0) != PT_WHY_TAINTED)
@@ -639,7 +642,7 @@ static int uffd_wlog_iface(void)
 	l = pt_uffd_wlog(u);
 	if (pt_wlog_doubt(l, why, sizeof(why)) != PT_WHY_NO_SYNC || strcmp(why, "not-armed"))
 		goto out;
-	if (pt_wlog_arm(l) || uc_write(&c, &p, 1) || pt_wlog_read(l, &r, 1, bits) ||
+	if (pt_wlog_arm(l, NULL) || uc_write(&c, &p, 1) || pt_wlog_read(l, &r, 1, bits) ||
 	    bits[0] != 32 || pt_wlog_doubt(l, why, sizeof(why)) || strcmp(l->ops->name, "uffd"))
 		goto out;
 	pt_wlog_destroy(l);

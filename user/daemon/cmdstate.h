@@ -23,6 +23,7 @@
 #include <stdint.h>
 
 #include "pagetrack/proto.h"
+#include "writelog/backend.h"
 #include "writelog/vmlog.h"
 
 enum pt_cmd_state {
@@ -59,6 +60,9 @@ struct pt_vmctx {
 	uint32_t last_slot; /* index of the slot the last range fell in */
 	bool early;	    /* pages were hinted/reported before this epoch's sync */
 	bool slots_valid;
+	/* PT_TRACK_UFFD: the write log feeding the log words and answering doubt (wlog_feed.h);
+	 * owned (freed with the context). NULL: the BPF log alone. */
+	struct pt_wlog *wlog;
 	struct pt_vm_counters n;
 };
 

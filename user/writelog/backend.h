@@ -3,6 +3,10 @@
  * One interface for any write log, so the reconciler does not care which one fed it.
  *
  *   arm    start an epoch: from its return on, every write to the VM's memory is logged.
+ *          Optionally ORs into `prev` every page written in the ending epoch, atomically with
+ *          forgetting it (a caller that keeps pages across epochs, like reported or inflated
+ *          ones, must see every write of the old epoch: a read-then-arm would lose one that
+ *          lands in between).
  *   read   OR the pages written since the arm, over the given guest-frame ranges, into a
  *          bitmap indexed by log page (a slot's pages are consecutive from its bit_off: the
  *          layout of struct pt_vm_slots, which both implementations share).
@@ -31,11 +35,12 @@ struct pt_wlog;
 
 struct pt_wlog_ops {
 	const char *name;
-	int (*arm)(struct pt_wlog *l);
+	int (*arm)(struct pt_wlog *l, uint64_t *prev); /* prev may be NULL */
 	/* -ENOENT if a range leaves the known slots (nothing is ORed then); other errors mean
 	 * the log could not be read: doubt() says why. */
 	int (*read)(struct pt_wlog *l, const struct pt_gfn_range *r, size_t n, uint64_t *bits);
 	uint32_t (*doubt)(struct pt_wlog *l, char *text, size_t len);
+	uint64_t (*pages)(struct pt_wlog *l); /* log pages: the bitmaps' size in bits */
 	void (*destroy)(struct pt_wlog *l);
 };
 
@@ -43,9 +48,14 @@ struct pt_wlog {
 	const struct pt_wlog_ops *ops;
 };
 
-static inline int pt_wlog_arm(struct pt_wlog *l)
+static inline int pt_wlog_arm(struct pt_wlog *l, uint64_t *prev)
 {
-	return l->ops->arm(l);
+	return l->ops->arm(l, prev);
+}
+
+static inline uint64_t pt_wlog_pages(struct pt_wlog *l)
+{
+	return l->ops->pages(l);
 }
 
 static inline int pt_wlog_read(struct pt_wlog *l, const struct pt_gfn_range *r, size_t n,

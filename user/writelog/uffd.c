@@ -9,6 +9,7 @@
 #include <sys/statfs.h>
 
 #include "pagetrack/proto.h"
+#include "shared/fdlink.h"
 #include "shared/log.h"
 #include "uffd.h"
 #include "uffd_abi.h"
@@ -81,6 +82,10 @@ static int fail(struct pt_uffd *u, int err, bool scan)
 			scan ? "PAGEMAP_SCAN" : "UFFDIO_WRITEPROTECT", strerror(err));
 	u->detail |= d;
 	u->st.last_errno = err;
+	/* The page tables may hold writes nobody read: the next arm protects everything and
+	 * counts every page as written in the ending epoch. */
+	if (d & (PT_UFFD_LOST | PT_UFFD_SCAN_FAILED | PT_UFFD_VMM_GONE))
+		u->state_unknown = true;
 	return -err;
 }
 
@@ -422,6 +427,8 @@ uint32_t pt_uffd_doubt(struct pt_uffd *u, uint32_t *detail)
 	if (d & PT_UFFD_NOT_ARMED)
 		why |= PT_WHY_NO_SYNC;
 	if (d & (PT_UFFD_LOST | PT_UFFD_NO_SCAN | PT_UFFD_VMM_GONE))
+		why |= PT_WHY_UFFD_LOST;
+	if (d & PT_UFFD_NO_SCAN)
 		why |= PT_WHY_UNTRACKED;
 	if (d & PT_UFFD_UNMAPPED)
 		why |= PT_WHY_UNKNOWN_MEM;
@@ -450,19 +457,6 @@ const char *pt_uffd_doubt_str(uint32_t detail, int err, char *buf, size_t len)
 
 /* --- validation and setup ---------------------------------------------------------------- */
 
-static int fd_link(int fd, char *buf, size_t len)
-{
-	char path[64];
-	ssize_t n;
-
-	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
-	n = readlink(path, buf, len - 1);
-	if (n < 0)
-		return -errno;
-	buf[n] = 0;
-	return 0;
-}
-
 #define ERR(code, ...)                              \
 	do {                                        \
 		snprintf(err, errlen, __VA_ARGS__); \
@@ -477,9 +471,9 @@ static int check_fds(int uffd, int pm, uint32_t pid, char *err, size_t errlen)
 	unsigned other;
 	int end = 0;
 
-	if (fd_link(uffd, link, sizeof(link)) || strcmp(link, "anon_inode:[userfaultfd]"))
+	if (!pt_fd_is_anon(uffd, "[userfaultfd]"))
 		ERR(-EBADF, "the uffd is not a userfaultfd");
-	if (fstatfs(pm, &fs) || fs.f_type != PROC_SUPER_MAGIC || fd_link(pm, link, sizeof(link)))
+	if (fstatfs(pm, &fs) || fs.f_type != PROC_SUPER_MAGIC || pt_fd_link(pm, link, sizeof(link)))
 		ERR(-EBADF, "the pagemap fd is not a /proc/PID/pagemap file");
 	snprintf(want, sizeof(want), "/proc/%u/pagemap", pid);
 	if (!strcmp(link, want))
@@ -555,9 +549,14 @@ static int uffd_wlog_read(struct pt_wlog *l, const struct pt_gfn_range *r, size_
 	return pt_uffd_read((struct pt_uffd *)l, r, n, bits);
 }
 
-static int uffd_wlog_arm(struct pt_wlog *l)
+static int uffd_wlog_arm(struct pt_wlog *l, uint64_t *prev)
 {
-	return pt_uffd_arm((struct pt_uffd *)l);
+	return pt_uffd_arm_fold((struct pt_uffd *)l, prev);
+}
+
+static uint64_t uffd_wlog_pages(struct pt_wlog *l)
+{
+	return ((struct pt_uffd *)l)->pages;
 }
 
 static uint32_t uffd_wlog_doubt(struct pt_wlog *l, char *text, size_t len)
@@ -580,6 +579,7 @@ static const struct pt_wlog_ops uffd_ops = {
 	.arm = uffd_wlog_arm,
 	.read = uffd_wlog_read,
 	.doubt = uffd_wlog_doubt,
+	.pages = uffd_wlog_pages,
 	.destroy = uffd_wlog_destroy,
 };
 

@@ -19,11 +19,21 @@ static struct wlog_bpf *to_bpf(struct pt_wlog *l)
 	return (struct wlog_bpf *)l;
 }
 
-static int bpf_arm(struct pt_wlog *l)
+static void fold_prev(void *arg, uint64_t w, uint64_t written)
+{
+	((uint64_t *)arg)[w] |= written;
+}
+
+static int bpf_arm(struct pt_wlog *l, uint64_t *prev)
 {
 	uint64_t epoch;
 
-	return pt_vm_arm(to_bpf(l)->t, to_bpf(l)->vm, &epoch);
+	return pt_vm_arm_fold(to_bpf(l)->t, to_bpf(l)->vm, prev ? fold_prev : NULL, prev, &epoch);
+}
+
+static uint64_t bpf_pages(struct pt_wlog *l)
+{
+	return pt_vm(to_bpf(l)->t, to_bpf(l)->vm)->log_bits;
 }
 
 /* The slot holding gfn, or NULL (address space 0 only, as the reconciler). */
@@ -110,6 +120,7 @@ static const struct pt_wlog_ops bpf_ops = {
 	.arm = bpf_arm,
 	.read = bpf_read,
 	.doubt = bpf_doubt,
+	.pages = bpf_pages,
 	.destroy = bpf_destroy,
 };
 
