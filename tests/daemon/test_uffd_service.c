@@ -1,0 +1,418 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * PT_TRACK_UFFD end to end, against the real service: a forked child is the VMM and its
+ * device. It maps guest memory, registers it with pt_client_register_uffd() (the library
+ * creates the userfaultfd and hands it and the VMM's pagemap to the service), arms, hints,
+ * writes some hinted pages through its own mapping (the VMM's own writes, which this mode
+ * sees without WRITTEN), and queries: 0 false free, written pages kept, untouched hinted
+ * pages free. No KVM needed; the service holds only the descriptors.
+ */
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+
+#include "t.h"
+#include "svc.h"
+#include "writelog/uffd_abi.h"
+
+#define PAGE	  4096ull
+#define SLOT1_GPA (1ull << 40)
+#define NPAGES	  8192 /* 32 MiB, two slots of 16 MiB */
+
+enum mem_kind { MEM_ANON, MEM_THP, MEM_SHMEM };
+
+/* The child's guest memory and its registration. */
+struct vmm {
+	char *mem;
+	struct pt_reg_slot2 slots[2];
+	struct pt_client *c;
+	int uffd;
+};
+
+static uint64_t page_gpa(uint64_t p)
+{
+	return p < NPAGES / 2 ? p * PAGE : SLOT1_GPA + (p - NPAGES / 2) * PAGE;
+}
+
+static char *map_guest(enum mem_kind kind)
+{
+	size_t len = NPAGES * PAGE;
+	char *m;
+
+	if (kind == MEM_SHMEM) {
+		int fd = memfd_create("guest", MFD_CLOEXEC);
+
+		if (fd < 0 || ftruncate(fd, len))
+			return NULL;
+		m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+		close(fd);
+	} else {
+		m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (m != MAP_FAILED)
+			madvise(m, len, kind == MEM_THP ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+	}
+	if (m == MAP_FAILED)
+		return NULL;
+	memset(m, 1, len);
+	return m;
+}
+
+static int vmm_up(struct vmm *v, enum mem_kind kind)
+{
+	uint32_t handle;
+	int err;
+
+	memset(v, 0, sizeof(*v));
+	v->uffd = -1;
+	v->mem = map_guest(kind);
+	CHECK(v->mem);
+	v->slots[0] = (struct pt_reg_slot2){ .gpa = 0, .size = NPAGES / 2 * PAGE,
+					     .hva = (uintptr_t)v->mem, .id = 1 };
+	v->slots[1] = (struct pt_reg_slot2){ .gpa = SLOT1_GPA, .size = NPAGES / 2 * PAGE,
+					     .hva = (uintptr_t)v->mem + NPAGES / 2 * PAGE,
+					     .id = 2 };
+	v->c = connect_svc();
+	CHECK(v->c);
+	err = pt_client_register_uffd(v->c, v->slots, 2, -1, &v->uffd, &handle);
+	CHECKF(!err, "register: %s (%s)", strerror(-err), pt_client_last_error(v->c)->reason);
+	CHECKF(pt_client_coverage(v->c) == 0, "coverage %#llx",
+	       (unsigned long long)pt_client_coverage(v->c));
+	return 0;
+}
+
+/* Page p written through the VMM's own mapping. */
+static void vmm_write(struct vmm *v, uint64_t p)
+{
+	*(volatile uint64_t *)(v->mem + p * PAGE + 128) = p;
+}
+
+static bool in_ranges(const struct pt_client_result *r, uint64_t gpa)
+{
+	for (uint32_t i = 0; i < r->v.nranges; i++)
+		if (gpa >= r->ranges[i].gpa && gpa - r->ranges[i].gpa < r->ranges[i].len)
+			return true;
+	return false;
+}
+
+/* Hinted pages: every 3rd page; written: every 7th hinted page, plus non-hinted ones. */
+static bool hinted(uint64_t p)
+{
+	return p % 3 == 0;
+}
+
+static bool written(uint64_t p)
+{
+	return hinted(p) ? p % 7 == 0 : p % 11 == 0;
+}
+
+static int hint_all(struct vmm *v, uint32_t cmd)
+{
+	static struct pt_range r[NPAGES];
+	size_t n = 0;
+
+	for (uint64_t p = 0; p < NPAGES; p++)
+		if (hinted(p))
+			r[n++] = (struct pt_range){ page_gpa(p), PAGE };
+	return pt_client_hint(v->c, cmd, r, n);
+}
+
+/* The verdict: exactly the hinted pages not written are free. */
+static int check_verdict(struct vmm *v, uint32_t cmd, bool writes)
+{
+	struct pt_client_result res = { 0 };
+	uint64_t nh = 0, nw = 0;
+	int err = pt_client_query(v->c, cmd, PT_Q_HINTS, &res);
+
+	CHECKF(!err, "query: %s", strerror(-err));
+	for (uint64_t p = 0; p < NPAGES; p++) {
+		bool w = writes && written(p);
+
+		if (!hinted(p))
+			continue;
+		nh++;
+		nw += w;
+		CHECKF(in_ranges(&res, page_gpa(p)) == !w, "page %lu (%s) %s", (unsigned long)p,
+		       w ? "written" : "untouched", w ? "FREE: data loss" : "kept");
+	}
+	CHECKF(!res.v.unsure_reason && res.v.hinted == nh && res.v.kept_written == nw &&
+		       res.v.free == nh - nw && !res.v.kept_unsure,
+	       "why %#x hinted %lu free %lu written %lu unsure %lu (want %lu, %lu written)",
+	       res.v.unsure_reason, (unsigned long)res.v.hinted, (unsigned long)res.v.free,
+	       (unsigned long)res.v.kept_written, (unsigned long)res.v.kept_unsure,
+	       (unsigned long)nh, (unsigned long)nw);
+	pt_client_result_free(&res);
+	return 0;
+}
+
+static void vmm_down(struct vmm *v)
+{
+	if (v->c)
+		pt_client_close(v->c);
+	if (v->uffd >= 0)
+		close(v->uffd);
+	if (v->mem)
+		munmap(v->mem, NPAGES * PAGE);
+}
+
+/* Runs fn in a forked child (the VMM): its exit code is the case's result. */
+static int in_child(int (*fn)(void))
+{
+	int status;
+	pid_t pid;
+
+	T_REQUIRE(need_service());
+	fflush(NULL);
+	pid = fork();
+	if (pid < 0)
+		return -1;
+	if (!pid)
+		_exit(fn() ? 1 : 0);
+	if (waitpid(pid, &status, 0) != pid)
+		return -1;
+	return WIFEXITED(status) && !WEXITSTATUS(status) ? 0 : -1;
+}
+
+/* --- cases ------------------------------------------------------------------------------- */
+
+static int hint_write_query(enum mem_kind kind)
+{
+	struct vmm v;
+	int rc = vmm_up(&v, kind);
+
+	if (rc)
+		goto out;
+	rc = -1;
+	/* Before any ARM nothing is vouched for; ARM is the sync, nothing else is needed. */
+	if (pt_client_arm(v.c, 2) || hint_all(&v, 2))
+		goto out;
+	for (uint64_t p = 0; p < NPAGES; p++)
+		if (written(p))
+			vmm_write(&v, p);
+	if (pt_client_stop(v.c, 2) || check_verdict(&v, 2, true) || pt_client_done(v.c, 2))
+		goto out;
+	/* The next epoch starts clean: nothing written since its ARM. */
+	if (pt_client_arm(v.c, 3) || hint_all(&v, 3) || check_verdict(&v, 3, false))
+		goto out;
+	rc = 0;
+out:
+	vmm_down(&v);
+	return rc;
+}
+
+static int anon_4k(void)
+{
+	return hint_write_query(MEM_ANON);
+}
+
+static int anon_thp(void)
+{
+	return hint_write_query(MEM_THP);
+}
+
+static int shmem(void)
+{
+	return hint_write_query(MEM_SHMEM);
+}
+
+static int hint_write_query_4k(void)
+{
+	return in_child(anon_4k);
+}
+
+static int hint_write_query_thp(void)
+{
+	return in_child(anon_thp);
+}
+
+static int hint_write_query_shmem(void)
+{
+	return in_child(shmem);
+}
+
+/* The VMM unregisters its memory behind the service's back: keep, with the reason. */
+static int unregistered_body(void)
+{
+	struct pt_client_result res = { 0 };
+	struct uffdio_range r;
+	struct vmm v;
+	int rc = vmm_up(&v, MEM_ANON);
+
+	if (rc)
+		goto out;
+	rc = -1;
+	r = (struct uffdio_range){ (uintptr_t)v.mem, NPAGES * PAGE };
+	if (pt_client_arm(v.c, 2) || hint_all(&v, 2) || ioctl(v.uffd, UFFDIO_UNREGISTER, &r))
+		goto out;
+	vmm_write(&v, 3); /* now unseen */
+	if (pt_client_query(v.c, 2, PT_Q_HINTS, &res))
+		goto out;
+	if (!(res.v.unsure_reason & PT_WHY_UFFD_LOST) || res.v.free || res.v.nranges ||
+	    res.v.kept_unsure != res.v.hinted) {
+		fprintf(stderr, "  why %#x free %lu\n", res.v.unsure_reason,
+			(unsigned long)res.v.free);
+		goto out;
+	}
+	rc = 0;
+out:
+	pt_client_result_free(&res);
+	vmm_down(&v);
+	return rc;
+}
+
+static int unregistered_behind_back(void)
+{
+	return in_child(unregistered_body);
+}
+
+/* Registrations the service must refuse, with a clear error. */
+static int refused_body(void)
+{
+	struct pt_reg_slot2 sl = { .gpa = 0, .size = 16 * PAGE, .id = 1 };
+	int efd = eventfd(0, EFD_CLOEXEC), pm = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	int ppm, fds[2], uffd = syscall(SYS_userfaultfd, O_CLOEXEC);
+	struct uffdio_api api = { .api = UFFD_API, .features = UFFD_FEATURE_WP_ASYNC };
+	struct pt_client_reg reg = { .mode = PT_TRACK_UFFD, .slots = &sl, .nslots = 1,
+				     .fds = fds, .nfds = 2 };
+	char path[64], *mem = mmap(NULL, 16 * PAGE, PROT_READ | PROT_WRITE,
+				    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	struct pt_client *c = connect_svc();
+	int err;
+
+	CHECK(c && efd >= 0 && pm >= 0 && uffd >= 0 && mem != MAP_FAILED &&
+	      !ioctl(uffd, UFFDIO_API, &api));
+	sl.hva = (uintptr_t)mem;
+	/* Not a userfaultfd. */
+	fds[0] = efd;
+	fds[1] = pm;
+	err = pt_client_register2(c, &reg, NULL);
+	CHECKF(err == pt_client_errno(PT_E_BAD_FIELD), "eventfd as uffd: %d", err);
+	fprintf(stderr, "  refused: %s\n", pt_client_last_error(c)->reason);
+	/* A userfaultfd, but the memory is not registered with it. */
+	fds[0] = uffd;
+	err = pt_client_register2(c, &reg, NULL);
+	CHECKF(err == pt_client_errno(PT_E_BAD_FIELD), "unregistered memory: %d", err);
+	fprintf(stderr, "  refused: %s\n", pt_client_last_error(c)->reason);
+	/* The pagemap of another process (our parent). */
+	snprintf(path, sizeof(path), "/proc/%d/pagemap", getppid());
+	ppm = open(path, O_RDONLY | O_CLOEXEC);
+	CHECK(ppm >= 0);
+	fds[1] = ppm;
+	err = pt_client_register2(c, &reg, NULL);
+	CHECKF(err == pt_client_errno(PT_E_PERM), "another process's pagemap: %d", err);
+	fprintf(stderr, "  refused: %s\n", pt_client_last_error(c)->reason);
+	/* The connection is still usable. */
+	CHECK(pt_client_ping(c) == 0);
+	pt_client_close(c);
+	return 0;
+}
+
+static int refused_registrations(void)
+{
+	return in_child(refused_body);
+}
+
+/* Free page reporting across an ARM: a page written in the old epoch is not free after it. */
+static int report_body(void)
+{
+	static struct pt_range r[32];
+	struct pt_client_result res = { 0 };
+	struct vmm v;
+	int rc = vmm_up(&v, MEM_ANON);
+
+	if (rc)
+		goto out;
+	rc = -1;
+	for (int i = 0; i < 32; i++)
+		r[i] = (struct pt_range){ page_gpa(100 + i * 2), PAGE };
+	if (pt_client_arm(v.c, 2) || pt_client_report(v.c, r, 32, NULL))
+		goto out;
+	vmm_write(&v, 100); /* old epoch */
+	if (pt_client_arm(v.c, 3)) /* folds page 100 into "not free" */
+		goto out;
+	vmm_write(&v, 102); /* new epoch */
+	if (pt_client_query(v.c, 0, PT_Q_REPORTED, &res))
+		goto out;
+	if (res.v.unsure_reason || res.v.free != 30 || in_ranges(&res, page_gpa(100)) ||
+	    in_ranges(&res, page_gpa(102)) || !in_ranges(&res, page_gpa(104))) {
+		fprintf(stderr, "  why %#x free %lu\n", res.v.unsure_reason,
+			(unsigned long)res.v.free);
+		goto out;
+	}
+	rc = 0;
+out:
+	pt_client_result_free(&res);
+	vmm_down(&v);
+	return rc;
+}
+
+static int report_across_arm(void)
+{
+	return in_child(report_body);
+}
+
+/* WR_READ: exactly the pages written since ARM, on every read. */
+static int wr_read_body(void)
+{
+	struct pt_range r = { 0, 64 * PAGE };
+	struct pt_client_result res = { 0 };
+	struct vmm v;
+	int rc = vmm_up(&v, MEM_ANON);
+
+	if (rc)
+		goto out;
+	rc = -1;
+	if (pt_client_arm(v.c, 2))
+		goto out;
+	vmm_write(&v, 5);
+	vmm_write(&v, 6);
+	vmm_write(&v, 40);
+	for (int i = 0; i < 2; i++) {
+		if (pt_client_wr_read(v.c, &r, 1, &res))
+			goto out;
+		if (res.v.unsure_reason || res.v.nranges != 2 || res.ranges[0].gpa != 5 * PAGE ||
+		    res.ranges[0].len != 2 * PAGE || res.ranges[1].gpa != 40 * PAGE) {
+			fprintf(stderr, "  why %#x, %u ranges\n", res.v.unsure_reason,
+				res.v.nranges);
+			goto out;
+		}
+		pt_client_result_free(&res);
+	}
+	rc = 0;
+out:
+	pt_client_result_free(&res);
+	vmm_down(&v);
+	return rc;
+}
+
+static int wr_read(void)
+{
+	return in_child(wr_read_body);
+}
+
+/* status.json names the mode. */
+static int status_body(void)
+{
+	static char buf[65536];
+	struct vmm v;
+	int rc = vmm_up(&v, MEM_ANON), i;
+
+	if (rc)
+		goto out;
+	rc = -1;
+	for (i = 0; i < 300 && !strstr(status_json(buf, sizeof(buf)), "\"mode\": \"uffd\""); i++)
+		usleep(10000);
+	rc = i < 300 ? 0 : -1;
+out:
+	vmm_down(&v);
+	return rc;
+}
+
+static int status_mode(void)
+{
+	return in_child(status_body);
+}
+
+T_MAIN(T_CASE(hint_write_query_4k), T_CASE(hint_write_query_thp), T_CASE(hint_write_query_shmem),
+       T_CASE(unregistered_behind_back), T_CASE(refused_registrations), T_CASE(report_across_arm),
+       T_CASE(wr_read), T_CASE(status_mode))
