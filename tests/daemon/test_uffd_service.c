@@ -67,9 +67,11 @@ static int vmm_up(struct vmm *v, enum mem_kind kind)
 	v->uffd = -1;
 	v->mem = map_guest(kind);
 	CHECK(v->mem);
-	v->slots[0] = (struct pt_reg_slot2){ .gpa = 0, .size = NPAGES / 2 * PAGE,
-					     .hva = (uintptr_t)v->mem, .id = 1 };
-	v->slots[1] = (struct pt_reg_slot2){ .gpa = SLOT1_GPA, .size = NPAGES / 2 * PAGE,
+	v->slots[0] = (struct pt_reg_slot2){
+		.gpa = 0, .size = NPAGES / 2 * PAGE, .hva = (uintptr_t)v->mem, .id = 1
+	};
+	v->slots[1] = (struct pt_reg_slot2){ .gpa = SLOT1_GPA,
+					     .size = NPAGES / 2 * PAGE,
 					     .hva = (uintptr_t)v->mem + NPAGES / 2 * PAGE,
 					     .id = 2 };
 	v->c = connect_svc();
@@ -272,10 +274,11 @@ static int refused_body(void)
 	int efd = eventfd(0, EFD_CLOEXEC), pm = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
 	int ppm, fds[2], uffd = syscall(SYS_userfaultfd, O_CLOEXEC);
 	struct uffdio_api api = { .api = UFFD_API, .features = UFFD_FEATURE_WP_ASYNC };
-	struct pt_client_reg reg = { .mode = PT_TRACK_UFFD, .slots = &sl, .nslots = 1,
-				     .fds = fds, .nfds = 2 };
+	struct pt_client_reg reg = {
+		.mode = PT_TRACK_UFFD, .slots = &sl, .nslots = 1, .fds = fds, .nfds = 2
+	};
 	char path[64], *mem = mmap(NULL, 16 * PAGE, PROT_READ | PROT_WRITE,
-				    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+				   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	struct pt_client *c = connect_svc();
 	int err;
 
@@ -327,7 +330,7 @@ static int report_body(void)
 		r[i] = (struct pt_range){ page_gpa(100 + i * 2), PAGE };
 	if (pt_client_arm(v.c, 2) || pt_client_report(v.c, r, 32, NULL))
 		goto out;
-	vmm_write(&v, 100); /* old epoch */
+	vmm_write(&v, 100);	   /* old epoch */
 	if (pt_client_arm(v.c, 3)) /* folds page 100 into "not free" */
 		goto out;
 	vmm_write(&v, 102); /* new epoch */
@@ -413,6 +416,33 @@ static int status_mode(void)
 	return in_child(status_body);
 }
 
+/* ptballoon's userfaultfd mode: its own memory as the guest, one page written of 16 hinted. */
+static int ptballoon_mode(void)
+{
+	char cmd[1024], out[4096], self[512];
+	ssize_t len = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	size_t n;
+	FILE *f;
+
+	T_REQUIRE(need_service());
+	CHECK(len > 0);
+	self[len] = 0;
+	*strrchr(self, '/') = 0; /* $BUILD/tests: ptballoon is in $BUILD */
+	snprintf(cmd, sizeof(cmd),
+		 "%s/../ptballoon -s %s uffd-memory 1M , arm 2 , hint 2 0:0x10000 , "
+		 "write 0x3000:0x1000 , stop 2 , query 2 2>&1",
+		 self, svc.socket);
+	f = popen(cmd, "r");
+	CHECK(f);
+	n = fread(out, 1, sizeof(out) - 1, f);
+	out[n] = 0;
+	CHECKF(!pclose(f), "%s", out);
+	CHECKF(strstr(out, "userfaultfd mode") && strstr(out, "free 15 kept_written 1") &&
+		       strstr(out, "0x0:0x3000") && strstr(out, "0x4000:0xc000"),
+	       "%s", out);
+	return 0;
+}
+
 T_MAIN(T_CASE(hint_write_query_4k), T_CASE(hint_write_query_thp), T_CASE(hint_write_query_shmem),
        T_CASE(unregistered_behind_back), T_CASE(refused_registrations), T_CASE(report_across_arm),
-       T_CASE(wr_read), T_CASE(status_mode))
+       T_CASE(wr_read), T_CASE(status_mode), T_CASE(ptballoon_mode))

@@ -290,8 +290,8 @@ static bool vmm_visible(struct svc *s, uint32_t pid)
 static void on_register(struct svc *s, struct pt_conn *c, struct reg_req *r)
 {
 	/* A VM with its own write log does not depend on what BPF can see. */
-	bool tracked = r->wlog ||
-		       (pt_coverage_tracked(&s->cov, r->mode) && vmm_visible(s, r->vmm_pid));
+	bool tracked =
+		r->wlog || (pt_coverage_tracked(&s->cov, r->mode) && vmm_visible(s, r->vmm_pid));
 	struct pt_vmctx *ctx;
 	uint64_t start;
 	uint32_t vm;
@@ -433,9 +433,9 @@ static void on_register_uffd(struct svc *s, struct pt_conn *c, struct reg_req *r
 	uffd = fcntl(r->fds[0], F_DUPFD_CLOEXEC, 3);
 	pm = fcntl(r->fds[1], F_DUPFD_CLOEXEC, 3);
 	snprintf(why, sizeof(why), "out of descriptors");
-	err = uffd < 0 || pm < 0 ? -EMFILE
-				 : pt_uffd_open(&u, uffd, pm, r->vmm_pid, sl, r->nslots, why,
-						sizeof(why));
+	err = uffd < 0 || pm < 0
+		      ? -EMFILE
+		      : pt_uffd_open(&u, uffd, pm, r->vmm_pid, sl, r->nslots, why, sizeof(why));
 	if (err) {
 		if (uffd >= 0)
 			close(uffd);

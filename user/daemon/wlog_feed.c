@@ -150,7 +150,8 @@ void pt_feed_set(struct pt_vmctx *c, const uint64_t *set)
 			batch_add(c, b, start, len);
 		while (bits) {
 			unsigned lo = __builtin_ctzll(bits);
-			unsigned run = ~(bits >> lo) ? (unsigned)__builtin_ctzll(~(bits >> lo)) : 64 - lo;
+			unsigned run =
+				~(bits >> lo) ? (unsigned)__builtin_ctzll(~(bits >> lo)) : 64 - lo;
 
 			if (len && start + len == w * 64 + lo) {
 				len += run;
@@ -175,8 +176,8 @@ void pt_feed_ranges(struct pt_vmctx *c, const struct pt_range *r, uint32_t n)
 	for (uint32_t i = 0; i < n; i++) {
 		if (b->n == BATCH)
 			batch_flush(c, b);
-		b->r[b->n++] = (struct pt_gfn_range){ r[i].gpa >> PAGE_SHIFT,
-						      r[i].len >> PAGE_SHIFT };
+		b->r[b->n++] =
+			(struct pt_gfn_range){ r[i].gpa >> PAGE_SHIFT, r[i].len >> PAGE_SHIFT };
 	}
 	batch_done(c, b);
 }

@@ -687,8 +687,8 @@ fail:
 	return err;
 }
 
-int pt_client_register_uffd(struct pt_client *c, const struct pt_reg_slot2 *slots,
-			    uint32_t nslots, int kvm_vm_fd, int *uffd, uint32_t *handle)
+int pt_client_register_uffd(struct pt_client *c, const struct pt_reg_slot2 *slots, uint32_t nslots,
+			    int kvm_vm_fd, int *uffd, uint32_t *handle)
 {
 	struct pt_client_reg reg = { .mode = PT_TRACK_UFFD, .slots = slots, .nslots = nslots };
 	bool created = *uffd < 0;
