@@ -684,9 +684,10 @@ int pt_wr_read(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, pt_rang
 
 const char *pt_why_str(uint32_t why, char *buf, size_t len)
 {
-	static const char *const names[] = { "untracked-mode", "tainted-epoch", "no-sync-after-arm",
-					     "unknown-memory", "done",		"stale-command-id",
-					     "uffd-lost" };
+	static const char *const names[] = {
+		"untracked-mode", "tainted-epoch",    "no-sync-after-arm", "unknown-memory",
+		"done",		  "stale-command-id", "uffd-lost",
+	};
 	size_t off = 0;
 
 	buf[0] = 0;
