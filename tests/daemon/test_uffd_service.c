@@ -393,6 +393,82 @@ static int wr_read(void)
 	return in_child(wr_read_body);
 }
 
+/*
+ * A new connection (a reconnect, or a restarted service) registers again with the same
+ * userfaultfd: nothing is vouched for until its ARM, then verdicts are exact again.
+ */
+static int reregister_body(void)
+{
+	struct pt_client_result res = { 0 };
+	struct vmm v;
+	int rc = vmm_up(&v, MEM_ANON), err;
+
+	if (rc)
+		goto out;
+	rc = -1;
+	if (pt_client_arm(v.c, 2) || hint_all(&v, 2))
+		goto out;
+	pt_client_close(v.c);
+	v.c = connect_svc();
+	err = v.c ? pt_client_register_uffd(v.c, v.slots, 2, -1, &v.uffd, NULL) : -EIO;
+	if (err) {
+		fprintf(stderr, "  register again: %s\n", strerror(-err));
+		goto out;
+	}
+	/* Hinting before ARM: refused as stale, nothing to vouch for. */
+	if (hint_all(&v, 2) != pt_client_errno(PT_E_STALE_CMD))
+		goto out;
+	if (pt_client_arm(v.c, 4) || hint_all(&v, 4))
+		goto out;
+	vmm_write(&v, 0);
+	vmm_write(&v, 7);
+	if (pt_client_query(v.c, 4, PT_Q_HINTS, &res) || res.v.unsure_reason ||
+	    res.v.kept_written != 1 || in_ranges(&res, page_gpa(0)) ||
+	    !in_ranges(&res, page_gpa(3)))
+		goto out;
+	rc = 0;
+out:
+	pt_client_result_free(&res);
+	vmm_down(&v);
+	return rc;
+}
+
+static int reregister_same_uffd(void)
+{
+	return in_child(reregister_body);
+}
+
+/* Balloon pages the guest writes without a deflate are reclaims, found by this mode too. */
+static int reclaim_body(void)
+{
+	struct pt_range r = { page_gpa(10), 8 * PAGE };
+	struct pt_client_result res = { 0 };
+	struct vmm v;
+	int rc = vmm_up(&v, MEM_ANON);
+
+	if (rc)
+		goto out;
+	rc = -1;
+	if (pt_client_arm(v.c, 2) || pt_client_inflate(v.c, &r, 1, NULL))
+		goto out;
+	vmm_write(&v, 12);
+	if (pt_client_query(v.c, 0, PT_Q_RECLAIMED, &res) || res.v.nranges != 1 ||
+	    res.ranges[0].gpa != page_gpa(12) || res.ranges[0].len != PAGE) {
+		fprintf(stderr, "  %u reclaimed ranges\n", res.v.nranges);
+		goto out;
+	}
+	rc = 0;
+out:
+	pt_client_result_free(&res);
+	vmm_down(&v);
+	return rc;
+}
+
+static int silent_reclaim(void)
+{
+	return in_child(reclaim_body);
+}
+
 /* status.json names the mode. */
 static int status_body(void)
 {
@@ -445,4 +521,5 @@ static int ptballoon_mode(void)
 
 T_MAIN(T_CASE(hint_write_query_4k), T_CASE(hint_write_query_thp), T_CASE(hint_write_query_shmem),
        T_CASE(unregistered_behind_back), T_CASE(refused_registrations), T_CASE(report_across_arm),
-       T_CASE(wr_read), T_CASE(status_mode), T_CASE(ptballoon_mode))
+       T_CASE(wr_read), T_CASE(status_mode), T_CASE(ptballoon_mode), T_CASE(reregister_same_uffd),
+       T_CASE(silent_reclaim))
