@@ -7,6 +7,8 @@
  * sees without WRITTEN), and queries: 0 false free, written pages kept, untouched hinted
  * pages free. No KVM needed; the service holds only the descriptors.
  */
+#include <pthread.h>
+#include <time.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -469,6 +471,158 @@ static int silent_reclaim(void)
 	return in_child(reclaim_body);
 }
 
+/*
+ * The race, through the service: a writer thread in the VMM writes random pages (each stamped
+ * before and after the store) while the device arms, hints 100,000 random pages and queries.
+ * No page the writer finished writing after ARM was acknowledged and before QUERY was sent may
+ * be free.
+ */
+#define RACE_PAGES (1u << 18) /* 1 GiB */
+#define RACE_HINTS 100000
+#define RACE_LOG   (1u << 20)
+
+struct race_wr {
+	uint32_t page;
+	uint64_t t0, t1;
+};
+
+static struct race_wr *race_log;
+static uint64_t race_n;
+static volatile int race_stop;
+static char *race_mem;
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
+}
+
+static void *race_writer(void *arg)
+{
+	uint64_t x = 88172645463325252ull;
+
+	(void)arg;
+	while (!race_stop && race_n < RACE_LOG) {
+		struct race_wr *w = &race_log[race_n];
+
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		w->page = x % RACE_PAGES;
+		w->t0 = now_ns();
+		*(volatile uint64_t *)(race_mem + (uint64_t)w->page * PAGE) = x;
+		w->t1 = now_ns();
+		__atomic_store_n(&race_n, race_n + 1, __ATOMIC_RELEASE);
+		if (race_n % 4096 == 0)
+			usleep(1);
+	}
+	return NULL;
+}
+
+static int race_round(struct pt_client *c, uint32_t cmd, const struct pt_range *hints,
+		      uint64_t *checked)
+{
+	struct pt_client_result res = { 0 };
+	uint64_t t_arm, t_query, n0, n1;
+	int rc = -1;
+
+	if (pt_client_arm(c, cmd))
+		return -1;
+	t_arm = now_ns();
+	n0 = __atomic_load_n(&race_n, __ATOMIC_ACQUIRE);
+	if (pt_client_hint(c, cmd, hints, RACE_HINTS) || pt_client_stop(c, cmd))
+		return -1;
+	t_query = now_ns();
+	if (pt_client_query(c, cmd, PT_Q_HINTS, &res) || res.v.unsure_reason)
+		goto out;
+	n1 = __atomic_load_n(&race_n, __ATOMIC_ACQUIRE);
+	for (uint64_t i = n0 ? n0 - 1 : 0; i < n1; i++) {
+		const struct race_wr *w = &race_log[i];
+
+		if (w->t0 < t_arm || w->t1 > t_query)
+			continue;
+		/* Free ranges are sorted: binary search. */
+		for (uint32_t lo = 0, hi = res.v.nranges; lo < hi;) {
+			uint32_t mid = (lo + hi) / 2;
+			const struct pt_range *r = &res.ranges[mid];
+			uint64_t gpa = (uint64_t)w->page * PAGE;
+
+			if (gpa < r->gpa) {
+				hi = mid;
+			} else if (gpa >= r->gpa + r->len) {
+				lo = mid + 1;
+			} else {
+				fprintf(stderr, "  FALSE FREE: page %u written %lu ns after ARM\n",
+					w->page, (unsigned long)(w->t0 - t_arm));
+				goto out;
+			}
+		}
+		++*checked;
+	}
+	rc = pt_client_done(c, cmd);
+out:
+	pt_client_result_free(&res);
+	return rc;
+}
+
+static int race_body(void)
+{
+	struct pt_reg_slot2 slot = { .gpa = 0, .size = (uint64_t)RACE_PAGES * PAGE, .id = 1 };
+	struct pt_range *hints = calloc(RACE_HINTS, sizeof(*hints));
+	uint8_t *seen = calloc(RACE_PAGES, 1);
+	uint64_t x = 1234567, checked = 0, t_end;
+	struct pt_client *c = connect_svc();
+	uint32_t rounds = 0, n = 0;
+	int uffd = -1, rc = -1;
+	pthread_t th;
+
+	race_log = calloc(RACE_LOG, sizeof(*race_log));
+	race_mem = mmap(NULL, slot.size, PROT_READ | PROT_WRITE,
+			MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	CHECK(c && hints && seen && race_log && race_mem != MAP_FAILED);
+	slot.hva = (uintptr_t)race_mem;
+	CHECK(!pt_client_register_uffd(c, &slot, 1, -1, &uffd, NULL));
+	/* 100,000 distinct random pages, in address order. */
+	while (n < RACE_HINTS) {
+		uint64_t p;
+
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		p = x % RACE_PAGES;
+		n += !seen[p];
+		seen[p] = 1;
+	}
+	n = 0;
+	for (uint32_t p = 0; p < RACE_PAGES; p++)
+		if (seen[p])
+			hints[n++] = (struct pt_range){ (uint64_t)p * PAGE, PAGE };
+	CHECK(!pthread_create(&th, NULL, race_writer, NULL));
+	t_end = now_ns() + 15ull * 1000000000;
+	while ((rounds < 10 || checked < 20000) && now_ns() < t_end &&
+	       __atomic_load_n(&race_n, __ATOMIC_ACQUIRE) < RACE_LOG)
+		if (race_round(c, 2 + rounds++ % 2, hints, &checked))
+			break;
+	race_stop = 1;
+	pthread_join(th, NULL);
+	fprintf(stderr,
+		"  %u rounds, %lu writes to hinted pages after ARM checked, %lu in all, "
+		"0 false free\n",
+		rounds, (unsigned long)checked, (unsigned long)race_n);
+	CHECKF(rounds >= 3 && checked >= 500, "too little happened");
+	rc = 0;
+	pt_client_close(c);
+	close(uffd);
+	return rc;
+}
+
+static int race_writer_100k(void)
+{
+	return in_child(race_body);
+}
+
 /* status.json names the mode. */
 static int status_body(void)
 {
@@ -522,4 +676,4 @@ static int ptballoon_mode(void)
 T_MAIN(T_CASE(hint_write_query_4k), T_CASE(hint_write_query_thp), T_CASE(hint_write_query_shmem),
        T_CASE(unregistered_behind_back), T_CASE(refused_registrations), T_CASE(report_across_arm),
        T_CASE(wr_read), T_CASE(status_mode), T_CASE(ptballoon_mode), T_CASE(reregister_same_uffd),
-       T_CASE(silent_reclaim))
+       T_CASE(silent_reclaim), T_CASE(race_writer_100k))

@@ -25,7 +25,7 @@
 #define ARM_CHUNK      (1ull << 30)
 #define SCAN_CHUNK     (1ull << 30)
 #define SCAN_MAX_PAGES 65536
-#define SCAN_VEC       1024
+#define SCAN_VEC       4096
 /* Requested ranges closer than this (in pages) are scanned as one: fewer ioctls. */
 #define MERGE_GAP 512
 /* UFFDIO_WRITEPROTECT answers EAGAIN while the VMM's address space is changing. */
