@@ -535,8 +535,10 @@ static int race_round(struct pt_client *c, uint32_t cmd, const struct pt_range *
 	if (pt_client_hint(c, cmd, hints, RACE_HINTS) || pt_client_stop(c, cmd))
 		return -1;
 	t_query = now_ns();
-	if (pt_client_query(c, cmd, PT_Q_HINTS, &res) || res.v.unsure_reason)
+	if (pt_client_query(c, cmd, PT_Q_HINTS, &res) || res.v.unsure_reason) {
+		fprintf(stderr, "  query failed or unsure (%#x)\n", res.v.unsure_reason);
 		goto out;
+	}
 	n1 = __atomic_load_n(&race_n, __ATOMIC_ACQUIRE);
 	for (uint64_t i = n0 ? n0 - 1 : 0; i < n1; i++) {
 		const struct race_wr *w = &race_log[i];
@@ -562,6 +564,8 @@ static int race_round(struct pt_client *c, uint32_t cmd, const struct pt_range *
 		++*checked;
 	}
 	rc = pt_client_done(c, cmd);
+	if (rc)
+		fprintf(stderr, "  DONE: %d\n", rc);
 out:
 	pt_client_result_free(&res);
 	return rc;
