@@ -489,7 +489,7 @@ static int race_100k(void)
 	struct race st = { 0 };
 	size_t nh = 0;
 	struct uc c = UC_NONE;
-	int rc = -1;
+	int rc = -1, failed = 0;
 
 	if (!pages || !hinted || !hint || uc_start(&c, &o) || open_log(&c, &u))
 		goto out;
@@ -514,17 +514,20 @@ static int race_100k(void)
 	t_end = uc_now() + 20ull * 1000000000;
 	while ((st.rounds < 30 || st.checked < 20000) && uc_now() < t_end &&
 	       __atomic_load_n(&c.sh->n, __ATOMIC_ACQUIRE) < UC_LOG_MAX)
-		if (race_round(&c, u, hint, nh, hinted, &st))
+		if ((failed = race_round(&c, u, hint, nh, hinted, &st)))
 			break;
 	uc_cmd(&c, UC_WRITER_STOP, 0, 0);
 	fprintf(stderr,
 		"  %lu rounds, %lu writes to hinted pages after arm checked, %lu writes "
-		"in all, %lu free candidates, 0 false free\n",
+		"in all, %lu free candidates\n",
 		(unsigned long)st.rounds, (unsigned long)st.checked, (unsigned long)c.sh->n,
 		(unsigned long)st.free_total);
-	CHECKF(st.rounds >= 10 && st.checked >= 1000, "too little happened: %lu rounds",
-	       (unsigned long)st.rounds);
-	rc = 0;
+	if (failed)
+		fprintf(stderr, "  round %lu failed\n", (unsigned long)st.rounds);
+	else if (st.rounds < 10 || st.checked < 1000)
+		fprintf(stderr, "  too little happened\n");
+	else
+		rc = 0;
 out:
 	pt_uffd_close(u);
 	uc_stop(&c, false);
