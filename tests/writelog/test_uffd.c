@@ -6,6 +6,7 @@
  * give doubt, never a false "unwritten". The KVM cases (a minivm guest with dirty logging
  * off) skip where /dev/kvm is missing.
  */
+#include <pthread.h>
 #include <sys/eventfd.h>
 
 #include "t.h"
@@ -800,8 +801,132 @@ out:
 	return rc;
 }
 
+/*
+ * The race on a real guest: a thread drives the guest, which writes random pages in batches
+ * (each batch stamped before and after), while this thread arms and reads 100,000 hinted
+ * pages. Every page of a batch that ran entirely between the arm and the read must be seen.
+ */
+struct kvm_race {
+	struct kvm_uffd *k;
+	volatile int stop;
+	uint64_t n, seed;
+	struct {
+		uint64_t gpa[64], t0, t1;
+	} * log;
+};
+
+#define KVM_RACE_LOG 65536
+
+static void *kvm_race_writer(void *arg)
+{
+	struct kvm_race *r = arg;
+	uint64_t x = r->seed | 1, sl0 = r->k->o.slots[0].size / UC_PAGE;
+
+	while (!r->stop && r->n < KVM_RACE_LOG) {
+		typeof(&r->log[0]) e = &r->log[r->n];
+
+		for (int i = 0; i < 64; i++) {
+			uint64_t p = rnd(&x) % pt_uffd_pages(r->k->u);
+
+			e->gpa[i] = p < sl0 ? p * UC_PAGE : 4 * GIB + (p - sl0) * UC_PAGE;
+		}
+		e->t0 = uc_now();
+		if (minivm_guest_write(r->k->vm, e->gpa, 64, r->n))
+			break;
+		e->t1 = uc_now();
+		__atomic_store_n(&r->n, r->n + 1, __ATOMIC_RELEASE);
+	}
+	return NULL;
+}
+
+static int kvm_race_100k(void)
+{
+	uint64_t words, *hinted = NULL, *bits = NULL, *pages = NULL, x = 99, checked = 0;
+	struct pt_gfn_range *hint = NULL;
+	struct kvm_race r = { 0 };
+	size_t nh = 0, np;
+	struct kvm_uffd k;
+	int rc = kvm_setup(&k, false), rounds = 0;
+	pthread_t th;
+
+	if (rc)
+		goto out;
+	rc = -1;
+	np = pt_uffd_pages(k.u);
+	words = (np + 63) / 64;
+	hinted = calloc(words, 8);
+	bits = calloc(words, 8);
+	pages = malloc(100000 * 8);
+	hint = malloc(100000 * sizeof(*hint));
+	r.log = calloc(KVM_RACE_LOG, sizeof(*r.log));
+	if (!hinted || !bits || !pages || !hint || !r.log)
+		goto out;
+	pick(pages, 100000, np, rnd(&x));
+	for (size_t i = 0; i < 100000; i++)
+		hinted[pages[i] / 64] |= 1ull << (pages[i] % 64);
+	for (uint64_t p = 0, sl0 = k.o.slots[0].size / UC_PAGE; p < np; p++) {
+		uint64_t gfn = p < sl0 ? p : 4 * GIB / UC_PAGE + p - sl0;
+
+		if (!(hinted[p / 64] & (1ull << (p % 64))))
+			continue;
+		if (nh && hint[nh - 1].gfn + hint[nh - 1].npages == gfn)
+			hint[nh - 1].npages++;
+		else
+			hint[nh++] = (struct pt_gfn_range){ gfn, 1 };
+	}
+	r.k = &k;
+	r.seed = rnd(&x);
+	if (pthread_create(&th, NULL, kvm_race_writer, &r))
+		goto out;
+	for (uint64_t t_end = uc_now() + 20ull * 1000000000; rounds < 20 && uc_now() < t_end;
+	     rounds++) {
+		uint64_t t_arm, t_read, n0, n1;
+
+		if (pt_uffd_arm(k.u))
+			break;
+		t_arm = uc_now();
+		n0 = __atomic_load_n(&r.n, __ATOMIC_ACQUIRE);
+		usleep(20000);
+		t_read = uc_now();
+		memset(bits, 0, words * 8);
+		if (pt_uffd_read(k.u, hint, nh, bits) || pt_uffd_doubt(k.u, NULL))
+			break;
+		n1 = __atomic_load_n(&r.n, __ATOMIC_ACQUIRE);
+		for (uint64_t i = n0; i < n1; i++) {
+			if (r.log[i].t0 < t_arm || r.log[i].t1 > t_read)
+				continue;
+			for (int j = 0; j < 64; j++) {
+				uint64_t p = kvm_page(&k, r.log[i].gpa[j]);
+
+				if (!(hinted[p / 64] & (1ull << (p % 64))))
+					continue;
+				checked++;
+				if (!(bits[p / 64] & (1ull << (p % 64)))) {
+					fprintf(stderr, "  FALSE FREE: gpa %#lx, round %d\n",
+						(unsigned long)r.log[i].gpa[j], rounds);
+					rounds = -1000;
+				}
+			}
+		}
+	}
+	r.stop = 1;
+	pthread_join(th, NULL);
+	fprintf(stderr, "  %d rounds, %lu guest writes to hinted pages checked\n", rounds,
+		(unsigned long)checked);
+	rc = rounds >= 20 && checked >= 1000 ? 0 : -1;
+out:
+	free(hinted);
+	free(bits);
+	free(pages);
+	free(hint);
+	free(r.log);
+	if (rc != T_SKIP)
+		kvm_teardown(&k);
+	return rc;
+}
+
 T_MAIN(T_CASE(exact_anon), T_CASE(exact_anon_unpopulated), T_CASE(exact_thp), T_CASE(exact_shmem),
        T_CASE(read_ranges), T_CASE(dontneed_rewritten), T_CASE(unregistered_behind_back),
        T_CASE(unmapped_memory), T_CASE(vmm_exits), T_CASE(wrong_fds), T_CASE(not_registered),
        T_CASE(race_100k), T_CASE(sparse_64g), T_CASE(bpf_adapter), T_CASE(uffd_wlog_iface),
-       T_CASE(kvm_guest_4k), T_CASE(kvm_guest_thp), T_CASE(kvm_dontneed))
+       T_CASE(kvm_guest_4k), T_CASE(kvm_guest_thp), T_CASE(kvm_dontneed), T_CASE(kvm_race_100k))

@@ -27,7 +27,7 @@
 #define SCAN_MAX_PAGES 65536
 #define SCAN_VEC       4096
 /* Requested ranges closer than this (in pages) are scanned as one: fewer ioctls. */
-#define MERGE_GAP 512
+#define MERGE_GAP 2048
 /* UFFDIO_WRITEPROTECT answers EAGAIN while the VMM's address space is changing. */
 #define EAGAIN_TRIES 100
 
