@@ -177,7 +177,8 @@ static __always_inline struct pt_cpu_cache *cached_vm(__u32 *vm)
 	return c;
 }
 
-static __always_inline void taint(struct pt_vm_state *st, __u32 reason)
+/* Mark the current epoch unable to vouch for its log (`reason`: PT_TAINT_*). */
+static __always_inline void doubt_epoch(struct pt_vm_state *st, __u32 reason)
 {
 	__u64 epoch = st->epoch, old = st->taint_epoch;
 
@@ -198,6 +199,12 @@ static __always_inline void taint(struct pt_vm_state *st, __u32 reason)
 	if (st->taint_epoch < epoch)
 		st->taint_epoch = epoch;
 	__sync_fetch_and_or(&st->taint_reason, reason);
+}
+
+/* An event that could not be recorded: the epoch is tainted and the loss counted. */
+static __always_inline void taint(struct pt_vm_state *st, __u32 reason)
+{
+	doubt_epoch(st, reason);
 	__sync_fetch_and_add(&st->lost, 1);
 }
 
@@ -349,6 +356,15 @@ int BPF_PROG(pt_ring_push, struct kvm_dirty_ring *ring, u32 slot, u64 offset)
 	return 0;
 }
 
+/*
+ * The end of one ring's reset inside KVM_RESET_DIRTY_RINGS (KVM resets every vCPU's ring in
+ * one ioctl, firing this once per ring). Entries before the ring's first entry of this epoch
+ * were pushed before the arm: their pages stay writable, without any further push, until a
+ * reset covers them. A reset that leaves one of them is therefore not (yet) the sync of this
+ * epoch: the ioctl is marked incomplete and does not count. Nothing is lost: writes to such a
+ * page happen before the sync, and hints before the sync are kept anyway (PROTOCOL.md 5, rule
+ * 8). The first complete reset after the arm is the sync; no taint, no lost event.
+ */
 SEC("raw_tp/kvm_dirty_ring_reset")
 int BPF_PROG(pt_ring_reset, struct kvm_dirty_ring *ring)
 {
@@ -356,7 +372,7 @@ int BPF_PROG(pt_ring_reset, struct kvm_dirty_ring *ring)
 	__u64 id = bpf_get_current_pid_tgid();
 	struct pt_vm_state *st;
 	struct pt_ioctl *io;
-	struct pt_ring *r;
+	struct pt_ring *r = NULL;
 
 	if (current_vm(&vm))
 		return 0;
@@ -365,21 +381,19 @@ int BPF_PROG(pt_ring_reset, struct kvm_dirty_ring *ring)
 		return 0;
 	vcpu = BPF_CORE_READ(ring, index);
 	key = vm * PT_MAX_VCPUS + vcpu;
-	r = bpf_map_lookup_elem(&pt_rings, &key);
+	if (vcpu < PT_MAX_VCPUS)
+		r = bpf_map_lookup_elem(&pt_rings, &key);
 	reset_idx = BPF_CORE_READ(ring, reset_index);
-	/* Entries before `boundary` were pushed before the arm. If the reset left any of them,
-	 * that page is still writable without faulting: its next write would not be logged. */
+	/* A ring with no entry noted in this epoch (or not tracked) must be reset to its end. */
 	if (r && r->vm == vm + 1 && r->epoch == st->epoch)
 		boundary = r->first_idx;
 	else
 		boundary = BPF_CORE_READ(ring, dirty_index);
-	if ((__s32)(reset_idx - boundary) >= 0 && vcpu < PT_MAX_VCPUS)
+	if ((__s32)(reset_idx - boundary) >= 0)
 		return 0;
 	io = bpf_map_lookup_elem(&pt_ioctl, &id);
 	if (io)
 		io->incomplete = 1;
-	/* Writes to those pages may already have gone unseen in this epoch. */
-	taint(st, PT_TAINT_RING_UNRESET);
 	return 0;
 }
 
@@ -472,20 +486,47 @@ static __always_inline __u32 slot_flags(__u32 kvm_flags)
 	return PT_SLOT_VALID | (kvm_flags & PT_KVM_MEM_LOG_DIRTY_PAGES ? 0 : PT_SLOT_NOLOG);
 }
 
+/* Fill table entry idx with the region; bits from `bit_off`. */
+static __always_inline void slot_fill(struct pt_vm_slots *sl, __u32 idx,
+				      const struct kvm_userspace_memory_region *r, __u64 npages,
+				      __u64 bit_off)
+{
+	struct pt_slot *s;
+
+	/* The barrier keeps the compiler from computing the address before the check. */
+	barrier_var(idx);
+	if (idx >= PT_MAX_SLOTS)
+		return;
+	s = &sl->slots[idx];
+	s->id = r->slot;
+	s->base_gfn = r->guest_phys_addr >> PT_PAGE_SHIFT;
+	s->npages = npages;
+	s->bit_off = bit_off;
+	s->flags = slot_flags(r->flags);
+}
+
 /*
  * The VMM changed memslot r.slot. For a slot in the table: deleted or moved pages are no
  * longer what was hinted, and switching dirty logging off (or on) means writes of this epoch
  * went unseen: both taint. A slot without dirty logging stays marked PT_SLOT_NOLOG, which
  * makes every verdict of the VM "keep" until logging is back. Unknown slots are added only
  * for a VM whose table is learned from the ioctls.
+ *
+ * A slot created again under an id the table knows (deleted and re-created, moved: memory map
+ * changes, hotplug, virtio-mem) becomes valid again at once, reusing its bits where it fits
+ * in them, and taints the epoch in which it changed: it is usable from the next ARM on, never
+ * inside that epoch. A change the VMM made is no lost event: it taints without counting one. A
+ * registered slot re-created larger than registered stays invalid (its pages are unknown memory:
+ * hints of them are refused, writes to it taint).
  */
 static __always_inline void memslot_changed(__u32 vm, struct pt_vm_state *st, __u64 uarg)
 {
 	struct pt_vm_slots *sl = bpf_map_lookup_elem(&pt_vm_slots, &vm);
+	bool learn = st->flags & PT_VM_LEARN_SLOTS;
 	struct kvm_userspace_memory_region r;
 	struct pt_slot *s = NULL;
-	__u64 npages;
-	__u32 i;
+	__u64 npages, bits = 0, bit_off = 0;
+	__u32 i, idx;
 
 	if (!sl || bpf_probe_read_user(&r, sizeof(r), (void *)uarg)) {
 		taint(st, PT_TAINT_UNKNOWN_SLOT);
@@ -500,39 +541,45 @@ static __always_inline void memslot_changed(__u32 vm, struct pt_vm_state *st, __
 			break;
 		}
 	}
+	idx = i;
 	if (s && (s->flags & PT_SLOT_VALID)) {
 		if (npages && s->base_gfn == r.guest_phys_addr >> PT_PAGE_SHIFT &&
 		    s->npages == npages) {
 			if (s->flags != slot_flags(r.flags)) {
 				s->flags = slot_flags(r.flags);
-				taint(st, PT_TAINT_SLOT_CHANGE);
+				doubt_epoch(st, PT_TAINT_SLOT_CHANGE);
 			}
 			return;
 		}
 		s->flags = 0;
-		taint(st, PT_TAINT_SLOT_CHANGE);
+		doubt_epoch(st, PT_TAINT_SLOT_CHANGE);
 	}
-	if (!npages || !(st->flags & PT_VM_LEARN_SLOTS))
+	if (!npages)
 		return;
-	if (!s) {
-		i = sl->nslots;
-		if (i >= PT_MAX_SLOTS) {
-			taint(st, PT_TAINT_LOG_FULL);
-			return;
-		}
-		s = &sl->slots[i];
-		sl->nslots = i + 1;
-	}
-	if (sl->next_bit + npages > st->log_bits) {
+	if (s) {
+		/* Known id, created again: not usable in the epoch of the change. */
+		doubt_epoch(st, PT_TAINT_SLOT_CHANGE);
+		bits = s->npages;
+		bit_off = s->bit_off;
+	} else if (!learn) {
+		return;
+	} else if (idx >= PT_MAX_SLOTS) {
 		taint(st, PT_TAINT_LOG_FULL);
 		return;
 	}
-	s->id = r.slot;
-	s->base_gfn = r.guest_phys_addr >> PT_PAGE_SHIFT;
-	s->npages = npages;
-	s->bit_off = sl->next_bit;
-	sl->next_bit += npages;
-	s->flags = slot_flags(r.flags);
+	if (npages > bits) {
+		if (!learn)
+			return;
+		if (sl->next_bit + npages > st->log_bits) {
+			taint(st, PT_TAINT_LOG_FULL);
+			return;
+		}
+		bit_off = sl->next_bit;
+		sl->next_bit += npages;
+	}
+	slot_fill(sl, idx, &r, npages, bit_off);
+	if (!s)
+		sl->nslots = idx + 1;
 }
 
 static __always_inline void slot_synced(__u32 vm, __u64 uarg, __u64 epoch)
@@ -583,6 +630,7 @@ static __always_inline void ioctl_done(struct pt_ioctl *io, struct pt_vm_state *
 		__sync_fetch_and_or(&st->flags, PT_VM_SEEN_CREATE);
 		break;
 	case PT_KVM_RESET_DIRTY_RINGS:
+		/* Not the sync (yet): the epoch stays unsynced until a complete reset. */
 		if (io->incomplete) {
 			__sync_fetch_and_add(&st->syncs_incomplete, 1);
 			break;

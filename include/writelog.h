@@ -34,13 +34,16 @@
 #define PT_VM_MANUAL_PROTECT (1u << 3)
 /* KVM_CREATE_VM seen while tracked: every KVM_ENABLE_CAP of the VM has been seen too */
 #define PT_VM_SEEN_CREATE (1u << 4)
+/* Slots are learned, but the VMM held a VM when tracking began: memslots it created before
+ * were never seen, so the table is incomplete for good (userspace only) */
+#define PT_VM_SLOTS_UNSEEN (1u << 5)
 
 /* Why an epoch is tainted (pt_vm_state.taint_reason, a bit set; sticky until next arm). */
 #define PT_TAINT_UNKNOWN_SLOT (1u << 0) /* write to a slot id not in the table */
 #define PT_TAINT_GFN_RANGE    (1u << 1) /* offset/GPA past the slot or outside every slot */
 #define PT_TAINT_LOG_FULL     (1u << 2) /* slot does not fit the VM's bitmap region */
 #define PT_TAINT_SLOT_CHANGE  (1u << 3) /* memslot created/deleted/moved during the epoch */
-#define PT_TAINT_RING_UNRESET (1u << 4) /* a sync left pre-arm dirty-ring entries writable */
+#define PT_TAINT_RING_UNRESET (1u << 4) /* a ring that cannot be followed (vCPU index too big) */
 #define PT_TAINT_USER	      (1u << 5) /* userspace declared a gap (restart, lost state) */
 
 /* pt_slot.flags */
@@ -70,7 +73,7 @@ struct pt_vm_state {
 	/* counters (monotonic) */
 	__u64 lost;		/* events that could not be recorded (each taints) */
 	__u64 syncs;		/* complete syncs */
-	__u64 syncs_incomplete; /* syncs that left pre-arm entries writable */
+	__u64 syncs_incomplete; /* ring resets that left pre-arm entries: not a sync, not a loss */
 	__u64 slot_changes;	/* memslot ioctls seen */
 };
 

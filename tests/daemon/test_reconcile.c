@@ -554,14 +554,23 @@ static int do_before_sync(struct env *e)
 	CHECK(!env_sync(e));
 	CHECK(!pt_client_report(e->c, &later, 1, NULL)); /* after the sync: may be free */
 	CHECK(!pt_client_query(e->c, 0, PT_Q_REPORTED, &res));
-	CHECKF(!res.v.unsure_reason && res.v.free == 1 && res.v.kept_written == 1 &&
-		       res.v.nranges == 1 && res.ranges[0].gpa == later.gpa,
-	       "reported before the sync: free %llu kept %llu why %#x",
-	       (unsigned long long)res.v.free, (unsigned long long)res.v.kept_written,
-	       res.v.unsure_reason);
+	/* Unsure, not written: nothing wrote them. Only they carry the reason. */
+	CHECKF(res.v.unsure_reason == PT_WHY_NO_SYNC && res.v.free == 1 && res.v.kept_unsure == 1 &&
+		       res.v.kept_written == 0 && res.v.nranges == 1 &&
+		       res.ranges[0].gpa == later.gpa,
+	       "reported before the sync: free %llu unsure %llu written %llu why %#x",
+	       (unsigned long long)res.v.free, (unsigned long long)res.v.kept_unsure,
+	       (unsigned long long)res.v.kept_written, res.v.unsure_reason);
 	pt_client_result_free(&res);
 	CHECK(!pt_client_query(e->c, 2, PT_Q_HINTS, &res));
-	CHECK(!res.v.unsure_reason && res.v.free == 0 && res.v.kept_written == 1);
+	CHECK(res.v.unsure_reason == PT_WHY_NO_SYNC && res.v.free == 0 && res.v.kept_unsure == 1 &&
+	      res.v.kept_written == 0);
+	pt_client_result_free(&res);
+	/* At the next ARM the early report leaves the reported set, the later one stays. */
+	CHECK(!env_arm(e, 3));
+	CHECK(!pt_client_query(e->c, 0, PT_Q_REPORTED, &res));
+	CHECK(!res.v.unsure_reason && res.v.hinted == 1 && res.v.free == 1 &&
+	      res.ranges[0].gpa == later.gpa);
 	pt_client_result_free(&res);
 	env_free(e);
 	return 0;

@@ -3,6 +3,7 @@
  * minivm: the guest's writes land where asked, and KVM's dirty log (bitmap or ring) reports
  * exactly the written data pages, round after round.
  */
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -616,6 +617,70 @@ static int two_processes(void)
 	return ret;
 }
 
+/* Four vcpus write at once, each its own pages, each into its own ring: the rings harvested
+ * one by one (then one reset for all) report exactly the pages written, and the values land. */
+struct vwriter {
+	struct minivm *m;
+	unsigned int idx;
+	uint64_t gpas[256];
+	int err;
+};
+
+static void *vwriter_main(void *arg)
+{
+	struct vwriter *w = arg;
+
+	w->err = minivm_vcpu_write(w->m, w->idx, w->gpas, 256, 0x1000 + w->idx);
+	return NULL;
+}
+
+static int four_vcpus_own_rings(void)
+{
+	struct minivm_opts o;
+	struct vwriter w[4];
+	pthread_t th[4];
+	struct minivm *m;
+
+	T_REQUIRE(need_mode(MINIVM_DIRTY_RING));
+	three_slots(&o, MINIVM_DIRTY_RING);
+	o.nvcpus = 4;
+	CHECK(!minivm_create(&m, &o));
+	CHECK(minivm_nvcpus(m) == 4);
+	for (unsigned int v = 0; v < 4; v++) {
+		w[v] = (struct vwriter){ .m = m, .idx = v };
+		for (unsigned int i = 0; i < 256; i++) /* vcpu v: pages v, v + 4, ... of slot 0 */
+			w[v].gpas[i] = (uint64_t)(i * 4 + v) * PAGE + 8 * v;
+		CHECK(!pthread_create(&th[v], NULL, vwriter_main, &w[v]));
+	}
+	for (unsigned int v = 0; v < 4; v++) {
+		CHECK(!pthread_join(th[v], NULL));
+		CHECKF(!w[v].err, "vcpu %u: %s", v, strerror(-w[v].err));
+	}
+	for (unsigned int v = 0; v < 4; v++) {
+		uint64_t *gfns, val;
+		size_t n;
+
+		CHECK(!minivm_harvest_vcpu(m, v, &gfns, &n));
+		CHECKF(n == 256, "vcpu %u ring has %zu entries", v, n);
+		for (size_t i = 0; i < n; i++)
+			CHECK(gfns[i] % 4 == v);
+		free(gfns);
+		CHECK(!minivm_host_read(m, w[v].gpas[7], &val) && val == 0x1000 + v);
+	}
+	CHECK(!minivm_reset_rings(m));
+	{
+		uint64_t *gfns;
+		size_t n;
+
+		CHECK(!minivm_harvest(m, &gfns, &n) && n == 0);
+		free(gfns);
+	}
+	CHECK(minivm_vcpu_write(m, 4, w[0].gpas, 1, 0) == -EINVAL);
+	minivm_destroy(m);
+	return 0;
+}
+
 T_MAIN(T_CASE(bitmap_log), T_CASE(ring_log), T_CASE(deferred_memory), T_CASE(host_read_clean),
        T_CASE(ring_many_pages), T_CASE(ring_full_resume), T_CASE(ring_same_page),
-       T_CASE(high_slots), T_CASE(bad_opts), T_CASE(inherited_handle), T_CASE(two_processes))
+       T_CASE(high_slots), T_CASE(bad_opts), T_CASE(inherited_handle), T_CASE(two_processes),
+       T_CASE(four_vcpus_own_rings))

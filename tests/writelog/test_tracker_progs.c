@@ -230,6 +230,76 @@ static int arm_clears_only_own_region(void)
 	return 0;
 }
 
+/*
+ * kvm_dirty_ring_reset with synthetic state: the ring pointer is NULL, so the program reads
+ * vCPU 0, reset_index 0 and dirty_index 0; the ring's first entry of the epoch is planted in
+ * pt_rings, and the ioctl in flight in pt_ioctl (as sys_enter_ioctl would have recorded it).
+ * A reset that leaves pre-arm entries marks the ioctl incomplete: not the sync, but no taint
+ * and no lost event. A reset past every pre-arm entry leaves the ioctl complete.
+ */
+static int ring_reset_verdict(struct pt_tracker *t, uint32_t vm, uint32_t first_idx,
+			      uint32_t *incomplete)
+{
+	uint64_t id = (uint64_t)getpid() << 32 | (uint32_t)gettid(), args[] = { 0 };
+	struct pt_ring r = { .epoch = pt_vm(t, vm)->epoch, .first_idx = first_idx, .vm = vm + 1 };
+	struct pt_ioctl io = { .cmd = PT_KVM_RESET_DIRTY_RINGS,
+			       .vm = vm,
+			       .tgid = getpid(),
+			       .epoch = pt_vm(t, vm)->epoch };
+	uint32_t key = vm * PT_MAX_VCPUS;
+
+	if (bpf_map__update_elem(t->skel->maps.pt_rings, &key, sizeof(key), &r, sizeof(r), 0) ||
+	    bpf_map__update_elem(t->skel->maps.pt_ioctl, &id, sizeof(id), &io, sizeof(io), 0) ||
+	    run_prog(t->skel->progs.pt_ring_reset, args, 1) ||
+	    bpf_map__lookup_elem(t->skel->maps.pt_ioctl, &id, sizeof(id), &io, sizeof(io), 0))
+		return -1;
+	*incomplete = io.incomplete;
+	return bpf_map__delete_elem(t->skel->maps.pt_ioctl, &id, sizeof(id), 0);
+}
+
+static int ring_reset_incomplete_is_not_a_loss(void)
+{
+	struct pt_tracker *t;
+	uint32_t vm, inc;
+	uint64_t epoch;
+
+	T_REQUIRE(t_need_bpf());
+	t = open_tracker(0);
+	CHECK(t);
+	CHECK(!track_self(t, &vm));
+	CHECK(!pt_vm_arm(t, vm, &epoch));
+	/* First entry of the epoch at index 5: entries 0..4 predate the arm, reset_index is 0. */
+	CHECK(!ring_reset_verdict(t, vm, 5, &inc));
+	CHECK(inc == 1);
+	CHECK(!tainted(t, vm, ~0u) && pt_vm(t, vm)->lost == 0);
+	/* Reset up to the epoch's first entry: every pre-arm entry was reset, the ioctl is whole.
+	 */
+	CHECK(!ring_reset_verdict(t, vm, 0, &inc));
+	CHECK(inc == 0);
+	CHECK(!tainted(t, vm, ~0u) && pt_vm(t, vm)->lost == 0);
+	/* An entry noted in an older epoch says nothing now: the ring must be reset to its end
+	 * (dirty_index, 0 here), which it is. */
+	CHECK(!pt_vm_arm(t, vm, &epoch));
+	{
+		uint64_t id = (uint64_t)getpid() << 32 | (uint32_t)gettid(), args[] = { 0 };
+		struct pt_ioctl io = {
+			.cmd = PT_KVM_RESET_DIRTY_RINGS, .vm = vm, .tgid = getpid(), .epoch = epoch
+		};
+
+		CHECK(!bpf_map__update_elem(t->skel->maps.pt_ioctl, &id, sizeof(id), &io,
+					    sizeof(io), 0));
+		CHECK(!run_prog(t->skel->progs.pt_ring_reset, args, 1));
+		CHECK(!bpf_map__lookup_elem(t->skel->maps.pt_ioctl, &id, sizeof(id), &io,
+					    sizeof(io), 0));
+		CHECK(io.incomplete == 0);
+		CHECK(!bpf_map__delete_elem(t->skel->maps.pt_ioctl, &id, sizeof(id), 0));
+	}
+	CHECK(pt_vm(t, vm)->lost == 0);
+	pt_tracker_close(t);
+	return 0;
+}
+
 T_MAIN(T_CASE(ring_push_records_page), T_CASE(ring_push_unknown_slot_taints),
        T_CASE(untracked_process_ignored), T_CASE(tdp_write_fault_records_gpa),
-       T_CASE(no_tdp_fault_path_off), T_CASE(arm_clears_only_own_region))
+       T_CASE(no_tdp_fault_path_off), T_CASE(arm_clears_only_own_region),
+       T_CASE(ring_reset_incomplete_is_not_a_loss))

@@ -216,8 +216,6 @@ static void emit_word(struct emitter *e, uint64_t w, uint64_t bits)
 
 /* --- the state machine ---------------------------------------------------------------------- */
 
-static void settle_early(struct pt_vmctx *c);
-
 int pt_vmctx_new(struct pt_vmctx **out, struct pt_tracker *t, uint32_t vm, uint32_t pid,
 		 enum pt_dirty_mode mode, bool mode_tracked)
 {
@@ -248,6 +246,7 @@ void pt_vmctx_free(struct pt_vmctx *c)
 	free(c->reported);
 	free(c->inflated);
 	free(c->reclaimed);
+	free(c->early);
 	pt_wlog_destroy(c->wlog);
 	free(c);
 }
@@ -308,15 +307,59 @@ uint32_t pt_epoch_doubt(struct pt_vmctx *c)
 		why |= PT_WHY_TAINTED;
 	if (!(__atomic_load_n(&st->flags, __ATOMIC_ACQUIRE) & PT_VM_ACTIVE))
 		why |= PT_WHY_UNTRACKED;
+	if (__atomic_load_n(&st->flags, __ATOMIC_ACQUIRE) & PT_VM_SLOTS_UNSEEN)
+		why |= PT_WHY_UNKNOWN_MEM;
 	return why;
+}
+
+uint32_t pt_coverage_bits(struct pt_vmctx *c)
+{
+	return pt_epoch_doubt(c) & (PT_WHY_UNTRACKED | PT_WHY_UNKNOWN_MEM);
 }
 
 static bool id_used(struct pt_vmctx *c, uint32_t cmd)
 {
 	for (unsigned i = 0; i < c->nused; i++)
-		if (c->used[i] == cmd)
+		if (cmd >= c->used[i].lo && cmd <= c->used[i].hi)
 			return true;
 	return false;
+}
+
+/* Run i grew: merge the run it now touches, if any, into it. */
+static void merge_runs(struct pt_vmctx *c, unsigned i)
+{
+	for (unsigned j = 0; j < c->nused; j++) {
+		struct pt_id_run *a = &c->used[i], *b = &c->used[j];
+
+		if (j == i || !((uint64_t)a->hi + 1 == b->lo || (uint64_t)b->hi + 1 == a->lo))
+			continue;
+		a->lo = a->lo < b->lo ? a->lo : b->lo;
+		a->hi = a->hi > b->hi ? a->hi : b->hi;
+		*b = c->used[--c->nused];
+		return; /* growing by one ID can close one gap only */
+	}
+}
+
+/* Block an unused ID until the driver's next STOP. -PT_E_BUSY if it would need a new run and
+ * every run is taken (a device whose next ID extends a run never gets it). */
+static int id_block(struct pt_vmctx *c, uint32_t cmd)
+{
+	for (unsigned i = 0; i < c->nused; i++) {
+		struct pt_id_run *r = &c->used[i];
+
+		if ((uint64_t)r->hi + 1 == cmd || (uint64_t)cmd + 1 == r->lo) {
+			if (cmd < r->lo)
+				r->lo = cmd;
+			else
+				r->hi = cmd;
+			merge_runs(c, i);
+			return 0;
+		}
+	}
+	if (c->nused == PT_MAX_ID_RUNS)
+		return -PT_E_BUSY;
+	c->used[c->nused++] = (struct pt_id_run){ cmd, cmd };
+	return 0;
 }
 
 /*
@@ -327,8 +370,10 @@ static void fold_word(void *arg, uint64_t w, uint64_t wr)
 {
 	struct pt_vmctx *c = arg;
 
+	/* Reported before the sync: may have been written unseen before it (PROTOCOL.md 5,
+	 * rule 8). Those pages leave the reported set; the others stay. */
 	if (c->reported)
-		c->reported[w] &= ~wr;
+		c->reported[w] &= ~(wr | (c->early ? c->early[w] : 0));
 	if (c->inflated && c->reclaimed) {
 		c->reclaimed[w] |= c->inflated[w] & wr;
 		c->inflated[w] &= ~wr;
@@ -344,17 +389,21 @@ static int next_epoch(struct pt_vmctx *c, uint64_t *epoch)
 	uint64_t old = __atomic_load_n(&st->epoch, __ATOMIC_ACQUIRE);
 	int err;
 
-	settle_early(c);
-	doubt = fold ? pt_epoch_doubt(c) & ~PT_WHY_UNTRACKED : 0;
+	doubt = fold ? pt_epoch_doubt(c) & PT_WHY_TAINTED : 0;
 	pt_feed_arm(c); /* its ending epoch goes into the words before they are folded */
 	err = pt_vm_arm_fold(c->t, c->vm, fold ? fold_word : NULL, c, epoch);
 	if (err || !c->reported)
-		return err;
-	/* If the old epoch could not vouch for its log (or was tainted while we cleared it),
-	 * a reported page may have been written unseen: forget them all. */
+		goto out;
+	/* A tainted epoch (or one tainted while we cleared it) lost events: a reported page may
+	 * have been written unseen, forget them all. Without a taint a page reported in an
+	 * earlier epoch and never written is still write-protected (a sync protected it before
+	 * it was reported), so its writes in an unsynced epoch were logged: it stays. */
 	if (doubt || __atomic_load_n(&st->taint_epoch, __ATOMIC_ACQUIRE) >= old)
 		memset(c->reported, 0, c->words * 8);
-	return 0;
+out:
+	if (c->early)
+		memset(c->early, 0, c->words * 8);
+	return err;
 }
 
 int pt_cmd_arm(struct pt_vmctx *c, uint32_t cmd)
@@ -364,17 +413,18 @@ int pt_cmd_arm(struct pt_vmctx *c, uint32_t cmd)
 
 	if (cmd < PT_CMD_ID_MIN)
 		return -PT_E_RESERVED_CMD;
-	/* Spec: the device MUST NOT reuse a command ID before the driver's STOP. */
+	/* Spec: the device MUST NOT reuse a command ID until it has received the driver's STOP.
+	 * Every ID armed since the last STOP is blocked: a late buffer of the guest may still
+	 * carry it, and would be taken for a hint of the new epoch. */
 	if (id_used(c, cmd))
 		return -PT_E_CMD_REUSE;
-	if (c->nused == sizeof(c->used) / sizeof(c->used[0]))
-		return -PT_E_BUSY;
+	err = id_block(c, cmd);
+	if (err)
+		return err;
 	err = next_epoch(c, &epoch);
 	if (err)
 		return -PT_E_INTERNAL;
 	memset(c->hinted, 0, c->words * 8);
-	c->early = false;
-	c->used[c->nused++] = cmd;
 	c->cur = cmd;
 	c->epoch = epoch;
 	c->state = PT_CS_ACTIVE;
@@ -398,39 +448,49 @@ static void piece_written(struct pt_vmctx *c, uint64_t page, uint64_t n, void *a
 
 /*
  * Pages hinted or reported before the epoch's sync may still be writable in KVM (dirty since
- * the last sync): a write to them now would raise no event, and the sync would then hide it.
- * They must be kept for this epoch, as if written. Rather than marking them one by one, the
- * first request that finds the epoch synced marks every page then hinted or reported (a
- * superset: safe), once. Until the sync every verdict is "keep" anyway. (Rule 1 of the
- * protocol, publish the command ID only after the sync, makes this rare for hints; reports
- * have no such ordering.)
+ * the last sync): a write to them before the sync would raise no event. They are unsure for
+ * this epoch (PT_WHY_NO_SYNC), not written: the `early` set remembers them until the next
+ * ARM. (Rule 1 of the protocol, publish the command ID only after the sync, makes this rare
+ * for hints; reports have no such ordering.) A page already reported and not written since
+ * is still write-protected, so reporting it again does not make it early.
  */
-static void settle_early(struct pt_vmctx *c)
+struct early_arg {
+	uint64_t *set;	 /* the hinted or reported set */
+	uint64_t *early; /* NULL once the epoch is synced */
+};
+
+static void piece_add(struct pt_vmctx *c, uint64_t page, uint64_t n, void *arg)
 {
-	uint64_t w;
+	struct early_arg *a = arg;
 
-	if (!c->early || (pt_epoch_doubt(c) & PT_WHY_NO_SYNC))
+	if (!a->early) { /* the common case: synced, whole words at a time */
+		bits_set(a->set, page, n, true);
 		return;
-	for (w = 0; w < c->words; w++) {
-		uint64_t m = c->hinted[w] | (c->reported ? c->reported[w] : 0);
-
-		if (m)
-			pt_vm_log_or(c->t, c->vm, w, m);
 	}
-	c->early = false;
+	for (uint64_t p = page, end = page + n; p < end;) {
+		uint64_t off = p % 64, k = 64 - off < end - p ? 64 - off : end - p;
+		uint64_t mask = (k == 64 ? ~0ull : (1ull << k) - 1) << off;
+
+		a->early[p / 64] |= mask & ~a->set[p / 64];
+		a->set[p / 64] |= mask;
+		p += k;
+	}
 }
 
-/* After recording new pages (settle_early() ran before): are they early? */
-static void note_early(struct pt_vmctx *c)
+/* Record pages into `set`, and into the early set while the epoch is not synced. */
+static int add_pages(struct pt_vmctx *c, uint64_t *set, const struct pt_range *r, uint32_t n,
+		     uint64_t *pages)
 {
-	if (pt_epoch_doubt(c) & PT_WHY_NO_SYNC)
-		c->early = true;
+	struct early_arg a = { set, NULL };
+
+	if ((pt_epoch_doubt(c) & PT_WHY_NO_SYNC) && !(a.early = lazy_bitmap(c, &c->early)))
+		return -PT_E_BUSY;
+	return apply_ranges(c, r, n, piece_add, &a, pages);
 }
 
 int pt_cmd_hint(struct pt_vmctx *c, uint32_t cmd, const struct pt_range *r, uint32_t n,
 		uint64_t *pages)
 {
-	struct set_arg a = { c->hinted, true };
 	int err = check_current(c, cmd);
 
 	if (!err && c->state == PT_CS_DONE)
@@ -441,11 +501,9 @@ int pt_cmd_hint(struct pt_vmctx *c, uint32_t cmd, const struct pt_range *r, uint
 			c->n.stale_pages += r[i].len >> PAGE_SHIFT;
 		return err;
 	}
-	settle_early(c);
-	err = apply_ranges(c, r, n, piece_set, &a, pages);
+	err = add_pages(c, c->hinted, r, n, pages);
 	if (err)
 		return err;
-	note_early(c);
 	c->n.hint_batches++;
 	c->n.hinted_pages += *pages;
 	return 0;
@@ -457,9 +515,12 @@ int pt_cmd_stop(struct pt_vmctx *c, uint32_t cmd)
 
 	if (err)
 		return err;
-	/* After the driver's STOP the device may reuse IDs; only the current one stays. */
-	c->used[0] = c->cur;
-	c->nused = 1;
+	/*
+	 * The driver's STOP follows, in queue order, every buffer it sent under any earlier ID:
+	 * none can arrive later. The spec then lets the device reuse any ID, the current one too
+	 * (it stays current until the next ARM, which opens a new epoch whatever its number).
+	 */
+	c->nused = 0;
 	if (c->state == PT_CS_ACTIVE)
 		c->state = PT_CS_STOPPED;
 	return 0;
@@ -476,28 +537,31 @@ int pt_cmd_done(struct pt_vmctx *c, uint32_t cmd)
 }
 
 /*
- * free = hinted AND NOT written, read now. The log words are read before the doubt check, so
- * a taint raised while we read (a write that could not be logged) is seen by the check.
+ * free = hinted AND NOT written AND NOT early, read now. Written pages are kept_written; early
+ * pages not written are kept_unsure (PT_WHY_NO_SYNC). The log words are read before the doubt
+ * check, so a taint raised while we read (a write that could not be logged) is seen by it.
  */
-static int verdict_over(struct pt_vmctx *c, const uint64_t *set, bool want_written,
-			struct pt_verdict_sum *v, pt_range_cb cb, void *ctx)
+static int verdict_over(struct pt_vmctx *c, const uint64_t *set, struct pt_verdict_sum *v,
+			pt_range_cb cb, void *ctx)
 {
 	struct emitter e = { .c = c, .cb = NULL, .ctx = ctx };
-	uint64_t written = 0, total = 0, chosen = 0;
+	uint64_t written = 0, total = 0, chosen = 0, unsure = 0;
 
 	pt_feed_set(c, set);
 	v->why |= pt_epoch_doubt(c);
 	if (!v->why)
 		e.cb = cb;
 	for (uint64_t w = 0; w < c->words; w++) {
-		uint64_t h = set[w], wr, pick;
+		uint64_t h = set[w], wr, early, pick;
 
 		if (!h)
 			continue;
 		wr = pt_vm_log_word(c->t, c->vm, w) & h;
-		pick = want_written ? wr : h & ~wr;
+		early = c->early ? c->early[w] & h & ~wr : 0;
+		pick = h & ~wr & ~early;
 		total += __builtin_popcountll(h);
 		written += __builtin_popcountll(wr);
+		unsure += __builtin_popcountll(early);
 		chosen += __builtin_popcountll(pick);
 		if (e.cb)
 			emit_word(&e, w, pick);
@@ -508,7 +572,7 @@ static int verdict_over(struct pt_vmctx *c, const uint64_t *set, bool want_writt
 	v->hinted = total;
 	if (v->why) {
 		/* Nothing can be vouched for. Ranges already passed to cb must be dropped: the
-		 * caller buffers them and sends nothing unless this returns with why == 0. */
+		 * caller buffers them and sends none unless this returns with free > 0. */
 		v->free = 0;
 		v->kept_written = 0;
 		v->kept_unsure = total;
@@ -517,8 +581,10 @@ static int verdict_over(struct pt_vmctx *c, const uint64_t *set, bool want_writt
 	if (e.len && emit_flush(&e))
 		return e.err;
 	v->free = chosen;
-	v->kept_written = want_written ? 0 : written;
-	v->kept_unsure = 0;
+	v->kept_written = written;
+	v->kept_unsure = unsure;
+	if (unsure)
+		v->why |= PT_WHY_NO_SYNC; /* only these pages: they came before the sync */
 	return 0;
 }
 
@@ -533,10 +599,9 @@ int pt_cmd_verdict(struct pt_vmctx *c, uint32_t cmd, struct pt_verdict_sum *v, p
 	c->n.queries++;
 	if (c->state == PT_CS_DONE)
 		v->why |= PT_WHY_DONE;
-	settle_early(c);
 	err = refresh_slots(c);
 	if (!err)
-		err = verdict_over(c, c->hinted, false, v, cb, ctx);
+		err = verdict_over(c, c->hinted, v, cb, ctx);
 	if (err)
 		return err;
 	c->n.confirmed_free += v->free;
@@ -554,16 +619,13 @@ int pt_vmm_written(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, uin
 
 int pt_report_add(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, uint64_t *pages)
 {
-	struct set_arg a = { lazy_bitmap(c, &c->reported), true };
 	int err;
 
-	if (!a.bits)
+	if (!lazy_bitmap(c, &c->reported))
 		return -PT_E_BUSY;
-	settle_early(c);
-	err = apply_ranges(c, r, n, piece_set, &a, pages);
+	err = add_pages(c, c->reported, r, n, pages);
 	if (err)
 		return err;
-	note_early(c);
 	c->n.reported_pages += *pages;
 	return 0;
 }
@@ -577,10 +639,9 @@ int pt_report_verdict(struct pt_vmctx *c, struct pt_verdict_sum *v, pt_range_cb 
 		return err;
 	if (!c->reported)
 		return 0;
-	settle_early(c);
 	/* A reported page written before it was reported is dirty and writable: its next write
 	 * would not fault. Its bit is set, so it counts as written, i.e. kept. */
-	return verdict_over(c, c->reported, false, v, cb, ctx);
+	return verdict_over(c, c->reported, v, cb, ctx);
 }
 
 int pt_balloon_inflate(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, uint64_t *pages)

@@ -3,10 +3,10 @@
  * The command-ID state machine and the reconciliation, per VM. This is where the safety
  * invariants of the design brief (section 2) are enforced:
  *
- *   ARM(N)    N >= 2 and not used since the driver's last STOP; clears the write log and
+ *   ARM(N)    N >= 2 and not armed since the driver's last STOP; clears the write log and
  *             starts a new epoch. The VMM's dirty-log sync must follow (arm before protect).
  *   HINT(N)   recorded only while N is current; otherwise ignored, counted, refused.
- *   STOP(N)   the driver's STOP: hinting for N is over, IDs may be reused again.
+ *   STOP(N)   the driver's STOP: hinting is over, every ID may be reused again (N too).
  *   QUERY(N)  verdict computed now: hinted AND NOT written since ARM(N). Everything the
  *             service cannot vouch for (no sync after ARM, tainted epoch, untracked mode) is
  *             "keep", with the reason.
@@ -25,6 +25,9 @@
 #include "pagetrack/proto.h"
 #include "writelog/backend.h"
 #include "writelog/vmlog.h"
+
+/* Disjoint runs of blocked command IDs a VM may hold; one more is PT_E_BUSY (PROTOCOL.md 4.2). */
+#define PT_MAX_ID_RUNS 64
 
 enum pt_cmd_state {
 	PT_CS_IDLE,    /* no command ID armed yet */
@@ -46,19 +49,23 @@ struct pt_vmctx {
 	enum pt_dirty_mode mode;
 	bool mode_tracked; /* the canary saw writes in this dirty-logging mode */
 	enum pt_cmd_state state;
-	uint32_t cur;	   /* current command ID (valid unless IDLE) */
-	uint64_t epoch;	   /* write-log epoch armed for cur */
-	uint32_t used[64]; /* IDs armed since the driver's last STOP */
-	unsigned nused;
+	uint32_t cur;	/* current command ID (valid unless IDLE) */
+	uint64_t epoch; /* write-log epoch armed for cur */
+	/* IDs armed since the driver's last STOP, as disjoint runs [lo, hi]: a device that counts
+	 * its IDs upwards fills one run, however many ARMs the guest leaves without a STOP. */
+	struct pt_id_run {
+		uint32_t lo, hi;
+	} used[PT_MAX_ID_RUNS];
+	unsigned nused;	     /* runs in use; 0 forgets them all (a STOP, a closed connection) */
 	uint64_t words;	     /* bitmap words covering the VM's log region */
 	uint64_t *hinted;    /* pages hinted under cur */
 	uint64_t *reported;  /* pages reported free (lazy) */
 	uint64_t *inflated;  /* pages in the balloon (lazy) */
 	uint64_t *reclaimed; /* inflated pages written without deflate (lazy) */
+	uint64_t *early;     /* hinted/reported before this epoch's sync: unsure (lazy) */
 	struct pt_vm_slots slots;
 	uint64_t slots_gen; /* pt_vm_state.slot_changes when slots was read */
 	uint32_t last_slot; /* index of the slot the last range fell in */
-	bool early;	    /* pages were hinted/reported before this epoch's sync */
 	bool slots_valid;
 	/* PT_TRACK_UFFD: the write log feeding the log words and answering doubt (wlog_feed.h);
 	 * owned (freed with the context). NULL: the BPF log alone. */
@@ -100,6 +107,9 @@ int pt_wr_read(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, pt_rang
 
 /* Why the current epoch cannot vouch for anything (PT_WHY_* bits, 0 if it can). */
 uint32_t pt_epoch_doubt(struct pt_vmctx *c);
+/* REGISTER's coverage: the bits that will make every verdict "keep" whatever the device does
+ * (untracked mode, an unlogged slot, memslots never seen), 0 if none. */
+uint32_t pt_coverage_bits(struct pt_vmctx *c);
 
 const char *pt_why_str(uint32_t why, char *buf, size_t len);
 

@@ -78,11 +78,15 @@ static int collect_range(void *ctx, uint64_t gpa, uint64_t len)
 	return 0;
 }
 
+/* Reply frames stay at or below 64 KiB (PROTOCOL.md section 6): 4093 ranges each. */
+#define REPLY_FRAME_BYTES 65536
+
 /* Ranges in as many frames as needed; every frame repeats the counts, the last lacks MORE. */
 static void send_ranges(struct svc *s, struct pt_conn *c, unsigned type, uint32_t seq,
 			struct pt_verdict *v)
 {
-	const size_t per = (PT_MAX_PAYLOAD - sizeof(*v)) / sizeof(struct pt_range);
+	const size_t per =
+		(REPLY_FRAME_BYTES - sizeof(struct pt_hdr) - sizeof(*v)) / sizeof(struct pt_range);
 	size_t done = 0;
 
 	do {
@@ -116,8 +120,9 @@ static void reply_verdict(struct svc *s, struct pt_conn *c, uint32_t seq, uint32
 				.kept_written = sum->kept_written,
 				.kept_unsure = sum->kept_unsure };
 
-	/* An unsure verdict confirms nothing: whatever ranges were gathered are dropped. */
-	if (sum->why || !sum->free)
+	/* A verdict that confirms nothing drops whatever ranges were gathered. (`why` alone may
+	 * only explain some unsure pages, hinted before the sync, beside confirmed ones.) */
+	if (!sum->free)
 		s->nranges = 0;
 	send_ranges(s, c, PT_MSG_VERDICT, seq, &v);
 }
@@ -352,7 +357,7 @@ static void on_register(struct svc *s, struct pt_conn *c, struct reg_req *r)
 			vm, r->vmm_pid, r->mode == PT_DIRTY_RING ? "dirty-ring" : "bitmap",
 			vmm_visible(s, r->vmm_pid) ? "" : ", VMM in another PID namespace");
 	/* Coverage: 0 when every write path is observed, else why every verdict will be keep. */
-	reply_ack(s, c, r->seq, vm, tracked ? 0 : PT_WHY_UNTRACKED, 0);
+	reply_ack(s, c, r->seq, vm, pt_coverage_bits(ctx), 0);
 }
 
 static void reg_from_v1(struct reg_req *r, const struct pt_msg *m)
@@ -501,7 +506,7 @@ static void on_query(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx, con
 		return;
 	}
 	s->n.verdicts++;
-	if (sum.why) {
+	if (sum.why && !sum.free) {
 		char why[128];
 
 		/* Fail safe, and say why: the operator sees what kept the pages. */
@@ -555,6 +560,10 @@ static int list_unsure(struct svc *s, const struct pt_msg *m, struct pt_verdict 
 	return 0;
 }
 
+/* Ranges per WR_READ (WR_CAPS max_ranges): one more still fits a frame, so the documented
+ * PT_E_BUSY is what a device that asks too much gets, not a closed connection. */
+#define WR_MAX_RANGES 4096
+
 static void on_wr_read(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx,
 		       const struct pt_msg *m)
 {
@@ -562,6 +571,10 @@ static void on_wr_read(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx,
 	uint64_t pages;
 	int err;
 
+	if (m->count > WR_MAX_RANGES) {
+		reply_err(s, c, m->seq, -PT_E_BUSY, "write records: more than max_ranges ranges");
+		return;
+	}
 	s->nranges = 0;
 	err = pt_wr_read(ctx, m->ranges, m->count, collect_range, s, &pages);
 	if (err) {
@@ -650,8 +663,11 @@ static void dispatch(struct svc *s, struct pt_conn *c, const struct pt_msg *m)
 {
 	struct pt_vmctx *ctx;
 
+	/* PING is a liveness probe, valid before REGISTER too: always an ACK, whose value32 says
+	 * whether this connection holds a VM now (1) or not (0: never registered, or moved away).
+	 */
 	if (m->type == PT_MSG_PING) {
-		reply_ack(s, c, m->seq, 0, 0, 0);
+		reply_ack(s, c, m->seq, bound_vm(s, c) ? 1 : 0, 0, 0);
 		return;
 	}
 	if (m->type == PT_MSG_REGISTER) {
@@ -687,7 +703,7 @@ static void dispatch(struct svc *s, struct pt_conn *c, const struct pt_msg *m)
 		on_query(s, c, ctx, m);
 		break;
 	case PT_MSG_WR_CAPS: {
-		struct pt_wr_caps caps = { PT_PROTO_PAGE, PT_MAX_HINTS, 0 };
+		struct pt_wr_caps caps = { PT_PROTO_PAGE, WR_MAX_RANGES, 0 };
 
 		pt_conn_send(c, s->out, pt_build_wr_caps(s->out, PT_MAX_FRAME, m->seq, &caps));
 		break;

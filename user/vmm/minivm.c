@@ -10,6 +10,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,8 +45,8 @@
 #define SYS_GDT	  0
 #define SYS_CODE  1
 #define SYS_STACK 2
-#define SYS_CMD	  3
-#define SYS_PML4  (SYS_CMD + MINIVM_CMD_PAGES)
+#define SYS_CMD	  3 /* MINIVM_CMD_PAGES per vCPU, for MINIVM_MAX_VCPUS */
+#define SYS_PML4  (SYS_CMD + MINIVM_CMD_PAGES * MINIVM_MAX_VCPUS)
 #define SYS_FIXED (SYS_PML4 + 1)
 
 /* Page table entry bits. A and D are preset so the guest never writes its page tables. */
@@ -101,17 +102,35 @@ struct mvm_mem {
 	uint64_t *bitmap; /* KVM_GET_DIRTY_LOG buffer, bitmap mode only */
 };
 
+/*
+ * One vCPU: its fd, run area, dirty ring and the write it is doing. The thread driving the
+ * vCPU and a thread harvesting its ring may differ: `lock` guards the ring bookkeeping.
+ */
+struct mvm_vcpu {
+	int fd;
+	struct kvm_run *run;
+	struct kvm_dirty_gfn *ring;
+	pthread_mutex_t lock;
+	uint32_t ring_fetch;   /* next ring index to look at; free-running */
+	uint32_t ring_unreset; /* ring_fetch when the last KVM_RESET_DIRTY_RINGS began */
+
+	/* Write interrupted by a full dirty ring, finished by minivm_vcpu_resume(). */
+	uint64_t *pending;
+	size_t pending_n;
+	size_t pending_off; /* next GPA to hand to the guest */
+	uint64_t pending_value;
+	bool in_batch; /* the guest is mid-batch: just KVM_RUN again */
+};
+
 struct minivm {
 	int kvm_fd;
 	int vm_fd;
-	int vcpu_fd;
-	struct kvm_run *run;
 	size_t run_size;
 	enum minivm_dirty dirty;
+	unsigned int nvcpus;
+	struct mvm_vcpu vcpu[MINIVM_MAX_VCPUS];
 
-	struct kvm_dirty_gfn *ring;
 	uint32_t ring_entries;
-	uint32_t ring_fetch; /* next ring index to look at; free-running */
 	bool ring_acq_rel;
 
 	unsigned int nmem; /* mem[0] is the system slot */
@@ -121,13 +140,6 @@ struct minivm {
 	unsigned int phys_bits; /* guest MAXPHYADDR */
 	bool memory_ready;
 	pid_t owner; /* the creating process: the only one KVM and the memory work for */
-
-	/* Write interrupted by a full dirty ring, finished by minivm_resume(). */
-	uint64_t *pending;
-	size_t pending_n;
-	size_t pending_off; /* next GPA to hand to the guest */
-	uint64_t pending_value;
-	bool in_batch; /* the guest is mid-batch: just KVM_RUN again */
 };
 
 static int kvm_open(void)
@@ -258,8 +270,8 @@ static struct kvm_cpuid2 *get_supported_cpuid(int kvm_fd)
 	return NULL;
 }
 
-/* KVM checks EFER.LME against the guest CPUID, so the vcpu needs one before KVM_SET_SREGS. */
-static int setup_cpuid(struct minivm *vm)
+/* KVM checks EFER.LME against the guest CPUID, so a vcpu needs one before KVM_SET_SREGS. */
+static int setup_cpuid(struct minivm *vm, struct mvm_vcpu *v)
 {
 	struct kvm_cpuid2 *c = get_supported_cpuid(vm->kvm_fd);
 	int r = 0;
@@ -271,7 +283,7 @@ static int setup_cpuid(struct minivm *vm)
 		if (c->entries[i].function == 0x80000008 && (c->entries[i].eax & 0xff))
 			vm->phys_bits = c->entries[i].eax & 0xff;
 	}
-	if (ioctl(vm->vcpu_fd, KVM_SET_CPUID2, c))
+	if (ioctl(v->fd, KVM_SET_CPUID2, c))
 		r = -errno;
 	free(c);
 	return r;
@@ -315,6 +327,30 @@ static int enable_dirty_logging(struct minivm *vm, uint32_t entries)
 	return 0;
 }
 
+/* vCPU i: fd, run area, ring, CPUID. */
+static int create_vcpu(struct minivm *vm, unsigned int i)
+{
+	struct mvm_vcpu *v = &vm->vcpu[i];
+
+	v->fd = ioctl(vm->vm_fd, KVM_CREATE_VCPU, i);
+	if (v->fd < 0)
+		return -errno;
+	v->run = mmap(NULL, vm->run_size, PROT_READ | PROT_WRITE, MAP_SHARED, v->fd, 0);
+	if (v->run == MAP_FAILED) {
+		v->run = NULL;
+		return -errno;
+	}
+	if (vm->ring_entries) {
+		v->ring = mmap(NULL, vm->ring_entries * sizeof(*v->ring), PROT_READ | PROT_WRITE,
+			       MAP_SHARED, v->fd, KVM_DIRTY_LOG_PAGE_OFFSET * getpagesize());
+		if (v->ring == MAP_FAILED) {
+			v->ring = NULL;
+			return -errno;
+		}
+	}
+	return setup_cpuid(vm, v);
+}
+
 int minivm_create(struct minivm **out, const struct minivm_opts *o)
 {
 	struct minivm *vm;
@@ -326,9 +362,18 @@ int minivm_create(struct minivm **out, const struct minivm_opts *o)
 	vm = calloc(1, sizeof(*vm));
 	if (!vm)
 		return -ENOMEM;
-	vm->kvm_fd = vm->vm_fd = vm->vcpu_fd = -1;
+	vm->kvm_fd = vm->vm_fd = -1;
 	vm->dirty = o->dirty;
 	vm->owner = getpid();
+	vm->nvcpus = o->nvcpus ? o->nvcpus : 1;
+	for (unsigned int i = 0; i < MINIVM_MAX_VCPUS; i++) {
+		vm->vcpu[i].fd = -1;
+		pthread_mutex_init(&vm->vcpu[i].lock, NULL);
+	}
+	if (vm->nvcpus > MINIVM_MAX_VCPUS) {
+		free(vm);
+		return -EINVAL;
+	}
 
 	vm->kvm_fd = kvm_open();
 	if (vm->kvm_fd < 0) {
@@ -348,35 +393,17 @@ int minivm_create(struct minivm **out, const struct minivm_opts *o)
 	if (r)
 		goto cleanup;
 
-	vm->vcpu_fd = ioctl(vm->vm_fd, KVM_CREATE_VCPU, 0);
-	if (vm->vcpu_fd < 0) {
-		r = -errno;
-		goto cleanup;
-	}
 	r = ioctl(vm->kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0);
 	if (r < 0) {
 		r = -errno;
 		goto cleanup;
 	}
 	vm->run_size = r;
-	vm->run = mmap(NULL, vm->run_size, PROT_READ | PROT_WRITE, MAP_SHARED, vm->vcpu_fd, 0);
-	if (vm->run == MAP_FAILED) {
-		vm->run = NULL;
-		r = -errno;
-		goto cleanup;
-	}
-	if (vm->ring_entries) {
-		vm->ring = mmap(NULL, vm->ring_entries * sizeof(*vm->ring), PROT_READ | PROT_WRITE,
-				MAP_SHARED, vm->vcpu_fd, KVM_DIRTY_LOG_PAGE_OFFSET * getpagesize());
-		if (vm->ring == MAP_FAILED) {
-			vm->ring = NULL;
-			r = -errno;
+	for (unsigned int i = 0; i < vm->nvcpus; i++) {
+		r = create_vcpu(vm, i);
+		if (r)
 			goto cleanup;
-		}
 	}
-	r = setup_cpuid(vm);
-	if (r)
-		goto cleanup;
 
 	r = check_slots(o, vm->phys_bits);
 	if (r)
@@ -486,12 +513,14 @@ static void write_gdt(struct minivm *vm)
 	gdt[SEL_TSS / 8 + 1] = tss >> 32;
 }
 
-static int setup_vcpu_state(struct minivm *vm)
+/* Every vCPU runs the same code on its own command block (and stack, though it uses none). */
+static int setup_vcpu_state(struct minivm *vm, unsigned int i)
 {
+	int fd = vm->vcpu[i].fd;
 	struct kvm_sregs sregs;
 	struct kvm_regs regs = { 0 };
 
-	if (ioctl(vm->vcpu_fd, KVM_GET_SREGS, &sregs))
+	if (ioctl(fd, KVM_GET_SREGS, &sregs))
 		return -errno;
 	set_seg(&sregs.cs, SEL_CODE, 0xb, true);
 	set_seg(&sregs.ds, SEL_DATA, 0x3, false);
@@ -512,14 +541,14 @@ static int setup_vcpu_state(struct minivm *vm)
 	sregs.cr3 = sys_gpa(vm, SYS_PML4);
 	sregs.cr4 = CR4_PAE;
 	sregs.efer = EFER_LME | EFER_LMA;
-	if (ioctl(vm->vcpu_fd, KVM_SET_SREGS, &sregs))
+	if (ioctl(fd, KVM_SET_SREGS, &sregs))
 		return -errno;
 
 	regs.rflags = 0x2;
 	regs.rip = sys_gpa(vm, SYS_CODE);
 	regs.rsp = sys_gpa(vm, SYS_STACK + 1);
-	regs.rsi = sys_gpa(vm, SYS_CMD);
-	if (ioctl(vm->vcpu_fd, KVM_SET_REGS, &regs))
+	regs.rsi = sys_gpa(vm, SYS_CMD + i * MINIVM_CMD_PAGES);
+	if (ioctl(fd, KVM_SET_REGS, &regs))
 		return -errno;
 	return 0;
 }
@@ -577,9 +606,11 @@ int minivm_setup_memory(struct minivm *vm)
 		if (ioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &region))
 			return -errno;
 	}
-	r = setup_vcpu_state(vm);
-	if (r)
-		return r;
+	for (unsigned int i = 0; i < vm->nvcpus; i++) {
+		r = setup_vcpu_state(vm, i);
+		if (r)
+			return r;
+	}
 	vm->memory_ready = true;
 	return 0;
 }
@@ -593,17 +624,22 @@ void minivm_destroy(struct minivm *vm)
 			munmap(vm->mem[i].hva, vm->mem[i].size);
 		free(vm->mem[i].bitmap);
 	}
-	if (vm->ring)
-		munmap(vm->ring, vm->ring_entries * sizeof(*vm->ring));
-	if (vm->run)
-		munmap(vm->run, vm->run_size);
-	if (vm->vcpu_fd >= 0)
-		close(vm->vcpu_fd);
+	for (unsigned int i = 0; i < MINIVM_MAX_VCPUS; i++) {
+		struct mvm_vcpu *v = &vm->vcpu[i];
+
+		if (v->ring)
+			munmap(v->ring, vm->ring_entries * sizeof(*v->ring));
+		if (v->run)
+			munmap(v->run, vm->run_size);
+		if (v->fd >= 0)
+			close(v->fd);
+		free(v->pending);
+		pthread_mutex_destroy(&v->lock);
+	}
 	if (vm->vm_fd >= 0)
 		close(vm->vm_fd);
 	if (vm->kvm_fd >= 0)
 		close(vm->kvm_fd);
-	free(vm->pending);
 	free(vm);
 }
 
@@ -626,18 +662,18 @@ void *minivm_hva(struct minivm *vm, uint64_t gpa, uint64_t len)
 }
 
 /* Runs the vcpu until the guest reports a finished batch. */
-static int run_batch(struct minivm *vm)
+static int run_batch(struct mvm_vcpu *v)
 {
 	for (;;) {
-		if (ioctl(vm->vcpu_fd, KVM_RUN, 0)) {
+		if (ioctl(v->fd, KVM_RUN, 0)) {
 			if (errno == EINTR || errno == EAGAIN)
 				continue;
 			return -errno;
 		}
-		switch (vm->run->exit_reason) {
+		switch (v->run->exit_reason) {
 		case KVM_EXIT_IO:
-			if (vm->run->io.port == MINIVM_PORT &&
-			    vm->run->io.direction == KVM_EXIT_IO_OUT)
+			if (v->run->io.port == MINIVM_PORT &&
+			    v->run->io.direction == KVM_EXIT_IO_OUT)
 				return 0;
 			break;
 		case KVM_EXIT_INTR:
@@ -647,18 +683,18 @@ static int run_batch(struct minivm *vm)
 			return -ENOSPC;
 		}
 		fprintf(stderr, "minivm: unexpected exit %u (internal suberror %u, port 0x%x)\n",
-			vm->run->exit_reason, vm->run->internal.suberror, vm->run->io.port);
+			v->run->exit_reason, v->run->internal.suberror, v->run->io.port);
 		return -EPROTO;
 	}
 }
 
-/* Dirty ring entries KVM has published that we have not harvested yet. */
-static uint32_t ring_used(const struct minivm *vm)
+/* Dirty ring entries KVM has published that nobody has harvested yet (lock held). */
+static uint32_t ring_dirty(const struct minivm *vm, const struct mvm_vcpu *v)
 {
 	uint32_t n = 0;
 
 	while (n < vm->ring_entries) {
-		struct kvm_dirty_gfn *e = &vm->ring[(vm->ring_fetch + n) & (vm->ring_entries - 1)];
+		struct kvm_dirty_gfn *e = &v->ring[(v->ring_fetch + n) & (vm->ring_entries - 1)];
 
 		if (!(__atomic_load_n(&e->flags, __ATOMIC_ACQUIRE) & KVM_DIRTY_GFN_F_DIRTY))
 			break;
@@ -667,15 +703,27 @@ static uint32_t ring_used(const struct minivm *vm)
 	return n;
 }
 
-/* Feeds vm->pending to the guest batch by batch. */
-static int run_pending(struct minivm *vm)
+/* Entries taking room in the ring: dirty, plus harvested but perhaps not reset yet. */
+static uint32_t ring_used(const struct minivm *vm, struct mvm_vcpu *v)
 {
-	uint64_t *cmd = (uint64_t *)sys_page(vm, SYS_CMD);
+	uint32_t n;
+
+	pthread_mutex_lock(&v->lock);
+	n = ring_dirty(vm, v) + (v->ring_fetch - v->ring_unreset);
+	pthread_mutex_unlock(&v->lock);
+	return n;
+}
+
+/* Feeds v->pending to the guest batch by batch. */
+static int run_pending(struct minivm *vm, unsigned int idx)
+{
+	struct mvm_vcpu *v = &vm->vcpu[idx];
+	uint64_t *cmd = (uint64_t *)sys_page(vm, SYS_CMD + idx * MINIVM_CMD_PAGES);
 	int r;
 
 	for (;;) {
-		if (!vm->in_batch) {
-			size_t n = vm->pending_n - vm->pending_off;
+		if (!v->in_batch) {
+			size_t n = v->pending_n - v->pending_off;
 
 			if (!n)
 				break;
@@ -686,7 +734,7 @@ static int run_pending(struct minivm *vm)
 			 * a page already in the ring), so a batch must fit in what is free.
 			 */
 			if (vm->ring_entries) {
-				uint32_t used = ring_used(vm), room = 0;
+				uint32_t used = ring_used(vm, v), room = 0;
 
 				if (used + RING_SLACK < vm->ring_entries)
 					room = vm->ring_entries - RING_SLACK - used;
@@ -696,35 +744,39 @@ static int run_pending(struct minivm *vm)
 					n = room;
 			}
 			cmd[0] = n;
-			cmd[1] = vm->pending_value;
-			memcpy(&cmd[2], vm->pending + vm->pending_off, n * sizeof(uint64_t));
-			vm->pending_off += n;
-			vm->in_batch = true;
+			cmd[1] = v->pending_value;
+			memcpy(&cmd[2], v->pending + v->pending_off, n * sizeof(uint64_t));
+			v->pending_off += n;
+			v->in_batch = true;
 		}
-		r = run_batch(vm);
-		/* Stays in_batch: resume just runs again. If there is nothing to harvest, KVM's
-		 * ring is out of step with ours and no harvest will ever make room. */
+		r = run_batch(v);
+		/* Stays in_batch: resume just runs again. With one vCPU and nothing to harvest,
+		 * KVM's ring is out of step with ours and no harvest will ever make room (with
+		 * several, another thread may have harvested and not reset yet). */
 		if (r == -ENOSPC)
-			return ring_used(vm) ? r : -EOVERFLOW;
-		vm->in_batch = false;
+			return ring_used(vm, v) || vm->nvcpus > 1 ? r : -EOVERFLOW;
+		v->in_batch = false;
 		if (r)
 			goto cleanup;
 	}
 	r = 0;
 cleanup:
-	free(vm->pending);
-	vm->pending = NULL;
-	vm->pending_n = vm->pending_off = 0;
+	free(v->pending);
+	v->pending = NULL;
+	v->pending_n = v->pending_off = 0;
 	return r;
 }
 
-int minivm_guest_write(struct minivm *vm, const uint64_t *gpas, size_t n, uint64_t value)
+int minivm_vcpu_write(struct minivm *vm, unsigned int idx, const uint64_t *gpas, size_t n,
+		      uint64_t value)
 {
+	struct mvm_vcpu *v = &vm->vcpu[idx < MINIVM_MAX_VCPUS ? idx : 0];
+
 	if (foreign(vm))
 		return -EIO;
-	if (!vm->memory_ready)
+	if (!vm->memory_ready || idx >= vm->nvcpus)
 		return -EINVAL;
-	if (vm->pending)
+	if (v->pending)
 		return -EBUSY;
 	for (size_t i = 0; i < n; i++) {
 		if (!find_mem(vm, gpas[i], 8, true))
@@ -733,27 +785,44 @@ int minivm_guest_write(struct minivm *vm, const uint64_t *gpas, size_t n, uint64
 	if (!n)
 		return 0;
 	/* A copy, so a write interrupted by a full ring can be resumed later. */
-	vm->pending = malloc(n * sizeof(*gpas));
-	if (!vm->pending)
+	v->pending = malloc(n * sizeof(*gpas));
+	if (!v->pending)
 		return -ENOMEM;
-	memcpy(vm->pending, gpas, n * sizeof(*gpas));
-	vm->pending_n = n;
-	vm->pending_off = 0;
-	vm->pending_value = value;
-	vm->in_batch = false;
-	return run_pending(vm);
+	memcpy(v->pending, gpas, n * sizeof(*gpas));
+	v->pending_n = n;
+	v->pending_off = 0;
+	v->pending_value = value;
+	v->in_batch = false;
+	return run_pending(vm, idx);
+}
+
+int minivm_vcpu_resume(struct minivm *vm, unsigned int idx)
+{
+	if (foreign(vm))
+		return -EIO;
+	if (idx >= vm->nvcpus)
+		return -EINVAL;
+	return vm->vcpu[idx].pending ? run_pending(vm, idx) : 0;
+}
+
+int minivm_guest_write(struct minivm *vm, const uint64_t *gpas, size_t n, uint64_t value)
+{
+	return minivm_vcpu_write(vm, 0, gpas, n, value);
 }
 
 int minivm_resume(struct minivm *vm)
 {
-	if (foreign(vm))
-		return -EIO;
-	return vm->pending ? run_pending(vm) : 0;
+	return minivm_vcpu_resume(vm, 0);
 }
 
 bool minivm_write_pending(const struct minivm *vm)
 {
-	return vm->pending != NULL;
+	return vm->vcpu[0].pending != NULL;
+}
+
+unsigned int minivm_nvcpus(const struct minivm *vm)
+{
+	return vm->nvcpus;
 }
 
 int minivm_host_read(struct minivm *vm, uint64_t gpa, uint64_t *value)
@@ -828,13 +897,15 @@ static int harvest_bitmap(struct minivm *vm, struct gfn_vec *g)
 	return 0;
 }
 
-static int harvest_ring(struct minivm *vm, struct gfn_vec *g)
+/* Collects one ring's dirty entries into g and flags them for reset; *count gets how many. */
+static int collect_ring(struct minivm *vm, struct mvm_vcpu *v, struct gfn_vec *g, uint32_t *count)
 {
-	uint32_t count = 0;
-	int r;
+	int r = 0;
 
+	*count = 0;
+	pthread_mutex_lock(&v->lock);
 	for (;;) {
-		struct kvm_dirty_gfn *e = &vm->ring[vm->ring_fetch & (vm->ring_entries - 1)];
+		struct kvm_dirty_gfn *e = &v->ring[v->ring_fetch & (vm->ring_entries - 1)];
 		struct mvm_mem *m = NULL;
 
 		/* Acquire: the slot/offset KVM wrote before publishing the DIRTY flag. */
@@ -847,21 +918,83 @@ static int harvest_ring(struct minivm *vm, struct gfn_vec *g)
 		if (!m || e->offset >= m->size / PG) {
 			fprintf(stderr, "minivm: ring entry for unknown slot 0x%x offset 0x%llx\n",
 				e->slot, (unsigned long long)e->offset);
-			return -EPROTO;
-		}
-		r = gfn_push(g, m->gpa / PG + e->offset);
-		if (r)
-			return r;
-		__atomic_store_n(&e->flags, KVM_DIRTY_GFN_F_RESET, __ATOMIC_RELEASE);
-		vm->ring_fetch++;
-		/* A full lap without a free entry: KVM may have overwritten some. */
-		if (++count == vm->ring_entries)
+			r = -EPROTO;
 			break;
+		}
+		r = g ? gfn_push(g, m->gpa / PG + e->offset) : 0;
+		if (r)
+			break;
+		__atomic_store_n(&e->flags, KVM_DIRTY_GFN_F_RESET, __ATOMIC_RELEASE);
+		v->ring_fetch++;
+		/* A full lap without a free entry: KVM may have overwritten some. */
+		if (++*count == vm->ring_entries) {
+			r = -EOVERFLOW;
+			break;
+		}
 	}
-	/* Collects the RESET entries and write-protects their pages again. */
-	if (count && ioctl(vm->vm_fd, KVM_RESET_DIRTY_RINGS, 0) < 0)
+	pthread_mutex_unlock(&v->lock);
+	return r;
+}
+
+int minivm_reset_rings(struct minivm *vm)
+{
+	uint32_t upto[MINIVM_MAX_VCPUS];
+
+	if (foreign(vm))
+		return -EIO;
+	/* Entries flagged before the ioctl begins are all reset by it (KVM resets flagged
+	 * entries in order), so that much room is known to be free again afterwards. */
+	for (unsigned int i = 0; i < vm->nvcpus; i++)
+		upto[i] = __atomic_load_n(&vm->vcpu[i].ring_fetch, __ATOMIC_ACQUIRE);
+	if (ioctl(vm->vm_fd, KVM_RESET_DIRTY_RINGS, 0) < 0)
 		return -errno;
-	return count == vm->ring_entries ? -EOVERFLOW : 0;
+	for (unsigned int i = 0; i < vm->nvcpus; i++) {
+		struct mvm_vcpu *v = &vm->vcpu[i];
+
+		pthread_mutex_lock(&v->lock);
+		if ((int32_t)(upto[i] - v->ring_unreset) > 0)
+			v->ring_unreset = upto[i];
+		pthread_mutex_unlock(&v->lock);
+	}
+	return 0;
+}
+
+int minivm_harvest_vcpu(struct minivm *vm, unsigned int idx, uint64_t **gfns, size_t *n)
+{
+	struct gfn_vec g = { 0 };
+	uint32_t count;
+	int r;
+
+	*gfns = NULL;
+	*n = 0;
+	if (foreign(vm))
+		return -EIO;
+	if (vm->dirty != MINIVM_DIRTY_RING || idx >= vm->nvcpus || !vm->memory_ready)
+		return -EINVAL;
+	r = collect_ring(vm, &vm->vcpu[idx], &g, &count);
+	if (r) {
+		free(g.v);
+		return r;
+	}
+	*gfns = g.v;
+	*n = g.n;
+	return 0;
+}
+
+static int harvest_ring(struct minivm *vm, struct gfn_vec *g)
+{
+	uint32_t count, total = 0;
+	int r = 0, rc;
+
+	for (unsigned int i = 0; i < vm->nvcpus && !r; i++) {
+		r = collect_ring(vm, &vm->vcpu[i], g, &count);
+		total += count;
+	}
+	if (r && r != -EOVERFLOW)
+		return r;
+	/* Collects the RESET entries and write-protects their pages again. */
+	rc = total ? minivm_reset_rings(vm) : 0;
+	return rc ? rc : r;
 }
 
 int minivm_harvest(struct minivm *vm, uint64_t **gfns, size_t *n)
@@ -918,7 +1051,7 @@ int minivm_vm_fd(const struct minivm *vm)
 
 int minivm_vcpu_fd(const struct minivm *vm)
 {
-	return vm->vcpu_fd;
+	return vm->vcpu[0].fd;
 }
 
 uint32_t minivm_ring_entries(const struct minivm *vm)
@@ -938,8 +1071,7 @@ int minivm_sync(struct minivm *vm)
 	int err = minivm_harvest(vm, &gfns, &n);
 
 	free(gfns);
-	if (!err && vm->dirty == MINIVM_DIRTY_RING &&
-	    ioctl(vm->vm_fd, KVM_RESET_DIRTY_RINGS, 0) < 0)
-		err = -errno;
+	if (!err && vm->dirty == MINIVM_DIRTY_RING)
+		err = minivm_reset_rings(vm);
 	return err;
 }

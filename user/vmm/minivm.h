@@ -2,8 +2,9 @@
 /*
  * minivm: a tiny VMM over /dev/kvm for tests, the daemon's start-up canary and the demo.
  *
- * One VM, one vcpu running a few bytes of 64-bit code that writes 8-byte values at guest
- * physical addresses it reads from a command block. Guest memory is split into
+ * One VM, one or more vcpus (MINIVM_MAX_VCPUS), each running a few bytes of 64-bit code that
+ * writes 8-byte values at guest physical addresses it reads from its own command block. In
+ * ring mode every vcpu has its own dirty ring, as KVM gives it. Guest memory is split into
  *
  *   - a system memslot (KVM slot 0) holding the GDT, code, stack, command block and identity
  *     page tables, placed at a GPA no data slot uses, and
@@ -20,7 +21,10 @@
  * minivm_destroy() it, which only drops the child's references. Separate processes may each
  * run their own VM at the same time: there is no shared or global state.
  *
- * A VM is not thread safe: one thread at a time per struct minivm.
+ * A VM is not thread safe: one thread at a time per struct minivm, with one exception that
+ * models a multi-vcpu VMM: each vcpu may be driven by its own thread (minivm_vcpu_write(),
+ * minivm_vcpu_resume()), while other threads harvest rings (minivm_harvest_vcpu(),
+ * minivm_reset_rings(), minivm_harvest(), minivm_sync()).
  *
  * All functions that return int return 0 or a negative errno.
  */
@@ -33,6 +37,7 @@
 
 #define MINIVM_PAGE_SIZE 4096ULL
 #define MINIVM_MAX_SLOTS 8
+#define MINIVM_MAX_VCPUS 8
 
 enum minivm_dirty {
 	MINIVM_DIRTY_NONE,   /* no dirty logging; minivm_harvest() returns -EINVAL */
@@ -58,6 +63,8 @@ struct minivm_opts {
 	 * tracer that starts watching the process in between sees KVM_SET_USER_MEMORY_REGION.
 	 */
 	bool defer_memory;
+	/* vcpus (each with its own dirty ring); 0 means 1, at most MINIVM_MAX_VCPUS. */
+	unsigned int nvcpus;
 };
 
 struct minivm;
@@ -87,6 +94,12 @@ void minivm_destroy(struct minivm *vm);
 int minivm_guest_write(struct minivm *vm, const uint64_t *gpas, size_t n, uint64_t value);
 /* Finishes a write interrupted by -ENOSPC (may return -ENOSPC again); 0 if none pending. */
 int minivm_resume(struct minivm *vm);
+/* The same on vcpu `idx` (minivm_guest_write() is vcpu 0). With several vcpus, -ENOSPC
+ * may also mean another thread harvested the ring and has not reset it yet: retry later. */
+int minivm_vcpu_write(struct minivm *vm, unsigned int idx, const uint64_t *gpas, size_t n,
+		      uint64_t value);
+int minivm_vcpu_resume(struct minivm *vm, unsigned int idx);
+unsigned int minivm_nvcpus(const struct minivm *vm);
 /* True while a minivm_guest_write() is waiting for minivm_resume(). */
 bool minivm_write_pending(const struct minivm *vm);
 
@@ -109,6 +122,13 @@ int minivm_harvest(struct minivm *vm, uint64_t **gfns, size_t *n);
  * an empty ring must still show the sync).
  */
 int minivm_sync(struct minivm *vm);
+/*
+ * Half of a ring harvest, as a VMM's reaper does it: collect vcpu `idx`'s dirty entries
+ * (absolute GFNs in ring order, malloc'd) and flag them for reset, without resetting.
+ * minivm_reset_rings() is KVM_RESET_DIRTY_RINGS: it resets every flagged entry of every ring.
+ */
+int minivm_harvest_vcpu(struct minivm *vm, unsigned int idx, uint64_t **gfns, size_t *n);
+int minivm_reset_rings(struct minivm *vm);
 
 /* True for GFNs of the system slot: pages the guest machinery may dirty by itself. */
 bool minivm_is_system_gfn(const struct minivm *vm, uint64_t gfn);
@@ -116,7 +136,7 @@ bool minivm_is_system_gfn(const struct minivm *vm, uint64_t gfn);
 void minivm_system_range(const struct minivm *vm, uint64_t *gpa, uint64_t *size);
 
 int minivm_vm_fd(const struct minivm *vm);
-int minivm_vcpu_fd(const struct minivm *vm);
+int minivm_vcpu_fd(const struct minivm *vm); /* vcpu 0 */
 /* The ring size actually in use (0 unless ring mode) and whether it is the ACQ_REL flavour. */
 uint32_t minivm_ring_entries(const struct minivm *vm);
 bool minivm_ring_acq_rel(const struct minivm *vm);

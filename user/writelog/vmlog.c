@@ -1,6 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
+#include <dirent.h>
 #include <errno.h>
 #include <stddef.h>
+#include <stdio.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 #include <bpf/bpf.h>
@@ -126,12 +129,36 @@ int pt_vm_stats_get(struct pt_tracker *t, uint32_t vm, struct pt_vm_stats *sum)
 	return err;
 }
 
+bool pt_pid_holds_kvm_vm(uint32_t pid)
+{
+	char path[64], link[64];
+	struct dirent *d;
+	bool found = false;
+	DIR *dir;
+
+	snprintf(path, sizeof(path), "/proc/%u/fd", pid);
+	dir = opendir(path);
+	if (!dir)
+		return true; /* cannot tell: assume the worst */
+	while (!found && (d = readdir(dir))) {
+		ssize_t n = readlinkat(dirfd(dir), d->d_name, link, sizeof(link) - 1);
+
+		if (n > 0) {
+			link[n] = 0;
+			found = !strcmp(link, "anon_inode:kvm-vm");
+		}
+	}
+	closedir(dir);
+	return found;
+}
+
 int pt_vm_track(struct pt_tracker *t, uint32_t tgid, const struct pt_slot_cfg *slots, unsigned n,
 		uint64_t learn_pages, uint32_t *vm, bool *existed)
 {
 	struct pt_vm_slots sl;
 	struct pt_vm_state *st;
 	uint64_t base, bits;
+	uint32_t learn = 0;
 	int err;
 
 	*existed = false;
@@ -143,6 +170,9 @@ int pt_vm_track(struct pt_tracker *t, uint32_t tgid, const struct pt_slot_cfg *s
 	if (err)
 		return err;
 	bits = n ? sl.next_bit : learn_pages;
+	/* Learning sees only the memslots made from now on: any made before are unknown. */
+	if (!n)
+		learn = PT_VM_LEARN_SLOTS | (pt_pid_holds_kvm_vm(tgid) ? PT_VM_SLOTS_UNSEEN : 0);
 	err = free_index(t, vm);
 	if (!err)
 		err = alloc_region(t, bits, &base);
@@ -159,7 +189,7 @@ int pt_vm_track(struct pt_tracker *t, uint32_t tgid, const struct pt_slot_cfg *s
 	st->log_bits = bits;
 	memset(t->log + base / 64, 0, ALIGN64(bits) / 8);
 	__atomic_add_fetch(&st->epoch, 1, __ATOMIC_SEQ_CST);
-	__atomic_store_n(&st->flags, PT_VM_ACTIVE | (n ? 0 : PT_VM_LEARN_SLOTS), __ATOMIC_SEQ_CST);
+	__atomic_store_n(&st->flags, PT_VM_ACTIVE | learn, __ATOMIC_SEQ_CST);
 	err = bpf_map__update_elem(t->skel->maps.pt_vm_slots, vm, sizeof(*vm), &sl, sizeof(sl),
 				   BPF_ANY);
 	if (!err)
@@ -203,9 +233,9 @@ int pt_vm_arm_fold(struct pt_tracker *t, uint32_t vm, pt_log_fold fold, void *ar
 	 * Clear first, then publish the epoch. A write that lands while we clear is either
 	 * kept (its bit survives: a harmless "keep") or belongs to a page whose dirty state the
 	 * VMM's sync (which must start after this returns) re-protects; a dirty-ring entry of
-	 * such a write carries the old epoch, so an incomplete reset of it taints. A caller that
-	 * needs the old epoch's bits takes each word as it clears it: read-then-clear would lose
-	 * a write that lands in between.
+	 * such a write carries the old epoch, so a reset that leaves it is not the sync. A caller
+	 * that needs the old epoch's bits takes each word as it clears it: read-then-clear would
+	 * lose a write that lands in between.
 	 */
 	if (fold) {
 		for (uint64_t w = 0; w < words; w++)

@@ -21,12 +21,15 @@ struct pt_slot_cfg {
 /*
  * Track the VMM process `tgid`. With n > 0 the memslot table is `slots`; with n == 0 the table
  * is learned from the VMM's KVM_SET_USER_MEMORY_REGION ioctls and `learn_pages` of bitmap are
- * reserved. If `tgid` is already tracked (service restarted) its index is returned and
+ * reserved (if the VMM already holds a VM, the memslots it made before are unknown for good:
+ * PT_VM_SLOTS_UNSEEN). If `tgid` is already tracked (service restarted) its index is returned and
  * *existed set: its log continues. Returns 0 or negative errno.
  */
 int pt_vm_track(struct pt_tracker *t, uint32_t tgid, const struct pt_slot_cfg *slots, unsigned n,
 		uint64_t learn_pages, uint32_t *vm, bool *existed);
 int pt_vm_untrack(struct pt_tracker *t, uint32_t vm);
+/* Does process `pid` hold a KVM VM file descriptor (anon_inode:kvm-vm) right now? */
+bool pt_pid_holds_kvm_vm(uint32_t pid);
 /* Event counters of a VM, summed over CPUs. */
 int pt_vm_stats_get(struct pt_tracker *t, uint32_t vm, struct pt_vm_stats *sum);
 int pt_vm_find(struct pt_tracker *t, uint32_t tgid, uint32_t *vm);
