@@ -604,7 +604,7 @@ static int race_body(void)
 		if (seen[p])
 			hints[n++] = (struct pt_range){ (uint64_t)p * PAGE, PAGE };
 	CHECK(!pthread_create(&th, NULL, race_writer, NULL));
-	t_end = now_ns() + 15ull * 1000000000;
+	t_end = now_ns() + 10ull * 1000000000;
 	while ((rounds < 10 || checked < 20000) && now_ns() < t_end &&
 	       __atomic_load_n(&race_n, __ATOMIC_ACQUIRE) < RACE_LOG)
 		if ((failed = race_round(c, 2 + rounds++ % 2, hints, &checked)))
