@@ -21,10 +21,11 @@
  *         the epoch. The backend still keeps what it found in its own bitmap for the epoch
  *         (a written page later discarded with MADV_DONTNEED must stay written).
  *
- * Fail safe: any error leaves a reason in doubt() until the next successful arm (the state a
- * failed scan consumed is unknown); nothing here ever reports a page unwritten that it could
- * not read. Writes through another process's mapping of shared guest memory (a vhost-user
- * backend) do not go through the VMM's page tables and are not seen.
+ * Fail safe: any error leaves a reason in doubt() until the next successful arm, and a
+ * failure that may have lost written state makes the next arm protect everything and report
+ * every page as written; nothing here ever reports a page unwritten that it could not read. Writes
+ * through another process's mapping of shared guest memory (a vhost-user backend) do not go through
+ * the VMM's page tables and are not seen.
  *
  * Not thread-safe: one caller (the service's event loop) at a time.
  */
@@ -47,9 +48,9 @@ struct pt_uffd_slot {
 
 /* Why the log cannot be trusted (pt_uffd_doubt() detail bits). */
 #define PT_UFFD_NOT_ARMED (1u << 0) /* no successful arm yet (or the last one failed) */
-#define PT_UFFD_LOST                                                                        \
-	(1u << 1)		      /* memory no longer registered for async WP with this \
-				       * uffd: unregistered, uffd closed, memory remapped */
+/* Memory no longer registered for async WP with this uffd: unregistered, uffd closed,
+ * memory remapped. */
+#define PT_UFFD_LOST	    (1u << 1)
 #define PT_UFFD_UNMAPPED    (1u << 2) /* part of the guest memory is not mapped */
 #define PT_UFFD_SCAN_FAILED (1u << 3) /* a scan failed: written state may have been consumed */
 #define PT_UFFD_NO_SCAN	    (1u << 4) /* the kernel lacks PAGEMAP_SCAN (Linux 6.7) */
