@@ -626,6 +626,62 @@ static int race_writer_100k(void)
 	return in_child(race_body);
 }
 
+/*
+ * kill -9 of the service: the descriptors die with it. The restarted service (same pins)
+ * answers nothing of the old command ID; the device registers again with the same
+ * userfaultfd and ARMs, and verdicts are exact again (a write made while the service was
+ * down predates that ARM).
+ */
+static int restart_body(void)
+{
+	struct pt_range hint = { page_gpa(0), 16 * PAGE };
+	struct pt_client_result res = { 0 };
+	struct pt_spawned s1, s2;
+	struct pt_client *c;
+	struct vmm v;
+	int st;
+
+	memset(&v, 0, sizeof(v));
+	v.uffd = -1;
+	v.mem = map_guest(MEM_ANON);
+	CHECK(v.mem);
+	v.slots[0] = (struct pt_reg_slot2){
+		.gpa = 0, .size = NPAGES / 2 * PAGE, .hva = (uintptr_t)v.mem, .id = 1
+	};
+	CHECK(!pt_spawn_service(&s1, NULL, "uffdrestart", NULL));
+	c = pt_client_connect(s1.socket);
+	CHECK(c && !pt_client_register_uffd(c, v.slots, 1, -1, &v.uffd, NULL));
+	CHECK(!pt_client_arm(c, 2) && !pt_client_hint(c, 2, &hint, 1));
+	CHECK(!kill(s1.pid, SIGKILL) && waitpid(s1.pid, &st, 0) == s1.pid);
+	pt_client_close(c);
+	vmm_write(&v, 5); /* while no service runs */
+
+	CHECK(!pt_spawn_service(&s2, NULL, "uffdrestart", NULL));
+	c = pt_client_connect(s2.socket);
+	CHECK(c && !pt_client_register_uffd(c, v.slots, 1, -1, &v.uffd, NULL));
+	CHECK(pt_client_query(c, 2, PT_Q_HINTS, &res) < 0);
+	CHECK(pt_client_last_error(c)->code == PT_E_STALE_CMD);
+	CHECK(!pt_client_arm(c, 3) && !pt_client_hint(c, 3, &hint, 1));
+	vmm_write(&v, 6);
+	CHECK(!pt_client_query(c, 3, PT_Q_HINTS, &res));
+	CHECKF(!res.v.unsure_reason && res.v.free == 15 && res.v.kept_written == 1 &&
+		       !in_ranges(&res, page_gpa(6)) && in_ranges(&res, page_gpa(5)),
+	       "why %#x free %lu", res.v.unsure_reason, (unsigned long)res.v.free);
+	pt_client_result_free(&res);
+	pt_client_close(c);
+	s1.pid = 0;
+	pt_spawn_stop(&s1, SIGTERM);
+	pt_spawn_stop(&s2, SIGTERM);
+	close(v.uffd);
+	return 0;
+}
+
+static int kill9_restart(void)
+{
+	T_REQUIRE(t_need_bpf());
+	return in_child(restart_body);
+}
+
 /* status.json names the mode. */
 static int status_body(void)
 {
@@ -679,4 +735,4 @@ static int ptballoon_mode(void)
 T_MAIN(T_CASE(hint_write_query_4k), T_CASE(hint_write_query_thp), T_CASE(hint_write_query_shmem),
        T_CASE(unregistered_behind_back), T_CASE(refused_registrations), T_CASE(report_across_arm),
        T_CASE(wr_read), T_CASE(status_mode), T_CASE(ptballoon_mode), T_CASE(reregister_same_uffd),
-       T_CASE(silent_reclaim), T_CASE(race_writer_100k))
+       T_CASE(silent_reclaim), T_CASE(race_writer_100k), T_CASE(kill9_restart))
