@@ -56,7 +56,8 @@ void pt_feed_arm(struct pt_vmctx *c)
 		pt_wlog_arm(c->wlog, NULL);
 		return;
 	}
-	/* A failed arm leaves its reason in the backend's doubt; prev is still complete. */
+	/* A failed arm leaves its reason in the backend's doubt: every verdict keeps until an arm
+	 * succeeds, and that one reports every page (the backend's state is unknown by then). */
 	pt_wlog_arm(c->wlog, prev);
 	or_words(c, prev);
 	free(prev);
