@@ -564,6 +564,8 @@ static int send_with_fds(struct pt_client *c, const uint8_t *frame, size_t len, 
 	while (n < 0 && errno == EINTR);
 	if (n <= 0) /* a nonblocking socket with an empty queue takes at least a byte */
 		return fail(c, n < 0 ? -errno : -EIO, "sendmsg failed");
+	if ((size_t)n == len) /* all sent (and wbuf may still be NULL: no memcpy) */
+		return 0;
 	err = wreserve(c, len - n);
 	if (err)
 		return err;
