@@ -17,11 +17,19 @@ Q := @
 msg = @printf '  %-8s %s\n' "$(1)" "$(2)";
 endif
 
+# The release number lives in VERSION and nowhere else: pagetrackd --version, pagetrack.pc,
+# CHANGELOG.md's top entry and debian/changelog are checked against it (tests/pkg).
+VERSION := $(shell cat VERSION)
+# The library's ABI major (its SONAME), independent of the release number: bump it, and the
+# version node, only with an incompatible change to include/pagetrack/.
+LIB_SONAME := libpagetrack.so.1
+LIB_VNODE  := LIBPAGETRACK_1
+
 ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
 
 CFLAGS   ?= -O2 -g
 CFLAGS   += -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -Wshadow -fno-strict-aliasing
-CPPFLAGS += -D_GNU_SOURCE -Iinclude -Iuser -I$(BUILD)
+CPPFLAGS += -D_GNU_SOURCE -Iinclude -Iuser -I$(BUILD) -DPAGETRACK_VERSION='"$(VERSION)"'
 LDLIBS   += -lbpf -luring -lelf -lz -lpthread
 # The verdict counts bits over the whole guest: use the instruction, not libgcc's loop.
 ifeq ($(ARCH),x86)
@@ -73,10 +81,14 @@ vpath test_%.c $(sort $(dir $(TEST_SRCS)))
 vpath fuzz_%.c $(sort $(dir $(FUZZ_SRCS)))
 
 .PHONY: all deps test demo clean fuzz fuzz-long format check-format install uninstall bench
+.PHONY: man deb progs
 .DELETE_ON_ERROR:
 .SECONDARY: $(SKELS) $(BPF_OBJS)
 
 all: $(BINS) $(LIB) $(BUILD)/libpagetrack.so $(TEST_BINS)
+
+# What gets installed (make install, the Debian package): no tests.
+progs: $(BINS) $(LIB) $(BUILD)/libpagetrack.so man
 
 # --- dependencies -----------------------------------------------------------------------------
 deps:
@@ -109,9 +121,26 @@ $(LIB): $(LIB_OBJS)
 	$(call msg,AR,$@)
 	$(Q)rm -f $@ && ar rcs $@ $^
 
-$(BUILD)/libpagetrack.so: $(LIB_OBJS)
+# The symbol version script: every PT_API function of the public headers, at $(LIB_VNODE),
+# nothing else. (The ABI record is debian/libpagetrack1.symbols: dpkg-gensymbols fails the
+# package build when a symbol disappears.)
+$(BUILD)/libpagetrack.map: $(wildcard include/pagetrack/*.h)
+	$(call msg,GEN,$@)
+	$(Q)mkdir -p $(@D)
+	$(Q){ printf '$(LIB_VNODE) {\nglobal:\n'; \
+	  grep -ho 'PT_API[^(]*(' $^ | grep -o 'pt_[a-z0-9_]*($$' | tr -d '(' | sort | \
+	  sed 's/.*/\t&;/'; printf 'local:\n\t*;\n};\n'; } >$@
+
+# Exports exactly those, each at its version node. libpagetrack.so is the link-time name.
+$(BUILD)/$(LIB_SONAME): $(LIB_OBJS) $(BUILD)/libpagetrack.map
 	$(call msg,LD,$@)
-	$(Q)$(CC) -shared $(LDFLAGS) -Wl,-soname,libpagetrack.so.0 -o $@ $^
+	$(Q)$(CC) -shared $(LDFLAGS) -Wl,-soname,$(LIB_SONAME) \
+		-Wl,--version-script=$(BUILD)/libpagetrack.map -o $@ $(LIB_OBJS)
+
+$(BUILD)/libpagetrack.so: $(BUILD)/$(LIB_SONAME)
+	$(Q)ln -sf $(LIB_SONAME) $@
+
+$(BUILD)/obj/daemon/pagetrackd.o: VERSION
 
 $(CORE): $(CORE_OBJS)
 	$(call msg,AR,$@)
@@ -131,7 +160,7 @@ $(BUILD)/ptballoon: $(BUILD)/obj/tools/ptballoon.o $(LIB)
 	$(Q)$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@
 
 # --- tests -------------------------------------------------------------------------------------
-$(BUILD)/tests/%: %.c tests/t.h $(CORE) $(LIB)
+$(BUILD)/tests/%: %.c $(wildcard tests/*.h tests/*/*.h) $(CORE) $(LIB)
 	$(call msg,LD,$@)
 	$(Q)mkdir -p $(@D)
 	$(Q)$(CC) $(CPPFLAGS) -Itests $(CFLAGS) $(LDFLAGS) $< $(CORE) $(LIB) $(LDLIBS) -o $@
@@ -141,7 +170,7 @@ $(BUILD)/fuzz/%: %.c $(LIB_SRCS) $(wildcard user/lib/*.h)
 	$(Q)mkdir -p $(@D)
 	$(Q)$(CLANG) $(CPPFLAGS) -g -O1 -fsanitize=fuzzer,address,undefined $< user/lib/proto.c -o $@
 
-test: deps-check all $(FUZZ_BINS)
+test: deps-check all man $(FUZZ_BINS)
 	$(Q)BUILD=$(BUILD) tests/run.sh
 
 fuzz-long: $(FUZZ_BINS)
@@ -161,12 +190,30 @@ deps-check:
 	$(Q)scripts/deps.sh --check >/dev/null 2>&1 || scripts/deps.sh
 
 # Installs pagetrackd, the client library, the units and a default configuration (as root).
-install: all
-	$(Q)BUILD=$(BUILD) DESTDIR=$(DESTDIR) scripts/install.sh
+install: progs
+	$(Q)BUILD=$(BUILD) DESTDIR=$(DESTDIR) VERSION=$(VERSION) scripts/install.sh
 
 # Stops the service, removes the installed files and every pin under the pin directory.
 uninstall:
 	$(Q)DESTDIR=$(DESTDIR) scripts/uninstall.sh
+
+# --- manual pages (scdoc) -------------------------------------------------------------------
+MAN_SRCS  := $(wildcard man/*.scd)
+MAN_PAGES := $(patsubst man/%.scd,$(BUILD)/man/%,$(MAN_SRCS))
+
+man: $(MAN_PAGES)
+
+$(BUILD)/man/%: man/%.scd VERSION
+	$(call msg,SCDOC,$@)
+	$(Q)command -v scdoc >/dev/null || { echo "scdoc is missing: make deps" >&2; exit 1; }
+	$(Q)mkdir -p $(@D)
+	$(Q)sed 's/@VERSION@/$(VERSION)/g' $< | scdoc >$@
+
+# --- Debian packages -----------------------------------------------------------------------
+# Built from a copy of the tree inside $(BUILD)/deb (dpkg-buildpackage writes to the parent
+# of the source directory); the .deb files end up in $(BUILD)/deb/.
+deb: deps-check
+	$(Q)scripts/deb.sh $(BUILD)/deb
 
 format:
 	clang-format -i bpf/*.c user/*/*.c user/*/*.h include/*.h include/pagetrack/*.h tests/*/*.c tests/*.h

@@ -8,8 +8,11 @@
 set -eu
 TOP=$(cd "$(dirname "$0")/.." && pwd)
 DESTDIR=${DESTDIR:-}
-PREFIX=/usr/local
-UNITDIR=/etc/systemd/system
+PREFIX=${PREFIX:-/usr/local}
+LIBDIR=${LIBDIR:-$PREFIX/lib}
+UNITDIR=${UNITDIR:-/etc/systemd/system}
+DOCDIR=${DOCDIR:-$PREFIX/share/doc/pagetrack}
+MANDIR=${MANDIR:-$PREFIX/share/man}
 CONFDIR=/etc/pagetrack
 BIN=$DESTDIR$PREFIX/sbin/pagetrackd
 
@@ -46,24 +49,30 @@ if [ -z "$DESTDIR" ]; then
 	rm -rf /run/pagetrack
 fi
 
-rm_f $PREFIX/sbin/pagetrackd $PREFIX/lib/libpagetrack.a $PREFIX/lib/libpagetrack.so \
-	$PREFIX/lib/libpagetrack.so.0 $UNITDIR/pagetrackd.service $UNITDIR/pagetrackd.socket
+# libpagetrack.so.0: the SONAME before 0.1.0.
+rm_f "$PREFIX/sbin/pagetrackd" "$PREFIX/bin/ptballoon" "$LIBDIR/libpagetrack.a" \
+	"$LIBDIR/libpagetrack.so" "$LIBDIR/libpagetrack.so.1" "$LIBDIR/libpagetrack.so.0" \
+	"$LIBDIR/pkgconfig/pagetrack.pc" "$UNITDIR/pagetrackd.service" "$UNITDIR/pagetrackd.socket"
 for h in "$TOP"/include/pagetrack/*.h; do
-	rm_f $PREFIX/include/pagetrack/"$(basename "$h")"
+	rm_f "$PREFIX/include/pagetrack/$(basename "$h")"
 done
-rm_f $PREFIX/share/doc/pagetrack/OPERATIONS.md $PREFIX/share/doc/pagetrack/PROTOCOL.md
+for m in "$TOP"/man/*.scd; do
+	m=$(basename "$m" .scd)
+	rm_f "$MANDIR/man${m##*.}/$m"
+done
+rm_f "$DOCDIR/OPERATIONS.md" "$DOCDIR/PROTOCOL.md"
 conf=$DESTDIR$CONFDIR/pagetrack.conf
 if [ -f "$conf" ]; then
-	if cmp -s "$conf" "$DESTDIR$PREFIX/share/doc/pagetrack/pagetrack.conf.default" ||
+	if cmp -s "$conf" "$DESTDIR$DOCDIR/pagetrack.conf.default" ||
 		cmp -s "$conf" "$TOP/systemd/pagetrack.conf"; then
 		rm_f $CONFDIR/pagetrack.conf
 	else
 		say KEEP "$conf (changed from the default)"
 	fi
 fi
-rm_f $PREFIX/share/doc/pagetrack/pagetrack.conf.default
-for d in $PREFIX/include/pagetrack $PREFIX/share/doc/pagetrack $CONFDIR \
-	$UNITDIR/pagetrackd.service.d $UNITDIR/pagetrackd.socket.d; do
+rm_f "$DOCDIR/pagetrack.conf.default"
+for d in "$PREFIX/include/pagetrack" "$DOCDIR" "$LIBDIR/pkgconfig" $CONFDIR \
+	"$UNITDIR/pagetrackd.service.d" "$UNITDIR/pagetrackd.socket.d"; do
 	[ -d "$DESTDIR$d" ] && rmdir "$DESTDIR$d" 2>/dev/null && say RMDIR "$DESTDIR$d"
 done
 if [ -z "$DESTDIR" ]; then

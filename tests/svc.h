@@ -16,6 +16,7 @@
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 
 #include <pagetrack/client.h>
 
@@ -25,7 +26,8 @@
 /* --- the one service of this binary ------------------------------------------------------ */
 
 static struct pt_spawned svc;
-static int svc_state; /* 0 not tried, 1 up, -1 failed */
+static const char *const *svc_args; /* extra pagetrackd options, set before need_service() */
+static int svc_state;		    /* 0 not tried, 1 up, -1 failed */
 static pid_t svc_owner;
 
 static inline void svc_stop(void)
@@ -49,7 +51,7 @@ static inline int need_service(void)
 {
 	T_REQUIRE(t_need_bpf());
 	if (svc_state == 0) {
-		int err = pt_spawn_service(&svc, NULL, "tsvc", NULL);
+		int err = pt_spawn_service(&svc, NULL, "tsvc", svc_args);
 
 		svc_state = err ? -1 : 1;
 		if (err)
@@ -116,6 +118,43 @@ static inline bool bitmap_tracked(void)
 	static char buf[65536];
 
 	return strstr(status_json(buf, sizeof(buf)), "\"bitmap\": \"tracked\"") != NULL;
+}
+
+/* --- children: one VMM pid each ---------------------------------------------------------- */
+
+typedef int (*child_fn)(void *arg);
+
+static inline pid_t start_child(child_fn fn, void *arg)
+{
+	pid_t pid;
+
+	fflush(NULL);
+	pid = fork();
+	if (pid == 0) {
+		int rc = fn(arg);
+
+		fflush(NULL);
+		_exit(rc == 0 ? 0 : rc == T_SKIP ? T_SKIP : 1);
+	}
+	return pid;
+}
+
+/* Exit status of the child: 0 pass, T_SKIP, anything else fail (-1 if killed). */
+static inline int wait_child(pid_t pid)
+{
+	int st;
+
+	if (pid < 0 || waitpid(pid, &st, 0) != pid)
+		return -1;
+	if (!WIFEXITED(st))
+		return -1;
+	return WEXITSTATUS(st);
+}
+
+/* Runs fn(arg) in a forked child, so that the child's pid is a fresh VMM pid. */
+static inline int in_child(child_fn fn, void *arg)
+{
+	return wait_child(start_child(fn, arg));
 }
 
 /* --- raw sockets ------------------------------------------------------------------------- */

@@ -167,7 +167,7 @@ if [ -f "$BUILD/libpagetrack.a" ] && [ -f "$BUILD/libpagetrack.so" ]; then
 	BUILD=$BUILD DESTDIR=$D "$TOP/scripts/install.sh" >"$T/install.log" 2>&1
 	ok=yes
 	for f in usr/local/sbin/pagetrackd usr/local/lib/libpagetrack.a usr/local/lib/libpagetrack.so \
-		usr/local/lib/libpagetrack.so.0 usr/local/include/pagetrack/client.h \
+		usr/local/lib/libpagetrack.so.1 usr/local/include/pagetrack/client.h \
 		etc/systemd/system/pagetrackd.service etc/systemd/system/pagetrackd.socket \
 		etc/pagetrack/pagetrack.conf; do
 		[ -e "$D/$f" ] || { echo "# missing $f"; ok=no; }

@@ -5,10 +5,19 @@
 # The canary, run inside `unshare --pid`, must still see every dirty-ring write.
 BUILD=${BUILD:-build}
 name=test_pidns
-if [ "$(id -u)" != 0 ] || [ ! -e /dev/kvm ] || ! command -v unshare >/dev/null; then
-	echo "SKIP: $name: needs root, /dev/kvm and unshare"
+skip() {
+	echo "SKIP: $name: $*"
 	exit 77
-fi
+}
+[ "$(id -u)" = 0 ] || skip "needs root"
+[ -c /dev/kvm ] || skip "/dev/kvm not usable"
+command -v unshare >/dev/null || skip "unshare not installed"
+command -v pgrep >/dev/null || skip "pgrep not installed (procps)"
+# A chroot or a container may forbid new mount or PID namespaces (test_systemd skips there too).
+unshare --pid --fork --mount-proc true 2>/dev/null ||
+	skip "unshare --pid --mount fails here (chroot or container)"
+unshare --pid --fork --mount-proc unshare --pid --fork true 2>/dev/null ||
+	skip "nested unshare --pid fails here"
 fail=0
 out=$(unshare --pid --fork --mount-proc "$BUILD/pagetrackd" canary 2>&1)
 rc=$?
@@ -33,8 +42,14 @@ unshare --pid --fork --mount-proc bash -c '
 	for i in $(seq 200); do [ -S "$1/s.sock" ] && break; sleep 0.1; done
 	sleep 30 & same=$!
 	unshare --pid --fork sleep 30 & outer=$!
-	sleep 0.3
-	nested=$(pgrep -P "$outer" sleep)
+	# The nested sleep appears once the inner unshare has forked: wait for it (bounded, 20 s),
+	# a loaded machine (sanitizers, parallel builds) may take far longer than usual.
+	nested=
+	for i in $(seq 200); do
+		nested=$(pgrep -P "$outer" -x sleep) && [ -n "$nested" ] && break
+		sleep 0.1
+	done
+	[ -n "$nested" ] || echo "no nested sleep after 20 s" >&2
 	for p in "$same" "$nested"; do
 		"$0/ptballoon" -s "$1/s.sock" register "$p" ring 0x40000000:0x100000:1:log
 	done

@@ -27,6 +27,7 @@
 #include "vmm/minivm.h"
 #include "lib/proto.h"
 #include "tools/spawn.h"
+#include "svc.h"
 
 #define PG 4096ull
 
@@ -37,139 +38,6 @@ static const struct pt_reg_slot slot1 = {
 	.gpa = SLOT_GPA, .size = SLOT_SIZE, .id = 1, .flags = PT_REG_SLOT_LOGGED
 };
 
-/* --- the one service of this binary ------------------------------------------------------ */
-
-static struct pt_spawned svc;
-static int svc_state; /* 0 not tried, 1 up, -1 failed */
-static pid_t svc_owner;
-
-static void svc_stop(void)
-{
-	if (svc_state == 1 && getpid() == svc_owner)
-		pt_spawn_stop(&svc, SIGTERM);
-	svc_state = 0;
-}
-
-/* Killed (tests/run.sh's timeout): do not leave the service's pins behind. */
-static void svc_on_signal(int sig)
-{
-	if (getpid() == svc_owner && svc_state == 1)
-		pt_spawn_stop(&svc, SIGKILL);
-	signal(sig, SIG_DFL);
-	raise(sig);
-}
-
-/* Starts the service on first use; T_SKIP (with a reason) where it cannot run. */
-static int need_service(void)
-{
-	T_REQUIRE(t_need_bpf());
-	if (svc_state == 0) {
-		int err = pt_spawn_service(&svc, NULL, "tsvc", NULL);
-
-		svc_state = err ? -1 : 1;
-		if (err)
-			fprintf(stderr, "  cannot start pagetrackd: %s\n", strerror(-err));
-		svc_owner = getpid();
-		atexit(svc_stop);
-		signal(SIGTERM, svc_on_signal);
-		signal(SIGINT, svc_on_signal);
-	}
-	if (svc_state < 0)
-		return t_skip("pagetrackd did not start");
-	if (kill(svc.pid, 0))
-		return -1;
-	return 0;
-}
-
-static struct pt_client *connect_svc(void)
-{
-	struct pt_client *c = pt_client_connect(svc.socket);
-
-	if (c)
-		pt_client_set_timeout(c, 20000);
-	return c;
-}
-
-/* The service's status.json, or "" (it is rewritten every tick). */
-static const char *status_json(char *buf, size_t cap)
-{
-	char path[256];
-	FILE *f;
-	size_t n = 0;
-
-	snprintf(path, sizeof(path), "%s/status.json", svc.dir);
-	f = fopen(path, "r");
-	if (f) {
-		n = fread(buf, 1, cap - 1, f);
-		fclose(f);
-	}
-	buf[n] = 0;
-	return buf;
-}
-
-/* A numeric field of status.json ("errors", "bad_frames", ...), or -1. */
-static long long status_num(const char *key)
-{
-	static char buf[65536];
-	char pat[64];
-	const char *p;
-
-	snprintf(pat, sizeof(pat), "\"%s\": ", key);
-	p = strstr(status_json(buf, sizeof(buf)), pat);
-	return p ? strtoll(p + strlen(pat), NULL, 10) : -1;
-}
-
-static bool ring_tracked(void)
-{
-	static char buf[65536];
-
-	return strstr(status_json(buf, sizeof(buf)), "\"dirty-ring\": \"tracked\"") != NULL;
-}
-
-static bool bitmap_tracked(void)
-{
-	static char buf[65536];
-
-	return strstr(status_json(buf, sizeof(buf)), "\"bitmap\": \"tracked\"") != NULL;
-}
-
-/* --- children: one VMM pid each ---------------------------------------------------------- */
-
-typedef int (*child_fn)(void *arg);
-
-static pid_t start_child(child_fn fn, void *arg)
-{
-	pid_t pid;
-
-	fflush(NULL);
-	pid = fork();
-	if (pid == 0) {
-		int rc = fn(arg);
-
-		fflush(NULL);
-		_exit(rc == 0 ? 0 : rc == T_SKIP ? T_SKIP : 1);
-	}
-	return pid;
-}
-
-/* Exit status of the child: 0 pass, T_SKIP, anything else fail (-1 if killed). */
-static int wait_child(pid_t pid)
-{
-	int st;
-
-	if (pid < 0 || waitpid(pid, &st, 0) != pid)
-		return -1;
-	if (!WIFEXITED(st))
-		return -1;
-	return WEXITSTATUS(st);
-}
-
-/* Runs fn(arg) in a forked child, so that the child's pid is a fresh VMM pid. */
-static int in_child(child_fn fn, void *arg)
-{
-	return wait_child(start_child(fn, arg));
-}
-
 /* Ranges: n single pages, every other page of the test slot, from page `first`. */
 static struct pt_range *sparse_pages(size_t first, size_t n)
 {
@@ -178,148 +46,6 @@ static struct pt_range *sparse_pages(size_t first, size_t n)
 	for (size_t i = 0; r && i < n; i++)
 		r[i] = (struct pt_range){ SLOT_GPA + (first + 2 * i) * PG, PG };
 	return r;
-}
-
-/* --- raw sockets ------------------------------------------------------------------------- */
-
-static int raw_connect(void)
-{
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	struct timeval tv = { 10, 0 };
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
-	if (fd < 0 || strlen(svc.socket) >= sizeof(sa.sun_path))
-		return -1;
-	memcpy(sa.sun_path, svc.socket, strlen(svc.socket) + 1);
-	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa))) {
-		close(fd);
-		return -1;
-	}
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	return fd;
-}
-
-static int raw_send(int fd, const void *p, size_t n)
-{
-	const uint8_t *b = p;
-
-	while (n) {
-		ssize_t k = send(fd, b, n, MSG_NOSIGNAL);
-
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k <= 0)
-			return -1;
-		b += k;
-		n -= (size_t)k;
-	}
-	return 0;
-}
-
-/* Reads exactly n bytes: n, fewer at EOF, -1 on error or timeout. */
-static ssize_t read_full(int fd, void *p, size_t n)
-{
-	size_t got = 0;
-
-	while (got < n) {
-		ssize_t k = recv(fd, (uint8_t *)p + got, n - got, 0);
-
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k < 0)
-			return -1;
-		if (k == 0)
-			break;
-		got += (size_t)k;
-	}
-	return (ssize_t)got;
-}
-
-/* Payload buffer for replies; 8-aligned so pt_frame_parse() can read it in place. */
-static uint64_t rx_store[(PT_MAX_PAYLOAD + 64) / 8];
-
-/* One reply frame, parsed: 1, 0 at EOF, -1 on timeout/garbage. */
-static int raw_recv(int fd, struct pt_hdr *h, struct pt_msg *m)
-{
-	ssize_t n = read_full(fd, h, sizeof(*h));
-
-	if (n == 0)
-		return 0;
-	if (n != sizeof(*h) || pt_hdr_check(h) || !pt_type_is_reply(h->type))
-		return -1;
-	if (h->len && read_full(fd, rx_store, h->len) != (ssize_t)h->len)
-		return -1;
-	return pt_frame_parse(h, h->len ? rx_store : NULL, m) ? -1 : 1;
-}
-
-/* The next frame must be ERROR `code` for request `seq`. 0 or -1 (with a message). */
-static int expect_error(int fd, uint32_t seq, int code, int line)
-{
-	struct pt_hdr h;
-	struct pt_msg m;
-	int rc = raw_recv(fd, &h, &m);
-
-	if (rc != 1 || m.type != PT_MSG_ERROR) {
-		fprintf(stderr, "  line %d: seq %u: wanted ERROR %s, got %s\n", line, seq,
-			pt_err_str(code),
-			rc == 1	  ? pt_msg_type_str(m.type)
-			: rc == 0 ? "EOF"
-				  : "nothing");
-		return -1;
-	}
-	if (m.error->code != (uint32_t)code || m.error->bad_seq != seq || h.seq != seq) {
-		fprintf(stderr,
-			"  line %d: wanted ERROR %s for seq %u, got %s bad_seq %u seq %u: %.*s\n",
-			line, pt_err_str(code), seq, pt_err_str(m.error->code), m.error->bad_seq,
-			h.seq, (int)m.reason_len, m.reason);
-		return -1;
-	}
-	return 0;
-}
-#define EXPECT_ERROR(fd, seq, code) CHECK(expect_error((fd), (seq), (code), __LINE__) == 0)
-
-/* The next frame must be an ACK for `seq`; copied to *ack if not NULL. */
-static int expect_ack(int fd, uint32_t seq, struct pt_ack *ack, int line)
-{
-	struct pt_hdr h;
-	struct pt_msg m;
-	int rc = raw_recv(fd, &h, &m);
-
-	if (rc != 1 || m.type != PT_MSG_ACK || h.seq != seq) {
-		fprintf(stderr, "  line %d: seq %u: wanted ACK, got %s (seq %u)", line, seq,
-			rc == 1	  ? pt_msg_type_str(m.type)
-			: rc == 0 ? "EOF"
-				  : "nothing",
-			h.seq);
-		if (rc == 1 && m.type == PT_MSG_ERROR)
-			fprintf(stderr, ": %s: %.*s", pt_err_str(m.error->code), (int)m.reason_len,
-				m.reason);
-		fprintf(stderr, "\n");
-		return -1;
-	}
-	if (ack)
-		*ack = *m.ack;
-	return 0;
-}
-#define EXPECT_ACK(fd, seq, ack) CHECK(expect_ack((fd), (seq), (ack), __LINE__) == 0)
-
-/* The service closed the connection: EOF (not a timeout, not another frame). */
-static bool raw_eof(int fd)
-{
-	uint8_t b;
-
-	return recv(fd, &b, 1, 0) == 0;
-}
-
-static uint8_t tx[PT_MAX_FRAME + 64] __attribute__((aligned(8)));
-
-static int raw_ping(int fd, uint32_t seq)
-{
-	size_t n = pt_build_empty(tx, sizeof(tx), PT_MSG_PING, seq);
-
-	if (raw_send(fd, tx, n))
-		return -1;
-	return expect_ack(fd, seq, NULL, __LINE__);
 }
 
 /* PING on a fresh connection: the service is alive and accepting. */
@@ -1129,6 +855,7 @@ static int register_twice_child(void *arg)
 	struct pt_client *c = connect_svc(), *c2 = connect_svc();
 	struct pt_client_result res;
 	struct pt_range r = { SLOT_GPA, 3 * PG };
+	uint64_t tok;
 	int err;
 
 	CHECK(c && c2);
@@ -1141,20 +868,24 @@ static int register_twice_child(void *arg)
 	CHECKF(err == -EBADFD && pt_client_last_error(c)->code == PT_E_STATE,
 	       "second REGISTER on one connection: %d %s", err, pt_client_last_error(c)->reason);
 
-	/* Another connection of the same VMM takes the VM over (PROTOCOL 2: a reconnect), with
-	 * its command-ID state; the old connection is no longer bound to it. */
+	/* Another connection of the same VMM, without the first registration's token (v1
+	 * REGISTER has none): the VM starts afresh (PROTOCOL 2), and the old connection is told. */
+	tok = pt_client_token(c);
 	err = pt_client_register(c2, 0, PT_DIRTY_RING, &slot1, 1, NULL);
 	CHECKF(err == 0, "takeover REGISTER: %d %s", err, pt_client_last_error(c2)->reason);
-	CHECK(pt_client_query(c2, 2, PT_Q_HINTS, &res) == 0);
-	CHECK(res.v.hinted == 3);
-	pt_client_result_free(&res);
+	CHECK(tok && pt_client_token(c2) && pt_client_token(c2) != tok);
+	err = pt_client_query(c2, 2, PT_Q_HINTS, &res);
+	CHECKF(err == -ESTALE, "a takeover without the token kept the command state: %d", err);
 	CHECK(pt_client_ping(c) == 0);
 	err = pt_client_query(c, 2, PT_Q_HINTS, &res);
-	CHECKF(err < 0 && pt_client_last_error(c)->code == PT_E_NOT_REGISTERED,
-	       "old connection still acts on the VM: %d", err);
+	CHECKF(err < 0 && pt_client_last_error(c)->code == PT_E_NOT_REGISTERED &&
+		       strstr(pt_client_last_error(c)->reason, "taken over"),
+	       "old connection not told of the takeover: %d %s", err,
+	       pt_client_last_error(c)->reason);
 	/* Its close does not reset the VM it no longer holds. */
+	CHECK(pt_client_arm(c2, 3) == 0 && pt_client_hint(c2, 3, &r, 1) == 0);
 	pt_client_close(c);
-	CHECK(pt_client_ping(c2) == 0 && pt_client_query(c2, 2, PT_Q_HINTS, &res) == 0);
+	CHECK(pt_client_ping(c2) == 0 && pt_client_query(c2, 3, PT_Q_HINTS, &res) == 0);
 	CHECK(res.v.hinted == 3);
 	pt_client_result_free(&res);
 	pt_client_close(c2);

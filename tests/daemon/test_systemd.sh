@@ -194,7 +194,8 @@ json_get() { # FILE KEY: a top-level key of status.json
 journal() { ns journalctl -q -o cat -u pagetrackd.service --no-pager 2>/dev/null; }
 
 # --- static checks ---------------------------------------------------------------------------
-out=$(ns systemd-analyze verify /etc/systemd/system/pagetrackd.socket \
+# --man=no: Documentation=man:... must not need man-db (a minimal host has no man pages).
+out=$(ns systemd-analyze verify --man=no /etc/systemd/system/pagetrackd.socket \
 	/etc/systemd/system/pagetrackd.service 2>&1)
 if [ -z "$out" ]; then pass "systemd-analyze verify"; else
 	echo "$out" | sed 's/^/# /'

@@ -160,7 +160,7 @@ static void vmm_down(struct vmm *v)
 }
 
 /* Runs fn in a forked child (the VMM): its exit code is the case's result. */
-static int in_child(int (*fn)(void))
+static int as_vmm(int (*fn)(void))
 {
 	int status;
 	pid_t pid;
@@ -221,17 +221,17 @@ static int shmem(void)
 
 static int hint_write_query_4k(void)
 {
-	return in_child(anon_4k);
+	return as_vmm(anon_4k);
 }
 
 static int hint_write_query_thp(void)
 {
-	return in_child(anon_thp);
+	return as_vmm(anon_thp);
 }
 
 static int hint_write_query_shmem(void)
 {
-	return in_child(shmem);
+	return as_vmm(shmem);
 }
 
 /* The VMM unregisters its memory behind the service's back: keep, with the reason. */
@@ -266,7 +266,7 @@ out:
 
 static int unregistered_behind_back(void)
 {
-	return in_child(unregistered_body);
+	return as_vmm(unregistered_body);
 }
 
 /* Registrations the service must refuse, with a clear error. */
@@ -314,7 +314,7 @@ static int refused_body(void)
 
 static int refused_registrations(void)
 {
-	return in_child(refused_body);
+	return as_vmm(refused_body);
 }
 
 /* Free page reporting across an ARM: a page written in the old epoch is not free after it. */
@@ -353,7 +353,7 @@ out:
 
 static int report_across_arm(void)
 {
-	return in_child(report_body);
+	return as_vmm(report_body);
 }
 
 /* WR_READ: exactly the pages written since ARM, on every read. */
@@ -392,7 +392,7 @@ out:
 
 static int wr_read(void)
 {
-	return in_child(wr_read_body);
+	return as_vmm(wr_read_body);
 }
 
 /*
@@ -437,7 +437,7 @@ out:
 
 static int reregister_same_uffd(void)
 {
-	return in_child(reregister_body);
+	return as_vmm(reregister_body);
 }
 
 /* Balloon pages the guest writes without a deflate are reclaims, found by this mode too. */
@@ -468,7 +468,7 @@ out:
 
 static int silent_reclaim(void)
 {
-	return in_child(reclaim_body);
+	return as_vmm(reclaim_body);
 }
 
 /*
@@ -623,7 +623,7 @@ static int race_body(void)
 
 static int race_writer_100k(void)
 {
-	return in_child(race_body);
+	return as_vmm(race_body);
 }
 
 /*
@@ -679,7 +679,7 @@ static int restart_body(void)
 static int kill9_restart(void)
 {
 	T_REQUIRE(t_need_bpf());
-	return in_child(restart_body);
+	return as_vmm(restart_body);
 }
 
 /* status.json names the mode. */
@@ -702,7 +702,7 @@ out:
 
 static int status_mode(void)
 {
-	return in_child(status_body);
+	return as_vmm(status_body);
 }
 
 /* ptballoon's userfaultfd mode: its own memory as the guest, one page written of 16 hinted. */

@@ -607,6 +607,10 @@ int pt_cmd_verdict(struct pt_vmctx *c, uint32_t cmd, struct pt_verdict_sum *v, p
 	c->n.confirmed_free += v->free;
 	c->n.kept_written += v->kept_written;
 	c->n.kept_unsure += v->kept_unsure;
+	c->last.cmd = cmd;
+	c->last.hinted = v->hinted;
+	c->last.free = v->free;
+	c->last.kept = v->kept_written + v->kept_unsure;
 	return 0;
 }
 

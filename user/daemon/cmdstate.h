@@ -71,6 +71,10 @@ struct pt_vmctx {
 	 * owned (freed with the context). NULL: the BPF log alone. */
 	struct pt_wlog *wlog;
 	struct pt_vm_counters n;
+	struct {
+		uint32_t cmd;
+		uint64_t hinted, free, kept;
+	} last; /* the last hint verdict (status.json, `pagetrackd top`) */
 };
 
 /* Verdict counts; ranges go to the callback as they are found (gpa, bytes). */

@@ -2,7 +2,8 @@
 /*
  * /etc/pagetrack/pagetrack.conf: "key = value" lines, '#' comments. Keys are the long
  * command-line options (socket, pin-dir, run-dir, metrics, log-mb, learn-mb, tdp, canary,
- * verbose); docs/OPERATIONS.md documents them and systemd/pagetrack.conf shows the defaults.
+ * verbose), and the per-uid quotas (quota-conns, quota-vms, quota-log-mb) that only this file
+ * sets; docs/OPERATIONS.md documents them and systemd/pagetrack.conf shows the defaults.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -26,6 +27,10 @@ void pt_config_defaults(struct pt_config *cfg)
 	cfg->canary = true;
 	cfg->tick_ms = 1000;
 	cfg->listen_fd = -1;
+	/* One user's share: a few VMMs with their reconnects, a quarter of the default log. */
+	cfg->quota_conns = 32;
+	cfg->quota_vms = 8;
+	cfg->quota_log_mb = 8;
 }
 
 static int parse_bool(const char *v, bool *out)
@@ -67,6 +72,12 @@ static int set_key(struct pt_config *c, const char *k, const char *v)
 		return parse_uint(v, &c->log_mb);
 	if (!strcmp(k, "learn-mb"))
 		return parse_uint(v, &c->learn_mb);
+	if (!strcmp(k, "quota-conns"))
+		return parse_uint(v, &c->quota_conns);
+	if (!strcmp(k, "quota-vms"))
+		return parse_uint(v, &c->quota_vms);
+	if (!strcmp(k, "quota-log-mb"))
+		return parse_uint(v, &c->quota_log_mb);
 	if (!strcmp(k, "canary"))
 		return parse_bool(v, &c->canary);
 	if (!strcmp(k, "verbose"))

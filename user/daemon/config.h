@@ -23,7 +23,10 @@ struct pt_config {
 	int tdp;	   /* -1 auto */
 	bool canary;	   /* run the coverage canary at start (default yes) */
 	bool verbose;
-	unsigned tick_ms;	 /* status/metrics/VMM liveness period */
+	unsigned tick_ms; /* status/metrics/VMM liveness period */
+	/* Per-uid quotas (root is exempt): connections open, VMs registered, MiB of write-log
+	 * bitmap those VMs hold. */
+	unsigned quota_conns, quota_vms, quota_log_mb;
 	int listen_fd;		 /* socket activation: inherited listening socket, else -1 */
 	const char *config_path; /* for reload */
 };

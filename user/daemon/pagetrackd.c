@@ -17,6 +17,7 @@
 #include "shared/log.h"
 #include "service.h"
 #include "status.h"
+#include "top.h"
 
 static const char usage[] =
 	"Usage: pagetrackd [OPTIONS] [COMMAND]\n"
@@ -28,6 +29,7 @@ static const char usage[] =
 	"Commands:\n"
 	"  run           run the service (default)\n"
 	"  status        show the running service, its VMs, coverage and counters (--json)\n"
+	"  top           live view of the tracked VMs and their dirty rates (--json, -n, -i)\n"
 	"  canary        load the tracker, run the coverage canary, print the result\n"
 	"  bench         hint-throughput benchmark, side by side with the socket's limits "
 	"(--json)\n"
@@ -44,13 +46,18 @@ static const char usage[] =
 	"      --no-canary       skip the start-up coverage canary (every VM is then untracked)\n"
 	"  -j, --json            machine-readable output (status, bench)\n"
 	"  -q, --quick           short benchmark run\n"
+	"  -n, --iterations N    top: stop after N samples (default: until q or Ctrl-C)\n"
+	"  -i, --interval SEC    top: seconds between samples (default 1)\n"
 	"  -v, --verbose         debug logging, libbpf messages\n"
+	"  -V, --version         print the version and exit\n"
 	"  -h, --help            this text\n"
 	"\n"
 	"Examples:\n"
 	"  pagetrackd                                   # as systemd runs it\n"
 	"  pagetrackd -s /tmp/pt.sock -p /sys/fs/bpf/pt-test -r /tmp/pt run\n"
 	"  pagetrackd status --json\n"
+	"  pagetrackd top                               # q quits\n"
+	"  pagetrackd top --json -n 5                   # five samples, one JSON line each\n"
 	"  pagetrackd bench --quick\n"
 	"  bpftool map dump pinned /sys/fs/bpf/pagetrack/pt_vm_state\n";
 
@@ -75,6 +82,7 @@ static int activation_fd(void)
 }
 
 enum { OPT_LOG_MB = 256, OPT_TDP, OPT_NO_CANARY };
+#define OPTSTRING "c:s:p:r:m:jqvhVn:i:"
 
 static const struct option longopts[] = { { "config", required_argument, NULL, 'c' },
 					  { "socket", required_argument, NULL, 's' },
@@ -88,13 +96,37 @@ static const struct option longopts[] = { { "config", required_argument, NULL, '
 					  { "quick", no_argument, NULL, 'q' },
 					  { "verbose", no_argument, NULL, 'v' },
 					  { "help", no_argument, NULL, 'h' },
+					  { "version", no_argument, NULL, 'V' },
+					  { "iterations", required_argument, NULL, 'n' },
+					  { "interval", required_argument, NULL, 'i' },
 					  { 0 } };
 
 struct cli {
 	struct pt_config cfg;
 	const char *cmd;
 	bool json, quick;
+	struct pt_top_opts top;
 };
+
+/* `top -i SEC`: 0.1 s to 1 hour. */
+static int parse_interval(const char *v, unsigned *ms)
+{
+	char *end;
+	double s = strtod(v, &end);
+
+	if (end == v || *end || !(s >= 0.1 && s <= 3600))
+		return -EINVAL;
+	*ms = s * 1000;
+	return 0;
+}
+
+static int parse_count(const char *v, long *n)
+{
+	char *end;
+
+	*n = strtol(v, &end, 10);
+	return end == v || *end || *n < 1 ? -EINVAL : 0;
+}
 
 static int parse_tdp(const char *v)
 {
@@ -147,6 +179,10 @@ static int apply_opt(struct cli *c, int opt, const char *arg)
 	case 'v':
 		c->cfg.verbose = true;
 		break;
+	case 'n':
+		return parse_count(arg, &c->top.iterations);
+	case 'i':
+		return parse_interval(arg, &c->top.interval_ms);
 	default:
 		return -EINVAL;
 	}
@@ -159,9 +195,13 @@ static int parse_args(struct cli *c, int argc, char **argv)
 	int opt, err;
 
 	/* First pass: only find the configuration file. */
-	while ((opt = getopt_long(argc, argv, "c:s:p:r:m:jqvh", longopts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, OPTSTRING, longopts, NULL)) != -1) {
 		if (opt == 'h') {
 			fputs(usage, stdout);
+			exit(0);
+		}
+		if (opt == 'V') {
+			printf("pagetrackd %s\n", PAGETRACK_VERSION);
 			exit(0);
 		}
 		if (opt == '?')
@@ -175,7 +215,7 @@ static int parse_args(struct cli *c, int argc, char **argv)
 		return err;
 	c->cfg.config_path = config ? config : PT_DEFAULT_CONFIG;
 	optind = 1;
-	while ((opt = getopt_long(argc, argv, "c:s:p:r:m:jqvh", longopts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, OPTSTRING, longopts, NULL)) != -1) {
 		if (opt != 'c' && apply_opt(c, opt, optarg)) {
 			fprintf(stderr, "pagetrackd: bad value for option: %s\n", optarg);
 			return -EINVAL;
@@ -208,7 +248,7 @@ static int cmd_canary(struct cli *c)
 
 int main(int argc, char **argv)
 {
-	struct cli c = { 0 };
+	struct cli c = { .top.interval_ms = 1000 };
 	int err;
 
 	if (parse_args(&c, argc, argv)) {
@@ -222,6 +262,9 @@ int main(int argc, char **argv)
 		err = pt_service_run(&c.cfg);
 	} else if (!strcmp(c.cmd, "status")) {
 		err = pt_status_show(&c.cfg, c.json);
+	} else if (!strcmp(c.cmd, "top")) {
+		c.top.json = c.json;
+		err = pt_top_run(&c.cfg, &c.top);
 	} else if (!strcmp(c.cmd, "canary")) {
 		err = cmd_canary(&c);
 	} else if (!strcmp(c.cmd, "bench")) {

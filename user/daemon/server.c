@@ -716,6 +716,8 @@ static void handle_accept(struct pt_server *s, int res, bool more)
 	s->st.conns_accepted++;
 	s->st.conns_open++;
 	pt_debug("conn %u pid %d uid %u: accepted", c->id, (int)c->peer.pid, (unsigned)c->peer.uid);
+	if (s->ops.on_accept)
+		s->ops.on_accept(s->ctx, c);
 	mark_dirty(c); /* arms the recv */
 }
 
@@ -1376,6 +1378,20 @@ unsigned pt_conn_take_fds(struct pt_conn *c, int *fds, unsigned max)
 const struct pt_peer *pt_conn_peer(const struct pt_conn *c)
 {
 	return &c->peer;
+}
+
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77
+#endif
+
+int pt_conn_peer_pidfd(const struct pt_conn *c)
+{
+	int fd = -1;
+	socklen_t len = sizeof(fd);
+
+	if (getsockopt(c->fd, SOL_SOCKET, SO_PEERPIDFD, &fd, &len))
+		return -errno;
+	return fd >= 0 ? fd : -ESRCH;
 }
 
 uint32_t pt_conn_id(const struct pt_conn *c)

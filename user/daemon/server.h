@@ -53,6 +53,9 @@ struct pt_server_ops {
 	/* SIGINT, SIGTERM or SIGHUP arrived; return true to stop the loop. Without this callback
 	 * SIGINT and SIGTERM stop the loop and SIGHUP is ignored. */
 	bool (*on_signal)(void *ctx, int signo);
+	/* A connection was accepted (pt_conn_peer() is filled in); it may be refused with
+	 * pt_conn_close(). Optional. on_close follows in any case. */
+	void (*on_accept)(void *ctx, struct pt_conn *c);
 };
 
 struct pt_server_cfg {
@@ -98,6 +101,9 @@ void pt_conn_close(struct pt_conn *c);
 /* Reply bytes queued and not yet sent. */
 size_t pt_conn_outq(const struct pt_conn *c);
 const struct pt_peer *pt_conn_peer(const struct pt_conn *c); /* SO_PEERCRED at accept */
+/* A new pidfd (the caller closes it) of the process that connected, even if it has exited
+ * since (SO_PEERPIDFD, Linux 6.5+); -errno where the kernel cannot say. */
+int pt_conn_peer_pidfd(const struct pt_conn *c);
 /*
  * Moves up to @max descriptors the peer passed with SCM_RIGHTS into @fds, oldest first, and
  * returns how many. Descriptors arrive with the bytes of the sendmsg() that carried them, so

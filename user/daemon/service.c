@@ -6,11 +6,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "writelog/canary.h"
 #include "writelog/uffd.h"
 #include "cmdstate.h"
+#include "identity.h"
+#include "quota.h"
 #include "shared/fdlink.h"
 #include "shared/log.h"
 #include "lib/proto.h"
@@ -19,6 +22,26 @@
 #include "service.h"
 #include "status.h"
 
+/* Who holds a registered VM, and what proves it (PROTOCOL.md section 2). */
+struct vm_id {
+	int pidfd;	      /* the VMM process: readable once it exited; -1 */
+	int vm_fd;	      /* the KVM VM descriptor a REGISTER2 passed, held; -1 */
+	uint64_t token;	      /* returned in the ACK; a reconnect presents it as `resume` */
+	struct pt_conn *conn; /* the connection holding the VM, NULL */
+	uid_t uid;	      /* charged in the quotas ... */
+	uint64_t bits;	      /* ... for this much log */
+	bool charged;
+};
+
+/* pt_conn_data() of every connection. */
+struct conn_info {
+	uint32_t bind;	     /* generation << 16 | VM index + 1, or 0 */
+	bool taken_over;     /* another connection registered the VM this one held */
+	bool counted;	     /* in the uid's connection quota */
+	bool refused;	     /* over the quota at accept: closing, nothing is served */
+	uint64_t peer_start; /* start time of the peer at accept (kernels without SO_PEERPIDFD) */
+};
+
 struct svc {
 	const struct pt_config *cfg;
 	struct pt_config live; /* what SIGHUP may change */
@@ -26,10 +49,12 @@ struct svc {
 	struct pt_coverage cov;
 	struct pt_server *srv;
 	struct pt_vmctx *vms[PT_MAX_VMS];
-	uint32_t owner[PT_MAX_VMS]; /* connection id bound to each VM, 0 if none */
-	uint16_t gen[PT_MAX_VMS];   /* bumped per context, so a connection's binding can go stale */
-	uint8_t *out;		    /* one reply frame being built */
-	struct pt_range *ranges;    /* verdict ranges, buffered until the verdict is sure */
+	struct vm_id id[PT_MAX_VMS];
+	struct pt_quota *quota;
+	time_t quota_log_at;	  /* last "connection over quota" log line */
+	uint16_t gen[PT_MAX_VMS]; /* bumped per context, so a connection's binding can go stale */
+	uint8_t *out;		  /* one reply frame being built */
+	struct pt_range *ranges;  /* verdict ranges, buffered until the verdict is sure */
 	size_t nranges, cap_ranges;
 	struct pt_status_counters n;
 	unsigned ticks;
@@ -127,31 +152,7 @@ static void reply_verdict(struct svc *s, struct pt_conn *c, uint32_t seq, uint32
 	send_ranges(s, c, PT_MSG_VERDICT, seq, &v);
 }
 
-/* --- REGISTER: who may track which VM ------------------------------------------------------- */
-
-static int proc_uid(pid_t pid, uid_t *uid)
-{
-	char path[64];
-	struct stat st;
-
-	snprintf(path, sizeof(path), "/proc/%d", pid);
-	if (stat(path, &st))
-		return -errno;
-	*uid = st.st_uid;
-	return 0;
-}
-
-/* Root, the VMM itself, or a process of the VMM's user may register it. */
-static int may_register(const struct pt_peer *p, uint32_t vmm_pid)
-{
-	uid_t uid = 0;
-
-	if (proc_uid(vmm_pid, &uid))
-		return -PT_E_BAD_FIELD;
-	if (p->uid == 0 || (uint32_t)p->pid == vmm_pid || p->uid == uid)
-		return 0;
-	return -PT_E_PERM;
-}
+/* --- REGISTER: who may track which VM (PROTOCOL.md section 2) ------------------------------- */
 
 /* REGISTER and REGISTER2, reduced to one request. */
 struct reg_req {
@@ -164,8 +165,137 @@ struct reg_req {
 	struct pt_reg_slot slots[PT_MAX_REG_SLOTS];
 	uint64_t hva[PT_MAX_REG_SLOTS];
 	int fds[PT_MAX_REG_FDS];
+	int vm_fd;	      /* fds[] entry that is the KVM VM (checked), or -1 */
 	struct pt_wlog *wlog; /* PT_TRACK_UFFD: the VM's write log, taken by on_register() */
 };
+
+/* What REGISTER found out about the peer and the VMM; owns vmm_pidfd. */
+struct reg_who {
+	uint64_t start; /* the VMM's start time */
+	int vmm_pidfd;	/* names the VMM process */
+	uid_t uid;	/* the peer's, charged in the quotas */
+	const char *why;
+};
+
+/*
+ * Is the peer the VMM itself? Only if the process that connected is still alive (its pidfd,
+ * taken by the kernel at connect time) and has the VMM's pid: a pid names that process only
+ * while it lives. On success *pidfd names the VMM.
+ */
+static bool peer_is_vmm(struct svc *s, struct pt_conn *c, uint32_t vmm_pid, uint64_t start,
+			int *pidfd, bool *exited)
+{
+	struct conn_info *ci = pt_conn_data(c);
+	int fd;
+
+	*exited = false;
+	if ((uint32_t)pt_conn_peer(c)->pid != vmm_pid)
+		return false;
+	fd = pt_conn_peer_pidfd(c);
+	if (fd == -ENOPROTOOPT || fd == -EINVAL) /* before Linux 6.5: the start time at accept */
+		fd = ci->peer_start == start ? pt_pidfd_open_exact(vmm_pid, start) : -ESRCH;
+	*exited = fd < 0 || pt_pidfd_exited(fd);
+	if (*exited) {
+		if (fd >= 0)
+			close(fd);
+		return false;
+	}
+	*pidfd = fd;
+	return true;
+}
+
+/* The VM tracked under this pid, if it is still this process. -1 if none. */
+static int tracked_vm(struct svc *s, uint32_t pid, uint64_t start)
+{
+	uint32_t vm;
+
+	if (pt_vm_find(s->t, pid, &vm))
+		return -1;
+	if (pt_vm(s->t, vm)->start_time != start ||
+	    (s->id[vm].pidfd >= 0 && pt_pidfd_exited(s->id[vm].pidfd)))
+		return -1;
+	return (int)vm;
+}
+
+/* Who asks, for which process, and may it? 0 or -PT_E_* with w->why. */
+static int identify(struct svc *s, struct pt_conn *c, const struct reg_req *r, struct reg_who *w)
+{
+	struct pt_reg_claim cl = { .peer_uid = pt_conn_peer(c)->uid,
+				   .vmm_pid = r->vmm_pid,
+				   .vm_fd = r->vm_fd,
+				   .held_vm_fd = -1 };
+	int vm, err;
+
+	w->vmm_pidfd = -1;
+	w->uid = cl.peer_uid;
+	w->why = "no such VMM process";
+	if (pt_proc_start_time(r->vmm_pid, &w->start) || pt_proc_uid(r->vmm_pid, &cl.vmm_uid))
+		return -PT_E_BAD_FIELD;
+	cl.peer_is_vmm = peer_is_vmm(s, c, r->vmm_pid, w->start, &w->vmm_pidfd, &cl.peer_exited);
+	vm = tracked_vm(s, r->vmm_pid, w->start);
+	if (vm >= 0)
+		cl.held_vm_fd = s->id[vm].vm_fd;
+	err = pt_may_register(&cl, &w->why);
+	if (err)
+		return err;
+	if (w->vmm_pidfd < 0)
+		w->vmm_pidfd = pt_pidfd_open_exact(r->vmm_pid, w->start);
+	w->why = "the VMM process exited";
+	return w->vmm_pidfd < 0 ? -PT_E_BAD_FIELD : 0;
+}
+
+/* Log bits a new registration will hold (what pt_vm_track reserves, near enough). */
+static uint64_t reg_bits(struct svc *s, const struct reg_req *r)
+{
+	uint64_t bits = 0;
+
+	if (!r->nslots)
+		return (uint64_t)s->live.learn_mb * 1024 * 1024 * 8;
+	for (uint32_t i = 0; i < r->nslots; i++)
+		bits += (r->slots[i].size / PT_PROTO_PAGE + 63) & ~63ull;
+	return bits;
+}
+
+static struct pt_quota_limits quota_limits(struct svc *s)
+{
+	return (struct pt_quota_limits){ s->live.quota_conns, s->live.quota_vms,
+					 s->live.quota_log_mb };
+}
+
+static void uncharge_vm(struct svc *s, uint32_t vm);
+
+/*
+ * Charges @bits of log and one VM to @uid: for a VM already held (@vm >= 0) the charge moves
+ * from its holder to @uid; for a new one (@vm < 0) it is a reservation the caller records or
+ * returns. 0 or -PT_E_BUSY.
+ */
+static int charge_vm(struct svc *s, int vm, uid_t uid, uint64_t bits, char *why, size_t cap)
+{
+	struct pt_quota_limits l = quota_limits(s);
+	struct vm_id *id = vm >= 0 ? &s->id[vm] : NULL;
+	int err;
+
+	if (id && id->charged && id->uid == uid)
+		return 0;
+	err = pt_quota_vm_get(s->quota, &l, uid, bits, why, cap);
+	if (err || !id)
+		return err;
+	uncharge_vm(s, (uint32_t)vm);
+	id->uid = uid;
+	id->bits = bits;
+	id->charged = true;
+	return 0;
+}
+
+static void uncharge_vm(struct svc *s, uint32_t vm)
+{
+	struct vm_id *id = &s->id[vm];
+
+	if (id->charged)
+		pt_quota_vm_put(s->quota, id->uid, id->bits);
+	id->charged = false;
+	id->bits = 0;
+}
 
 static int track_vm(struct svc *s, const struct reg_req *r, uint32_t *vm)
 {
@@ -191,22 +321,69 @@ static int track_vm(struct svc *s, const struct reg_req *r, uint32_t *vm)
 static struct pt_vmctx *bound_vm(struct svc *s, struct pt_conn *c);
 
 /*
+ * The service's record of a connection, made at accept (or at its first frame where the
+ * server has no accept hook); NULL only when out of memory.
+ */
+static struct conn_info *conn_info(struct pt_conn *c)
+{
+	struct conn_info *ci = pt_conn_data(c);
+
+	if (ci)
+		return ci;
+	ci = calloc(1, sizeof(*ci));
+	if (ci) {
+		pt_proc_start_time((uint32_t)pt_conn_peer(c)->pid, &ci->peer_start);
+		pt_conn_set_data(c, ci);
+	}
+	return ci;
+}
+
+/*
  * A connection remembers its VM as index + generation, never as a pointer: the context may be
- * freed (its VMM exited) while the connection lives on.
+ * freed (its VMM exited, the VM was registered afresh) while the connection lives on.
  */
 static void bind_conn(struct svc *s, struct pt_conn *c, uint32_t vm)
 {
-	pt_conn_set_data(c, (void *)(uintptr_t)((uint32_t)s->gen[vm] << 16 | (vm + 1)));
+	struct conn_info *ci = pt_conn_data(c);
+
+	ci->bind = (uint32_t)s->gen[vm] << 16 | (vm + 1);
+	ci->taken_over = false;
 }
 
 static struct pt_vmctx *conn_vm(struct svc *s, struct pt_conn *c)
 {
-	uintptr_t d = (uintptr_t)pt_conn_data(c);
-	uint32_t vm = (d & 0xffff) - 1;
+	struct conn_info *ci = pt_conn_data(c);
+	uint32_t vm = ci ? (ci->bind & 0xffff) - 1 : 0;
 
-	if (!d || vm >= PT_MAX_VMS || !s->vms[vm] || s->gen[vm] != d >> 16)
+	if (!ci || !ci->bind || vm >= PT_MAX_VMS || !s->vms[vm] || s->gen[vm] != ci->bind >> 16)
 		return NULL;
 	return s->vms[vm];
+}
+
+/* The connection that held @vm loses it; its next requests are told why. */
+static void unbind_holder(struct svc *s, uint32_t vm, struct pt_conn *by)
+{
+	struct pt_conn *old = s->id[vm].conn;
+
+	if (!old || old == by)
+		return;
+	((struct conn_info *)pt_conn_data(old))->taken_over = true;
+	pt_info("VM %u (pid %u): conn %u loses it to conn %u (pid %d uid %u)", vm,
+		pt_vm(s->t, vm)->tgid, pt_conn_id(old), pt_conn_id(by), (int)pt_conn_peer(by)->pid,
+		(unsigned)pt_conn_peer(by)->uid);
+	s->id[vm].conn = NULL;
+}
+
+static void drop_identity(struct svc *s, uint32_t vm)
+{
+	struct vm_id *id = &s->id[vm];
+
+	if (id->pidfd >= 0)
+		close(id->pidfd);
+	if (id->vm_fd >= 0)
+		close(id->vm_fd);
+	uncharge_vm(s, vm);
+	*id = (struct vm_id){ .pidfd = -1, .vm_fd = -1 };
 }
 
 /* Forget a VM whose VMM is gone: BPF tracking, command-ID state, any connection's binding. */
@@ -216,35 +393,8 @@ static void release_vm(struct svc *s, uint32_t vm, const char *why)
 	pt_vm_untrack(s->t, vm);
 	pt_vmctx_free(s->vms[vm]);
 	s->vms[vm] = NULL;
-	s->owner[vm] = 0;
+	drop_identity(s, vm);
 	s->gen[vm]++;
-}
-
-/* Field 22 of /proc/PID/stat: with the pid, what tells this process from a later one. */
-static int proc_start_time(uint32_t pid, uint64_t *start)
-{
-	char path[64], buf[1024], *p;
-	unsigned long long v;
-	ssize_t n;
-	int fd;
-
-	snprintf(path, sizeof(path), "/proc/%u/stat", pid);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return -EIO;
-	buf[n] = 0;
-	p = strrchr(buf, ')'); /* the command name may hold spaces and parentheses */
-	if (!p || sscanf(p + 2,
-			 "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d "
-			 "%*d %*d %*d %*d %llu",
-			 &v) != 1)
-		return -EIO;
-	*start = v;
-	return 0;
 }
 
 /* Is the VMM of this index still the process that registered it? */
@@ -253,7 +403,9 @@ static bool vmm_alive(struct svc *s, uint32_t vm)
 	const struct pt_vm_state *st = pt_vm(s->t, vm);
 	uint64_t start;
 
-	return !proc_start_time(st->tgid, &start) && start == st->start_time;
+	if (s->id[vm].pidfd >= 0)
+		return !pt_pidfd_exited(s->id[vm].pidfd);
+	return !pt_proc_start_time(st->tgid, &start) && start == st->start_time;
 }
 
 /* Same memory map as the one already tracked (a reconnect), or a different VM config? */
@@ -292,13 +444,114 @@ static bool vmm_visible(struct svc *s, uint32_t pid)
 	return !stat(path, &st) && st.st_ino == s->t->pidns_ino;
 }
 
+/* A VM under this pid that is not this process (pid reused), or another memory map: its
+ * state says nothing about this VM. */
+static void release_if_other(struct svc *s, struct pt_conn *c, const struct reg_req *r,
+			     uint64_t start)
+{
+	bool reused;
+	uint32_t vm;
+
+	if (pt_vm_find(s->t, r->vmm_pid, &vm))
+		return;
+	reused = tracked_vm(s, r->vmm_pid, start) < 0;
+	if (!reused && same_slots(s, vm, r))
+		return;
+	unbind_holder(s, vm, c);
+	release_vm(s, vm,
+		   reused ? "pid reused by another process"
+			  : "registered again with another memory map");
+}
+
+/*
+ * The VM's command state for this registration: the old one only with the old registration's
+ * token (a reconnect); otherwise a new one, and every hint, report and inflate is forgotten.
+ */
+static int vm_state(struct svc *s, uint32_t vm, const struct reg_req *r, bool tracked)
+{
+	struct vm_id *id = &s->id[vm];
+	struct pt_vmctx *ctx;
+	int err;
+
+	if (s->vms[vm] && r->resume && pt_token_eq(r->resume, id->token)) {
+		s->n.resumes++;
+		return 0;
+	}
+	s->n.takeovers += !!s->vms[vm];
+	if (s->vms[vm])
+		pt_info("VM %u (pid %u): registered without its token: starts afresh", vm,
+			r->vmm_pid);
+	err = pt_vmctx_new(&ctx, s->t, vm, r->vmm_pid, r->mode, tracked);
+	if (err)
+		return err;
+	pt_vmctx_free(s->vms[vm]);
+	s->vms[vm] = ctx;
+	s->gen[vm]++;
+	id->token = pt_token_new();
+	return 0;
+}
+
+/* The registration holds the VMM's pidfd and the VM's descriptor (REGISTER2). */
+static void hold_identity(struct svc *s, uint32_t vm, struct reg_who *w, struct reg_req *r)
+{
+	struct vm_id *id = &s->id[vm];
+
+	if (id->pidfd >= 0)
+		close(id->pidfd);
+	id->pidfd = w->vmm_pidfd;
+	w->vmm_pidfd = -1;
+	if (r->vm_fd >= 0) {
+		if (id->vm_fd >= 0)
+			close(id->vm_fd);
+		id->vm_fd = r->vm_fd;
+		for (uint32_t i = 0; i < r->nfds; i++)
+			if (r->fds[i] == r->vm_fd)
+				r->fds[i] = -1; /* kept, not closed with the request */
+	}
+}
+
+static int register_vm(struct svc *s, struct pt_conn *c, struct reg_req *r, struct reg_who *w,
+		       bool tracked, uint32_t *vm, char *why, size_t cap)
+{
+	uint64_t bits;
+	int err, held;
+
+	release_if_other(s, c, r, w->start);
+	held = tracked_vm(s, r->vmm_pid, w->start);
+	bits = held >= 0 ? pt_vm(s->t, held)->log_bits : reg_bits(s, r);
+	err = charge_vm(s, held, w->uid, bits, why, cap);
+	if (err)
+		return err;
+	err = track_vm(s, r, vm);
+	if (err) {
+		if (held < 0)
+			pt_quota_vm_put(s->quota, w->uid, bits);
+		snprintf(why, cap, "%s", err == -PT_E_BUSY ? "write log full" : "cannot track");
+		return err;
+	}
+	if (held < 0)
+		s->id[*vm] = (struct vm_id){
+			.pidfd = -1, .vm_fd = -1, .uid = w->uid, .bits = bits, .charged = true
+		};
+	pt_vm(s->t, *vm)->start_time = w->start;
+	if (vm_state(s, *vm, r, tracked)) {
+		snprintf(why, cap, "out of memory");
+		return -PT_E_BUSY;
+	}
+	unbind_holder(s, *vm, c);
+	hold_identity(s, *vm, w, r);
+	return 0;
+}
+
 static void on_register(struct svc *s, struct pt_conn *c, struct reg_req *r)
 {
 	/* A VM with its own write log does not depend on what BPF can see. */
 	bool tracked =
 		r->wlog || (pt_coverage_tracked(&s->cov, r->mode) && vmm_visible(s, r->vmm_pid));
+	uint64_t resumes = s->n.resumes;
+	struct reg_who w;
 	struct pt_vmctx *ctx;
-	uint64_t start;
+	char why[160];
 	uint32_t vm;
 	int err;
 
@@ -306,50 +559,35 @@ static void on_register(struct svc *s, struct pt_conn *c, struct reg_req *r)
 		reply_err(s, c, r->seq, -PT_E_STATE, "register: this connection has a VM");
 		return;
 	}
-	err = may_register(pt_conn_peer(c), r->vmm_pid);
+	err = identify(s, c, r, &w);
 	if (err) {
-		reply_err(s, c, r->seq, err,
-			  err == -PT_E_PERM ? "register: not your VM"
-					    : "register: no such VMM process");
+		if (w.vmm_pidfd >= 0)
+			close(w.vmm_pidfd);
+		s->n.refused_perm += err == -PT_E_PERM;
+		s->n.errors++;
+		pt_conn_send_error(c, r->seq, err, "register pid %u: %s", r->vmm_pid, w.why);
 		return;
 	}
-	if (proc_start_time(r->vmm_pid, &start)) {
-		reply_err(s, c, r->seq, -PT_E_BAD_FIELD, "register: no such VMM process");
-		return;
-	}
-	/* A VM tracked under this pid that is not this process (the pid was reused), or with
-	 * another memory map: its state says nothing about this VM. Start afresh. */
-	if (!pt_vm_find(s->t, r->vmm_pid, &vm) &&
-	    (pt_vm(s->t, vm)->start_time != start || !same_slots(s, vm, r)))
-		release_vm(s, vm,
-			   pt_vm(s->t, vm)->start_time != start
-				   ? "pid reused by another process"
-				   : "registered again with another memory map");
-	err = track_vm(s, r, &vm);
+	err = register_vm(s, c, r, &w, tracked, &vm, why, sizeof(why));
+	if (w.vmm_pidfd >= 0)
+		close(w.vmm_pidfd);
 	if (err) {
-		reply_err(s, c, r->seq, err, "register");
+		s->n.refused_quota += !!strstr(why, "quota");
+		s->n.errors++;
+		pt_conn_send_error(c, r->seq, err, "register pid %u: %s", r->vmm_pid, why);
 		return;
 	}
-	pt_vm(s->t, vm)->start_time = start;
 	ctx = s->vms[vm];
-	if (!ctx) {
-		err = pt_vmctx_new(&ctx, s->t, vm, r->vmm_pid, r->mode, tracked);
-		if (err) {
-			pt_vm_untrack(s->t, vm);
-			reply_err(s, c, r->seq, -PT_E_BUSY, "register: out of memory");
-			return;
-		}
-		s->vms[vm] = ctx;
-		s->gen[vm]++;
-	}
 	ctx->mode = r->mode;
 	ctx->mode_tracked = tracked;
-	/* The registration's write log replaces the old one (a reconnect with new descriptors),
-	 * or drops it (registered again in a dirty-logging mode). */
-	pt_wlog_destroy(ctx->wlog);
-	ctx->wlog = r->wlog;
-	r->wlog = NULL;
-	s->owner[vm] = pt_conn_id(c);
+	/* The registration's write log replaces the old one, or drops it (registered again in a
+	 * dirty-logging mode). A resumed registration keeps the log it had: same epoch. */
+	if (!(r->wlog && ctx->wlog && s->n.resumes != resumes)) {
+		pt_wlog_destroy(ctx->wlog);
+		ctx->wlog = r->wlog;
+		r->wlog = NULL;
+	}
+	s->id[vm].conn = c;
 	bind_conn(s, c, vm);
 	if (!tracked)
 		pt_warn("VM %u (pid %u): BPF does not see its writes (%s dirty logging%s): every "
@@ -357,7 +595,7 @@ static void on_register(struct svc *s, struct pt_conn *c, struct reg_req *r)
 			vm, r->vmm_pid, r->mode == PT_DIRTY_RING ? "dirty-ring" : "bitmap",
 			vmm_visible(s, r->vmm_pid) ? "" : ", VMM in another PID namespace");
 	/* Coverage: 0 when every write path is observed, else why every verdict will be keep. */
-	reply_ack(s, c, r->seq, vm, pt_coverage_bits(ctx), 0);
+	reply_ack(s, c, r->seq, vm, pt_coverage_bits(ctx), s->id[vm].token);
 }
 
 static void reg_from_v1(struct reg_req *r, const struct pt_msg *m)
@@ -368,6 +606,7 @@ static void reg_from_v1(struct reg_req *r, const struct pt_msg *m)
 	r->mode = m->reg->dirty_mode;
 	r->nslots = m->count;
 	memcpy(r->slots, m->slots, m->count * sizeof(r->slots[0]));
+	r->vm_fd = -1;
 }
 
 /* REGISTER2's fields, and the descriptors that came with it. 0 or -PT_E_*. */
@@ -387,6 +626,7 @@ static int reg_from_v2(struct reg_req *r, struct pt_conn *c, const struct pt_msg
 		r->slots[i] = (struct pt_reg_slot){ sl->gpa, sl->size, sl->id, sl->flags };
 		r->hva[i] = sl->hva;
 	}
+	r->vm_fd = -1;
 	r->nfds = pt_conn_take_fds(c, r->fds, r2->nfds);
 	return r->nfds == r2->nfds ? 0 : -PT_E_BAD_FIELD;
 }
@@ -394,7 +634,8 @@ static int reg_from_v2(struct reg_req *r, struct pt_conn *c, const struct pt_msg
 static void reg_close_fds(struct reg_req *r)
 {
 	while (r->nfds)
-		close(r->fds[--r->nfds]);
+		if (r->fds[--r->nfds] >= 0)
+			close(r->fds[r->nfds]);
 }
 
 static int uffd_err_code(int err)
@@ -421,16 +662,23 @@ static void on_register_uffd(struct svc *s, struct pt_conn *c, struct reg_req *r
 	struct pt_uffd_slot sl[PT_MAX_REG_SLOTS];
 	char why[200], msg[240];
 	struct pt_uffd *u = NULL;
+	struct reg_who w;
 	int uffd, pm, err;
 
 	if (r->nfds == 3 && !pt_fd_is_anon(r->fds[2], "kvm-vm")) {
 		reply_err(s, c, r->seq, -PT_E_BAD_FIELD, "register: descriptor 2 is not a KVM VM");
 		return;
 	}
+	if (r->nfds == 3)
+		r->vm_fd = r->fds[2]; /* possession, as in the other modes */
 	/* Before the log touches the memory: the peer must be allowed to register this VMM. */
-	err = may_register(pt_conn_peer(c), r->vmm_pid);
+	err = identify(s, c, r, &w);
+	if (w.vmm_pidfd >= 0)
+		close(w.vmm_pidfd);
 	if (err) {
-		reply_err(s, c, r->seq, err, "register: not your VM");
+		s->n.refused_perm += err == -PT_E_PERM;
+		s->n.errors++;
+		pt_conn_send_error(c, r->seq, err, "register pid %u: %s", r->vmm_pid, w.why);
 		return;
 	}
 	for (uint32_t i = 0; i < r->nslots; i++)
@@ -468,6 +716,7 @@ static void on_register2(struct svc *s, struct pt_conn *c, const struct pt_msg *
 	} else if (!pt_fd_is_anon(r.fds[0], "kvm-vm")) {
 		reply_err(s, c, m->seq, -PT_E_BAD_FIELD, "register: descriptor 0 is not a KVM VM");
 	} else {
+		r.vm_fd = r.fds[0]; /* possession: may register it, and the VM is bound to it */
 		on_register(s, c, &r);
 	}
 	reg_close_fds(&r);
@@ -651,12 +900,27 @@ static struct pt_vmctx *bound_vm(struct svc *s, struct pt_conn *c)
 {
 	struct pt_vmctx *ctx = conn_vm(s, c);
 
-	/* Another connection of the same VMM may have taken the VM over. */
-	if (ctx && s->owner[ctx->vm] != pt_conn_id(c)) {
-		pt_conn_set_data(c, NULL);
+	/* Another connection may have registered the VM since (unbind_holder()). */
+	if (ctx && s->id[ctx->vm].conn != c) {
+		((struct conn_info *)pt_conn_data(c))->bind = 0;
 		return NULL;
 	}
 	return ctx;
+}
+
+static void not_registered(struct svc *s, struct pt_conn *c, const struct pt_msg *m)
+{
+	struct conn_info *ci = pt_conn_data(c);
+
+	if (!ci->taken_over) {
+		reply_err(s, c, m->seq, -PT_E_NOT_REGISTERED, pt_msg_type_str(m->type));
+		return;
+	}
+	s->n.errors++;
+	pt_conn_send_error(c, m->seq, PT_E_NOT_REGISTERED,
+			   "%s: taken over by another connection: its state is not this one's; "
+			   "register again",
+			   pt_msg_type_str(m->type));
 }
 
 static void dispatch(struct svc *s, struct pt_conn *c, const struct pt_msg *m)
@@ -683,7 +947,7 @@ static void dispatch(struct svc *s, struct pt_conn *c, const struct pt_msg *m)
 	}
 	ctx = bound_vm(s, c);
 	if (!ctx) {
-		reply_err(s, c, m->seq, -PT_E_NOT_REGISTERED, pt_msg_type_str(m->type));
+		not_registered(s, c, m);
 		return;
 	}
 	switch (m->type) {
@@ -722,6 +986,8 @@ static void on_frame(void *arg, struct pt_conn *c, const struct pt_hdr *h, const
 	struct pt_msg m;
 	int err;
 
+	if (!conn_info(c) || conn_info(c)->refused)
+		return; /* refused at accept (quota, memory): closing, nothing is served */
 	s->n.frames++;
 	err = pt_frame_parse(h, payload, &m);
 	if (err) {
@@ -732,19 +998,52 @@ static void on_frame(void *arg, struct pt_conn *c, const struct pt_hdr *h, const
 	dispatch(s, c, &m);
 }
 
+/* A uid over its connection quota is refused at once: one ERROR (seq 0), then the close. */
+static void on_accept(void *arg, struct pt_conn *c)
+{
+	struct svc *s = arg;
+	const struct pt_peer *p = pt_conn_peer(c);
+	struct pt_quota_limits l = quota_limits(s);
+	struct conn_info *ci = conn_info(c);
+	uint8_t frame[sizeof(struct pt_hdr) + sizeof(struct pt_error) + 160];
+	char why[160];
+	time_t now;
+
+	if (!ci || pt_quota_conn_get(s->quota, &l, p->uid, why, sizeof(why))) {
+		if (!ci)
+			snprintf(why, sizeof(why), "out of memory");
+		else
+			ci->refused = true;
+		s->n.refused_quota++;
+		pt_conn_send(c, frame, pt_build_error(frame, sizeof(frame), 0, PT_E_BUSY, why));
+		pt_conn_close(c);
+		now = time(NULL);
+		if (now != s->quota_log_at) /* a flood of them logs once a second */
+			pt_warn("conn %u pid %d: refused: %s", pt_conn_id(c), (int)p->pid, why);
+		s->quota_log_at = now;
+		return;
+	}
+	ci->counted = true;
+}
+
 static void on_close(void *arg, struct pt_conn *c)
 {
 	struct svc *s = arg;
-	struct pt_vmctx *ctx = conn_vm(s, c);
+	struct conn_info *ci = pt_conn_data(c);
+	struct pt_vmctx *ctx = ci ? conn_vm(s, c) : NULL;
 
 	/* The VM stays tracked: its device may reconnect. It goes when its VMM exits. Its
 	 * command IDs go now (PROTOCOL.md section 2): a new connection arms anew. */
-	if (ctx && s->owner[ctx->vm] == pt_conn_id(c)) {
-		s->owner[ctx->vm] = 0;
+	if (ctx && s->id[ctx->vm].conn == c) {
+		s->id[ctx->vm].conn = NULL;
 		ctx->state = PT_CS_IDLE;
 		ctx->cur = 0;
 		ctx->nused = 0;
 	}
+	if (ci && ci->counted)
+		pt_quota_conn_put(s->quota, pt_conn_peer(c)->uid);
+	free(ci);
+	pt_conn_set_data(c, NULL);
 }
 
 /* --- housekeeping --------------------------------------------------------------------------- */
@@ -796,6 +1095,9 @@ static void reload(struct svc *s)
 		/* Socket, pins and log size need a restart; the rest applies now. */
 		snprintf(s->live.metrics, sizeof(s->live.metrics), "%s", c.metrics);
 		s->live.learn_mb = c.learn_mb;
+		s->live.quota_conns = c.quota_conns;
+		s->live.quota_vms = c.quota_vms;
+		s->live.quota_log_mb = c.quota_log_mb;
 		pt_log_level = c.verbose ? LOG_DEBUG : LOG_INFO;
 		pt_info("configuration reloaded");
 	}
@@ -827,7 +1129,9 @@ static void adopt_pinned_vms(struct svc *s)
 
 		if (!(st->flags & PT_VM_ACTIVE))
 			continue;
-		if (!vmm_alive(s, i)) {
+		/* From now on its pidfd tells when the VMM exits. */
+		s->id[i].pidfd = pt_pidfd_open_exact(st->tgid, st->start_time);
+		if (s->id[i].pidfd < 0) {
 			release_vm(s, i, "its VMM exited while the service was down");
 			continue;
 		}
@@ -848,7 +1152,7 @@ static int start(struct svc *s)
 				    .tick_ms = s->cfg->tick_ms,
 				    .nbufs = 128,
 				    .buf_size = 128 * 1024 };
-	struct pt_server_ops ops = { on_frame, on_close, on_tick, on_signal };
+	struct pt_server_ops ops = { on_frame, on_close, on_tick, on_signal, on_accept };
 	char cov[400];
 	int err;
 
@@ -880,13 +1184,19 @@ int pt_service_run(const struct pt_config *cfg)
 		return -ENOMEM;
 	s->cfg = cfg;
 	s->live = *cfg;
+	for (uint32_t i = 0; i < PT_MAX_VMS; i++)
+		s->id[i] = (struct vm_id){ .pidfd = -1, .vm_fd = -1 };
+	s->quota = pt_quota_new();
 	s->out = aligned_alloc(8, PT_MAX_FRAME);
-	err = s->out ? start(s) : -ENOMEM;
+	err = s->out && s->quota ? start(s) : -ENOMEM;
 	if (!err)
 		err = pt_server_run(s->srv);
 	pt_server_destroy(s->srv);
-	for (uint32_t i = 0; i < PT_MAX_VMS; i++)
+	for (uint32_t i = 0; i < PT_MAX_VMS; i++) {
 		pt_vmctx_free(s->vms[i]);
+		drop_identity(s, i);
+	}
+	pt_quota_free(s->quota);
 	pt_tracker_close(s->t);
 	free(s->ranges);
 	free(s->out);

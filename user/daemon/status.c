@@ -10,6 +10,7 @@
 
 #include "shared/log.h"
 #include "status.h"
+#include "top.h"
 
 const char *pt_cmd_state_str(enum pt_cmd_state s)
 {
@@ -32,6 +33,74 @@ static struct pt_vm_stats events(struct pt_tracker *t, uint32_t vm)
 	return ev;
 }
 
+/*
+ * The dirty rate of each VM: pages first written since ARM per second, from the written-page
+ * counts of successive ticks (pt_dirty_rate()). Indexed by VM; `t` tells which tracker a
+ * sample came from (tests run several services in one process).
+ */
+struct vm_rate {
+	const struct pt_tracker *t;
+	struct pt_rate_sample s;
+	double rate; /* < 0: not known yet */
+};
+static struct vm_rate rates[PT_MAX_VMS];
+static uint64_t rates_ms; /* when they were sampled: status.json's "time_ms" */
+
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Pages whose bit is set in the VM's log region: written since ARM. */
+static uint64_t written_pages(struct pt_tracker *t, const struct pt_vmctx *c)
+{
+	uint64_t n = 0;
+
+	for (uint64_t w = 0; w < c->words; w++)
+		n += __builtin_popcountll(pt_vm_log_word(t, c->vm, w));
+	return n;
+}
+
+static void update_rates(struct pt_tracker *t, struct pt_vmctx *const *vms, uint64_t t_ms)
+{
+	for (uint32_t i = 0; i < PT_MAX_VMS; i++) {
+		const struct pt_vmctx *c = vms[i];
+		struct vm_rate *r;
+		struct pt_rate_sample cur;
+
+		if (!c || c->vm >= PT_MAX_VMS)
+			continue;
+		r = &rates[c->vm];
+		/* The epoch first: an ARM in between then looks like a log that shrank. */
+		cur.t_ms = t_ms;
+		cur.pid = c->pid;
+		cur.epoch = __atomic_load_n(&pt_vm(t, c->vm)->epoch, __ATOMIC_ACQUIRE);
+		cur.written = written_pages(t, c);
+		r->rate = r->t == t ? pt_dirty_rate(&r->s, &cur) : -1;
+		r->t = t;
+		r->s = cur;
+	}
+}
+
+static void json_rate(FILE *f, const struct pt_vmctx *c)
+{
+	const struct vm_rate *r = &rates[c->vm];
+
+	fprintf(f, ", \"written_pages\": %llu, \"dirty_rate\": ", (unsigned long long)r->s.written);
+	if (r->rate < 0)
+		fprintf(f, "null");
+	else
+		fprintf(f, "%.1f", r->rate);
+	fprintf(f,
+		", \"last_cmd_id\": %u, \"last_hinted\": %llu, \"last_free\": %llu, "
+		"\"last_kept\": %llu",
+		c->last.cmd, (unsigned long long)c->last.hinted, (unsigned long long)c->last.free,
+		(unsigned long long)c->last.kept);
+}
+
 static void json_vm(FILE *f, struct pt_tracker *t, const struct pt_vmctx *c, bool first)
 {
 	const struct pt_vm_state *st = pt_vm(t, c->vm);
@@ -46,7 +115,7 @@ static void json_vm(FILE *f, struct pt_tracker *t, const struct pt_vmctx *c, boo
 		"\"syncs_incomplete\": %llu, \"hint_batches\": %llu, \"hinted_pages\": %llu, "
 		"\"stale_pages\": %llu, \"queries\": %llu, \"confirmed_free\": %llu, "
 		"\"kept_written\": %llu, \"kept_unsure\": %llu, \"reported_pages\": %llu, "
-		"\"reclaimed_pages\": %llu}",
+		"\"reclaimed_pages\": %llu",
 		first ? "" : ",", c->vm, c->pid, mode_str(c->mode),
 		c->mode_tracked ? "true" : "false", pt_cmd_state_str(c->state), c->cur,
 		(unsigned long long)st->epoch, st->sync_epoch == st->epoch ? "true" : "false",
@@ -59,6 +128,8 @@ static void json_vm(FILE *f, struct pt_tracker *t, const struct pt_vmctx *c, boo
 		(unsigned long long)c->n.queries, (unsigned long long)c->n.confirmed_free,
 		(unsigned long long)c->n.kept_written, (unsigned long long)c->n.kept_unsure,
 		(unsigned long long)c->n.reported_pages, (unsigned long long)c->n.reclaimed_pages);
+	json_rate(f, c);
+	fputc('}', f);
 }
 
 static FILE *open_tmp(const char *path, char *tmp, size_t len)
@@ -84,28 +155,34 @@ static void write_json(const char *path, const struct pt_config *cfg, struct pt_
 	if (!f)
 		return;
 	fprintf(f,
-		"{\"pid\": %d, \"time\": %lld, \"socket\": \"%s\", \"pin_dir\": \"%s\", "
+		"{\"pid\": %d, \"time\": %lld, \"time_ms\": %llu, \"socket\": \"%s\", \"pin_dir\": "
+		"\"%s\", "
 		"\"tdp\": %s, \"programs\": \"%s\", \"maps_reused\": %s,\n \"coverage\": "
 		"{\"dirty-ring\": \"%s\", \"bitmap\": \"%s\", \"text\": \"%s\"},\n \"server\": "
 		"{\"connections\": %llu, \"accepted\": %llu, \"frames\": %llu, \"errors\": %llu, "
 		"\"bytes_in\": %llu, \"bytes_out\": %llu, \"bad_frames\": %llu, "
 		"\"backpressure_stalls\": %llu, \"hint_records\": %llu, \"verdicts\": %llu},\n "
 		"\"vms\": [",
-		getpid(), (long long)time(NULL), cfg->socket, t->pin_dir, t->tdp ? "true" : "false",
-		t->progs, t->reused_maps ? "true" : "false", pt_cov_name(cov->mode[PT_DIRTY_RING]),
-		pt_cov_name(cov->mode[PT_DIRTY_BITMAP]), pt_coverage_str(cov, c, sizeof(c)),
-		(unsigned long long)st->conns_open, (unsigned long long)st->conns_accepted,
-		(unsigned long long)n->frames, (unsigned long long)n->errors,
-		(unsigned long long)st->bytes_in, (unsigned long long)st->bytes_out,
-		(unsigned long long)st->bad_frames, (unsigned long long)st->backpressure_stalls,
-		(unsigned long long)n->hint_records, (unsigned long long)n->verdicts);
+		getpid(), (long long)time(NULL), (unsigned long long)rates_ms, cfg->socket,
+		t->pin_dir, t->tdp ? "true" : "false", t->progs, t->reused_maps ? "true" : "false",
+		pt_cov_name(cov->mode[PT_DIRTY_RING]), pt_cov_name(cov->mode[PT_DIRTY_BITMAP]),
+		pt_coverage_str(cov, c, sizeof(c)), (unsigned long long)st->conns_open,
+		(unsigned long long)st->conns_accepted, (unsigned long long)n->frames,
+		(unsigned long long)n->errors, (unsigned long long)st->bytes_in,
+		(unsigned long long)st->bytes_out, (unsigned long long)st->bad_frames,
+		(unsigned long long)st->backpressure_stalls, (unsigned long long)n->hint_records,
+		(unsigned long long)n->verdicts);
 	for (uint32_t i = 0; i < PT_MAX_VMS; i++) {
 		if (vms[i]) {
 			json_vm(f, t, vms[i], first);
 			first = false;
 		}
 	}
-	fprintf(f, "]}\n");
+	fprintf(f,
+		"],\n \"registrations\": {\"takeovers\": %llu, \"resumes\": %llu, "
+		"\"refused_perm\": %llu, \"refused_quota\": %llu}}\n",
+		(unsigned long long)n->takeovers, (unsigned long long)n->resumes,
+		(unsigned long long)n->refused_perm, (unsigned long long)n->refused_quota);
 	commit_tmp(f, tmp, path);
 }
 
@@ -135,6 +212,14 @@ static void prom_vm(FILE *f, struct pt_tracker *t, const struct pt_vmctx *c)
 	for (size_t i = 0; i < sizeof(m) / sizeof(m[0]); i++)
 		fprintf(f, "%s{vm=\"%u\",pid=\"%u\",mode=\"%s\"} %llu\n", m[i].name, c->vm, c->pid,
 			mode_str(c->mode), m[i].v);
+	fprintf(f, "pagetrack_vm_written_pages{vm=\"%u\",pid=\"%u\",mode=\"%s\"} %llu\n", c->vm,
+		c->pid, mode_str(c->mode), (unsigned long long)rates[c->vm].s.written);
+	if (rates[c->vm].rate >= 0)
+		fprintf(f,
+			"pagetrack_vm_dirty_rate_pages_per_second{vm=\"%u\",pid=\"%u\",mode=\"%s\"}"
+			" "
+			"%.1f\n",
+			c->vm, c->pid, mode_str(c->mode), rates[c->vm].rate);
 }
 
 static void write_prom(const char *path, const struct pt_coverage *cov, struct pt_tracker *t,
@@ -164,6 +249,13 @@ static void write_prom(const char *path, const struct pt_coverage *cov, struct p
 		(unsigned long long)n->errors);
 	fprintf(f, "# TYPE pagetrack_bad_frames_total counter\npagetrack_bad_frames_total %llu\n",
 		(unsigned long long)st->bad_frames);
+	fprintf(f, "# TYPE pagetrack_takeovers_total counter\npagetrack_takeovers_total %llu\n",
+		(unsigned long long)n->takeovers);
+	fprintf(f, "# TYPE pagetrack_refused_total counter\n");
+	fprintf(f, "pagetrack_refused_total{why=\"perm\"} %llu\n",
+		(unsigned long long)n->refused_perm);
+	fprintf(f, "pagetrack_refused_total{why=\"quota\"} %llu\n",
+		(unsigned long long)n->refused_quota);
 	for (uint32_t i = 0; i < PT_MAX_VMS; i++)
 		if (vms[i])
 			prom_vm(f, t, vms[i]);
@@ -229,6 +321,8 @@ void pt_status_write(const struct pt_config *cfg, struct pt_tracker *t,
 {
 	char path[300];
 
+	rates_ms = now_ms();
+	update_rates(t, vms, rates_ms);
 	snprintf(path, sizeof(path), "%s/status.json", cfg->run_dir);
 	write_json(path, cfg, t, cov, vms, st, n);
 	snprintf(path, sizeof(path), "%s/status.txt", cfg->run_dir);

@@ -15,6 +15,10 @@
 
 struct pt_status_counters {
 	uint64_t frames, errors, verdicts, hint_records;
+	/* Registrations (PROTOCOL.md section 2): VMs started afresh because another connection
+	 * registered them without the token, resumed with it, refused (PT_E_PERM), refused or
+	 * connections closed over a uid's quota. */
+	uint64_t takeovers, resumes, refused_perm, refused_quota;
 };
 
 void pt_status_write(const struct pt_config *cfg, struct pt_tracker *t,

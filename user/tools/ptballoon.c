@@ -25,6 +25,7 @@
 
 static const char usage[] =
 	"usage: ptballoon [-s SOCKET] [-t TIMEOUT_MS] [COMMAND [ARGS...] [, COMMAND ...]]\n"
+	"       ptballoon -h|--help\n"
 	"commands (without one, read one per line from stdin):\n"
 	"  register PID [ring|bitmap] [GPA:SIZE:SLOT[:log]...]  register the VM of VMM PID\n"
 	"      (:log: the memslot has KVM_MEM_LOG_DIRTY_PAGES; unlogged slots confirm nothing)\n"
@@ -32,6 +33,7 @@ static const char usage[] =
 	"  hint CMD GPA:LEN...                              free page hints under CMD\n"
 	"  query CMD [hints|reported|reclaimed]             print the verdict\n"
 	"  report|inflate|deflate GPA:LEN...                reporting and balloon pages\n"
+	"  written GPA:LEN...                               pages the VMM wrote itself\n"
 	"  wrcaps | wrread GPA:LEN...                       write records\n"
 	"  ping [-n N]                                      round trips, prints p50/p99 RTT\n"
 	"  uffd-memory SIZE[K|M|G]                          be the VMM: map SIZE of guest memory\n"
@@ -237,6 +239,8 @@ static int cmd_pages(struct pt_client *c, int argc, char **argv)
 		err = pt_client_inflate(c, r, n, &pages);
 	else if (!strcmp(argv[0], "deflate"))
 		err = pt_client_deflate(c, r, n, &pages);
+	else if (!strcmp(argv[0], "written"))
+		err = pt_client_written(c, r, n, &pages);
 	else
 		err = pt_client_wr_read(c, r, n, &res);
 	free(r);
@@ -375,19 +379,13 @@ struct command {
 };
 
 static const struct command commands[] = {
-	{ "register", cmd_register },
-	{ "arm", cmd_life },
-	{ "stop", cmd_life },
-	{ "done", cmd_life },
-	{ "hint", cmd_hint },
-	{ "query", cmd_query },
-	{ "report", cmd_pages },
-	{ "inflate", cmd_pages },
-	{ "deflate", cmd_pages },
-	{ "wrread", cmd_pages },
-	{ "wrcaps", cmd_wrcaps },
-	{ "ping", cmd_ping },
-	{ "uffd-memory", cmd_uffd_memory },
+	{ "register", cmd_register }, { "arm", cmd_life },
+	{ "stop", cmd_life },	      { "done", cmd_life },
+	{ "hint", cmd_hint },	      { "query", cmd_query },
+	{ "report", cmd_pages },      { "inflate", cmd_pages },
+	{ "deflate", cmd_pages },     { "wrread", cmd_pages },
+	{ "wrcaps", cmd_wrcaps },     { "ping", cmd_ping },
+	{ "written", cmd_pages },     { "uffd-memory", cmd_uffd_memory },
 	{ "write", cmd_write },
 };
 
@@ -457,6 +455,10 @@ int main(int argc, char **argv)
 	struct pt_client *c;
 	int opt, err, timeout = -2;
 
+	if (argc > 1 && !strcmp(argv[1], "--help")) {
+		fputs(usage, stdout);
+		return 0;
+	}
 	while ((opt = getopt(argc, argv, "+s:t:h")) != -1) {
 		switch (opt) {
 		case 's':
