@@ -435,6 +435,59 @@ out:
 	return rc;
 }
 
+/*
+ * A reconnect with the registration's token resumes: command IDs go (PROTOCOL.md section 2),
+ * but reported pages and the armed write log go on, so the reported set is still sure.
+ */
+static int resume_body(void)
+{
+	struct pt_client_reg reg = { .mode = PT_TRACK_UFFD, .nslots = 2, .nfds = 2 };
+	struct pt_range r[8];
+	struct pt_client_result res = { 0 };
+	uint64_t token;
+	int fds[2], rc;
+	struct vmm v;
+
+	rc = vmm_up(&v, MEM_ANON);
+	if (rc)
+		goto out;
+	rc = -1;
+	for (int i = 0; i < 8; i++)
+		r[i] = (struct pt_range){ page_gpa(200 + i), PAGE };
+	if (pt_client_arm(v.c, 2) || pt_client_report(v.c, r, 8, NULL))
+		goto out;
+	vmm_write(&v, 201); /* before the reconnect */
+	token = pt_client_token(v.c);
+	pt_client_close(v.c);
+	v.c = connect_svc();
+	fds[0] = v.uffd;
+	fds[1] = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	reg.slots = v.slots;
+	reg.fds = fds;
+	reg.resume = token;
+	if (!v.c || !token || pt_client_register2(v.c, &reg, NULL))
+		goto out;
+	close(fds[1]);
+	vmm_write(&v, 203); /* after it */
+	if (pt_client_query(v.c, 0, PT_Q_REPORTED, &res) || res.v.unsure_reason ||
+	    res.v.free != 6 || in_ranges(&res, page_gpa(201)) || in_ranges(&res, page_gpa(203)) ||
+	    !in_ranges(&res, page_gpa(200))) {
+		fprintf(stderr, "  why %#x hinted %lu free %lu\n", res.v.unsure_reason,
+			(unsigned long)res.v.hinted, (unsigned long)res.v.free);
+		goto out;
+	}
+	rc = 0;
+out:
+	pt_client_result_free(&res);
+	vmm_down(&v);
+	return rc;
+}
+
+static int resume_keeps_log(void)
+{
+	return as_vmm(resume_body);
+}
+
 static int reregister_same_uffd(void)
 {
 	return as_vmm(reregister_body);
@@ -735,4 +788,5 @@ static int ptballoon_mode(void)
 T_MAIN(T_CASE(hint_write_query_4k), T_CASE(hint_write_query_thp), T_CASE(hint_write_query_shmem),
        T_CASE(unregistered_behind_back), T_CASE(refused_registrations), T_CASE(report_across_arm),
        T_CASE(wr_read), T_CASE(status_mode), T_CASE(ptballoon_mode), T_CASE(reregister_same_uffd),
-       T_CASE(silent_reclaim), T_CASE(race_writer_100k), T_CASE(kill9_restart))
+       T_CASE(silent_reclaim), T_CASE(race_writer_100k), T_CASE(kill9_restart),
+       T_CASE(resume_keeps_log))
