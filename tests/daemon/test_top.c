@@ -72,7 +72,8 @@ static void status_json(char *buf, size_t len, uint64_t t_ms, uint64_t w0, uint6
 		"\"state\": \"idle\", \"cmd_id\": 0, \"epoch\": %llu, \"synced\": false, "
 		"\"doubt\": "
 		"\"untracked-mode\", \"written_pages\": %llu, \"dirty_rate\": 12.5, "
-		"\"last_cmd_id\": 0, \"last_hinted\": 0, \"last_free\": 0, \"last_kept\": 0}]}\n",
+		"\"last_cmd_id\": 0, \"last_hinted\": 0, \"last_free\": 0, \"last_kept\": 0}],\n"
+		" \"registrations\": {\"takeovers\": 0, \"resumes\": 0}}\n",
 		getpid(), (unsigned long long)t_ms, (unsigned long long)w0,
 		(unsigned long long)epoch1, (unsigned long long)w1);
 }

@@ -116,12 +116,17 @@ int pt_top_parse(const char *json, struct pt_top_sample *s)
 	s->pid = jnum(json, vms, "pid");
 	s->t_ms = jnum(json, vms, "time_ms");
 	jstr(json, vms, "text", s->coverage, sizeof(s->coverage));
+	/* The VM objects are flat: each ends at its first '}'; the array at the ']' after one. */
 	for (p = vms + 1; s->nvms < PT_MAX_VMS; p++) {
-		const char *o = strchr(p, '{'), *c = o ? strchr(o, '}') : NULL;
+		const char *c;
 
-		if (!o || !c)
+		p += strspn(p, " \t\r\n,");
+		if (*p != '{')
 			break;
-		parse_vm(o, c + 1, &s->vms[s->nvms++]);
+		c = strchr(p, '}');
+		if (!c)
+			return -EINVAL;
+		parse_vm(p, c + 1, &s->vms[s->nvms++]);
 		p = c;
 	}
 	return 0;
