@@ -116,6 +116,27 @@ PT_API int pt_client_register2(struct pt_client *c, const struct pt_client_reg *
 /* The token the service returned with the last successful REGISTER(2), or 0. */
 PT_API uint64_t pt_client_token(const struct pt_client *c);
 
+/*
+ * PT_TRACK_UFFD, for a VMM without KVM dirty logging (or one it does not use): the service
+ * tracks writes with asynchronous userfaultfd write-protection and PAGEMAP_SCAN (Linux 6.7).
+ * Call it in the VMM process, with every slot's `hva` set to the VMM's address of its memory.
+ *
+ * With *uffd == -1 it creates a userfaultfd with UFFD_FEATURE_WP_ASYNC |
+ * UFFD_FEATURE_WP_UNPOPULATED (and UFFD_FEATURE_WP_HUGETLBFS_SHMEM where the kernel has it,
+ * for memfd/shmem memory), registers each slot's memory with UFFDIO_REGISTER_MODE_WP, and
+ * returns it in *uffd: keep it open to register again (a new connection, a restarted service);
+ * closing it ends the tracking of that memory. With *uffd >= 0 it reuses that userfaultfd as
+ * is. It then opens /proc/self/pagemap and sends REGISTER2 with both descriptors (and
+ * `kvm_vm_fd` if >= 0). ARM is then the sync: no KVM dirty-log sync is needed.
+ *
+ * Nothing else may write-protect this memory or re-protect it with PAGEMAP_SCAN while it is
+ * tracked (that would hide writes). Writes through another process's mapping of shared
+ * memory (a vhost-user backend) are not seen: report them with pt_client_written().
+ * Returns 0 or a negative errno (-EOPNOTSUPP: the kernel lacks async write-protect).
+ */
+PT_API int pt_client_register_uffd(struct pt_client *c, const struct pt_reg_slot2 *slots,
+				   uint32_t nslots, int kvm_vm_fd, int *uffd, uint32_t *handle);
+
 /* Command IDs: ARM before the dirty-log sync, STOP on the driver's STOP, DONE when sent. */
 PT_API int pt_client_arm(struct pt_client *c, uint32_t cmd_id);
 PT_API int pt_client_stop(struct pt_client *c, uint32_t cmd_id);

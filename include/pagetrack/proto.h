@@ -167,6 +167,9 @@ struct pt_report {
 #define PT_WHY_UNKNOWN_MEM (1u << 3) /* page outside the known memslots */
 #define PT_WHY_DONE	   (1u << 4) /* DONE was sent: nothing may be discarded */
 #define PT_WHY_STALE	   (1u << 5) /* command ID not current */
+/* PT_TRACK_UFFD: the userfaultfd write log lost its hold on guest memory (unregistered or
+ * closed behind the service's back, memory remapped, VMM gone, kernel without PAGEMAP_SCAN) */
+#define PT_WHY_UFFD_LOST (1u << 6)
 
 struct pt_ack {
 	uint32_t status;  /* 0 */

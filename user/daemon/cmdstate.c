@@ -6,6 +6,7 @@
 
 #include "cmdstate.h"
 #include "shared/log.h"
+#include "wlog_feed.h"
 
 #define PAGE_SHIFT 12
 
@@ -308,6 +309,7 @@ void pt_vmctx_free(struct pt_vmctx *c)
 	free(c->inflated);
 	free(c->reclaimed);
 	free(c->early);
+	pt_wlog_destroy(c->wlog);
 	free(c);
 }
 
@@ -352,6 +354,8 @@ uint32_t pt_epoch_doubt(struct pt_vmctx *c)
 	uint64_t epoch = __atomic_load_n(&st->epoch, __ATOMIC_ACQUIRE);
 	uint32_t why = 0;
 
+	if (c->wlog) /* another write log: its doubt, not the dirty-logging mode's */
+		return pt_feed_doubt(c);
 	if (any_unlogged_slot(c))
 		why |= PT_WHY_UNTRACKED;
 	if (!c->mode_tracked)
@@ -448,6 +452,7 @@ static int next_epoch(struct pt_vmctx *c, uint64_t *epoch)
 	int err;
 
 	doubt = fold ? pt_epoch_doubt(c) & PT_WHY_TAINTED : 0;
+	pt_feed_arm(c); /* its ending epoch goes into the words before they are folded */
 	err = pt_vm_arm_fold(c->t, c->vm, fold ? fold_word : NULL, c, epoch);
 	if (err || !c->reported)
 		goto out;
@@ -604,6 +609,7 @@ static int verdict_over(struct pt_vmctx *c, const uint64_t *set, struct pt_verdi
 	struct emitter e = { .c = c, .cb = NULL, .ctx = ctx };
 	uint64_t written = 0, total = 0, chosen = 0, unsure = 0;
 
+	pt_feed_set(c, set);
 	v->why |= pt_epoch_doubt(c);
 	if (!v->why)
 		e.cb = cb;
@@ -741,6 +747,7 @@ int pt_balloon_reclaimed(struct pt_vmctx *c, struct pt_verdict_sum *v, pt_range_
 		return err;
 	if (!c->inflated)
 		return 0;
+	pt_feed_set(c, c->inflated);
 	/* Written since the arm, or found written at an earlier arm: either is a reclaim. Doubt
 	 * about the log only means more reclaims may exist; it is reported in `why`. */
 	for (uint64_t w = 0; w < c->words; w++) {
@@ -794,6 +801,7 @@ int pt_wr_read(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, pt_rang
 	uint64_t total;
 	int err;
 
+	pt_feed_ranges(c, r, n);
 	err = apply_ranges(c, r, n, piece_wr, &a, &total);
 	if (!err && e.len)
 		emit_flush(&e);
@@ -804,8 +812,8 @@ int pt_wr_read(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, pt_rang
 const char *pt_why_str(uint32_t why, char *buf, size_t len)
 {
 	static const char *const names[] = {
-		"untracked-mode", "tainted-epoch", "no-sync-after-arm",
-		"unknown-memory", "done",	   "stale-command-id"
+		"untracked-mode", "tainted-epoch",    "no-sync-after-arm", "unknown-memory",
+		"done",		  "stale-command-id", "uffd-lost",
 	};
 	size_t off = 0;
 

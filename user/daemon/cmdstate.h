@@ -23,6 +23,7 @@
 #include <stdint.h>
 
 #include "pagetrack/proto.h"
+#include "writelog/backend.h"
 #include "writelog/vmlog.h"
 
 /* Disjoint runs of blocked command IDs a VM may hold; one more is PT_E_BUSY (PROTOCOL.md 4.2). */
@@ -66,6 +67,9 @@ struct pt_vmctx {
 	uint64_t slots_gen; /* pt_vm_state.slot_changes when slots was read */
 	uint32_t last_slot; /* index of the slot the last range fell in */
 	bool slots_valid;
+	/* PT_TRACK_UFFD: the write log feeding the log words and answering doubt (wlog_feed.h);
+	 * owned (freed with the context). NULL: the BPF log alone. */
+	struct pt_wlog *wlog;
 	struct pt_vm_counters n;
 	struct {
 		uint32_t cmd;

@@ -12,6 +12,7 @@
 
 #include "writelog/canary.h"
 #include "caps.h"
+#include "writelog/uffd.h"
 #include "cmdstate.h"
 #include "identity.h"
 #include "quota.h"
@@ -311,7 +312,8 @@ struct reg_req {
 	struct pt_reg_slot slots[PT_MAX_REG_SLOTS];
 	uint64_t hva[PT_MAX_REG_SLOTS];
 	int fds[PT_MAX_REG_FDS];
-	int vm_fd; /* fds[] entry that is the KVM VM (checked), or -1 */
+	int vm_fd;	      /* fds[] entry that is the KVM VM (checked), or -1 */
+	struct pt_wlog *wlog; /* PT_TRACK_UFFD: the VM's write log, taken by on_register() */
 };
 
 /* What REGISTER found out about the peer and the VMM; owns vmm_pidfd. */
@@ -719,7 +721,10 @@ static int register_vm(struct svc *s, struct pt_conn *c, struct reg_req *r, stru
 
 static void on_register(struct svc *s, struct pt_conn *c, struct reg_req *r)
 {
-	bool tracked = pt_coverage_tracked(&s->cov, r->mode) && vmm_visible(s, r->vmm_pid);
+	/* A VM with its own write log does not depend on what BPF can see. */
+	bool tracked =
+		r->wlog || (pt_coverage_tracked(&s->cov, r->mode) && vmm_visible(s, r->vmm_pid));
+	uint64_t resumes = s->n.resumes;
 	struct reg_who w;
 	struct pt_vmctx *ctx;
 	char why[160];
@@ -751,6 +756,13 @@ static void on_register(struct svc *s, struct pt_conn *c, struct reg_req *r)
 	ctx = s->vms[vm];
 	ctx->mode = r->mode;
 	ctx->mode_tracked = tracked;
+	/* The registration's write log replaces the old one, or drops it (registered again in a
+	 * dirty-logging mode). A resumed registration keeps the log it had: same epoch. */
+	if (!(r->wlog && ctx->wlog && s->n.resumes != resumes)) {
+		pt_wlog_destroy(ctx->wlog);
+		ctx->wlog = r->wlog;
+		r->wlog = NULL;
+	}
 	s->id[vm].conn = c;
 	bind_conn(s, c, vm);
 	pt_conn_set_registered(c, true);
@@ -803,14 +815,70 @@ static void reg_close_fds(struct reg_req *r)
 			close(r->fds[r->nfds]);
 }
 
+static int uffd_err_code(int err)
+{
+	switch (err) {
+	case -EPERM:
+		return -PT_E_PERM;
+	case -ENOMEM:
+	case -EMFILE:
+		return -PT_E_BUSY;
+	default:
+		return -PT_E_BAD_FIELD;
+	}
+}
+
 /*
- * The userfaultfd write-protect write log (PT_TRACK_UFFD) is a backend of its own; until this
- * service has it, such a REGISTER2 is refused rather than tracked by a log that cannot see its
- * writes.
+ * PT_TRACK_UFFD: build the VM's userfaultfd write log from the descriptors (our own copies:
+ * the request's are closed after it) and the slots' host addresses, then register as any VM.
+ * The log checks what it was given (fd kinds, pagemap of vmm_pid, memory mapped and registered
+ * for async write-protect) and refuses with the reason; it vouches for nothing until ARM.
  */
 static void on_register_uffd(struct svc *s, struct pt_conn *c, struct reg_req *r)
 {
-	reply_err(s, c, r->seq, -PT_E_BAD_FIELD, "register: userfaultfd mode not supported");
+	struct pt_uffd_slot sl[PT_MAX_REG_SLOTS];
+	char why[200], msg[240];
+	struct pt_uffd *u = NULL;
+	struct reg_who w;
+	int uffd, pm, err;
+
+	if (r->nfds == 3 && !pt_fd_is_anon(r->fds[2], "kvm-vm")) {
+		reply_err(s, c, r->seq, -PT_E_BAD_FIELD, "register: descriptor 2 is not a KVM VM");
+		return;
+	}
+	if (r->nfds == 3)
+		r->vm_fd = r->fds[2]; /* possession, as in the other modes */
+	/* Before the log touches the memory: the peer must be allowed to register this VMM. */
+	err = identify(s, c, r, &w);
+	if (w.vmm_pidfd >= 0)
+		close(w.vmm_pidfd);
+	if (err) {
+		s->n.refused_perm += err == -PT_E_PERM;
+		s->n.errors++;
+		pt_conn_send_error(c, r->seq, err, "register pid %u: %s", r->vmm_pid, w.why);
+		return;
+	}
+	for (uint32_t i = 0; i < r->nslots; i++)
+		sl[i] = (struct pt_uffd_slot){ r->slots[i].gpa, r->slots[i].size, r->hva[i] };
+	uffd = fcntl(r->fds[0], F_DUPFD_CLOEXEC, 3);
+	pm = fcntl(r->fds[1], F_DUPFD_CLOEXEC, 3);
+	snprintf(why, sizeof(why), "out of descriptors");
+	err = uffd < 0 || pm < 0
+		      ? -EMFILE
+		      : pt_uffd_open(&u, uffd, pm, r->vmm_pid, sl, r->nslots, why, sizeof(why));
+	if (err) {
+		if (uffd >= 0)
+			close(uffd);
+		if (pm >= 0)
+			close(pm);
+		pt_warn("register (pid %u): userfaultfd mode refused: %s", r->vmm_pid, why);
+		snprintf(msg, sizeof(msg), "register: userfaultfd: %s", why);
+		reply_err(s, c, r->seq, uffd_err_code(err), msg);
+		return;
+	}
+	r->wlog = pt_uffd_wlog(u);
+	on_register(s, c, r);
+	pt_wlog_destroy(r->wlog); /* still ours if the registration failed */
 }
 
 static void on_register2(struct svc *s, struct pt_conn *c, const struct pt_msg *m)

@@ -22,7 +22,7 @@ const char *pt_cmd_state_str(enum pt_cmd_state s)
 
 static const char *mode_str(enum pt_dirty_mode m)
 {
-	return m == PT_DIRTY_RING ? "dirty-ring" : "bitmap";
+	return m == PT_TRACK_UFFD ? "uffd" : m == PT_DIRTY_RING ? "dirty-ring" : "bitmap";
 }
 
 static struct pt_vm_stats events(struct pt_tracker *t, uint32_t vm)

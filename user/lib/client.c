@@ -11,8 +11,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
+#include <linux/userfaultfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -561,6 +564,8 @@ static int send_with_fds(struct pt_client *c, const uint8_t *frame, size_t len, 
 	while (n < 0 && errno == EINTR);
 	if (n <= 0) /* a nonblocking socket with an empty queue takes at least a byte */
 		return fail(c, n < 0 ? -errno : -EIO, "sendmsg failed");
+	if ((size_t)n == len) /* all sent (and wbuf may still be NULL: no memcpy) */
+		return 0;
 	err = wreserve(c, len - n);
 	if (err)
 		return err;
@@ -609,6 +614,115 @@ int pt_client_register2(struct pt_client *c, const struct pt_client_reg *reg, ui
 uint64_t pt_client_token(const struct pt_client *c)
 {
 	return c->token;
+}
+
+/* Kernel ABI older headers lack (values of include/uapi/linux/userfaultfd.h; the service's
+ * copy with versions is user/writelog/uffd_abi.h, which the library cannot include). */
+#ifndef UFFD_FEATURE_WP_HUGETLBFS_SHMEM
+#define UFFD_FEATURE_WP_HUGETLBFS_SHMEM (1 << 12) /* Linux 5.19 */
+#endif
+#ifndef UFFD_FEATURE_WP_UNPOPULATED
+#define UFFD_FEATURE_WP_UNPOPULATED (1 << 13) /* Linux 6.4 */
+#endif
+#ifndef UFFD_FEATURE_WP_ASYNC
+#define UFFD_FEATURE_WP_ASYNC (1 << 15) /* Linux 6.7 */
+#endif
+#ifndef UFFD_USER_MODE_ONLY
+#define UFFD_USER_MODE_ONLY 1
+#endif
+
+static int uffd_new(void)
+{
+	int fd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+
+	/* Without the right to handle kernel-mode faults (vm.unprivileged_userfaultfd = 0): the
+	 * asynchronous write-protect this needs is resolved without a handler anyway. */
+	if (fd < 0 && errno == EPERM)
+		fd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+	return fd < 0 ? -errno : fd;
+}
+
+/* Which features this kernel offers (a throwaway uffd: UFFDIO_API works once per uffd). */
+static int uffd_features(uint64_t *features)
+{
+	struct uffdio_api api = { .api = UFFD_API };
+	int fd = uffd_new(), err = 0;
+
+	if (fd < 0)
+		return fd;
+	if (ioctl(fd, UFFDIO_API, &api))
+		err = -errno;
+	close(fd);
+	*features = api.features;
+	return err;
+}
+
+/* A userfaultfd with async write-protect, every slot registered in WP mode. */
+static int uffd_setup(const struct pt_reg_slot2 *slots, uint32_t nslots)
+{
+	const uint64_t need = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED;
+	struct uffdio_api api = { .api = UFFD_API };
+	uint64_t have;
+	int fd, err = uffd_features(&have);
+
+	if (err)
+		return err;
+	if ((have & need) != need)
+		return -EOPNOTSUPP;
+	api.features = need | (have & UFFD_FEATURE_WP_HUGETLBFS_SHMEM);
+	fd = uffd_new();
+	if (fd < 0)
+		return fd;
+	if (ioctl(fd, UFFDIO_API, &api))
+		goto fail;
+	for (uint32_t i = 0; i < nslots; i++) {
+		struct uffdio_register reg = { .range = { slots[i].hva, slots[i].size },
+					       .mode = UFFDIO_REGISTER_MODE_WP };
+
+		if (ioctl(fd, UFFDIO_REGISTER, &reg))
+			goto fail;
+	}
+	return fd;
+fail:
+	err = -errno;
+	close(fd); /* unregisters whatever was registered */
+	return err;
+}
+
+int pt_client_register_uffd(struct pt_client *c, const struct pt_reg_slot2 *slots, uint32_t nslots,
+			    int kvm_vm_fd, int *uffd, uint32_t *handle)
+{
+	struct pt_client_reg reg = { .mode = PT_TRACK_UFFD, .slots = slots, .nslots = nslots };
+	bool created = *uffd < 0;
+	int fds[3], fd = *uffd, pm, err;
+
+	if (c->broken)
+		return c->broken;
+	if (!nslots || nslots > PT_MAX_REG_SLOTS)
+		return -EINVAL;
+	if (created) {
+		fd = uffd_setup(slots, nslots);
+		if (fd < 0)
+			return fd;
+	}
+	pm = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	if (pm < 0) {
+		err = -errno;
+		goto out;
+	}
+	fds[0] = fd;
+	fds[1] = pm;
+	fds[2] = kvm_vm_fd;
+	reg.fds = fds;
+	reg.nfds = kvm_vm_fd >= 0 ? 3 : 2;
+	err = pt_client_register2(c, &reg, handle);
+	close(pm);
+out:
+	if (err && created)
+		close(fd);
+	else
+		*uffd = fd;
+	return err;
 }
 
 uint64_t pt_client_coverage(const struct pt_client *c)

@@ -8,12 +8,14 @@
  *	ptballoon -s SOCK register PID [ring|bitmap] , arm 5 , hint 5 0x100000:0x400000 ,
  *		  stop 5 , query 5 , done 5
  *	ptballoon ping -n 10000
+ *	ptballoon uffd-memory 64M , arm 2 , hint 2 0:0x100000 , write 0x3000:0x1000 , query 2
  */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -33,7 +35,11 @@ static const char usage[] =
 	"  report|inflate|deflate GPA:LEN...                reporting and balloon pages\n"
 	"  written GPA:LEN...                               pages the VMM wrote itself\n"
 	"  wrcaps | wrread GPA:LEN...                       write records\n"
-	"  ping [-n N]                                      round trips, prints p50/p99 RTT\n";
+	"  ping [-n N]                                      round trips, prints p50/p99 RTT\n"
+	"  uffd-memory SIZE[K|M|G]                          be the VMM: map SIZE of guest memory\n"
+	"      at GPA 0 and register it in the userfaultfd mode (no KVM dirty logging needed)\n"
+	"  write GPA:LEN...                                 write that guest memory "
+	"(uffd-memory)\n";
 
 static int parse_u64(const char *s, uint64_t *v)
 {
@@ -306,17 +312,81 @@ static int cmd_ping(struct pt_client *c, int argc, char **argv)
 	return err ? report_err(c, "ping", err) : 0;
 }
 
+/*
+ * The userfaultfd mode, with this process as the VMM: its own anonymous memory stands for the
+ * guest's, so the mode can be tried without a VM. A real VMM calls pt_client_register_uffd()
+ * the same way, with its guest memory's slots.
+ */
+static char *uffd_mem;
+static uint64_t uffd_size;
+static int uffd_fd = -1;
+
+static int cmd_uffd_memory(struct pt_client *c, int argc, char **argv)
+{
+	struct pt_reg_slot2 slot = { .gpa = 0, .id = 1 };
+	char *end;
+	uint32_t handle;
+	int err;
+
+	if (argc != 2 || uffd_mem)
+		return -EINVAL;
+	uffd_size = strtoull(argv[1], &end, 0);
+	uffd_size <<= *end == 'K' ? 10 : *end == 'M' ? 20 : *end == 'G' ? 30 : 0;
+	if (!uffd_size || uffd_size % 4096 || (*end && end[1]))
+		return -EINVAL;
+	uffd_mem = mmap(NULL, uffd_size, PROT_READ | PROT_WRITE,
+			MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (uffd_mem == MAP_FAILED) {
+		uffd_mem = NULL;
+		return -errno;
+	}
+	slot.size = uffd_size;
+	slot.hva = (uintptr_t)uffd_mem;
+	err = pt_client_register_uffd(c, &slot, 1, -1, &uffd_fd, &handle);
+	if (err)
+		return report_err(c, "uffd-memory", err);
+	printf("registered pid %d (userfaultfd mode): %" PRIu64 " bytes at GPA 0, handle %u "
+	       "coverage 0x%" PRIx64 "\n",
+	       getpid(), uffd_size, handle, pt_client_coverage(c));
+	return 0;
+}
+
+static int cmd_write(struct pt_client *c, int argc, char **argv)
+{
+	struct pt_range *r;
+	int n = parse_ranges(argc - 1, argv + 1, &r);
+
+	if (n < 0)
+		return n;
+	for (int i = 0; i < n; i++) {
+		if (!uffd_mem || r[i].gpa + r[i].len > uffd_size ||
+		    r[i].gpa + r[i].len < r[i].gpa) {
+			free(r);
+			fprintf(stderr, "ptballoon: write: outside uffd-memory\n");
+			return -EINVAL;
+		}
+		for (uint64_t off = 0; off < r[i].len; off += 4096)
+			uffd_mem[r[i].gpa + off] = 1;
+	}
+	free(r);
+	printf("written %d ranges\n", n);
+	return 0;
+}
+
 struct command {
 	const char *name;
 	int (*fn)(struct pt_client *c, int argc, char **argv);
 };
 
 static const struct command commands[] = {
-	{ "register", cmd_register }, { "arm", cmd_life },	{ "stop", cmd_life },
-	{ "done", cmd_life },	      { "hint", cmd_hint },	{ "query", cmd_query },
-	{ "report", cmd_pages },      { "inflate", cmd_pages }, { "deflate", cmd_pages },
-	{ "wrread", cmd_pages },      { "wrcaps", cmd_wrcaps }, { "ping", cmd_ping },
-	{ "written", cmd_pages },
+	{ "register", cmd_register }, { "arm", cmd_life },
+	{ "stop", cmd_life },	      { "done", cmd_life },
+	{ "hint", cmd_hint },	      { "query", cmd_query },
+	{ "report", cmd_pages },      { "inflate", cmd_pages },
+	{ "deflate", cmd_pages },     { "wrread", cmd_pages },
+	{ "wrcaps", cmd_wrcaps },     { "ping", cmd_ping },
+	{ "written", cmd_pages },     { "uffd-memory", cmd_uffd_memory },
+	{ "write", cmd_write },
 };
 
 static int run(struct pt_client *c, int argc, char **argv)
