@@ -7,6 +7,7 @@
  * ping-pong. Then the BPF programs' cost per event against empty programs.
  */
 #include <errno.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -17,6 +18,7 @@
 #include "bench_svc.h"
 #include "bench_util.h"
 #include "tools/spawn.h"
+#include "vmm/minivm.h"
 
 #define RUN_NS_QUICK 600000000ull
 #define RUN_NS_FULL  4000000000ull
@@ -32,12 +34,11 @@ static const struct {
 	{ "64 devices", bench_many_devices }, { "live guest + 64 GiB verdict", bench_live_guest },
 };
 
-static int run_service_workloads(bool quick)
+static int run_service_workloads(struct bench_env *env)
 {
 	/* 128 MiB of write log: 4 TiB of guest, since VMs of finished workloads are released
 	 * only at the service's next tick. */
 	static const char *const extra[] = { "--log-mb", "128", NULL };
-	struct bench_env env = { .quick = quick, .run_ns = quick ? RUN_NS_QUICK : RUN_NS_FULL };
 	struct pt_spawned svc;
 	int err = pt_spawn_service(&svc, NULL, "bench", extra);
 
@@ -46,11 +47,11 @@ static int run_service_workloads(bool quick)
 			strerror(-err));
 		return err;
 	}
-	env.socket = svc.socket;
-	env.svc = svc.pid;
+	env->socket = svc.socket;
+	env->svc = svc.pid;
 	for (size_t i = 0; !err && i < sizeof(workloads) / sizeof(workloads[0]); i++) {
 		bench_progress("%s", workloads[i].name);
-		err = workloads[i].fn(&env);
+		err = workloads[i].fn(env);
 		if (err)
 			fprintf(stderr, "pagetrackd bench: %s: %s (service log: %s)\n",
 				workloads[i].name, strerror(err < 0 ? -err : err), svc.log);
@@ -67,6 +68,10 @@ static void print_ratio(const char *what, const char *key, const char *target, d
 	double v = bench_get(key);
 	bool met = at_least ? v >= goal : v <= goal;
 
+	if (isnan(v)) {
+		printf("  %-44s %8s  (its workload was skipped, see above)\n", what, "-");
+		return;
+	}
 	if (!target) {
 		printf("  %-44s %8.3f\n", what, v);
 		return;
@@ -92,8 +97,25 @@ static void print_ratios(void)
 		    "1.3x", 1.3, false);
 }
 
+/* KVM workloads need a dirty-ring VM; without one they skip with this reason. */
+static void check_kvm(struct bench_env *env)
+{
+	static char why[160];
+
+	env->kvm = minivm_supported(MINIVM_DIRTY_RING);
+	if (!env->kvm) {
+		bench_note("kvm", NULL, "usable");
+		return;
+	}
+	snprintf(why, sizeof(why), "needs a KVM dirty-ring guest: /dev/kvm not usable (%s)",
+		 strerror(-env->kvm));
+	env->no_kvm = why;
+	bench_note("kvm", "KVM workloads", "skipped: %s", why);
+}
+
 int pt_bench_run(bool quick, bool json)
 {
+	struct bench_env env = { .quick = quick, .run_ns = quick ? RUN_NS_QUICK : RUN_NS_FULL };
 	int err;
 
 	if (geteuid()) {
@@ -101,10 +123,11 @@ int pt_bench_run(bool quick, bool json)
 		return -EPERM;
 	}
 	bench_note("mode", NULL, "%s", quick ? "quick" : "full");
-	err = run_service_workloads(quick);
+	check_kvm(&env);
+	err = run_service_workloads(&env);
 	if (!err) {
 		bench_progress("BPF cost per event");
-		err = bench_bpf(quick);
+		err = bench_bpf(&env);
 		if (err)
 			fprintf(stderr, "pagetrackd bench: BPF section: %s\n", strerror(-err));
 	}

@@ -10,6 +10,7 @@
 
 #include "baseline.skel.h"
 #include "bench_bpf.h"
+#include "bench_svc.h"
 #include "bench_util.h"
 #include "writelog/loader.h"
 #include "shared/log.h"
@@ -179,7 +180,8 @@ static uint64_t ring_writes(struct pt_tracker *t, uint32_t vm)
 	return pt_vm_stats_get(t, vm, &n) ? 0 : n.ring_writes;
 }
 
-static int measure(struct pt_tracker *t, struct baseline_bpf *b, bool quick)
+/* A ring-mode guest writing: ring pushes, and the VMM's KVM_RUN and RESET ioctls. */
+static int measure_guest(struct pt_tracker *t, struct baseline_bpf *b, bool quick)
 {
 	struct pair p[3] = {
 		{ .name = "ring_push",
@@ -214,11 +216,20 @@ static int measure(struct pt_tracker *t, struct baseline_bpf *b, bool quick)
 		bench_put("bpf_ring_writes_logged", ring_writes(t, idx) - logged, "",
 			  "guest writes that reached the write log");
 	pt_vm_untrack(t, idx);
-	if (!err)
-		err = measure_other(t, b, quick);
 out:
 	minivm_destroy(vm);
 	return err;
+}
+
+static int measure(const struct bench_env *env, struct pt_tracker *t, struct baseline_bpf *b)
+{
+	int err = 0;
+
+	if (env->no_kvm)
+		bench_skip("bpf_guest", env->no_kvm);
+	else
+		err = measure_guest(t, b, env->quick);
+	return err ? err : measure_other(t, b, env->quick);
 }
 
 static int load_both(struct pt_tracker **t, struct baseline_bpf **b)
@@ -234,7 +245,7 @@ static int load_both(struct pt_tracker **t, struct baseline_bpf **b)
 	return baseline_bpf__attach(*b);
 }
 
-int bench_bpf(bool quick)
+int bench_bpf(const struct bench_env *env)
 {
 	struct baseline_bpf *b = NULL;
 	struct pt_tracker *t = NULL;
@@ -249,7 +260,7 @@ int bench_bpf(bool quick)
 	pt_log_level = LOG_WARNING;
 	err = load_both(&t, &b);
 	if (!err)
-		err = measure(t, b, quick);
+		err = measure(env, t, b);
 	baseline_bpf__destroy(b);
 	pt_tracker_close(t);
 	old[strcspn(old, "\n")] = 0;

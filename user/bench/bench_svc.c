@@ -746,6 +746,10 @@ int bench_live_guest(const struct bench_env *env)
 	int err;
 
 	bench_section("Real guest (minivm, dirty ring, 64 GiB slot) writing during the hint load");
+	if (env->no_kvm) {
+		bench_skip("live", env->no_kvm);
+		return 0;
+	}
 	err = live_vm(&l, s);
 	if (!err)
 		err = build_rounds(r, s, 1, 4 * MIB);
