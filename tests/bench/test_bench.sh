@@ -41,7 +41,8 @@ hint_epoll_cpu_ns_per_record hint_ratio_vs_raw_socket hint_ratio_vs_epoll
 worst_guest_gib worst_rounds worst_records_per_s worst_gib_validated_per_s
 worst_cpu_ns_per_record worst_raw_socket_records_per_s worst_raw_socket_gbytes_per_s
 worst_epoll_records_per_s worst_epoll_cpu_ns_per_record worst_ratio_vs_raw_socket
-worst_ratio_vs_epoll
+worst_ratio_vs_epoll hint_floor_records_per_s hint_ratio_vs_floor worst_floor_records_per_s
+worst_ratio_vs_floor
 report_records_per_s report_ack_p50_us report_ack_p99_us report_ack_p999_us
 service_ping_p50_us service_ping_p99_us service_ping_p999_us
 pingpong_p50_us pingpong_p99_us pingpong_p999_us ratio_ack_p99_vs_pingpong_p99
@@ -126,7 +127,7 @@ else
 fi
 missing=
 for line in "^Ratios" "a/b hinting 4 MiB" "a/b worst case 4 KiB" "a/c hinting 4 MiB" \
-	"a/c worst case 4 KiB" "ack p99 / ping-pong p99" "64 GiB verdict p50" \
+	"a/c worst case 4 KiB" "a/f hinting 4 MiB" "a/f worst case 4 KiB" "ack p99 / ping-pong p99" "64 GiB verdict p50" \
 	"bits per guest page" "BPF ring push / empty program"; do
 	grep -q -- "$line" "$out/table" || missing="$missing '$line'"
 done

@@ -82,10 +82,12 @@ static void print_ratio(const char *what, const char *key, const char *target, d
 
 static void print_ratios(void)
 {
-	printf("\nRatios (a: pagetrackd, b: raw socket, c: epoll loop, d: ping-pong)\n");
+	printf("\nRatios (a: pagetrackd, b: raw socket, c: epoll loop, d: ping-pong, f: floor)\n");
 	print_ratio("a/b hinting 4 MiB, records/s", "hint_ratio_vs_raw_socket", "0.5x", 0.5, true);
 	print_ratio("a/b worst case 4 KiB, records/s", "worst_ratio_vs_raw_socket", "0.5x", 0.5,
 		    true);
+	print_ratio("a/f hinting 4 MiB, records/s", "hint_ratio_vs_floor", "0.7x", 0.7, true);
+	print_ratio("a/f worst case 4 KiB, records/s", "worst_ratio_vs_floor", "0.7x", 0.7, true);
 	print_ratio("a/c hinting 4 MiB, records/s (io_uring/epoll)", "hint_ratio_vs_epoll", NULL, 0,
 		    true);
 	print_ratio("a/c worst case 4 KiB, records/s", "worst_ratio_vs_epoll", NULL, 0, true);

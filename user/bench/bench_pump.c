@@ -270,7 +270,7 @@ int bench_run_rounds(struct bench_conn *c, const struct bench_round *rounds, uin
 
 /* --- baseline peers ------------------------------------------------------------------------- */
 
-static int fork_peer(int *fd, pid_t *pid, int *child_fd)
+int bench_fork_peer(int *fd, pid_t *pid, int *child_fd)
 {
 	int sv[2];
 
@@ -308,7 +308,7 @@ static void __attribute__((noreturn)) sink_main(int fd)
 
 int bench_fork_sink(int *fd, pid_t *pid)
 {
-	int cfd = -1, err = fork_peer(fd, pid, &cfd);
+	int cfd = -1, err = bench_fork_peer(fd, pid, &cfd);
 
 	if (!err && !*pid)
 		sink_main(cfd);
@@ -335,7 +335,7 @@ static void __attribute__((noreturn)) echo_main(int fd, size_t msg)
 
 int bench_fork_echo(int *fd, pid_t *pid, size_t msg)
 {
-	int cfd = -1, err = fork_peer(fd, pid, &cfd);
+	int cfd = -1, err = bench_fork_peer(fd, pid, &cfd);
 
 	if (!err && !*pid)
 		echo_main(cfd, msg);
@@ -523,7 +523,7 @@ static void __attribute__((noreturn)) ep_loop(struct ep_child *e, int fd)
 
 int bench_fork_epoll(int *fd, pid_t *pid, const struct pt_reg_slot *slots, uint32_t n)
 {
-	int cfd = -1, err = fork_peer(fd, pid, &cfd);
+	int cfd = -1, err = bench_fork_peer(fd, pid, &cfd);
 	struct ep_child e = { 0 };
 	char ready = 'R';
 

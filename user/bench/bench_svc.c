@@ -108,7 +108,7 @@ struct cmp {
 	uint32_t nslots;
 	uint64_t range_len;
 	struct bench_round rounds[2];
-	struct bench_run svc, sink, ep;
+	struct bench_run svc, sink, ep, floor;
 	uint64_t svc_cpu, ep_cpu;
 	double query_ns; /* QUERY round trip on the fully hinted guest, p50 */
 };
@@ -190,6 +190,22 @@ static int cmp_sink(struct cmp *x)
 	return err;
 }
 
+static int cmp_floor(struct cmp *x)
+{
+	struct bench_conn c;
+	pid_t pid;
+	int fd, err = bench_fork_floor(&fd, &pid, x->slots, x->nslots);
+
+	if (err)
+		return err;
+	err = bench_conn_init(&c, fd, true);
+	if (!err)
+		err = bench_run_rounds(&c, x->rounds, x->svc.rounds, 0, NULL, NULL, &x->floor);
+	bench_conn_close(&c);
+	bench_child_reap(-1, pid);
+	return err;
+}
+
 static int cmp_epoll(struct cmp *x)
 {
 	struct bench_conn c;
@@ -216,7 +232,7 @@ static void cmp_put(const struct cmp *x)
 {
 	const char *p = x->pfx;
 	double a = per_s(x->svc.records, x->svc.ns), b = per_s(x->sink.records, x->sink.ns);
-	double c = per_s(x->ep.records, x->ep.ns);
+	double c = per_s(x->ep.records, x->ep.ns), f = per_s(x->floor.records, x->floor.ns);
 	double gib = (double)slots_bytes(x->slots, x->nslots) / GIB;
 	double bytes = (double)x->rounds[0].arm_len + x->rounds[0].body_len;
 
@@ -236,8 +252,11 @@ static void cmp_put(const struct cmp *x)
 		  "(c) epoll + read/write, same cmdstate");
 	bench_put(kfmt(p, "epoll_cpu_ns_per_record"), (double)x->ep_cpu / x->ep.records, "ns",
 		  "(c) epoll loop CPU per record");
+	bench_put(kfmt(p, "floor_records_per_s"), f, "rec/s",
+		  "(f) floor: same stream, only the bitmap work");
 	bench_put(kfmt(p, "ratio_vs_raw_socket"), a / b, "x", "a/b");
 	bench_put(kfmt(p, "ratio_vs_epoll"), a / c, "x", "a/c");
+	bench_put(kfmt(p, "ratio_vs_floor"), a / f, "x", "a/f");
 	if (x->query_ns)
 		bench_put("verdict_64g_unsure_ms_p50", x->query_ns / 1e6, "ms",
 			  "64 GiB verdict, synthetic VMM (kept_unsure), p50");
@@ -256,6 +275,8 @@ static int compare(const struct bench_env *env, struct cmp *x)
 		err = cmp_sink(x);
 	if (!err)
 		err = cmp_epoll(x);
+	if (!err)
+		err = cmp_floor(x);
 	if (!err)
 		cmp_put(x);
 	free_rounds(x->rounds);
