@@ -64,8 +64,8 @@ static void floor_query(struct floor *f)
 		uint64_t h = f->hinted[w];
 
 		if (h)
-			f->free += __builtin_popcountll(h & ~__atomic_load_n(&f->log[w],
-									     __ATOMIC_RELAXED));
+			f->free += __builtin_popcountll(
+				h & ~__atomic_load_n(&f->log[w], __ATOMIC_RELAXED));
 	}
 }
 
