@@ -108,10 +108,15 @@ struct cmp {
 	uint32_t nslots;
 	uint64_t range_len;
 	struct bench_round rounds[2];
+	/* Per contender the fastest of REPS interleaved runs: interference only slows a run. */
 	struct bench_run svc, sink, ep, floor;
-	uint64_t svc_cpu, ep_cpu;
+	/* Over all runs: CPU time and what it bought, the service's rounds and verdicts. */
+	uint64_t svc_cpu, svc_records, ep_cpu, ep_records, svc_rounds, sure;
+	bool last;	 /* the last repetition: time QUERY round trips after it */
 	double query_ns; /* QUERY round trip on the fully hinted guest, p50 */
 };
+
+#define REPS 3
 
 /* QUERY round trips on the fully hinted guest the last round left behind. */
 static int time_queries(struct bench_conn *c, uint32_t cmd, unsigned n, uint64_t *ns,
@@ -162,11 +167,11 @@ static int cmp_service(const struct bench_env *env, struct cmp *x)
 	err = bench_register(&c, holder, x->slots, x->nslots);
 	cpu0 = svc_cpu(env);
 	if (!err)
-		err = bench_run_rounds(&c, x->rounds, 0, env->run_ns, NULL, NULL, &x->svc);
+		err = bench_run_rounds(&c, x->rounds, 0, env->run_ns / REPS, NULL, NULL, &x->svc);
 	x->svc_cpu = svc_cpu(env) - cpu0;
 	if (!err)
 		err = check_errors(&c, x->pfx);
-	if (!err && x->range_len == 4 * MIB)
+	if (!err && x->last && x->range_len == 4 * MIB)
 		err = put_query_times(env, &c, x);
 	bench_conn_close(&c);
 out_holder:
@@ -231,17 +236,20 @@ static int cmp_epoll(struct cmp *x)
 static void cmp_put(const struct cmp *x)
 {
 	const char *p = x->pfx;
+	double rounds = x->svc_rounds;
 	double a = per_s(x->svc.records, x->svc.ns), b = per_s(x->sink.records, x->sink.ns);
 	double c = per_s(x->ep.records, x->ep.ns), f = per_s(x->floor.records, x->floor.ns);
 	double gib = (double)slots_bytes(x->slots, x->nslots) / GIB;
 	double bytes = (double)x->rounds[0].arm_len + x->rounds[0].body_len;
 
 	bench_put(kfmt(p, "guest_gib"), gib, "GiB", "guest size (hinted whole each round)");
-	bench_put(kfmt(p, "rounds"), x->svc.rounds, "", "rounds (ARM, sync, HINT.., STOP, QUERY)");
+	bench_put(kfmt(p, "rounds"), rounds, "", "rounds (ARM, sync, HINT.., STOP, QUERY)");
+	bench_put(kfmt(p, "reps"), REPS, "",
+		  "interleaved runs per contender (rates: the best run)");
 	bench_put(kfmt(p, "records_per_s"), a, "rec/s", "(a) pagetrackd: hint records");
 	bench_put(kfmt(p, "gib_validated_per_s"), per_s(x->svc.rounds, x->svc.ns) * gib, "GiB/s",
 		  "(a) pagetrackd: guest validated");
-	bench_put(kfmt(p, "cpu_ns_per_record"), (double)x->svc_cpu / x->svc.records, "ns",
+	bench_put(kfmt(p, "cpu_ns_per_record"), (double)x->svc_cpu / x->svc_records, "ns",
 		  "(a) pagetrackd: service CPU per record");
 	bench_put(kfmt(p, "raw_socket_records_per_s"), b, "rec/s",
 		  "(b) raw AF_UNIX stream, reader only");
@@ -250,7 +258,7 @@ static void cmp_put(const struct cmp *x)
 		  "(b) raw AF_UNIX stream, bytes");
 	bench_put(kfmt(p, "epoll_records_per_s"), c, "rec/s",
 		  "(c) epoll + read/write, same cmdstate");
-	bench_put(kfmt(p, "epoll_cpu_ns_per_record"), (double)x->ep_cpu / x->ep.records, "ns",
+	bench_put(kfmt(p, "epoll_cpu_ns_per_record"), (double)x->ep_cpu / x->ep_records, "ns",
 		  "(c) epoll loop CPU per record");
 	bench_put(kfmt(p, "floor_records_per_s"), f, "rec/s",
 		  "(f) floor: same stream, only the bitmap work");
@@ -262,21 +270,58 @@ static void cmp_put(const struct cmp *x)
 			  "64 GiB verdict, synthetic VMM (kept_unsure), p50");
 	bench_note(kfmt(p, "verdicts"), "verdicts",
 		   "%llu of %llu sure (synthetic VMM, no KVM sync: kept_unsure expected)",
-		   (unsigned long long)x->svc.sure, (unsigned long long)x->svc.rounds);
+		   (unsigned long long)x->sure, (unsigned long long)x->svc_rounds);
+}
+
+static void keep_best(struct bench_run *best, const struct bench_run *r)
+{
+	if (!best->ns || (double)r->records * best->ns > (double)best->records * r->ns)
+		*best = *r;
+}
+
+static void cmp_keep(struct cmp *x, const struct cmp *r)
+{
+	keep_best(&x->svc, &r->svc);
+	keep_best(&x->sink, &r->sink);
+	keep_best(&x->ep, &r->ep);
+	keep_best(&x->floor, &r->floor);
+	x->svc_cpu += r->svc_cpu;
+	x->svc_records += r->svc.records;
+	x->ep_cpu += r->ep_cpu;
+	x->ep_records += r->ep.records;
+	x->svc_rounds += r->svc.rounds;
+	x->sure += r->svc.sure;
+	if (r->query_ns)
+		x->query_ns = r->query_ns;
+}
+
+/* One run of each contender, the baselines with as many rounds as the service managed. */
+static int compare_once(const struct bench_env *env, struct cmp *r)
+{
+	int err = cmp_service(env, r);
+
+	if (!err)
+		err = cmp_sink(r);
+	if (!err)
+		err = cmp_epoll(r);
+	if (!err)
+		err = cmp_floor(r);
+	return err;
 }
 
 static int compare(const struct bench_env *env, struct cmp *x)
 {
 	int err = build_rounds(x->rounds, x->slots, x->nslots, x->range_len);
 
-	if (!err)
-		err = cmp_service(env, x);
-	if (!err)
-		err = cmp_sink(x);
-	if (!err)
-		err = cmp_epoll(x);
-	if (!err)
-		err = cmp_floor(x);
+	for (int i = 0; !err && i < REPS; i++) {
+		struct cmp r = *x;
+
+		r.last = i == REPS - 1;
+		r.query_ns = 0;
+		err = compare_once(env, &r);
+		if (!err)
+			cmp_keep(x, &r);
+	}
 	if (!err)
 		cmp_put(x);
 	free_rounds(x->rounds);
