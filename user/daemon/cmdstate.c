@@ -478,26 +478,28 @@ static int verdict_over(struct pt_vmctx *c, const uint64_t *set, bool want_writt
 			struct pt_verdict_sum *v, pt_range_cb cb, void *ctx)
 {
 	struct emitter e = { .c = c, .cb = NULL, .ctx = ctx };
-	uint64_t written = 0, total = 0, chosen = 0;
+	/* The region's first word, taken once: this loop reads the whole region per QUERY. */
+	const uint64_t *log = &c->t->log[pt_vm(c->t, c->vm)->log_bit_base / 64];
+	uint64_t written = 0, total = 0, chosen;
 
 	v->why |= pt_epoch_doubt(c);
 	if (!v->why)
 		e.cb = cb;
 	for (uint64_t w = 0; w < c->words; w++) {
-		uint64_t h = set[w], wr, pick;
+		uint64_t h = set[w], wr;
 
 		if (!h)
 			continue;
-		wr = pt_vm_log_word(c->t, c->vm, w) & h;
-		pick = want_written ? wr : h & ~wr;
+		wr = __atomic_load_n(&log[w], __ATOMIC_RELAXED) & h;
 		total += __builtin_popcountll(h);
 		written += __builtin_popcountll(wr);
-		chosen += __builtin_popcountll(pick);
-		if (e.cb)
-			emit_word(&e, w, pick);
-		if (e.err)
-			return e.err;
+		if (e.cb) {
+			emit_word(&e, w, want_written ? wr : h & ~wr);
+			if (e.err)
+				return e.err;
+		}
 	}
+	chosen = want_written ? written : total - written;
 	v->why |= pt_epoch_doubt(c);
 	v->hinted = total;
 	if (v->why) {
