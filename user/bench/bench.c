@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -34,6 +35,14 @@ static const struct {
 	{ "64 devices", bench_many_devices }, { "live guest + 64 GiB verdict", bench_live_guest },
 };
 
+/* PT_BENCH_ONLY=<substring of a workload name> runs only those (development aid). */
+static bool selected(const char *name)
+{
+	const char *only = getenv("PT_BENCH_ONLY");
+
+	return !only || !*only || strstr(name, only);
+}
+
 static int run_service_workloads(struct bench_env *env)
 {
 	/* 128 MiB of write log: 4 TiB of guest, since VMs of finished workloads are released
@@ -50,6 +59,8 @@ static int run_service_workloads(struct bench_env *env)
 	env->socket = svc.socket;
 	env->svc = svc.pid;
 	for (size_t i = 0; !err && i < sizeof(workloads) / sizeof(workloads[0]); i++) {
+		if (!selected(workloads[i].name))
+			continue;
 		bench_progress("%s", workloads[i].name);
 		err = workloads[i].fn(env);
 		if (err)
@@ -127,7 +138,7 @@ int pt_bench_run(bool quick, bool json)
 	bench_note("mode", NULL, "%s", quick ? "quick" : "full");
 	check_kvm(&env);
 	err = run_service_workloads(&env);
-	if (!err) {
+	if (!err && selected("BPF cost per event")) {
 		bench_progress("BPF cost per event");
 		err = bench_bpf(&env);
 		if (err)

@@ -81,6 +81,9 @@ int bench_fork_sink(int *fd, pid_t *pid);
 /* After a sink run: shut our side, wait for the child's byte count. */
 int bench_sink_finish(int fd, uint64_t *bytes);
 int bench_fork_epoll(int *fd, pid_t *pid, const struct pt_reg_slot *slots, uint32_t n);
+/* One epoll loop serving @n <= 64 connections, connection i for a VM of pid @vm_pids[i]. */
+int bench_fork_epoll_multi(int *fds, int n, pid_t *pid, const struct pt_reg_slot *slots,
+			   uint32_t nslots, const pid_t *vm_pids);
 int bench_fork_echo(int *fd, pid_t *pid, size_t msg);
 void bench_child_reap(int fd, pid_t pid);
 
