@@ -49,6 +49,9 @@ pingpong_p50_us pingpong_p99_us pingpong_p999_us ratio_ack_p99_vs_pingpong_p99
 large_guest_gib large_round_ms large_gib_validated_per_s mem_rss_bytes_per_gib
 mem_rss_bits_per_page mem_log_bits_per_page mem_bits_per_page mem_bits_per_page_theoretical
 multi_devices multi_records_per_s multi_gib_validated_per_s multi_cpu_ns_per_record
+multi_epoll_records_per_s multi_epoll_cpu_ns_per_record multi_ratio_vs_epoll hint_reps worst_reps
+bpf_ring_push_test_run_ns bpf_empty_ring_push_test_run_ns bpf_ring_push_test_run_ratio
+bpf_ring_push_test_run_events bpf_ring_push_test_run_logged
 verdict_64g_unsure_ms_p50
 bpf_ioctl_enter_other_ns bpf_empty_ioctl_enter_other_ns bpf_ioctl_enter_other_ratio
 bpf_ioctl_enter_other_events bpf_ioctl_exit_other_ns bpf_empty_ioctl_exit_other_ns
@@ -68,6 +71,9 @@ kvm_parts = {
                      bpf_ioctl_enter_ratio bpf_ioctl_enter_events bpf_ioctl_exit_ns
                      bpf_empty_ioctl_exit_ns bpf_ioctl_exit_ratio bpf_ioctl_exit_events
                      bpf_ring_writes_logged""".split(), [], []),
+    "guest": ("""guest_detached_pages_per_s guest_untracked_pages_per_s guest_tracked_pages_per_s
+                 guest_ratio_tracked_vs_detached""".split(), [],
+              ["guest_uffd_skipped"]),
 }
 
 try:
@@ -127,7 +133,8 @@ else
 fi
 missing=
 for line in "^Ratios" "a/b hinting 4 MiB" "a/b worst case 4 KiB" "a/c hinting 4 MiB" \
-	"a/c worst case 4 KiB" "a/f hinting 4 MiB" "a/f worst case 4 KiB" \
+	"a/c worst case 4 KiB" "a/c 64 devices" "a/f hinting 4 MiB" "a/f worst case 4 KiB" \
+	"guest pages/s, tracked / detached" \
 	"ack p99 / ping-pong p99" "64 GiB verdict p50" \
 	"bits per guest page" "BPF ring push / empty program"; do
 	grep -q -- "$line" "$out/table" || missing="$missing '$line'"

@@ -16,6 +16,7 @@
 
 #include "bench.h"
 #include "bench_bpf.h"
+#include "bench_guest.h"
 #include "bench_svc.h"
 #include "bench_util.h"
 #include "tools/spawn.h"
@@ -102,10 +103,15 @@ static void print_ratios(void)
 	print_ratio("a/c hinting 4 MiB, records/s (io_uring/epoll)", "hint_ratio_vs_epoll", NULL, 0,
 		    true);
 	print_ratio("a/c worst case 4 KiB, records/s", "worst_ratio_vs_epoll", NULL, 0, true);
+	print_ratio("a/c 64 devices, records/s", "multi_ratio_vs_epoll", "1.3x", 1.3, true);
 	print_ratio("ack p99 / ping-pong p99", "ratio_ack_p99_vs_pingpong_p99", "2x", 2, false);
 	print_ratio("64 GiB verdict p50 (sure), ms", "verdict_64g_ms_p50", "2 ms", 2, false);
 	print_ratio("bits per guest page (measured)", "mem_bits_per_page", "2", 2.05, false);
 	print_ratio("BPF ring push / empty program", "bpf_ring_push_ratio", "1.3x", 1.3, false);
+	print_ratio("BPF ring push / empty, BPF_PROG_TEST_RUN", "bpf_ring_push_test_run_ratio",
+		    NULL, 0, false);
+	print_ratio("guest pages/s, tracked / detached", "guest_ratio_tracked_vs_detached", "0.97x",
+		    0.97, true);
 	print_ratio("BPF ioctl enter / empty, other processes", "bpf_ioctl_enter_other_ratio",
 		    "1.3x", 1.3, false);
 }
@@ -138,6 +144,12 @@ int pt_bench_run(bool quick, bool json)
 	bench_note("mode", NULL, "%s", quick ? "quick" : "full");
 	check_kvm(&env);
 	err = run_service_workloads(&env);
+	if (!err && selected("what guests pay")) {
+		bench_progress("what guests pay");
+		err = bench_guest_pays(&env);
+		if (err)
+			fprintf(stderr, "pagetrackd bench: what guests pay: %s\n", strerror(-err));
+	}
 	if (!err && selected("BPF cost per event")) {
 		bench_progress("BPF cost per event");
 		err = bench_bpf(&env);
