@@ -72,7 +72,7 @@ kvm_parts = {
                      bpf_empty_ioctl_exit_ns bpf_ioctl_exit_ratio bpf_ioctl_exit_events
                      bpf_ring_writes_logged""".split(), [], []),
     "guest": ("""guest_detached_pages_per_s guest_untracked_pages_per_s guest_tracked_pages_per_s
-                 guest_ratio_tracked_vs_detached""".split(), [],
+                 guest_ratio_tracked_vs_detached""".split(), ["guest_other_ring_programs"],
               ["guest_uffd_skipped"]),
 }
 

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 
 #include "bench_guest.h"
@@ -172,6 +173,30 @@ static int guest_run(struct guest *g, int mode, uint64_t run_ns)
 	return err;
 }
 
+/* pt_ring_push programs loaded by other pagetracks on this host: they run in every mode. */
+static unsigned foreign_ring_progs(const struct guest *g)
+{
+	struct bpf_prog_info own = { 0 };
+	__u32 len = sizeof(own), id = 0;
+	unsigned n = 0;
+
+	if (bpf_obj_get_info_by_fd(bpf_program__fd(g->t->skel->progs.pt_ring_push), &own, &len))
+		return 0;
+	while (!bpf_prog_get_next_id(id, &id)) {
+		struct bpf_prog_info info = { 0 };
+		int fd = bpf_prog_get_fd_by_id(id);
+
+		len = sizeof(info);
+		if (fd < 0)
+			continue;
+		if (!bpf_obj_get_info_by_fd(fd, &info, &len) && info.id != own.id &&
+		    !strcmp(info.name, "pt_ring_push"))
+			n++;
+		close(fd);
+	}
+	return n;
+}
+
 static void guest_put(const struct guest *g)
 {
 	double rate[NMODES];
@@ -194,6 +219,8 @@ static void guest_put(const struct guest *g)
 		  "slowdown, untracked VM vs detached");
 	bench_put("guest_ratio_tracked_vs_detached", rate[TRACKED] / rate[DETACHED], "x",
 		  "tracked / detached");
+	bench_put("guest_other_ring_programs", foreign_ring_progs(g), "",
+		  "pt_ring_push of other pagetracks on this host (they run in every mode)");
 	bench_note("guest_uffd_skipped", "uffd mode",
 		   "skipped: pagetrack has no userfaultfd mode yet");
 }
