@@ -9,6 +9,9 @@
 
 #include <stdbool.h>
 
-int bench_bpf(bool quick);
+struct bench_env;
+
+/* The guest-driven part skips without KVM (env->no_kvm); the rest runs anywhere. */
+int bench_bpf(const struct bench_env *env);
 
 #endif

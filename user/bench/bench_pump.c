@@ -270,7 +270,7 @@ int bench_run_rounds(struct bench_conn *c, const struct bench_round *rounds, uin
 
 /* --- baseline peers ------------------------------------------------------------------------- */
 
-static int fork_peer(int *fd, pid_t *pid, int *child_fd)
+int bench_fork_peer(int *fd, pid_t *pid, int *child_fd)
 {
 	int sv[2];
 
@@ -308,7 +308,7 @@ static void __attribute__((noreturn)) sink_main(int fd)
 
 int bench_fork_sink(int *fd, pid_t *pid)
 {
-	int cfd = -1, err = fork_peer(fd, pid, &cfd);
+	int cfd = -1, err = bench_fork_peer(fd, pid, &cfd);
 
 	if (!err && !*pid)
 		sink_main(cfd);
@@ -335,7 +335,7 @@ static void __attribute__((noreturn)) echo_main(int fd, size_t msg)
 
 int bench_fork_echo(int *fd, pid_t *pid, size_t msg)
 {
-	int cfd = -1, err = fork_peer(fd, pid, &cfd);
+	int cfd = -1, err = bench_fork_peer(fd, pid, &cfd);
 
 	if (!err && !*pid)
 		echo_main(cfd, msg);
@@ -353,6 +353,8 @@ void bench_child_reap(int fd, pid_t pid)
 /* --- the epoll + read()/write() loop over the same cmdstate functions ----------------------- */
 
 struct ep_child {
+	int fd;
+	struct pt_framer fr;
 	struct pt_vmctx *ctx;
 	uint8_t *out;
 	size_t out_len, out_cap;
@@ -459,88 +461,145 @@ static void ep_frame(struct ep_child *e, const struct pt_hdr *h, const void *pay
 					   m.ranges ? m.count : m.cmd_id, pages, 0);
 }
 
-static int ep_setup(struct ep_child *e, const struct pt_reg_slot *slots, uint32_t n)
+/* The child's VMs: one per connection, each under its own pid, as the service keys them. */
+static int ep_setup(struct ep_child *e, struct pt_tracker **t, uint32_t pid,
+		    const struct pt_reg_slot *slots, uint32_t n)
 {
-	struct pt_loader_opts lo = { .no_pin = true, .no_attach = true, .log_mb = 8, .tdp = -1 };
+	struct pt_loader_opts lo = { .no_pin = true, .no_attach = true, .log_mb = 40, .tdp = -1 };
 	struct pt_slot_cfg cfg[PT_MAX_REG_SLOTS];
-	struct pt_tracker *t = NULL;
 	uint32_t vm;
 	bool existed;
-	int err;
+	int err = 0;
 
 	pt_log_level = LOG_WARNING;
 	for (uint32_t i = 0; i < n && i < PT_MAX_REG_SLOTS; i++)
 		cfg[i] = (struct pt_slot_cfg){ slots[i].gpa, slots[i].size, slots[i].id,
 					       slots[i].flags & PT_REG_SLOT_LOGGED };
-	err = pt_tracker_open(&t, &lo);
+	if (!*t)
+		err = pt_tracker_open(t, &lo);
 	if (!err)
-		err = pt_vm_track(t, getpid(), cfg, n, 0, &vm, &existed);
+		err = pt_vm_track(*t, pid, cfg, n, 0, &vm, &existed);
 	if (!err)
-		err = pt_vmctx_new(&e->ctx, t, vm, getpid(), PT_DIRTY_RING, true);
+		err = pt_vmctx_new(&e->ctx, *t, vm, pid, PT_DIRTY_RING, true);
+	pt_framer_init(&e->fr, PT_FRAMER_REQUESTS);
 	return err;
 }
 
-static void __attribute__((noreturn)) ep_loop(struct ep_child *e, int fd)
+/* Reads what one connection has, answers every whole frame; false once it is closed. */
+static bool ep_serve(struct ep_child *e, uint8_t *buf)
+{
+	const uint8_t *p = buf;
+	ssize_t n = read(e->fd, buf, RBUF);
+
+	if (n < 0 && (errno == EINTR || errno == EAGAIN))
+		return true;
+	if (n <= 0)
+		return false;
+	while (n > 0) {
+		const struct pt_hdr *h;
+		const void *pl;
+		size_t used;
+		int rc = pt_framer_feed(&e->fr, p, n, &used, &h, &pl);
+
+		if (rc < 0)
+			_exit(4);
+		p += used;
+		n -= used;
+		if (rc == 1)
+			ep_frame(e, h, pl);
+	}
+	if (e->out_len && bench_write_all(e->fd, e->out, e->out_len))
+		return false;
+	e->out_len = 0;
+	return true;
+}
+
+static void __attribute__((noreturn)) ep_loop(struct ep_child *e, int n)
 {
 	uint8_t *buf = aligned_alloc(8, RBUF);
-	struct epoll_event ev = { .events = EPOLLIN };
-	int ep = epoll_create1(EPOLL_CLOEXEC);
-	struct pt_framer fr;
+	struct epoll_event ev[64];
+	int ep = epoll_create1(EPOLL_CLOEXEC), open = n;
 
-	pt_framer_init(&fr, PT_FRAMER_REQUESTS);
-	if (!buf || ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev))
+	if (!buf || ep < 0)
 		_exit(2);
-	for (;;) {
-		const uint8_t *p = buf;
-		ssize_t n;
-
-		if (epoll_wait(ep, &ev, 1, -1) < 0 && errno != EINTR)
+	for (int i = 0; i < n; i++) {
+		ev[0] = (struct epoll_event){ .events = EPOLLIN, .data.u32 = i };
+		if (epoll_ctl(ep, EPOLL_CTL_ADD, e[i].fd, &ev[0]))
 			_exit(2);
-		n = read(fd, buf, RBUF);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			break;
-		while (n > 0) {
-			const struct pt_hdr *h;
-			const void *pl;
-			size_t used;
-			int rc = pt_framer_feed(&fr, p, n, &used, &h, &pl);
+	}
+	while (open > 0) {
+		int k = epoll_wait(ep, ev, 64, -1);
 
-			if (rc < 0)
-				_exit(4);
-			p += used;
-			n -= used;
-			if (rc == 1)
-				ep_frame(e, h, pl);
+		if (k < 0 && errno != EINTR)
+			_exit(2);
+		for (int i = 0; i < k; i++) {
+			struct ep_child *c = &e[ev[i].data.u32];
+
+			if (!ep_serve(c, buf)) {
+				epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
+				open--;
+			}
 		}
-		if (e->out_len && bench_write_all(fd, e->out, e->out_len))
-			break;
-		e->out_len = 0;
 	}
 	_exit(0);
 }
 
-int bench_fork_epoll(int *fd, pid_t *pid, const struct pt_reg_slot *slots, uint32_t n)
+int bench_fork_epoll_multi(int *fds, int n, pid_t *pid, const struct pt_reg_slot *slots,
+			   uint32_t nslots, const pid_t *vm_pids)
 {
-	int cfd = -1, err = fork_peer(fd, pid, &cfd);
-	struct ep_child e = { 0 };
+	int sv[64][2], err = 0;
+	struct pt_tracker *t = NULL;
+	struct ep_child *e;
 	char ready = 'R';
 
-	if (err)
-		return err;
-	if (*pid) {
-		err = bench_read_all(*fd, &ready, 1);
-		if (err || ready != 'R') {
-			bench_child_reap(*fd, *pid);
-			return err ? err : -EPROTO;
+	if (n < 1 || n > 64)
+		return -EINVAL;
+	for (int i = 0; i < n; i++) {
+		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv[i])) {
+			err = -errno;
+			while (i--) {
+				close(sv[i][0]);
+				close(sv[i][1]);
+			}
+			return err;
 		}
-		return 0;
 	}
-	err = ep_setup(&e, slots, n);
-	ready = err ? 'E' : 'R';
-	bench_write_all(cfd, &ready, 1);
-	if (err)
+	*pid = fork();
+	if (*pid) {
+		for (int i = 0; i < n; i++) {
+			close(sv[i][1]);
+			fds[i] = sv[i][0];
+		}
+		if (*pid < 0)
+			err = -errno;
+		if (!err)
+			err = bench_read_all(fds[0], &ready, 1);
+		if (!err && ready != 'R')
+			err = -EPROTO;
+		if (err) {
+			for (int i = 0; i < n; i++)
+				close(fds[i]);
+			if (*pid > 0)
+				bench_child_reap(-1, *pid);
+		}
+		return err;
+	}
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	e = calloc((size_t)n, sizeof(*e));
+	for (int i = 0; e && !err && i < n; i++) {
+		close(sv[i][0]);
+		e[i].fd = sv[i][1];
+		err = ep_setup(&e[i], &t, vm_pids ? (uint32_t)vm_pids[i] : (uint32_t)getpid(),
+			       slots, nslots);
+	}
+	ready = !e || err ? 'E' : 'R';
+	bench_write_all(sv[0][1], &ready, 1);
+	if (ready != 'R')
 		_exit(1);
-	ep_loop(&e, cfd);
+	ep_loop(e, n);
+}
+
+int bench_fork_epoll(int *fd, pid_t *pid, const struct pt_reg_slot *slots, uint32_t n)
+{
+	return bench_fork_epoll_multi(fd, 1, pid, slots, n, NULL);
 }

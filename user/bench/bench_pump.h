@@ -73,10 +73,17 @@ int bench_run_rounds(struct bench_conn *c, const struct bench_round *rounds, uin
 		     uint64_t max_ns, bench_sync_fn sync, void *arg, struct bench_run *out);
 
 /* Baseline peers, forked: *fd is our end of an AF_UNIX SOCK_STREAM socketpair. */
+/* A bare socketpair + fork: in the child *pid == 0 and *child_fd is its end. */
+int bench_fork_peer(int *fd, pid_t *pid, int *child_fd);
+/* The floor: only the bitmap work of the stream, no replies (a sink); bench_floor.c. */
+int bench_fork_floor(int *fd, pid_t *pid, const struct pt_reg_slot *slots, uint32_t n);
 int bench_fork_sink(int *fd, pid_t *pid);
 /* After a sink run: shut our side, wait for the child's byte count. */
 int bench_sink_finish(int fd, uint64_t *bytes);
 int bench_fork_epoll(int *fd, pid_t *pid, const struct pt_reg_slot *slots, uint32_t n);
+/* One epoll loop serving @n <= 64 connections, connection i for a VM of pid @vm_pids[i]. */
+int bench_fork_epoll_multi(int *fds, int n, pid_t *pid, const struct pt_reg_slot *slots,
+			   uint32_t nslots, const pid_t *vm_pids);
 int bench_fork_echo(int *fd, pid_t *pid, size_t msg);
 void bench_child_reap(int fd, pid_t pid);
 

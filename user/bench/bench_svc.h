@@ -12,6 +12,8 @@ struct bench_env {
 	const char *socket; /* the spawned service's socket */
 	pid_t svc;	    /* its pid, for /proc readings */
 	uint64_t run_ns;    /* length of one timed workload */
+	int kvm;	    /* minivm_supported(MINIVM_DIRTY_RING): 0 or why not */
+	const char *no_kvm; /* the reason KVM workloads skip, NULL when they run */
 };
 
 /* Hinting as Linux sends it (4 MiB) and the worst case (4 KiB), against both baselines. */

@@ -71,6 +71,16 @@ void bench_note(const char *key, const char *label, const char *fmt, ...)
 	va_end(ap);
 }
 
+void bench_skip(const char *pfx, const char *reason)
+{
+	char *key = NULL;
+
+	/* Results keep the key until exit. */
+	if (asprintf(&key, "%s_skipped", pfx) < 0)
+		return;
+	bench_note(key, "skipped", "%s", reason);
+}
+
 double bench_get(const char *key)
 {
 	for (unsigned i = 0; i < nresults; i++)

@@ -19,6 +19,11 @@ void bench_section(const char *title);
 void bench_put(const char *key, double value, const char *unit, const char *label);
 void bench_note(const char *key, const char *label, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
+/*
+ * A workload that cannot run here: "<pfx>_skipped" carries @reason in the JSON, and the table
+ * prints it under the section, so no figure of it silently goes missing.
+ */
+void bench_skip(const char *pfx, const char *reason);
 /* A value put earlier, or NAN. */
 double bench_get(const char *key);
 void bench_print_table(FILE *f);

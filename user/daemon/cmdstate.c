@@ -607,29 +607,33 @@ static int verdict_over(struct pt_vmctx *c, const uint64_t *set, struct pt_verdi
 			pt_range_cb cb, void *ctx)
 {
 	struct emitter e = { .c = c, .cb = NULL, .ctx = ctx };
-	uint64_t written = 0, total = 0, chosen = 0, unsure = 0;
+	/* The region's first word, taken once: this loop reads the whole region per QUERY. */
+	const uint64_t *log = &c->t->log[pt_vm(c->t, c->vm)->log_bit_base / 64];
+	uint64_t written = 0, total = 0, chosen, unsure = 0;
 
 	pt_feed_set(c, set);
 	v->why |= pt_epoch_doubt(c);
 	if (!v->why)
 		e.cb = cb;
 	for (uint64_t w = 0; w < c->words; w++) {
-		uint64_t h = set[w], wr, early, pick;
+		uint64_t h = set[w], wr, early;
 
 		if (!h)
 			continue;
-		wr = pt_vm_log_word(c->t, c->vm, w) & h;
+		wr = __atomic_load_n(&log[w], __ATOMIC_RELAXED) & h;
 		early = c->early ? c->early[w] & h & ~wr : 0;
-		pick = h & ~wr & ~early;
 		total += __builtin_popcountll(h);
 		written += __builtin_popcountll(wr);
-		unsure += __builtin_popcountll(early);
-		chosen += __builtin_popcountll(pick);
-		if (e.cb)
-			emit_word(&e, w, pick);
-		if (e.err)
-			return e.err;
+		if (early)
+			unsure += __builtin_popcountll(early);
+		if (e.cb) {
+			emit_word(&e, w, h & ~wr & ~early);
+			if (e.err)
+				return e.err;
+		}
 	}
+	/* wr and early are disjoint parts of h: what is left of it is free. */
+	chosen = total - written - unsure;
 	v->why |= pt_epoch_doubt(c);
 	v->hinted = total;
 	if (v->why) {
