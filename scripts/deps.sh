@@ -4,10 +4,10 @@
 # `--check` only reports (exit 1) whether something is missing.
 set -eu
 
-# Build and test; then the tests' tools: man-db + groff + col (man -l renders the manual pages),
+# Build and test (build-essential: dpkg-buildpackage checks for it); then the tests' tools: man-db + groff + col (man -l renders the manual pages),
 # scdoc (builds them), tmux (`pagetrackd top` test), debhelper/dpkg-dev/fakeroot/lintian
 # (`make deb` and its test).
-PKGS="make gcc clang llvm libbpf-dev bpftool liburing-dev libelf-dev zlib1g-dev pkg-config
+PKGS="build-essential make gcc clang llvm libbpf-dev bpftool liburing-dev libelf-dev zlib1g-dev pkg-config
       libclang-rt-14-dev systemd util-linux procps python3
       man-db groff-base bsdextrautils scdoc tmux debhelper dpkg-dev fakeroot lintian"
 
