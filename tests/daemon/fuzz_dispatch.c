@@ -295,7 +295,9 @@ static void on_listing(struct fconn *f, const struct req *r, const struct pt_hdr
 		return;
 	if (h->type == PT_MSG_VERDICT) {
 		BUG(f->listed != v->free);
-		if (v->unsure_reason)
+		/* Any doubt but NO_SYNC confirms nothing. NO_SYNC alone may stand beside free
+		 * pages: it then covers only pages hinted before the sync (PROTOCOL.md 6). */
+		if (v->unsure_reason & ~PT_WHY_NO_SYNC)
 			BUG(v->free || f->listed);
 	} else {
 		BUG(f->listed != v->kept_written + v->kept_unsure);
