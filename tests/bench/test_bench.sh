@@ -1,7 +1,8 @@
 #!/bin/bash
 # SPDX-License-Identifier: GPL-2.0
-# `pagetrackd bench --quick`: the JSON object has every key, with positive finite numbers, and
-# the table prints its ratio lines. No timing is asserted: the numbers depend on the machine.
+# `pagetrackd bench --quick`: the JSON object has every key (the uffd mode's too, which runs
+# without KVM), with positive finite numbers, and the table prints its ratio lines. No timing
+# is asserted: the numbers depend on the machine.
 # Without /dev/kvm the bench still runs everything else and says which workloads skipped: the
 # checks of those workloads' keys print SKIP lines instead.
 set -u
@@ -56,6 +57,11 @@ verdict_64g_unsure_ms_p50
 bpf_ioctl_enter_other_ns bpf_empty_ioctl_enter_other_ns bpf_ioctl_enter_other_ratio
 bpf_ioctl_enter_other_events bpf_ioctl_exit_other_ns bpf_empty_ioctl_exit_other_ns
 bpf_ioctl_exit_other_ratio bpf_ioctl_exit_other_events
+uffd_sparse_gib uffd_sparse_4k_verdict_ms uffd_sparse_4k_verdict_cpu_ms uffd_sparse_4k_arm_ms
+uffd_sparse_4k_arm_cpu_ms uffd_sparse_4k_arm_first_ms uffd_sparse_4k_scan_empty_ms
+uffd_sparse_4k_first_write_ns uffd_sparse_4k_rewrite_ns uffd_first_write_ratio_vs_rewrite
+uffd_dense_4k_verdict_ms uffd_dense_4k_arm_ms uffd_dense_4k_first_write_ns
+uffd_dense_thp_verdict_ms uffd_dense_thp_arm_ms uffd_dense_thp_first_write_ns
 """.split()
 # Counts that may legitimately be 0 (verdict outcomes): numbers >= 0.
 counts = []
@@ -136,7 +142,9 @@ for line in "^Ratios" "a/b hinting 4 MiB" "a/b worst case 4 KiB" "a/c hinting 4 
 	"a/c worst case 4 KiB" "a/c 64 devices" "a/f hinting 4 MiB" "a/f worst case 4 KiB" \
 	"guest pages/s, tracked / detached" \
 	"ack p99 / ping-pong p99" "64 GiB verdict p50" \
-	"bits per guest page" "BPF ring push / empty program"; do
+	"bits per guest page" "BPF ring push / empty program" \
+	"^uffd mode" "uffd [0-9]* GiB verdict, 0.1 % written" "uffd [0-9]* GiB ARM, 0.1 % written" \
+	"uffd first write after ARM / rewrite"; do
 	grep -q -- "$line" "$out/table" || missing="$missing '$line'"
 done
 if [ -z "$missing" ]; then

@@ -139,6 +139,13 @@ else
 	check "metrics.prom without KVM: pagetrack_coverage{mode=\"dirty-ring\"} 0" \
 		grep -qx 'pagetrack_coverage{mode="dirty-ring"} 0' "$RUN/metrics.prom"
 fi
+# The userfaultfd canary runs with or without KVM: without it, on the host's own writes.
+ucov=$("$BIN" -r "$RUN" status --json | python3 -c 'import json, sys; c = json.load(sys.stdin)["coverage"]; print(c["uffd-wp"], c["uffd-wp-writes"])')
+want="tracked guest"
+[ -n "$KVM" ] || want="tracked host"
+check "status --json: coverage uffd-wp = ${ucov:-?} (want $want)" test "$ucov" = "$want"
+check "metrics.prom: pagetrack_coverage{mode=\"uffd-wp\"} 1" \
+	grep -qx 'pagetrack_coverage{mode="uffd-wp"} 1' "$RUN/metrics.prom"
 check "ptballoon ping through the socket" eval '"$BALLOON" -s "$SOCK" ping -n 3 >/dev/null'
 
 # --- SIGTERM: exits 0, links stay; uninstall removes them ------------------------------------------

@@ -4,7 +4,8 @@
  * socket, real reconciliation) with synthetic balloon devices, and measures in the same run,
  * with the same bytes, what the machine allows: a raw AF_UNIX stream into a reader that does
  * nothing, an epoll + read()/write() loop applying the same cmdstate functions, and a 16-byte
- * ping-pong. Then the BPF programs' cost per event against empty programs.
+ * ping-pong. Then the BPF programs' cost per event against empty programs, and the userfaultfd
+ * write log (the uffd mode) beside the ring mode: its 64 GiB verdict, ARM and first-write cost.
  */
 #include <errno.h>
 #include <math.h>
@@ -18,6 +19,7 @@
 #include "bench_bpf.h"
 #include "bench_guest.h"
 #include "bench_svc.h"
+#include "bench_uffd.h"
 #include "bench_util.h"
 #include "tools/spawn.h"
 #include "vmm/minivm.h"
@@ -92,6 +94,30 @@ static void print_ratio(const char *what, const char *key, const char *target, d
 	       met ? "met" : "MISSED");
 }
 
+/*
+ * The uffd mode beside the ring mode: same share of pages written. The targets are for a 64 GiB
+ * guest; --quick runs a smaller sparse guest, so its figures are shown without them.
+ */
+static void print_uffd_ratios(void)
+{
+	double gib = bench_get("uffd_sparse_gib");
+	bool full = gib == 64;
+	char verdict[64], arm[64], first[64];
+
+	snprintf(verdict, sizeof(verdict), "uffd %.0f GiB verdict, 0.1 %% written, ms", gib);
+	snprintf(arm, sizeof(arm), "uffd %.0f GiB ARM, 0.1 %% written, ms", gib);
+	snprintf(first, sizeof(first), "uffd %.0f GiB first ARM (protect all), ms", gib);
+	printf("\nuffd mode (userfaultfd write log, 4 KiB pages; ring mode: \"64 GiB verdict\")\n");
+	print_ratio(verdict, "uffd_sparse_4k_verdict_ms", full ? "200 ms" : NULL, 200, false);
+	print_ratio(arm, "uffd_sparse_4k_arm_ms", full ? "200 ms" : NULL, 200, false);
+	print_ratio(first, "uffd_sparse_4k_arm_first_ms", NULL, 0, false);
+	if (full) /* the ring mode's verdict is of a 64 GiB guest */
+		print_ratio("uffd verdict / ring verdict, 64 GiB", "uffd_verdict_ratio_vs_ring",
+			    NULL, 0, false);
+	print_ratio("uffd first write after ARM / rewrite", "uffd_first_write_ratio_vs_rewrite",
+		    NULL, 0, false);
+}
+
 static void print_ratios(void)
 {
 	printf("\nRatios (a: pagetrackd, b: raw socket, c: epoll loop, d: ping-pong, f: floor)\n");
@@ -114,6 +140,31 @@ static void print_ratios(void)
 		    0.97, true);
 	print_ratio("BPF ioctl enter / empty, other processes", "bpf_ioctl_enter_other_ratio",
 		    "1.3x", 1.3, false);
+	print_uffd_ratios();
+}
+
+/* The uffd section, and its figures against their baselines: the ring mode's verdict, a write
+ * that does not fault. */
+static int run_uffd(bool quick)
+{
+	double ring = bench_get("verdict_64g_ms_p50"), uffd;
+	int err;
+
+	bench_progress("userfaultfd write log");
+	err = bench_uffd(quick);
+	if (err) {
+		fprintf(stderr, "pagetrackd bench: userfaultfd section: %s\n", strerror(-err));
+		return err;
+	}
+	uffd = bench_get("uffd_sparse_4k_verdict_ms");
+	if (!isnan(ring) && ring > 0 && bench_get("uffd_sparse_gib") == 64)
+		bench_put("uffd_verdict_ratio_vs_ring", uffd / ring, "x",
+			  "64 GiB verdict, uffd / ring mode (p50)");
+	bench_put("uffd_first_write_ratio_vs_rewrite",
+		  bench_get("uffd_sparse_4k_first_write_ns") /
+			  bench_get("uffd_sparse_4k_rewrite_ns"),
+		  "x", "first write after ARM / write to a page already written");
+	return 0;
 }
 
 /* KVM workloads need a dirty-ring VM; without one they skip with this reason. */
@@ -156,6 +207,8 @@ int pt_bench_run(bool quick, bool json)
 		if (err)
 			fprintf(stderr, "pagetrackd bench: BPF section: %s\n", strerror(-err));
 	}
+	if (!err && selected("userfaultfd write log"))
+		err = run_uffd(quick);
 	if (err)
 		return err;
 	if (json) {

@@ -222,7 +222,7 @@ static void guest_put(const struct guest *g)
 	bench_put("guest_other_ring_programs", foreign_ring_progs(g), "",
 		  "pt_ring_push of other pagetracks on this host (they run in every mode)");
 	bench_note("guest_uffd_skipped", "uffd mode",
-		   "skipped: pagetrack has no userfaultfd mode yet");
+		   "not here: see the userfaultfd write log section (first write after ARM)");
 }
 
 int bench_guest_pays(const struct bench_env *env)

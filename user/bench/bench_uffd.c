@@ -210,6 +210,7 @@ int bench_uffd(bool quick)
 	int rc;
 
 	bench_section("userfaultfd write log");
+	bench_put("uffd_sparse_gib", (double)(sparse / GIB), "GiB", NULL);
 	snprintf(label, sizeof(label), "%llu GiB sparse, 4 KiB",
 		 (unsigned long long)(sparse / GIB));
 	rc = ub_case("sparse_4k", label, sparse, false, false);

@@ -145,6 +145,15 @@ static void commit_tmp(FILE *f, const char *tmp, const char *path)
 		pt_warn("cannot write %s: %s", path, strerror(errno));
 }
 
+/* Whose writes the uffd canary saw: "guest" (a KVM guest and so the host's path too), "host"
+ * (no KVM here: only the VMM's own writes could be checked), or "none". */
+static const char *uffd_writes(const struct pt_coverage *cov)
+{
+	if (cov->uffd != PT_COV_TRACKED)
+		return "none";
+	return cov->uffd_host_only ? "host" : "guest";
+}
+
 static void write_json(const char *path, const struct pt_config *cfg, struct pt_tracker *t,
 		       const struct pt_coverage *cov, struct pt_vmctx *const *vms,
 		       const struct pt_server_stats *st, const struct pt_status_counters *n)
@@ -159,7 +168,8 @@ static void write_json(const char *path, const struct pt_config *cfg, struct pt_
 		"{\"pid\": %d, \"time\": %lld, \"time_ms\": %llu, \"socket\": \"%s\", \"pin_dir\": "
 		"\"%s\", "
 		"\"tdp\": %s, \"programs\": \"%s\", \"maps_reused\": %s,\n \"coverage\": "
-		"{\"dirty-ring\": \"%s\", \"bitmap\": \"%s\", \"text\": \"%s\"},\n \"server\": "
+		"{\"dirty-ring\": \"%s\", \"bitmap\": \"%s\", \"uffd-wp\": \"%s\", "
+		"\"uffd-wp-writes\": \"%s\", \"text\": \"%s\"},\n \"server\": "
 		"{\"connections\": %llu, \"accepted\": %llu, \"frames\": %llu, \"errors\": %llu, "
 		"\"bytes_in\": %llu, \"bytes_out\": %llu, \"bad_frames\": %llu, "
 		"\"backpressure_stalls\": %llu, \"hint_records\": %llu, \"verdicts\": %llu, "
@@ -170,16 +180,16 @@ static void write_json(const char *path, const struct pt_config *cfg, struct pt_
 		getpid(), (long long)time(NULL), (unsigned long long)rates_ms, cfg->socket,
 		t->pin_dir, t->tdp ? "true" : "false", t->progs, t->reused_maps ? "true" : "false",
 		pt_cov_name(cov->mode[PT_DIRTY_RING]), pt_cov_name(cov->mode[PT_DIRTY_BITMAP]),
-		pt_coverage_str(cov, c, sizeof(c)), (unsigned long long)st->conns_open,
-		(unsigned long long)st->conns_accepted, (unsigned long long)n->frames,
-		(unsigned long long)n->errors, (unsigned long long)st->bytes_in,
-		(unsigned long long)st->bytes_out, (unsigned long long)st->bad_frames,
-		(unsigned long long)st->backpressure_stalls, (unsigned long long)n->hint_records,
-		(unsigned long long)n->verdicts, (unsigned long long)st->turns_yielded,
-		(unsigned long long)st->max_turn_us, (unsigned long long)st->tick_max_turn_us,
-		(unsigned long long)st->conns_timed_out, (unsigned long long)st->conns_evicted,
-		(unsigned long long)st->conns_rejected, (unsigned long long)st->conns_refused_nofd,
-		(unsigned long long)st->outq_bytes);
+		pt_cov_name(cov->uffd), uffd_writes(cov), pt_coverage_str(cov, c, sizeof(c)),
+		(unsigned long long)st->conns_open, (unsigned long long)st->conns_accepted,
+		(unsigned long long)n->frames, (unsigned long long)n->errors,
+		(unsigned long long)st->bytes_in, (unsigned long long)st->bytes_out,
+		(unsigned long long)st->bad_frames, (unsigned long long)st->backpressure_stalls,
+		(unsigned long long)n->hint_records, (unsigned long long)n->verdicts,
+		(unsigned long long)st->turns_yielded, (unsigned long long)st->max_turn_us,
+		(unsigned long long)st->tick_max_turn_us, (unsigned long long)st->conns_timed_out,
+		(unsigned long long)st->conns_evicted, (unsigned long long)st->conns_rejected,
+		(unsigned long long)st->conns_refused_nofd, (unsigned long long)st->outq_bytes);
 	for (uint32_t i = 0; i < PT_MAX_VMS; i++) {
 		if (vms[i]) {
 			json_vm(f, t, vms[i], first);
@@ -277,12 +287,15 @@ static void write_prom(const char *path, const struct pt_coverage *cov, struct p
 		return;
 	for (uint32_t i = 0; i < PT_MAX_VMS; i++)
 		nvms += !!vms[i];
-	fprintf(f, "# HELP pagetrack_coverage 1 if the canary saw BPF log every guest write in "
-		   "this dirty-logging mode.\n# TYPE pagetrack_coverage gauge\n");
+	fprintf(f,
+		"# HELP pagetrack_coverage 1 if the canary saw the write log report every write in "
+		"this mode (uffd-wp: without KVM, the host's own writes).\n# TYPE "
+		"pagetrack_coverage gauge\n");
 	fprintf(f, "pagetrack_coverage{mode=\"dirty-ring\"} %d\n",
 		cov->mode[PT_DIRTY_RING] == PT_COV_TRACKED);
 	fprintf(f, "pagetrack_coverage{mode=\"bitmap\"} %d\n",
 		cov->mode[PT_DIRTY_BITMAP] == PT_COV_TRACKED);
+	fprintf(f, "pagetrack_coverage{mode=\"uffd-wp\"} %d\n", cov->uffd == PT_COV_TRACKED);
 	fprintf(f, "# TYPE pagetrack_vms gauge\npagetrack_vms %u\n", nvms);
 	fprintf(f, "# TYPE pagetrack_connections gauge\npagetrack_connections %llu\n",
 		(unsigned long long)st->conns_open);

@@ -133,6 +133,7 @@ int pt_canary_run(struct pt_tracker *t, struct pt_coverage *cov)
 	memset(cov, 0, sizeof(*cov));
 	run_mode(t, PT_DIRTY_RING, cov);
 	run_mode(t, PT_DIRTY_BITMAP, cov);
+	pt_canary_uffd(cov);
 	return 0;
 }
 
@@ -151,5 +152,9 @@ const char *pt_coverage_str(const struct pt_coverage *cov, char *buf, size_t len
 		if (cov->mode[m] != PT_COV_TRACKED && cov->why[m][0])
 			off += snprintf(buf + off, off < len ? len - off : 0, " (%s)", cov->why[m]);
 	}
+	off += snprintf(buf + off, off < len ? len - off : 0, "; uffd-wp: %s",
+			pt_cov_name(cov->uffd));
+	if ((cov->uffd != PT_COV_TRACKED || cov->uffd_host_only) && cov->uffd_why[0])
+		snprintf(buf + off, off < len ? len - off : 0, " (%s)", cov->uffd_why);
 	return buf;
 }

@@ -25,11 +25,21 @@ enum pt_cov {
 struct pt_coverage {
 	enum pt_cov mode[2]; /* indexed by enum pt_dirty_mode */
 	char why[2][160];
+	/* The userfaultfd write log (PT_TRACK_UFFD), checked by canary_uffd.c. */
+	enum pt_cov uffd;
+	bool uffd_host_only; /* tracked, but only the host's writes could be checked (no KVM) */
+	char uffd_why[160];
 };
 
 int pt_canary_run(struct pt_tracker *t, struct pt_coverage *cov);
+/*
+ * The userfaultfd canary (run by pt_canary_run()): a minivm guest with dirty logging off writes
+ * known pages of write-protected memory, and the uffd log must report exactly those. Without
+ * KVM this process writes its own registered mapping instead: "tracked", host writes only.
+ */
+void pt_canary_uffd(struct pt_coverage *cov);
 bool pt_coverage_tracked(const struct pt_coverage *cov, enum pt_dirty_mode mode);
-/* "dirty-ring: tracked; bitmap: NOT tracked (...)" */
+/* "dirty-ring: tracked; bitmap: NOT tracked (...); uffd-wp: tracked" */
 const char *pt_coverage_str(const struct pt_coverage *cov, char *buf, size_t len);
 const char *pt_cov_name(enum pt_cov c);
 
