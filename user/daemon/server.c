@@ -1378,16 +1378,14 @@ static int restrict_ring(struct pt_server *s)
 }
 
 /*
- * Ring flags, best first; older kernels refuse newer flags with -EINVAL. DEFER_TASKRUN (6.1)
- * runs completions' task work only when this thread waits in io_uring_enter, which it does
- * once per loop turn anyway, instead of interrupting it; it requires SINGLE_ISSUER, which the
- * contract already gives (one thread creates and runs the server). With the registered ring
- * fd, measured with 64 devices: 42 against 49 ns of service CPU per hint record, medians of 8
- * paired `pagetrackd bench` runs against COOP_TASKRUN; no change with one device.
+ * Ring flags, best first; older kernels refuse newer flags with -EINVAL. Not DEFER_TASKRUN:
+ * with it, a PING on a fresh connection went unanswered for more than 10 s while two peers
+ * flooded HINTs (test_hostile_bounds/hint_burst_ping_and_tick, 1 run in 7), although it cut
+ * the service's CPU per record with 64 devices from 49 to 42 ns. Until the starvation is
+ * understood, liveness wins: COOP_TASKRUN, whose worst PING under the same flood is tens of
+ * milliseconds.
  */
 static const unsigned ring_flags[] = {
-	IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_SINGLE_ISSUER |
-		IORING_SETUP_DEFER_TASKRUN,
 	IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN,
 	IORING_SETUP_CQSIZE,
 };
