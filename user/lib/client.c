@@ -505,6 +505,15 @@ static size_t build_reg(struct pt_client *c, void *buf, size_t cap, const void *
 	return pt_build_register(buf, cap, c->next_seq++, a->pid, a->mode, a->slots, a->n);
 }
 
+/* What a registration's ACK tells the device: coverage, the resume token, the handle. */
+static void registered(struct pt_client *c, const struct waiter *w, uint32_t *handle)
+{
+	c->coverage = w->ack.pages;
+	c->token = w->ack.token;
+	if (handle)
+		*handle = w->ack.value32;
+}
+
 int pt_client_register(struct pt_client *c, uint32_t vmm_pid, enum pt_dirty_mode mode,
 		       const struct pt_reg_slot *slots, uint32_t nslots, uint32_t *handle)
 {
@@ -517,10 +526,7 @@ int pt_client_register(struct pt_client *c, uint32_t vmm_pid, enum pt_dirty_mode
 	err = simple(c, build_reg, &a, SMALL_FRAME, &w);
 	if (err)
 		return err;
-	c->coverage = w.ack.pages;
-	c->token = w.ack.token;
-	if (handle)
-		*handle = w.ack.value32;
+	registered(c, &w, handle);
 	return 0;
 }
 
@@ -604,10 +610,7 @@ int pt_client_register2(struct pt_client *c, const struct pt_client_reg *reg, ui
 	err = err ? err : w.err;
 	if (err)
 		return err;
-	c->coverage = w.ack.pages;
-	c->token = w.ack.token;
-	if (handle)
-		*handle = w.ack.value32;
+	registered(c, &w, handle);
 	return 0;
 }
 
