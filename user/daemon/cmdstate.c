@@ -116,6 +116,57 @@ static int refresh_slots(struct pt_vmctx *c)
 	return 0;
 }
 
+/*
+ * The slot the last range fell in, held in locals: hints come in runs inside one memslot, so
+ * most ranges are checked against it with two compares and no lookup. Empty (npages 0) when
+ * that slot is not one for_each_piece would accept; slot_of stays the authority.
+ */
+struct slot_win {
+	uint64_t base, npages, bit_off;
+};
+
+static void win_load(struct pt_vmctx *c, struct slot_win *w)
+{
+	const struct pt_slot *s = &c->slots.slots[c->last_slot % PT_MAX_SLOTS];
+
+	*w = (struct slot_win){ 0 };
+	if (c->last_slot < c->slots.nslots && slot_has(s, s->base_gfn) &&
+	    s->bit_off + s->npages <= c->words * 64)
+		*w = (struct slot_win){ s->base_gfn, s->npages, s->bit_off };
+}
+
+/* The range lies wholly inside the window: its first page's region index in *page. */
+static inline bool win_has(const struct slot_win *w, const struct pt_range *r, uint64_t *page)
+{
+	uint64_t off = (r->gpa >> PAGE_SHIFT) - w->base;
+
+	*page = w->bit_off + off;
+	return off < w->npages && r->len >> PAGE_SHIFT <= w->npages - off;
+}
+
+/* Every page of every range in a known memslot, and the batch within its bound. */
+static int check_ranges(struct pt_vmctx *c, const struct pt_range *r, uint32_t n)
+{
+	struct slot_win w;
+	uint64_t sum = 0, page;
+	int err;
+
+	win_load(c, &w);
+	for (uint32_t i = 0; i < n; i++) {
+		/* One frame may not keep the only event loop busy for long: bound its pages. */
+		sum += r[i].len >> PAGE_SHIFT;
+		if (sum > PT_MAX_BATCH_PAGES)
+			return -PT_E_BAD_RANGE;
+		if (win_has(&w, &r[i], &page))
+			continue;
+		err = for_each_piece(c, &r[i], NULL, NULL);
+		if (err)
+			return err;
+		win_load(c, &w);
+	}
+	return 0;
+}
+
 /* Validate every range first, so that a batch is applied whole or not at all. */
 static inline __attribute__((always_inline)) int apply_ranges(struct pt_vmctx *c,
 							      const struct pt_range *r, uint32_t n,
@@ -123,19 +174,23 @@ static inline __attribute__((always_inline)) int apply_ranges(struct pt_vmctx *c
 							      uint64_t *pages)
 {
 	int err = refresh_slots(c);
-	uint64_t sum = 0;
+	struct slot_win w;
+	uint64_t page;
 
-	/* One frame may not keep the only event loop busy for long: bound the pages it covers. */
-	for (uint32_t i = 0; !err && i < n; i++) {
-		sum += r[i].len >> PAGE_SHIFT;
-		err = sum > PT_MAX_BATCH_PAGES ? -PT_E_BAD_RANGE
-					       : for_each_piece(c, &r[i], NULL, NULL);
-	}
+	if (!err)
+		err = check_ranges(c, r, n);
 	if (err)
 		return err;
 	*pages = 0;
+	win_load(c, &w);
 	for (uint32_t i = 0; i < n; i++) {
-		for_each_piece(c, &r[i], fn, arg);
+		if (win_has(&w, &r[i], &page)) {
+			if (r[i].len >> PAGE_SHIFT)
+				fn(c, page, r[i].len >> PAGE_SHIFT, arg);
+		} else {
+			for_each_piece(c, &r[i], fn, arg);
+			win_load(c, &w);
+		}
 		*pages += r[i].len >> PAGE_SHIFT;
 	}
 	return 0;
@@ -525,6 +580,14 @@ static void piece_add(struct pt_vmctx *c, uint64_t page, uint64_t n, void *arg)
 {
 	struct early_arg *a = arg;
 
+	if (n == 1) { /* the worst case, one 4 KiB page per range: one word */
+		uint64_t m = 1ull << (page % 64), *w = &a->set[page / 64];
+
+		if (a->early)
+			a->early[page / 64] |= m & ~*w;
+		*w |= m;
+		return;
+	}
 	if (!a->early) { /* the common case: synced, whole words at a time */
 		bits_set(a->set, page, n, true);
 		return;
