@@ -141,7 +141,21 @@ static inline bool win_has(const struct slot_win *w, const struct pt_range *r, u
 	uint64_t off = (r->gpa >> PAGE_SHIFT) - w->base;
 
 	*page = w->bit_off + off;
-	return off < w->npages && r->len >> PAGE_SHIFT <= w->npages - off;
+	return (off < w->npages) & (r->len >> PAGE_SHIFT <= w->npages - off); /* no branch */
+}
+
+/* The common frame: every range inside the window, within the bound. No branch per range. */
+static bool all_in_win(const struct slot_win *w, const struct pt_range *r, uint32_t n)
+{
+	uint64_t sum = 0, page;
+	bool in = true;
+
+	/* Each term at most the bound (2^30) and n < 2^32 of them: the sum cannot wrap. */
+	for (uint32_t i = 0; i < n; i++) {
+		in &= win_has(w, &r[i], &page) & (r[i].len >> PAGE_SHIFT <= PT_MAX_BATCH_PAGES);
+		sum += r[i].len >> PAGE_SHIFT;
+	}
+	return in && sum <= PT_MAX_BATCH_PAGES;
 }
 
 /* Every page of every range in a known memslot, and the batch within its bound. */
@@ -152,6 +166,8 @@ static int check_ranges(struct pt_vmctx *c, const struct pt_range *r, uint32_t n
 	int err;
 
 	win_load(c, &w);
+	if (all_in_win(&w, r, n))
+		return 0;
 	for (uint32_t i = 0; i < n; i++) {
 		/* One frame may not keep the only event loop busy for long: bound its pages. */
 		sum += r[i].len >> PAGE_SHIFT;
@@ -576,7 +592,8 @@ struct early_arg {
 	uint64_t *early; /* NULL once the epoch is synced */
 };
 
-static void piece_add(struct pt_vmctx *c, uint64_t page, uint64_t n, void *arg)
+static inline __attribute__((always_inline)) void piece_add(struct pt_vmctx *c, uint64_t page,
+							    uint64_t n, void *arg)
 {
 	struct early_arg *a = arg;
 
