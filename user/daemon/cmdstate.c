@@ -183,18 +183,23 @@ static int check_ranges(struct pt_vmctx *c, const struct pt_range *r, uint32_t n
 	return 0;
 }
 
-/* Validate every range first, so that a batch is applied whole or not at all. */
+/* Validate every range before any is applied, so that a batch is applied whole or not at all. */
+static int ranges_ready(struct pt_vmctx *c, const struct pt_range *r, uint32_t n)
+{
+	int err = refresh_slots(c);
+
+	return err ? err : check_ranges(c, r, n);
+}
+
 static inline __attribute__((always_inline)) int apply_ranges(struct pt_vmctx *c,
 							      const struct pt_range *r, uint32_t n,
 							      piece_fn fn, void *arg,
 							      uint64_t *pages)
 {
-	int err = refresh_slots(c);
+	int err = ranges_ready(c, r, n);
 	struct slot_win w;
 	uint64_t page;
 
-	if (!err)
-		err = check_ranges(c, r, n);
 	if (err)
 		return err;
 	*pages = 0;
@@ -619,6 +624,63 @@ static inline __attribute__((always_inline)) void piece_add(struct pt_vmctx *c, 
 	}
 }
 
+/*
+ * One-page ranges of one bitmap word, gathered in a register: consecutive pages (the worst
+ * case's load) would otherwise load and store the same word 64 times in a row. Adding the
+ * word's pages at once marks the same early bits as one at a time: a page is early iff it was
+ * not in the set before the batch.
+ */
+struct word_acc {
+	uint64_t w, bits;
+};
+
+static inline void acc_flush(struct early_arg *a, struct word_acc *x)
+{
+	if (!x->bits)
+		return;
+	if (a->early)
+		a->early[x->w] |= x->bits & ~a->set[x->w];
+	a->set[x->w] |= x->bits;
+	x->bits = 0;
+}
+
+/* apply_ranges(piece_add) with the one-page ranges gathered a word at a time. */
+static int add_ranges(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, struct early_arg *a,
+		      uint64_t *pages)
+{
+	int err = ranges_ready(c, r, n);
+	struct word_acc x = { 0 };
+	struct slot_win w;
+	uint64_t page, sum = 0;
+
+	if (err)
+		return err;
+	win_load(c, &w);
+	for (uint32_t i = 0; i < n; i++) {
+		uint64_t np = r[i].len >> PAGE_SHIFT;
+		bool in = win_has(&w, &r[i], &page);
+
+		sum += np;
+		if (in && np == 1) {
+			if (page / 64 != x.w)
+				acc_flush(a, &x);
+			x.w = page / 64;
+			x.bits |= 1ull << (page % 64);
+			continue;
+		}
+		acc_flush(a, &x);
+		if (!in) {
+			for_each_piece(c, &r[i], piece_add, a);
+			win_load(c, &w);
+		} else if (np) {
+			piece_add(c, page, np, a);
+		}
+	}
+	acc_flush(a, &x);
+	*pages = sum;
+	return 0;
+}
+
 /* Record pages into `set`, and into the early set while the epoch is not synced. */
 static int add_pages(struct pt_vmctx *c, uint64_t *set, const struct pt_range *r, uint32_t n,
 		     uint64_t *pages)
@@ -627,7 +689,7 @@ static int add_pages(struct pt_vmctx *c, uint64_t *set, const struct pt_range *r
 
 	if ((pt_epoch_doubt(c) & PT_WHY_NO_SYNC) && !(a.early = lazy_bitmap(c, &c->early)))
 		return -PT_E_BUSY;
-	return apply_ranges(c, r, n, piece_add, &a, pages);
+	return add_ranges(c, r, n, &a, pages);
 }
 
 int pt_cmd_hint(struct pt_vmctx *c, uint32_t cmd, const struct pt_range *r, uint32_t n,
