@@ -220,7 +220,7 @@ static int command_id_runs(void)
  */
 #define B_SLOT_A 1024 /* pages at GPA, then B (512 pages) right after it, C far away */
 #define B_SLOT_C (8ull << 30)
-#define B_N	 500
+#define B_N	 300
 
 static uint64_t b_rand(uint64_t *x)
 {
@@ -240,8 +240,8 @@ static struct pt_range b_range(uint64_t *x, uint64_t *cursor)
 	else if (k == 6) /* a jump */
 		*cursor = b_rand(x) % (B_SLOT_A + 512);
 	else if (k == 7) /* a longer run, may cross from A into B */
-		len = 1 + b_rand(x) % 20;
-	else if (k == 8) /* slot C */
+		len = 1 + b_rand(x) % (b_rand(x) % 4 ? 20 : 160); /* whole words too */
+	else if (k == 8)					  /* slot C */
 		return (struct pt_range){ B_SLOT_C + (b_rand(x) % 200) * 4096,
 					  (1 + b_rand(x) % 3) * 4096 };
 	/* k == 9: the same page again */

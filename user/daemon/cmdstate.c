@@ -597,31 +597,49 @@ struct early_arg {
 	uint64_t *early; /* NULL once the epoch is synced */
 };
 
+/* Pages of mask m in word w into the set; those not in it before into the early set too. */
+static inline void early_word(struct early_arg *a, uint64_t w, uint64_t m)
+{
+	a->early[w] |= m & ~a->set[w];
+	a->set[w] |= m;
+}
+
+/* early_word() with every bit, over n whole words (restrict: the two sets never overlap). */
+static void early_words(uint64_t *restrict early, uint64_t *restrict set, uint64_t n)
+{
+	for (uint64_t i = 0; i < n; i++) {
+		early[i] |= ~set[i];
+		set[i] = ~0ull;
+	}
+}
+
 static inline __attribute__((always_inline)) void piece_add(struct pt_vmctx *c, uint64_t page,
 							    uint64_t n, void *arg)
 {
 	struct early_arg *a = arg;
+	uint64_t w = page / 64, off = page % 64, k;
 
 	if (n == 1) { /* the worst case, one 4 KiB page per range: one word */
-		uint64_t m = 1ull << (page % 64), *w = &a->set[page / 64];
-
 		if (a->early)
-			a->early[page / 64] |= m & ~*w;
-		*w |= m;
+			early_word(a, w, 1ull << off);
+		else
+			a->set[w] |= 1ull << off;
 		return;
 	}
 	if (!a->early) { /* the common case: synced, whole words at a time */
 		bits_set(a->set, page, n, true);
 		return;
 	}
-	for (uint64_t p = page, end = page + n; p < end;) {
-		uint64_t off = p % 64, k = 64 - off < end - p ? 64 - off : end - p;
-		uint64_t mask = (k == 64 ? ~0ull : (1ull << k) - 1) << off;
-
-		a->early[p / 64] |= mask & ~a->set[p / 64];
-		a->set[p / 64] |= mask;
-		p += k;
+	/* As bits_set: partial head and tail words, whole words in between. */
+	if (off) {
+		k = 64 - off < n ? 64 - off : n;
+		early_word(a, w++, (k == 64 ? ~0ull : (1ull << k) - 1) << off);
+		n -= k;
 	}
+	early_words(&a->early[w], &a->set[w], n / 64);
+	w += n / 64;
+	if (n % 64)
+		early_word(a, w, (1ull << (n % 64)) - 1);
 }
 
 /*
