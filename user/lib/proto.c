@@ -135,17 +135,15 @@ int pt_range_check(const struct pt_range *r)
 	return 0;
 }
 
-/* pt_range_check() on every range, as one branch-free pass: frames carry thousands. */
 static int ranges_check(const struct pt_range *r, uint32_t n)
 {
-	uint64_t odd = 0;
-	bool bad = false;
-
 	for (uint32_t i = 0; i < n; i++) {
-		odd |= r[i].gpa | r[i].len;
-		bad |= (r[i].len == 0) | (r[i].len > UINT64_MAX - r[i].gpa);
+		int err = pt_range_check(&r[i]);
+
+		if (err)
+			return err;
 	}
-	return (odd & (PT_PROTO_PAGE - 1)) || bad ? -PT_E_BAD_RANGE : 0;
+	return 0;
 }
 
 /* Entries after the fixed part; pt_hdr_check() has made the division exact. */
