@@ -212,6 +212,105 @@ static int command_id_runs(void)
 	return 0;
 }
 
+/*
+ * A batch as pt_cmd_hint's fast paths see it: runs of one-page ranges across words, repeats,
+ * longer ranges, ranges crossing from one memslot into the adjacent one, ranges in a third
+ * slot between them. The sets must hold exactly the pages a page-at-a-time walk would set
+ * (pt_slots_page), and a batch with one bad range must record nothing.
+ */
+#define B_SLOT_A 1024 /* pages at GPA, then B (512 pages) right after it, C far away */
+#define B_SLOT_C (8ull << 30)
+#define B_N	 300
+
+static uint64_t b_rand(uint64_t *x)
+{
+	*x = *x * 6364136223846793005ull + 1442695040888963407ull;
+	return *x >> 33;
+}
+
+/* Range i of the batch: region-independent, guest-physical. */
+static struct pt_range b_range(uint64_t *x, uint64_t *cursor)
+{
+	uint64_t k = b_rand(x) % 10, len = 1;
+
+	if (k < 5) /* the next page */
+		*cursor = (*cursor + 1) % (B_SLOT_A + 512);
+	else if (k == 5) /* a few pages on */
+		*cursor = (*cursor + 2 + b_rand(x) % 4) % (B_SLOT_A + 512);
+	else if (k == 6) /* a jump */
+		*cursor = b_rand(x) % (B_SLOT_A + 512);
+	else if (k == 7) /* a longer run, may cross from A into B */
+		len = 1 + b_rand(x) % (b_rand(x) % 4 ? 20 : 160); /* whole words too */
+	else if (k == 8)					  /* slot C */
+		return (struct pt_range){ B_SLOT_C + (b_rand(x) % 200) * 4096,
+					  (1 + b_rand(x) % 3) * 4096 };
+	/* k == 9: the same page again */
+	if (*cursor + len > B_SLOT_A + 512)
+		len = B_SLOT_A + 512 - *cursor;
+	return (struct pt_range){ GPA + *cursor * 4096, len * 4096 };
+}
+
+static void b_expect(const struct pt_vm_slots *sl, const struct pt_range *r, uint32_t n,
+		     uint64_t *set)
+{
+	for (uint32_t i = 0; i < n; i++)
+		for (uint64_t g = r[i].gpa >> 12; g < (r[i].gpa + r[i].len) >> 12; g++) {
+			uint64_t page;
+
+			if (!pt_slots_page(sl, g, &page))
+				set[page / 64] |= 1ull << (page % 64);
+		}
+}
+
+static int hint_batch_paths(void)
+{
+	struct pt_loader_opts o = { .no_attach = true, .no_pin = true, .log_mb = 1 };
+	struct pt_slot_cfg s[3] = { { GPA, B_SLOT_A * 4096ull, 1, true },
+				    { GPA + B_SLOT_A * 4096ull, 512 * 4096ull, 2, true },
+				    { B_SLOT_C, 256 * 4096ull, 3, true } };
+	static struct pt_range r[B_N];
+	uint64_t x = 1, cursor = 0, got, distinct = 0, *want;
+	struct env e;
+	bool existed;
+
+	T_REQUIRE(t_need_bpf());
+	memset(&e, 0, sizeof(e));
+	CHECK(!pt_tracker_open(&e.t, &o) && !pt_vm_track(e.t, getpid(), s, 3, 0, &e.vm, &existed));
+	CHECK(!pt_vmctx_new(&e.c, e.t, e.vm, getpid(), PT_DIRTY_RING, true));
+	want = calloc(e.c->words, 8);
+	CHECK(want);
+	for (uint32_t i = 0; i < B_N; i++)
+		r[i] = b_range(&x, &cursor);
+	b_expect(&e.c->slots, r, B_N, want);
+	/* Before the sync: every page hinted is early too. */
+	CHECK(!pt_cmd_arm(e.c, 2));
+	CHECK(!pt_cmd_hint(e.c, 2, r, B_N, &got));
+	for (uint64_t w = 0; w < e.c->words; w++) /* sparse, so that a misplaced bit shows */
+		distinct += __builtin_popcountll(want[w]);
+	CHECKF(distinct < (B_SLOT_A + 512) * 3 / 4, "%llu pages", (unsigned long long)distinct);
+	CHECK(!memcmp(e.c->hinted, want, e.c->words * 8));
+	CHECK(e.c->early && !memcmp(e.c->early, want, e.c->words * 8));
+	/* After it: the same sets from the other half of the batch first, then the whole. */
+	CHECK(!pt_cmd_stop(e.c, 2) && !pt_cmd_arm(e.c, 3));
+	sync_now(&e);
+	CHECK(!pt_cmd_hint(e.c, 3, r + B_N / 2, B_N - B_N / 2, &got));
+	CHECK(!pt_cmd_hint(e.c, 3, r, B_N, &got));
+	CHECK(!memcmp(e.c->hinted, want, e.c->words * 8));
+	/* A bad range anywhere (the gap after B, or past C's end) rejects the batch whole. */
+	memset(e.c->hinted, 0, e.c->words * 8);
+	r[B_N - 1] = (struct pt_range){ GPA + (B_SLOT_A + 512) * 4096ull, 4096 };
+	CHECK(pt_cmd_hint(e.c, 3, r, B_N, &got) == -PT_E_BAD_RANGE);
+	r[B_N - 1] = (struct pt_range){ B_SLOT_C + 255 * 4096ull, 2 * 4096 };
+	CHECK(pt_cmd_hint(e.c, 3, r, B_N, &got) == -PT_E_BAD_RANGE);
+	r[0] = (struct pt_range){ GPA + 1000 * 4096ull, (B_SLOT_A + 512) * 4096ull };
+	CHECK(pt_cmd_hint(e.c, 3, r, 1, &got) == -PT_E_BAD_RANGE);
+	for (uint64_t w = 0; w < e.c->words; w++)
+		CHECKF(!e.c->hinted[w], "word %llu set by a rejected batch", (unsigned long long)w);
+	free(want);
+	teardown(&e);
+	return 0;
+}
+
 /* REGISTER's coverage: an unlogged slot and memslots never seen are both reported. */
 static int coverage_bits(void)
 {
@@ -233,4 +332,5 @@ static int coverage_bits(void)
 }
 
 T_MAIN(T_CASE(early_hints_unsure_not_written), T_CASE(no_sync_confirms_nothing),
-       T_CASE(reported_set_loses_only_what_it_must), T_CASE(command_id_runs), T_CASE(coverage_bits))
+       T_CASE(reported_set_loses_only_what_it_must), T_CASE(command_id_runs), T_CASE(coverage_bits),
+       T_CASE(hint_batch_paths))

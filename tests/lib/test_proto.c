@@ -329,6 +329,7 @@ static int range_errors(void)
 	/* The highest page that still ends inside 64 bits. */
 	r[2] = (struct pt_range){ .gpa = UINT64_MAX - 2 * PG + 1, .len = PG };
 	CHECK(pt_range_check(&r[2]) == 0);
+	CHECK(pt_build_hint(fbuf, PT_MAX_FRAME, 1, 5, r, 3) && parse(&m) == 0);
 	return 0;
 }
 

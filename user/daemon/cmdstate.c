@@ -116,26 +116,102 @@ static int refresh_slots(struct pt_vmctx *c)
 	return 0;
 }
 
-/* Validate every range first, so that a batch is applied whole or not at all. */
+/*
+ * The slot the last range fell in, held in locals: hints come in runs inside one memslot, so
+ * most ranges are checked against it with two compares and no lookup. Empty (npages 0) when
+ * that slot is not one for_each_piece would accept; slot_of stays the authority.
+ */
+struct slot_win {
+	uint64_t base, npages, bit_off;
+};
+
+static void win_load(struct pt_vmctx *c, struct slot_win *w)
+{
+	const struct pt_slot *s = &c->slots.slots[c->last_slot % PT_MAX_SLOTS];
+
+	*w = (struct slot_win){ 0 };
+	if (c->last_slot < c->slots.nslots && slot_has(s, s->base_gfn) &&
+	    s->bit_off + s->npages <= c->words * 64)
+		*w = (struct slot_win){ s->base_gfn, s->npages, s->bit_off };
+}
+
+/* The range lies wholly inside the window: its first page's region index in *page. */
+static inline bool win_has(const struct slot_win *w, const struct pt_range *r, uint64_t *page)
+{
+	uint64_t off = (r->gpa >> PAGE_SHIFT) - w->base;
+
+	*page = w->bit_off + off;
+	return (off < w->npages) & (r->len >> PAGE_SHIFT <= w->npages - off); /* no branch */
+}
+
+/* The common frame: every range inside the window, within the bound. No branch per range. */
+static bool all_in_win(const struct slot_win *w, const struct pt_range *r, uint32_t n)
+{
+	uint64_t sum = 0, page;
+	bool in = true;
+
+	/* Each term at most the bound (2^30) and n < 2^32 of them: the sum cannot wrap. */
+	for (uint32_t i = 0; i < n; i++) {
+		in &= win_has(w, &r[i], &page) & (r[i].len >> PAGE_SHIFT <= PT_MAX_BATCH_PAGES);
+		sum += r[i].len >> PAGE_SHIFT;
+	}
+	return in && sum <= PT_MAX_BATCH_PAGES;
+}
+
+/* Every page of every range in a known memslot, and the batch within its bound. */
+static int check_ranges(struct pt_vmctx *c, const struct pt_range *r, uint32_t n)
+{
+	struct slot_win w;
+	uint64_t sum = 0, page;
+	int err;
+
+	win_load(c, &w);
+	if (all_in_win(&w, r, n))
+		return 0;
+	for (uint32_t i = 0; i < n; i++) {
+		/* One frame may not keep the only event loop busy for long: bound its pages. */
+		sum += r[i].len >> PAGE_SHIFT;
+		if (sum > PT_MAX_BATCH_PAGES)
+			return -PT_E_BAD_RANGE;
+		if (win_has(&w, &r[i], &page))
+			continue;
+		err = for_each_piece(c, &r[i], NULL, NULL);
+		if (err)
+			return err;
+		win_load(c, &w);
+	}
+	return 0;
+}
+
+/* Validate every range before any is applied, so that a batch is applied whole or not at all. */
+static int ranges_ready(struct pt_vmctx *c, const struct pt_range *r, uint32_t n)
+{
+	int err = refresh_slots(c);
+
+	return err ? err : check_ranges(c, r, n);
+}
+
 static inline __attribute__((always_inline)) int apply_ranges(struct pt_vmctx *c,
 							      const struct pt_range *r, uint32_t n,
 							      piece_fn fn, void *arg,
 							      uint64_t *pages)
 {
-	int err = refresh_slots(c);
-	uint64_t sum = 0;
+	int err = ranges_ready(c, r, n);
+	struct slot_win w;
+	uint64_t page;
 
-	/* One frame may not keep the only event loop busy for long: bound the pages it covers. */
-	for (uint32_t i = 0; !err && i < n; i++) {
-		sum += r[i].len >> PAGE_SHIFT;
-		err = sum > PT_MAX_BATCH_PAGES ? -PT_E_BAD_RANGE
-					       : for_each_piece(c, &r[i], NULL, NULL);
-	}
 	if (err)
 		return err;
 	*pages = 0;
+	win_load(c, &w);
 	for (uint32_t i = 0; i < n; i++) {
-		for_each_piece(c, &r[i], fn, arg);
+		if (win_has(&w, &r[i], &page)) {
+			if (r[i].len >> PAGE_SHIFT)
+				fn(c, page, r[i].len >> PAGE_SHIFT, arg);
+		} else {
+			for_each_piece(c, &r[i], fn, arg);
+			win_load(c, &w);
+		}
 		*pages += r[i].len >> PAGE_SHIFT;
 	}
 	return 0;
@@ -521,22 +597,106 @@ struct early_arg {
 	uint64_t *early; /* NULL once the epoch is synced */
 };
 
-static void piece_add(struct pt_vmctx *c, uint64_t page, uint64_t n, void *arg)
+/* Pages of mask m in word w into the set; those not in it before into the early set too. */
+static inline void early_word(struct early_arg *a, uint64_t w, uint64_t m)
+{
+	a->early[w] |= m & ~a->set[w];
+	a->set[w] |= m;
+}
+
+/* early_word() with every bit, over n whole words (restrict: the two sets never overlap). */
+static void early_words(uint64_t *restrict early, uint64_t *restrict set, uint64_t n)
+{
+	for (uint64_t i = 0; i < n; i++) {
+		early[i] |= ~set[i];
+		set[i] = ~0ull;
+	}
+}
+
+static inline __attribute__((always_inline)) void piece_add(struct pt_vmctx *c, uint64_t page,
+							    uint64_t n, void *arg)
 {
 	struct early_arg *a = arg;
+	uint64_t w = page / 64, off = page % 64, k;
 
+	if (n == 1) { /* the worst case, one 4 KiB page per range: one word */
+		if (a->early)
+			early_word(a, w, 1ull << off);
+		else
+			a->set[w] |= 1ull << off;
+		return;
+	}
 	if (!a->early) { /* the common case: synced, whole words at a time */
 		bits_set(a->set, page, n, true);
 		return;
 	}
-	for (uint64_t p = page, end = page + n; p < end;) {
-		uint64_t off = p % 64, k = 64 - off < end - p ? 64 - off : end - p;
-		uint64_t mask = (k == 64 ? ~0ull : (1ull << k) - 1) << off;
-
-		a->early[p / 64] |= mask & ~a->set[p / 64];
-		a->set[p / 64] |= mask;
-		p += k;
+	/* As bits_set: partial head and tail words, whole words in between. */
+	if (off) {
+		k = 64 - off < n ? 64 - off : n;
+		early_word(a, w++, (k == 64 ? ~0ull : (1ull << k) - 1) << off);
+		n -= k;
 	}
+	early_words(&a->early[w], &a->set[w], n / 64);
+	w += n / 64;
+	if (n % 64)
+		early_word(a, w, (1ull << (n % 64)) - 1);
+}
+
+/*
+ * One-page ranges of one bitmap word, gathered in a register: consecutive pages (the worst
+ * case's load) would otherwise load and store the same word 64 times in a row. Adding the
+ * word's pages at once marks the same early bits as one at a time: a page is early iff it was
+ * not in the set before the batch.
+ */
+struct word_acc {
+	uint64_t w, bits;
+};
+
+static inline void acc_flush(struct early_arg *a, struct word_acc *x)
+{
+	if (!x->bits)
+		return;
+	if (a->early)
+		a->early[x->w] |= x->bits & ~a->set[x->w];
+	a->set[x->w] |= x->bits;
+	x->bits = 0;
+}
+
+/* apply_ranges(piece_add) with the one-page ranges gathered a word at a time. */
+static int add_ranges(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, struct early_arg *a,
+		      uint64_t *pages)
+{
+	int err = ranges_ready(c, r, n);
+	struct word_acc x = { 0 };
+	struct slot_win w;
+	uint64_t page, sum = 0;
+
+	if (err)
+		return err;
+	win_load(c, &w);
+	for (uint32_t i = 0; i < n; i++) {
+		uint64_t np = r[i].len >> PAGE_SHIFT;
+		bool in = win_has(&w, &r[i], &page);
+
+		sum += np;
+		if (in && np == 1) {
+			if (page / 64 != x.w)
+				acc_flush(a, &x);
+			x.w = page / 64;
+			x.bits |= 1ull << (page % 64);
+			continue;
+		}
+		acc_flush(a, &x);
+		if (!in) {
+			for_each_piece(c, &r[i], piece_add, a);
+			win_load(c, &w);
+		} else if (np) {
+			piece_add(c, page, np, a);
+		}
+	}
+	acc_flush(a, &x);
+	*pages = sum;
+	return 0;
 }
 
 /* Record pages into `set`, and into the early set while the epoch is not synced. */
@@ -547,7 +707,7 @@ static int add_pages(struct pt_vmctx *c, uint64_t *set, const struct pt_range *r
 
 	if ((pt_epoch_doubt(c) & PT_WHY_NO_SYNC) && !(a.early = lazy_bitmap(c, &c->early)))
 		return -PT_E_BUSY;
-	return apply_ranges(c, r, n, piece_add, &a, pages);
+	return add_ranges(c, r, n, &a, pages);
 }
 
 int pt_cmd_hint(struct pt_vmctx *c, uint32_t cmd, const struct pt_range *r, uint32_t n,
