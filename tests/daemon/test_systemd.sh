@@ -24,6 +24,8 @@ PIN=/sys/fs/bpf/pagetrack-systest-$$
 CG=pagetrack-systest-$$
 SOCK=/run/pagetrack/balloon.sock
 fails=0 NSPID='' W='' MARK=''
+DEFPIN_NEW=
+[ -e /sys/fs/bpf/pagetrack ] || DEFPIN_NEW=yes
 
 pass() { echo "PASS: systemd: $*"; }
 fail() { echo "FAIL: systemd: $*"; fails=$((fails + 1)); }
@@ -81,6 +83,9 @@ cleanup() {
 	local d
 	for d in $(cg_dirs); do cg_remove "$d"; done
 	[ -d "$PIN" ] && "$BIN" -p "$PIN" uninstall >/dev/null 2>&1
+	# The unit's ExecStartPre makes the default pin directory on the host's bpffs: remove it
+	# again if this test made it (empty: the test's service pinned elsewhere).
+	[ -n "$DEFPIN_NEW" ] && rmdir /sys/fs/bpf/pagetrack 2>/dev/null
 	[ -n "$MARK" ] && rm -f "$MARK"
 	[ -n "$W" ] && rm -rf "$W"
 }
