@@ -58,7 +58,7 @@ struct svc {
 	time_t quota_log_at;	  /* last "connection over quota" log line */
 	uint16_t gen[PT_MAX_VMS]; /* bumped per context, so a connection's binding can go stale */
 	uint8_t *out;		  /* one reply frame being built */
-	struct pt_range *ranges;  /* verdict ranges, buffered until the verdict is sure */
+	struct pt_range *ranges;  /* WR_READ unsure: the asked ranges, sorted, merged */
 	size_t nranges, cap_ranges;
 	struct pt_status_counters n;
 	unsigned ticks;
@@ -81,31 +81,6 @@ static void reply_err(struct svc *s, struct pt_conn *c, uint32_t seq, int code, 
 		code = -code;
 	s->n.errors++;
 	pt_conn_send_error(c, seq, code, "%s: %s", what, pt_err_str(code));
-}
-
-/*
- * Ranges of one reply, buffered: 4 Mi ranges (64 MiB) at most. A verdict more fragmented than
- * that is refused with PT_E_BUSY (the device keeps everything) rather than held in memory.
- */
-#define MAX_REPLY_RANGES (4u << 20)
-
-static int collect_range(void *ctx, uint64_t gpa, uint64_t len)
-{
-	struct svc *s = ctx;
-
-	if (s->nranges == MAX_REPLY_RANGES)
-		return -PT_E_BUSY;
-	if (s->nranges == s->cap_ranges) {
-		size_t cap = s->cap_ranges ? s->cap_ranges * 2 : 4096;
-		struct pt_range *r = realloc(s->ranges, cap * sizeof(*r));
-
-		if (!r)
-			return -PT_E_BUSY;
-		s->ranges = r;
-		s->cap_ranges = cap;
-	}
-	s->ranges[s->nranges++] = (struct pt_range){ gpa, len };
-	return 0;
 }
 
 /* Reply frames stay at or below 64 KiB (PROTOCOL.md section 6): 4093 ranges each. */
@@ -131,12 +106,6 @@ static void send_ranges(struct svc *s, struct pt_conn *c, unsigned type, uint32_
 			break;
 		done += n;
 	} while (done < s->nranges);
-	/* Keep a small buffer between queries, not the largest one ever needed. */
-	if (s->cap_ranges > 65536) {
-		free(s->ranges);
-		s->ranges = NULL;
-		s->cap_ranges = 0;
-	}
 	s->nranges = 0;
 }
 
@@ -983,10 +952,17 @@ static int list_unsure(struct svc *s, const struct pt_msg *m, struct pt_verdict 
 	uint64_t listed = 0;
 	size_t k = 0;
 
-	s->nranges = 0;
-	for (uint32_t i = 0; i < m->count; i++)
-		if (collect_range(s, m->ranges[i].gpa, m->ranges[i].len))
+	/* At most WR_MAX_RANGES asked ranges: one small buffer, grown once, kept. */
+	if (m->count > s->cap_ranges) {
+		struct pt_range *r = realloc(s->ranges, m->count * sizeof(*r));
+
+		if (!r)
 			return -1;
+		s->ranges = r;
+		s->cap_ranges = m->count;
+	}
+	memcpy(s->ranges, m->ranges, m->count * sizeof(*s->ranges));
+	s->nranges = m->count;
 	qsort(s->ranges, s->nranges, sizeof(*s->ranges), cmp_range);
 	for (size_t i = 0; i < s->nranges; i++) {
 		struct pt_range r = s->ranges[i];
