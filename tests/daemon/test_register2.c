@@ -181,6 +181,57 @@ static int no_fd_leak(void)
 	return 0;
 }
 
+/*
+ * Descriptors no frame takes, parked by many connections: the service holds 256 for all of
+ * them at most (4 each, so 64 connections); the next connection that sends some is closed
+ * with an error, and once the others are gone, descriptors are accepted again.
+ */
+static int fds_bounded_for_all(void)
+{
+	enum { NCONN = 64 };
+	int conns[NCONN], fds[4], fd;
+	size_t n = pt_build_empty(tx, sizeof(tx), PT_MSG_PING, 1);
+	struct pt_hdr h;
+	struct pt_msg m;
+
+	T_REQUIRE(need_service());
+	for (int i = 0; i < 4; i++)
+		fds[i] = eventfd(0, EFD_CLOEXEC);
+	for (int i = 0; i < NCONN; i++) {
+		conns[i] = raw_connect();
+		CHECK(conns[i] >= 0);
+		CHECK(!send_fds(conns[i], tx, n, fds, 4));
+		EXPECT_ACK(conns[i], 1, NULL);
+	}
+	fd = raw_connect();
+	CHECK(fd >= 0 && !send_fds(fd, tx, n, fds, 1));
+	for (int i = 0; i < 2; i++) { /* the ERROR, before or after the PING's ACK */
+		CHECK(raw_recv(fd, &h, &m) == 1);
+		if (m.type == PT_MSG_ERROR)
+			break;
+	}
+	CHECKF(m.type == PT_MSG_ERROR && m.error->code == PT_E_BAD_FIELD, "got %s",
+	       pt_msg_type_str(m.type));
+	CHECK(raw_eof(fd));
+	close(fd);
+	for (int i = 0; i < NCONN; i++)
+		close(conns[i]);
+	/* The service frees them as it reads each end of stream: a bounded wait. */
+	for (int tries = 0;; tries++) {
+		fd = raw_connect();
+		CHECK(fd >= 0 && !send_fds(fd, tx, n, fds, 4));
+		CHECK(raw_recv(fd, &h, &m) == 1);
+		close(fd);
+		if (m.type == PT_MSG_ACK)
+			break;
+		CHECKF(tries < 200, "descriptors still refused after the connections closed");
+		usleep(20000);
+	}
+	for (int i = 0; i < 4; i++)
+		close(fds[i]);
+	return 0;
+}
+
 /* A real VM fd: accepted, and the ACK carries a nonzero resume token. */
 static int real_vm_fd(void)
 {
@@ -206,4 +257,4 @@ static int real_vm_fd(void)
 }
 
 T_MAIN(T_CASE(not_a_vm_fd), T_CASE(missing_fd), T_CASE(fd_behind_pipelined_frame),
-       T_CASE(too_many_fds), T_CASE(no_fd_leak), T_CASE(real_vm_fd))
+       T_CASE(too_many_fds), T_CASE(no_fd_leak), T_CASE(fds_bounded_for_all), T_CASE(real_vm_fd))

@@ -80,7 +80,10 @@
 /* Descriptors a connection may have received and not yet handed to a frame (REGISTER2 takes
  * at most PT_MAX_REG_FDS); more, or more than one recvmsg's control buffer holds, is an error. */
 #define CONN_MAX_FDS 4
-#define CMSG_BYTES   CMSG_SPACE(CONN_MAX_FDS * sizeof(int))
+/* ... and all connections together: keeps the descriptors peers can park in this process
+ * well inside LimitNOFILE, whatever max-conns is. */
+#define SERVER_MAX_FDS 256
+#define CMSG_BYTES     CMSG_SPACE(CONN_MAX_FDS * sizeof(int))
 
 enum op {
 	OP_NONE = 0,
@@ -215,7 +218,8 @@ struct pt_server {
 	volatile sig_atomic_t stop;
 	bool stopping; /* shutdown phase: arm nothing new */
 	bool accept_armed;
-	uint64_t inflight; /* SQEs whose final CQE has not been seen */
+	uint64_t inflight;   /* SQEs whose final CQE has not been seen */
+	unsigned queued_fds; /* received descriptors no frame has taken yet, all connections */
 
 	struct pt_server_stats st;
 
@@ -517,6 +521,7 @@ static void conn_free(struct pt_conn *c)
 	pt_debug("conn %u pid %d: closed", c->id, (int)c->peer.pid);
 	close(c->fd);
 	c->fd = -1;
+	s->queued_fds -= c->nfds;
 	while (c->nfds)
 		close(c->fds[--c->nfds]);
 	oq_free(c, false);
@@ -1051,8 +1056,9 @@ static bool conn_keep_fds(struct pt_conn *c, struct io_uring_recvmsg_out *o)
 			int fd;
 
 			memcpy(&fd, &fds[i], sizeof(fd));
-			if (c->nfds < CONN_MAX_FDS) {
+			if (c->nfds < CONN_MAX_FDS && c->s->queued_fds < SERVER_MAX_FDS) {
 				c->fds[c->nfds++] = fd;
+				c->s->queued_fds++;
 			} else {
 				close(fd);
 				ok = false;
@@ -1098,8 +1104,11 @@ static bool handle_recv_buf(struct pt_conn *c, unsigned bid, int res)
 	off = (uint32_t)((unsigned char *)io_uring_recvmsg_payload(o, &s->rmsg) - buf_addr(s, bid));
 	if ((o->controllen || (o->flags & MSG_CTRUNC)) && !conn_keep_fds(c, o)) {
 		buf_return(s, bid);
-		pt_conn_send_error(c, 0, PT_E_BAD_FIELD,
-				   "more than %d file descriptors sent; closing", CONN_MAX_FDS);
+		pt_conn_send_error(
+			c, 0, PT_E_BAD_FIELD,
+			"more file descriptors than a frame takes (%d), or than the service "
+			"holds for all peers (%d); closing",
+			CONN_MAX_FDS, SERVER_MAX_FDS);
 		pt_conn_close(c);
 		return true;
 	}
@@ -1801,6 +1810,7 @@ unsigned pt_conn_take_fds(struct pt_conn *c, int *fds, unsigned max)
 	memcpy(fds, c->fds, n * sizeof(int));
 	memmove(c->fds, c->fds + n, (c->nfds - n) * sizeof(int));
 	c->nfds -= n;
+	c->s->queued_fds -= n;
 	return n;
 }
 
