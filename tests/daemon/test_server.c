@@ -48,8 +48,24 @@ struct handler {
 	struct pt_server *s;
 	uint64_t ticks;
 	uint64_t closes;
+	uint64_t heavy; /* HINT frames with HEAVY_CMD handled */
 	unsigned char *big;
 };
+
+/* A HINT with this command ID costs the whole turn of every connection together. */
+#define HEAVY_CMD 99
+/* ... and one with this ID holds the loop for 300 ms, so that input piles up meanwhile. */
+#define SLOW_CMD 98
+
+static void busy_ms(long ms)
+{
+	struct timespec t0, t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	do
+		clock_gettime(CLOCK_MONOTONIC, &t);
+	while ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000 < ms);
+}
 
 static uint64_t rss_kb(void)
 {
@@ -82,7 +98,7 @@ static void h_frame(void *ctx, struct pt_conn *c, const struct pt_hdr *h, const 
 	switch (h->type) {
 	case PT_MSG_PING:
 		n = pt_build_ack(buf, sizeof(buf), h->seq, (uint32_t)pt_conn_peer(c)->pid,
-				 pt_conn_id(c), 0);
+				 pt_conn_id(c), hd->heavy);
 		pt_conn_send(c, buf, n);
 		break;
 	case PT_MSG_HINT: {
@@ -91,6 +107,20 @@ static void h_frame(void *ctx, struct pt_conn *c, const struct pt_hdr *h, const 
 
 		/* copy: the payload may be unaligned in the receive buffer */
 		memcpy(r, (const char *)payload + sizeof(*hint), (size_t)hint->count * sizeof(*r));
+		if (hint->cmd_id == HEAVY_CMD) {
+			struct timespec t0, t;
+
+			/* 2 ms of work: the flood lasts long enough for a PING to arrive in it */
+			clock_gettime(CLOCK_MONOTONIC, &t0);
+			do
+				clock_gettime(CLOCK_MONOTONIC, &t);
+			while ((t.tv_sec - t0.tv_sec) * 1000000000L + t.tv_nsec - t0.tv_nsec <
+			       2000000);
+			hd->heavy++;
+			pt_conn_charge(c, UINT64_C(1) << 40);
+		}
+		if (hint->cmd_id == SLOW_CMD)
+			busy_ms(300);
 		n = pt_build_ack(buf, sizeof(buf), h->seq, hint->count, range_sum(r, hint->count),
 				 0);
 		free(r);
@@ -1184,10 +1214,74 @@ static int stale_socket_replaced(void)
 	return rc;
 }
 
+/*
+ * Two flooders whose every frame uses the whole turn (and 2 ms) take turns; a PING whose bytes
+ * arrive between theirs, in one batch of completions, is answered within a few of their frames,
+ * not after all of them. The bug this guards against: starved connections were put at the
+ * front of the next turn one by one, so the flooder that starved after the PING went ahead of
+ * it, and the two flooders kept it waiting turn after turn until they were done.
+ */
+#define FLOOD_FRAMES 400
+
+static int send_hints(int fd, uint32_t cmd, uint32_t n)
+{
+	static unsigned char buf[FLOOD_FRAMES * 64];
+	struct pt_range r = { 1ull << 30, 1ull << 30 };
+	size_t off = 0;
+
+	for (uint32_t i = 0; i < n; i++)
+		off += pt_build_hint(buf + off, sizeof(buf) - off, 10 + i, cmd, &r, 1);
+	return send_all(fd, buf, off);
+}
+
+static int ping_not_starved_by_flooders(void)
+{
+	struct srv sv;
+	struct pt_ack ack;
+	unsigned char b[64];
+	int f1, f2, p, slow, rc = -1;
+
+	if (srv_start(&sv))
+		return -1;
+	f1 = cli_connect(&sv);
+	f2 = cli_connect(&sv);
+	p = cli_connect(&sv);
+	slow = cli_connect(&sv);
+	if (f1 < 0 || f2 < 0 || p < 0 || slow < 0 || ping(p, 1, NULL))
+		goto out;
+	/* While the loop is held, the two floods and the PING (between them) pile up. */
+	if (send_hints(slow, SLOW_CMD, 1))
+		goto out;
+	usleep(50 * 1000);
+	if (send_hints(f1, HEAVY_CMD, FLOOD_FRAMES) ||
+	    send_all(p, b, pt_build_empty(b, sizeof(b), PT_MSG_PING, 2)) ||
+	    send_hints(f2, HEAVY_CMD, FLOOD_FRAMES))
+		goto out;
+	if (read_frame(p, &(struct pt_hdr){ 0 }, &ack, sizeof(ack)) != 1)
+		goto out;
+	fprintf(stderr, "  PING answered after %llu of %u heavy frames\n",
+		(unsigned long long)ack.ignored, 2 * FLOOD_FRAMES);
+	if (ack.ignored >= FLOOD_FRAMES) {
+		fprintf(stderr, "  a PING waited behind %llu frames that each used a whole turn\n",
+			(unsigned long long)ack.ignored);
+		goto out;
+	}
+	rc = 0;
+out:
+	close(f1);
+	close(f2);
+	close(p);
+	close(slow);
+	if (srv_stop(&sv))
+		rc = -1;
+	return rc;
+}
+
 T_MAIN(T_CASE(round_trip), T_CASE(peercred_pid), T_CASE(concurrent_clients),
        T_CASE(disconnect_mid_frame), T_CASE(one_byte_writes), T_CASE(many_frames_one_write),
        T_CASE(frame_larger_than_buffer), T_CASE(bad_magic), T_CASE(bad_length),
        T_CASE(backpressure), T_CASE(conn_close_flushes), T_CASE(tick_and_close_callbacks),
        T_CASE(small_buffers_enobufs), T_CASE(stalled_peers_do_not_starve_ring),
        T_CASE(max_conns_and_slot_reuse), T_CASE(sighup_ignored), T_CASE(sigterm_shutdown),
-       T_CASE(listen_fd_activation), T_CASE(stale_socket_replaced))
+       T_CASE(listen_fd_activation), T_CASE(stale_socket_replaced),
+       T_CASE(ping_not_starved_by_flooders))

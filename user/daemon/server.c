@@ -232,6 +232,7 @@ struct pt_server {
 	uint64_t turn_total;		 /* work charged in this turn, all connections */
 	uint64_t turn_us_window;	 /* longest turn since the last tick */
 	uint32_t yield_head, yield_tail; /* connections waiting for the next turn */
+	uint32_t yield_starved;		 /* the last of those that got nothing done */
 	int reserve_fd;			 /* given up to refuse connections when out of fds */
 	uint64_t nofd_logged_ms;	 /* last "out of descriptors" line */
 	uint64_t nofd_unlogged;		 /* refused since */
@@ -612,28 +613,33 @@ static bool turn_used(struct pt_conn *c)
 }
 
 /*
- * Puts @c on the list looked at in the next turn (at most once: yield_listed). One that got
- * nothing done in this turn (all connections together used the turn) goes first, so that
- * the busy ones at the front of the list cannot keep it waiting turn after turn.
+ * Puts @c on the list looked at in the next turn (at most once: yield_listed). Ones that got
+ * nothing done in this turn (all connections together used the turn) go first, in the order
+ * they came, so that the busy ones cannot keep them waiting turn after turn. In that order:
+ * put at the very front instead, two flooders that take turns using the whole budget jump
+ * ahead of a PING that waits behind them, every turn, for ever.
  */
 static void yield_link(struct pt_conn *c)
 {
 	struct pt_server *s = c->s;
-	bool first = c->turn_id == s->turn_id && !c->turn_frames && !c->turn_work;
+	bool starved = c->turn_id == s->turn_id && !c->turn_frames && !c->turn_work;
+	uint32_t *prev;
 
 	if (c->yield_listed)
 		return;
 	c->yield_listed = true;
-	c->yield_next = NIL;
-	if (s->yield_head == NIL) {
-		s->yield_head = s->yield_tail = c->idx;
-	} else if (first) {
-		c->yield_next = s->yield_head;
-		s->yield_head = c->idx;
-	} else {
-		s->conns[s->yield_tail].yield_next = c->idx;
+	if (!starved)
+		prev = s->yield_tail == NIL ? &s->yield_head : &s->conns[s->yield_tail].yield_next;
+	else if (s->yield_starved == NIL)
+		prev = &s->yield_head;
+	else
+		prev = &s->conns[s->yield_starved].yield_next;
+	c->yield_next = *prev;
+	*prev = c->idx;
+	if (c->yield_next == NIL)
 		s->yield_tail = c->idx;
-	}
+	if (starved)
+		s->yield_starved = c->idx;
 }
 
 /*
@@ -655,7 +661,7 @@ static void resume_yielded(struct pt_server *s)
 {
 	uint32_t i = s->yield_head;
 
-	s->yield_head = s->yield_tail = NIL;
+	s->yield_head = s->yield_tail = s->yield_starved = NIL;
 	s->turn_id++;
 	s->turn_total = 0;
 	while (i != NIL) {
@@ -1468,7 +1474,7 @@ static void server_limits(struct pt_server *s, const struct pt_server_cfg *cfg)
 	s->frame_timeout_ms = cfg->frame_timeout_ms ? cfg->frame_timeout_ms : DEF_FRAME_TIMEOUT;
 	s->reply_timeout_ms = cfg->reply_timeout_ms ? cfg->reply_timeout_ms : DEF_REPLY_TIMEOUT;
 	s->idle_timeout_ms = cfg->idle_timeout_ms ? cfg->idle_timeout_ms : DEF_IDLE_TIMEOUT;
-	s->yield_head = s->yield_tail = NIL;
+	s->yield_head = s->yield_tail = s->yield_starved = NIL;
 	s->reserve_fd = eventfd(0, EFD_CLOEXEC);
 }
 
