@@ -743,6 +743,7 @@ static void on_register(struct svc *s, struct pt_conn *c, struct reg_req *r)
 	s->id[vm].conn = c;
 	bind_conn(s, c, vm);
 	pt_conn_set_registered(c, true);
+	pt_conn_charge(c, ctx->words * 64); /* the VM's region was cleared: a turn's work */
 	if (!tracked)
 		pt_warn("VM %u (pid %u): BPF does not see its writes (%s dirty logging%s): every "
 			"verdict will be keep",
@@ -1194,8 +1195,12 @@ static void on_cmd(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx, const
 {
 	int err;
 
-	if (m->type == PT_MSG_ARM)
+	if (m->type == PT_MSG_ARM) {
+		/* ARM passes over the VM's whole bitmap: one per turn for a large VM, not a frame
+		 * budget's worth (64 ARMs of a 256 GiB VM held the loop for seconds). */
 		err = pt_cmd_arm(ctx, m->cmd_id);
+		pt_conn_charge(c, ctx->words * 64);
+	}
 	else if (m->type == PT_MSG_STOP)
 		err = pt_cmd_stop(ctx, m->cmd_id);
 	else
