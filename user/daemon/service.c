@@ -1200,8 +1200,7 @@ static void on_cmd(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx, const
 		 * budget's worth (64 ARMs of a 256 GiB VM held the loop for seconds). */
 		err = pt_cmd_arm(ctx, m->cmd_id);
 		pt_conn_charge(c, ctx->words * 64);
-	}
-	else if (m->type == PT_MSG_STOP)
+	} else if (m->type == PT_MSG_STOP)
 		err = pt_cmd_stop(ctx, m->cmd_id);
 	else
 		err = pt_cmd_done(ctx, m->cmd_id);
