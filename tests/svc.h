@@ -159,10 +159,15 @@ static inline int in_child(child_fn fn, void *arg)
 
 /* --- raw sockets ------------------------------------------------------------------------- */
 
+/* How long raw_recv() waits for a reply; a binary may define its own before the include. */
+#ifndef SVC_RAW_TIMEOUT_S
+#define SVC_RAW_TIMEOUT_S 10
+#endif
+
 static inline int raw_connect(void)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	struct timeval tv = { 10, 0 };
+	struct timeval tv = { SVC_RAW_TIMEOUT_S, 0 };
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 
 	if (fd < 0 || strlen(svc.socket) >= sizeof(sa.sun_path))
@@ -290,13 +295,36 @@ static inline bool raw_eof(int fd)
 
 static uint8_t tx[PT_MAX_FRAME + 64] __attribute__((aligned(8)));
 
+/* Sends the first n bytes of tx (n is a pt_build_*() result: 0 means the build failed). */
+static inline int send_tx(int fd, size_t n, uint32_t seq, int line)
+{
+	if (n && !raw_send(fd, tx, n))
+		return 0;
+	fprintf(stderr, "  line %d: seq %u: %s\n", line, seq,
+		n ? "cannot send the frame" : "the frame did not build");
+	return -1;
+}
+
+/* Sends the frame in tx; the reply must be ERROR `code` for `seq` (see expect_error()). */
+static inline int send_expect_error(int fd, size_t n, uint32_t seq, int code, int line)
+{
+	return send_tx(fd, n, seq, line) ? -1 : expect_error(fd, seq, code, line);
+}
+#define SEND_EXPECT_ERROR(fd, n, seq, code) \
+	CHECK(send_expect_error((fd), (n), (seq), (code), __LINE__) == 0)
+
+/* Sends the frame in tx; the reply must be an ACK for `seq` (see expect_ack()). */
+static inline int send_expect_ack(int fd, size_t n, uint32_t seq, struct pt_ack *ack, int line)
+{
+	return send_tx(fd, n, seq, line) ? -1 : expect_ack(fd, seq, ack, line);
+}
+#define SEND_EXPECT_ACK(fd, n, seq, ack) \
+	CHECK(send_expect_ack((fd), (n), (seq), (ack), __LINE__) == 0)
+
 static inline int raw_ping(int fd, uint32_t seq)
 {
-	size_t n = pt_build_empty(tx, sizeof(tx), PT_MSG_PING, seq);
-
-	if (raw_send(fd, tx, n))
-		return -1;
-	return expect_ack(fd, seq, NULL, __LINE__);
+	return send_expect_ack(fd, pt_build_empty(tx, sizeof(tx), PT_MSG_PING, seq), seq, NULL,
+			       __LINE__);
 }
 
 #endif
