@@ -264,12 +264,10 @@ static int mid_frame_child(void *arg)
 	int fd = raw_connect();
 
 	CHECK(fd >= 0 && r);
-	n = pt_build_register(tx, sizeof(tx), 1, getpid(), PT_DIRTY_RING, &slot1, 1);
-	CHECK(n && !raw_send(fd, tx, n));
-	EXPECT_ACK(fd, 1, &ack);
-	n = pt_build_cmd(tx, sizeof(tx), PT_MSG_ARM, 2, 5);
-	CHECK(n && !raw_send(fd, tx, n));
-	EXPECT_ACK(fd, 2, &ack);
+	SEND_EXPECT_ACK(fd,
+			pt_build_register(tx, sizeof(tx), 1, getpid(), PT_DIRTY_RING, &slot1, 1), 1,
+			&ack);
+	SEND_EXPECT_ACK(fd, pt_build_cmd(tx, sizeof(tx), PT_MSG_ARM, 2, 5), 2, &ack);
 	/* Half of a 64 KiB HINT frame, then gone. */
 	n = pt_build_hint(tx, sizeof(tx), 3, 5, r, 4096);
 	CHECK(n && !raw_send(fd, tx, n / 2));
@@ -396,52 +394,41 @@ static int malformed_child(void *arg)
 	CHECK(fd >= 0);
 
 	/* Before REGISTER: NOT_REGISTERED, whatever the request. */
-	n = pt_build_cmd(tx, sizeof(tx), PT_MSG_ARM, seq, 2);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ERROR(fd, seq, PT_E_NOT_REGISTERED);
+	SEND_EXPECT_ERROR(fd, pt_build_cmd(tx, sizeof(tx), PT_MSG_ARM, seq, 2), seq,
+			  PT_E_NOT_REGISTERED);
 	seq++;
-	n = pt_build_hint(tx, sizeof(tx), seq, 2, &good, 1);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ERROR(fd, seq, PT_E_NOT_REGISTERED);
+	SEND_EXPECT_ERROR(fd, pt_build_hint(tx, sizeof(tx), seq, 2, &good, 1), seq,
+			  PT_E_NOT_REGISTERED);
 	seq++;
-	n = pt_build_query(tx, sizeof(tx), seq, 2, PT_Q_HINTS);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ERROR(fd, seq, PT_E_NOT_REGISTERED);
+	SEND_EXPECT_ERROR(fd, pt_build_query(tx, sizeof(tx), seq, 2, PT_Q_HINTS), seq,
+			  PT_E_NOT_REGISTERED);
 	seq++;
-	n = pt_build_report(tx, sizeof(tx), PT_MSG_WR_READ, seq, &good, 1);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ERROR(fd, seq, PT_E_NOT_REGISTERED);
+	SEND_EXPECT_ERROR(fd, pt_build_report(tx, sizeof(tx), PT_MSG_WR_READ, seq, &good, 1), seq,
+			  PT_E_NOT_REGISTERED);
 	seq++;
 
-	n = pt_build_register(tx, sizeof(tx), seq, getpid(), PT_DIRTY_RING, &slot1, 1);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ACK(fd, seq, &ack);
+	SEND_EXPECT_ACK(fd,
+			pt_build_register(tx, sizeof(tx), seq, getpid(), PT_DIRTY_RING, &slot1, 1),
+			seq, &ack);
 	seq++;
 
 	/* Reserved command IDs. */
 	for (uint32_t id = 0; id < 2; id++) {
-		n = pt_build_cmd(tx, sizeof(tx), PT_MSG_ARM, seq, id);
-		CHECK(!raw_send(fd, tx, n));
-		EXPECT_ERROR(fd, seq, PT_E_RESERVED_CMD);
+		SEND_EXPECT_ERROR(fd, pt_build_cmd(tx, sizeof(tx), PT_MSG_ARM, seq, id), seq,
+				  PT_E_RESERVED_CMD);
 		seq++;
 	}
-	n = pt_build_hint(tx, sizeof(tx), seq, 1, &good, 1);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ERROR(fd, seq, PT_E_RESERVED_CMD);
+	SEND_EXPECT_ERROR(fd, pt_build_hint(tx, sizeof(tx), seq, 1, &good, 1), seq,
+			  PT_E_RESERVED_CMD);
 	seq++;
-	n = pt_build_query(tx, sizeof(tx), seq, 0, PT_Q_HINTS);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ERROR(fd, seq, PT_E_RESERVED_CMD);
+	SEND_EXPECT_ERROR(fd, pt_build_query(tx, sizeof(tx), seq, 0, PT_Q_HINTS), seq,
+			  PT_E_RESERVED_CMD);
 	seq++;
 
-	n = pt_build_cmd(tx, sizeof(tx), PT_MSG_ARM, seq, 5);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ACK(fd, seq, &ack);
+	SEND_EXPECT_ACK(fd, pt_build_cmd(tx, sizeof(tx), PT_MSG_ARM, seq, 5), seq, &ack);
 	CHECK(ack.value32 == 5);
 	seq++;
-	n = pt_build_hint(tx, sizeof(tx), seq, 5, &good, 1);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ACK(fd, seq, &ack);
+	SEND_EXPECT_ACK(fd, pt_build_hint(tx, sizeof(tx), seq, 5, &good, 1), seq, &ack);
 	CHECK(ack.value32 == 1 && ack.pages == 4 && ack.ignored == 0);
 	seq++;
 
@@ -461,14 +448,10 @@ static int malformed_child(void *arg)
 		/* The count field disagrees with the length. */
 		hh.count = 2;
 		memcpy(p, &hh, sizeof(hh));
-		n = frame(tx, PT_MSG_HINT, 24, seq, p, 24);
-		CHECK(!raw_send(fd, tx, n));
-		EXPECT_ERROR(fd, seq, PT_E_BAD_LENGTH);
+		SEND_EXPECT_ERROR(fd, frame(tx, PT_MSG_HINT, 24, seq, p, 24), seq, PT_E_BAD_LENGTH);
 		seq++;
 		/* A fixed-size request with extra bytes. */
-		n = frame(tx, PT_MSG_PING, 8, seq, p, 8);
-		CHECK(!raw_send(fd, tx, n));
-		EXPECT_ERROR(fd, seq, PT_E_BAD_LENGTH);
+		SEND_EXPECT_ERROR(fd, frame(tx, PT_MSG_PING, 8, seq, p, 8), seq, PT_E_BAD_LENGTH);
 		seq++;
 		/* REPORT with 33 entries. */
 		{
@@ -487,22 +470,18 @@ static int malformed_child(void *arg)
 	}
 
 	/* Stale command IDs: STOP, DONE, QUERY of an ID that is not the current one. */
-	n = pt_build_cmd(tx, sizeof(tx), PT_MSG_STOP, seq, 6);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ERROR(fd, seq, PT_E_STALE_CMD);
+	SEND_EXPECT_ERROR(fd, pt_build_cmd(tx, sizeof(tx), PT_MSG_STOP, seq, 6), seq,
+			  PT_E_STALE_CMD);
 	seq++;
-	n = pt_build_cmd(tx, sizeof(tx), PT_MSG_DONE, seq, 6);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ERROR(fd, seq, PT_E_STALE_CMD);
+	SEND_EXPECT_ERROR(fd, pt_build_cmd(tx, sizeof(tx), PT_MSG_DONE, seq, 6), seq,
+			  PT_E_STALE_CMD);
 	seq++;
-	n = pt_build_query(tx, sizeof(tx), seq, 6, PT_Q_HINTS);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ERROR(fd, seq, PT_E_STALE_CMD);
+	SEND_EXPECT_ERROR(fd, pt_build_query(tx, sizeof(tx), seq, 6, PT_Q_HINTS), seq,
+			  PT_E_STALE_CMD);
 	seq++;
 	/* ARM of an ID not yet stopped. */
-	n = pt_build_cmd(tx, sizeof(tx), PT_MSG_ARM, seq, 5);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ERROR(fd, seq, PT_E_CMD_REUSE);
+	SEND_EXPECT_ERROR(fd, pt_build_cmd(tx, sizeof(tx), PT_MSG_ARM, seq, 5), seq,
+			  PT_E_CMD_REUSE);
 	seq++;
 
 	/* Ranges: outside the registered memory, overflowing, unaligned, empty. A batch with
@@ -533,23 +512,17 @@ static int malformed_child(void *arg)
 	}
 
 	/* Reserved fields and unknown enum values. */
-	n = pt_build_query(tx, sizeof(tx), seq, 5, 3);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ERROR(fd, seq, PT_E_BAD_FIELD);
+	SEND_EXPECT_ERROR(fd, pt_build_query(tx, sizeof(tx), seq, 5, 3), seq, PT_E_BAD_FIELD);
 	seq++;
 	{
 		struct pt_cmd cmd = { 5, 1 };
 
-		n = frame(tx, PT_MSG_STOP, 8, seq, &cmd, 8);
-		CHECK(!raw_send(fd, tx, n));
-		EXPECT_ERROR(fd, seq, PT_E_BAD_FIELD);
+		SEND_EXPECT_ERROR(fd, frame(tx, PT_MSG_STOP, 8, seq, &cmd, 8), seq, PT_E_BAD_FIELD);
 		seq++;
 	}
 
 	/* Hints under an ID that is not current: ignored, and the device is told (spec 4.3). */
-	n = pt_build_hint(tx, sizeof(tx), seq, 6, &good, 1);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ERROR(fd, seq, PT_E_STALE_CMD);
+	SEND_EXPECT_ERROR(fd, pt_build_hint(tx, sizeof(tx), seq, 6, &good, 1), seq, PT_E_STALE_CMD);
 	seq++;
 
 	/* Nothing of the refused frames was recorded: the verdict counts the one good hint. */
@@ -586,9 +559,9 @@ static int malformed_child(void *arg)
 		struct pt_hdr h = { 0xdeadbeef, 1, PT_MSG_PING, 0, 0, 77 };
 
 		memcpy(tx, &h, sizeof(h));
-		n = sizeof(h) + pt_build_empty(tx + sizeof(h), sizeof(tx), PT_MSG_PING, 78);
-		CHECK(!raw_send(fd, tx, n));
-		EXPECT_ERROR(fd, 77, PT_E_BAD_MAGIC);
+		SEND_EXPECT_ERROR(
+			fd, sizeof(h) + pt_build_empty(tx + sizeof(h), sizeof(tx), PT_MSG_PING, 78),
+			77, PT_E_BAD_MAGIC);
 		CHECK(raw_eof(fd));
 		close(fd);
 	}
@@ -676,7 +649,6 @@ static int nobody_child(void *arg)
 	struct pt_range good = { SLOT_GPA, PG };
 	struct pt_ack ack;
 	uint32_t seq = 1;
-	size_t n;
 	int fd;
 
 	CHECK(!setgroups(0, NULL) && !setgid(NOBODY) && !setuid(NOBODY));
@@ -686,41 +658,36 @@ static int nobody_child(void *arg)
 	CHECK(raw_ping(fd, seq++) == 0);
 
 	/* Root's VMs: refused. */
-	n = pt_build_register(tx, sizeof(tx), seq, a->root_alive, PT_DIRTY_RING, &slot1, 1);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ERROR(fd, seq, PT_E_PERM);
+	SEND_EXPECT_ERROR(
+		fd, pt_build_register(tx, sizeof(tx), seq, a->root_alive, PT_DIRTY_RING, &slot1, 1),
+		seq, PT_E_PERM);
 	seq++;
-	n = pt_build_register(tx, sizeof(tx), seq, a->root_vmm, PT_DIRTY_RING, &slot1, 1);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ERROR(fd, seq, PT_E_PERM);
+	SEND_EXPECT_ERROR(
+		fd, pt_build_register(tx, sizeof(tx), seq, a->root_vmm, PT_DIRTY_RING, &slot1, 1),
+		seq, PT_E_PERM);
 	seq++;
 
 	/* And nothing reaches the VM registered by the other connection. */
-	n = pt_build_cmd(tx, sizeof(tx), PT_MSG_ARM, seq, 3);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ERROR(fd, seq, PT_E_NOT_REGISTERED);
+	SEND_EXPECT_ERROR(fd, pt_build_cmd(tx, sizeof(tx), PT_MSG_ARM, seq, 3), seq,
+			  PT_E_NOT_REGISTERED);
 	seq++;
-	n = pt_build_hint(tx, sizeof(tx), seq, 2, &good, 1);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ERROR(fd, seq, PT_E_NOT_REGISTERED);
+	SEND_EXPECT_ERROR(fd, pt_build_hint(tx, sizeof(tx), seq, 2, &good, 1), seq,
+			  PT_E_NOT_REGISTERED);
 	seq++;
-	n = pt_build_cmd(tx, sizeof(tx), PT_MSG_DONE, seq, 2);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ERROR(fd, seq, PT_E_NOT_REGISTERED);
+	SEND_EXPECT_ERROR(fd, pt_build_cmd(tx, sizeof(tx), PT_MSG_DONE, seq, 2), seq,
+			  PT_E_NOT_REGISTERED);
 	seq++;
-	n = pt_build_query(tx, sizeof(tx), seq, 2, PT_Q_HINTS);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ERROR(fd, seq, PT_E_NOT_REGISTERED);
+	SEND_EXPECT_ERROR(fd, pt_build_query(tx, sizeof(tx), seq, 2, PT_Q_HINTS), seq,
+			  PT_E_NOT_REGISTERED);
 	seq++;
-	n = pt_build_report(tx, sizeof(tx), PT_MSG_WR_READ, seq, &good, 1);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ERROR(fd, seq, PT_E_NOT_REGISTERED);
+	SEND_EXPECT_ERROR(fd, pt_build_report(tx, sizeof(tx), PT_MSG_WR_READ, seq, &good, 1), seq,
+			  PT_E_NOT_REGISTERED);
 	seq++;
 
 	/* Its own pid is fine (the peer is the VMM). */
-	n = pt_build_register(tx, sizeof(tx), seq, getpid(), PT_DIRTY_RING, &slot1, 1);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ACK(fd, seq, &ack);
+	SEND_EXPECT_ACK(fd,
+			pt_build_register(tx, sizeof(tx), seq, getpid(), PT_DIRTY_RING, &slot1, 1),
+			seq, &ack);
 	seq++;
 	close(fd);
 	return 0;
