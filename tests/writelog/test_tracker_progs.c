@@ -8,62 +8,14 @@
  * inside the programs matches.
  */
 #include <stdlib.h>
-#include <bpf/bpf.h>
-#include <bpf/libbpf.h>
 
 #include "t.h"
-#include "writelog/loader.h"
-#include "writelog/vmlog.h"
-#include "writelog.skel.h"
+#include "prog_run.h"
 
-#define SLOT_A_GPA (1ull << 20)
-#define SLOT_B_GPA (4ull << 30)
-
-static struct pt_tracker *open_tracker(int tdp)
-{
-	struct pt_loader_opts o = { .tdp = tdp, .no_attach = true, .no_pin = true, .log_mb = 1 };
-	struct pt_tracker *t = NULL;
-
-	if (pt_tracker_open(&t, &o))
-		return NULL;
-	return t;
-}
-
+/* This process is the VMM; its slots without KVM_MEM_LOG_DIRTY_PAGES. */
 static int track_self(struct pt_tracker *t, uint32_t *vm)
 {
-	struct pt_slot_cfg slots[] = {
-		{ .gpa = SLOT_A_GPA, .size = 64 << 12, .id = 1 },
-		{ .gpa = SLOT_B_GPA, .size = 256 << 12, .id = 5 },
-	};
-	bool existed;
-
-	return pt_vm_track(t, getpid(), slots, 2, 0, vm, &existed);
-}
-
-static int run_prog(struct bpf_program *prog, const uint64_t *args, size_t n)
-{
-	LIBBPF_OPTS(bpf_test_run_opts, o, .ctx_in = args, .ctx_size_in = n * sizeof(*args));
-
-	return bpf_prog_test_run_opts(bpf_program__fd(prog), &o);
-}
-
-static bool written(struct pt_tracker *t, uint32_t vm, uint64_t gpa)
-{
-	struct pt_vm_slots sl;
-	uint64_t page;
-
-	if (pt_vm_slots_get(t, vm, &sl) || pt_slots_page(&sl, gpa >> 12, &page))
-		return false;
-	return pt_vm_page_written(t, vm, page);
-}
-
-static uint64_t count_bits(struct pt_tracker *t, uint32_t vm)
-{
-	uint64_t n = 0;
-
-	for (uint64_t w = 0; w < (t->vms[vm].log_bits + 63) / 64; w++)
-		n += __builtin_popcountll(pt_vm_log_word(t, vm, w));
-	return n;
+	return track_slots(t, getpid(), false, vm);
 }
 
 static struct pt_vm_stats stats(struct pt_tracker *t, uint32_t vm)
