@@ -323,36 +323,73 @@ static int disconnect_mid_frame(void)
 }
 
 /* ========================================================================================= */
-/* Malformed frames, one class at a time.                                                   */
+/* A VM held by another VMM while a hostile peer works: afterwards it must be intact.      */
 
-struct bystander {
+struct held_vm {
+	uint32_t cmd, npages;		   /* armed and hinted before the hostile part */
+	int (*after)(struct pt_client *c); /* its checks once released */
 	int ready[2], go[2];
+	pid_t pid;
 };
 
-/* A VM armed and hinted before the storm; afterwards its verdict must still count 300. */
-static int bystander_child(void *arg)
+static int held_vm_child(void *arg)
 {
-	struct bystander *b = arg;
-	struct pt_range *r = sparse_pages(0, 300);
-	struct pt_client_result res;
+	struct held_vm *h = arg;
+	struct pt_range *r = sparse_pages(0, h->npages);
 	struct pt_client *c = connect_svc();
 	char x;
 
-	close(b->ready[0]);
-	close(b->go[1]);
+	close(h->ready[0]);
+	close(h->go[1]);
 	CHECK(c && r);
 	CHECK(pt_client_register(c, 0, PT_DIRTY_RING, &slot1, 1, NULL) == 0);
-	CHECK(pt_client_arm(c, 9) == 0);
-	CHECK(pt_client_hint(c, 9, r, 300) == 0);
-	CHECK(write(b->ready[1], "r", 1) == 1);
-	CHECK(read(b->go[0], &x, 1) == 1);
+	CHECK(pt_client_arm(c, h->cmd) == 0);
+	CHECK(pt_client_hint(c, h->cmd, r, h->npages) == 0);
+	CHECK(write(h->ready[1], "r", 1) == 1);
+	CHECK(read(h->go[0], &x, 1) == 1);
+	CHECK(h->after(c) == 0);
+	pt_client_close(c);
+	free(r);
+	return 0;
+}
+
+/* Starts the held VM's VMM and waits until its VM is armed and hinted. */
+static int held_vm_start(struct held_vm *h)
+{
+	char x;
+
+	CHECK(!pipe(h->ready) && !pipe(h->go));
+	h->pid = start_child(held_vm_child, h);
+	CHECK(h->pid > 0);
+	close(h->ready[1]);
+	close(h->go[0]);
+	CHECK(read(h->ready[0], &x, 1) == 1);
+	return 0;
+}
+
+/* Releases it to run its checks: 0 if they passed. */
+static int held_vm_finish(struct held_vm *h)
+{
+	int rc = write(h->go[1], "g", 1) == 1 ? wait_child(h->pid) : -1;
+
+	close(h->ready[0]);
+	close(h->go[1]);
+	return rc;
+}
+
+/* ========================================================================================= */
+/* Malformed frames, one class at a time.                                                   */
+
+/* A VM armed and hinted before the storm; afterwards its verdict must still count 300. */
+static int bystander_after(struct pt_client *c)
+{
+	struct pt_client_result res;
+
 	CHECK(pt_client_ping(c) == 0);
 	CHECK(pt_client_query(c, 9, PT_Q_HINTS, &res) == 0);
 	CHECKF(res.v.cmd_id == 9 && res.v.hinted == 300 && res.v.kept_unsure == 300,
 	       "bystander: hinted %llu", (unsigned long long)res.v.hinted);
 	pt_client_result_free(&res);
-	pt_client_close(c);
-	free(r);
 	return 0;
 }
 
@@ -589,31 +626,21 @@ static int malformed_child(void *arg)
 
 static int malformed_frames(void)
 {
-	struct bystander b;
+	struct held_vm b = { .cmd = 9, .npages = 300, .after = bystander_after };
 	long long errors0, bad0, errors = -1, bad = -1;
-	pid_t by;
 	int rc, by_rc;
-	char x;
 
 	T_REQUIRE(need_service());
 	errors0 = status_num("errors");
 	bad0 = status_num("bad_frames");
 	CHECK(errors0 >= 0 && bad0 >= 0);
 
-	CHECK(!pipe(b.ready) && !pipe(b.go));
-	by = start_child(bystander_child, &b);
-	CHECK(by > 0);
-	close(b.ready[1]);
-	close(b.go[0]);
-	CHECK(read(b.ready[0], &x, 1) == 1);
+	CHECK(!held_vm_start(&b));
 
 	rc = in_child(malformed_child, NULL);
 
 	/* The bystander's VM is as it was, and the service is alive. */
-	CHECK(write(b.go[1], "g", 1) == 1);
-	by_rc = wait_child(by);
-	close(b.ready[0]);
-	close(b.go[1]);
+	by_rc = held_vm_finish(&b);
 	CHECK(rc == 0);
 	CHECK(by_rc == 0);
 	CHECK(kill(svc.pid, 0) == 0);
@@ -693,44 +720,25 @@ static int nobody_child(void *arg)
 	return 0;
 }
 
-struct owner_arg {
-	int ready[2], go[2];
-};
-
-/* Root VMM: registers, arms 2 and hints; after the intruder, its state must be intact. */
-static int owner_child(void *arg)
+/* Root VMM: registers, arms 2 and hints 50 pages; after the intruder, its state is intact. */
+static int owner_after(struct pt_client *c)
 {
-	struct owner_arg *o = arg;
-	struct pt_range *r = sparse_pages(0, 50);
 	struct pt_client_result res;
-	struct pt_client *c = connect_svc();
-	char x;
 
-	close(o->ready[0]);
-	close(o->go[1]);
-	CHECK(c && r);
-	CHECK(pt_client_register(c, 0, PT_DIRTY_RING, &slot1, 1, NULL) == 0);
-	CHECK(pt_client_arm(c, 2) == 0);
-	CHECK(pt_client_hint(c, 2, r, 50) == 0);
-	CHECK(write(o->ready[1], "r", 1) == 1);
-	CHECK(read(o->go[0], &x, 1) == 1);
 	CHECK(pt_client_query(c, 2, PT_Q_HINTS, &res) == 0);
 	CHECKF(res.v.hinted == 50 && !(res.v.unsure_reason & PT_WHY_DONE), "hinted %llu why %#x",
 	       (unsigned long long)res.v.hinted, res.v.unsure_reason);
 	pt_client_result_free(&res);
 	CHECK(pt_client_arm(c, 3) == 0); /* ID 3 is free: the intruder's ARM(3) did nothing */
-	pt_client_close(c);
-	free(r);
 	return 0;
 }
 
 static int other_uid_refused(void)
 {
 	struct perm_arg a = { .root_alive = getpid() };
-	struct owner_arg o;
+	struct held_vm o = { .cmd = 2, .npages = 50, .after = owner_after };
 	struct stat st;
-	char x;
-	int rc;
+	int rc, owner_rc;
 
 	T_REQUIRE(need_service());
 	if (geteuid() != 0)
@@ -739,20 +747,14 @@ static int other_uid_refused(void)
 	CHECK(!stat(svc.dir, &st));
 	CHECK(!chmod(svc.dir, 0755) && !chmod(svc.socket, 0666));
 
-	CHECK(!pipe(o.ready) && !pipe(o.go));
-	a.root_vmm = start_child(owner_child, &o);
-	CHECK(a.root_vmm > 0);
-	close(o.ready[1]);
-	close(o.go[0]);
-	CHECK(read(o.ready[0], &x, 1) == 1);
+	CHECK(!held_vm_start(&o));
+	a.root_vmm = o.pid;
 
 	rc = in_child(nobody_child, &a);
 
-	CHECK(write(o.go[1], "g", 1) == 1);
-	CHECK(wait_child(a.root_vmm) == 0);
-	close(o.ready[0]);
-	close(o.go[1]);
+	owner_rc = held_vm_finish(&o);
 	chmod(svc.dir, st.st_mode & 07777);
+	CHECK(owner_rc == 0);
 	CHECK(rc == 0);
 	return 0;
 }
