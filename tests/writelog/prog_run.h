@@ -41,6 +41,21 @@ static inline int track_slots(struct pt_tracker *t, pid_t pid, bool logged, uint
 	return pt_vm_track(t, pid, slots, 2, 0, vm, &existed);
 }
 
+/* A case's start: BPF, a fresh tracker (open_tracker(tdp)) with `pid` tracked as `*vm`. */
+static inline int open_tracked(int tdp, pid_t pid, bool logged, struct pt_tracker **t, uint32_t *vm)
+{
+	int err;
+
+	T_REQUIRE(t_need_bpf());
+	*t = open_tracker(tdp);
+	CHECK(*t);
+	err = track_slots(*t, pid, logged, vm);
+	if (err)
+		pt_tracker_close(*t);
+	CHECKF(!err, "tracking pid %d: %s", (int)pid, strerror(-err));
+	return 0;
+}
+
 static inline int run_prog(struct bpf_program *prog, const uint64_t *args, size_t n)
 {
 	LIBBPF_OPTS(bpf_test_run_opts, o, .ctx_in = args, .ctx_size_in = n * sizeof(*args));

@@ -33,6 +33,14 @@ static int pin_cpu0(void)
 	return sched_setaffinity(0, sizeof(set), &set) ? -errno : 0;
 }
 
+/* Every case's start: on CPU 0, a fresh tracker with this process tracked as `*a`. */
+static int setup(struct pt_tracker **t, uint32_t *a)
+{
+	T_REQUIRE(t_need_bpf());
+	CHECK(!pin_cpu0());
+	return open_tracked(0, getpid(), true, t, a);
+}
+
 static int push(struct pt_tracker *t, uint64_t ring, uint64_t slot, uint64_t offset)
 {
 	uint64_t args[] = { ring, slot, offset };
@@ -77,11 +85,7 @@ static int reused_ring_pointer_other_vmm(void)
 	int go[2], status;
 	pid_t child;
 
-	T_REQUIRE(t_need_bpf());
-	CHECK(!pin_cpu0());
-	t = open_tracker(0);
-	CHECK(t);
-	CHECK(!track(t, getpid(), &a));
+	T_REQUIRE(setup(&t, &a));
 	CHECK(!pipe(go));
 	child = fork();
 	CHECK(child >= 0);
@@ -119,11 +123,7 @@ static int index_reused_generation_missed(void)
 	uint32_t a, x;
 	uint64_t gen;
 
-	T_REQUIRE(t_need_bpf());
-	CHECK(!pin_cpu0());
-	t = open_tracker(0);
-	CHECK(t);
-	CHECK(!track(t, getpid(), &a));
+	T_REQUIRE(setup(&t, &a));
 	CHECK(!push(t, RING_P, 5, 1));
 	CHECK(count_bits(t, a) == 1);
 	gen = gen_get(t);
@@ -154,11 +154,7 @@ static int same_ring_new_epoch_noted(void)
 	uint64_t epoch;
 	uint32_t a;
 
-	T_REQUIRE(t_need_bpf());
-	CHECK(!pin_cpu0());
-	t = open_tracker(0);
-	CHECK(t);
-	CHECK(!track(t, getpid(), &a));
+	T_REQUIRE(setup(&t, &a));
 	CHECK(!pt_vm_arm(t, a, &epoch));
 	CHECK(!push(t, RING_P, 1, 0));
 	CHECK(!ring_state(t, a, &r));
@@ -188,11 +184,7 @@ static int slot_guess_checked(void)
 	struct pt_tracker *t;
 	uint32_t a;
 
-	T_REQUIRE(t_need_bpf());
-	CHECK(!pin_cpu0());
-	t = open_tracker(0);
-	CHECK(t);
-	CHECK(!track(t, getpid(), &a));
+	T_REQUIRE(setup(&t, &a));
 	for (unsigned i = 0; i < sizeof(p) / sizeof(p[0]); i++) {
 		CHECK(!push(t, RING_P, p[i].slot, p[i].off));
 		CHECKF(written(t, a, p[i].gpa), "push %u", i);
