@@ -14,14 +14,13 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <sys/socket.h>
-#include <sys/time.h>
-#include <sys/un.h>
 #include <sys/wait.h>
 
 #include <pagetrack/client.h>
 
 #include "lib/proto.h"
 #include "tools/spawn.h"
+#include "sock.h"
 
 /* --- the one service of this binary ------------------------------------------------------ */
 
@@ -166,55 +165,7 @@ static inline int in_child(child_fn fn, void *arg)
 
 static inline int raw_connect(void)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	struct timeval tv = { SVC_RAW_TIMEOUT_S, 0 };
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
-	if (fd < 0 || strlen(svc.socket) >= sizeof(sa.sun_path))
-		return -1;
-	memcpy(sa.sun_path, svc.socket, strlen(svc.socket) + 1);
-	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa))) {
-		close(fd);
-		return -1;
-	}
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	return fd;
-}
-
-static inline int raw_send(int fd, const void *p, size_t n)
-{
-	const uint8_t *b = p;
-
-	while (n) {
-		ssize_t k = send(fd, b, n, MSG_NOSIGNAL);
-
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k <= 0)
-			return -1;
-		b += k;
-		n -= (size_t)k;
-	}
-	return 0;
-}
-
-/* Reads exactly n bytes: n, fewer at EOF, -1 on error or timeout. */
-static inline ssize_t read_full(int fd, void *p, size_t n)
-{
-	size_t got = 0;
-
-	while (got < n) {
-		ssize_t k = recv(fd, (uint8_t *)p + got, n - got, 0);
-
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k < 0)
-			return -1;
-		if (k == 0)
-			break;
-		got += (size_t)k;
-	}
-	return (ssize_t)got;
+	return raw_connect_to(svc.socket, SVC_RAW_TIMEOUT_S);
 }
 
 /* Payload buffer for replies; 8-aligned so pt_frame_parse() can read it in place. */
