@@ -405,6 +405,40 @@ static size_t frame(void *buf, unsigned type, uint32_t len, uint32_t seq, const 
 	return n + plen;
 }
 
+/*
+ * Requests that need a registered VM, on a connection that has none: each gets
+ * NOT_REGISTERED (ARM of arm_id, HINT of r, DONE if `done`, QUERY, WR_READ of r); then the
+ * connection registers this process's VM. *seq advances past them all.
+ */
+static int not_registered_then_own(int fd, uint32_t *seq, uint32_t arm_id, const struct pt_range *r,
+				   bool done)
+{
+	struct pt_ack ack;
+
+	SEND_EXPECT_ERROR(fd, pt_build_cmd(tx, sizeof(tx), PT_MSG_ARM, *seq, arm_id), *seq,
+			  PT_E_NOT_REGISTERED);
+	(*seq)++;
+	SEND_EXPECT_ERROR(fd, pt_build_hint(tx, sizeof(tx), *seq, 2, r, 1), *seq,
+			  PT_E_NOT_REGISTERED);
+	(*seq)++;
+	if (done) {
+		SEND_EXPECT_ERROR(fd, pt_build_cmd(tx, sizeof(tx), PT_MSG_DONE, *seq, 2), *seq,
+				  PT_E_NOT_REGISTERED);
+		(*seq)++;
+	}
+	SEND_EXPECT_ERROR(fd, pt_build_query(tx, sizeof(tx), *seq, 2, PT_Q_HINTS), *seq,
+			  PT_E_NOT_REGISTERED);
+	(*seq)++;
+	SEND_EXPECT_ERROR(fd, pt_build_report(tx, sizeof(tx), PT_MSG_WR_READ, *seq, r, 1), *seq,
+			  PT_E_NOT_REGISTERED);
+	(*seq)++;
+	SEND_EXPECT_ACK(fd,
+			pt_build_register(tx, sizeof(tx), *seq, getpid(), PT_DIRTY_RING, &slot1, 1),
+			*seq, &ack);
+	(*seq)++;
+	return 0;
+}
+
 /* Framing errors: the ERROR with the header's seq, then the service closes the stream. */
 static int fatal_header(uint32_t magic, uint8_t version, uint8_t type, uint32_t len, int code)
 {
@@ -431,23 +465,7 @@ static int malformed_child(void *arg)
 	CHECK(fd >= 0);
 
 	/* Before REGISTER: NOT_REGISTERED, whatever the request. */
-	SEND_EXPECT_ERROR(fd, pt_build_cmd(tx, sizeof(tx), PT_MSG_ARM, seq, 2), seq,
-			  PT_E_NOT_REGISTERED);
-	seq++;
-	SEND_EXPECT_ERROR(fd, pt_build_hint(tx, sizeof(tx), seq, 2, &good, 1), seq,
-			  PT_E_NOT_REGISTERED);
-	seq++;
-	SEND_EXPECT_ERROR(fd, pt_build_query(tx, sizeof(tx), seq, 2, PT_Q_HINTS), seq,
-			  PT_E_NOT_REGISTERED);
-	seq++;
-	SEND_EXPECT_ERROR(fd, pt_build_report(tx, sizeof(tx), PT_MSG_WR_READ, seq, &good, 1), seq,
-			  PT_E_NOT_REGISTERED);
-	seq++;
-
-	SEND_EXPECT_ACK(fd,
-			pt_build_register(tx, sizeof(tx), seq, getpid(), PT_DIRTY_RING, &slot1, 1),
-			seq, &ack);
-	seq++;
+	CHECK(!not_registered_then_own(fd, &seq, 2, &good, false));
 
 	/* Reserved command IDs. */
 	for (uint32_t id = 0; id < 2; id++) {
@@ -674,7 +692,6 @@ static int nobody_child(void *arg)
 {
 	struct perm_arg *a = arg;
 	struct pt_range good = { SLOT_GPA, PG };
-	struct pt_ack ack;
 	uint32_t seq = 1;
 	int fd;
 
@@ -694,28 +711,9 @@ static int nobody_child(void *arg)
 		seq, PT_E_PERM);
 	seq++;
 
-	/* And nothing reaches the VM registered by the other connection. */
-	SEND_EXPECT_ERROR(fd, pt_build_cmd(tx, sizeof(tx), PT_MSG_ARM, seq, 3), seq,
-			  PT_E_NOT_REGISTERED);
-	seq++;
-	SEND_EXPECT_ERROR(fd, pt_build_hint(tx, sizeof(tx), seq, 2, &good, 1), seq,
-			  PT_E_NOT_REGISTERED);
-	seq++;
-	SEND_EXPECT_ERROR(fd, pt_build_cmd(tx, sizeof(tx), PT_MSG_DONE, seq, 2), seq,
-			  PT_E_NOT_REGISTERED);
-	seq++;
-	SEND_EXPECT_ERROR(fd, pt_build_query(tx, sizeof(tx), seq, 2, PT_Q_HINTS), seq,
-			  PT_E_NOT_REGISTERED);
-	seq++;
-	SEND_EXPECT_ERROR(fd, pt_build_report(tx, sizeof(tx), PT_MSG_WR_READ, seq, &good, 1), seq,
-			  PT_E_NOT_REGISTERED);
-	seq++;
-
-	/* Its own pid is fine (the peer is the VMM). */
-	SEND_EXPECT_ACK(fd,
-			pt_build_register(tx, sizeof(tx), seq, getpid(), PT_DIRTY_RING, &slot1, 1),
-			seq, &ack);
-	seq++;
+	/* And nothing reaches the VM registered by the other connection; its own pid is fine
+	 * (the peer is the VMM). */
+	CHECK(!not_registered_then_own(fd, &seq, 3, &good, true));
 	close(fd);
 	return 0;
 }
