@@ -705,123 +705,125 @@ static uint64_t kvm_page(const struct kvm_uffd *k, uint64_t gpa)
 			      : gpa / UC_PAGE;
 }
 
-static int kvm_read_all(struct kvm_uffd *k, uint64_t **bits)
+/* The GPA of log page p: the inverse of kvm_page(). */
+static uint64_t kvm_gpa(const struct kvm_uffd *k, uint64_t p)
 {
+	uint64_t sl0 = k->o.slots[0].size / UC_PAGE;
+
+	return p < sl0 ? p * UC_PAGE : 4 * GIB + (p - sl0) * UC_PAGE;
+}
+
+/* A KVM case: its guest and log, and buffers that with_kvm() frees after the case. */
+struct kcase {
+	struct kvm_uffd k;
+	uint64_t *bits; /* kvm_written_is()'s bitmap */
+	uint64_t *pages, *gpas;
+};
+
+/* Sets up the guest (kvm_setup_size()), runs the case, tears the guest down. */
+static int with_kvm(bool thp, uint64_t slot1, int (*body)(struct kcase *t))
+{
+	struct kcase t = { 0 };
+	int setup = kvm_setup_size(&t.k, thp, slot1), rc = setup ? setup : body(&t);
+
+	free(t.bits);
+	free(t.pages);
+	free(t.gpas);
+	if (setup != T_SKIP)
+		kvm_teardown(&t.k);
+	return rc;
+}
+
+/* Reads every page of both slots: the written set must be exactly pages[0..n). */
+static int kvm_written_is(struct kcase *t, const uint64_t *pages, size_t n)
+{
+	struct kvm_uffd *k = &t->k;
 	struct pt_gfn_range r[2] = { { 0, k->o.slots[0].size / UC_PAGE },
 				     { 4 * GIB / UC_PAGE, k->o.slots[1].size / UC_PAGE } };
 
-	*bits = calloc((pt_uffd_pages(k->u) + 63) / 64, 8);
-	return *bits ? pt_uffd_read(k->u, r, 2, *bits) : -ENOMEM;
+	free(t->bits);
+	t->bits = calloc((pt_uffd_pages(k->u) + 63) / 64, 8);
+	if (!t->bits || pt_uffd_read(k->u, r, 2, t->bits))
+		return -1;
+	return same_set(t->bits, pages, n, pt_uffd_pages(k->u));
 }
 
-static int kvm_guest(bool thp)
+static int kvm_guest(struct kcase *t)
 {
-	uint64_t gpas[3000], pages[3001], *bits = NULL, x = 77;
-	struct kvm_uffd k;
-	int rc = kvm_setup(&k, thp);
+	struct kvm_uffd *k = &t->k;
+	uint64_t gpas[3000], pages[3001], x = 77;
 
-	if (rc)
-		goto out;
-	rc = -1;
-	if (pt_uffd_arm(k.u) || kvm_read_all(&k, &bits) ||
-	    same_set(bits, NULL, 0, pt_uffd_pages(k.u)))
-		goto out;
-	free(bits);
-	bits = NULL;
+	CHECK(!pt_uffd_arm(k->u));
+	CHECK(!kvm_written_is(t, NULL, 0));
 	/* Distinct pages written by the guest, and one by the VMM through its own mapping. */
-	pick(pages, 3000, pt_uffd_pages(k.u), rnd(&x));
-	for (int i = 0; i < 3000; i++) {
-		uint64_t p = pages[i], sl0 = k.o.slots[0].size / UC_PAGE;
-
-		gpas[i] = (p < sl0 ? p * UC_PAGE : 4 * GIB + (p - sl0) * UC_PAGE) + 8;
-	}
-	if (minivm_guest_write(k.vm, gpas, 3000, 0xfeed))
-		goto out;
-	*(volatile uint64_t *)minivm_hva(k.vm, 4 * GIB + 123 * UC_PAGE, 8) = 1;
-	pages[3000] = kvm_page(&k, 4 * GIB + 123 * UC_PAGE);
-	if (kvm_read_all(&k, &bits) || same_set(bits, pages, 3001, pt_uffd_pages(k.u)) ||
-	    pt_uffd_doubt(k.u, NULL))
-		goto out;
-	rc = 0;
-out:
-	free(bits);
-	if (rc != T_SKIP)
-		kvm_teardown(&k);
-	return rc;
+	pick(pages, 3000, pt_uffd_pages(k->u), rnd(&x));
+	for (int i = 0; i < 3000; i++)
+		gpas[i] = kvm_gpa(k, pages[i]) + 8;
+	CHECK(!minivm_guest_write(k->vm, gpas, 3000, 0xfeed));
+	*(volatile uint64_t *)minivm_hva(k->vm, 4 * GIB + 123 * UC_PAGE, 8) = 1;
+	pages[3000] = kvm_page(k, 4 * GIB + 123 * UC_PAGE);
+	CHECK(!kvm_written_is(t, pages, 3001));
+	CHECK(!pt_uffd_doubt(k->u, NULL));
+	return 0;
 }
 
 static int kvm_guest_4k(void)
 {
-	return kvm_guest(false);
+	return with_kvm(false, 256 << 20, kvm_guest);
 }
 
 static int kvm_guest_thp(void)
 {
-	return kvm_guest(true);
+	return with_kvm(true, 256 << 20, kvm_guest);
 }
 
 /* A guest write to a page discarded with MADV_DONTNEED (a free page acted on) is seen. */
+static int kvm_dontneed_body(struct kcase *t)
+{
+	struct kvm_uffd *k = &t->k;
+	uint64_t gpa = 4 * GIB + 50 * UC_PAGE, p = kvm_page(k, gpa);
+
+	CHECK(!minivm_guest_write(k->vm, &gpa, 1, 1));
+	CHECK(!pt_uffd_arm(k->u));
+	CHECK(!madvise(minivm_hva(k->vm, gpa, UC_PAGE), UC_PAGE, MADV_DONTNEED));
+	CHECK(!pt_uffd_arm(k->u));
+	CHECK(!minivm_guest_write(k->vm, &gpa, 1, 2));
+	CHECK(!kvm_written_is(t, &p, 1));
+	return 0;
+}
+
 static int kvm_dontneed(void)
 {
-	uint64_t gpa = 4 * GIB + 50 * UC_PAGE, p, *bits = NULL;
-	struct kvm_uffd k;
-	int rc = kvm_setup(&k, false);
-
-	if (rc)
-		goto out;
-	rc = -1;
-	p = kvm_page(&k, gpa);
-	if (minivm_guest_write(k.vm, &gpa, 1, 1) || pt_uffd_arm(k.u) ||
-	    madvise(minivm_hva(k.vm, gpa, UC_PAGE), UC_PAGE, MADV_DONTNEED) || pt_uffd_arm(k.u))
-		goto out;
-	if (minivm_guest_write(k.vm, &gpa, 1, 2) || kvm_read_all(&k, &bits) ||
-	    same_set(bits, &p, 1, pt_uffd_pages(k.u)))
-		goto out;
-	rc = 0;
-out:
-	free(bits);
-	if (rc != T_SKIP)
-		kvm_teardown(&k);
-	return rc;
+	return with_kvm(false, 256 << 20, kvm_dontneed_body);
 }
 
 /* A 64 GiB sparse guest (lazily backed) writing 0.1 % of its pages: exact, and the costs. */
+static int kvm_sparse_64g_body(struct kcase *t)
+{
+	struct kvm_uffd *k = &t->k;
+	uint64_t n = pt_uffd_pages(k->u) / 1000;
+
+	t->pages = malloc(n * 8);
+	t->gpas = malloc(n * 8);
+	CHECK(t->pages && t->gpas);
+	CHECK(!pt_uffd_arm(k->u));
+	fprintf(stderr, "  first arm %.1f ms\n", pt_uffd_stats(k->u)->last_arm_ns / 1e6);
+	pick(t->pages, n, pt_uffd_pages(k->u), 4242);
+	for (uint64_t i = 0; i < n; i++)
+		t->gpas[i] = kvm_gpa(k, t->pages[i]);
+	CHECK(!minivm_guest_write(k->vm, t->gpas, n, 1));
+	CHECK(!kvm_written_is(t, t->pages, n));
+	CHECK(!pt_uffd_doubt(k->u, NULL));
+	fprintf(stderr, "  %lu guest-written pages: verdict %.1f ms\n", (unsigned long)n,
+		pt_uffd_stats(k->u)->last_read_ns / 1e6);
+	CHECK(!pt_uffd_arm(k->u));
+	fprintf(stderr, "  re-arm %.1f ms\n", pt_uffd_stats(k->u)->last_arm_ns / 1e6);
+	return 0;
+}
+
 static int kvm_sparse_64g(void)
 {
-	uint64_t n, *pages = NULL, *gpas = NULL, *bits = NULL, sl0;
-	struct kvm_uffd k;
-	int rc = kvm_setup_size(&k, false, 64 * GIB);
-
-	if (rc)
-		goto out;
-	rc = -1;
-	sl0 = k.o.slots[0].size / UC_PAGE;
-	n = pt_uffd_pages(k.u) / 1000;
-	pages = malloc(n * 8);
-	gpas = malloc(n * 8);
-	if (!pages || !gpas || pt_uffd_arm(k.u))
-		goto out;
-	fprintf(stderr, "  first arm %.1f ms\n", pt_uffd_stats(k.u)->last_arm_ns / 1e6);
-	pick(pages, n, pt_uffd_pages(k.u), 4242);
-	for (uint64_t i = 0; i < n; i++)
-		gpas[i] =
-			pages[i] < sl0 ? pages[i] * UC_PAGE : 4 * GIB + (pages[i] - sl0) * UC_PAGE;
-	if (minivm_guest_write(k.vm, gpas, n, 1) || kvm_read_all(&k, &bits) ||
-	    same_set(bits, pages, n, pt_uffd_pages(k.u)) || pt_uffd_doubt(k.u, NULL))
-		goto out;
-	fprintf(stderr, "  %lu guest-written pages: verdict %.1f ms\n", (unsigned long)n,
-		pt_uffd_stats(k.u)->last_read_ns / 1e6);
-	if (pt_uffd_arm(k.u))
-		goto out;
-	fprintf(stderr, "  re-arm %.1f ms\n", pt_uffd_stats(k.u)->last_arm_ns / 1e6);
-	rc = 0;
-out:
-	free(pages);
-	free(gpas);
-	free(bits);
-	if (rc != T_SKIP)
-		kvm_teardown(&k);
-	return rc;
+	return with_kvm(false, 64 * GIB, kvm_sparse_64g_body);
 }
 
 /*
@@ -843,16 +845,13 @@ struct kvm_race {
 static void *kvm_race_writer(void *arg)
 {
 	struct kvm_race *r = arg;
-	uint64_t x = r->seed | 1, sl0 = r->k->o.slots[0].size / UC_PAGE;
+	uint64_t x = r->seed | 1;
 
 	while (!r->stop && r->n < KVM_RACE_LOG) {
 		typeof(&r->log[0]) e = &r->log[r->n];
 
-		for (int i = 0; i < 64; i++) {
-			uint64_t p = rnd(&x) % pt_uffd_pages(r->k->u);
-
-			e->gpa[i] = p < sl0 ? p * UC_PAGE : 4 * GIB + (p - sl0) * UC_PAGE;
-		}
+		for (int i = 0; i < 64; i++)
+			e->gpa[i] = kvm_gpa(r->k, rnd(&x) % pt_uffd_pages(r->k->u));
 		e->t0 = uc_now();
 		if (minivm_guest_write(r->k->vm, e->gpa, 64, r->n))
 			break;
