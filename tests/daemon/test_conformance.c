@@ -22,7 +22,7 @@
 /* Replies to 4096-range requests on a loaded machine: give them time. */
 #define SVC_RAW_TIMEOUT_S 20
 #include "svc.h"
-#include "vmm/minivm.h"
+#include "guest.h"
 
 #define PG	  4096ull
 #define SLOT_GPA  (1ull << 30)
@@ -33,11 +33,8 @@ static const struct pt_reg_slot slot1 = { SLOT_GPA, SLOT_SIZE, 1, PT_REG_SLOT_LO
 
 static int need_guest(void)
 {
-	T_REQUIRE(t_need_kvm());
-	T_REQUIRE(need_service());
-	if (minivm_supported(MINIVM_DIRTY_RING))
-		return t_skip("KVM has no dirty ring");
-	return 0;
+	T_REQUIRE(need_ring_guest());
+	return need_service();
 }
 
 /* A case whose body runs in a forked child (a fresh VMM pid, svc.h's in_child()). */

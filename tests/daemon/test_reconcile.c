@@ -15,7 +15,7 @@
 
 #include "t.h"
 #include "svc.h"
-#include "vmm/minivm.h"
+#include "guest.h"
 
 #define DATA_GPA   (1ull << 30)
 #define DATA_PAGES 16384 /* 64 MiB */
@@ -52,10 +52,7 @@ static int gpa_page(uint64_t gpa, uint32_t *p)
  * start. */
 static int need_guest(void)
 {
-	T_REQUIRE(t_need_kvm());
-	T_REQUIRE(t_need_bpf());
-	if (minivm_supported(MINIVM_DIRTY_RING))
-		return t_skip("KVM has no dirty ring");
+	T_REQUIRE(need_ring_guest());
 	svc_must_start = true;
 	return need_service();
 }

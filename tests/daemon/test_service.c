@@ -24,7 +24,7 @@
 #include <pagetrack/client.h>
 
 #include "t.h"
-#include "vmm/minivm.h"
+#include "guest.h"
 #include "lib/proto.h"
 #include "tools/spawn.h"
 #include "svc.h"
@@ -953,10 +953,8 @@ static int real_vm_child(void *arg)
 
 static int real_vm_verdict(void)
 {
-	T_REQUIRE(t_need_kvm());
+	T_REQUIRE(need_ring_guest());
 	T_REQUIRE(need_service());
-	if (minivm_supported(MINIVM_DIRTY_RING))
-		return t_skip("KVM has no dirty ring");
 	if (!ring_tracked())
 		return t_skip("the service's canary found dirty-ring mode untracked");
 	CHECK(in_child(real_vm_child, NULL) == 0);

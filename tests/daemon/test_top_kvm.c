@@ -14,7 +14,7 @@
 
 #include "t.h"
 #include "svc.h"
-#include "vmm/minivm.h"
+#include "guest.h"
 
 #define DATA_GPA   (1ull << 30)
 #define DATA_PAGES 16384
@@ -141,10 +141,7 @@ static int rate_matches_guest(void)
 	size_t nm = 0, ns = 0, compared = 0;
 	FILE *top;
 
-	T_REQUIRE(t_need_kvm());
-	T_REQUIRE(t_need_bpf());
-	if (minivm_supported(MINIVM_DIRTY_RING))
-		return t_skip("KVM has no dirty ring");
+	T_REQUIRE(need_ring_guest());
 	svc_must_start = true; /* this binary's service (svc.h) */
 	T_REQUIRE(need_service());
 	CHECK(setup(&vm, &c) == 0);

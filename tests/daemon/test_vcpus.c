@@ -19,7 +19,7 @@
 
 #include "t.h"
 #include "svc.h"
-#include "vmm/minivm.h"
+#include "guest.h"
 
 #define NVCPUS	     4
 #define DATA_GPA     (1ull << 30)
@@ -296,10 +296,7 @@ out:
 /* The VMM is a child (svc.h's in_child()) of this binary's service, which must start. */
 static int four_vcpus_race_zero_false_free(void)
 {
-	T_REQUIRE(t_need_kvm());
-	T_REQUIRE(t_need_bpf());
-	if (minivm_supported(MINIVM_DIRTY_RING))
-		return t_skip("KVM has no dirty ring");
+	T_REQUIRE(need_ring_guest());
 	svc_must_start = true;
 	T_REQUIRE(need_service());
 	return in_child(race_child, NULL);

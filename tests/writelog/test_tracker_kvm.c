@@ -14,7 +14,7 @@
 
 #include "t.h"
 #include "writelog/loader.h"
-#include "vmm/minivm.h"
+#include "guest.h"
 #include "writelog/vmlog.h"
 
 static struct minivm_opts ring_opts(void)
@@ -25,15 +25,6 @@ static struct minivm_opts ring_opts(void)
 	o.slots[1] = (struct minivm_slot){ .gpa = 3ull << 30, .size = 4 << 20, .id = 2 };
 	o.slots[2] = (struct minivm_slot){ .gpa = 64ull << 30, .size = 8 << 20, .id = 7 };
 	return o;
-}
-
-static int need_all(void)
-{
-	T_REQUIRE(t_need_kvm());
-	T_REQUIRE(t_need_bpf());
-	if (minivm_supported(MINIVM_DIRTY_RING))
-		return t_skip("KVM has no dirty ring");
-	return 0;
 }
 
 static struct pt_tracker *open_tracker(void)
@@ -121,7 +112,7 @@ static size_t data_gfns(struct minivm *m, uint64_t *gfns, size_t n)
 static int ring_vm_start(struct pt_tracker **t, const struct minivm_opts *o, struct minivm **m,
 			 uint32_t *vm)
 {
-	T_REQUIRE(need_all());
+	T_REQUIRE(need_ring_guest());
 	*t = open_tracker();
 	CHECK(*t);
 	CHECK(!minivm_create(m, o));
@@ -261,7 +252,7 @@ static int learned_slots_from_ioctls(void)
 	size_t nw;
 	uint32_t vm;
 
-	T_REQUIRE(need_all());
+	T_REQUIRE(need_ring_guest());
 	t = open_tracker();
 	CHECK(t);
 	o.defer_memory = true;
@@ -466,7 +457,7 @@ static int two_vms_no_crosstalk(void)
 	pid_t pid[2];
 	char c = 'g';
 
-	T_REQUIRE(need_all());
+	T_REQUIRE(need_ring_guest());
 	t = open_tracker();
 	CHECK(t);
 	for (int i = 0; i < 2; i++) {
