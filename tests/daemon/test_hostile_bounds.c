@@ -155,17 +155,17 @@ static int amp_child(int out)
 
 	CHECK(fd >= 0 && r);
 	CHECK(register_self(fd, seq++, AMP_GPA, AMP_SLOT) == 0);
-	n = pt_build_report(tx, sizeof(tx), PT_MSG_INFLATE, seq, &all, 1);
-	CHECK(n && !raw_send(fd, tx, n));
-	EXPECT_ACK(fd, seq++, NULL);
+	SEND_EXPECT_ACK(fd, pt_build_report(tx, sizeof(tx), PT_MSG_INFLATE, seq, &all, 1), seq,
+			NULL);
+	seq++;
 	for (uint64_t p = 0; p < pages; p += 2ull * per) {
 		uint32_t k = 0;
 
 		for (; k < per && p + 2ull * k < pages; k++)
 			r[k] = (struct pt_range){ AMP_GPA + ((p + 2ull * k) << 12), 4096 };
-		n = pt_build_report(tx, sizeof(tx), PT_MSG_WRITTEN, seq, r, k);
-		CHECK(n && !raw_send(fd, tx, n));
-		EXPECT_ACK(fd, seq++, NULL);
+		SEND_EXPECT_ACK(fd, pt_build_report(tx, sizeof(tx), PT_MSG_WRITTEN, seq, r, k), seq,
+				NULL);
+		seq++;
 	}
 	for (int i = 0; i < 20; i++) {
 		n = pt_build_query(tx, sizeof(tx), seq++, 0, PT_Q_RECLAIMED);
@@ -255,12 +255,8 @@ static int reclaimed_in_doubt_lists_nothing(void)
 	fd = raw_connect();
 	CHECK(fd >= 0);
 	CHECK(register_self(fd, 1, AMP_GPA, 64 << 20) == 0);
-	n = pt_build_report(tx, sizeof(tx), PT_MSG_INFLATE, 2, &in, 1);
-	CHECK(n && !raw_send(fd, tx, n));
-	EXPECT_ACK(fd, 2, NULL);
-	n = pt_build_report(tx, sizeof(tx), PT_MSG_WRITTEN, 3, &wr, 1);
-	CHECK(n && !raw_send(fd, tx, n));
-	EXPECT_ACK(fd, 3, NULL);
+	SEND_EXPECT_ACK(fd, pt_build_report(tx, sizeof(tx), PT_MSG_INFLATE, 2, &in, 1), 2, NULL);
+	SEND_EXPECT_ACK(fd, pt_build_report(tx, sizeof(tx), PT_MSG_WRITTEN, 3, &wr, 1), 3, NULL);
 	n = pt_build_query(tx, sizeof(tx), 4, 0, PT_Q_RECLAIMED);
 	CHECK(n && !raw_send(fd, tx, n));
 	CHECK(raw_recv(fd, &h, &m) == 1 && m.type == PT_MSG_VERDICT && h.seq == 4);
@@ -383,12 +379,8 @@ static long long status_time(void)
 /* Registers on @fd (as this process's VMM) and arms command ID 2. */
 static int burst_setup(int fd)
 {
-	size_t n;
-
 	CHECK(register_self(fd, 1, BURST_GPA, BURST_SLOT) == 0);
-	n = pt_build_cmd(tx, sizeof(tx), PT_MSG_ARM, 2, 2);
-	CHECK(n && !raw_send(fd, tx, n));
-	EXPECT_ACK(fd, 2, NULL);
+	SEND_EXPECT_ACK(fd, pt_build_cmd(tx, sizeof(tx), PT_MSG_ARM, 2, 2), 2, NULL);
 	return 0;
 }
 

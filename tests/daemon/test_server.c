@@ -26,6 +26,7 @@
 #include <time.h>
 
 #include "t.h"
+#include "sock.h"
 #include "shared/log.h"
 #include "lib/proto.h"
 #include "daemon/server.h"
@@ -297,57 +298,12 @@ static int srv_stop(struct srv *sv)
 
 static int cli_connect(const struct srv *sv)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	struct timeval tv = { .tv_sec = RCV_TIMEOUT };
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	int fd = raw_connect_to(sv->path, RCV_TIMEOUT);
 
-	if (fd < 0)
-		return -1;
-	strcpy(sa.sun_path, sv->path);
-	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa))) {
-		close(fd);
-		return -1;
-	}
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	if (fd >= 0)
+		setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 	return fd;
-}
-
-static int send_all(int fd, const void *buf, size_t len)
-{
-	const char *p = buf;
-
-	while (len) {
-		ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return -1;
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
-/* 1: got @len bytes; 0: EOF before any byte; -1: error, timeout or EOF mid-way. */
-static int recv_all(int fd, void *buf, size_t len)
-{
-	char *p = buf;
-	size_t got = 0;
-
-	while (got < len) {
-		ssize_t n = recv(fd, p + got, len - got, 0);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n == 0 && got == 0)
-			return 0;
-		if (n <= 0)
-			return -1;
-		got += (size_t)n;
-	}
-	return 1;
 }
 
 /* Reads one frame; the payload (up to @cap bytes, the rest discarded) goes to @payload. */
@@ -355,24 +311,23 @@ static int read_frame(int fd, struct pt_hdr *h, void *payload, size_t cap)
 {
 	char junk[4096];
 	size_t left;
-	int rc = recv_all(fd, h, sizeof(*h));
 
-	if (rc <= 0)
-		return rc ? rc : -1;
+	if (read_full(fd, h, sizeof(*h)) != sizeof(*h))
+		return -1;
 	if (h->magic != PT_PROTO_MAGIC)
 		return -1;
 	left = h->len;
 	if (payload && cap) {
 		size_t n = left < cap ? left : cap;
 
-		if (recv_all(fd, payload, n) != 1)
+		if (read_full(fd, payload, n) != (ssize_t)n)
 			return -1;
 		left -= n;
 	}
 	while (left) {
 		size_t n = left < sizeof(junk) ? left : sizeof(junk);
 
-		if (recv_all(fd, junk, n) != 1)
+		if (read_full(fd, junk, n) != (ssize_t)n)
 			return -1;
 		left -= n;
 	}
@@ -387,7 +342,7 @@ static int ping(int fd, uint32_t seq, struct pt_ack *ack_out)
 	struct pt_ack ack;
 	size_t n = pt_build_empty(buf, sizeof(buf), PT_MSG_PING, seq);
 
-	if (send_all(fd, buf, n))
+	if (raw_send(fd, buf, n))
 		return -1;
 	if (read_frame(fd, &h, &ack, sizeof(ack)) != 1)
 		return -1;
@@ -407,7 +362,7 @@ static int get_stats(const struct srv *sv, struct test_stats *ts)
 
 	if (fd < 0)
 		return -1;
-	if (!send_all(fd, buf, n) && read_frame(fd, &h, ts, sizeof(*ts)) == 1 &&
+	if (!raw_send(fd, buf, n) && read_frame(fd, &h, ts, sizeof(*ts)) == 1 &&
 	    h.type == PT_MSG_WR_CAPS_REPLY && h.seq == 99 && h.len == sizeof(*ts))
 		rc = 0;
 	close(fd);
@@ -569,12 +524,12 @@ WITH_SERVER(disconnect_mid_frame)
 	/* half a header */
 	fd = cli_connect(sv);
 	CHECK(fd >= 0);
-	CHECK(send_all(fd, buf, 8) == 0);
+	CHECK(raw_send(fd, buf, 8) == 0);
 	close(fd);
 	/* header and part of the payload */
 	fd = cli_connect(sv);
 	CHECK(fd >= 0);
-	CHECK(send_all(fd, buf, n / 2) == 0);
+	CHECK(raw_send(fd, buf, n / 2) == 0);
 	close(fd);
 	CHECK(ping(other, 2, NULL) == 0);
 	/* the server noticed both closes */
@@ -602,7 +557,7 @@ WITH_SERVER(one_byte_writes)
 	CHECK(fd >= 0);
 	n = pt_build_empty(buf, sizeof(buf), PT_MSG_PING, 42);
 	for (size_t i = 0; i < n; i++) {
-		CHECK(send_all(fd, buf + i, 1) == 0);
+		CHECK(raw_send(fd, buf + i, 1) == 0);
 		usleep(500);
 	}
 	CHECK(read_frame(fd, &h, &ack, sizeof(ack)) == 1);
@@ -612,7 +567,7 @@ WITH_SERVER(one_byte_writes)
 		r[i] = (struct pt_range){ .gpa = (uint64_t)(i * 3) << 12, .len = 8192 };
 	n = pt_build_hint(buf, sizeof(buf), 43, 2, r, 16);
 	for (size_t i = 0; i < n; i++) {
-		CHECK(send_all(fd, buf + i, 1) == 0);
+		CHECK(raw_send(fd, buf + i, 1) == 0);
 		if (i % 7 == 0)
 			usleep(200);
 	}
@@ -637,7 +592,7 @@ WITH_SERVER(many_frames_one_write)
 	for (uint32_t i = 0; i < NFRAMES; i++)
 		off += pt_build_empty(buf + off, sizeof(buf) - off, PT_MSG_PING, 1000 + i);
 	CHECK(off == sizeof(buf));
-	CHECK(send_all(fd, buf, off) == 0);
+	CHECK(raw_send(fd, buf, off) == 0);
 	for (uint32_t i = 0; i < NFRAMES; i++) {
 		CHECK(read_frame(fd, &h, &ack, sizeof(ack)) == 1);
 		CHECKF(h.type == PT_MSG_ACK && h.seq == 1000 + i, "frame %u: type %u seq %u", i,
@@ -667,7 +622,7 @@ WITH_SERVER(frame_larger_than_buffer)
 	for (uint32_t k = 0; k < 2; k++)
 		off += pt_build_hint(buf + off, cap - off, 10 + k, 2, r, BIG_N);
 	off += pt_build_empty(buf + off, cap - off, PT_MSG_PING, 2);
-	CHECK(send_all(fd, buf, off) == 0);
+	CHECK(raw_send(fd, buf, off) == 0);
 	CHECK(read_frame(fd, &h, &ack, sizeof(ack)) == 1 && h.seq == 1);
 	for (uint32_t k = 0; k < 2; k++) {
 		CHECK(read_frame(fd, &h, &ack, sizeof(ack)) == 1);
@@ -693,7 +648,7 @@ static int expect_fatal(const struct srv *sv, const struct pt_hdr *bad, int code
 	int fd = cli_connect(sv);
 
 	CHECK(fd >= 0);
-	CHECK(send_all(fd, bad, sizeof(*bad)) == 0);
+	CHECK(raw_send(fd, bad, sizeof(*bad)) == 0);
 	CHECK(read_frame(fd, &h, &err, sizeof(err)) == 1);
 	CHECKF(h.type == PT_MSG_ERROR, "type %u", h.type);
 	CHECKF(err.e.code == (uint32_t)code, "code %u, want %d", err.e.code, code);
@@ -743,7 +698,7 @@ WITH_SERVER(bad_length)
 	 * connection carries on. */
 	CHECK(pt_encode_hdr(buf, sizeof(buf), PT_MSG_PING, 0, 8, 9) == sizeof(struct pt_hdr));
 	memset(buf + sizeof(struct pt_hdr), 0, 8);
-	CHECK(send_all(other, buf, sizeof(struct pt_hdr) + 8) == 0);
+	CHECK(raw_send(other, buf, sizeof(struct pt_hdr) + 8) == 0);
 	CHECK(read_frame(other, &h, &err, sizeof(err)) == 1);
 	CHECK(h.type == PT_MSG_ERROR && h.seq == 9 && err.e.code == PT_E_BAD_LENGTH);
 	CHECK(ping(other, 10, NULL) == 0);
@@ -865,7 +820,7 @@ WITH_SERVER(conn_close_flushes)
 	n = pt_build_empty(buf, sizeof(buf), PT_MSG_PING, 1);
 	n += pt_build_cmd(buf + n, sizeof(buf) - n, PT_MSG_DONE, 2, 5);
 	n += pt_build_empty(buf + n, sizeof(buf) - n, PT_MSG_PING, 3); /* after close: dropped */
-	CHECK(send_all(fd, buf, n) == 0);
+	CHECK(raw_send(fd, buf, n) == 0);
 	CHECK(read_frame(fd, &h, &ack, sizeof(ack)) == 1 && h.seq == 1);
 	CHECK(read_frame(fd, &h, &ack, sizeof(ack)) == 1 && h.seq == 2);
 	CHECK(at_eof(fd));
@@ -925,7 +880,7 @@ WITH_SERVER_CFG(small_buffers_enobufs, 4, 4096, 0)
 					off += pt_build_empty(buf + off, sizeof(buf) - off,
 							      PT_MSG_PING, k);
 				off += pt_build_hint(buf + off, sizeof(buf) - off, 200, 2, r, 1000);
-				if (send_all(fd, buf, off))
+				if (raw_send(fd, buf, off))
 					_exit(3);
 				for (uint32_t k = 0; k <= 200; k++) {
 					if (read_frame(fd, &h, &ack, sizeof(ack)) != 1 ||
@@ -1079,7 +1034,7 @@ static int sigterm_shutdown(void)
 	}
 	for (uint32_t i = 0; i < 100; i++)
 		off += pt_build_query(req + off, sizeof(req) - off, i, 2, 0);
-	send_all(fd, req, off);
+	raw_send(fd, req, off);
 	usleep(50000);
 	kill(sv.pid, SIGTERM);
 	status = wait_pid(sv.pid, 5000);
