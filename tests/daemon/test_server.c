@@ -1186,7 +1186,7 @@ static int send_hints(int fd, uint32_t cmd, uint32_t n)
 
 	for (uint32_t i = 0; i < n; i++)
 		off += pt_build_hint(buf + off, sizeof(buf) - off, 10 + i, cmd, &r, 1);
-	return send_all(fd, buf, off);
+	return raw_send(fd, buf, off);
 }
 
 static int ping_not_starved_by_flooders(void)
@@ -1209,7 +1209,7 @@ static int ping_not_starved_by_flooders(void)
 		goto out;
 	usleep(50 * 1000);
 	if (send_hints(f1, HEAVY_CMD, FLOOD_FRAMES) ||
-	    send_all(p, b, pt_build_empty(b, sizeof(b), PT_MSG_PING, 2)) ||
+	    raw_send(p, b, pt_build_empty(b, sizeof(b), PT_MSG_PING, 2)) ||
 	    send_hints(f2, HEAVY_CMD, FLOOD_FRAMES))
 		goto out;
 	if (read_frame(p, &(struct pt_hdr){ 0 }, &ack, sizeof(ack)) != 1)
