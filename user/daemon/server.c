@@ -1415,14 +1415,19 @@ static int restrict_ring(struct pt_server *s)
 }
 
 /*
- * Ring flags, best first; older kernels refuse newer flags with -EINVAL. Not DEFER_TASKRUN:
- * with it, a PING on a fresh connection went unanswered for more than 10 s while two peers
- * flooded HINTs (test_hostile_bounds/hint_burst_ping_and_tick, 1 run in 7), although it cut
- * the service's CPU per record with 64 devices from 49 to 42 ns. Until the starvation is
- * understood, liveness wins: COOP_TASKRUN, whose worst PING under the same flood is tens of
- * milliseconds.
+ * Ring flags, best first; older kernels refuse newer flags with -EINVAL. DEFER_TASKRUN (with
+ * SINGLE_ISSUER, which it needs): completions are made when the loop asks for them, in its own
+ * thread, not by interrupting it. It once seemed to starve a PING for more than 10 s under a
+ * HINT flood; the cause was the loop's own turn order (yield_link), fixed since.
  */
+#ifndef IORING_SETUP_DEFER_TASKRUN /* liburing 2.3's headers may lack them; 6.1 kernels have them \
+				    */
+#define IORING_SETUP_SINGLE_ISSUER (1U << 12)
+#define IORING_SETUP_DEFER_TASKRUN (1U << 13)
+#endif
 static const unsigned ring_flags[] = {
+	IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_SINGLE_ISSUER |
+		IORING_SETUP_DEFER_TASKRUN,
 	IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN,
 	IORING_SETUP_CQSIZE,
 };
