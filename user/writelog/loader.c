@@ -25,6 +25,7 @@ _Static_assert(PT_KVM_ENABLE_CAP == KVM_ENABLE_CAP, "ioctl number");
 _Static_assert(PT_KVM_GET_DIRTY_LOG == KVM_GET_DIRTY_LOG, "ioctl number");
 _Static_assert(PT_KVM_CLEAR_DIRTY_LOG == KVM_CLEAR_DIRTY_LOG, "ioctl number");
 _Static_assert(PT_KVM_RESET_DIRTY_RINGS == KVM_RESET_DIRTY_RINGS, "ioctl number");
+_Static_assert(PT_KVM_CREATE_VCPU == KVM_CREATE_VCPU, "ioctl number");
 _Static_assert(PT_KVM_CAP_DIRTY_LOG_RING == KVM_CAP_DIRTY_LOG_RING, "cap number");
 
 static int mount_if_missing(const char *dir, const char *type, long magic)
@@ -177,6 +178,15 @@ static int attach_all(struct pt_tracker *t)
 	return 0;
 }
 
+/* pt_pending: two u64, one page when mapped. */
+#define PENDING_BYTES 4096
+
+void pt_tracker_bump_generation(struct pt_tracker *t)
+{
+	/* Atomic: the BPF programs bump it too (memslot changes, new vCPUs). */
+	__atomic_add_fetch(&t->pending[PT_GEN], 1, __ATOMIC_SEQ_CST);
+}
+
 static int map_mmap(struct bpf_map *map, size_t size, void **out)
 {
 	void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, bpf_map__fd(map), 0);
@@ -268,12 +278,17 @@ int pt_tracker_open(struct pt_tracker **out, const struct pt_loader_opts *o)
 	if (err)
 		goto cleanup;
 	err = map_mmap(t->skel->maps.pt_log, t->log_words * 8, (void **)&t->log);
+	if (!err)
+		err = map_mmap(t->skel->maps.pt_pending, PENDING_BYTES, (void **)&t->pending);
 	if (err)
 		goto cleanup;
 	if (!o->no_attach) {
 		err = attach_all(t);
 		if (err)
 			goto cleanup;
+		/* Programs of an earlier build ran until now beside ours, and may have changed a
+		 * slot table without moving the generation our caches rely on. */
+		pt_tracker_bump_generation(t);
 	}
 	pt_info("BPF write tracker loaded (tdp=%s, log %llu MiB, maps %s, %s)",
 		t->tdp ? "yes" : "no", (unsigned long long)(t->log_words * 8 >> 20),
@@ -295,6 +310,8 @@ void pt_tracker_close(struct pt_tracker *t)
 		munmap(t->vms, sizeof(struct pt_vm_state) * PT_MAX_VMS);
 	if (t->log)
 		munmap(t->log, t->log_words * 8);
+	if (t->pending)
+		munmap(t->pending, PENDING_BYTES);
 	writelog_bpf__destroy(t->skel);
 	free(t);
 }
