@@ -12,7 +12,7 @@
  *   pt_ioctl       HASH   thread -> struct pt_ioctl (an ioctl between its enter and exit)
  *   pt_pending     ARRAY  u64 [PT_PENDING] threads in a watched ioctl, [PT_GEN] cache generation
  *   pt_vm_stats    PERCPU vm index -> struct pt_vm_stats (event counters)
- *   pt_cache       PERCPU one struct pt_cpu_cache (the dirty ring pushed last on this CPU)
+ *   pt_cache       ARRAY  cpu -> struct pt_cpu_cache (the dirty ring pushed last on the CPU)
  */
 #ifndef PAGETRACK_WRITELOG_H
 #define PAGETRACK_WRITELOG_H
@@ -102,6 +102,7 @@ struct pt_cpu_cache {
 	__u32 tgid; /* pt_vm_state.tgid of `vm` when it was looked up */
 	__u32 slot; /* as_id << 16 | slot id of the last logged push */
 	__u32 pad;
+	__u64 pad2; /* to 64 bytes: one CPU's entry, one cache line's worth */
 };
 
 #define PT_PENDING 0 /* pt_pending[0]: threads inside a watched ioctl */

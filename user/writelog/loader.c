@@ -202,7 +202,7 @@ static int open_skel(struct pt_tracker *t, const struct pt_loader_opts *o)
 	LIBBPF_OPTS(bpf_object_open_opts, oo, .pin_root_path = o->no_pin ? NULL : t->pin_dir);
 	unsigned log_mb = o->log_mb ? o->log_mb : PT_DEFAULT_LOG_MB;
 	struct bpf_map *map;
-	int err;
+	int err, ncpu;
 
 	t->skel = writelog_bpf__open_opts(&oo);
 	if (!t->skel)
@@ -211,6 +211,13 @@ static int open_skel(struct pt_tracker *t, const struct pt_loader_opts *o)
 	set_pidns(t);
 	t->log_words = (uint64_t)log_mb * 1024 * 1024 / 8;
 	err = bpf_map__set_max_entries(t->skel->maps.pt_log, t->log_words);
+	if (err)
+		return err;
+	/* pt_ring_push's cache: one entry per CPU, indexed by CPU number. */
+	ncpu = libbpf_num_possible_cpus();
+	if (ncpu <= 0)
+		return ncpu ? ncpu : -EINVAL;
+	err = bpf_map__set_max_entries(t->skel->maps.pt_cache, ncpu);
 	if (err)
 		return err;
 	if (o->no_pin) {
