@@ -523,16 +523,17 @@ SEC("tp/syscalls/sys_enter_ioctl")
 int pt_ioctl_enter(struct trace_event_raw_sys_enter *ctx)
 {
 	__u32 cmd = ctx->args[1];
-	__u64 id = bpf_get_current_pid_tgid();
 	struct pt_ioctl io = {};
 	struct pt_vm_state *st;
-	__u64 *pending;
+	__u64 *pending, id;
 	__u32 vm;
 
+	/* Every ioctl of every process passes here (KVM_RUN above all): no call before this. */
 	if (!watched_ioctl(cmd))
 		return 0;
 	if (current_vm(&vm))
 		return 0;
+	id = bpf_get_current_pid_tgid();
 	io.cmd = cmd;
 	io.vm = vm;
 	io.tgid = current_tgid();
