@@ -198,10 +198,11 @@ int pt_vm_track(struct pt_tracker *t, uint32_t tgid, const struct pt_slot_cfg *s
 int pt_vm_untrack(struct pt_tracker *t, uint32_t vm)
 {
 	struct pt_vm_state *st = &t->vms[vm];
-	uint32_t tgid = st->tgid;
+	uint32_t tgid;
 
 	if (vm >= PT_MAX_VMS || !(st->flags & PT_VM_ACTIVE))
 		return -ENOENT;
+	tgid = st->tgid;
 	bpf_map__delete_elem(t->skel->maps.pt_vm_by_tgid, &tgid, sizeof(tgid), 0);
 	__atomic_store_n(&st->flags, 0, __ATOMIC_SEQ_CST);
 	pt_tracker_bump_generation(t);
