@@ -24,6 +24,8 @@
 /* Small, so that long replies take several calls and several frames. */
 #define LAZY_WORDS 64u
 #define LAZY_QUEUE (64u << 10)
+/* ... and batches of more than 64 pages are applied in parts, one per drain. */
+#define BIG_PART_PAGES 64ull
 #include "daemon/service.c"
 
 #include "fake_daemon.h"
@@ -610,6 +612,7 @@ static void setup(void)
 	S->cfg = &cfg;
 	S->live = cfg;
 	S->out = (uint8_t *)out_frame;
+	S->part = calloc(BIG_PART_RANGES, sizeof(*S->part));
 	S->t = fake_tracker_new();
 	pt_canary_run(S->t, &S->cov);
 #ifdef PT_QUOTA_H
@@ -636,6 +639,7 @@ static void teardown(void)
 	pt_quota_free(S->quota);
 #endif
 	free(S->ranges);
+	free(S->part);
 	free(S);
 }
 

@@ -10,177 +10,53 @@
  * only BPF. The service allows one registration per VMM pid, so every case that registers
  * runs in a forked child whose pid is the VMM pid, and reports by exit status.
  */
-#include <poll.h>
-#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <sys/ioctl.h>
-#include <sys/socket.h>
-#include <sys/un.h>
-#include <sys/wait.h>
 #include <linux/kvm.h>
 
 #include <pagetrack/client.h>
 
 #include "t.h"
-#include "lib/proto.h"
-#include "tools/spawn.h"
-#include "vmm/minivm.h"
+/* Replies to 4096-range requests on a loaded machine: give them time. */
+#define SVC_RAW_TIMEOUT_S 20
+#include "svc.h"
+#include "guest.h"
 
 #define PG	  4096ull
 #define SLOT_GPA  (1ull << 30)
 #define SLOT_SIZE (64ull << 20)
 static const struct pt_reg_slot slot1 = { SLOT_GPA, SLOT_SIZE, 1, PT_REG_SLOT_LOGGED };
 
-/* --- the service of this binary ---------------------------------------------------------- */
-
-static struct pt_spawned svc;
-static int svc_state; /* 0 not tried, 1 up, -1 failed */
-static pid_t svc_owner;
-
-static void svc_stop(void)
-{
-	if (svc_state == 1 && getpid() == svc_owner)
-		pt_spawn_stop(&svc, SIGTERM);
-	svc_state = 0;
-}
-
-static void svc_on_signal(int sig)
-{
-	if (getpid() == svc_owner && svc_state == 1)
-		pt_spawn_stop(&svc, SIGKILL);
-	signal(sig, SIG_DFL);
-	raise(sig);
-}
-
-static int need_service(void)
-{
-	T_REQUIRE(t_need_bpf());
-	if (svc_state == 0) {
-		svc_state = pt_spawn_service(&svc, NULL, "conform", NULL) ? -1 : 1;
-		svc_owner = getpid();
-		atexit(svc_stop);
-		signal(SIGTERM, svc_on_signal);
-		signal(SIGINT, svc_on_signal);
-	}
-	if (svc_state < 0)
-		return t_skip("pagetrackd did not start");
-	return kill(svc.pid, 0) ? -1 : 0;
-}
+/* --- the service of this binary (svc.h), and a guest ------------------------------------- */
 
 static int need_guest(void)
 {
-	T_REQUIRE(t_need_kvm());
-	T_REQUIRE(need_service());
-	if (minivm_supported(MINIVM_DIRTY_RING))
-		return t_skip("KVM has no dirty ring");
-	return 0;
+	T_REQUIRE(need_ring_guest());
+	return need_service();
 }
 
-/* Runs fn in a forked child (a fresh VMM pid): 0 pass, T_SKIP, else fail. */
-static int in_child(int (*fn)(void))
-{
-	pid_t pid;
-	int st;
+/* A case whose body runs in a forked child (a fresh VMM pid, svc.h's in_child()). */
+#define CHILD_CASE(name)                             \
+	static int name##_child(void *unused);       \
+	static int name(void)                        \
+	{                                            \
+		T_REQUIRE(need_service());           \
+		return in_child(name##_child, NULL); \
+	}                                            \
+	static int name##_child(void *unused)
 
-	fflush(NULL);
-	pid = fork();
-	if (pid == 0) {
-		int rc = fn();
+#define GUEST_CASE(name)                             \
+	static int name##_child(void *unused);       \
+	static int name(void)                        \
+	{                                            \
+		T_REQUIRE(need_guest());             \
+		return in_child(name##_child, NULL); \
+	}                                            \
+	static int name##_child(void *unused)
 
-		fflush(NULL);
-		_exit(rc == 0 ? 0 : rc == T_SKIP ? T_SKIP : 1);
-	}
-	if (pid < 0 || waitpid(pid, &st, 0) != pid || !WIFEXITED(st))
-		return -1;
-	return WEXITSTATUS(st);
-}
-
-#define CHILD_CASE(name)                       \
-	static int name##_child(void);         \
-	static int name(void)                  \
-	{                                      \
-		T_REQUIRE(need_service());     \
-		return in_child(name##_child); \
-	}                                      \
-	static int name##_child(void)
-
-#define GUEST_CASE(name)                       \
-	static int name##_child(void);         \
-	static int name(void)                  \
-	{                                      \
-		T_REQUIRE(need_guest());       \
-		return in_child(name##_child); \
-	}                                      \
-	static int name##_child(void)
-
-/* --- raw frames ---------------------------------------------------------------------------- */
-
-static uint8_t tx[PT_MAX_FRAME + 64] __attribute__((aligned(8)));
-static uint64_t rx[(PT_MAX_PAYLOAD + 64) / 8];
-
-static int raw_connect(void)
-{
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	struct timeval tv = { 20, 0 };
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
-	if (fd < 0 || strlen(svc.socket) >= sizeof(sa.sun_path))
-		return -1;
-	memcpy(sa.sun_path, svc.socket, strlen(svc.socket) + 1);
-	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa))) {
-		close(fd);
-		return -1;
-	}
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	return fd;
-}
-
-static int raw_send(int fd, const void *p, size_t n)
-{
-	for (const uint8_t *b = p; n;) {
-		ssize_t k = send(fd, b, n, MSG_NOSIGNAL);
-
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k <= 0)
-			return -1;
-		b += k;
-		n -= (size_t)k;
-	}
-	return 0;
-}
-
-static ssize_t read_full(int fd, void *p, size_t n)
-{
-	size_t got = 0;
-
-	while (got < n) {
-		ssize_t k = recv(fd, (uint8_t *)p + got, n - got, 0);
-
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k <= 0)
-			return k < 0 ? -1 : (ssize_t)got;
-		got += (size_t)k;
-	}
-	return (ssize_t)got;
-}
-
-/* One reply frame, parsed in place (rx): 1, 0 at EOF, -1 on timeout or garbage. */
-static int raw_recv(int fd, struct pt_hdr *h, struct pt_msg *m)
-{
-	ssize_t n = read_full(fd, h, sizeof(*h));
-
-	if (n == 0)
-		return 0;
-	if (n != sizeof(*h) || pt_hdr_check(h) || !pt_type_is_reply(h->type))
-		return -1;
-	if (h->len && read_full(fd, rx, h->len) != (ssize_t)h->len)
-		return -1;
-	return pt_frame_parse(h, h->len ? rx : NULL, m) ? -1 : 1;
-}
+/* --- raw frames (svc.h: tx, raw_send(), raw_recv(), SEND_EXPECT_*) ------------------------- */
 
 static int send_recv(int fd, size_t n, struct pt_hdr *h, struct pt_msg *m)
 {
@@ -188,44 +64,6 @@ static int send_recv(int fd, size_t n, struct pt_hdr *h, struct pt_msg *m)
 		return -1;
 	return raw_recv(fd, h, m);
 }
-
-/* Sends the frame in tx; the reply must be ERROR `code` for `seq`. */
-static int expect_error(int fd, size_t n, uint32_t seq, int code, int line)
-{
-	struct pt_hdr h;
-	struct pt_msg m;
-
-	if (send_recv(fd, n, &h, &m) != 1 || m.type != PT_MSG_ERROR || h.seq != seq ||
-	    m.error->bad_seq != seq || m.error->code != (uint32_t)code) {
-		fprintf(stderr, "  line %d: seq %u: wanted ERROR %s\n", line, seq,
-			pt_err_str(code));
-		return -1;
-	}
-	return 0;
-}
-#define EXPECT_ERROR(fd, n, seq, code) CHECK(expect_error((fd), (n), (seq), (code), __LINE__) == 0)
-
-/* Sends the frame in tx; the reply must be an ACK for `seq`, copied to *ack. */
-static int expect_ack(int fd, size_t n, uint32_t seq, struct pt_ack *ack, int line)
-{
-	struct pt_hdr h;
-	struct pt_msg m;
-	int rc = send_recv(fd, n, &h, &m);
-
-	if (rc != 1 || m.type != PT_MSG_ACK || h.seq != seq) {
-		fprintf(stderr, "  line %d: seq %u: wanted ACK, got %s %.*s\n", line, seq,
-			rc != 1			 ? "nothing"
-			: m.type == PT_MSG_ERROR ? pt_err_str(m.error->code)
-						 : pt_msg_type_str(m.type),
-			rc == 1 && m.type == PT_MSG_ERROR ? (int)m.reason_len : 0,
-			rc == 1 && m.type == PT_MSG_ERROR ? m.reason : "");
-		return -1;
-	}
-	if (ack)
-		*ack = *m.ack;
-	return 0;
-}
-#define EXPECT_ACK(fd, n, seq, ack) CHECK(expect_ack((fd), (n), (seq), (ack), __LINE__) == 0)
 
 static size_t cmd(unsigned type, uint32_t seq, uint32_t id)
 {
@@ -243,8 +81,9 @@ static int registered(struct pt_ack *ack)
 	int fd = raw_connect();
 
 	if (fd < 0 ||
-	    expect_ack(fd, pt_build_register(tx, sizeof(tx), 1, getpid(), PT_DIRTY_RING, &slot1, 1),
-		       1, ack, __LINE__)) {
+	    send_expect_ack(
+		    fd, pt_build_register(tx, sizeof(tx), 1, getpid(), PT_DIRTY_RING, &slot1, 1), 1,
+		    ack, __LINE__)) {
 		if (fd >= 0)
 			close(fd);
 		return -1;
@@ -255,7 +94,7 @@ static int registered(struct pt_ack *ack)
 /* The connection is still usable: a PING gets its ACK. */
 static bool alive(int fd)
 {
-	return !expect_ack(fd, ping(999), 999, NULL, __LINE__);
+	return !send_expect_ack(fd, ping(999), 999, NULL, __LINE__);
 }
 
 /* --- 2. Transport ------------------------------------------------------------------------- */
@@ -269,11 +108,12 @@ static int s2_first_request_must_be_register(void)
 	T_REQUIRE(need_service());
 	fd = raw_connect();
 	CHECK(fd >= 0);
-	EXPECT_ERROR(fd, cmd(PT_MSG_ARM, 1, 2), 1, PT_E_NOT_REGISTERED);
-	EXPECT_ERROR(fd, pt_build_hint(tx, sizeof(tx), 2, 2, &r, 1), 2, PT_E_NOT_REGISTERED);
-	EXPECT_ERROR(fd, pt_build_query(tx, sizeof(tx), 3, 2, PT_Q_HINTS), 3, PT_E_NOT_REGISTERED);
-	EXPECT_ERROR(fd, pt_build_report(tx, sizeof(tx), PT_MSG_REPORT, 4, &r, 1), 4,
-		     PT_E_NOT_REGISTERED);
+	SEND_EXPECT_ERROR(fd, cmd(PT_MSG_ARM, 1, 2), 1, PT_E_NOT_REGISTERED);
+	SEND_EXPECT_ERROR(fd, pt_build_hint(tx, sizeof(tx), 2, 2, &r, 1), 2, PT_E_NOT_REGISTERED);
+	SEND_EXPECT_ERROR(fd, pt_build_query(tx, sizeof(tx), 3, 2, PT_Q_HINTS), 3,
+			  PT_E_NOT_REGISTERED);
+	SEND_EXPECT_ERROR(fd, pt_build_report(tx, sizeof(tx), PT_MSG_REPORT, 4, &r, 1), 4,
+			  PT_E_NOT_REGISTERED);
 	close(fd);
 	return 0;
 }
@@ -314,10 +154,10 @@ CHILD_CASE(s3_length_must_match_count)
 	size_t n;
 
 	CHECK(fd >= 0);
-	EXPECT_ACK(fd, cmd(PT_MSG_ARM, 2, 2), 2, NULL);
+	SEND_EXPECT_ACK(fd, cmd(PT_MSG_ARM, 2, 2), 2, NULL);
 	n = pt_build_hint(tx, sizeof(tx), 3, 2, r, 2);
 	((struct pt_hint *)(tx + sizeof(struct pt_hdr)))->count = 1; /* disagrees with len */
-	EXPECT_ERROR(fd, n, 3, PT_E_BAD_LENGTH);
+	SEND_EXPECT_ERROR(fd, n, 3, PT_E_BAD_LENGTH);
 	CHECK(alive(fd));
 	close(fd);
 	return 0;
@@ -332,9 +172,9 @@ CHILD_CASE(s3_reserved_fields_must_be_zero)
 	CHECK(fd >= 0);
 	n = cmd(PT_MSG_ARM, 2, 2);
 	((struct pt_cmd *)(tx + sizeof(struct pt_hdr)))->flags = 1;
-	EXPECT_ERROR(fd, n, 2, PT_E_BAD_FIELD);
+	SEND_EXPECT_ERROR(fd, n, 2, PT_E_BAD_FIELD);
 	/* The refused ARM had no effect: 2 is not blocked. */
-	EXPECT_ACK(fd, cmd(PT_MSG_ARM, 3, 2), 3, NULL);
+	SEND_EXPECT_ACK(fd, cmd(PT_MSG_ARM, 3, 2), 3, NULL);
 	close(fd);
 	return 0;
 }
@@ -347,9 +187,9 @@ CHILD_CASE(s3_range_end_must_not_overflow)
 	struct pt_ack ack;
 
 	CHECK(fd >= 0);
-	EXPECT_ACK(fd, cmd(PT_MSG_ARM, 2, 2), 2, NULL);
-	EXPECT_ERROR(fd, pt_build_hint(tx, sizeof(tx), 3, 2, r, 2), 3, PT_E_BAD_RANGE);
-	EXPECT_ACK(fd, pt_build_hint(tx, sizeof(tx), 4, 2, r, 1), 4, &ack);
+	SEND_EXPECT_ACK(fd, cmd(PT_MSG_ARM, 2, 2), 2, NULL);
+	SEND_EXPECT_ERROR(fd, pt_build_hint(tx, sizeof(tx), 3, 2, r, 2), 3, PT_E_BAD_RANGE);
+	SEND_EXPECT_ACK(fd, pt_build_hint(tx, sizeof(tx), 4, 2, r, 1), 4, &ack);
 	CHECK(ack.pages == 1);
 	close(fd);
 	return 0;
@@ -364,12 +204,12 @@ CHILD_CASE(s4_1_slots_must_not_overlap)
 	int fd = raw_connect();
 
 	CHECK(fd >= 0);
-	EXPECT_ERROR(fd, pt_build_register(tx, sizeof(tx), 1, getpid(), PT_DIRTY_RING, s, 2), 1,
-		     PT_E_BAD_RANGE);
+	SEND_EXPECT_ERROR(fd, pt_build_register(tx, sizeof(tx), 1, getpid(), PT_DIRTY_RING, s, 2),
+			  1, PT_E_BAD_RANGE);
 	/* Another address space (id >> 16) may overlap. */
 	s[1].id = 1u << 16 | 2;
-	EXPECT_ACK(fd, pt_build_register(tx, sizeof(tx), 2, getpid(), PT_DIRTY_RING, s, 2), 2,
-		   NULL);
+	SEND_EXPECT_ACK(fd, pt_build_register(tx, sizeof(tx), 2, getpid(), PT_DIRTY_RING, s, 2), 2,
+			NULL);
 	close(fd);
 	return 0;
 }
@@ -383,8 +223,8 @@ CHILD_CASE(s4_1_coverage_reports_unlogged_slot)
 
 	CHECK(fd >= 0);
 	s.flags = 0;
-	EXPECT_ACK(fd, pt_build_register(tx, sizeof(tx), 1, getpid(), PT_DIRTY_RING, &s, 1), 1,
-		   &ack);
+	SEND_EXPECT_ACK(fd, pt_build_register(tx, sizeof(tx), 1, getpid(), PT_DIRTY_RING, &s, 1), 1,
+			&ack);
 	CHECKF(ack.pages & PT_WHY_UNTRACKED, "coverage %#llx", (unsigned long long)ack.pages);
 	close(fd);
 	return 0;
@@ -397,8 +237,8 @@ CHILD_CASE(s4_1_learned_slots_before_vm_known)
 	int fd = raw_connect();
 
 	CHECK(fd >= 0);
-	EXPECT_ACK(fd, pt_build_register(tx, sizeof(tx), 1, getpid(), PT_DIRTY_RING, NULL, 0), 1,
-		   &ack);
+	SEND_EXPECT_ACK(fd, pt_build_register(tx, sizeof(tx), 1, getpid(), PT_DIRTY_RING, NULL, 0),
+			1, &ack);
 	CHECKF(!(ack.pages & PT_WHY_UNKNOWN_MEM), "coverage %#llx", (unsigned long long)ack.pages);
 	close(fd);
 	return 0;
@@ -438,9 +278,9 @@ CHILD_CASE(s4_2_cmd_id_must_be_at_least_2)
 
 	CHECK(fd >= 0);
 	for (uint32_t id = 0; id < 2; id++) {
-		EXPECT_ERROR(fd, cmd(PT_MSG_ARM, 10 + id, id), 10 + id, PT_E_RESERVED_CMD);
-		EXPECT_ERROR(fd, cmd(PT_MSG_STOP, 20 + id, id), 20 + id, PT_E_RESERVED_CMD);
-		EXPECT_ERROR(fd, cmd(PT_MSG_DONE, 30 + id, id), 30 + id, PT_E_RESERVED_CMD);
+		SEND_EXPECT_ERROR(fd, cmd(PT_MSG_ARM, 10 + id, id), 10 + id, PT_E_RESERVED_CMD);
+		SEND_EXPECT_ERROR(fd, cmd(PT_MSG_STOP, 20 + id, id), 20 + id, PT_E_RESERVED_CMD);
+		SEND_EXPECT_ERROR(fd, cmd(PT_MSG_DONE, 30 + id, id), 30 + id, PT_E_RESERVED_CMD);
 	}
 	close(fd);
 	return 0;
@@ -459,9 +299,9 @@ static int id_sequence(const char *const *steps, unsigned n, int last)
 		size_t len = cmd(type, seq, (uint32_t)atoi(steps[i] + 1));
 
 		if (i + 1 == n && last)
-			EXPECT_ERROR(fd, len, seq, last);
+			SEND_EXPECT_ERROR(fd, len, seq, last);
 		else
-			EXPECT_ACK(fd, len, seq, NULL);
+			SEND_EXPECT_ACK(fd, len, seq, NULL);
 	}
 	close(fd);
 	return 0;
@@ -494,27 +334,27 @@ CHILD_CASE(s4_2_blocked_id_limit_and_recovery)
 	CHECK(fd >= 0);
 	/* A counting device: thousands of ARMs without a STOP. */
 	for (id = 2; id < 3002; id++, seq++)
-		EXPECT_ACK(fd, cmd(PT_MSG_ARM, seq, id), seq, NULL);
-	EXPECT_ACK(fd, cmd(PT_MSG_STOP, seq, id - 1), seq, NULL);
+		SEND_EXPECT_ACK(fd, cmd(PT_MSG_ARM, seq, id), seq, NULL);
+	SEND_EXPECT_ACK(fd, cmd(PT_MSG_STOP, seq, id - 1), seq, NULL);
 	seq++;
 	/* 64 disjoint runs (even IDs), then a 65th: BUSY, nothing changes. */
 	for (id = 10000; id < 10128; id += 2, seq++)
-		EXPECT_ACK(fd, cmd(PT_MSG_ARM, seq, id), seq, NULL);
-	EXPECT_ERROR(fd, cmd(PT_MSG_ARM, seq, 20000), seq, PT_E_BUSY);
+		SEND_EXPECT_ACK(fd, cmd(PT_MSG_ARM, seq, id), seq, NULL);
+	SEND_EXPECT_ERROR(fd, cmd(PT_MSG_ARM, seq, 20000), seq, PT_E_BUSY);
 	seq++;
 	/* Recovery: an ID adjacent to a used one. */
-	EXPECT_ACK(fd, cmd(PT_MSG_ARM, seq, 10127), seq, NULL);
+	SEND_EXPECT_ACK(fd, cmd(PT_MSG_ARM, seq, 10127), seq, NULL);
 	seq++;
-	EXPECT_ERROR(fd, cmd(PT_MSG_ARM, seq, 20000), seq, PT_E_BUSY);
+	SEND_EXPECT_ERROR(fd, cmd(PT_MSG_ARM, seq, 20000), seq, PT_E_BUSY);
 	seq++;
 	/* 10001 joins the runs of 10000 and 10002: room again for a new run. */
-	EXPECT_ACK(fd, cmd(PT_MSG_ARM, seq, 10001), seq, NULL);
+	SEND_EXPECT_ACK(fd, cmd(PT_MSG_ARM, seq, 10001), seq, NULL);
 	seq++;
-	EXPECT_ACK(fd, cmd(PT_MSG_ARM, seq, 20000), seq, NULL);
+	SEND_EXPECT_ACK(fd, cmd(PT_MSG_ARM, seq, 20000), seq, NULL);
 	seq++;
-	EXPECT_ACK(fd, cmd(PT_MSG_STOP, seq, 20000), seq, NULL);
+	SEND_EXPECT_ACK(fd, cmd(PT_MSG_STOP, seq, 20000), seq, NULL);
 	seq++;
-	EXPECT_ACK(fd, cmd(PT_MSG_ARM, seq, 10000), seq, NULL);
+	SEND_EXPECT_ACK(fd, cmd(PT_MSG_ARM, seq, 10000), seq, NULL);
 	close(fd);
 	return 0;
 }
@@ -525,13 +365,13 @@ CHILD_CASE(s4_2_stop_done_current_only)
 	int fd = registered(NULL);
 
 	CHECK(fd >= 0);
-	EXPECT_ERROR(fd, cmd(PT_MSG_STOP, 2, 5), 2, PT_E_STALE_CMD); /* nothing armed */
-	EXPECT_ACK(fd, cmd(PT_MSG_ARM, 3, 5), 3, NULL);
-	EXPECT_ERROR(fd, cmd(PT_MSG_STOP, 4, 6), 4, PT_E_STALE_CMD);
-	EXPECT_ERROR(fd, cmd(PT_MSG_DONE, 5, 6), 5, PT_E_STALE_CMD);
-	EXPECT_ACK(fd, cmd(PT_MSG_DONE, 6, 5), 6, NULL);
-	EXPECT_ACK(fd, cmd(PT_MSG_STOP, 7, 5), 7, NULL);
-	EXPECT_ACK(fd, cmd(PT_MSG_STOP, 8, 5), 8, NULL);
+	SEND_EXPECT_ERROR(fd, cmd(PT_MSG_STOP, 2, 5), 2, PT_E_STALE_CMD); /* nothing armed */
+	SEND_EXPECT_ACK(fd, cmd(PT_MSG_ARM, 3, 5), 3, NULL);
+	SEND_EXPECT_ERROR(fd, cmd(PT_MSG_STOP, 4, 6), 4, PT_E_STALE_CMD);
+	SEND_EXPECT_ERROR(fd, cmd(PT_MSG_DONE, 5, 6), 5, PT_E_STALE_CMD);
+	SEND_EXPECT_ACK(fd, cmd(PT_MSG_DONE, 6, 5), 6, NULL);
+	SEND_EXPECT_ACK(fd, cmd(PT_MSG_STOP, 7, 5), 7, NULL);
+	SEND_EXPECT_ACK(fd, cmd(PT_MSG_STOP, 8, 5), 8, NULL);
 	close(fd);
 	return 0;
 }
@@ -628,8 +468,8 @@ CHILD_CASE(s4_5_report_at_most_32)
 	CHECK(fd >= 0);
 	for (int i = 0; i < 33; i++)
 		r[i] = (struct pt_range){ SLOT_GPA + i * 2 * PG, PG };
-	EXPECT_ERROR(fd, pt_build_report(tx, sizeof(tx), PT_MSG_REPORT, 5, r, 33), 5,
-		     PT_E_BAD_LENGTH);
+	SEND_EXPECT_ERROR(fd, pt_build_report(tx, sizeof(tx), PT_MSG_REPORT, 5, r, 33), 5,
+			  PT_E_BAD_LENGTH);
 	CHECK(alive(fd));
 	close(fd);
 	return 0;
@@ -645,17 +485,18 @@ CHILD_CASE(s4_6_ping_says_registration)
 	int fd = raw_connect(), fd2;
 
 	CHECK(fd >= 0);
-	EXPECT_ACK(fd, ping(1), 1, &ack);
+	SEND_EXPECT_ACK(fd, ping(1), 1, &ack);
 	CHECK(ack.value32 == 0 && ack.status == 0 && ack.pages == 0);
-	EXPECT_ACK(fd, pt_build_register(tx, sizeof(tx), 2, getpid(), PT_DIRTY_RING, &slot1, 1), 2,
-		   NULL);
-	EXPECT_ACK(fd, ping(3), 3, &ack);
+	SEND_EXPECT_ACK(fd,
+			pt_build_register(tx, sizeof(tx), 2, getpid(), PT_DIRTY_RING, &slot1, 1), 2,
+			NULL);
+	SEND_EXPECT_ACK(fd, ping(3), 3, &ack);
 	CHECK(ack.value32 == 1);
 	fd2 = registered(NULL); /* the device reconnected: the VM moves */
 	CHECK(fd2 >= 0);
-	EXPECT_ACK(fd, ping(4), 4, &ack);
+	SEND_EXPECT_ACK(fd, ping(4), 4, &ack);
 	CHECK(ack.value32 == 0);
-	EXPECT_ACK(fd2, ping(5), 5, &ack);
+	SEND_EXPECT_ACK(fd2, ping(5), 5, &ack);
 	CHECK(ack.value32 == 1);
 	close(fd);
 	close(fd2);
@@ -683,8 +524,9 @@ CHILD_CASE(s4_7_wr_read_over_max_ranges_busy)
 	CHECK(r);
 	for (uint32_t i = 0; i <= caps.max_ranges; i++)
 		r[i] = (struct pt_range){ SLOT_GPA + (uint64_t)i * 2 * PG, PG };
-	EXPECT_ERROR(fd, pt_build_report(tx, sizeof(tx), PT_MSG_WR_READ, 7, r, caps.max_ranges + 1),
-		     7, PT_E_BUSY);
+	SEND_EXPECT_ERROR(
+		fd, pt_build_report(tx, sizeof(tx), PT_MSG_WR_READ, 7, r, caps.max_ranges + 1), 7,
+		PT_E_BUSY);
 	CHECK(alive(fd));
 	free(r);
 	close(fd);
@@ -708,7 +550,7 @@ CHILD_CASE(s6_multi_frame_reply_near_64k)
 	int fd = registered(NULL);
 
 	CHECK(r && fd >= 0);
-	EXPECT_ACK(fd, cmd(PT_MSG_ARM, 2, 2), 2, NULL);
+	SEND_EXPECT_ACK(fd, cmd(PT_MSG_ARM, 2, 2), 2, NULL);
 	for (uint32_t i = 0; i < n; i++) /* descending: the reply must still ascend */
 		r[i] = (struct pt_range){ SLOT_GPA + (uint64_t)(n - 1 - i) * 2 * PG, PG };
 	CHECK(!raw_send(fd, tx, pt_build_report(tx, sizeof(tx), PT_MSG_WR_READ, 77, r, n)));
@@ -762,14 +604,14 @@ CHILD_CASE(s7_bad_payload_skipped)
 	size_t n;
 
 	CHECK(fd >= 0);
-	EXPECT_ACK(fd, cmd(PT_MSG_ARM, 2, 2), 2, NULL);
-	EXPECT_ERROR(fd, pt_build_hint(tx, sizeof(tx), 3, 2, bad, 2), 3, PT_E_BAD_RANGE);
+	SEND_EXPECT_ACK(fd, cmd(PT_MSG_ARM, 2, 2), 2, NULL);
+	SEND_EXPECT_ERROR(fd, pt_build_hint(tx, sizeof(tx), 3, 2, bad, 2), 3, PT_E_BAD_RANGE);
 	/* cmd_id 0 comes before the ranges: RESERVED_CMD, not BAD_RANGE. */
-	EXPECT_ERROR(fd, pt_build_hint(tx, sizeof(tx), 4, 0, bad, 2), 4, PT_E_RESERVED_CMD);
+	SEND_EXPECT_ERROR(fd, pt_build_hint(tx, sizeof(tx), 4, 0, bad, 2), 4, PT_E_RESERVED_CMD);
 	n = pt_build_query(tx, sizeof(tx), 5, 2, 99);
-	EXPECT_ERROR(fd, n, 5, PT_E_BAD_FIELD);
+	SEND_EXPECT_ERROR(fd, n, 5, PT_E_BAD_FIELD);
 	/* Nothing of the bad HINT was recorded: the first page is hinted only now. */
-	EXPECT_ACK(fd, pt_build_hint(tx, sizeof(tx), 6, 2, bad, 1), 6, &ack);
+	SEND_EXPECT_ACK(fd, pt_build_hint(tx, sizeof(tx), 6, 2, bad, 1), 6, &ack);
 	CHECK(ack.pages == 1);
 	close(fd);
 	return 0;

@@ -155,17 +155,17 @@ static int amp_child(int out)
 
 	CHECK(fd >= 0 && r);
 	CHECK(register_self(fd, seq++, AMP_GPA, AMP_SLOT) == 0);
-	n = pt_build_report(tx, sizeof(tx), PT_MSG_INFLATE, seq, &all, 1);
-	CHECK(n && !raw_send(fd, tx, n));
-	EXPECT_ACK(fd, seq++, NULL);
+	SEND_EXPECT_ACK(fd, pt_build_report(tx, sizeof(tx), PT_MSG_INFLATE, seq, &all, 1), seq,
+			NULL);
+	seq++;
 	for (uint64_t p = 0; p < pages; p += 2ull * per) {
 		uint32_t k = 0;
 
 		for (; k < per && p + 2ull * k < pages; k++)
 			r[k] = (struct pt_range){ AMP_GPA + ((p + 2ull * k) << 12), 4096 };
-		n = pt_build_report(tx, sizeof(tx), PT_MSG_WRITTEN, seq, r, k);
-		CHECK(n && !raw_send(fd, tx, n));
-		EXPECT_ACK(fd, seq++, NULL);
+		SEND_EXPECT_ACK(fd, pt_build_report(tx, sizeof(tx), PT_MSG_WRITTEN, seq, r, k), seq,
+				NULL);
+		seq++;
 	}
 	for (int i = 0; i < 20; i++) {
 		n = pt_build_query(tx, sizeof(tx), seq++, 0, PT_Q_RECLAIMED);
@@ -255,12 +255,8 @@ static int reclaimed_in_doubt_lists_nothing(void)
 	fd = raw_connect();
 	CHECK(fd >= 0);
 	CHECK(register_self(fd, 1, AMP_GPA, 64 << 20) == 0);
-	n = pt_build_report(tx, sizeof(tx), PT_MSG_INFLATE, 2, &in, 1);
-	CHECK(n && !raw_send(fd, tx, n));
-	EXPECT_ACK(fd, 2, NULL);
-	n = pt_build_report(tx, sizeof(tx), PT_MSG_WRITTEN, 3, &wr, 1);
-	CHECK(n && !raw_send(fd, tx, n));
-	EXPECT_ACK(fd, 3, NULL);
+	SEND_EXPECT_ACK(fd, pt_build_report(tx, sizeof(tx), PT_MSG_INFLATE, 2, &in, 1), 2, NULL);
+	SEND_EXPECT_ACK(fd, pt_build_report(tx, sizeof(tx), PT_MSG_WRITTEN, 3, &wr, 1), 3, NULL);
 	n = pt_build_query(tx, sizeof(tx), 4, 0, PT_Q_RECLAIMED);
 	CHECK(n && !raw_send(fd, tx, n));
 	CHECK(raw_recv(fd, &h, &m) == 1 && m.type == PT_MSG_VERDICT && h.seq == 4);
@@ -272,6 +268,66 @@ static int reclaimed_in_doubt_lists_nothing(void)
 	CHECK(m.verdict->unsure_reason != 0 && !(h.flags & PT_F_MORE));
 	CHECK(m.count == 0 && m.verdict->free == 0);
 	CHECK(m.verdict->hinted == 64 && m.verdict->kept_unsure == 64);
+	close(fd);
+	return 0;
+}
+
+/* --- one large batch, applied in parts --------------------------------------------------- */
+
+#define BIG_GPA	  (4 * GIB)
+#define BIG_SLOT  (64 * GIB) /* 2^24 pages: four parts of 2^22 */
+#define BIG_PAGES (BIG_SLOT >> 12)
+
+/*
+ * A HINT of 2^24 pages is applied a part per turn, but answered as one batch: its ACK counts
+ * every page, comes before the answer to the PING sent right behind it, and a batch with one
+ * bad range (past the memslot) applies nothing at all, however large.
+ */
+static int big_batch_applied_whole(void)
+{
+	struct pt_range whole = { BIG_GPA, BIG_SLOT },
+			bad[2] = { { BIG_GPA, BIG_SLOT / 2 },
+				   { BIG_GPA + BIG_SLOT - 4096, 2 * 4096 } };
+	struct pt_ack ack;
+	struct pt_hdr h;
+	struct pt_msg m;
+	size_t n;
+	int fd;
+
+	T_REQUIRE(restart_service(""));
+	fd = raw_connect();
+	CHECK(fd >= 0);
+	CHECK(register_self(fd, 1, BIG_GPA, BIG_SLOT) == 0);
+	n = pt_build_cmd(tx, sizeof(tx), PT_MSG_ARM, 2, 2);
+	CHECK(n && !raw_send(fd, tx, n));
+	EXPECT_ACK(fd, 2, NULL);
+	/* The bad batch first: refused whole, nothing of its first 2^23 pages recorded. */
+	n = pt_build_hint(tx, sizeof(tx), 3, 2, bad, 2);
+	CHECK(n && !raw_send(fd, tx, n));
+	EXPECT_ERROR(fd, 3, PT_E_BAD_RANGE);
+	n = pt_build_query(tx, sizeof(tx), 7, 2, PT_Q_HINTS);
+	CHECK(n && !raw_send(fd, tx, n));
+	CHECK(raw_recv(fd, &h, &m) == 1 && m.type == PT_MSG_VERDICT && h.seq == 7);
+	CHECKF(m.verdict->hinted == 0, "a refused batch left %llu pages hinted",
+	       (unsigned long long)m.verdict->hinted);
+	/* Then the good one and a PING in one write: ACK (all pages), then the PING's ACK. */
+	n = pt_build_hint(tx, sizeof(tx), 4, 2, &whole, 1);
+	n += pt_build_empty(tx + n, sizeof(tx) - n, PT_MSG_PING, 5);
+	CHECK(!raw_send(fd, tx, n));
+	EXPECT_ACK(fd, 4, &ack);
+	CHECKF(ack.pages == BIG_PAGES, "HINT ACK: %llu pages of %llu",
+	       (unsigned long long)ack.pages, (unsigned long long)BIG_PAGES);
+	EXPECT_ACK(fd, 5, NULL);
+	n = pt_build_query(tx, sizeof(tx), 6, 2, PT_Q_HINTS);
+	CHECK(n && !raw_send(fd, tx, n));
+	CHECK(raw_recv(fd, &h, &m) == 1 && m.type == PT_MSG_VERDICT && h.seq == 6);
+	CHECKF(m.verdict->hinted == BIG_PAGES, "QUERY: %llu pages hinted, wanted %llu",
+	       (unsigned long long)m.verdict->hinted, (unsigned long long)BIG_PAGES);
+	/* The parts took CPU: the next status.json (every second) says how much at most. */
+	for (int i = 0; i < 60 && status_num("max_turn_cpu_us") <= 0; i++)
+		usleep(50 * 1000);
+	CHECKF(status_num("max_turn_cpu_us") > 0, "status.json: max_turn_cpu_us %lld",
+	       status_num("max_turn_cpu_us"));
 	close(fd);
 	return 0;
 }
@@ -323,12 +379,8 @@ static long long status_time(void)
 /* Registers on @fd (as this process's VMM) and arms command ID 2. */
 static int burst_setup(int fd)
 {
-	size_t n;
-
 	CHECK(register_self(fd, 1, BURST_GPA, BURST_SLOT) == 0);
-	n = pt_build_cmd(tx, sizeof(tx), PT_MSG_ARM, 2, 2);
-	CHECK(n && !raw_send(fd, tx, n));
-	EXPECT_ACK(fd, 2, NULL);
+	SEND_EXPECT_ACK(fd, pt_build_cmd(tx, sizeof(tx), PT_MSG_ARM, 2, 2), 2, NULL);
 	return 0;
 }
 
@@ -350,6 +402,60 @@ static pid_t burst_child(int go)
 	}
 }
 
+/*
+ * 64 ARMs of a 512 GiB VM in one write (each clears its 16 MiB of bitmap, milliseconds): one
+ * per turn, not a frame budget's worth in one turn (that held the loop for 64 clears). The
+ * first ARM, which touches the bitmap's pages for the first time (slow on this project's PVM
+ * machines), goes before, in a tick window of its own.
+ */
+#define ARM_SLOT (512 * GIB)
+#define ARMS	 64
+
+static int arm_flood_one_per_turn(void)
+{
+	static uint8_t buf[ARMS * 64];
+	size_t off = 0;
+	long long cpu = 0, t;
+	int fd, pfd;
+
+	T_REQUIRE(restart_service(""));
+	fd = raw_connect();
+	pfd = raw_connect();
+	CHECK(fd >= 0 && pfd >= 0);
+	CHECK(register_self(fd, 1, BIG_GPA, ARM_SLOT) == 0);
+	off = pt_build_cmd(buf, sizeof(buf), PT_MSG_ARM, 2, 2);
+	CHECK(!raw_send(fd, buf, off));
+	EXPECT_ACK(fd, 2, NULL);
+	off = 0;
+	for (t = status_time(); status_time() == t;)
+		usleep(50 * 1000);
+	t = status_time();
+	for (uint32_t i = 0; i < ARMS; i++)
+		off += pt_build_cmd(buf + off, sizeof(buf) - off, PT_MSG_ARM, 10 + i, 3 + i);
+	CHECK(!raw_send(fd, buf, off));
+	CHECK(raw_ping(pfd, 7) == 0);
+	/* Every tick window the flood spans, up to the one after its last ACK. */
+	for (uint32_t i = 0; i <= ARMS;) {
+		if (i < ARMS)
+			EXPECT_ACK(fd, 10 + i, NULL);
+		else
+			usleep(50 * 1000);
+		if (status_time() != t) {
+			t = status_time();
+			if (status_num("tick_max_turn_cpu_us") > cpu)
+				cpu = status_num("tick_max_turn_cpu_us");
+			i += i == ARMS;
+		}
+		i += i < ARMS;
+	}
+	fprintf(stderr, "  %d ARMs of a 512 GiB VM: at most %lld us of CPU in one turn\n", ARMS,
+		cpu);
+	CHECKF(cpu < 50000, "one turn took %lld us of CPU", cpu);
+	close(fd);
+	close(pfd);
+	return 0;
+}
+
 static int hint_burst_ping_and_tick(void)
 {
 	struct burst b = { .fd = -1 };
@@ -357,7 +463,7 @@ static int hint_burst_ping_and_tick(void)
 	pid_t kid;
 	pthread_t th;
 	double worst = 0, sum = 0, t0;
-	long long last_time, gap_max = 0, turn_max = 0;
+	long long last_time, gap_max = 0, turn_max = 0, cpu_max = 0;
 	double last_change;
 	int pings = 0, ping_fd;
 
@@ -370,6 +476,11 @@ static int hint_burst_ping_and_tick(void)
 	ping_fd = raw_connect();
 	CHECK(b.fd >= 0 && ping_fd >= 0);
 	CHECK(burst_setup(b.fd) == 0);
+	/* REGISTER and ARM of a 256 GiB VM are one step each (tens of ms): let the tick window
+	 * that holds them pass, so that what is measured below is the burst. */
+	last_time = status_time();
+	while (status_time() == last_time)
+		usleep(50 * 1000);
 	last_time = status_time();
 	last_change = now_ms();
 	t0 = now_ms();
@@ -395,6 +506,8 @@ static int hint_burst_ping_and_tick(void)
 			last_change = now_ms();
 			if (status_num("tick_max_turn_us") > turn_max)
 				turn_max = status_num("tick_max_turn_us");
+			if (status_num("tick_max_turn_cpu_us") > cpu_max)
+				cpu_max = status_num("tick_max_turn_cpu_us");
 		}
 		usleep(20 * 1000);
 		CHECK(now_ms() - t0 < 120 * 1000);
@@ -406,10 +519,16 @@ static int hint_burst_ping_and_tick(void)
 	fprintf(stderr,
 		"  2 x %d HINT frames (2^28 pages each, two VMs) took %.0f ms; %d pings: worst "
 		"%.1f ms, mean %.1f ms; status.json unchanged for %lld ms at most; longest loop "
-		"turn during the burst %lld us (since start %lld us)\n",
-		BURST_FRAMES, now_ms() - t0, pings, worst, sum / pings, gap_max, turn_max,
-		status_num("max_turn_us"));
+		"turn during the burst %lld us, %lld us of CPU (since start: %lld us, %lld us of "
+		"CPU)\n",
+		BURST_FRAMES, now_ms() - t0, pings, worst, sum / pings, gap_max, turn_max, cpu_max,
+		status_num("max_turn_us"), status_num("max_turn_cpu_us"));
 	CHECKF(b.acks == BURST_FRAMES, "%d of %d HINTs answered in order", b.acks, BURST_FRAMES);
+	/* What the service makes a PING wait is one turn's work: at most 50 ms of CPU (the
+	 * issue's bound), however busy the machine. The wall-clock wait also holds whatever else
+	 * the machine runs, so its bound is looser. */
+	CHECKF(cpu_max < 50000, "one turn of the loop took %lld us of CPU during the burst",
+	       cpu_max);
 	CHECKF(worst < 500, "a PING waited %.1f ms behind the burst", worst);
 	CHECKF(gap_max < 3000, "status.json was not rewritten for %lld ms", gap_max);
 	close(b.fd);
@@ -643,5 +762,6 @@ static int idle_flood_devices_served(void)
 }
 
 T_MAIN(T_CASE(query_amplification_rss), T_CASE(reclaimed_in_doubt_lists_nothing),
+       T_CASE(big_batch_applied_whole), T_CASE(arm_flood_one_per_turn),
        T_CASE(hint_burst_ping_and_tick), T_CASE(slowloris_and_idle_timeout),
        T_CASE(fd_limit_refuses_at_once), T_CASE(idle_flood_devices_served))

@@ -283,9 +283,8 @@ static int socket_keeper(int sock, int in)
 	       "REGISTER of the reused pid: %s %.*s", pt_msg_type_str(m.type),
 	       m.type == PT_MSG_ERROR ? (int)m.reason_len : 0,
 	       m.type == PT_MSG_ERROR ? m.reason : "");
-	n = pt_build_hint(tx, sizeof(tx), 11, 2, &r, 1);
-	CHECK(!raw_send(sock, tx, n));
-	EXPECT_ERROR(sock, 11, PT_E_NOT_REGISTERED);
+	SEND_EXPECT_ERROR(sock, pt_build_hint(tx, sizeof(tx), 11, 2, &r, 1), 11,
+			  PT_E_NOT_REGISTERED);
 	return 0;
 }
 

@@ -10,26 +10,13 @@
 #
 # Prints PASS/FAIL/SKIP lines; exit 0, 1, or 77 when it cannot run here.
 # shellcheck disable=SC2016 # single-quoted code run by eval
-set -u
-TOP=$(cd "$(dirname "$0")/../.." && pwd)
-BUILD=${BUILD:-build}
-case $BUILD in /*) ;; *) BUILD=$TOP/$BUILD ;; esac
+name=ops
+# shellcheck source-path=SCRIPTDIR source=../t.sh
+. "$(dirname "$0")/../t.sh"
 BIN=$BUILD/pagetrackd
 BALLOON=$BUILD/ptballoon
 PIN=/sys/fs/bpf/pagetrack-ops-$$
-fails=0 pid='' T='' old_stats=''
-
-pass() { echo "PASS: ops: $*"; }
-fail() { echo "FAIL: ops: $*"; fails=$((fails + 1)); }
-check() { # check NAME COMMAND...
-	local name=$1
-	shift
-	if "$@"; then pass "$name"; else fail "$name"; fi
-}
-skip() {
-	echo "SKIP: ops: $*"
-	exit 77
-}
+pid='' T='' old_stats=''
 
 [ "$(id -u)" -eq 0 ] || skip "needs root"
 command -v bpftool >/dev/null || skip "bpftool not installed"

@@ -14,9 +14,8 @@
 #include <linux/kvm.h>
 
 #include "t.h"
-#include "vmm/minivm.h"
-#include "pagetrack/client.h"
-#include "tools/spawn.h"
+#include "svc.h"
+#include "guest.h"
 
 #define DATA_GPA   (1ull << 30)
 #define DATA_PAGES 16384 /* 64 MiB */
@@ -24,8 +23,6 @@
 #define HIGH_PAGES 4096
 #define NPAGES	   (DATA_PAGES + HIGH_PAGES)
 #define SCRATCH	   (DATA_GPA) /* never hinted: lets a sync always have something to reset */
-
-static struct pt_spawned svc;
 
 struct env {
 	struct minivm *m;
@@ -51,24 +48,13 @@ static int gpa_page(uint64_t gpa, uint32_t *p)
 	return 0;
 }
 
-static void stop_service(void)
+/* Every case: a KVM guest with a dirty ring, and this binary's service (svc.h), which must
+ * start. */
+static int need_guest(void)
 {
-	if (svc.pid > 0)
-		pt_spawn_stop(&svc, SIGTERM);
-}
-
-static int need_service(void)
-{
-	T_REQUIRE(t_need_kvm());
-	T_REQUIRE(t_need_bpf());
-	if (minivm_supported(MINIVM_DIRTY_RING))
-		return t_skip("KVM has no dirty ring");
-	if (!svc.pid) {
-		if (pt_spawn_service(&svc, NULL, "reconcile", NULL))
-			return -1;
-		atexit(stop_service);
-	}
-	return 0;
+	T_REQUIRE(need_ring_guest());
+	svc_must_start = true;
+	return need_service();
 }
 
 /* Registers all data slots, or all but the high one (to provoke an unknown-slot taint). */
@@ -203,23 +189,25 @@ static void env_free(struct env *e)
 	minivm_destroy(e->m);
 }
 
-/* Runs fn in a child process (its own VMM pid); passes if it exits 0. */
-static int in_child(int (*fn)(struct env *e))
+struct env_case {
+	int (*fn)(struct env *e);
+};
+
+static int env_child(void *arg)
 {
-	int st;
-	pid_t pid;
+	static struct env e;
+	const struct env_case *ec = arg;
 
-	T_REQUIRE(need_service());
-	pid = fork();
-	CHECK(pid >= 0);
-	if (!pid) {
-		static struct env e;
+	return ec->fn(&e);
+}
 
-		_exit(fn(&e) ? 1 : 0);
-	}
-	CHECK(waitpid(pid, &st, 0) == pid);
-	CHECKF(WIFEXITED(st) && !WEXITSTATUS(st), "child status %#x", st);
-	return 0;
+/* Runs fn in a child process (its own VMM pid, svc.h's in_child()); passes if it passes. */
+static int in_vmm(int (*fn)(struct env *e))
+{
+	struct env_case ec = { fn };
+
+	T_REQUIRE(need_guest());
+	return in_child(env_child, &ec);
 }
 
 static int do_hint_then_write(struct env *e)
@@ -246,7 +234,7 @@ static int do_hint_then_write(struct env *e)
 
 static int hint_then_write_is_kept(void)
 {
-	return in_child(do_hint_then_write);
+	return in_vmm(do_hint_then_write);
 }
 
 static int do_write_before_arm(struct env *e)
@@ -268,7 +256,7 @@ static int do_write_before_arm(struct env *e)
 
 static int write_before_arm_does_not_block(void)
 {
-	return in_child(do_write_before_arm);
+	return in_vmm(do_write_before_arm);
 }
 
 static int do_cmd_rules(struct env *e)
@@ -302,7 +290,7 @@ static int do_cmd_rules(struct env *e)
 
 static int stale_reuse_reserved_ids(void)
 {
-	return in_child(do_cmd_rules);
+	return in_vmm(do_cmd_rules);
 }
 
 static int do_no_sync(struct env *e)
@@ -333,7 +321,7 @@ static int do_no_sync(struct env *e)
 
 static int no_sync_after_arm_keeps_all(void)
 {
-	return in_child(do_no_sync);
+	return in_vmm(do_no_sync);
 }
 
 static int do_done(struct env *e)
@@ -355,7 +343,7 @@ static int do_done(struct env *e)
 
 static int done_then_query_keeps_all(void)
 {
-	return in_child(do_done);
+	return in_vmm(do_done);
 }
 
 static int do_untracked(struct env *e)
@@ -377,7 +365,7 @@ static int do_untracked(struct env *e)
 
 static int untracked_mode_keeps_all(void)
 {
-	return in_child(do_untracked);
+	return in_vmm(do_untracked);
 }
 
 static int do_tainted(struct env *e)
@@ -400,7 +388,7 @@ static int do_tainted(struct env *e)
 
 static int tainted_epoch_keeps_all(void)
 {
-	return in_child(do_tainted);
+	return in_vmm(do_tainted);
 }
 
 static unsigned seed_from_env(void)
@@ -455,7 +443,7 @@ static int do_random(struct env *e)
 
 static int randomized_rounds_zero_false_free(void)
 {
-	return in_child(do_random);
+	return in_vmm(do_random);
 }
 
 struct writer {
@@ -504,7 +492,7 @@ static int do_concurrent(struct env *e)
 
 static int concurrent_writes_and_hints(void)
 {
-	return in_child(do_concurrent);
+	return in_vmm(do_concurrent);
 }
 
 static int do_reporting(struct env *e)
@@ -578,12 +566,12 @@ static int do_before_sync(struct env *e)
 
 static int before_sync_reports_and_hints_kept(void)
 {
-	return in_child(do_before_sync);
+	return in_vmm(do_before_sync);
 }
 
 static int reported_page_free_until_written(void)
 {
-	return in_child(do_reporting);
+	return in_vmm(do_reporting);
 }
 
 static int do_silent_deflate(struct env *e)
@@ -608,7 +596,7 @@ static int do_silent_deflate(struct env *e)
 
 static int silent_deflate_reported(void)
 {
-	return in_child(do_silent_deflate);
+	return in_vmm(do_silent_deflate);
 }
 
 static int do_write_records(struct env *e)
@@ -642,7 +630,7 @@ static int do_write_records(struct env *e)
 
 static int write_records_read_cleared_by_arm(void)
 {
-	return in_child(do_write_records);
+	return in_vmm(do_write_records);
 }
 
 /* The VMM changes the dirty-logging flag of a memslot, as QEMU does around migration. */
@@ -696,7 +684,7 @@ static int do_logging_toggled(struct env *e)
 
 static int memslot_logging_toggled(void)
 {
-	return in_child(do_logging_toggled);
+	return in_vmm(do_logging_toggled);
 }
 
 /* A slot registered without PT_REG_SLOT_LOGGED: the service may not assume KVM logs it. */
@@ -726,7 +714,7 @@ static int do_unlogged_registration(struct env *e)
 
 static int unlogged_slot_registration_keeps_all(void)
 {
-	return in_child(do_unlogged_registration);
+	return in_vmm(do_unlogged_registration);
 }
 
 /*
@@ -758,7 +746,7 @@ static int do_vmm_written(struct env *e)
 
 static int vmm_own_writes_reported_are_kept(void)
 {
-	return in_child(do_vmm_written);
+	return in_vmm(do_vmm_written);
 }
 
 T_MAIN(T_CASE(hint_then_write_is_kept), T_CASE(vmm_own_writes_reported_are_kept),

@@ -26,6 +26,7 @@
 #include <time.h>
 
 #include "t.h"
+#include "sock.h"
 #include "shared/log.h"
 #include "lib/proto.h"
 #include "daemon/server.h"
@@ -48,8 +49,24 @@ struct handler {
 	struct pt_server *s;
 	uint64_t ticks;
 	uint64_t closes;
+	uint64_t heavy; /* HINT frames with HEAVY_CMD handled */
 	unsigned char *big;
 };
+
+/* A HINT with this command ID costs the whole turn of every connection together. */
+#define HEAVY_CMD 99
+/* ... and one with this ID holds the loop for 300 ms, so that input piles up meanwhile. */
+#define SLOW_CMD 98
+
+static void busy_ms(long ms)
+{
+	struct timespec t0, t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	do
+		clock_gettime(CLOCK_MONOTONIC, &t);
+	while ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000 < ms);
+}
 
 static uint64_t rss_kb(void)
 {
@@ -82,7 +99,7 @@ static void h_frame(void *ctx, struct pt_conn *c, const struct pt_hdr *h, const 
 	switch (h->type) {
 	case PT_MSG_PING:
 		n = pt_build_ack(buf, sizeof(buf), h->seq, (uint32_t)pt_conn_peer(c)->pid,
-				 pt_conn_id(c), 0);
+				 pt_conn_id(c), hd->heavy);
 		pt_conn_send(c, buf, n);
 		break;
 	case PT_MSG_HINT: {
@@ -91,6 +108,20 @@ static void h_frame(void *ctx, struct pt_conn *c, const struct pt_hdr *h, const 
 
 		/* copy: the payload may be unaligned in the receive buffer */
 		memcpy(r, (const char *)payload + sizeof(*hint), (size_t)hint->count * sizeof(*r));
+		if (hint->cmd_id == HEAVY_CMD) {
+			struct timespec t0, t;
+
+			/* 2 ms of work: the flood lasts long enough for a PING to arrive in it */
+			clock_gettime(CLOCK_MONOTONIC, &t0);
+			do
+				clock_gettime(CLOCK_MONOTONIC, &t);
+			while ((t.tv_sec - t0.tv_sec) * 1000000000L + t.tv_nsec - t0.tv_nsec <
+			       2000000);
+			hd->heavy++;
+			pt_conn_charge(c, UINT64_C(1) << 40);
+		}
+		if (hint->cmd_id == SLOW_CMD)
+			busy_ms(300);
 		n = pt_build_ack(buf, sizeof(buf), h->seq, hint->count, range_sum(r, hint->count),
 				 0);
 		free(r);
@@ -267,57 +298,12 @@ static int srv_stop(struct srv *sv)
 
 static int cli_connect(const struct srv *sv)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	struct timeval tv = { .tv_sec = RCV_TIMEOUT };
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	int fd = raw_connect_to(sv->path, RCV_TIMEOUT);
 
-	if (fd < 0)
-		return -1;
-	strcpy(sa.sun_path, sv->path);
-	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa))) {
-		close(fd);
-		return -1;
-	}
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	if (fd >= 0)
+		setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 	return fd;
-}
-
-static int send_all(int fd, const void *buf, size_t len)
-{
-	const char *p = buf;
-
-	while (len) {
-		ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return -1;
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
-/* 1: got @len bytes; 0: EOF before any byte; -1: error, timeout or EOF mid-way. */
-static int recv_all(int fd, void *buf, size_t len)
-{
-	char *p = buf;
-	size_t got = 0;
-
-	while (got < len) {
-		ssize_t n = recv(fd, p + got, len - got, 0);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n == 0 && got == 0)
-			return 0;
-		if (n <= 0)
-			return -1;
-		got += (size_t)n;
-	}
-	return 1;
 }
 
 /* Reads one frame; the payload (up to @cap bytes, the rest discarded) goes to @payload. */
@@ -325,24 +311,23 @@ static int read_frame(int fd, struct pt_hdr *h, void *payload, size_t cap)
 {
 	char junk[4096];
 	size_t left;
-	int rc = recv_all(fd, h, sizeof(*h));
 
-	if (rc <= 0)
-		return rc ? rc : -1;
+	if (read_full(fd, h, sizeof(*h)) != sizeof(*h))
+		return -1;
 	if (h->magic != PT_PROTO_MAGIC)
 		return -1;
 	left = h->len;
 	if (payload && cap) {
 		size_t n = left < cap ? left : cap;
 
-		if (recv_all(fd, payload, n) != 1)
+		if (read_full(fd, payload, n) != (ssize_t)n)
 			return -1;
 		left -= n;
 	}
 	while (left) {
 		size_t n = left < sizeof(junk) ? left : sizeof(junk);
 
-		if (recv_all(fd, junk, n) != 1)
+		if (read_full(fd, junk, n) != (ssize_t)n)
 			return -1;
 		left -= n;
 	}
@@ -357,7 +342,7 @@ static int ping(int fd, uint32_t seq, struct pt_ack *ack_out)
 	struct pt_ack ack;
 	size_t n = pt_build_empty(buf, sizeof(buf), PT_MSG_PING, seq);
 
-	if (send_all(fd, buf, n))
+	if (raw_send(fd, buf, n))
 		return -1;
 	if (read_frame(fd, &h, &ack, sizeof(ack)) != 1)
 		return -1;
@@ -377,7 +362,7 @@ static int get_stats(const struct srv *sv, struct test_stats *ts)
 
 	if (fd < 0)
 		return -1;
-	if (!send_all(fd, buf, n) && read_frame(fd, &h, ts, sizeof(*ts)) == 1 &&
+	if (!raw_send(fd, buf, n) && read_frame(fd, &h, ts, sizeof(*ts)) == 1 &&
 	    h.type == PT_MSG_WR_CAPS_REPLY && h.seq == 99 && h.len == sizeof(*ts))
 		rc = 0;
 	close(fd);
@@ -539,12 +524,12 @@ WITH_SERVER(disconnect_mid_frame)
 	/* half a header */
 	fd = cli_connect(sv);
 	CHECK(fd >= 0);
-	CHECK(send_all(fd, buf, 8) == 0);
+	CHECK(raw_send(fd, buf, 8) == 0);
 	close(fd);
 	/* header and part of the payload */
 	fd = cli_connect(sv);
 	CHECK(fd >= 0);
-	CHECK(send_all(fd, buf, n / 2) == 0);
+	CHECK(raw_send(fd, buf, n / 2) == 0);
 	close(fd);
 	CHECK(ping(other, 2, NULL) == 0);
 	/* the server noticed both closes */
@@ -572,7 +557,7 @@ WITH_SERVER(one_byte_writes)
 	CHECK(fd >= 0);
 	n = pt_build_empty(buf, sizeof(buf), PT_MSG_PING, 42);
 	for (size_t i = 0; i < n; i++) {
-		CHECK(send_all(fd, buf + i, 1) == 0);
+		CHECK(raw_send(fd, buf + i, 1) == 0);
 		usleep(500);
 	}
 	CHECK(read_frame(fd, &h, &ack, sizeof(ack)) == 1);
@@ -582,7 +567,7 @@ WITH_SERVER(one_byte_writes)
 		r[i] = (struct pt_range){ .gpa = (uint64_t)(i * 3) << 12, .len = 8192 };
 	n = pt_build_hint(buf, sizeof(buf), 43, 2, r, 16);
 	for (size_t i = 0; i < n; i++) {
-		CHECK(send_all(fd, buf + i, 1) == 0);
+		CHECK(raw_send(fd, buf + i, 1) == 0);
 		if (i % 7 == 0)
 			usleep(200);
 	}
@@ -607,7 +592,7 @@ WITH_SERVER(many_frames_one_write)
 	for (uint32_t i = 0; i < NFRAMES; i++)
 		off += pt_build_empty(buf + off, sizeof(buf) - off, PT_MSG_PING, 1000 + i);
 	CHECK(off == sizeof(buf));
-	CHECK(send_all(fd, buf, off) == 0);
+	CHECK(raw_send(fd, buf, off) == 0);
 	for (uint32_t i = 0; i < NFRAMES; i++) {
 		CHECK(read_frame(fd, &h, &ack, sizeof(ack)) == 1);
 		CHECKF(h.type == PT_MSG_ACK && h.seq == 1000 + i, "frame %u: type %u seq %u", i,
@@ -637,7 +622,7 @@ WITH_SERVER(frame_larger_than_buffer)
 	for (uint32_t k = 0; k < 2; k++)
 		off += pt_build_hint(buf + off, cap - off, 10 + k, 2, r, BIG_N);
 	off += pt_build_empty(buf + off, cap - off, PT_MSG_PING, 2);
-	CHECK(send_all(fd, buf, off) == 0);
+	CHECK(raw_send(fd, buf, off) == 0);
 	CHECK(read_frame(fd, &h, &ack, sizeof(ack)) == 1 && h.seq == 1);
 	for (uint32_t k = 0; k < 2; k++) {
 		CHECK(read_frame(fd, &h, &ack, sizeof(ack)) == 1);
@@ -663,7 +648,7 @@ static int expect_fatal(const struct srv *sv, const struct pt_hdr *bad, int code
 	int fd = cli_connect(sv);
 
 	CHECK(fd >= 0);
-	CHECK(send_all(fd, bad, sizeof(*bad)) == 0);
+	CHECK(raw_send(fd, bad, sizeof(*bad)) == 0);
 	CHECK(read_frame(fd, &h, &err, sizeof(err)) == 1);
 	CHECKF(h.type == PT_MSG_ERROR, "type %u", h.type);
 	CHECKF(err.e.code == (uint32_t)code, "code %u, want %d", err.e.code, code);
@@ -713,7 +698,7 @@ WITH_SERVER(bad_length)
 	 * connection carries on. */
 	CHECK(pt_encode_hdr(buf, sizeof(buf), PT_MSG_PING, 0, 8, 9) == sizeof(struct pt_hdr));
 	memset(buf + sizeof(struct pt_hdr), 0, 8);
-	CHECK(send_all(other, buf, sizeof(struct pt_hdr) + 8) == 0);
+	CHECK(raw_send(other, buf, sizeof(struct pt_hdr) + 8) == 0);
 	CHECK(read_frame(other, &h, &err, sizeof(err)) == 1);
 	CHECK(h.type == PT_MSG_ERROR && h.seq == 9 && err.e.code == PT_E_BAD_LENGTH);
 	CHECK(ping(other, 10, NULL) == 0);
@@ -835,7 +820,7 @@ WITH_SERVER(conn_close_flushes)
 	n = pt_build_empty(buf, sizeof(buf), PT_MSG_PING, 1);
 	n += pt_build_cmd(buf + n, sizeof(buf) - n, PT_MSG_DONE, 2, 5);
 	n += pt_build_empty(buf + n, sizeof(buf) - n, PT_MSG_PING, 3); /* after close: dropped */
-	CHECK(send_all(fd, buf, n) == 0);
+	CHECK(raw_send(fd, buf, n) == 0);
 	CHECK(read_frame(fd, &h, &ack, sizeof(ack)) == 1 && h.seq == 1);
 	CHECK(read_frame(fd, &h, &ack, sizeof(ack)) == 1 && h.seq == 2);
 	CHECK(at_eof(fd));
@@ -895,7 +880,7 @@ WITH_SERVER_CFG(small_buffers_enobufs, 4, 4096, 0)
 					off += pt_build_empty(buf + off, sizeof(buf) - off,
 							      PT_MSG_PING, k);
 				off += pt_build_hint(buf + off, sizeof(buf) - off, 200, 2, r, 1000);
-				if (send_all(fd, buf, off))
+				if (raw_send(fd, buf, off))
 					_exit(3);
 				for (uint32_t k = 0; k <= 200; k++) {
 					if (read_frame(fd, &h, &ack, sizeof(ack)) != 1 ||
@@ -1049,7 +1034,7 @@ static int sigterm_shutdown(void)
 	}
 	for (uint32_t i = 0; i < 100; i++)
 		off += pt_build_query(req + off, sizeof(req) - off, i, 2, 0);
-	send_all(fd, req, off);
+	raw_send(fd, req, off);
 	usleep(50000);
 	kill(sv.pid, SIGTERM);
 	status = wait_pid(sv.pid, 5000);
@@ -1184,10 +1169,74 @@ static int stale_socket_replaced(void)
 	return rc;
 }
 
+/*
+ * Two flooders whose every frame uses the whole turn (and 2 ms) take turns; a PING whose bytes
+ * arrive between theirs, in one batch of completions, is answered within a few of their frames,
+ * not after all of them. The bug this guards against: starved connections were put at the
+ * front of the next turn one by one, so the flooder that starved after the PING went ahead of
+ * it, and the two flooders kept it waiting turn after turn until they were done.
+ */
+#define FLOOD_FRAMES 400
+
+static int send_hints(int fd, uint32_t cmd, uint32_t n)
+{
+	static unsigned char buf[FLOOD_FRAMES * 64];
+	struct pt_range r = { 1ull << 30, 1ull << 30 };
+	size_t off = 0;
+
+	for (uint32_t i = 0; i < n; i++)
+		off += pt_build_hint(buf + off, sizeof(buf) - off, 10 + i, cmd, &r, 1);
+	return raw_send(fd, buf, off);
+}
+
+static int ping_not_starved_by_flooders(void)
+{
+	struct srv sv;
+	struct pt_ack ack;
+	unsigned char b[64];
+	int f1, f2, p, slow, rc = -1;
+
+	if (srv_start(&sv))
+		return -1;
+	f1 = cli_connect(&sv);
+	f2 = cli_connect(&sv);
+	p = cli_connect(&sv);
+	slow = cli_connect(&sv);
+	if (f1 < 0 || f2 < 0 || p < 0 || slow < 0 || ping(p, 1, NULL))
+		goto out;
+	/* While the loop is held, the two floods and the PING (between them) pile up. */
+	if (send_hints(slow, SLOW_CMD, 1))
+		goto out;
+	usleep(50 * 1000);
+	if (send_hints(f1, HEAVY_CMD, FLOOD_FRAMES) ||
+	    raw_send(p, b, pt_build_empty(b, sizeof(b), PT_MSG_PING, 2)) ||
+	    send_hints(f2, HEAVY_CMD, FLOOD_FRAMES))
+		goto out;
+	if (read_frame(p, &(struct pt_hdr){ 0 }, &ack, sizeof(ack)) != 1)
+		goto out;
+	fprintf(stderr, "  PING answered after %llu of %u heavy frames\n",
+		(unsigned long long)ack.ignored, 2 * FLOOD_FRAMES);
+	if (ack.ignored >= FLOOD_FRAMES) {
+		fprintf(stderr, "  a PING waited behind %llu frames that each used a whole turn\n",
+			(unsigned long long)ack.ignored);
+		goto out;
+	}
+	rc = 0;
+out:
+	close(f1);
+	close(f2);
+	close(p);
+	close(slow);
+	if (srv_stop(&sv))
+		rc = -1;
+	return rc;
+}
+
 T_MAIN(T_CASE(round_trip), T_CASE(peercred_pid), T_CASE(concurrent_clients),
        T_CASE(disconnect_mid_frame), T_CASE(one_byte_writes), T_CASE(many_frames_one_write),
        T_CASE(frame_larger_than_buffer), T_CASE(bad_magic), T_CASE(bad_length),
        T_CASE(backpressure), T_CASE(conn_close_flushes), T_CASE(tick_and_close_callbacks),
        T_CASE(small_buffers_enobufs), T_CASE(stalled_peers_do_not_starve_ring),
        T_CASE(max_conns_and_slot_reuse), T_CASE(sighup_ignored), T_CASE(sigterm_shutdown),
-       T_CASE(listen_fd_activation), T_CASE(stale_socket_replaced))
+       T_CASE(listen_fd_activation), T_CASE(stale_socket_replaced),
+       T_CASE(ping_not_starved_by_flooders))

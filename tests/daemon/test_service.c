@@ -24,7 +24,7 @@
 #include <pagetrack/client.h>
 
 #include "t.h"
-#include "vmm/minivm.h"
+#include "guest.h"
 #include "lib/proto.h"
 #include "tools/spawn.h"
 #include "svc.h"
@@ -264,12 +264,10 @@ static int mid_frame_child(void *arg)
 	int fd = raw_connect();
 
 	CHECK(fd >= 0 && r);
-	n = pt_build_register(tx, sizeof(tx), 1, getpid(), PT_DIRTY_RING, &slot1, 1);
-	CHECK(n && !raw_send(fd, tx, n));
-	EXPECT_ACK(fd, 1, &ack);
-	n = pt_build_cmd(tx, sizeof(tx), PT_MSG_ARM, 2, 5);
-	CHECK(n && !raw_send(fd, tx, n));
-	EXPECT_ACK(fd, 2, &ack);
+	SEND_EXPECT_ACK(fd,
+			pt_build_register(tx, sizeof(tx), 1, getpid(), PT_DIRTY_RING, &slot1, 1), 1,
+			&ack);
+	SEND_EXPECT_ACK(fd, pt_build_cmd(tx, sizeof(tx), PT_MSG_ARM, 2, 5), 2, &ack);
 	/* Half of a 64 KiB HINT frame, then gone. */
 	n = pt_build_hint(tx, sizeof(tx), 3, 5, r, 4096);
 	CHECK(n && !raw_send(fd, tx, n / 2));
@@ -325,36 +323,73 @@ static int disconnect_mid_frame(void)
 }
 
 /* ========================================================================================= */
-/* Malformed frames, one class at a time.                                                   */
+/* A VM held by another VMM while a hostile peer works: afterwards it must be intact.      */
 
-struct bystander {
+struct held_vm {
+	uint32_t cmd, npages;		   /* armed and hinted before the hostile part */
+	int (*after)(struct pt_client *c); /* its checks once released */
 	int ready[2], go[2];
+	pid_t pid;
 };
 
-/* A VM armed and hinted before the storm; afterwards its verdict must still count 300. */
-static int bystander_child(void *arg)
+static int held_vm_child(void *arg)
 {
-	struct bystander *b = arg;
-	struct pt_range *r = sparse_pages(0, 300);
-	struct pt_client_result res;
+	struct held_vm *h = arg;
+	struct pt_range *r = sparse_pages(0, h->npages);
 	struct pt_client *c = connect_svc();
 	char x;
 
-	close(b->ready[0]);
-	close(b->go[1]);
+	close(h->ready[0]);
+	close(h->go[1]);
 	CHECK(c && r);
 	CHECK(pt_client_register(c, 0, PT_DIRTY_RING, &slot1, 1, NULL) == 0);
-	CHECK(pt_client_arm(c, 9) == 0);
-	CHECK(pt_client_hint(c, 9, r, 300) == 0);
-	CHECK(write(b->ready[1], "r", 1) == 1);
-	CHECK(read(b->go[0], &x, 1) == 1);
+	CHECK(pt_client_arm(c, h->cmd) == 0);
+	CHECK(pt_client_hint(c, h->cmd, r, h->npages) == 0);
+	CHECK(write(h->ready[1], "r", 1) == 1);
+	CHECK(read(h->go[0], &x, 1) == 1);
+	CHECK(h->after(c) == 0);
+	pt_client_close(c);
+	free(r);
+	return 0;
+}
+
+/* Starts the held VM's VMM and waits until its VM is armed and hinted. */
+static int held_vm_start(struct held_vm *h)
+{
+	char x;
+
+	CHECK(!pipe(h->ready) && !pipe(h->go));
+	h->pid = start_child(held_vm_child, h);
+	CHECK(h->pid > 0);
+	close(h->ready[1]);
+	close(h->go[0]);
+	CHECK(read(h->ready[0], &x, 1) == 1);
+	return 0;
+}
+
+/* Releases it to run its checks: 0 if they passed. */
+static int held_vm_finish(struct held_vm *h)
+{
+	int rc = write(h->go[1], "g", 1) == 1 ? wait_child(h->pid) : -1;
+
+	close(h->ready[0]);
+	close(h->go[1]);
+	return rc;
+}
+
+/* ========================================================================================= */
+/* Malformed frames, one class at a time.                                                   */
+
+/* A VM armed and hinted before the storm; afterwards its verdict must still count 300. */
+static int bystander_after(struct pt_client *c)
+{
+	struct pt_client_result res;
+
 	CHECK(pt_client_ping(c) == 0);
 	CHECK(pt_client_query(c, 9, PT_Q_HINTS, &res) == 0);
 	CHECKF(res.v.cmd_id == 9 && res.v.hinted == 300 && res.v.kept_unsure == 300,
 	       "bystander: hinted %llu", (unsigned long long)res.v.hinted);
 	pt_client_result_free(&res);
-	pt_client_close(c);
-	free(r);
 	return 0;
 }
 
@@ -368,6 +403,40 @@ static size_t frame(void *buf, unsigned type, uint32_t len, uint32_t seq, const 
 		return 0;
 	memcpy((uint8_t *)buf + n, payload, plen);
 	return n + plen;
+}
+
+/*
+ * Requests that need a registered VM, on a connection that has none: each gets
+ * NOT_REGISTERED (ARM of arm_id, HINT of r, DONE if `done`, QUERY, WR_READ of r); then the
+ * connection registers this process's VM. *seq advances past them all.
+ */
+static int not_registered_then_own(int fd, uint32_t *seq, uint32_t arm_id, const struct pt_range *r,
+				   bool done)
+{
+	struct pt_ack ack;
+
+	SEND_EXPECT_ERROR(fd, pt_build_cmd(tx, sizeof(tx), PT_MSG_ARM, *seq, arm_id), *seq,
+			  PT_E_NOT_REGISTERED);
+	(*seq)++;
+	SEND_EXPECT_ERROR(fd, pt_build_hint(tx, sizeof(tx), *seq, 2, r, 1), *seq,
+			  PT_E_NOT_REGISTERED);
+	(*seq)++;
+	if (done) {
+		SEND_EXPECT_ERROR(fd, pt_build_cmd(tx, sizeof(tx), PT_MSG_DONE, *seq, 2), *seq,
+				  PT_E_NOT_REGISTERED);
+		(*seq)++;
+	}
+	SEND_EXPECT_ERROR(fd, pt_build_query(tx, sizeof(tx), *seq, 2, PT_Q_HINTS), *seq,
+			  PT_E_NOT_REGISTERED);
+	(*seq)++;
+	SEND_EXPECT_ERROR(fd, pt_build_report(tx, sizeof(tx), PT_MSG_WR_READ, *seq, r, 1), *seq,
+			  PT_E_NOT_REGISTERED);
+	(*seq)++;
+	SEND_EXPECT_ACK(fd,
+			pt_build_register(tx, sizeof(tx), *seq, getpid(), PT_DIRTY_RING, &slot1, 1),
+			*seq, &ack);
+	(*seq)++;
+	return 0;
 }
 
 /* Framing errors: the ERROR with the header's seq, then the service closes the stream. */
@@ -396,52 +465,25 @@ static int malformed_child(void *arg)
 	CHECK(fd >= 0);
 
 	/* Before REGISTER: NOT_REGISTERED, whatever the request. */
-	n = pt_build_cmd(tx, sizeof(tx), PT_MSG_ARM, seq, 2);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ERROR(fd, seq, PT_E_NOT_REGISTERED);
-	seq++;
-	n = pt_build_hint(tx, sizeof(tx), seq, 2, &good, 1);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ERROR(fd, seq, PT_E_NOT_REGISTERED);
-	seq++;
-	n = pt_build_query(tx, sizeof(tx), seq, 2, PT_Q_HINTS);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ERROR(fd, seq, PT_E_NOT_REGISTERED);
-	seq++;
-	n = pt_build_report(tx, sizeof(tx), PT_MSG_WR_READ, seq, &good, 1);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ERROR(fd, seq, PT_E_NOT_REGISTERED);
-	seq++;
-
-	n = pt_build_register(tx, sizeof(tx), seq, getpid(), PT_DIRTY_RING, &slot1, 1);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ACK(fd, seq, &ack);
-	seq++;
+	CHECK(!not_registered_then_own(fd, &seq, 2, &good, false));
 
 	/* Reserved command IDs. */
 	for (uint32_t id = 0; id < 2; id++) {
-		n = pt_build_cmd(tx, sizeof(tx), PT_MSG_ARM, seq, id);
-		CHECK(!raw_send(fd, tx, n));
-		EXPECT_ERROR(fd, seq, PT_E_RESERVED_CMD);
+		SEND_EXPECT_ERROR(fd, pt_build_cmd(tx, sizeof(tx), PT_MSG_ARM, seq, id), seq,
+				  PT_E_RESERVED_CMD);
 		seq++;
 	}
-	n = pt_build_hint(tx, sizeof(tx), seq, 1, &good, 1);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ERROR(fd, seq, PT_E_RESERVED_CMD);
+	SEND_EXPECT_ERROR(fd, pt_build_hint(tx, sizeof(tx), seq, 1, &good, 1), seq,
+			  PT_E_RESERVED_CMD);
 	seq++;
-	n = pt_build_query(tx, sizeof(tx), seq, 0, PT_Q_HINTS);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ERROR(fd, seq, PT_E_RESERVED_CMD);
+	SEND_EXPECT_ERROR(fd, pt_build_query(tx, sizeof(tx), seq, 0, PT_Q_HINTS), seq,
+			  PT_E_RESERVED_CMD);
 	seq++;
 
-	n = pt_build_cmd(tx, sizeof(tx), PT_MSG_ARM, seq, 5);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ACK(fd, seq, &ack);
+	SEND_EXPECT_ACK(fd, pt_build_cmd(tx, sizeof(tx), PT_MSG_ARM, seq, 5), seq, &ack);
 	CHECK(ack.value32 == 5);
 	seq++;
-	n = pt_build_hint(tx, sizeof(tx), seq, 5, &good, 1);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ACK(fd, seq, &ack);
+	SEND_EXPECT_ACK(fd, pt_build_hint(tx, sizeof(tx), seq, 5, &good, 1), seq, &ack);
 	CHECK(ack.value32 == 1 && ack.pages == 4 && ack.ignored == 0);
 	seq++;
 
@@ -461,14 +503,10 @@ static int malformed_child(void *arg)
 		/* The count field disagrees with the length. */
 		hh.count = 2;
 		memcpy(p, &hh, sizeof(hh));
-		n = frame(tx, PT_MSG_HINT, 24, seq, p, 24);
-		CHECK(!raw_send(fd, tx, n));
-		EXPECT_ERROR(fd, seq, PT_E_BAD_LENGTH);
+		SEND_EXPECT_ERROR(fd, frame(tx, PT_MSG_HINT, 24, seq, p, 24), seq, PT_E_BAD_LENGTH);
 		seq++;
 		/* A fixed-size request with extra bytes. */
-		n = frame(tx, PT_MSG_PING, 8, seq, p, 8);
-		CHECK(!raw_send(fd, tx, n));
-		EXPECT_ERROR(fd, seq, PT_E_BAD_LENGTH);
+		SEND_EXPECT_ERROR(fd, frame(tx, PT_MSG_PING, 8, seq, p, 8), seq, PT_E_BAD_LENGTH);
 		seq++;
 		/* REPORT with 33 entries. */
 		{
@@ -487,22 +525,18 @@ static int malformed_child(void *arg)
 	}
 
 	/* Stale command IDs: STOP, DONE, QUERY of an ID that is not the current one. */
-	n = pt_build_cmd(tx, sizeof(tx), PT_MSG_STOP, seq, 6);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ERROR(fd, seq, PT_E_STALE_CMD);
+	SEND_EXPECT_ERROR(fd, pt_build_cmd(tx, sizeof(tx), PT_MSG_STOP, seq, 6), seq,
+			  PT_E_STALE_CMD);
 	seq++;
-	n = pt_build_cmd(tx, sizeof(tx), PT_MSG_DONE, seq, 6);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ERROR(fd, seq, PT_E_STALE_CMD);
+	SEND_EXPECT_ERROR(fd, pt_build_cmd(tx, sizeof(tx), PT_MSG_DONE, seq, 6), seq,
+			  PT_E_STALE_CMD);
 	seq++;
-	n = pt_build_query(tx, sizeof(tx), seq, 6, PT_Q_HINTS);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ERROR(fd, seq, PT_E_STALE_CMD);
+	SEND_EXPECT_ERROR(fd, pt_build_query(tx, sizeof(tx), seq, 6, PT_Q_HINTS), seq,
+			  PT_E_STALE_CMD);
 	seq++;
 	/* ARM of an ID not yet stopped. */
-	n = pt_build_cmd(tx, sizeof(tx), PT_MSG_ARM, seq, 5);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ERROR(fd, seq, PT_E_CMD_REUSE);
+	SEND_EXPECT_ERROR(fd, pt_build_cmd(tx, sizeof(tx), PT_MSG_ARM, seq, 5), seq,
+			  PT_E_CMD_REUSE);
 	seq++;
 
 	/* Ranges: outside the registered memory, overflowing, unaligned, empty. A batch with
@@ -533,23 +567,17 @@ static int malformed_child(void *arg)
 	}
 
 	/* Reserved fields and unknown enum values. */
-	n = pt_build_query(tx, sizeof(tx), seq, 5, 3);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ERROR(fd, seq, PT_E_BAD_FIELD);
+	SEND_EXPECT_ERROR(fd, pt_build_query(tx, sizeof(tx), seq, 5, 3), seq, PT_E_BAD_FIELD);
 	seq++;
 	{
 		struct pt_cmd cmd = { 5, 1 };
 
-		n = frame(tx, PT_MSG_STOP, 8, seq, &cmd, 8);
-		CHECK(!raw_send(fd, tx, n));
-		EXPECT_ERROR(fd, seq, PT_E_BAD_FIELD);
+		SEND_EXPECT_ERROR(fd, frame(tx, PT_MSG_STOP, 8, seq, &cmd, 8), seq, PT_E_BAD_FIELD);
 		seq++;
 	}
 
 	/* Hints under an ID that is not current: ignored, and the device is told (spec 4.3). */
-	n = pt_build_hint(tx, sizeof(tx), seq, 6, &good, 1);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ERROR(fd, seq, PT_E_STALE_CMD);
+	SEND_EXPECT_ERROR(fd, pt_build_hint(tx, sizeof(tx), seq, 6, &good, 1), seq, PT_E_STALE_CMD);
 	seq++;
 
 	/* Nothing of the refused frames was recorded: the verdict counts the one good hint. */
@@ -586,9 +614,9 @@ static int malformed_child(void *arg)
 		struct pt_hdr h = { 0xdeadbeef, 1, PT_MSG_PING, 0, 0, 77 };
 
 		memcpy(tx, &h, sizeof(h));
-		n = sizeof(h) + pt_build_empty(tx + sizeof(h), sizeof(tx), PT_MSG_PING, 78);
-		CHECK(!raw_send(fd, tx, n));
-		EXPECT_ERROR(fd, 77, PT_E_BAD_MAGIC);
+		SEND_EXPECT_ERROR(
+			fd, sizeof(h) + pt_build_empty(tx + sizeof(h), sizeof(tx), PT_MSG_PING, 78),
+			77, PT_E_BAD_MAGIC);
 		CHECK(raw_eof(fd));
 		close(fd);
 	}
@@ -616,31 +644,21 @@ static int malformed_child(void *arg)
 
 static int malformed_frames(void)
 {
-	struct bystander b;
+	struct held_vm b = { .cmd = 9, .npages = 300, .after = bystander_after };
 	long long errors0, bad0, errors = -1, bad = -1;
-	pid_t by;
 	int rc, by_rc;
-	char x;
 
 	T_REQUIRE(need_service());
 	errors0 = status_num("errors");
 	bad0 = status_num("bad_frames");
 	CHECK(errors0 >= 0 && bad0 >= 0);
 
-	CHECK(!pipe(b.ready) && !pipe(b.go));
-	by = start_child(bystander_child, &b);
-	CHECK(by > 0);
-	close(b.ready[1]);
-	close(b.go[0]);
-	CHECK(read(b.ready[0], &x, 1) == 1);
+	CHECK(!held_vm_start(&b));
 
 	rc = in_child(malformed_child, NULL);
 
 	/* The bystander's VM is as it was, and the service is alive. */
-	CHECK(write(b.go[1], "g", 1) == 1);
-	by_rc = wait_child(by);
-	close(b.ready[0]);
-	close(b.go[1]);
+	by_rc = held_vm_finish(&b);
 	CHECK(rc == 0);
 	CHECK(by_rc == 0);
 	CHECK(kill(svc.pid, 0) == 0);
@@ -674,9 +692,7 @@ static int nobody_child(void *arg)
 {
 	struct perm_arg *a = arg;
 	struct pt_range good = { SLOT_GPA, PG };
-	struct pt_ack ack;
 	uint32_t seq = 1;
-	size_t n;
 	int fd;
 
 	CHECK(!setgroups(0, NULL) && !setgid(NOBODY) && !setuid(NOBODY));
@@ -686,84 +702,41 @@ static int nobody_child(void *arg)
 	CHECK(raw_ping(fd, seq++) == 0);
 
 	/* Root's VMs: refused. */
-	n = pt_build_register(tx, sizeof(tx), seq, a->root_alive, PT_DIRTY_RING, &slot1, 1);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ERROR(fd, seq, PT_E_PERM);
+	SEND_EXPECT_ERROR(
+		fd, pt_build_register(tx, sizeof(tx), seq, a->root_alive, PT_DIRTY_RING, &slot1, 1),
+		seq, PT_E_PERM);
 	seq++;
-	n = pt_build_register(tx, sizeof(tx), seq, a->root_vmm, PT_DIRTY_RING, &slot1, 1);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ERROR(fd, seq, PT_E_PERM);
-	seq++;
-
-	/* And nothing reaches the VM registered by the other connection. */
-	n = pt_build_cmd(tx, sizeof(tx), PT_MSG_ARM, seq, 3);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ERROR(fd, seq, PT_E_NOT_REGISTERED);
-	seq++;
-	n = pt_build_hint(tx, sizeof(tx), seq, 2, &good, 1);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ERROR(fd, seq, PT_E_NOT_REGISTERED);
-	seq++;
-	n = pt_build_cmd(tx, sizeof(tx), PT_MSG_DONE, seq, 2);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ERROR(fd, seq, PT_E_NOT_REGISTERED);
-	seq++;
-	n = pt_build_query(tx, sizeof(tx), seq, 2, PT_Q_HINTS);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ERROR(fd, seq, PT_E_NOT_REGISTERED);
-	seq++;
-	n = pt_build_report(tx, sizeof(tx), PT_MSG_WR_READ, seq, &good, 1);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ERROR(fd, seq, PT_E_NOT_REGISTERED);
+	SEND_EXPECT_ERROR(
+		fd, pt_build_register(tx, sizeof(tx), seq, a->root_vmm, PT_DIRTY_RING, &slot1, 1),
+		seq, PT_E_PERM);
 	seq++;
 
-	/* Its own pid is fine (the peer is the VMM). */
-	n = pt_build_register(tx, sizeof(tx), seq, getpid(), PT_DIRTY_RING, &slot1, 1);
-	CHECK(!raw_send(fd, tx, n));
-	EXPECT_ACK(fd, seq, &ack);
-	seq++;
+	/* And nothing reaches the VM registered by the other connection; its own pid is fine
+	 * (the peer is the VMM). */
+	CHECK(!not_registered_then_own(fd, &seq, 3, &good, true));
 	close(fd);
 	return 0;
 }
 
-struct owner_arg {
-	int ready[2], go[2];
-};
-
-/* Root VMM: registers, arms 2 and hints; after the intruder, its state must be intact. */
-static int owner_child(void *arg)
+/* Root VMM: registers, arms 2 and hints 50 pages; after the intruder, its state is intact. */
+static int owner_after(struct pt_client *c)
 {
-	struct owner_arg *o = arg;
-	struct pt_range *r = sparse_pages(0, 50);
 	struct pt_client_result res;
-	struct pt_client *c = connect_svc();
-	char x;
 
-	close(o->ready[0]);
-	close(o->go[1]);
-	CHECK(c && r);
-	CHECK(pt_client_register(c, 0, PT_DIRTY_RING, &slot1, 1, NULL) == 0);
-	CHECK(pt_client_arm(c, 2) == 0);
-	CHECK(pt_client_hint(c, 2, r, 50) == 0);
-	CHECK(write(o->ready[1], "r", 1) == 1);
-	CHECK(read(o->go[0], &x, 1) == 1);
 	CHECK(pt_client_query(c, 2, PT_Q_HINTS, &res) == 0);
 	CHECKF(res.v.hinted == 50 && !(res.v.unsure_reason & PT_WHY_DONE), "hinted %llu why %#x",
 	       (unsigned long long)res.v.hinted, res.v.unsure_reason);
 	pt_client_result_free(&res);
 	CHECK(pt_client_arm(c, 3) == 0); /* ID 3 is free: the intruder's ARM(3) did nothing */
-	pt_client_close(c);
-	free(r);
 	return 0;
 }
 
 static int other_uid_refused(void)
 {
 	struct perm_arg a = { .root_alive = getpid() };
-	struct owner_arg o;
+	struct held_vm o = { .cmd = 2, .npages = 50, .after = owner_after };
 	struct stat st;
-	char x;
-	int rc;
+	int rc, owner_rc;
 
 	T_REQUIRE(need_service());
 	if (geteuid() != 0)
@@ -772,20 +745,14 @@ static int other_uid_refused(void)
 	CHECK(!stat(svc.dir, &st));
 	CHECK(!chmod(svc.dir, 0755) && !chmod(svc.socket, 0666));
 
-	CHECK(!pipe(o.ready) && !pipe(o.go));
-	a.root_vmm = start_child(owner_child, &o);
-	CHECK(a.root_vmm > 0);
-	close(o.ready[1]);
-	close(o.go[0]);
-	CHECK(read(o.ready[0], &x, 1) == 1);
+	CHECK(!held_vm_start(&o));
+	a.root_vmm = o.pid;
 
 	rc = in_child(nobody_child, &a);
 
-	CHECK(write(o.go[1], "g", 1) == 1);
-	CHECK(wait_child(a.root_vmm) == 0);
-	close(o.ready[0]);
-	close(o.go[1]);
+	owner_rc = held_vm_finish(&o);
 	chmod(svc.dir, st.st_mode & 07777);
+	CHECK(owner_rc == 0);
 	CHECK(rc == 0);
 	return 0;
 }
@@ -986,10 +953,8 @@ static int real_vm_child(void *arg)
 
 static int real_vm_verdict(void)
 {
-	T_REQUIRE(t_need_kvm());
+	T_REQUIRE(need_ring_guest());
 	T_REQUIRE(need_service());
-	if (minivm_supported(MINIVM_DIRTY_RING))
-		return t_skip("KVM has no dirty ring");
 	if (!ring_tracked())
 		return t_skip("the service's canary found dirty-ring mode untracked");
 	CHECK(in_child(real_vm_child, NULL) == 0);

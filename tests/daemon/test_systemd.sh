@@ -14,30 +14,17 @@
 #
 # Prints PASS/FAIL/SKIP lines; exit 0, 1, or 77 when it cannot run here.
 # shellcheck disable=SC2016 # single-quoted code run by eval, awk or bash -c
-set -u
-TOP=$(cd "$(dirname "$0")/../.." && pwd)
-BUILD=${BUILD:-build}
-case $BUILD in /*) ;; *) BUILD=$TOP/$BUILD ;; esac
+name=systemd
+# shellcheck source-path=SCRIPTDIR source=../t.sh
+. "$(dirname "$0")/../t.sh"
 BIN=$BUILD/pagetrackd
 BALLOON=$BUILD/ptballoon
 PIN=/sys/fs/bpf/pagetrack-systest-$$
 CG=pagetrack-systest-$$
 SOCK=/run/pagetrack/balloon.sock
-fails=0 NSPID='' W='' MARK=''
+NSPID='' W='' MARK=''
 DEFPIN_NEW=
 [ -e /sys/fs/bpf/pagetrack ] || DEFPIN_NEW=yes
-
-pass() { echo "PASS: systemd: $*"; }
-fail() { echo "FAIL: systemd: $*"; fails=$((fails + 1)); }
-check() { # check NAME COMMAND...
-	local name=$1
-	shift
-	if "$@"; then pass "$name"; else fail "$name"; fi
-}
-skip() {
-	echo "SKIP: systemd: $*"
-	exit 77
-}
 
 [ "$(id -u)" -eq 0 ] || skip "needs root"
 for t in unshare nsenter systemctl systemd-analyze mountpoint python3; do

@@ -10,24 +10,10 @@
 #   the view in tmux at 80x24: it renders the VM's row, `q` and Ctrl-C end it, and the
 #   terminal is given back (main screen, cursor, canonical mode with echo).
 # The rate against a real guest writing at a known rate: test_top_kvm (needs /dev/kvm).
-set -u
-TOP=$(cd "$(dirname "$0")/../.." && pwd)
-BUILD=${BUILD:-build}
-case $BUILD in /*) ;; *) BUILD=$TOP/$BUILD ;; esac
-BIN=$BUILD/pagetrackd
 name=top
-fails=0
-pass() { echo "PASS: $name: $*"; }
-fail() { echo "FAIL: $name: $*"; fails=$((fails + 1)); }
-check() { # NAME COMMAND...
-	local n=$1
-	shift
-	if "$@"; then pass "$n"; else fail "$n"; fi
-}
-skip() {
-	echo "SKIP: $name: $*"
-	exit 77
-}
+# shellcheck source-path=SCRIPTDIR source=../t.sh
+. "$(dirname "$0")/../t.sh"
+BIN=$BUILD/pagetrackd
 [ "$(id -u)" -eq 0 ] || skip "needs root (BPF)"
 for t in tmux python3; do command -v $t >/dev/null || skip "$t not installed (make deps)"; done
 [ -x "$BIN" ] && [ -x "$BUILD/ptballoon" ] || skip "build first (make)"

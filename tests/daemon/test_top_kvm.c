@@ -13,9 +13,8 @@
 #include <time.h>
 
 #include "t.h"
-#include "vmm/minivm.h"
-#include "pagetrack/client.h"
-#include "tools/spawn.h"
+#include "svc.h"
+#include "guest.h"
 
 #define DATA_GPA   (1ull << 30)
 #define DATA_PAGES 16384
@@ -23,14 +22,6 @@
 #define PERIOD_MS  50
 #define WRITE_MS   6000
 #define SAMPLES	   9
-
-static struct pt_spawned svc;
-
-static void stop_service(void)
-{
-	if (svc.pid > 0)
-		pt_spawn_stop(&svc, SIGTERM);
-}
 
 struct mark {
 	uint64_t t_ms, pages; /* pages written when t_ms ended */
@@ -150,12 +141,9 @@ static int rate_matches_guest(void)
 	size_t nm = 0, ns = 0, compared = 0;
 	FILE *top;
 
-	T_REQUIRE(t_need_kvm());
-	T_REQUIRE(t_need_bpf());
-	if (minivm_supported(MINIVM_DIRTY_RING))
-		return t_skip("KVM has no dirty ring");
-	CHECK(pt_spawn_service(&svc, NULL, "top", NULL) == 0);
-	atexit(stop_service);
+	T_REQUIRE(need_ring_guest());
+	svc_must_start = true; /* this binary's service (svc.h) */
+	T_REQUIRE(need_service());
 	CHECK(setup(&vm, &c) == 0);
 	snprintf(cmd, sizeof(cmd), "%s -r %s top --json -n %d -i 1",
 		 pt_spawn_default_bin(bin, sizeof(bin)), svc.dir, SAMPLES);

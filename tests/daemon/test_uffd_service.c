@@ -159,118 +159,95 @@ static void vmm_down(struct vmm *v)
 		munmap(v->mem, NPAGES * PAGE);
 }
 
-/* Runs fn in a forked child (the VMM): its exit code is the case's result. */
-static int as_vmm(int (*fn)(void))
+/* A case's body, run by the VMM with its guest memory registered (vmm_up()). */
+typedef int (*vmm_body)(struct vmm *v);
+
+struct vmm_case {
+	enum mem_kind kind;
+	vmm_body body;
+};
+
+static int vmm_child(void *arg)
 {
-	int status;
-	pid_t pid;
+	const struct vmm_case *vc = arg;
+	struct vmm v;
+	int rc = vmm_up(&v, vc->kind);
+
+	if (!rc)
+		rc = vc->body(&v);
+	vmm_down(&v);
+	return rc;
+}
+
+/* Runs body in a forked child, the VMM (svc.h's in_child()): its result is the case's. */
+static int as_vmm(enum mem_kind kind, vmm_body body)
+{
+	struct vmm_case vc = { kind, body };
 
 	T_REQUIRE(need_service());
-	fflush(NULL);
-	pid = fork();
-	if (pid < 0)
-		return -1;
-	if (!pid)
-		_exit(fn() ? 1 : 0);
-	if (waitpid(pid, &status, 0) != pid)
-		return -1;
-	return WIFEXITED(status) && !WEXITSTATUS(status) ? 0 : -1;
+	return in_child(vmm_child, &vc);
 }
 
 /* --- cases ------------------------------------------------------------------------------- */
 
-static int hint_write_query(enum mem_kind kind)
+static int hint_write_query(struct vmm *v)
 {
-	struct vmm v;
-	int rc = vmm_up(&v, kind);
-
-	if (rc)
-		goto out;
-	rc = -1;
 	/* Before any ARM nothing is vouched for; ARM is the sync, nothing else is needed. */
-	if (pt_client_arm(v.c, 2) || hint_all(&v, 2))
-		goto out;
+	CHECK(!pt_client_arm(v->c, 2));
+	CHECK(!hint_all(v, 2));
 	for (uint64_t p = 0; p < NPAGES; p++)
 		if (written(p))
-			vmm_write(&v, p);
-	if (pt_client_stop(v.c, 2) || check_verdict(&v, 2, true) || pt_client_done(v.c, 2))
-		goto out;
+			vmm_write(v, p);
+	CHECK(!pt_client_stop(v->c, 2));
+	CHECK(!check_verdict(v, 2, true));
+	CHECK(!pt_client_done(v->c, 2));
 	/* The next epoch starts clean: nothing written since its ARM. */
-	if (pt_client_arm(v.c, 3) || hint_all(&v, 3) || check_verdict(&v, 3, false))
-		goto out;
-	rc = 0;
-out:
-	vmm_down(&v);
-	return rc;
-}
-
-static int anon_4k(void)
-{
-	return hint_write_query(MEM_ANON);
-}
-
-static int anon_thp(void)
-{
-	return hint_write_query(MEM_THP);
-}
-
-static int shmem(void)
-{
-	return hint_write_query(MEM_SHMEM);
+	CHECK(!pt_client_arm(v->c, 3));
+	CHECK(!hint_all(v, 3));
+	CHECK(!check_verdict(v, 3, false));
+	return 0;
 }
 
 static int hint_write_query_4k(void)
 {
-	return as_vmm(anon_4k);
+	return as_vmm(MEM_ANON, hint_write_query);
 }
 
 static int hint_write_query_thp(void)
 {
-	return as_vmm(anon_thp);
+	return as_vmm(MEM_THP, hint_write_query);
 }
 
 static int hint_write_query_shmem(void)
 {
-	return as_vmm(shmem);
+	return as_vmm(MEM_SHMEM, hint_write_query);
 }
 
 /* The VMM unregisters its memory behind the service's back: keep, with the reason. */
-static int unregistered_body(void)
+static int unregistered_body(struct vmm *v)
 {
+	struct uffdio_range r = { (uintptr_t)v->mem, NPAGES * PAGE };
 	struct pt_client_result res = { 0 };
-	struct uffdio_range r;
-	struct vmm v;
-	int rc = vmm_up(&v, MEM_ANON);
 
-	if (rc)
-		goto out;
-	rc = -1;
-	r = (struct uffdio_range){ (uintptr_t)v.mem, NPAGES * PAGE };
-	if (pt_client_arm(v.c, 2) || hint_all(&v, 2) || ioctl(v.uffd, UFFDIO_UNREGISTER, &r))
-		goto out;
-	vmm_write(&v, 3); /* now unseen */
-	if (pt_client_query(v.c, 2, PT_Q_HINTS, &res))
-		goto out;
-	if (!(res.v.unsure_reason & PT_WHY_UFFD_LOST) || res.v.free || res.v.nranges ||
-	    res.v.kept_unsure != res.v.hinted) {
-		fprintf(stderr, "  why %#x free %lu\n", res.v.unsure_reason,
-			(unsigned long)res.v.free);
-		goto out;
-	}
-	rc = 0;
-out:
+	CHECK(!pt_client_arm(v->c, 2));
+	CHECK(!hint_all(v, 2));
+	CHECK(!ioctl(v->uffd, UFFDIO_UNREGISTER, &r));
+	vmm_write(v, 3); /* now unseen */
+	CHECK(!pt_client_query(v->c, 2, PT_Q_HINTS, &res));
+	CHECKF((res.v.unsure_reason & PT_WHY_UFFD_LOST) && !res.v.free && !res.v.nranges &&
+		       res.v.kept_unsure == res.v.hinted,
+	       "why %#x free %lu", res.v.unsure_reason, (unsigned long)res.v.free);
 	pt_client_result_free(&res);
-	vmm_down(&v);
-	return rc;
+	return 0;
 }
 
 static int unregistered_behind_back(void)
 {
-	return as_vmm(unregistered_body);
+	return as_vmm(MEM_ANON, unregistered_body);
 }
 
 /* Registrations the service must refuse, with a clear error. */
-static int refused_body(void)
+static int refused_body(void *unused)
 {
 	struct pt_reg_slot2 sl = { .gpa = 0, .size = 16 * PAGE, .id = 1 };
 	int efd = eventfd(0, EFD_CLOEXEC), pm = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
@@ -314,214 +291,156 @@ static int refused_body(void)
 
 static int refused_registrations(void)
 {
-	return as_vmm(refused_body);
+	T_REQUIRE(need_service());
+	return in_child(refused_body, NULL);
 }
 
 /* Free page reporting across an ARM: a page written in the old epoch is not free after it. */
-static int report_body(void)
+static int report_body(struct vmm *v)
 {
 	static struct pt_range r[32];
 	struct pt_client_result res = { 0 };
-	struct vmm v;
-	int rc = vmm_up(&v, MEM_ANON);
 
-	if (rc)
-		goto out;
-	rc = -1;
 	for (int i = 0; i < 32; i++)
 		r[i] = (struct pt_range){ page_gpa(100 + i * 2), PAGE };
-	if (pt_client_arm(v.c, 2) || pt_client_report(v.c, r, 32, NULL))
-		goto out;
-	vmm_write(&v, 100);	   /* old epoch */
-	if (pt_client_arm(v.c, 3)) /* folds page 100 into "not free" */
-		goto out;
-	vmm_write(&v, 102); /* new epoch */
-	if (pt_client_query(v.c, 0, PT_Q_REPORTED, &res))
-		goto out;
-	if (res.v.unsure_reason || res.v.free != 30 || in_ranges(&res, page_gpa(100)) ||
-	    in_ranges(&res, page_gpa(102)) || !in_ranges(&res, page_gpa(104))) {
-		fprintf(stderr, "  why %#x free %lu\n", res.v.unsure_reason,
-			(unsigned long)res.v.free);
-		goto out;
-	}
-	rc = 0;
-out:
+	CHECK(!pt_client_arm(v->c, 2));
+	CHECK(!pt_client_report(v->c, r, 32, NULL));
+	vmm_write(v, 100);		/* old epoch */
+	CHECK(!pt_client_arm(v->c, 3)); /* folds page 100 into "not free" */
+	vmm_write(v, 102);		/* new epoch */
+	CHECK(!pt_client_query(v->c, 0, PT_Q_REPORTED, &res));
+	CHECKF(!res.v.unsure_reason && res.v.free == 30 && !in_ranges(&res, page_gpa(100)) &&
+		       !in_ranges(&res, page_gpa(102)) && in_ranges(&res, page_gpa(104)),
+	       "why %#x free %lu", res.v.unsure_reason, (unsigned long)res.v.free);
 	pt_client_result_free(&res);
-	vmm_down(&v);
-	return rc;
+	return 0;
 }
 
 static int report_across_arm(void)
 {
-	return as_vmm(report_body);
+	return as_vmm(MEM_ANON, report_body);
 }
 
 /* WR_READ: exactly the pages written since ARM, on every read. */
-static int wr_read_body(void)
+static int wr_read_body(struct vmm *v)
 {
 	struct pt_range r = { 0, 64 * PAGE };
 	struct pt_client_result res = { 0 };
-	struct vmm v;
-	int rc = vmm_up(&v, MEM_ANON);
 
-	if (rc)
-		goto out;
-	rc = -1;
-	if (pt_client_arm(v.c, 2))
-		goto out;
-	vmm_write(&v, 5);
-	vmm_write(&v, 6);
-	vmm_write(&v, 40);
+	CHECK(!pt_client_arm(v->c, 2));
+	vmm_write(v, 5);
+	vmm_write(v, 6);
+	vmm_write(v, 40);
 	for (int i = 0; i < 2; i++) {
-		if (pt_client_wr_read(v.c, &r, 1, &res))
-			goto out;
-		if (res.v.unsure_reason || res.v.nranges != 2 || res.ranges[0].gpa != 5 * PAGE ||
-		    res.ranges[0].len != 2 * PAGE || res.ranges[1].gpa != 40 * PAGE) {
-			fprintf(stderr, "  why %#x, %u ranges\n", res.v.unsure_reason,
-				res.v.nranges);
-			goto out;
-		}
+		CHECK(!pt_client_wr_read(v->c, &r, 1, &res));
+		CHECKF(!res.v.unsure_reason && res.v.nranges == 2 &&
+			       res.ranges[0].gpa == 5 * PAGE && res.ranges[0].len == 2 * PAGE &&
+			       res.ranges[1].gpa == 40 * PAGE,
+		       "why %#x, %u ranges", res.v.unsure_reason, res.v.nranges);
 		pt_client_result_free(&res);
 	}
-	rc = 0;
-out:
-	pt_client_result_free(&res);
-	vmm_down(&v);
-	return rc;
+	return 0;
 }
 
 static int wr_read(void)
 {
-	return as_vmm(wr_read_body);
+	return as_vmm(MEM_ANON, wr_read_body);
 }
 
 /*
  * A new connection (a reconnect, or a restarted service) registers again with the same
  * userfaultfd: nothing is vouched for until its ARM, then verdicts are exact again.
  */
-static int reregister_body(void)
+static int reregister_body(struct vmm *v)
 {
 	struct pt_client_result res = { 0 };
-	struct vmm v;
-	int rc = vmm_up(&v, MEM_ANON), err;
+	int err;
 
-	if (rc)
-		goto out;
-	rc = -1;
-	if (pt_client_arm(v.c, 2) || hint_all(&v, 2))
-		goto out;
-	pt_client_close(v.c);
-	v.c = connect_svc();
-	err = v.c ? pt_client_register_uffd(v.c, v.slots, 2, -1, &v.uffd, NULL) : -EIO;
-	if (err) {
-		fprintf(stderr, "  register again: %s\n", strerror(-err));
-		goto out;
-	}
+	CHECK(!pt_client_arm(v->c, 2));
+	CHECK(!hint_all(v, 2));
+	pt_client_close(v->c);
+	v->c = connect_svc();
+	err = v->c ? pt_client_register_uffd(v->c, v->slots, 2, -1, &v->uffd, NULL) : -EIO;
+	CHECKF(!err, "register again: %s", strerror(-err));
 	/* Hinting before ARM: refused as stale, nothing to vouch for. */
-	if (hint_all(&v, 2) != pt_client_errno(PT_E_STALE_CMD))
-		goto out;
-	if (pt_client_arm(v.c, 4) || hint_all(&v, 4))
-		goto out;
-	vmm_write(&v, 0);
-	vmm_write(&v, 7);
-	if (pt_client_query(v.c, 4, PT_Q_HINTS, &res) || res.v.unsure_reason ||
-	    res.v.kept_written != 1 || in_ranges(&res, page_gpa(0)) ||
-	    !in_ranges(&res, page_gpa(3)))
-		goto out;
-	rc = 0;
-out:
+	CHECK(hint_all(v, 2) == pt_client_errno(PT_E_STALE_CMD));
+	CHECK(!pt_client_arm(v->c, 4));
+	CHECK(!hint_all(v, 4));
+	vmm_write(v, 0);
+	vmm_write(v, 7);
+	CHECK(!pt_client_query(v->c, 4, PT_Q_HINTS, &res));
+	CHECK(!res.v.unsure_reason && res.v.kept_written == 1 && !in_ranges(&res, page_gpa(0)) &&
+	      in_ranges(&res, page_gpa(3)));
 	pt_client_result_free(&res);
-	vmm_down(&v);
-	return rc;
+	return 0;
 }
 
 /*
  * A reconnect with the registration's token resumes: command IDs go (PROTOCOL.md section 2),
  * but reported pages and the armed write log go on, so the reported set is still sure.
  */
-static int resume_body(void)
+static int resume_body(struct vmm *v)
 {
 	struct pt_client_reg reg = { .mode = PT_TRACK_UFFD, .nslots = 2, .nfds = 2 };
 	struct pt_range r[8];
 	struct pt_client_result res = { 0 };
 	uint64_t token;
-	int fds[2], rc;
-	struct vmm v;
+	int fds[2];
 
-	rc = vmm_up(&v, MEM_ANON);
-	if (rc)
-		goto out;
-	rc = -1;
 	for (int i = 0; i < 8; i++)
 		r[i] = (struct pt_range){ page_gpa(200 + i), PAGE };
-	if (pt_client_arm(v.c, 2) || pt_client_report(v.c, r, 8, NULL))
-		goto out;
-	vmm_write(&v, 201); /* before the reconnect */
-	token = pt_client_token(v.c);
-	pt_client_close(v.c);
-	v.c = connect_svc();
-	fds[0] = v.uffd;
+	CHECK(!pt_client_arm(v->c, 2));
+	CHECK(!pt_client_report(v->c, r, 8, NULL));
+	vmm_write(v, 201); /* before the reconnect */
+	token = pt_client_token(v->c);
+	pt_client_close(v->c);
+	v->c = connect_svc();
+	fds[0] = v->uffd;
 	fds[1] = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
-	reg.slots = v.slots;
+	reg.slots = v->slots;
 	reg.fds = fds;
 	reg.resume = token;
-	if (!v.c || !token || pt_client_register2(v.c, &reg, NULL))
-		goto out;
+	CHECK(v->c && token && !pt_client_register2(v->c, &reg, NULL));
 	close(fds[1]);
-	vmm_write(&v, 203); /* after it */
-	if (pt_client_query(v.c, 0, PT_Q_REPORTED, &res) || res.v.unsure_reason ||
-	    res.v.free != 6 || in_ranges(&res, page_gpa(201)) || in_ranges(&res, page_gpa(203)) ||
-	    !in_ranges(&res, page_gpa(200))) {
-		fprintf(stderr, "  why %#x hinted %lu free %lu\n", res.v.unsure_reason,
-			(unsigned long)res.v.hinted, (unsigned long)res.v.free);
-		goto out;
-	}
-	rc = 0;
-out:
+	vmm_write(v, 203); /* after it */
+	CHECK(!pt_client_query(v->c, 0, PT_Q_REPORTED, &res));
+	CHECKF(!res.v.unsure_reason && res.v.free == 6 && !in_ranges(&res, page_gpa(201)) &&
+		       !in_ranges(&res, page_gpa(203)) && in_ranges(&res, page_gpa(200)),
+	       "why %#x hinted %lu free %lu", res.v.unsure_reason, (unsigned long)res.v.hinted,
+	       (unsigned long)res.v.free);
 	pt_client_result_free(&res);
-	vmm_down(&v);
-	return rc;
+	return 0;
 }
 
 static int resume_keeps_log(void)
 {
-	return as_vmm(resume_body);
+	return as_vmm(MEM_ANON, resume_body);
 }
 
 static int reregister_same_uffd(void)
 {
-	return as_vmm(reregister_body);
+	return as_vmm(MEM_ANON, reregister_body);
 }
 
 /* Balloon pages the guest writes without a deflate are reclaims, found by this mode too. */
-static int reclaim_body(void)
+static int reclaim_body(struct vmm *v)
 {
 	struct pt_range r = { page_gpa(10), 8 * PAGE };
 	struct pt_client_result res = { 0 };
-	struct vmm v;
-	int rc = vmm_up(&v, MEM_ANON);
 
-	if (rc)
-		goto out;
-	rc = -1;
-	if (pt_client_arm(v.c, 2) || pt_client_inflate(v.c, &r, 1, NULL))
-		goto out;
-	vmm_write(&v, 12);
-	if (pt_client_query(v.c, 0, PT_Q_RECLAIMED, &res) || res.v.nranges != 1 ||
-	    res.ranges[0].gpa != page_gpa(12) || res.ranges[0].len != PAGE) {
-		fprintf(stderr, "  %u reclaimed ranges\n", res.v.nranges);
-		goto out;
-	}
-	rc = 0;
-out:
+	CHECK(!pt_client_arm(v->c, 2));
+	CHECK(!pt_client_inflate(v->c, &r, 1, NULL));
+	vmm_write(v, 12);
+	CHECK(!pt_client_query(v->c, 0, PT_Q_RECLAIMED, &res));
+	CHECKF(res.v.nranges == 1 && res.ranges[0].gpa == page_gpa(12) && res.ranges[0].len == PAGE,
+	       "%u reclaimed ranges", res.v.nranges);
 	pt_client_result_free(&res);
-	vmm_down(&v);
-	return rc;
+	return 0;
 }
 
 static int silent_reclaim(void)
 {
-	return as_vmm(reclaim_body);
+	return as_vmm(MEM_ANON, reclaim_body);
 }
 
 /*
@@ -624,7 +543,7 @@ out:
 	return rc;
 }
 
-static int race_body(void)
+static int race_body(void *unused)
 {
 	struct pt_reg_slot2 slot = { .gpa = 0, .size = (uint64_t)RACE_PAGES * PAGE, .id = 1 };
 	struct pt_range *hints = calloc(RACE_HINTS, sizeof(*hints));
@@ -676,7 +595,8 @@ static int race_body(void)
 
 static int race_writer_100k(void)
 {
-	return as_vmm(race_body);
+	T_REQUIRE(need_service());
+	return in_child(race_body, NULL);
 }
 
 /*
@@ -685,7 +605,7 @@ static int race_writer_100k(void)
  * userfaultfd and ARMs, and verdicts are exact again (a write made while the service was
  * down predates that ARM).
  */
-static int restart_body(void)
+static int restart_body(void *unused)
 {
 	struct pt_range hint = { page_gpa(0), 16 * PAGE };
 	struct pt_client_result res = { 0 };
@@ -731,31 +651,25 @@ static int restart_body(void)
 
 static int kill9_restart(void)
 {
-	T_REQUIRE(t_need_bpf());
-	return as_vmm(restart_body);
+	T_REQUIRE(need_service()); /* runs beside the two services this case starts */
+	return in_child(restart_body, NULL);
 }
 
 /* status.json names the mode. */
-static int status_body(void)
+static int status_body(struct vmm *v)
 {
 	static char buf[65536];
-	struct vmm v;
-	int rc = vmm_up(&v, MEM_ANON), i;
+	int i;
 
-	if (rc)
-		goto out;
-	rc = -1;
 	for (i = 0; i < 300 && !strstr(status_json(buf, sizeof(buf)), "\"mode\": \"uffd\""); i++)
 		usleep(10000);
-	rc = i < 300 ? 0 : -1;
-out:
-	vmm_down(&v);
-	return rc;
+	CHECKF(i < 300, "status.json never said \"mode\": \"uffd\"");
+	return 0;
 }
 
 static int status_mode(void)
 {
-	return as_vmm(status_body);
+	return as_vmm(MEM_ANON, status_body);
 }
 
 /* ptballoon's userfaultfd mode: its own memory as the guest, one page written of 16 hinted. */

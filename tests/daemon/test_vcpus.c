@@ -18,8 +18,8 @@
 #include <pagetrack/client.h>
 
 #include "t.h"
-#include "tools/spawn.h"
-#include "vmm/minivm.h"
+#include "svc.h"
+#include "guest.h"
 
 #define NVCPUS	     4
 #define DATA_GPA     (1ull << 30)
@@ -31,8 +31,6 @@
 #define MIN_HINTED   100000
 #define MIN_EPOCHS   20
 #define TIME_LIMIT_S 240
-
-static struct pt_spawned svc;
 
 struct race {
 	struct minivm *m;
@@ -226,7 +224,7 @@ static int one_epoch(struct race *r, struct pt_client *c, uint32_t id, uint64_t 
 	return 0;
 }
 
-static int race_child(void)
+static int race_child(void *unused)
 {
 	struct minivm_opts o = {
 		.dirty = MINIVM_DIRTY_RING, .nslots = 1, .nvcpus = NVCPUS, .ring_entries = 1024
@@ -295,33 +293,13 @@ out:
 	return 0;
 }
 
-static void stop_service(void)
-{
-	if (svc.pid > 0)
-		pt_spawn_stop(&svc, SIGTERM);
-}
-
+/* The VMM is a child (svc.h's in_child()) of this binary's service, which must start. */
 static int four_vcpus_race_zero_false_free(void)
 {
-	pid_t pid;
-	int st;
-
-	T_REQUIRE(t_need_kvm());
-	T_REQUIRE(t_need_bpf());
-	if (minivm_supported(MINIVM_DIRTY_RING))
-		return t_skip("KVM has no dirty ring");
-	CHECK(!pt_spawn_service(&svc, NULL, "vcpus", NULL));
-	atexit(stop_service);
-	fflush(NULL);
-	pid = fork();
-	if (pid == 0) {
-		int rc = race_child();
-
-		fflush(NULL);
-		_exit(rc ? 1 : 0);
-	}
-	CHECK(pid > 0 && waitpid(pid, &st, 0) == pid);
-	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+	T_REQUIRE(need_ring_guest());
+	svc_must_start = true;
+	T_REQUIRE(need_service());
+	return in_child(race_child, NULL);
 }
 
 T_MAIN(T_CASE(four_vcpus_race_zero_false_free))

@@ -7,23 +7,9 @@
 # there) and checks what landed: the programs run, the library resolves by its SONAME,
 # the unit starts the packaged binary, the configuration is a conffile, the manual pages
 # render, and the example device builds against libpagetrack-dev with pkg-config alone.
-set -u
-TOP=$(cd "$(dirname "$0")/../.." && pwd)
-BUILD=${BUILD:-build}
-case $BUILD in /*) ;; *) BUILD=$TOP/$BUILD ;; esac
 name=deb
-fails=0
-pass() { echo "PASS: $name: $*"; }
-fail() { echo "FAIL: $name: $*"; fails=$((fails + 1)); }
-check() { # NAME COMMAND...
-	local n=$1
-	shift
-	if "$@"; then pass "$n"; else fail "$n"; fi
-}
-skip() {
-	echo "SKIP: $name: $*"
-	exit 77
-}
+# shellcheck source-path=SCRIPTDIR source=../t.sh
+. "$(dirname "$0")/../t.sh"
 for t in dpkg-buildpackage dh lintian dpkg-deb fakeroot clang bpftool scdoc pkg-config; do
 	command -v $t >/dev/null || skip "$t not installed (make deps)"
 done

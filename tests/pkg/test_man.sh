@@ -6,18 +6,9 @@
 # `pagetrackd --help` is in pagetrackd(8), every key of the shipped pagetrack.conf in
 # pagetrack.conf(5), every command of ptballoon's usage in ptballoon(1), every PT_API
 # function of client.h in libpagetrack(3).
-set -u
-TOP=$(cd "$(dirname "$0")/../.." && pwd)
-BUILD=${BUILD:-build}
-case $BUILD in /*) ;; *) BUILD=$TOP/$BUILD ;; esac
 name=man
-fails=0
-pass() { echo "PASS: $name: $*"; }
-fail() { echo "FAIL: $name: $*"; fails=$((fails + 1)); }
-skip() {
-	echo "SKIP: $name: $*"
-	exit 77
-}
+# shellcheck source-path=SCRIPTDIR source=../t.sh
+. "$(dirname "$0")/../t.sh"
 command -v man >/dev/null || skip "man not installed (make deps: man-db)"
 command -v groff >/dev/null || skip "groff not installed (make deps: groff-base)"
 pages="pagetrackd.8 pagetrack.conf.5 ptballoon.1 libpagetrack.3"

@@ -8,23 +8,9 @@
 # versions (exactly the PT_API functions of the headers, all at LIBPAGETRACK_1, as the
 # generated version script lists them), a static link through `pkg-config --static`, and that
 # uninstall.sh removes it all again.
-set -u
-TOP=$(cd "$(dirname "$0")/../.." && pwd)
-BUILD=${BUILD:-build}
-case $BUILD in /*) ;; *) BUILD=$TOP/$BUILD ;; esac
 name=pkgconfig
-fails=0
-pass() { echo "PASS: $name: $*"; }
-fail() { echo "FAIL: $name: $*"; fails=$((fails + 1)); }
-check() { # NAME COMMAND...
-	local n=$1
-	shift
-	if "$@"; then pass "$n"; else fail "$n"; fi
-}
-skip() {
-	echo "SKIP: $name: $*"
-	exit 77
-}
+# shellcheck source-path=SCRIPTDIR source=../t.sh
+. "$(dirname "$0")/../t.sh"
 for t in pkg-config readelf objdump cc; do
 	command -v $t >/dev/null || skip "$t not installed (make deps)"
 done

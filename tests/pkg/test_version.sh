@@ -3,19 +3,9 @@
 #
 # One release number, in VERSION: pagetrackd --version prints it, CHANGELOG.md's top entry and
 # debian/changelog's name it, and nothing else in the tree spells a version of its own.
-set -u
-TOP=$(cd "$(dirname "$0")/../.." && pwd)
-BUILD=${BUILD:-build}
-case $BUILD in /*) ;; *) BUILD=$TOP/$BUILD ;; esac
 name=version
-fails=0
-pass() { echo "PASS: $name: $*"; }
-fail() { echo "FAIL: $name: $*"; fails=$((fails + 1)); }
-check() { # NAME COMMAND...
-	local n=$1
-	shift
-	if "$@"; then pass "$n"; else fail "$n"; fi
-}
+# shellcheck source-path=SCRIPTDIR source=../t.sh
+. "$(dirname "$0")/../t.sh"
 V=$(cat "$TOP/VERSION")
 check "VERSION is one line, MAJOR.MINOR.PATCH ($V)" \
 	eval '[ "$(wc -l <"$TOP/VERSION")" -eq 1 ] && [[ $V =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]]'

@@ -3,8 +3,9 @@
 # `make demo` (build/ptdemo): a ring round, then a userfaultfd round, each checked against what
 # was really written; exit 0 only if every round that ran matched. Without /dev/kvm the ring
 # round must say it is skipped and why, and the uffd round must run with the demo as the VMM.
-set -u
-BUILD=${BUILD:-build}
+name=demo
+# shellcheck source-path=SCRIPTDIR source=../t.sh
+. "$(dirname "$0")/../t.sh"
 DEMO="$BUILD/ptdemo"
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -17,17 +18,6 @@ if [ ! -x "$DEMO" ]; then
 fi
 out=$(mktemp /tmp/pagetrack-test-demo.XXXXXX)
 trap 'rm -f "$out"' EXIT
-fail=0
-check() {
-	local what=$1
-	shift
-	if "$@"; then
-		echo "PASS: demo: $what"
-	else
-		echo "FAIL: demo: $what"
-		fail=1
-	fi
-}
 
 timeout -k 5 120 "$DEMO" >"$out" 2>&1
 rc=$?
@@ -59,5 +49,5 @@ if [ ! -c /dev/kvm ]; then
 		grep -q '^  no /dev/kvm: the VMM writes its own memory' "$out"
 	check "no /dev/kvm: no ring round ran" grep -q '^  SKIPPED: ' "$out"
 fi
-[ "$fail" -eq 0 ] || cat "$out"
-exit $fail
+[ "$fails" -eq 0 ] || cat "$out"
+[ "$fails" -eq 0 ]

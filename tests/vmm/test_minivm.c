@@ -334,14 +334,43 @@ cleanup:
 	return ret;
 }
 
+/* Harvests the ring and appends its GFNs to all[*nall] (room for cap in all). */
+static int harvest_append(struct minivm *vm, uint64_t *all, size_t *nall, size_t cap)
+{
+	uint64_t *got;
+	size_t ngot;
+
+	if (minivm_harvest(vm, &got, &ngot))
+		return -1;
+	CHECKF(*nall + ngot <= cap, "%zu + %zu harvested GFNs, room for %zu", *nall, ngot, cap);
+	memcpy(all + *nall, got, ngot * sizeof(*got));
+	*nall += ngot;
+	free(got);
+	return 0;
+}
+
+/* Harvests the ring and adds how many of its GFNs are data pages (not the system slot's). */
+static int harvest_count_data(struct minivm *vm, size_t *ndata)
+{
+	uint64_t *got;
+	size_t ngot;
+
+	if (minivm_harvest(vm, &got, &ngot))
+		return -1;
+	for (size_t i = 0; i < ngot; i++)
+		*ndata += !minivm_is_system_gfn(vm, got[i]);
+	free(got);
+	return 0;
+}
+
 /* A ring smaller than the write: -ENOSPC, harvest, resume; the union is complete. */
 static int ring_full_resume(void)
 {
 	struct minivm_opts o;
 	struct minivm *vm = NULL;
 	const size_t n = 3000;
-	uint64_t *g = malloc(n * sizeof(*g)), *all = malloc(n * 2 * sizeof(*all)), *got;
-	size_t nall = 0, ngot;
+	uint64_t *g = malloc(n * sizeof(*g)), *all = malloc(n * 2 * sizeof(*all));
+	size_t nall = 0;
 	int r, stops = 0, ret = -1;
 
 	T_REQUIRE(need_mode(MINIVM_DIRTY_RING));
@@ -353,26 +382,17 @@ static int ring_full_resume(void)
 	if (minivm_create(&vm, &o))
 		goto cleanup;
 	for (r = minivm_guest_write(vm, g, n, 42); r == -ENOSPC; r = minivm_resume(vm)) {
-		if (!minivm_write_pending(vm) || ++stops > 100)
+		if (!minivm_write_pending(vm) || ++stops > 100 ||
+		    harvest_append(vm, all, &nall, n * 2))
 			goto cleanup;
-		if (minivm_harvest(vm, &got, &ngot))
-			goto cleanup;
-		CHECK(nall + ngot <= n * 2);
-		memcpy(all + nall, got, ngot * sizeof(*got));
-		nall += ngot;
-		free(got);
 	}
 	/* 3000 writes, 896 per harvest with a 1024 entry ring: 3 stops. */
 	if (r || minivm_write_pending(vm) || stops < 2) {
 		fprintf(stderr, "  r=%d stops=%d\n", r, stops);
 		goto cleanup;
 	}
-	if (minivm_harvest(vm, &got, &ngot))
+	if (harvest_append(vm, all, &nall, n * 2))
 		goto cleanup;
-	CHECK(nall + ngot <= n * 2);
-	memcpy(all + nall, got, ngot * sizeof(*got));
-	nall += ngot;
-	free(got);
 	/* Compare the union of the partial harvests, as GPAs, with what was asked. */
 	for (size_t i = 0; i < nall; i++)
 		all[i] *= PAGE;
@@ -412,8 +432,8 @@ static int ring_same_page(void)
 	struct minivm_opts o;
 	struct minivm *vm = NULL;
 	const size_t n = 5000;
-	uint64_t *g = malloc(n * sizeof(*g)), *got = NULL;
-	size_t ngot, ndata = 0;
+	uint64_t *g = malloc(n * sizeof(*g));
+	size_t ndata = 0;
 	int r, stops = 0, ret = -1;
 
 	T_REQUIRE(need_mode(MINIVM_DIRTY_RING));
@@ -425,21 +445,15 @@ static int ring_same_page(void)
 	if (minivm_create(&vm, &o))
 		goto cleanup;
 	for (r = minivm_guest_write(vm, g, n, 9); r == -ENOSPC; r = minivm_resume(vm)) {
-		if (++stops > 1000 || minivm_harvest(vm, &got, &ngot))
+		if (++stops > 1000 || harvest_count_data(vm, &ndata))
 			goto cleanup;
-		for (size_t i = 0; i < ngot; i++)
-			ndata += !minivm_is_system_gfn(vm, got[i]);
-		free(got);
 	}
 	if (r) {
 		fprintf(stderr, "  write: %s after %d stops\n", strerror(-r), stops);
 		goto cleanup;
 	}
-	if (minivm_harvest(vm, &got, &ngot))
+	if (harvest_count_data(vm, &ndata))
 		goto cleanup;
-	for (size_t i = 0; i < ngot; i++)
-		ndata += !minivm_is_system_gfn(vm, got[i]);
-	free(got);
 	/* At most once per harvest: the page, and nothing else. */
 	CHECKF(ndata >= 1 && ndata <= (size_t)stops + 1, "%zu data gfns over %d stops", ndata,
 	       stops);

@@ -7,7 +7,7 @@
  */
 #include "t.h"
 #include "writelog/canary.h"
-#include "vmm/minivm.h"
+#include "guest.h"
 
 static int canary_verdict_here(void)
 {
@@ -16,10 +16,7 @@ static int canary_verdict_here(void)
 	struct pt_coverage cov;
 	char buf[400];
 
-	T_REQUIRE(t_need_kvm());
-	T_REQUIRE(t_need_bpf());
-	if (minivm_supported(MINIVM_DIRTY_RING))
-		return t_skip("KVM has no dirty ring");
+	T_REQUIRE(need_ring_guest());
 	CHECK(!pt_tracker_open(&t, &o));
 	CHECK(!pt_canary_run(t, &cov));
 	printf("  coverage: %s\n", pt_coverage_str(&cov, buf, sizeof(buf)));

@@ -14,41 +14,19 @@
 #include <stdlib.h>
 #include <sys/ioctl.h>
 #include <sys/wait.h>
-#include <bpf/bpf.h>
-#include <bpf/libbpf.h>
 
 #include "t.h"
-#include "writelog/loader.h"
-#include "writelog/vmlog.h"
-#include "writelog.skel.h"
+#include "prog_run.h"
 
-#define SLOT_A_GPA (1ull << 20)
-#define SLOT_B_GPA (4ull << 30)
-#define RING_P	   0xffff888000200000ull /* a ring pointer both VMMs "use" (never read) */
+#define RING_P 0xffff888000200000ull /* a ring pointer both VMMs "use" (never read) */
 /* Rings whose fields cannot be read (first pages: the reads fail, vCPU index 0). */
 #define RING_A 0x1000ull
 #define RING_B 0x2000ull
 
-static struct pt_tracker *open_tracker(void)
-{
-	struct pt_loader_opts o = { .tdp = 0, .no_attach = true, .no_pin = true, .log_mb = 1 };
-	struct pt_tracker *t = NULL;
-
-	if (pt_tracker_open(&t, &o))
-		return NULL;
-	return t;
-}
-
-/* Slot 1: 64 pages at SLOT_A_GPA; slot 5: 256 pages at SLOT_B_GPA. */
+/* Both slots with KVM_MEM_LOG_DIRTY_PAGES. */
 static int track(struct pt_tracker *t, pid_t pid, uint32_t *vm)
 {
-	struct pt_slot_cfg slots[] = {
-		{ .gpa = SLOT_A_GPA, .size = 64 << 12, .id = 1, .logged = true },
-		{ .gpa = SLOT_B_GPA, .size = 256 << 12, .id = 5, .logged = true },
-	};
-	bool existed;
-
-	return pt_vm_track(t, pid, slots, 2, 0, vm, &existed);
+	return track_slots(t, pid, true, vm);
 }
 
 /* Every case runs on CPU 0 only: one per-CPU cache for all its pushes (and its children's). */
@@ -61,31 +39,19 @@ static int pin_cpu0(void)
 	return sched_setaffinity(0, sizeof(set), &set) ? -errno : 0;
 }
 
+/* Every case's start: on CPU 0, a fresh tracker with this process tracked as `*a`. */
+static int setup(struct pt_tracker **t, uint32_t *a)
+{
+	T_REQUIRE(t_need_bpf());
+	CHECK(!pin_cpu0());
+	return open_tracked(0, getpid(), true, t, a);
+}
+
 static int push(struct pt_tracker *t, uint64_t ring, uint64_t slot, uint64_t offset)
 {
 	uint64_t args[] = { ring, slot, offset };
-	LIBBPF_OPTS(bpf_test_run_opts, o, .ctx_in = args, .ctx_size_in = sizeof(args));
 
-	return bpf_prog_test_run_opts(bpf_program__fd(t->skel->progs.pt_ring_push), &o);
-}
-
-static bool written(struct pt_tracker *t, uint32_t vm, uint64_t gpa)
-{
-	struct pt_vm_slots sl;
-	uint64_t page;
-
-	if (pt_vm_slots_get(t, vm, &sl) || pt_slots_page(&sl, gpa >> 12, &page))
-		return false;
-	return pt_vm_page_written(t, vm, page);
-}
-
-static uint64_t count_bits(struct pt_tracker *t, uint32_t vm)
-{
-	uint64_t n = 0;
-
-	for (uint64_t w = 0; w < (t->vms[vm].log_bits + 63) / 64; w++)
-		n += __builtin_popcountll(pt_vm_log_word(t, vm, w));
-	return n;
+	return run_prog(t->skel->progs.pt_ring_push, args, 3);
 }
 
 static uint64_t gen_get(struct pt_tracker *t)
@@ -167,12 +133,8 @@ static int reused_ring_pointer_other_vmm(void)
 	int go[2], status;
 	pid_t child;
 
-	T_REQUIRE(t_need_bpf());
-	CHECK(!pin_cpu0());
-	t = open_tracker();
-	CHECK(t);
+	T_REQUIRE(setup(&t, &a));
 	CHECK(!attach_ioctl_progs(t, &l));
-	CHECK(!track(t, getpid(), &a));
 	CHECK(!pipe(go));
 	child = fork();
 	CHECK(child >= 0);
@@ -253,11 +215,7 @@ static int two_vms_alternate_on_one_cpu(void)
 	uint32_t a, b;
 	pid_t child;
 
-	T_REQUIRE(t_need_bpf());
-	CHECK(!pin_cpu0());
-	t = open_tracker();
-	CHECK(t);
-	CHECK(!track(t, getpid(), &a));
+	T_REQUIRE(setup(&t, &a));
 	CHECK(!pipe(ab) && !pipe(ba));
 	child = fork();
 	CHECK(child >= 0);
@@ -308,11 +266,7 @@ static int never_seen_ring(void)
 	int status;
 	pid_t child;
 
-	T_REQUIRE(t_need_bpf());
-	CHECK(!pin_cpu0());
-	t = open_tracker();
-	CHECK(t);
-	CHECK(!track(t, getpid(), &a));
+	T_REQUIRE(setup(&t, &a));
 	CHECK(!pt_vm_arm(t, a, &epoch));
 	CHECK(!push(t, RING_A, 5, 1));
 	child = fork();
@@ -360,11 +314,7 @@ static int ring_after_reregister(void)
 	struct pt_tracker *t;
 	uint32_t a, x, c;
 
-	T_REQUIRE(t_need_bpf());
-	CHECK(!pin_cpu0());
-	t = open_tracker();
-	CHECK(t);
-	CHECK(!track(t, getpid(), &a));
+	T_REQUIRE(setup(&t, &a));
 	CHECK(!push(t, RING_A, 5, 3));
 	CHECK(!pt_vm_untrack(t, a));
 	/* Not tracked: its ring logs nowhere, the cached entry notwithstanding. */
@@ -399,11 +349,7 @@ static int index_reused_generation_missed(void)
 	uint32_t a, x;
 	uint64_t gen;
 
-	T_REQUIRE(t_need_bpf());
-	CHECK(!pin_cpu0());
-	t = open_tracker();
-	CHECK(t);
-	CHECK(!track(t, getpid(), &a));
+	T_REQUIRE(setup(&t, &a));
 	CHECK(!push(t, RING_P, 5, 1));
 	CHECK(count_bits(t, a) == 1);
 	gen = gen_get(t);
@@ -434,11 +380,7 @@ static int same_ring_new_epoch_noted(void)
 	uint64_t epoch;
 	uint32_t a;
 
-	T_REQUIRE(t_need_bpf());
-	CHECK(!pin_cpu0());
-	t = open_tracker();
-	CHECK(t);
-	CHECK(!track(t, getpid(), &a));
+	T_REQUIRE(setup(&t, &a));
 	CHECK(!pt_vm_arm(t, a, &epoch));
 	CHECK(!push(t, RING_P, 1, 0));
 	CHECK(!ring_state(t, a, &r));
@@ -468,11 +410,7 @@ static int slot_guess_checked(void)
 	struct pt_tracker *t;
 	uint32_t a;
 
-	T_REQUIRE(t_need_bpf());
-	CHECK(!pin_cpu0());
-	t = open_tracker();
-	CHECK(t);
-	CHECK(!track(t, getpid(), &a));
+	T_REQUIRE(setup(&t, &a));
 	for (unsigned i = 0; i < sizeof(p) / sizeof(p[0]); i++) {
 		CHECK(!push(t, RING_P, p[i].slot, p[i].off));
 		CHECKF(written(t, a, p[i].gpa), "push %u", i);

@@ -16,7 +16,7 @@
 
 #include "t.h"
 #include "writelog/loader.h"
-#include "vmm/minivm.h"
+#include "guest.h"
 #include "writelog/vmlog.h"
 
 static struct minivm_opts ring_opts(void)
@@ -27,15 +27,6 @@ static struct minivm_opts ring_opts(void)
 	o.slots[1] = (struct minivm_slot){ .gpa = 3ull << 30, .size = 4 << 20, .id = 2 };
 	o.slots[2] = (struct minivm_slot){ .gpa = 64ull << 30, .size = 8 << 20, .id = 7 };
 	return o;
-}
-
-static int need_all(void)
-{
-	T_REQUIRE(t_need_kvm());
-	T_REQUIRE(t_need_bpf());
-	if (minivm_supported(MINIVM_DIRTY_RING))
-		return t_skip("KVM has no dirty ring");
-	return 0;
 }
 
 static struct pt_tracker *open_tracker(void)
@@ -96,21 +87,53 @@ static size_t gfns_of(const uint64_t *gpas, size_t n, uint64_t *out)
 	return m;
 }
 
+/* The VMM's harvest (and the reset after it), the harvested GFNs not needed. */
+static int harvest_drop(struct minivm *m)
+{
+	uint64_t *junk;
+	size_t nj;
+	int err = minivm_harvest(m, &junk, &nj);
+
+	if (!err)
+		free(junk);
+	return err;
+}
+
+/* Keeps the GFNs of data pages (not the system slot's) at the front: how many. */
+static size_t data_gfns(struct minivm *m, uint64_t *gfns, size_t n)
+{
+	size_t j = 0;
+
+	for (size_t i = 0; i < n; i++)
+		if (!minivm_is_system_gfn(m, gfns[i]))
+			gfns[j++] = gfns[i];
+	return j;
+}
+
+/* A case's start: a tracker, a minivm of `o`, and this process tracked with its slots. */
+static int ring_vm_start(struct pt_tracker **t, const struct minivm_opts *o, struct minivm **m,
+			 uint32_t *vm)
+{
+	T_REQUIRE(need_ring_guest());
+	*t = open_tracker();
+	CHECK(*t);
+	CHECK(!minivm_create(m, o));
+	CHECK(!track(*t, getpid(), o, *m, vm));
+	return 0;
+}
+
 /* KVM's harvest minus system pages must equal `want`, and so must the BPF log. */
 static int compare(struct pt_tracker *t, uint32_t vm, struct minivm *m, const uint64_t *want,
 		   size_t nwant)
 {
 	uint64_t *kvm = NULL, *bpf = NULL;
-	size_t nk = 0, nb = 0, j = 0;
+	size_t nk = 0, nb = 0;
 	int ret = -1;
 
 	if (pt_vm_written_gfns(t, vm, &bpf, &nb) || minivm_harvest(m, &kvm, &nk))
 		goto out;
 	qsort(bpf, nb, sizeof(*bpf), cmp_u64);
-	for (size_t i = 0; i < nk; i++)
-		if (!minivm_is_system_gfn(m, kvm[i]))
-			kvm[j++] = kvm[i];
-	nk = j;
+	nk = data_gfns(m, kvm, nk);
 	if (nk != nwant || memcmp(kvm, want, nk * 8)) {
 		fprintf(stderr, "  KVM reported %zu pages, guest wrote %zu\n", nk, nwant);
 		goto out;
@@ -129,17 +152,13 @@ out:
 static int ring_log_matches_kvm(void)
 {
 	struct minivm_opts o = ring_opts();
-	uint64_t gpas[3000], want[3000], epoch, *junk;
+	uint64_t gpas[3000], want[3000], epoch;
 	struct pt_tracker *t;
 	struct minivm *m;
-	size_t nj, nw;
+	size_t nw;
 	uint32_t vm;
 
-	T_REQUIRE(need_all());
-	t = open_tracker();
-	CHECK(t);
-	CHECK(!minivm_create(&m, &o));
-	CHECK(!track(t, getpid(), &o, m, &vm));
+	T_REQUIRE(ring_vm_start(&t, &o, &m, &vm));
 	for (unsigned round = 0; round < 5; round++) {
 		size_t n = round == 4 ? 3000 : 50 + round * 300;
 
@@ -147,8 +166,7 @@ static int ring_log_matches_kvm(void)
 		pick_pages(&o, 1000 + round, gpas, 40);
 		CHECK(!minivm_guest_write(m, gpas, 40, round));
 		CHECK(!pt_vm_arm(t, vm, &epoch));
-		CHECK(!minivm_harvest(m, &junk, &nj)); /* the VMM's sync, after the arm */
-		free(junk);
+		CHECK(!harvest_drop(m)); /* the VMM's sync, after the arm */
 		CHECK(pt_vm(t, vm)->sync_epoch == epoch);
 		nw = gfns_of(gpas, pick_pages(&o, round, gpas, n), want);
 		CHECK(!minivm_guest_write(m, gpas, n, 0xabc0 + round));
@@ -166,29 +184,22 @@ static int sync_counting_matches_ioctls(void)
 	struct minivm_opts o = ring_opts();
 	struct pt_tracker *t;
 	struct minivm *m;
-	uint64_t epoch, *junk, syncs0, gpa = 3ull << 30;
-	size_t nj;
+	uint64_t epoch, syncs0, gpa = 3ull << 30;
 	uint32_t vm;
 
-	T_REQUIRE(need_all());
-	t = open_tracker();
-	CHECK(t);
-	CHECK(!minivm_create(&m, &o));
-	CHECK(!track(t, getpid(), &o, m, &vm));
+	T_REQUIRE(ring_vm_start(&t, &o, &m, &vm));
 	syncs0 = pt_vm(t, vm)->syncs;
 	/* minivm, like QEMU, issues KVM_RESET_DIRTY_RINGS only when it harvested something. */
 	for (int i = 0; i < 7; i++) {
 		CHECK(!minivm_guest_write(m, &gpa, 1, i));
-		CHECK(!minivm_harvest(m, &junk, &nj));
-		free(junk);
+		CHECK(!harvest_drop(m));
 	}
 	CHECK(pt_vm(t, vm)->syncs == syncs0 + 7);
 	/* A sync before the arm does not count for the new epoch. */
 	CHECK(!pt_vm_arm(t, vm, &epoch));
 	CHECK(pt_vm(t, vm)->sync_epoch != epoch);
 	CHECK(!minivm_guest_write(m, &gpa, 1, 1));
-	CHECK(!minivm_harvest(m, &junk, &nj));
-	free(junk);
+	CHECK(!harvest_drop(m));
 	CHECK(pt_vm(t, vm)->sync_epoch == epoch);
 	CHECK(pt_vm(t, vm)->syncs == syncs0 + 8);
 	minivm_destroy(m);
@@ -203,19 +214,13 @@ static int sync_counting_matches_ioctls(void)
 static int incomplete_reset_not_synced(void)
 {
 	struct minivm_opts o = ring_opts();
-	uint64_t gpas[8], epoch, *junk;
+	uint64_t gpas[8], epoch;
 	struct pt_tracker *t;
 	struct minivm *m;
-	size_t nj;
 	uint32_t vm;
 
-	T_REQUIRE(need_all());
-	t = open_tracker();
-	CHECK(t);
-	CHECK(!minivm_create(&m, &o));
-	CHECK(!track(t, getpid(), &o, m, &vm));
-	CHECK(!minivm_harvest(m, &junk, &nj));
-	free(junk);
+	T_REQUIRE(ring_vm_start(&t, &o, &m, &vm));
+	CHECK(!harvest_drop(m));
 	/* Pages dirtied before the arm, then a reset that harvested nothing: those pages stay
 	 * writable without faulting, so this reset cannot be the sync. */
 	pick_pages(&o, 7, gpas, 8);
@@ -227,12 +232,10 @@ static int incomplete_reset_not_synced(void)
 	CHECK(pt_vm(t, vm)->sync_epoch != epoch && pt_vm(t, vm)->ring_sync_epoch != epoch);
 	CHECK(pt_vm(t, vm)->syncs_incomplete >= 1);
 	/* The second pass harvests and resets them: that is the sync, and the epoch is clean. */
-	CHECK(!minivm_harvest(m, &junk, &nj));
-	free(junk);
+	CHECK(!harvest_drop(m));
 	CHECK(pt_vm(t, vm)->ring_sync_epoch == epoch && pt_vm(t, vm)->taint_epoch != epoch);
 	CHECK(!minivm_guest_write(m, gpas, 1, 2));
-	CHECK(!minivm_harvest(m, &junk, &nj));
-	free(junk);
+	CHECK(!harvest_drop(m));
 	CHECK(pt_vm(t, vm)->sync_epoch == epoch && pt_vm(t, vm)->taint_epoch != epoch);
 	CHECK(pt_vm(t, vm)->lost == 0);
 	minivm_destroy(m);
@@ -243,15 +246,15 @@ static int incomplete_reset_not_synced(void)
 static int learned_slots_from_ioctls(void)
 {
 	struct minivm_opts o = ring_opts();
-	uint64_t gpas[200], want[200], epoch, *junk;
+	uint64_t gpas[200], want[200], epoch;
 	struct pt_vm_slots sl;
 	struct pt_tracker *t;
 	struct minivm *m;
 	bool existed;
-	size_t nj, nw;
+	size_t nw;
 	uint32_t vm;
 
-	T_REQUIRE(need_all());
+	T_REQUIRE(need_ring_guest());
 	t = open_tracker();
 	CHECK(t);
 	o.defer_memory = true;
@@ -273,8 +276,7 @@ static int learned_slots_from_ioctls(void)
 	}
 	CHECK(pt_vm(t, vm)->flags & PT_VM_DIRTY_RING);
 	CHECK(!pt_vm_arm(t, vm, &epoch));
-	CHECK(!minivm_harvest(m, &junk, &nj));
-	free(junk);
+	CHECK(!harvest_drop(m));
 	nw = gfns_of(gpas, pick_pages(&o, 99, gpas, 200), want);
 	CHECK(!minivm_guest_write(m, gpas, 200, 5));
 	CHECK(!compare(t, vm, m, want, nw));
@@ -324,16 +326,16 @@ static int recreated_slot_not_cached(void)
 	uint64_t first = o.slots[1].gpa + 5 * 4096, next = o.slots[1].gpa + 7 * 4096;
 	const struct pt_slot *was, *now;
 	struct pt_vm_slots before, after;
-	uint64_t epoch, page, *junk;
+	uint64_t epoch, page;
 	struct pt_tracker *t;
 	struct minivm *m;
 	void *mem = MAP_FAILED;
-	size_t nj, len = 0;
+	size_t len = 0;
 	cpu_set_t cpu;
 	bool existed;
 	uint32_t vm;
 
-	T_REQUIRE(need_all());
+	T_REQUIRE(need_ring_guest());
 	CPU_ZERO(&cpu);
 	CPU_SET(0, &cpu);
 	CHECK(!sched_setaffinity(0, sizeof(cpu), &cpu));
@@ -344,8 +346,7 @@ static int recreated_slot_not_cached(void)
 	CHECK(!minivm_create(&m, &o));
 	CHECK(!minivm_setup_memory(m));
 	CHECK(!pt_vm_arm(t, vm, &epoch));
-	CHECK(!minivm_harvest(m, &junk, &nj));
-	free(junk);
+	CHECK(!harvest_drop(m));
 	CHECK(!minivm_guest_write(m, &first, 1, 1));
 	CHECK(!pt_vm_slots_get(t, vm, &before));
 	CHECK(!recreate_larger(m, &o.slots[1], &mem, &len));
@@ -375,9 +376,8 @@ static int bitmap_sync_per_slot_and_manual_protect(void)
 	struct pt_vm_slots sl;
 	struct pt_tracker *t;
 	struct minivm *m;
-	uint64_t epoch, *junk;
+	uint64_t epoch;
 	bool existed;
-	size_t nj;
 	uint32_t vm, synced = 0;
 
 	T_REQUIRE(t_need_kvm());
@@ -395,8 +395,7 @@ static int bitmap_sync_per_slot_and_manual_protect(void)
 	CHECK(pt_vm(t, vm)->flags & PT_VM_SEEN_CREATE); /* tracked before KVM_CREATE_VM */
 	CHECK(!(pt_vm(t, vm)->flags & PT_VM_DIRTY_RING));
 	CHECK(!pt_vm_arm(t, vm, &epoch));
-	CHECK(!minivm_harvest(m, &junk, &nj));
-	free(junk);
+	CHECK(!harvest_drop(m));
 	CHECK(!pt_vm_slots_get(t, vm, &sl));
 	for (unsigned i = 0; i < sl.nslots; i++)
 		synced += (sl.slots[i].flags & PT_SLOT_VALID) && sl.slots[i].sync_epoch == epoch;
@@ -449,19 +448,14 @@ static int arm_races_writes(void)
 {
 	struct minivm_opts o = ring_opts();
 	struct armer a = { 0 };
-	uint64_t gpas[64], *junk;
+	uint64_t gpas[64];
 	unsigned checked = 0, skipped = 0;
 	struct timespec t0, now;
 	struct pt_tracker *t;
 	struct minivm *m;
 	pthread_t th;
-	size_t nj;
 
-	T_REQUIRE(need_all());
-	t = open_tracker();
-	CHECK(t);
-	CHECK(!minivm_create(&m, &o));
-	CHECK(!track(t, getpid(), &o, m, &a.vm));
+	T_REQUIRE(ring_vm_start(&t, &o, &m, &a.vm));
 	a.t = t;
 	CHECK(!pthread_create(&th, NULL, armer_main, &a));
 	clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -476,8 +470,7 @@ static int arm_races_writes(void)
 		clock_gettime(CLOCK_MONOTONIC, &now);
 		if (now.tv_sec - t0.tv_sec > ARM_RACE_SECONDS)
 			break;
-		CHECK(!minivm_harvest(m, &junk, &nj)); /* the sync */
-		free(junk);
+		CHECK(!harvest_drop(m)); /* the sync */
 		CHECK(ioctl(minivm_vm_fd(m), KVM_RESET_DIRTY_RINGS, 0) >= 0);
 		pick_pages(&o, round, gpas, 64);
 		CHECK(!minivm_guest_write(m, gpas, 64, round));
@@ -518,24 +511,21 @@ static int arm_races_writes(void)
 static void child_vm(int rd, int wr, unsigned seed)
 {
 	struct minivm_opts o = ring_opts();
-	uint64_t gpas[500], *kvm, *junk;
+	uint64_t gpas[500], *kvm;
 	struct minivm *m;
-	size_t nk, nj, j = 0;
+	size_t nk, j;
 	char go;
 
 	if (minivm_create(&m, &o) || write(wr, &o, 1) != 1 || read(rd, &go, 1) != 1)
 		_exit(1);
-	if (minivm_harvest(m, &junk, &nj))
+	if (harvest_drop(m))
 		_exit(2);
-	free(junk);
 	if (write(wr, &go, 1) != 1 || read(rd, &go, 1) != 1)
 		_exit(3);
 	pick_pages(&o, seed, gpas, 500);
 	if (minivm_guest_write(m, gpas, 500, seed) || minivm_harvest(m, &kvm, &nk))
 		_exit(4);
-	for (size_t i = 0; i < nk; i++)
-		if (!minivm_is_system_gfn(m, kvm[i]))
-			kvm[j++] = kvm[i];
+	j = data_gfns(m, kvm, nk);
 	if (write(wr, &j, sizeof(j)) != sizeof(j) || write(wr, kvm, j * 8) != (ssize_t)(j * 8))
 		_exit(5);
 	_exit(0);
@@ -550,7 +540,7 @@ static int two_vms_no_crosstalk(void)
 	pid_t pid[2];
 	char c = 'g';
 
-	T_REQUIRE(need_all());
+	T_REQUIRE(need_ring_guest());
 	t = open_tracker();
 	CHECK(t);
 	for (int i = 0; i < 2; i++) {

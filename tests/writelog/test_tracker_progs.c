@@ -8,63 +8,9 @@
  * inside the programs matches.
  */
 #include <stdlib.h>
-#include <bpf/bpf.h>
-#include <bpf/libbpf.h>
 
 #include "t.h"
-#include "writelog/loader.h"
-#include "writelog/vmlog.h"
-#include "writelog.skel.h"
-
-#define SLOT_A_GPA (1ull << 20)
-#define SLOT_B_GPA (4ull << 30)
-
-static struct pt_tracker *open_tracker(int tdp)
-{
-	struct pt_loader_opts o = { .tdp = tdp, .no_attach = true, .no_pin = true, .log_mb = 1 };
-	struct pt_tracker *t = NULL;
-
-	if (pt_tracker_open(&t, &o))
-		return NULL;
-	return t;
-}
-
-static int track_self(struct pt_tracker *t, uint32_t *vm)
-{
-	struct pt_slot_cfg slots[] = {
-		{ .gpa = SLOT_A_GPA, .size = 64 << 12, .id = 1 },
-		{ .gpa = SLOT_B_GPA, .size = 256 << 12, .id = 5 },
-	};
-	bool existed;
-
-	return pt_vm_track(t, getpid(), slots, 2, 0, vm, &existed);
-}
-
-static int run_prog(struct bpf_program *prog, const uint64_t *args, size_t n)
-{
-	LIBBPF_OPTS(bpf_test_run_opts, o, .ctx_in = args, .ctx_size_in = n * sizeof(*args));
-
-	return bpf_prog_test_run_opts(bpf_program__fd(prog), &o);
-}
-
-static bool written(struct pt_tracker *t, uint32_t vm, uint64_t gpa)
-{
-	struct pt_vm_slots sl;
-	uint64_t page;
-
-	if (pt_vm_slots_get(t, vm, &sl) || pt_slots_page(&sl, gpa >> 12, &page))
-		return false;
-	return pt_vm_page_written(t, vm, page);
-}
-
-static uint64_t count_bits(struct pt_tracker *t, uint32_t vm)
-{
-	uint64_t n = 0;
-
-	for (uint64_t w = 0; w < (t->vms[vm].log_bits + 63) / 64; w++)
-		n += __builtin_popcountll(pt_vm_log_word(t, vm, w));
-	return n;
-}
+#include "prog_run.h"
 
 static struct pt_vm_stats stats(struct pt_tracker *t, uint32_t vm)
 {
@@ -85,28 +31,15 @@ static bool tainted(struct pt_tracker *t, uint32_t vm, uint32_t why)
 static int ring_push_records_page(void)
 {
 	struct pt_tracker *t;
+	uint64_t args[] = { 0, 5, 17 }; /* ring, slot 5, offset 17 */
 	uint32_t vm;
-	int ret = -1;
 
-	T_REQUIRE(t_need_bpf());
-	t = open_tracker(0);
-	CHECK(t);
-	if (track_self(t, &vm))
-		goto out;
-	{
-		uint64_t args[] = { 0, 5, 17 }; /* ring, slot 5, offset 17 */
-
-		if (run_prog(t->skel->progs.pt_ring_push, args, 3))
-			goto out;
-	}
-	if (!written(t, vm, SLOT_B_GPA + (17 << 12)) || count_bits(t, vm) != 1)
-		goto out;
-	if (stats(t, vm).ring_writes != 1 || tainted(t, vm, ~0u))
-		goto out;
-	ret = 0;
-out:
+	T_REQUIRE(open_tracked(0, getpid(), false, &t, &vm));
+	CHECK(!run_prog(t->skel->progs.pt_ring_push, args, 3));
+	CHECK(written(t, vm, SLOT_B_GPA + (17 << 12)) && count_bits(t, vm) == 1);
+	CHECK(stats(t, vm).ring_writes == 1 && !tainted(t, vm, ~0u));
 	pt_tracker_close(t);
-	return ret;
+	return 0;
 }
 
 static int ring_push_unknown_slot_taints(void)
@@ -115,10 +48,7 @@ static int ring_push_unknown_slot_taints(void)
 	uint64_t args[] = { 0, 7, 0 }, range[] = { 0, 1, 64 }; /* slot 1 has 64 pages */
 	uint32_t vm;
 
-	T_REQUIRE(t_need_bpf());
-	t = open_tracker(0);
-	CHECK(t);
-	CHECK(!track_self(t, &vm));
+	T_REQUIRE(open_tracked(0, getpid(), false, &t, &vm));
 	CHECK(!run_prog(t->skel->progs.pt_ring_push, args, 3));
 	CHECK(tainted(t, vm, PT_TAINT_UNKNOWN_SLOT));
 	CHECK(!run_prog(t->skel->progs.pt_ring_push, range, 3));
@@ -142,10 +72,7 @@ static int untracked_process_ignored(void)
 	struct pt_tracker *t;
 	uint32_t vm;
 
-	T_REQUIRE(t_need_bpf());
-	t = open_tracker(1);
-	CHECK(t);
-	CHECK(!track_self(t, &vm));
+	T_REQUIRE(open_tracked(1, getpid(), false, &t, &vm));
 	CHECK(!pt_vm_untrack(t, vm));
 	CHECK(!run_prog(t->skel->progs.pt_ring_push, args, 3));
 	CHECK(!run_prog(t->skel->progs.pt_page_fault, fault, 3));
@@ -163,10 +90,7 @@ static int tdp_write_fault_records_gpa(void)
 	struct pt_tracker *t;
 	uint32_t vm;
 
-	T_REQUIRE(t_need_bpf());
-	t = open_tracker(1);
-	CHECK(t);
-	CHECK(!track_self(t, &vm));
+	T_REQUIRE(open_tracked(1, getpid(), false, &t, &vm));
 	CHECK(!run_prog(t->skel->progs.pt_page_fault, wr, 3));
 	CHECK(!run_prog(t->skel->progs.pt_page_fault, rd, 3));
 	CHECK(written(t, vm, SLOT_A_GPA + (3 << 12)));
@@ -187,10 +111,7 @@ static int no_tdp_fault_path_off(void)
 	struct pt_tracker *t;
 	uint32_t vm;
 
-	T_REQUIRE(t_need_bpf());
-	t = open_tracker(0);
-	CHECK(t);
-	CHECK(!track_self(t, &vm));
+	T_REQUIRE(open_tracked(0, getpid(), false, &t, &vm));
 	/* Under shadow paging the address is a GVA: it must not be logged as a GPA. */
 	CHECK(!run_prog(t->skel->progs.pt_page_fault, wr, 3));
 	CHECK(count_bits(t, vm) == 0);
@@ -209,10 +130,7 @@ static int arm_clears_only_own_region(void)
 	bool existed;
 	struct pt_slot_cfg other = { .gpa = 0, .size = 128 << 12, .id = 1 };
 
-	T_REQUIRE(t_need_bpf());
-	t = open_tracker(0);
-	CHECK(t);
-	CHECK(!track_self(t, &vm1));
+	T_REQUIRE(open_tracked(0, getpid(), false, &t, &vm1));
 	/* A second VM (another tgid) whose bits must survive vm1's arm. */
 	CHECK(!pt_vm_track(t, 1, &other, 1, 0, &vm2, &existed));
 	CHECK(vm1 != vm2);
@@ -233,22 +151,26 @@ static int arm_clears_only_own_region(void)
 /*
  * kvm_dirty_ring_reset with synthetic state: the ring pointer is NULL, so the program reads
  * vCPU 0, reset_index 0 and dirty_index 0; the ring's first entry of the epoch is planted in
- * pt_rings, and the ioctl in flight in pt_ioctl (as sys_enter_ioctl would have recorded it).
+ * pt_rings (unless first_idx < 0: the ring keeps what it noted before), and the ioctl in
+ * flight in pt_ioctl (as sys_enter_ioctl would have recorded it).
  * A reset that leaves pre-arm entries marks the ioctl incomplete: not the sync, but no taint
  * and no lost event. A reset past every pre-arm entry leaves the ioctl complete.
  */
-static int ring_reset_verdict(struct pt_tracker *t, uint32_t vm, uint32_t first_idx,
+static int ring_reset_verdict(struct pt_tracker *t, uint32_t vm, int64_t first_idx,
 			      uint32_t *incomplete)
 {
 	uint64_t id = (uint64_t)getpid() << 32 | (uint32_t)gettid(), args[] = { 0 };
-	struct pt_ring r = { .epoch = pt_vm(t, vm)->epoch, .first_idx = first_idx, .vm = vm + 1 };
+	struct pt_ring r = { .epoch = pt_vm(t, vm)->epoch,
+			     .first_idx = (uint32_t)first_idx,
+			     .vm = vm + 1 };
 	struct pt_ioctl io = { .cmd = PT_KVM_RESET_DIRTY_RINGS,
 			       .vm = vm,
 			       .tgid = getpid(),
 			       .epoch = pt_vm(t, vm)->epoch };
 	uint32_t key = vm * PT_MAX_VCPUS;
 
-	if (bpf_map__update_elem(t->skel->maps.pt_rings, &key, sizeof(key), &r, sizeof(r), 0) ||
+	if ((first_idx >= 0 &&
+	     bpf_map__update_elem(t->skel->maps.pt_rings, &key, sizeof(key), &r, sizeof(r), 0)) ||
 	    bpf_map__update_elem(t->skel->maps.pt_ioctl, &id, sizeof(id), &io, sizeof(io), 0) ||
 	    run_prog(t->skel->progs.pt_ring_reset, args, 1) ||
 	    bpf_map__lookup_elem(t->skel->maps.pt_ioctl, &id, sizeof(id), &io, sizeof(io), 0))
@@ -263,10 +185,7 @@ static int ring_reset_incomplete_is_not_a_loss(void)
 	uint32_t vm, inc;
 	uint64_t epoch;
 
-	T_REQUIRE(t_need_bpf());
-	t = open_tracker(0);
-	CHECK(t);
-	CHECK(!track_self(t, &vm));
+	T_REQUIRE(open_tracked(0, getpid(), false, &t, &vm));
 	CHECK(!pt_vm_arm(t, vm, &epoch));
 	/* First entry of the epoch at index 5: entries 0..4 predate the arm, reset_index is 0. */
 	CHECK(!ring_reset_verdict(t, vm, 5, &inc));
@@ -280,20 +199,8 @@ static int ring_reset_incomplete_is_not_a_loss(void)
 	/* An entry noted in an older epoch says nothing now: the ring must be reset to its end
 	 * (dirty_index, 0 here), which it is. */
 	CHECK(!pt_vm_arm(t, vm, &epoch));
-	{
-		uint64_t id = (uint64_t)getpid() << 32 | (uint32_t)gettid(), args[] = { 0 };
-		struct pt_ioctl io = {
-			.cmd = PT_KVM_RESET_DIRTY_RINGS, .vm = vm, .tgid = getpid(), .epoch = epoch
-		};
-
-		CHECK(!bpf_map__update_elem(t->skel->maps.pt_ioctl, &id, sizeof(id), &io,
-					    sizeof(io), 0));
-		CHECK(!run_prog(t->skel->progs.pt_ring_reset, args, 1));
-		CHECK(!bpf_map__lookup_elem(t->skel->maps.pt_ioctl, &id, sizeof(id), &io,
-					    sizeof(io), 0));
-		CHECK(io.incomplete == 0);
-		CHECK(!bpf_map__delete_elem(t->skel->maps.pt_ioctl, &id, sizeof(id), 0));
-	}
+	CHECK(!ring_reset_verdict(t, vm, -1, &inc));
+	CHECK(inc == 0);
 	CHECK(pt_vm(t, vm)->lost == 0);
 	pt_tracker_close(t);
 	return 0;

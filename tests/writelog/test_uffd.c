@@ -47,15 +47,38 @@ static int open_log(struct uc *c, struct pt_uffd **u)
 	return rc;
 }
 
-/* Read every page of both slots into a fresh bitmap. */
-static int read_all(struct pt_uffd *u, const struct uc *c, uint64_t **bits)
-{
-	uint64_t half = c->size / 2 & ~(UC_PAGE - 1), words = (c->size / UC_PAGE + 63) / 64;
-	struct pt_gfn_range r[2] = { { 0, half / UC_PAGE },
-				     { SLOT1_GPA / UC_PAGE, (c->size - half) / UC_PAGE } };
+/* A case against a VMM child: its log, and buffers that with_vmm() frees after the case. */
+struct ucase {
+	struct uc_opts o;
+	struct uc c;
+	struct pt_uffd *u;
+	uint64_t *bits;	 /* read_all()'s bitmap */
+	uint64_t *pages; /* the case's own */
+};
 
-	*bits = calloc(words, 8);
-	return *bits ? pt_uffd_read(u, r, 2, *bits) : -ENOMEM;
+/* Starts the child with `o`, opens its log if `open`, runs the case, cleans up after it. */
+static int with_vmm(struct uc_opts o, bool open, int (*body)(struct ucase *t))
+{
+	struct ucase t = { .o = o, .c = UC_NONE };
+	int rc = uc_start(&t.c, &t.o) || (open && open_log(&t.c, &t.u)) ? -1 : body(&t);
+
+	free(t.bits);
+	free(t.pages);
+	pt_uffd_close(t.u);
+	uc_stop(&t.c, false);
+	return rc;
+}
+
+/* Read every page of both slots into a fresh bitmap, t->bits. */
+static int read_all(struct ucase *t)
+{
+	uint64_t half = t->c.size / 2 & ~(UC_PAGE - 1), words = (t->c.size / UC_PAGE + 63) / 64;
+	struct pt_gfn_range r[2] = { { 0, half / UC_PAGE },
+				     { SLOT1_GPA / UC_PAGE, (t->c.size - half) / UC_PAGE } };
+
+	free(t->bits);
+	t->bits = calloc(words, 8);
+	return t->bits ? pt_uffd_read(t->u, r, 2, t->bits) : -ENOMEM;
 }
 
 /* Compare a bitmap with the expected page set; prints and fails on any difference. */
@@ -77,6 +100,12 @@ static int same_set(const uint64_t *bits, const uint64_t *pages, size_t n, uint6
 		fprintf(stderr, "  written set: %lu missed, %lu extra (of %zu)\n", missed, extra,
 			n);
 	return missed || extra ? -1 : 0;
+}
+
+/* Reads every page (read_all()): the written set must be exactly pages[0..n). */
+static int written_is(struct ucase *t, const uint64_t *pages, size_t n)
+{
+	return read_all(t) || same_set(t->bits, pages, n, t->c.size / UC_PAGE) ? -1 : 0;
 }
 
 static uint64_t rnd(uint64_t *x)
@@ -109,6 +138,30 @@ static size_t pick(uint64_t *pages, size_t n, uint64_t npages, uint64_t seed)
 	return k;
 }
 
+/*
+ * Marks pages[0..n) in `hinted` and lists them as guest-physical ranges in `hint` (returns how
+ * many): log pages below sl0 are slot 0 at gfn 0, the others slot 1 from gfn slot1_gfn.
+ */
+static size_t hint_ranges(const uint64_t *pages, size_t n, uint64_t npages, uint64_t sl0,
+			  uint64_t slot1_gfn, uint64_t *hinted, struct pt_gfn_range *hint)
+{
+	size_t nh = 0;
+
+	for (size_t i = 0; i < n; i++)
+		hinted[pages[i] / 64] |= 1ull << (pages[i] % 64);
+	for (uint64_t p = 0; p < npages; p++) {
+		uint64_t gfn = p < sl0 ? p : slot1_gfn + p - sl0;
+
+		if (!(hinted[p / 64] & (1ull << (p % 64))))
+			continue;
+		if (nh && hint[nh - 1].gfn + hint[nh - 1].npages == gfn)
+			hint[nh - 1].npages++;
+		else
+			hint[nh++] = (struct pt_gfn_range){ gfn, 1 };
+	}
+	return nh;
+}
+
 static int doubt_is(struct pt_uffd *u, uint32_t why, uint32_t detail)
 {
 	uint32_t d, w = pt_uffd_doubt(u, &d);
@@ -124,227 +177,175 @@ static int doubt_is(struct pt_uffd *u, uint32_t why, uint32_t detail)
 
 /* --- exact written sets ------------------------------------------------------------------- */
 
-static int exact(enum uc_kind kind, uint64_t size, bool populate)
+static int exact(struct ucase *t)
 {
-	struct uc_opts o = { .kind = kind, .size = size, .populate = populate };
-	uint64_t npages = size / UC_PAGE, *bits = NULL, pages[1040];
-	struct pt_uffd *u = NULL;
-	struct uc c = UC_NONE;
-	int rc = -1;
+	enum uc_kind kind = t->o.kind;
+	uint64_t pages[1040];
 
-	if (uc_start(&c, &o))
-		goto out;
 	if (kind == UC_THP) {
-		int64_t kb = uc_cmd(&c, UC_THP_KB, 0, 0);
+		int64_t kb = uc_cmd(&t->c, UC_THP_KB, 0, 0);
 
 		fprintf(stderr, "  THP backing before arm: %ld kB\n", (long)kb);
-		if (kb <= 0) {
-			rc = t_skip("no transparent huge pages in the child's memory");
-			goto out;
-		}
+		if (kb <= 0)
+			return t_skip("no transparent huge pages in the child's memory");
 	}
-	if (open_log(&c, &u))
-		goto out;
-	if (doubt_is(u, PT_WHY_NO_SYNC, PT_UFFD_NOT_ARMED) || pt_uffd_arm(u) ||
-	    pt_uffd_doubt(u, NULL))
-		goto out;
+	CHECK(!open_log(&t->c, &t->u));
+	CHECK(!doubt_is(t->u, PT_WHY_NO_SYNC, PT_UFFD_NOT_ARMED));
+	CHECK(!pt_uffd_arm(t->u));
+	CHECK(!pt_uffd_doubt(t->u, NULL));
 	/* A rescan right after the arm is empty. */
-	if (read_all(u, &c, &bits) || same_set(bits, NULL, 0, npages))
-		goto out;
-	free(bits);
-	pick(pages, 1000, npages, 7 + kind);
-	if (uc_write(&c, pages, 1000))
-		goto out;
+	CHECK(!written_is(t, NULL, 0));
+	pick(pages, 1000, t->o.size / UC_PAGE, 7 + kind);
+	CHECK(!uc_write(&t->c, pages, 1000));
 	/* The writes of the VMM's own mapping are seen, exactly; a second read (the page
 	 * tables were re-protected by the first) still answers them. */
-	for (int i = 0; i < 2; i++) {
-		if (read_all(u, &c, &bits) || same_set(bits, pages, 1000, npages))
-			goto out;
-		free(bits);
-		bits = NULL;
-	}
+	for (int i = 0; i < 2; i++)
+		CHECK(!written_is(t, pages, 1000));
 	/* The next epoch starts empty and sees only its own writes. */
-	if (pt_uffd_arm(u) || read_all(u, &c, &bits) || same_set(bits, NULL, 0, npages))
-		goto out;
-	free(bits);
-	bits = NULL;
-	pick(pages, 1040, npages, 99 + kind);
-	if (uc_write(&c, pages + 1000, 40) || read_all(u, &c, &bits) ||
-	    same_set(bits, pages + 1000, 40, npages) || pt_uffd_doubt(u, NULL))
-		goto out;
+	CHECK(!pt_uffd_arm(t->u));
+	CHECK(!written_is(t, NULL, 0));
+	pick(pages, 1040, t->o.size / UC_PAGE, 99 + kind);
+	CHECK(!uc_write(&t->c, pages + 1000, 40));
+	CHECK(!written_is(t, pages + 1000, 40));
+	CHECK(!pt_uffd_doubt(t->u, NULL));
 	fprintf(stderr, "  stats: %lu ioctls, last read %.2f ms, last arm %.2f ms\n",
-		(unsigned long)pt_uffd_stats(u)->ioctls, pt_uffd_stats(u)->last_read_ns / 1e6,
-		pt_uffd_stats(u)->last_arm_ns / 1e6);
-	rc = 0;
-out:
-	free(bits);
-	pt_uffd_close(u);
-	uc_stop(&c, false);
-	return rc;
+		(unsigned long)pt_uffd_stats(t->u)->ioctls, pt_uffd_stats(t->u)->last_read_ns / 1e6,
+		pt_uffd_stats(t->u)->last_arm_ns / 1e6);
+	return 0;
 }
+
+/* 64 MiB of child memory of each kind; opened by exact() after its THP check. */
+#define EXACT_OPTS(k, pop) ((struct uc_opts){ .kind = (k), .size = 64 << 20, .populate = (pop) })
 
 static int exact_anon(void)
 {
-	return exact(UC_ANON, 64 << 20, true);
+	return with_vmm(EXACT_OPTS(UC_ANON, true), false, exact);
 }
 
 static int exact_anon_unpopulated(void)
 {
-	return exact(UC_ANON, 64 << 20, false);
+	return with_vmm(EXACT_OPTS(UC_ANON, false), false, exact);
 }
 
 static int exact_thp(void)
 {
-	return exact(UC_THP, 64 << 20, true);
+	return with_vmm(EXACT_OPTS(UC_THP, true), false, exact);
 }
 
 static int exact_shmem(void)
 {
-	return exact(UC_SHMEM, 64 << 20, true);
+	return with_vmm(EXACT_OPTS(UC_SHMEM, true), false, exact);
 }
 
+/* 16 MiB of populated anonymous memory, the log opened: what most cases start from. */
+#define SMALL_OPTS ((struct uc_opts){ .kind = UC_ANON, .size = 16 << 20, .populate = true })
+
 /* Only the ranges asked for are read; a range outside the slots is refused whole. */
-static int read_ranges(void)
+static int read_ranges_body(struct ucase *t)
 {
-	struct uc_opts o = { .kind = UC_ANON, .size = 16 << 20, .populate = true };
 	uint64_t pages[3] = { 10, 11, 3000 }, bits[64] = { 0 };
 	struct pt_gfn_range only10 = { 10, 1 }, bad[2] = { { 0, 1 }, { 1ull << 40, 1 } };
-	struct pt_uffd *u = NULL;
-	struct uc c = UC_NONE;
-	int rc = -1;
 
-	if (uc_start(&c, &o) || open_log(&c, &u) || pt_uffd_arm(u) || uc_write(&c, pages, 3))
-		goto out;
-	if (pt_uffd_read(u, &only10, 1, bits) || bits[0] != 1ull << 10)
-		goto out;
-	if (pt_uffd_read(u, bad, 2, bits) != -ENOENT || bits[0] != 1ull << 10)
-		goto out;
-	rc = 0;
-out:
-	pt_uffd_close(u);
-	uc_stop(&c, false);
-	return rc;
+	CHECK(!pt_uffd_arm(t->u));
+	CHECK(!uc_write(&t->c, pages, 3));
+	CHECK(!pt_uffd_read(t->u, &only10, 1, bits) && bits[0] == 1ull << 10);
+	CHECK(pt_uffd_read(t->u, bad, 2, bits) == -ENOENT && bits[0] == 1ull << 10);
+	return 0;
+}
+
+static int read_ranges(void)
+{
+	return with_vmm(SMALL_OPTS, true, read_ranges_body);
 }
 
 /* A page the VMM discarded (a free page acted on) and the guest writes again is seen. */
+static int dontneed_rewritten_body(struct ucase *t)
+{
+	uint64_t p = 777;
+
+	CHECK(!pt_uffd_arm(t->u));
+	CHECK(!uc_cmd(&t->c, UC_DONTNEED, p, 1));
+	CHECK(!pt_uffd_arm(t->u));
+	CHECK(!written_is(t, NULL, 0));
+	CHECK(!uc_write(&t->c, &p, 1));
+	CHECK(!written_is(t, &p, 1));
+	/* Discarded within the epoch, after being written: still written. */
+	p = 778;
+	CHECK(!pt_uffd_arm(t->u));
+	CHECK(!uc_write(&t->c, &p, 1));
+	CHECK(!uc_cmd(&t->c, UC_DONTNEED, p, 1));
+	CHECK(!read_all(t) && (t->bits[p / 64] & (1ull << (p % 64))));
+	CHECK(!pt_uffd_doubt(t->u, NULL));
+	return 0;
+}
+
 static int dontneed_rewritten(void)
 {
-	struct uc_opts o = { .kind = UC_ANON, .size = 16 << 20, .populate = true };
-	uint64_t p = 777, *bits = NULL;
-	struct pt_uffd *u = NULL;
-	struct uc c = UC_NONE;
-	int rc = -1;
-
-	if (uc_start(&c, &o) || open_log(&c, &u) || pt_uffd_arm(u))
-		goto out;
-	if (uc_cmd(&c, UC_DONTNEED, p, 1) || pt_uffd_arm(u))
-		goto out;
-	if (read_all(u, &c, &bits) || same_set(bits, NULL, 0, c.size / UC_PAGE))
-		goto out;
-	free(bits);
-	bits = NULL;
-	if (uc_write(&c, &p, 1) || read_all(u, &c, &bits) ||
-	    same_set(bits, &p, 1, c.size / UC_PAGE))
-		goto out;
-	/* Discarded within the epoch, after being written: still written. */
-	free(bits);
-	bits = NULL;
-	p = 778;
-	if (pt_uffd_arm(u) || uc_write(&c, &p, 1) || uc_cmd(&c, UC_DONTNEED, p, 1) ||
-	    read_all(u, &c, &bits) || !(bits[p / 64] & (1ull << (p % 64))))
-		goto out;
-	rc = pt_uffd_doubt(u, NULL) ? -1 : 0;
-out:
-	free(bits);
-	pt_uffd_close(u);
-	uc_stop(&c, false);
-	return rc;
+	return with_vmm(SMALL_OPTS, true, dontneed_rewritten_body);
 }
 
 /* --- failure modes: doubt, never a false "unwritten" --------------------------------------- */
 
+static int unregistered_body(struct ucase *t)
+{
+	CHECK(!pt_uffd_arm(t->u));
+	CHECK(!read_all(t));
+	CHECK(!uc_cmd(&t->c, UC_UNREGISTER, 0, 0));
+	CHECK(read_all(t) == -EPERM);
+	CHECK(!doubt_is(t->u, PT_WHY_UFFD_LOST, PT_UFFD_LOST));
+	/* A new arm cannot protect what is not registered: the doubt stays. */
+	CHECK(pt_uffd_arm(t->u) != 0);
+	CHECK(!doubt_is(t->u, PT_WHY_UFFD_LOST | PT_WHY_NO_SYNC, PT_UFFD_LOST));
+	return 0;
+}
+
 static int unregistered_behind_back(void)
 {
-	struct uc_opts o = { .kind = UC_ANON, .size = 16 << 20, .populate = true };
-	uint64_t *bits = NULL;
-	struct pt_uffd *u = NULL;
-	struct uc c = UC_NONE;
-	int rc = -1;
+	return with_vmm(SMALL_OPTS, true, unregistered_body);
+}
 
-	if (uc_start(&c, &o) || open_log(&c, &u) || pt_uffd_arm(u) || read_all(u, &c, &bits))
-		goto out;
-	free(bits);
-	bits = NULL;
-	if (uc_cmd(&c, UC_UNREGISTER, 0, 0))
-		goto out;
-	if (read_all(u, &c, &bits) != -EPERM || doubt_is(u, PT_WHY_UFFD_LOST, PT_UFFD_LOST))
-		goto out;
-	/* A new arm cannot protect what is not registered: the doubt stays. */
-	if (!pt_uffd_arm(u) || doubt_is(u, PT_WHY_UFFD_LOST | PT_WHY_NO_SYNC, PT_UFFD_LOST))
-		goto out;
-	rc = 0;
-out:
-	free(bits);
-	pt_uffd_close(u);
-	uc_stop(&c, false);
-	return rc;
+static int unmapped_body(struct ucase *t)
+{
+	struct pt_gfn_range before = { 0, 50 }, hole = { 90, 20 };
+	uint64_t bits[1024] = { 0 };
+
+	CHECK(!pt_uffd_arm(t->u));
+	CHECK(!uc_cmd(&t->c, UC_MUNMAP, 100, 4));
+	/* A range clear of the hole reads fine; one over it gives doubt. */
+	CHECK(!pt_uffd_read(t->u, &before, 1, bits));
+	CHECK(!pt_uffd_doubt(t->u, NULL));
+	CHECK(pt_uffd_read(t->u, &hole, 1, bits) == -EFAULT);
+	CHECK(!doubt_is(t->u, PT_WHY_UNKNOWN_MEM, PT_UFFD_UNMAPPED));
+	/* An arm skips the hole, but the next read over it sees it again. */
+	CHECK(!pt_uffd_arm(t->u));
+	CHECK(pt_uffd_read(t->u, &hole, 1, bits) == -EFAULT);
+	CHECK(!doubt_is(t->u, PT_WHY_UNKNOWN_MEM, PT_UFFD_UNMAPPED));
+	/* Memory mapped again there, not registered: the uffd lost it. */
+	CHECK(!uc_cmd(&t->c, UC_REMAP, 100, 4));
+	CHECK(pt_uffd_arm(t->u) != 0);
+	CHECK(pt_uffd_read(t->u, &hole, 1, bits) == -EPERM);
+	CHECK(!doubt_is(t->u, PT_WHY_UFFD_LOST, PT_UFFD_LOST));
+	return 0;
 }
 
 static int unmapped_memory(void)
 {
-	struct uc_opts o = { .kind = UC_ANON, .size = 16 << 20, .populate = true };
-	struct pt_gfn_range before = { 0, 50 }, hole = { 90, 20 };
-	uint64_t bits[1024] = { 0 };
-	struct pt_uffd *u = NULL;
-	struct uc c = UC_NONE;
-	int rc = -1;
-
-	if (uc_start(&c, &o) || open_log(&c, &u) || pt_uffd_arm(u))
-		goto out;
-	if (uc_cmd(&c, UC_MUNMAP, 100, 4))
-		goto out;
-	/* A range clear of the hole reads fine; one over it gives doubt. */
-	if (pt_uffd_read(u, &before, 1, bits) || pt_uffd_doubt(u, NULL))
-		goto out;
-	if (pt_uffd_read(u, &hole, 1, bits) != -EFAULT ||
-	    doubt_is(u, PT_WHY_UNKNOWN_MEM, PT_UFFD_UNMAPPED))
-		goto out;
-	/* An arm skips the hole, but the next read over it sees it again. */
-	if (pt_uffd_arm(u) || pt_uffd_read(u, &hole, 1, bits) != -EFAULT ||
-	    doubt_is(u, PT_WHY_UNKNOWN_MEM, PT_UFFD_UNMAPPED))
-		goto out;
-	/* Memory mapped again there, not registered: the uffd lost it. */
-	if (uc_cmd(&c, UC_REMAP, 100, 4) || !pt_uffd_arm(u) ||
-	    pt_uffd_read(u, &hole, 1, bits) != -EPERM ||
-	    doubt_is(u, PT_WHY_UFFD_LOST, PT_UFFD_LOST))
-		goto out;
-	rc = 0;
-out:
-	pt_uffd_close(u);
-	uc_stop(&c, false);
-	return rc;
+	return with_vmm(SMALL_OPTS, true, unmapped_body);
 }
 
 /* An exiting VMM: its address space goes, the log says so. */
+static int vmm_exits_body(struct ucase *t)
+{
+	CHECK(!pt_uffd_arm(t->u));
+	uc_stop(&t->c, true);
+	CHECK(read_all(t) != 0);
+	CHECK(pt_uffd_doubt(t->u, NULL) != 0);
+	return 0;
+}
+
 static int vmm_exits(void)
 {
-	struct uc_opts o = { .kind = UC_ANON, .size = 16 << 20, .populate = true };
-	uint64_t *bits = NULL;
-	struct pt_uffd *u = NULL;
-	struct uc c = UC_NONE;
-	int rc = -1;
-
-	if (uc_start(&c, &o) || open_log(&c, &u) || pt_uffd_arm(u))
-		goto out;
-	uc_stop(&c, true);
-	if (!read_all(u, &c, &bits) || !pt_uffd_doubt(u, NULL))
-		goto out;
-	rc = 0;
-out:
-	free(bits);
-	pt_uffd_close(u);
-	uc_stop(&c, false);
-	return rc;
+	return with_vmm(SMALL_OPTS, true, vmm_exits_body);
 }
 
 static int try_open(struct uc *c, int uffd, int pm, uint32_t pid, const struct pt_uffd_slot *s,
@@ -496,18 +497,7 @@ static int race_100k(void)
 		goto out;
 	/* 100,000 random pages hinted, as ranges in guest-physical order. */
 	pick(pages, 100000, npages, rnd(&x));
-	for (size_t i = 0; i < 100000; i++)
-		hinted[pages[i] / 64] |= 1ull << (pages[i] % 64);
-	for (uint64_t p = 0; p < npages; p++) {
-		uint64_t gfn = p < npages / 2 ? p : SLOT1_GPA / UC_PAGE + p - npages / 2;
-
-		if (!(hinted[p / 64] & (1ull << (p % 64))))
-			continue;
-		if (nh && hint[nh - 1].gfn + hint[nh - 1].npages == gfn)
-			hint[nh - 1].npages++;
-		else
-			hint[nh++] = (struct pt_gfn_range){ gfn, 1 };
-	}
+	nh = hint_ranges(pages, 100000, npages, npages / 2, SLOT1_GPA / UC_PAGE, hinted, hint);
 	c.sh->seed = rnd(&x);
 	c.sh->usleep_every = 4096; /* leave the machine to the others now and then */
 	if (uc_cmd(&c, UC_WRITER_START, 0, 0))
@@ -540,47 +530,37 @@ out:
 
 /* --- 64 GiB sparse: cost --------------------------------------------------------------------- */
 
+static int sparse_64g_body(struct ucase *t)
+{
+	uint64_t npages = t->o.size / UC_PAGE, n = npages / 1000, t0, t_open;
+
+	t->pages = malloc(n * 8);
+	CHECK(t->pages);
+	t0 = uc_now();
+	CHECK(!open_log(&t->c, &t->u));
+	t_open = uc_now() - t0;
+	CHECK(!pt_uffd_arm(t->u));
+	fprintf(stderr, "  64 GiB sparse: open (validation scan) %.1f ms, first arm %.1f ms\n",
+		t_open / 1e6, pt_uffd_stats(t->u)->last_arm_ns / 1e6);
+	pick(t->pages, n, npages, 4242);
+	for (uint64_t i = 0; i < n; i += 4096)
+		CHECK(!uc_write(&t->c, t->pages + i, n - i < 4096 ? n - i : 4096));
+	CHECK(!written_is(t, t->pages, n));
+	fprintf(stderr, "  64 GiB, %lu pages written (0.1%%): verdict scan %.1f ms (%lu ioctls)\n",
+		(unsigned long)n, pt_uffd_stats(t->u)->last_read_ns / 1e6,
+		(unsigned long)pt_uffd_stats(t->u)->ioctls);
+	CHECK(!pt_uffd_arm(t->u));
+	CHECK(!written_is(t, NULL, 0));
+	fprintf(stderr, "  64 GiB: re-arm %.1f ms, scan with nothing written %.1f ms\n",
+		pt_uffd_stats(t->u)->last_arm_ns / 1e6, pt_uffd_stats(t->u)->last_read_ns / 1e6);
+	return 0;
+}
+
+/* The case opens the log itself: its validation scan is timed. */
 static int sparse_64g(void)
 {
-	struct uc_opts o = { .kind = UC_ANON, .size = 64 * GIB };
-	uint64_t npages = o.size / UC_PAGE, n = npages / 1000, *pages = malloc(n * 8), *bits = NULL;
-	struct pt_uffd *u = NULL;
-	uint64_t t0, t_open;
-	struct uc c = UC_NONE;
-	int rc = -1;
-
-	if (!pages || uc_start(&c, &o))
-		goto out;
-	t0 = uc_now();
-	if (open_log(&c, &u))
-		goto out;
-	t_open = uc_now() - t0;
-	if (pt_uffd_arm(u))
-		goto out;
-	fprintf(stderr, "  64 GiB sparse: open (validation scan) %.1f ms, first arm %.1f ms\n",
-		t_open / 1e6, pt_uffd_stats(u)->last_arm_ns / 1e6);
-	pick(pages, n, npages, 4242);
-	for (uint64_t i = 0; i < n; i += 4096)
-		if (uc_write(&c, pages + i, n - i < 4096 ? n - i : 4096))
-			goto out;
-	if (read_all(u, &c, &bits) || same_set(bits, pages, n, npages))
-		goto out;
-	fprintf(stderr, "  64 GiB, %lu pages written (0.1%%): verdict scan %.1f ms (%lu ioctls)\n",
-		(unsigned long)n, pt_uffd_stats(u)->last_read_ns / 1e6,
-		(unsigned long)pt_uffd_stats(u)->ioctls);
-	free(bits);
-	bits = NULL;
-	if (pt_uffd_arm(u) || read_all(u, &c, &bits) || same_set(bits, NULL, 0, npages))
-		goto out;
-	fprintf(stderr, "  64 GiB: re-arm %.1f ms, scan with nothing written %.1f ms\n",
-		pt_uffd_stats(u)->last_arm_ns / 1e6, pt_uffd_stats(u)->last_read_ns / 1e6);
-	rc = 0;
-out:
-	free(bits);
-	free(pages);
-	pt_uffd_close(u);
-	uc_stop(&c, false);
-	return rc;
+	return with_vmm((struct uc_opts){ .kind = UC_ANON, .size = 64 * GIB }, false,
+			sparse_64g_body);
 }
 
 /* --- the BPF log behind the same interface --------------------------------------------------- */
@@ -630,32 +610,27 @@ out:
 }
 
 /* The uffd log through the same interface. */
-static int uffd_wlog_iface(void)
+static int uffd_wlog_iface_body(struct ucase *t)
 {
-	struct uc_opts o = { .kind = UC_ANON, .size = 16 << 20, .populate = true };
 	struct pt_gfn_range r = { 0, 64 };
 	uint64_t p = 5, bits[1] = { 0 };
-	struct pt_uffd *u = NULL;
-	struct pt_wlog *l;
+	struct pt_wlog *l = pt_uffd_wlog(t->u);
 	char why[128];
-	struct uc c = UC_NONE;
-	int rc = -1;
 
-	if (uc_start(&c, &o) || open_log(&c, &u))
-		goto out;
-	l = pt_uffd_wlog(u);
-	if (pt_wlog_doubt(l, why, sizeof(why)) != PT_WHY_NO_SYNC || strcmp(why, "not-armed"))
-		goto out;
-	if (pt_wlog_arm(l, NULL) || uc_write(&c, &p, 1) || pt_wlog_read(l, &r, 1, bits) ||
-	    bits[0] != 32 || pt_wlog_doubt(l, why, sizeof(why)) || strcmp(l->ops->name, "uffd"))
-		goto out;
+	CHECK(pt_wlog_doubt(l, why, sizeof(why)) == PT_WHY_NO_SYNC && !strcmp(why, "not-armed"));
+	CHECK(!pt_wlog_arm(l, NULL));
+	CHECK(!uc_write(&t->c, &p, 1));
+	CHECK(!pt_wlog_read(l, &r, 1, bits) && bits[0] == 32);
+	CHECK(!pt_wlog_doubt(l, why, sizeof(why)));
+	CHECK(!strcmp(l->ops->name, "uffd"));
 	pt_wlog_destroy(l);
-	u = NULL;
-	rc = 0;
-out:
-	pt_uffd_close(u);
-	uc_stop(&c, false);
-	return rc;
+	t->u = NULL; /* destroyed with its wlog */
+	return 0;
+}
+
+static int uffd_wlog_iface(void)
+{
+	return with_vmm(SMALL_OPTS, true, uffd_wlog_iface_body);
 }
 
 /* --- real KVM guests with dirty logging off ------------------------------------------------ */
@@ -730,123 +705,125 @@ static uint64_t kvm_page(const struct kvm_uffd *k, uint64_t gpa)
 			      : gpa / UC_PAGE;
 }
 
-static int kvm_read_all(struct kvm_uffd *k, uint64_t **bits)
+/* The GPA of log page p: the inverse of kvm_page(). */
+static uint64_t kvm_gpa(const struct kvm_uffd *k, uint64_t p)
 {
+	uint64_t sl0 = k->o.slots[0].size / UC_PAGE;
+
+	return p < sl0 ? p * UC_PAGE : 4 * GIB + (p - sl0) * UC_PAGE;
+}
+
+/* A KVM case: its guest and log, and buffers that with_kvm() frees after the case. */
+struct kcase {
+	struct kvm_uffd k;
+	uint64_t *bits; /* kvm_written_is()'s bitmap */
+	uint64_t *pages, *gpas;
+};
+
+/* Sets up the guest (kvm_setup_size()), runs the case, tears the guest down. */
+static int with_kvm(bool thp, uint64_t slot1, int (*body)(struct kcase *t))
+{
+	struct kcase t = { 0 };
+	int setup = kvm_setup_size(&t.k, thp, slot1), rc = setup ? setup : body(&t);
+
+	free(t.bits);
+	free(t.pages);
+	free(t.gpas);
+	if (setup != T_SKIP)
+		kvm_teardown(&t.k);
+	return rc;
+}
+
+/* Reads every page of both slots: the written set must be exactly pages[0..n). */
+static int kvm_written_is(struct kcase *t, const uint64_t *pages, size_t n)
+{
+	struct kvm_uffd *k = &t->k;
 	struct pt_gfn_range r[2] = { { 0, k->o.slots[0].size / UC_PAGE },
 				     { 4 * GIB / UC_PAGE, k->o.slots[1].size / UC_PAGE } };
 
-	*bits = calloc((pt_uffd_pages(k->u) + 63) / 64, 8);
-	return *bits ? pt_uffd_read(k->u, r, 2, *bits) : -ENOMEM;
+	free(t->bits);
+	t->bits = calloc((pt_uffd_pages(k->u) + 63) / 64, 8);
+	if (!t->bits || pt_uffd_read(k->u, r, 2, t->bits))
+		return -1;
+	return same_set(t->bits, pages, n, pt_uffd_pages(k->u));
 }
 
-static int kvm_guest(bool thp)
+static int kvm_guest(struct kcase *t)
 {
-	uint64_t gpas[3000], pages[3001], *bits = NULL, x = 77;
-	struct kvm_uffd k;
-	int rc = kvm_setup(&k, thp);
+	struct kvm_uffd *k = &t->k;
+	uint64_t gpas[3000], pages[3001], x = 77;
 
-	if (rc)
-		goto out;
-	rc = -1;
-	if (pt_uffd_arm(k.u) || kvm_read_all(&k, &bits) ||
-	    same_set(bits, NULL, 0, pt_uffd_pages(k.u)))
-		goto out;
-	free(bits);
-	bits = NULL;
+	CHECK(!pt_uffd_arm(k->u));
+	CHECK(!kvm_written_is(t, NULL, 0));
 	/* Distinct pages written by the guest, and one by the VMM through its own mapping. */
-	pick(pages, 3000, pt_uffd_pages(k.u), rnd(&x));
-	for (int i = 0; i < 3000; i++) {
-		uint64_t p = pages[i], sl0 = k.o.slots[0].size / UC_PAGE;
-
-		gpas[i] = (p < sl0 ? p * UC_PAGE : 4 * GIB + (p - sl0) * UC_PAGE) + 8;
-	}
-	if (minivm_guest_write(k.vm, gpas, 3000, 0xfeed))
-		goto out;
-	*(volatile uint64_t *)minivm_hva(k.vm, 4 * GIB + 123 * UC_PAGE, 8) = 1;
-	pages[3000] = kvm_page(&k, 4 * GIB + 123 * UC_PAGE);
-	if (kvm_read_all(&k, &bits) || same_set(bits, pages, 3001, pt_uffd_pages(k.u)) ||
-	    pt_uffd_doubt(k.u, NULL))
-		goto out;
-	rc = 0;
-out:
-	free(bits);
-	if (rc != T_SKIP)
-		kvm_teardown(&k);
-	return rc;
+	pick(pages, 3000, pt_uffd_pages(k->u), rnd(&x));
+	for (int i = 0; i < 3000; i++)
+		gpas[i] = kvm_gpa(k, pages[i]) + 8;
+	CHECK(!minivm_guest_write(k->vm, gpas, 3000, 0xfeed));
+	*(volatile uint64_t *)minivm_hva(k->vm, 4 * GIB + 123 * UC_PAGE, 8) = 1;
+	pages[3000] = kvm_page(k, 4 * GIB + 123 * UC_PAGE);
+	CHECK(!kvm_written_is(t, pages, 3001));
+	CHECK(!pt_uffd_doubt(k->u, NULL));
+	return 0;
 }
 
 static int kvm_guest_4k(void)
 {
-	return kvm_guest(false);
+	return with_kvm(false, 256 << 20, kvm_guest);
 }
 
 static int kvm_guest_thp(void)
 {
-	return kvm_guest(true);
+	return with_kvm(true, 256 << 20, kvm_guest);
 }
 
 /* A guest write to a page discarded with MADV_DONTNEED (a free page acted on) is seen. */
+static int kvm_dontneed_body(struct kcase *t)
+{
+	struct kvm_uffd *k = &t->k;
+	uint64_t gpa = 4 * GIB + 50 * UC_PAGE, p = kvm_page(k, gpa);
+
+	CHECK(!minivm_guest_write(k->vm, &gpa, 1, 1));
+	CHECK(!pt_uffd_arm(k->u));
+	CHECK(!madvise(minivm_hva(k->vm, gpa, UC_PAGE), UC_PAGE, MADV_DONTNEED));
+	CHECK(!pt_uffd_arm(k->u));
+	CHECK(!minivm_guest_write(k->vm, &gpa, 1, 2));
+	CHECK(!kvm_written_is(t, &p, 1));
+	return 0;
+}
+
 static int kvm_dontneed(void)
 {
-	uint64_t gpa = 4 * GIB + 50 * UC_PAGE, p, *bits = NULL;
-	struct kvm_uffd k;
-	int rc = kvm_setup(&k, false);
-
-	if (rc)
-		goto out;
-	rc = -1;
-	p = kvm_page(&k, gpa);
-	if (minivm_guest_write(k.vm, &gpa, 1, 1) || pt_uffd_arm(k.u) ||
-	    madvise(minivm_hva(k.vm, gpa, UC_PAGE), UC_PAGE, MADV_DONTNEED) || pt_uffd_arm(k.u))
-		goto out;
-	if (minivm_guest_write(k.vm, &gpa, 1, 2) || kvm_read_all(&k, &bits) ||
-	    same_set(bits, &p, 1, pt_uffd_pages(k.u)))
-		goto out;
-	rc = 0;
-out:
-	free(bits);
-	if (rc != T_SKIP)
-		kvm_teardown(&k);
-	return rc;
+	return with_kvm(false, 256 << 20, kvm_dontneed_body);
 }
 
 /* A 64 GiB sparse guest (lazily backed) writing 0.1 % of its pages: exact, and the costs. */
+static int kvm_sparse_64g_body(struct kcase *t)
+{
+	struct kvm_uffd *k = &t->k;
+	uint64_t n = pt_uffd_pages(k->u) / 1000;
+
+	t->pages = malloc(n * 8);
+	t->gpas = malloc(n * 8);
+	CHECK(t->pages && t->gpas);
+	CHECK(!pt_uffd_arm(k->u));
+	fprintf(stderr, "  first arm %.1f ms\n", pt_uffd_stats(k->u)->last_arm_ns / 1e6);
+	pick(t->pages, n, pt_uffd_pages(k->u), 4242);
+	for (uint64_t i = 0; i < n; i++)
+		t->gpas[i] = kvm_gpa(k, t->pages[i]);
+	CHECK(!minivm_guest_write(k->vm, t->gpas, n, 1));
+	CHECK(!kvm_written_is(t, t->pages, n));
+	CHECK(!pt_uffd_doubt(k->u, NULL));
+	fprintf(stderr, "  %lu guest-written pages: verdict %.1f ms\n", (unsigned long)n,
+		pt_uffd_stats(k->u)->last_read_ns / 1e6);
+	CHECK(!pt_uffd_arm(k->u));
+	fprintf(stderr, "  re-arm %.1f ms\n", pt_uffd_stats(k->u)->last_arm_ns / 1e6);
+	return 0;
+}
+
 static int kvm_sparse_64g(void)
 {
-	uint64_t n, *pages = NULL, *gpas = NULL, *bits = NULL, sl0;
-	struct kvm_uffd k;
-	int rc = kvm_setup_size(&k, false, 64 * GIB);
-
-	if (rc)
-		goto out;
-	rc = -1;
-	sl0 = k.o.slots[0].size / UC_PAGE;
-	n = pt_uffd_pages(k.u) / 1000;
-	pages = malloc(n * 8);
-	gpas = malloc(n * 8);
-	if (!pages || !gpas || pt_uffd_arm(k.u))
-		goto out;
-	fprintf(stderr, "  first arm %.1f ms\n", pt_uffd_stats(k.u)->last_arm_ns / 1e6);
-	pick(pages, n, pt_uffd_pages(k.u), 4242);
-	for (uint64_t i = 0; i < n; i++)
-		gpas[i] =
-			pages[i] < sl0 ? pages[i] * UC_PAGE : 4 * GIB + (pages[i] - sl0) * UC_PAGE;
-	if (minivm_guest_write(k.vm, gpas, n, 1) || kvm_read_all(&k, &bits) ||
-	    same_set(bits, pages, n, pt_uffd_pages(k.u)) || pt_uffd_doubt(k.u, NULL))
-		goto out;
-	fprintf(stderr, "  %lu guest-written pages: verdict %.1f ms\n", (unsigned long)n,
-		pt_uffd_stats(k.u)->last_read_ns / 1e6);
-	if (pt_uffd_arm(k.u))
-		goto out;
-	fprintf(stderr, "  re-arm %.1f ms\n", pt_uffd_stats(k.u)->last_arm_ns / 1e6);
-	rc = 0;
-out:
-	free(pages);
-	free(gpas);
-	free(bits);
-	if (rc != T_SKIP)
-		kvm_teardown(&k);
-	return rc;
+	return with_kvm(false, 64 * GIB, kvm_sparse_64g_body);
 }
 
 /*
@@ -868,16 +845,13 @@ struct kvm_race {
 static void *kvm_race_writer(void *arg)
 {
 	struct kvm_race *r = arg;
-	uint64_t x = r->seed | 1, sl0 = r->k->o.slots[0].size / UC_PAGE;
+	uint64_t x = r->seed | 1;
 
 	while (!r->stop && r->n < KVM_RACE_LOG) {
 		typeof(&r->log[0]) e = &r->log[r->n];
 
-		for (int i = 0; i < 64; i++) {
-			uint64_t p = rnd(&x) % pt_uffd_pages(r->k->u);
-
-			e->gpa[i] = p < sl0 ? p * UC_PAGE : 4 * GIB + (p - sl0) * UC_PAGE;
-		}
+		for (int i = 0; i < 64; i++)
+			e->gpa[i] = kvm_gpa(r->k, rnd(&x) % pt_uffd_pages(r->k->u));
 		e->t0 = uc_now();
 		if (minivm_guest_write(r->k->vm, e->gpa, 64, r->n))
 			break;
@@ -910,18 +884,8 @@ static int kvm_race_100k(void)
 	if (!hinted || !bits || !pages || !hint || !r.log)
 		goto out;
 	pick(pages, 100000, np, rnd(&x));
-	for (size_t i = 0; i < 100000; i++)
-		hinted[pages[i] / 64] |= 1ull << (pages[i] % 64);
-	for (uint64_t p = 0, sl0 = k.o.slots[0].size / UC_PAGE; p < np; p++) {
-		uint64_t gfn = p < sl0 ? p : 4 * GIB / UC_PAGE + p - sl0;
-
-		if (!(hinted[p / 64] & (1ull << (p % 64))))
-			continue;
-		if (nh && hint[nh - 1].gfn + hint[nh - 1].npages == gfn)
-			hint[nh - 1].npages++;
-		else
-			hint[nh++] = (struct pt_gfn_range){ gfn, 1 };
-	}
+	nh = hint_ranges(pages, 100000, np, k.o.slots[0].size / UC_PAGE, 4 * GIB / UC_PAGE, hinted,
+			 hint);
 	r.k = &k;
 	r.seed = rnd(&x);
 	if (pthread_create(&th, NULL, kvm_race_writer, &r))

@@ -191,6 +191,11 @@ static int ranges_ready(struct pt_vmctx *c, const struct pt_range *r, uint32_t n
 	return err ? err : check_ranges(c, r, n);
 }
 
+int pt_batch_check(struct pt_vmctx *c, const struct pt_range *r, uint32_t n)
+{
+	return ranges_ready(c, r, n);
+}
+
 static inline __attribute__((always_inline)) int apply_ranges(struct pt_vmctx *c,
 							      const struct pt_range *r, uint32_t n,
 							      piece_fn fn, void *arg,

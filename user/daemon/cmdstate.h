@@ -131,6 +131,10 @@ int pt_balloon_reclaimed(struct pt_vmctx *c, struct pt_verdict_sum *v, pt_range_
 int pt_wr_read(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, pt_range_cb cb, void *ctx,
 	       uint64_t *pages);
 
+/* Checks @r as the batch functions above do before they apply anything: a caller that applies
+ * a large batch in parts (daemon/bigbatch.h) checks it whole first. 0 or a negative code. */
+int pt_batch_check(struct pt_vmctx *c, const struct pt_range *r, uint32_t n);
+
 /* Why the current epoch cannot vouch for anything (PT_WHY_* bits, 0 if it can). */
 uint32_t pt_epoch_doubt(struct pt_vmctx *c);
 /* REGISTER's coverage: the bits that will make every verdict "keep" whatever the device does

@@ -38,7 +38,7 @@ void pt_config_defaults(struct pt_config *cfg)
 	cfg->conn_output_kb = 4096;
 	cfg->max_output_mb = 64;
 	cfg->turn_frames = 64;
-	cfg->turn_pages = 1ull << 26; /* about a millisecond of bitmap work */
+	cfg->turn_pages = 1ull << 24; /* a millisecond or a few of bitmap work */
 	cfg->frame_timeout = 30;
 	cfg->reply_timeout = 30;
 	cfg->idle_timeout = 60;

@@ -53,7 +53,7 @@
 /* Limits against hostile peers (server.h, PROTOCOL.md section 9). */
 #define DEF_MAX_OUTQ_TOTAL (64u << 20)
 #define DEF_TURN_FRAMES	   64u
-#define DEF_TURN_WORK	   (1ull << 26)
+#define DEF_TURN_WORK	   (1ull << 24)
 #define DEF_FRAME_TIMEOUT  30000u
 #define DEF_REPLY_TIMEOUT  30000u
 #define DEF_IDLE_TIMEOUT   60000u
@@ -231,7 +231,9 @@ struct pt_server {
 	uint64_t turn_id;
 	uint64_t turn_total;		 /* work charged in this turn, all connections */
 	uint64_t turn_us_window;	 /* longest turn since the last tick */
+	uint64_t turn_cpu_window;	 /* the most CPU time one turn took since the last tick */
 	uint32_t yield_head, yield_tail; /* connections waiting for the next turn */
+	uint32_t yield_starved;		 /* the last of those that got nothing done */
 	int reserve_fd;			 /* given up to refuse connections when out of fds */
 	uint64_t nofd_logged_ms;	 /* last "out of descriptors" line */
 	uint64_t nofd_unlogged;		 /* refused since */
@@ -583,12 +585,17 @@ static uint64_t now_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-static uint64_t now_us(void)
+static uint64_t clock_us(clockid_t id)
 {
 	struct timespec ts;
 
-	clock_gettime(CLOCK_MONOTONIC, &ts);
+	clock_gettime(id, &ts);
 	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+static uint64_t now_us(void)
+{
+	return clock_us(CLOCK_MONOTONIC);
 }
 
 /* Input of @c waits: for its replies to drain (stall), a long reply (pause), or its turn. */
@@ -612,28 +619,33 @@ static bool turn_used(struct pt_conn *c)
 }
 
 /*
- * Puts @c on the list looked at in the next turn (at most once: yield_listed). One that got
- * nothing done in this turn (all connections together used the turn) goes first, so that
- * the busy ones at the front of the list cannot keep it waiting turn after turn.
+ * Puts @c on the list looked at in the next turn (at most once: yield_listed). Ones that got
+ * nothing done in this turn (all connections together used the turn) go first, in the order
+ * they came, so that the busy ones cannot keep them waiting turn after turn. In that order:
+ * put at the very front instead, two flooders that take turns using the whole budget jump
+ * ahead of a PING that waits behind them, every turn, for ever.
  */
 static void yield_link(struct pt_conn *c)
 {
 	struct pt_server *s = c->s;
-	bool first = c->turn_id == s->turn_id && !c->turn_frames && !c->turn_work;
+	bool starved = c->turn_id == s->turn_id && !c->turn_frames && !c->turn_work;
+	uint32_t *prev;
 
 	if (c->yield_listed)
 		return;
 	c->yield_listed = true;
-	c->yield_next = NIL;
-	if (s->yield_head == NIL) {
-		s->yield_head = s->yield_tail = c->idx;
-	} else if (first) {
-		c->yield_next = s->yield_head;
-		s->yield_head = c->idx;
-	} else {
-		s->conns[s->yield_tail].yield_next = c->idx;
+	if (!starved)
+		prev = s->yield_tail == NIL ? &s->yield_head : &s->conns[s->yield_tail].yield_next;
+	else if (s->yield_starved == NIL)
+		prev = &s->yield_head;
+	else
+		prev = &s->conns[s->yield_starved].yield_next;
+	c->yield_next = *prev;
+	*prev = c->idx;
+	if (c->yield_next == NIL)
 		s->yield_tail = c->idx;
-	}
+	if (starved)
+		s->yield_starved = c->idx;
 }
 
 /*
@@ -655,7 +667,7 @@ static void resume_yielded(struct pt_server *s)
 {
 	uint32_t i = s->yield_head;
 
-	s->yield_head = s->yield_tail = NIL;
+	s->yield_head = s->yield_tail = s->yield_starved = NIL;
 	s->turn_id++;
 	s->turn_total = 0;
 	while (i != NIL) {
@@ -678,6 +690,12 @@ static void conn_drain(struct pt_conn *c)
 		return; /* a send completion brings it back here */
 	if (!s->ops.on_drain) {
 		pt_conn_resume(c);
+		return;
+	}
+	/* A long reply or a large batch goes on a part at a time, within the turn's budget:
+	 * send completions in the same turn must not bring it back for more. */
+	if (turn_used(c)) {
+		yield_link(c);
 		return;
 	}
 	s->ops.on_drain(s->ctx, c);
@@ -791,14 +809,23 @@ static bool make_room(struct pt_server *s)
 	return true;
 }
 
-static void turn_done(struct pt_server *s, uint64_t t0)
+/*
+ * A turn ends: from the completions it handled to the next wait. Wall time includes whatever
+ * else the machine ran meanwhile; the loop thread's CPU time is what the turn itself cost the
+ * other connections.
+ */
+static void turn_done(struct pt_server *s, uint64_t t0, uint64_t cpu0)
 {
-	uint64_t us = now_us() - t0;
+	uint64_t us = now_us() - t0, cpu = clock_us(CLOCK_THREAD_CPUTIME_ID) - cpu0;
 
 	if (us > s->st.max_turn_us)
 		s->st.max_turn_us = us;
 	if (us > s->turn_us_window)
 		s->turn_us_window = us;
+	if (cpu > s->st.max_turn_cpu_us)
+		s->st.max_turn_cpu_us = cpu;
+	if (cpu > s->turn_cpu_window)
+		s->turn_cpu_window = cpu;
 }
 
 static void conn_stall(struct pt_conn *c)
@@ -1256,7 +1283,8 @@ static void handle_cqe(struct pt_server *s, struct io_uring_cqe *cqe)
 			break;
 		sweep_timeouts(s);
 		s->st.tick_max_turn_us = s->turn_us_window;
-		s->turn_us_window = 0;
+		s->st.tick_max_turn_cpu_us = s->turn_cpu_window;
+		s->turn_us_window = s->turn_cpu_window = 0;
 		if (s->ops.on_tick)
 			s->ops.on_tick(s->ctx);
 		arm_tick(s);
@@ -1468,7 +1496,7 @@ static void server_limits(struct pt_server *s, const struct pt_server_cfg *cfg)
 	s->frame_timeout_ms = cfg->frame_timeout_ms ? cfg->frame_timeout_ms : DEF_FRAME_TIMEOUT;
 	s->reply_timeout_ms = cfg->reply_timeout_ms ? cfg->reply_timeout_ms : DEF_REPLY_TIMEOUT;
 	s->idle_timeout_ms = cfg->idle_timeout_ms ? cfg->idle_timeout_ms : DEF_IDLE_TIMEOUT;
-	s->yield_head = s->yield_tail = NIL;
+	s->yield_head = s->yield_tail = s->yield_starved = NIL;
 	s->reserve_fd = eventfd(0, EFD_CLOEXEC);
 }
 
@@ -1601,6 +1629,8 @@ static int submit_wait(struct pt_server *s, unsigned want, unsigned timeout_ms)
 
 int pt_server_run(struct pt_server *s)
 {
+	uint64_t t0 = 0, cpu0 = 0;
+	bool turn = false;
 	int rc = 0;
 
 	if (!s)
@@ -1613,11 +1643,11 @@ int pt_server_run(struct pt_server *s)
 		arm_tick(s);
 
 	while (!s->stop) {
-		uint64_t t0;
-
 		resume_yielded(s);
 		process_dirty(s);
 		buf_publish(s);
+		if (turn)
+			turn_done(s, t0, cpu0);
 		/* Connections waiting for their next turn: look for completions, do not sleep. The
 		 * kernel must still run its deferred completion work (timer, other connections'
 		 * receives): with COOP_TASKRUN only an enter that asks for events does. */
@@ -1632,9 +1662,10 @@ int pt_server_run(struct pt_server *s)
 			break;
 		}
 		t0 = now_us();
+		cpu0 = clock_us(CLOCK_THREAD_CPUTIME_ID);
+		turn = true;
 		reap(s);
 		process_dirty(s);
-		turn_done(s, t0);
 	}
 
 	/* Shutdown: cancel everything, drain, close. */

@@ -79,7 +79,7 @@ struct pt_server_cfg {
 	size_t max_outq_total;	   /* reply bytes queued, all connections, before every
 				    * connection with replies queued stops reading [64 MiB] */
 	unsigned turn_frames;	   /* frames one connection may have handled per turn [64] */
-	uint64_t turn_work;	   /* work (pages, see pt_conn_charge) per turn [2^26] */
+	uint64_t turn_work;	   /* work (pages, see pt_conn_charge) per turn [2^24] */
 	unsigned frame_timeout_ms; /* a partial frame held longer: closed [30 s] */
 	unsigned reply_timeout_ms; /* queued replies not read for longer: closed [30 s] */
 	unsigned idle_timeout_ms;  /* unregistered connection without a frame for longer:
@@ -151,20 +151,24 @@ struct pt_server_stats {
 	uint64_t frames; /* frames handed to on_frame */
 	uint64_t bytes_in;
 	uint64_t bytes_out;
-	uint64_t bad_frames;	      /* framing errors and pt_hdr_check() failures */
-	uint64_t backpressure_stalls; /* times a connection's input was stopped */
-	uint64_t enobufs;	      /* recvs that found the buffer ring empty */
-	uint64_t conns_rejected;      /* over max_conns */
-	uint64_t outq_bytes;	      /* reply bytes queued now, all connections */
-	uint64_t bufs_parked;	      /* ring buffers held by stalled connections now */
-	uint64_t parked_bytes;	      /* received bytes held by stalled connections now */
-	uint64_t turns_yielded;	      /* times a connection's input waited for the next turn */
-	uint64_t conns_timed_out;     /* closed: partial frame, unread replies, or idle */
-	uint64_t conns_evicted;	      /* unregistered, closed to make room (max_conns) */
-	uint64_t conns_refused_nofd;  /* accepted and closed at once: out of descriptors */
-	uint64_t max_turn_us;	      /* longest turn of the loop (handling one batch of
-				       * completions), microseconds, since start */
-	uint64_t tick_max_turn_us;    /* the same, during the last tick period */
+	uint64_t bad_frames;	       /* framing errors and pt_hdr_check() failures */
+	uint64_t backpressure_stalls;  /* times a connection's input was stopped */
+	uint64_t enobufs;	       /* recvs that found the buffer ring empty */
+	uint64_t conns_rejected;       /* over max_conns */
+	uint64_t outq_bytes;	       /* reply bytes queued now, all connections */
+	uint64_t bufs_parked;	       /* ring buffers held by stalled connections now */
+	uint64_t parked_bytes;	       /* received bytes held by stalled connections now */
+	uint64_t turns_yielded;	       /* times a connection's input waited for the next turn */
+	uint64_t conns_timed_out;      /* closed: partial frame, unread replies, or idle */
+	uint64_t conns_evicted;	       /* unregistered, closed to make room (max_conns) */
+	uint64_t conns_refused_nofd;   /* accepted and closed at once: out of descriptors */
+	uint64_t max_turn_us;	       /* longest turn of the loop (handling one batch of
+					* completions), microseconds, since start */
+	uint64_t tick_max_turn_us;     /* the same, during the last tick period */
+	uint64_t max_turn_cpu_us;      /* the most CPU time of the loop's thread one turn took:
+					* what a turn cost the other connections, whatever the
+					* machine's load added to the wall time above */
+	uint64_t tick_max_turn_cpu_us; /* the same, during the last tick period */
 };
 void pt_server_get_stats(const struct pt_server *s, struct pt_server_stats *st);
 

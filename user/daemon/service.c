@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "writelog/canary.h"
+#include "bigbatch.h"
 #include "caps.h"
 #include "writelog/uffd.h"
 #include "cmdstate.h"
@@ -37,11 +38,12 @@ struct vm_id {
 
 /* pt_conn_data() of every connection. */
 struct conn_info {
-	uint32_t bind;	     /* generation << 16 | VM index + 1, or 0 */
-	bool taken_over;     /* another connection registered the VM this one held */
-	bool counted;	     /* in the uid's connection quota */
-	bool refused;	     /* over the quota at accept: closing, nothing is served */
-	uint64_t peer_start; /* start time of the peer at accept (kernels without SO_PEERPIDFD) */
+	uint32_t bind;	       /* generation << 16 | VM index + 1, or 0 */
+	bool taken_over;       /* another connection registered the VM this one held */
+	bool counted;	       /* in the uid's connection quota */
+	bool refused;	       /* over the quota at accept: closing, nothing is served */
+	uint64_t peer_start;   /* start time of the peer at accept (kernels without SO_PEERPIDFD) */
+	struct big_batch *big; /* a batch being applied a part per turn, or NULL */
 };
 
 struct lazy_reply;
@@ -63,6 +65,7 @@ struct svc {
 	struct pt_status_counters n;
 	unsigned ticks;
 	struct lazy_reply *lazy; /* long replies being produced, one per connection at most */
+	struct pt_range *part;	 /* one part of a large batch being applied */
 };
 
 /* --- replies -------------------------------------------------------------------------------- */
@@ -240,12 +243,17 @@ static void lazy_start(struct svc *s, struct pt_conn *c, struct lazy_reply *lr, 
 	lazy_pump(s, lr);
 }
 
+static void big_step(struct svc *s, struct pt_conn *c);
+
 static void on_drain(void *arg, struct pt_conn *c)
 {
 	struct svc *s = arg;
+	struct conn_info *ci = pt_conn_data(c);
 	struct lazy_reply *lr = lazy_of(s, c);
 
-	if (lr)
+	if (ci && ci->big)
+		big_step(s, c);
+	else if (lr)
 		lazy_pump(s, lr);
 	else
 		pt_conn_resume(c);
@@ -735,6 +743,7 @@ static void on_register(struct svc *s, struct pt_conn *c, struct reg_req *r)
 	s->id[vm].conn = c;
 	bind_conn(s, c, vm);
 	pt_conn_set_registered(c, true);
+	pt_conn_charge(c, ctx->words * 64); /* the VM's region was cleared: a turn's work */
 	if (!tracked)
 		pt_warn("VM %u (pid %u): BPF does not see its writes (%s dirty logging%s): every "
 			"verdict will be keep",
@@ -1033,34 +1042,151 @@ static void on_wr_read(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx,
 	send_ranges(s, c, PT_MSG_WR_RECORDS, m->seq, &v);
 }
 
+static int apply_batch(struct pt_vmctx *ctx, unsigned type, uint32_t cmd, const struct pt_range *r,
+		       uint32_t n, uint64_t *pages)
+{
+	switch (type) {
+	case PT_MSG_HINT:
+		return pt_cmd_hint(ctx, cmd, r, n, pages);
+	case PT_MSG_REPORT:
+		return pt_report_add(ctx, r, n, pages);
+	case PT_MSG_INFLATE:
+		return pt_balloon_inflate(ctx, r, n, pages);
+	case PT_MSG_WRITTEN:
+		return pt_vmm_written(ctx, r, n, pages);
+	default:
+		return pt_balloon_deflate(ctx, r, n, pages);
+	}
+}
+
+/* --- batches too large for one turn (bigbatch.h) -------------------------------------------- */
+
+/* A part: at most this many pages (512 KiB of bitmap: a millisecond or less, a few where the
+ * bitmap's pages are touched for the first time) and ranges. */
+#ifndef BIG_PART_PAGES /* tests/daemon/fuzz_dispatch.c makes them small */
+#define BIG_PART_PAGES (1ull << 22)
+#endif
+#define BIG_PART_RANGES 4096u
+
+struct big_batch {
+	struct pt_bigbatch cut;
+	unsigned type;
+	uint32_t seq, cmd_id, count;
+	uint32_t cur; /* a HINT: the command ID and epoch it was checked against */
+	uint64_t epoch;
+	uint64_t pages; /* applied so far */
+};
+
+static void big_end(struct svc *s, struct pt_conn *c)
+{
+	struct conn_info *ci = pt_conn_data(c);
+
+	pt_bigbatch_free(&ci->big->cut);
+	free(ci->big);
+	ci->big = NULL;
+	pt_conn_resume(c);
+}
+
+/* Still the state the batch was checked against? The connection's own input waits, but the VM
+ * may have been taken over, released or registered afresh since the last part. */
+static int big_still_valid(struct svc *s, struct pt_conn *c, struct pt_vmctx **ctx)
+{
+	const struct big_batch *bb = ((struct conn_info *)pt_conn_data(c))->big;
+
+	*ctx = bound_vm(s, c);
+	if (!*ctx)
+		return -PT_E_NOT_REGISTERED;
+	if (bb->type == PT_MSG_HINT && ((*ctx)->cur != bb->cur || (*ctx)->epoch != bb->epoch))
+		return -PT_E_STALE_CMD;
+	return 0;
+}
+
+/* Applies the next part; the ACK goes out with the last. Input waits until then (paused). */
+static void big_step(struct svc *s, struct pt_conn *c)
+{
+	struct big_batch *bb = ((struct conn_info *)pt_conn_data(c))->big;
+	struct pt_vmctx *ctx;
+	uint64_t pages = 0;
+	uint32_t k = 0;
+	int err = big_still_valid(s, c, &ctx);
+
+	if (!err) {
+		k = pt_bigbatch_next(&bb->cut, BIG_PART_PAGES, s->part, BIG_PART_RANGES);
+		err = apply_batch(ctx, bb->type, bb->cmd_id, s->part, k, &pages);
+	}
+	if (err) {
+		/* Part of the batch may be applied: only pages the guest did name. */
+		reply_err(s, c, bb->seq, err, pt_msg_type_str(bb->type));
+		big_end(s, c);
+		return;
+	}
+	bb->pages += pages;
+	pt_conn_charge(c, pages + 1);
+	if (bb->cut.next < bb->cut.n) {
+		pt_conn_pause(c); /* on_drain comes back, next turn */
+		return;
+	}
+	if (bb->type == PT_MSG_HINT)
+		s->n.hint_records += bb->count;
+	reply_ack(s, c, bb->seq, bb->count, bb->pages, 0);
+	big_end(s, c);
+}
+
+/* Everything that could refuse the batch, before any part of it is applied. */
+static int big_check(struct pt_vmctx *ctx, const struct pt_msg *m)
+{
+	uint64_t pages = 0;
+
+	/* A HINT under an ID that is not current: refused again with all its ranges, which counts
+	 * its pages as ignored and applies none. */
+	if (m->type == PT_MSG_HINT && pt_cmd_hint(ctx, m->cmd_id, m->ranges, 0, &pages))
+		return pt_cmd_hint(ctx, m->cmd_id, m->ranges, m->count, &pages);
+	return pt_batch_check(ctx, m->ranges, m->count);
+}
+
+static void big_start(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx,
+		      const struct pt_msg *m)
+{
+	struct conn_info *ci = pt_conn_data(c);
+	struct big_batch *bb;
+	int err = big_check(ctx, m);
+
+	if (err) {
+		reply_err(s, c, m->seq, err, pt_msg_type_str(m->type));
+		return;
+	}
+	bb = calloc(1, sizeof(*bb));
+	if (!bb || pt_bigbatch_init(&bb->cut, m->ranges, m->count)) {
+		free(bb);
+		reply_err(s, c, m->seq, -PT_E_BUSY, "batch: out of memory");
+		return;
+	}
+	bb->type = m->type;
+	bb->seq = m->seq;
+	bb->cmd_id = m->cmd_id;
+	bb->count = m->count;
+	bb->cur = ctx->cur;
+	bb->epoch = ctx->epoch;
+	ci->big = bb;
+	big_step(s, c);
+}
+
 static void on_batch(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx, const struct pt_msg *m)
 {
 	uint64_t pages = 0;
 	int err;
 
-	switch (m->type) {
-	case PT_MSG_HINT:
-		err = pt_cmd_hint(ctx, m->cmd_id, m->ranges, m->count, &pages);
-		if (!err)
-			s->n.hint_records += m->count;
-		break;
-	case PT_MSG_REPORT:
-		err = pt_report_add(ctx, m->ranges, m->count, &pages);
-		break;
-	case PT_MSG_INFLATE:
-		err = pt_balloon_inflate(ctx, m->ranges, m->count, &pages);
-		break;
-	case PT_MSG_WRITTEN:
-		err = pt_vmm_written(ctx, m->ranges, m->count, &pages);
-		break;
-	default:
-		err = pt_balloon_deflate(ctx, m->ranges, m->count, &pages);
-		break;
+	if (pt_ranges_pages(m->ranges, m->count) > BIG_PART_PAGES) {
+		big_start(s, c, ctx, m);
+		return;
 	}
+	err = apply_batch(ctx, m->type, m->cmd_id, m->ranges, m->count, &pages);
 	if (err) {
 		reply_err(s, c, m->seq, err, pt_msg_type_str(m->type));
 		return;
 	}
+	if (m->type == PT_MSG_HINT)
+		s->n.hint_records += m->count;
 	pt_conn_charge(c, pages);
 	reply_ack(s, c, m->seq, m->count, pages, 0);
 }
@@ -1069,9 +1195,12 @@ static void on_cmd(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx, const
 {
 	int err;
 
-	if (m->type == PT_MSG_ARM)
+	if (m->type == PT_MSG_ARM) {
+		/* ARM passes over the VM's whole bitmap: one per turn for a large VM, not a frame
+		 * budget's worth (64 ARMs of a 256 GiB VM held the loop for seconds). */
 		err = pt_cmd_arm(ctx, m->cmd_id);
-	else if (m->type == PT_MSG_STOP)
+		pt_conn_charge(c, ctx->words * 64);
+	} else if (m->type == PT_MSG_STOP)
 		err = pt_cmd_stop(ctx, m->cmd_id);
 	else
 		err = pt_cmd_done(ctx, m->cmd_id);
@@ -1225,6 +1354,10 @@ static void on_close(void *arg, struct pt_conn *c)
 
 	if (lr)
 		lazy_free(s, lr);
+	if (ci && ci->big) {
+		pt_bigbatch_free(&ci->big->cut);
+		free(ci->big);
+	}
 	/* The VM stays tracked: its device may reconnect. It goes when its VMM exits. Its
 	 * command IDs go now (PROTOCOL.md section 2): a new connection arms anew. */
 	if (ctx && s->id[ctx->vm].conn == c) {
@@ -1425,7 +1558,8 @@ int pt_service_run(const struct pt_config *cfg)
 		s->id[i] = (struct vm_id){ .pidfd = -1, .vm_fd = -1 };
 	s->quota = pt_quota_new();
 	s->out = aligned_alloc(8, PT_MAX_FRAME);
-	err = s->out && s->quota ? start(s) : -ENOMEM;
+	s->part = calloc(BIG_PART_RANGES, sizeof(*s->part));
+	err = s->out && s->part && s->quota ? start(s) : -ENOMEM;
 	if (!err)
 		err = pt_server_run(s->srv);
 	pt_server_destroy(s->srv);
@@ -1436,6 +1570,7 @@ int pt_service_run(const struct pt_config *cfg)
 	pt_quota_free(s->quota);
 	pt_tracker_close(s->t);
 	free(s->ranges);
+	free(s->part);
 	free(s->out);
 	free(s);
 	return err;

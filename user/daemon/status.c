@@ -174,6 +174,7 @@ static void write_json(const char *path, const struct pt_config *cfg, struct pt_
 		"\"bytes_in\": %llu, \"bytes_out\": %llu, \"bad_frames\": %llu, "
 		"\"backpressure_stalls\": %llu, \"hint_records\": %llu, \"verdicts\": %llu, "
 		"\"turns_yielded\": %llu, \"max_turn_us\": %llu, \"tick_max_turn_us\": %llu, "
+		"\"max_turn_cpu_us\": %llu, \"tick_max_turn_cpu_us\": %llu, "
 		"\"timed_out\": %llu, "
 		"\"evicted\": %llu, \"rejected\": %llu, \"refused_nofd\": %llu, "
 		"\"outq_bytes\": %llu},\n \"vms\": [",
@@ -187,9 +188,11 @@ static void write_json(const char *path, const struct pt_config *cfg, struct pt_
 		(unsigned long long)st->bad_frames, (unsigned long long)st->backpressure_stalls,
 		(unsigned long long)n->hint_records, (unsigned long long)n->verdicts,
 		(unsigned long long)st->turns_yielded, (unsigned long long)st->max_turn_us,
-		(unsigned long long)st->tick_max_turn_us, (unsigned long long)st->conns_timed_out,
-		(unsigned long long)st->conns_evicted, (unsigned long long)st->conns_rejected,
-		(unsigned long long)st->conns_refused_nofd, (unsigned long long)st->outq_bytes);
+		(unsigned long long)st->tick_max_turn_us, (unsigned long long)st->max_turn_cpu_us,
+		(unsigned long long)st->tick_max_turn_cpu_us,
+		(unsigned long long)st->conns_timed_out, (unsigned long long)st->conns_evicted,
+		(unsigned long long)st->conns_rejected, (unsigned long long)st->conns_refused_nofd,
+		(unsigned long long)st->outq_bytes);
 	for (uint32_t i = 0; i < PT_MAX_VMS; i++) {
 		if (vms[i]) {
 			json_vm(f, t, vms[i], first);
@@ -261,6 +264,8 @@ static void prom_limits(FILE *f, const struct pt_server_stats *st)
 		  offsetof(struct pt_server_stats, outq_bytes) },
 		{ "pagetrack_loop_turn_max_seconds", "gauge",
 		  offsetof(struct pt_server_stats, tick_max_turn_us) },
+		{ "pagetrack_loop_turn_max_cpu_seconds", "gauge",
+		  offsetof(struct pt_server_stats, tick_max_turn_cpu_us) },
 	};
 
 	for (size_t i = 0; i < sizeof(m) / sizeof(m[0]); i++) {
