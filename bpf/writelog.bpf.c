@@ -105,8 +105,14 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } pt_vm_stats SEC(".maps");
 
+/*
+ * One pt_cpu_cache per CPU, indexed by CPU number (max_entries: set by the loader to the
+ * possible CPUs): unlike a PERCPU_ARRAY its address takes no load of a per-CPU pointer, one
+ * cold load less on every push. Only programs running on that CPU, which cannot be preempted
+ * there, touch an entry.
+ */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct pt_cpu_cache);
@@ -117,6 +123,19 @@ static __always_inline __u64 *pending_ioctls(void)
 	__u32 key = PT_PENDING;
 
 	return bpf_map_lookup_elem(&pt_pending, &key);
+}
+
+/*
+ * Make every CPU's pt_ring_push cache stale. After the change it covers, so that a push that
+ * read the old generation and then the old state cannot cache it under the new one.
+ */
+static __always_inline void bump_generation(void)
+{
+	__u32 key = PT_GEN;
+	__u64 *gen = bpf_map_lookup_elem(&pt_pending, &key);
+
+	if (gen)
+		__sync_fetch_and_add(gen, 1);
 }
 
 static __always_inline struct pt_vm_stats *vm_stats(__u32 vm)
@@ -150,31 +169,6 @@ static __always_inline int current_vm(__u32 *vm)
 		return -1;
 	*vm = *idx;
 	return 0;
-}
-
-/*
- * current_vm() through the per-CPU cache: a hit costs two inlined array lookups instead of
- * a hash lookup. Untracked processes miss and fall back to the hash (and are not cached).
- */
-static __always_inline struct pt_cpu_cache *cached_vm(__u32 *vm)
-{
-	__u32 tgid = current_tgid(), zero = 0, gkey = PT_GEN;
-	struct pt_cpu_cache *c = bpf_map_lookup_elem(&pt_cache, &zero);
-	__u64 *gen = bpf_map_lookup_elem(&pt_pending, &gkey);
-
-	if (!c || !gen)
-		return NULL;
-	if (c->tgid == tgid && c->gen == *gen) {
-		*vm = c->vm;
-		return c;
-	}
-	if (current_vm(vm))
-		return NULL;
-	c->tgid = tgid;
-	c->vm = *vm;
-	c->gen = *gen;
-	c->ring = 0;
-	return c;
 }
 
 /* Mark the current epoch unable to vouch for its log (`reason`: PT_TAINT_*). */
@@ -280,7 +274,7 @@ static __always_inline void record_gfn(__u32 vm, struct pt_vm_state *st, __u64 g
 }
 
 /* Remember the first ring entry of this epoch; entries before it predate the arm. */
-static __always_inline void note_ring_push(__u32 vm, struct pt_vm_state *st,
+static __always_inline void note_ring_push(__u32 vm, struct pt_vm_state *st, __u64 epoch,
 					   struct kvm_dirty_ring *ring)
 {
 	__u32 vcpu = BPF_CORE_READ(ring, index);
@@ -294,52 +288,53 @@ static __always_inline void note_ring_push(__u32 vm, struct pt_vm_state *st,
 	r = bpf_map_lookup_elem(&pt_rings, &key);
 	if (!r)
 		return;
-	if (r->epoch != st->epoch || r->vm != vm + 1) {
+	if (r->epoch != epoch || r->vm != vm + 1) {
 		/* The push already advanced dirty_index: this entry is dirty_index - 1. */
 		r->first_idx = BPF_CORE_READ(ring, dirty_index) - 1;
 		r->vm = vm + 1;
-		r->epoch = st->epoch;
+		r->epoch = epoch;
 	}
 }
 
-SEC("raw_tp/kvm_dirty_ring_push")
-int BPF_PROG(pt_ring_push, struct kvm_dirty_ring *ring, u32 slot, u64 offset)
+/* The fast path's slot: its region bits from `bit`, the pages of it that fit the region. */
+static __always_inline void cache_slot(struct pt_cpu_cache *c, struct pt_vm_state *st,
+				       struct pt_slot *s, __u32 slot)
 {
-	struct pt_vm_stats *n;
-	struct pt_cpu_cache *c;
-	struct pt_vm_slots *sl;
-	struct pt_vm_state *st;
-	struct pt_slot *s;
-	__u32 vm, why;
+	__u64 bits = st->log_bits, off = s->bit_off;
 
-	c = cached_vm(&vm);
-	if (!c)
-		return 0;
-	st = vm_state(vm);
-	/* The index may have passed to another VMM since it was looked up: its ring state must
-	 * not be planted in the new tenant's epoch. */
-	if (!st || st->tgid != c->tgid)
-		return 0;
+	c->slot = slot;
+	c->bit = st->log_bit_base + off;
+	c->npages = off >= bits ? 0 : (s->npages < bits - off ? s->npages : bits - off);
+}
+
+/*
+ * A push of the VM `c` names, the long way: note the ring once per epoch, find the slot in
+ * the table, check and log, and cache the slot for the next push. Everything that cannot be
+ * recorded taints here, so the fast path only ever handles pushes that log cleanly.
+ */
+static __noinline int ring_push_vm(struct pt_cpu_cache *c, struct pt_vm_state *st,
+				   struct kvm_dirty_ring *ring, __u32 slot, __u64 offset)
+{
+	__u64 epoch = st->epoch;
+	__u32 vm = c->vm, why;
+	struct pt_vm_stats *n;
+	struct pt_vm_slots *sl;
+	struct pt_slot *s;
+
 	/* Once per ring and epoch on this CPU: the rest of the epoch's pushes skip it. */
-	if (c->ring != (__u64)ring || c->ring_epoch != st->epoch) {
-		note_ring_push(vm, st, ring);
-		c->ring = (__u64)ring;
-		c->ring_epoch = st->epoch;
+	if (c->epoch != epoch) {
+		note_ring_push(vm, st, epoch, ring);
+		c->epoch = epoch;
 	}
 	sl = bpf_map_lookup_elem(&pt_vm_slots, &vm);
 	if (!sl) {
 		taint(st, PT_TAINT_UNKNOWN_SLOT);
 		return 0;
 	}
-	/* Writes come in runs on one memslot: try the slot of the last hit first. */
-	s = &sl->slots[c->slot & (PT_MAX_SLOTS - 1)];
-	if (s->id != slot || !(s->flags & PT_SLOT_VALID)) {
-		s = slot_by_id(sl, slot);
-		if (!s) {
-			taint(st, PT_TAINT_UNKNOWN_SLOT);
-			return 0;
-		}
-		c->slot = s - sl->slots;
+	s = slot_by_id(sl, slot);
+	if (!s) {
+		taint(st, PT_TAINT_UNKNOWN_SLOT);
+		return 0;
 	}
 	if (offset >= s->npages) {
 		taint(st, PT_TAINT_GFN_RANGE);
@@ -350,7 +345,82 @@ int BPF_PROG(pt_ring_push, struct kvm_dirty_ring *ring, u32 slot, u64 offset)
 		taint(st, why);
 		return 0;
 	}
+	cache_slot(c, st, s, slot);
 	n = vm_stats(vm);
+	if (n)
+		n->ring_writes++;
+	return 0;
+}
+
+/*
+ * A push whose ring is not the one this CPU cached, or the cache is stale (the generation
+ * moved): which VM is it? The process's, as registered. `gen` was read before the lookup, so
+ * a change of the VM set (or of a memslot table, or a new vCPU) after it leaves the entry
+ * stale.
+ */
+static __noinline int ring_push_lookup(struct pt_cpu_cache *c, struct kvm_dirty_ring *ring,
+				       __u32 slot, __u64 offset, __u64 gen)
+{
+	__u32 tgid = current_tgid();
+	__u32 *idx = bpf_map_lookup_elem(&pt_vm_by_tgid, &tgid);
+	struct pt_vm_state *st;
+	__u32 vm;
+
+	if (!idx)
+		return 0;
+	vm = *idx;
+	st = vm_state(vm);
+	/* The index may have passed to another VMM since it was looked up: its ring state must
+	 * not be planted in the new tenant's epoch. */
+	if (!st || st->tgid != tgid)
+		return 0;
+	c->ring = (__u64)ring;
+	c->gen = gen;
+	c->vm = vm;
+	c->tgid = tgid;
+	c->epoch = 0; /* no epoch (they start at 1): the ring gets noted */
+	c->npages = 0;
+	return ring_push_vm(c, st, ring, slot, offset);
+}
+
+/*
+ * Every page KVM marks dirty on a dirty-ring VM. The fast path is a push of the ring this CPU
+ * saw last, in its epoch and slot: no helper call, no hash lookup, one bit. The cache is keyed
+ * on the ring pointer, which names one vCPU (so one VM) for as long as the vCPU lives;
+ * the generation check covers everything that can change the answer: the VM set (userspace
+ * bumps it on register and unregister), a memslot table change, and a tracked VMM creating a
+ * vCPU (the one way a freed ring's address comes back under another VM). A stale entry only
+ * ever sends a push to the lookup.
+ */
+SEC("raw_tp/kvm_dirty_ring_push")
+int BPF_PROG(pt_ring_push, struct kvm_dirty_ring *ring, u32 slot, u64 offset)
+{
+	__u32 cpu = bpf_get_smp_processor_id(), gkey = PT_GEN, key;
+	struct pt_cpu_cache *c = bpf_map_lookup_elem(&pt_cache, &cpu);
+	__u64 *genp = bpf_map_lookup_elem(&pt_pending, &gkey);
+	struct pt_vm_stats *n;
+	struct pt_vm_state *st;
+	__u64 gen, bit, *word;
+
+	if (!c || !genp)
+		return 0;
+	gen = *genp;
+	if (c->ring != (__u64)ring || c->gen != gen)
+		return ring_push_lookup(c, ring, slot, offset, gen);
+	st = vm_state(c->vm);
+	/* Same generation, so the same tenant: a mismatch means a racing register. */
+	if (!st || st->tgid != c->tgid)
+		return ring_push_lookup(c, ring, slot, offset, gen);
+	if (c->slot != slot || offset >= c->npages || c->epoch != st->epoch)
+		return ring_push_vm(c, st, ring, slot, offset);
+	bit = c->bit + offset;
+	key = bit / 64;
+	word = bpf_map_lookup_elem(&pt_log, &key);
+	if (!word)
+		return ring_push_vm(c, st, ring, slot, offset);
+	if (!(*word & (1ull << (bit % 64))))
+		__sync_fetch_and_or(word, 1ull << (bit % 64));
+	n = vm_stats(c->vm);
 	if (n)
 		n->ring_writes++;
 	return 0;
@@ -445,23 +515,25 @@ static __always_inline bool watched_ioctl(__u32 cmd)
 {
 	return cmd == PT_KVM_SET_USER_MEMORY_REGION || cmd == PT_KVM_SET_USER_MEMORY_REGION2 ||
 	       cmd == PT_KVM_CREATE_VM || cmd == PT_KVM_ENABLE_CAP || cmd == PT_KVM_GET_DIRTY_LOG ||
-	       cmd == PT_KVM_CLEAR_DIRTY_LOG || cmd == PT_KVM_RESET_DIRTY_RINGS;
+	       cmd == PT_KVM_CLEAR_DIRTY_LOG || cmd == PT_KVM_RESET_DIRTY_RINGS ||
+	       cmd == PT_KVM_CREATE_VCPU;
 }
 
 SEC("tp/syscalls/sys_enter_ioctl")
 int pt_ioctl_enter(struct trace_event_raw_sys_enter *ctx)
 {
 	__u32 cmd = ctx->args[1];
-	__u64 id = bpf_get_current_pid_tgid();
 	struct pt_ioctl io = {};
 	struct pt_vm_state *st;
-	__u64 *pending;
+	__u64 *pending, id;
 	__u32 vm;
 
+	/* Every ioctl of every process passes here (KVM_RUN above all): no call before this. */
 	if (!watched_ioctl(cmd))
 		return 0;
 	if (current_vm(&vm))
 		return 0;
+	id = bpf_get_current_pid_tgid();
 	io.cmd = cmd;
 	io.vm = vm;
 	io.tgid = current_tgid();
@@ -470,6 +542,10 @@ int pt_ioctl_enter(struct trace_event_raw_sys_enter *ctx)
 	if (!st)
 		return 0;
 	io.epoch = st->epoch;
+	/* A new vCPU may get a freed one's address, so the ring pointer of another VM: no
+	 * cached ring survives it. Here as well as at the exit, in case the exit goes unseen. */
+	if (cmd == PT_KVM_CREATE_VCPU)
+		bump_generation();
 	if (bpf_map_update_elem(&pt_ioctl, &id, &io, BPF_ANY)) {
 		/* We will not see how this ioctl ends: a memslot change or sync goes unseen. */
 		taint(st, PT_TAINT_SLOT_CHANGE);
@@ -612,8 +688,14 @@ static __always_inline void ioctl_done(struct pt_ioctl *io, struct pt_vm_state *
 	case PT_KVM_SET_USER_MEMORY_REGION2:
 		/* REGION2 starts with the same fields, so one reader serves both. */
 		memslot_changed(io->vm, st, io->arg);
-		/* Bumped after the table changed: userspace re-reads it when this moves. */
+		/* Bumped after the table changed: userspace re-reads it when this moves, and
+		 * pt_ring_push drops the slots it cached. */
 		__sync_fetch_and_add(&st->slot_changes, 1);
+		bump_generation();
+		break;
+	case PT_KVM_CREATE_VCPU:
+		/* The vCPU exists now: a ring cached before it was allocated is stale. */
+		bump_generation();
 		break;
 	case PT_KVM_ENABLE_CAP:
 		if (bpf_probe_read_user(&cap, sizeof(cap), (void *)io->arg))

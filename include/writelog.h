@@ -10,9 +10,9 @@
  *   pt_log         ARRAY  u64 words of the write-log bitmap (mmapable); each VM owns a region
  *   pt_rings       ARRAY  vm index * PT_MAX_VCPUS + vcpu -> struct pt_ring (pre-arm entries)
  *   pt_ioctl       HASH   thread -> struct pt_ioctl (an ioctl between its enter and exit)
- *   pt_pending     ARRAY  u64 [PT_PENDING] threads in a watched ioctl, [PT_GEN] VM-set generation
+ *   pt_pending     ARRAY  u64 [PT_PENDING] threads in a watched ioctl, [PT_GEN] cache generation
  *   pt_vm_stats    PERCPU vm index -> struct pt_vm_stats (event counters)
- *   pt_cache       PERCPU one struct pt_cpu_cache (last VM seen on this CPU)
+ *   pt_cache       ARRAY  cpu -> struct pt_cpu_cache (the dirty ring pushed last on the CPU)
  */
 #ifndef PAGETRACK_WRITELOG_H
 #define PAGETRACK_WRITELOG_H
@@ -86,22 +86,27 @@ struct pt_vm_stats {
 };
 
 /*
- * Per-CPU cache of the last tracked process seen on this CPU, so the per-write path needs no
- * hash lookup: valid while pt_pending[PT_GEN] equals `gen` (userspace bumps it whenever the
- * set of tracked VMs changes). It also remembers the last dirty ring noted in an epoch.
+ * Per-CPU cache of pt_ring_push: the dirty ring pushed last on this CPU, its VM, and the slot
+ * of its last write, so that the next push of that ring needs no helper call and no lookup
+ * but its log word. Valid while pt_pending[PT_GEN] equals `gen`: the generation moves when
+ * the tracked-VM set changes (userspace), a memslot table changes or a tracked VMM creates a
+ * vCPU (BPF).
  */
 struct pt_cpu_cache {
-	__u32 tgid;
+	__u64 ring;   /* struct kvm_dirty_ring * of the last push */
+	__u64 gen;    /* pt_pending[PT_GEN], read before `ring` was looked up */
+	__u64 epoch;  /* VM epoch in which `ring` was noted in pt_rings (0: not yet) */
+	__u64 bit;    /* pt_log bit of page 0 of `slot` */
+	__u64 npages; /* pages of `slot` inside the VM's region (0: no fast path) */
 	__u32 vm;
-	__u64 gen;
-	__u64 ring;	  /* struct kvm_dirty_ring * already noted ... */
-	__u64 ring_epoch; /* ... in this epoch */
-	__u32 slot;	  /* index in pt_vm_slots of the last slot hit (a guess, checked) */
+	__u32 tgid; /* pt_vm_state.tgid of `vm` when it was looked up */
+	__u32 slot; /* as_id << 16 | slot id of the last logged push */
 	__u32 pad;
+	__u64 pad2; /* to 64 bytes: one CPU's entry, one cache line's worth */
 };
 
 #define PT_PENDING 0 /* pt_pending[0]: threads inside a watched ioctl */
-#define PT_GEN	   1 /* pt_pending[1]: generation of the tracked-VM set */
+#define PT_GEN	   1 /* pt_pending[1]: generation of what pt_cpu_cache may hold */
 
 struct pt_slot {
 	__u64 base_gfn;
@@ -148,6 +153,7 @@ struct pt_ioctl {
 #define PT_KVM_CLEAR_DIRTY_LOG		     0xc018aec0u
 #define PT_KVM_RESET_DIRTY_RINGS	     0x0000aec7u
 #define PT_KVM_CREATE_VM		     0x0000ae01u
+#define PT_KVM_CREATE_VCPU		     0x0000ae41u
 #define PT_KVM_CAP_DIRTY_LOG_RING	     192
 #define PT_KVM_CAP_DIRTY_LOG_RING_ACQ_REL    223
 #define PT_KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 168

@@ -6,9 +6,11 @@
  * (no pins), so a service running on the machine is not disturbed.
  */
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <time.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <linux/kvm.h>
 
@@ -283,6 +285,87 @@ static int learned_slots_from_ioctls(void)
 	return 0;
 }
 
+static const struct pt_slot *slot_with_id(const struct pt_vm_slots *sl, uint32_t id)
+{
+	for (uint32_t i = 0; i < sl->nslots && i < PT_MAX_SLOTS; i++)
+		if (sl->slots[i].id == id && (sl->slots[i].flags & PT_SLOT_VALID))
+			return &sl->slots[i];
+	return NULL;
+}
+
+/* Delete memslot `s` and create it again, twice as large, on fresh memory (*mem, *len). */
+static int recreate_larger(struct minivm *m, const struct minivm_slot *s, void **mem, size_t *len)
+{
+	struct kvm_userspace_memory_region r = {
+		.slot = s->id,
+		.flags = KVM_MEM_LOG_DIRTY_PAGES,
+		.guest_phys_addr = s->gpa,
+	};
+
+	*len = 2 * s->size;
+	*mem = mmap(NULL, *len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+		    -1, 0);
+	if (*mem == MAP_FAILED)
+		return -errno;
+	r.userspace_addr = (uintptr_t)*mem;
+	if (ioctl(minivm_vm_fd(m), KVM_SET_USER_MEMORY_REGION, &r))
+		return -errno;
+	r.memory_size = *len;
+	return ioctl(minivm_vm_fd(m), KVM_SET_USER_MEMORY_REGION, &r) ? -errno : 0;
+}
+
+/*
+ * A memslot the VMM creates again larger gets new bits in a learned table: the ring's next
+ * push of that slot, in the same epoch and on the same CPU, lands at the new bits, not at
+ * the ones pt_ring_push cached for the slot before (a memslot change moves the generation).
+ * The whole case runs on CPU 0, so the guest's pushes meet the entry its first write left.
+ */
+static int recreated_slot_not_cached(void)
+{
+	struct minivm_opts o = ring_opts();
+	uint64_t first = o.slots[1].gpa + 5 * 4096, next = o.slots[1].gpa + 7 * 4096;
+	const struct pt_slot *was, *now;
+	struct pt_vm_slots before, after;
+	uint64_t epoch, page;
+	struct pt_tracker *t;
+	struct minivm *m;
+	void *mem = MAP_FAILED;
+	size_t len = 0;
+	cpu_set_t cpu;
+	bool existed;
+	uint32_t vm;
+
+	T_REQUIRE(need_ring_guest());
+	CPU_ZERO(&cpu);
+	CPU_SET(0, &cpu);
+	CHECK(!sched_setaffinity(0, sizeof(cpu), &cpu));
+	t = open_tracker();
+	CHECK(t);
+	o.defer_memory = true;
+	CHECK(!pt_vm_track(t, getpid(), NULL, 0, 1 << 20, &vm, &existed));
+	CHECK(!minivm_create(&m, &o));
+	CHECK(!minivm_setup_memory(m));
+	CHECK(!pt_vm_arm(t, vm, &epoch));
+	CHECK(!harvest_drop(m));
+	CHECK(!minivm_guest_write(m, &first, 1, 1));
+	CHECK(!pt_vm_slots_get(t, vm, &before));
+	CHECK(!recreate_larger(m, &o.slots[1], &mem, &len));
+	CHECK(!pt_vm_slots_get(t, vm, &after));
+	was = slot_with_id(&before, o.slots[1].id);
+	now = slot_with_id(&after, o.slots[1].id);
+	CHECK(was && now);
+	CHECKF(now->bit_off != was->bit_off, "bits did not move (%llu): the case tests nothing",
+	       (unsigned long long)now->bit_off);
+	/* Inside the old size: the guest's page tables map only that much. */
+	CHECK(!minivm_guest_write(m, &next, 1, 2));
+	CHECK(!pt_slots_page(&after, next >> 12, &page));
+	CHECK(pt_vm_page_written(t, vm, page));
+	minivm_destroy(m);
+	munmap(mem, len);
+	pt_tracker_close(t);
+	return 0;
+}
+
 /*
  * Bitmap mode: each KVM_GET_DIRTY_LOG syncs one memslot, and manual dirty-log protection
  * (minivm turns it on, as QEMU does) means GET protects nothing: BPF must record both.
@@ -508,4 +591,4 @@ static int two_vms_no_crosstalk(void)
 T_MAIN(T_CASE(ring_log_matches_kvm), T_CASE(sync_counting_matches_ioctls),
        T_CASE(incomplete_reset_not_synced), T_CASE(learned_slots_from_ioctls),
        T_CASE(two_vms_no_crosstalk), T_CASE(bitmap_sync_per_slot_and_manual_protect),
-       T_CASE(arm_races_writes))
+       T_CASE(arm_races_writes), T_CASE(recreated_slot_not_cached))

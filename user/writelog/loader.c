@@ -25,6 +25,7 @@ _Static_assert(PT_KVM_ENABLE_CAP == KVM_ENABLE_CAP, "ioctl number");
 _Static_assert(PT_KVM_GET_DIRTY_LOG == KVM_GET_DIRTY_LOG, "ioctl number");
 _Static_assert(PT_KVM_CLEAR_DIRTY_LOG == KVM_CLEAR_DIRTY_LOG, "ioctl number");
 _Static_assert(PT_KVM_RESET_DIRTY_RINGS == KVM_RESET_DIRTY_RINGS, "ioctl number");
+_Static_assert(PT_KVM_CREATE_VCPU == KVM_CREATE_VCPU, "ioctl number");
 _Static_assert(PT_KVM_CAP_DIRTY_LOG_RING == KVM_CAP_DIRTY_LOG_RING, "cap number");
 
 static int mount_if_missing(const char *dir, const char *type, long magic)
@@ -177,6 +178,15 @@ static int attach_all(struct pt_tracker *t)
 	return 0;
 }
 
+/* pt_pending: two u64, one page when mapped. */
+#define PENDING_BYTES 4096
+
+void pt_tracker_bump_generation(struct pt_tracker *t)
+{
+	/* Atomic: the BPF programs bump it too (memslot changes, new vCPUs). */
+	__atomic_add_fetch(&t->pending[PT_GEN], 1, __ATOMIC_SEQ_CST);
+}
+
 static int map_mmap(struct bpf_map *map, size_t size, void **out)
 {
 	void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, bpf_map__fd(map), 0);
@@ -192,7 +202,7 @@ static int open_skel(struct pt_tracker *t, const struct pt_loader_opts *o)
 	LIBBPF_OPTS(bpf_object_open_opts, oo, .pin_root_path = o->no_pin ? NULL : t->pin_dir);
 	unsigned log_mb = o->log_mb ? o->log_mb : PT_DEFAULT_LOG_MB;
 	struct bpf_map *map;
-	int err;
+	int err, ncpu;
 
 	t->skel = writelog_bpf__open_opts(&oo);
 	if (!t->skel)
@@ -201,6 +211,13 @@ static int open_skel(struct pt_tracker *t, const struct pt_loader_opts *o)
 	set_pidns(t);
 	t->log_words = (uint64_t)log_mb * 1024 * 1024 / 8;
 	err = bpf_map__set_max_entries(t->skel->maps.pt_log, t->log_words);
+	if (err)
+		return err;
+	/* pt_ring_push's cache: one entry per CPU, indexed by CPU number. */
+	ncpu = libbpf_num_possible_cpus();
+	if (ncpu <= 0)
+		return ncpu ? ncpu : -EINVAL;
+	err = bpf_map__set_max_entries(t->skel->maps.pt_cache, ncpu);
 	if (err)
 		return err;
 	if (o->no_pin) {
@@ -268,12 +285,17 @@ int pt_tracker_open(struct pt_tracker **out, const struct pt_loader_opts *o)
 	if (err)
 		goto cleanup;
 	err = map_mmap(t->skel->maps.pt_log, t->log_words * 8, (void **)&t->log);
+	if (!err)
+		err = map_mmap(t->skel->maps.pt_pending, PENDING_BYTES, (void **)&t->pending);
 	if (err)
 		goto cleanup;
 	if (!o->no_attach) {
 		err = attach_all(t);
 		if (err)
 			goto cleanup;
+		/* Programs of an earlier build ran until now beside ours, and may have changed a
+		 * slot table without moving the generation our caches rely on. */
+		pt_tracker_bump_generation(t);
 	}
 	pt_info("BPF write tracker loaded (tdp=%s, log %llu MiB, maps %s, %s)",
 		t->tdp ? "yes" : "no", (unsigned long long)(t->log_words * 8 >> 20),
@@ -295,6 +317,8 @@ void pt_tracker_close(struct pt_tracker *t)
 		munmap(t->vms, sizeof(struct pt_vm_state) * PT_MAX_VMS);
 	if (t->log)
 		munmap(t->log, t->log_words * 8);
+	if (t->pending)
+		munmap(t->pending, PENDING_BYTES);
 	writelog_bpf__destroy(t->skel);
 	free(t);
 }

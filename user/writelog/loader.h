@@ -36,6 +36,7 @@ struct pt_tracker {
 	bool reused_links;	 /* programs were still attached when we started */
 	int attached;		 /* programs attached */
 	struct pt_vm_state *vms; /* mmap of pt_vm_state, PT_MAX_VMS entries */
+	uint64_t *pending;	 /* mmap of pt_pending: [PT_PENDING], [PT_GEN] */
 	uint64_t *log;		 /* mmap of pt_log */
 	uint64_t log_words;
 	char progs[256];	   /* "name:attached name:off ..." for status */
@@ -49,6 +50,8 @@ void pt_tracker_close(struct pt_tracker *t);
 /* Removes every pin under dir (maps and links): the uninstall step. */
 int pt_tracker_unpin(const char *dir);
 int pt_ensure_mounts(void);
+/* Make every CPU's pt_ring_push cache stale: after any change of the VM set or a slot table. */
+void pt_tracker_bump_generation(struct pt_tracker *t);
 bool pt_host_tdp(void);
 
 #endif

@@ -85,17 +85,6 @@ static int build_slots(const struct pt_slot_cfg *cfg, unsigned n, struct pt_vm_s
 	return 0;
 }
 
-/* The set of tracked VMs changed: per-CPU caches of the BPF programs must be refilled. */
-static void bump_generation(struct pt_tracker *t)
-{
-	uint32_t key = PT_GEN;
-	uint64_t gen = 0;
-
-	bpf_map__lookup_elem(t->skel->maps.pt_pending, &key, sizeof(key), &gen, sizeof(gen), 0);
-	gen++;
-	bpf_map__update_elem(t->skel->maps.pt_pending, &key, sizeof(key), &gen, sizeof(gen), 0);
-}
-
 static void zero_stats(struct pt_tracker *t, uint32_t vm)
 {
 	int ncpu = libbpf_num_possible_cpus();
@@ -199,7 +188,7 @@ int pt_vm_track(struct pt_tracker *t, uint32_t tgid, const struct pt_slot_cfg *s
 		st->flags = 0;
 		return err;
 	}
-	bump_generation(t);
+	pt_tracker_bump_generation(t);
 	pt_info("tracking VM %u: pid %u, %u memslots%s, %llu pages of log at bit %llu", *vm, tgid,
 		n, n ? "" : " (learned from ioctls)", (unsigned long long)bits,
 		(unsigned long long)base);
@@ -209,13 +198,14 @@ int pt_vm_track(struct pt_tracker *t, uint32_t tgid, const struct pt_slot_cfg *s
 int pt_vm_untrack(struct pt_tracker *t, uint32_t vm)
 {
 	struct pt_vm_state *st = &t->vms[vm];
-	uint32_t tgid = st->tgid;
+	uint32_t tgid;
 
 	if (vm >= PT_MAX_VMS || !(st->flags & PT_VM_ACTIVE))
 		return -ENOENT;
+	tgid = st->tgid;
 	bpf_map__delete_elem(t->skel->maps.pt_vm_by_tgid, &tgid, sizeof(tgid), 0);
 	__atomic_store_n(&st->flags, 0, __ATOMIC_SEQ_CST);
-	bump_generation(t);
+	pt_tracker_bump_generation(t);
 	pt_info("VM %u (pid %u) no longer tracked", vm, tgid);
 	return 0;
 }
