@@ -511,7 +511,7 @@ static void fold_word(void *arg, uint64_t w, uint64_t wr)
 	/* Reported before the sync: may have been written unseen before it (PROTOCOL.md 5,
 	 * rule 8). Those pages leave the reported set; the others stay. */
 	if (c->reported)
-		c->reported[w] &= ~(wr | (c->early ? c->early[w] : 0));
+		c->reported[w] &= ~(wr | pt_early_word(c, w));
 	if (c->inflated && c->reclaimed) {
 		c->reclaimed[w] |= c->inflated[w] & wr;
 		c->inflated[w] &= ~wr;
@@ -563,6 +563,7 @@ int pt_cmd_arm(struct pt_vmctx *c, uint32_t cmd)
 	if (err)
 		return -PT_E_INTERNAL;
 	memset(c->hinted, 0, c->words * 8);
+	c->hint_early = PT_HE_EMPTY;
 	c->cur = cmd;
 	c->epoch = epoch;
 	c->state = PT_CS_ACTIVE;
@@ -699,13 +700,47 @@ static int add_ranges(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, 
 	return 0;
 }
 
+uint64_t pt_early_word(const struct pt_vmctx *c, uint64_t w)
+{
+	return (c->early ? c->early[w] : 0) | (c->hint_early == PT_HE_ALL ? c->hinted[w] : 0);
+}
+
+/*
+ * Where the hinted set's early pages go. Hinting before the sync (the bench's synthetic VMM,
+ * a driver that ignores rule 1) marks every page it adds early, as hinted is empty at ARM:
+ * so while no hint came after the sync, early pages of hinted are exactly hinted (PT_HE_ALL),
+ * and writing each one twice is saved. The first hint after the sync moves them into the
+ * bitmap (once per epoch at most), from where early_word() goes on as for any set.
+ */
+static int hint_early_bitmap(struct pt_vmctx *c, bool synced)
+{
+	if (c->hint_early == PT_HE_BITMAP)
+		return 0;
+	if (!synced) {
+		c->hint_early = PT_HE_ALL;
+		return 1; /* the hinted set alone */
+	}
+	if (c->hint_early == PT_HE_ALL) {
+		if (!lazy_bitmap(c, &c->early))
+			return -PT_E_BUSY;
+		for (uint64_t w = 0; w < c->words; w++)
+			c->early[w] |= c->hinted[w];
+	}
+	c->hint_early = PT_HE_BITMAP;
+	return 0;
+}
+
 /* Record pages into `set`, and into the early set while the epoch is not synced. */
 static int add_pages(struct pt_vmctx *c, uint64_t *set, const struct pt_range *r, uint32_t n,
 		     uint64_t *pages)
 {
 	struct early_arg a = { set, NULL };
+	bool synced = !(pt_epoch_doubt(c) & PT_WHY_NO_SYNC);
+	int err = set == c->hinted ? hint_early_bitmap(c, synced) : 0;
 
-	if ((pt_epoch_doubt(c) & PT_WHY_NO_SYNC) && !(a.early = lazy_bitmap(c, &c->early)))
+	if (err < 0)
+		return err;
+	if (!synced && !err && !(a.early = lazy_bitmap(c, &c->early)))
 		return -PT_E_BUSY;
 	return add_ranges(c, r, n, &a, pages);
 }
@@ -758,6 +793,25 @@ int pt_cmd_done(struct pt_vmctx *c, uint32_t cmd)
 	return 0;
 }
 
+/* Pages in the set: all the verdict needs once it is known that it vouches for nothing. */
+static uint64_t count_set(const uint64_t *set, uint64_t words)
+{
+	uint64_t total = 0;
+
+	for (uint64_t w = 0; w < words; w++)
+		total += __builtin_popcountll(set[w]);
+	return total;
+}
+
+/* Nothing can be vouched for: every page of the set is kept, unsure. */
+static void verdict_unsure(struct pt_verdict_sum *v, uint64_t total)
+{
+	v->hinted = total;
+	v->free = 0;
+	v->kept_written = 0;
+	v->kept_unsure = total;
+}
+
 /*
  * free = hinted AND NOT written AND NOT early, read now. Written pages are kept_written; early
  * pages not written are kept_unsure (PT_WHY_NO_SYNC). The log words are read before the doubt
@@ -766,46 +820,48 @@ int pt_cmd_done(struct pt_vmctx *c, uint32_t cmd)
 static int verdict_over(struct pt_vmctx *c, const uint64_t *set, struct pt_verdict_sum *v,
 			pt_range_cb cb, void *ctx)
 {
-	struct emitter e = { .c = c, .cb = NULL, .ctx = ctx };
+	struct emitter e = { .c = c, .cb = cb, .ctx = ctx };
 	/* The region's first word, taken once: this loop reads the whole region per QUERY. */
 	const uint64_t *log = &c->t->log[pt_vm(c->t, c->vm)->log_bit_base / 64];
+	/* The early pages: the bitmap, and the hinted set while all of it is early. */
+	const uint64_t *eb = c->early, *eh = c->hint_early == PT_HE_ALL ? c->hinted : NULL;
 	uint64_t written = 0, total = 0, chosen, unsure = 0;
 
 	pt_feed_set(c, set);
 	v->why |= pt_epoch_doubt(c);
-	if (!v->why)
-		e.cb = cb;
+	if (v->why) {
+		/* Doubt only grows the answer "keep": the log and early sets would not change it. */
+		verdict_unsure(v, count_set(set, c->words));
+		v->why |= pt_epoch_doubt(c);
+		return 0;
+	}
 	for (uint64_t w = 0; w < c->words; w++) {
 		uint64_t h = set[w], wr, early;
 
 		if (!h)
 			continue;
 		wr = __atomic_load_n(&log[w], __ATOMIC_RELAXED) & h;
-		early = c->early ? c->early[w] & h & ~wr : 0;
+		early = ((eb ? eb[w] : 0) | (eh ? eh[w] : 0)) & h & ~wr;
 		total += __builtin_popcountll(h);
 		written += __builtin_popcountll(wr);
 		if (early)
 			unsure += __builtin_popcountll(early);
-		if (e.cb) {
-			emit_word(&e, w, h & ~wr & ~early);
-			if (e.err)
-				return e.err;
-		}
+		emit_word(&e, w, h & ~wr & ~early);
+		if (e.err)
+			return e.err;
 	}
 	/* wr and early are disjoint parts of h: what is left of it is free. */
 	chosen = total - written - unsure;
 	v->why |= pt_epoch_doubt(c);
-	v->hinted = total;
 	if (v->why) {
 		/* Nothing can be vouched for. Ranges already passed to cb must be dropped: the
 		 * caller buffers them and sends none unless this returns with free > 0. */
-		v->free = 0;
-		v->kept_written = 0;
-		v->kept_unsure = total;
+		verdict_unsure(v, total);
 		return 0;
 	}
 	if (e.len && emit_flush(&e))
 		return e.err;
+	v->hinted = total;
 	v->free = chosen;
 	v->kept_written = written;
 	v->kept_unsure = unsure;

@@ -63,6 +63,14 @@ struct pt_vmctx {
 	uint64_t *inflated;  /* pages in the balloon (lazy) */
 	uint64_t *reclaimed; /* inflated pages written without deflate (lazy) */
 	uint64_t *early;     /* hinted/reported before this epoch's sync: unsure (lazy) */
+	/* Whether `early` holds the hinted set's early pages: while every hint of the epoch came
+	 * before the sync, all of `hinted` is early and only this says so (no early bit is
+	 * written per hint); the first hint after the sync copies `hinted` into `early`. */
+	enum pt_hint_early {
+		PT_HE_EMPTY,  /* nothing hinted since ARM */
+		PT_HE_ALL,    /* every hinted page is early; `early` holds none of them */
+		PT_HE_BITMAP, /* `early` holds the hinted set's early pages */
+	} hint_early;
 	struct pt_vm_slots slots;
 	uint64_t slots_gen; /* pt_vm_state.slot_changes when slots was read */
 	uint32_t last_slot; /* index of the slot the last range fell in */
@@ -130,6 +138,10 @@ int pt_balloon_reclaimed(struct pt_vmctx *c, struct pt_verdict_sum *v, pt_range_
 /* Write records inside the ranges: every page written since ARM (ARM is the clear). */
 int pt_wr_read(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, pt_range_cb cb, void *ctx,
 	       uint64_t *pages);
+
+/* Word @w of the pages that are unsure because they came before the epoch's sync: the early
+ * bitmap, with the hinted set while it is all early (struct pt_vmctx.hint_early). */
+uint64_t pt_early_word(const struct pt_vmctx *c, uint64_t w);
 
 /* Why the current epoch cannot vouch for anything (PT_WHY_* bits, 0 if it can). */
 uint32_t pt_epoch_doubt(struct pt_vmctx *c);
