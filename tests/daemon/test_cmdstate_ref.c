@@ -136,8 +136,8 @@ static int verdict(struct env *e, struct model *m, bool hints)
 
 	memset(e->listed, 0, sizeof(e->listed));
 	e->listed_bad = false;
-	err = hints ? pt_cmd_verdict(e->c, m->cur, &v, collect, e) :
-		      pt_report_verdict(e->c, &v, collect, e);
+	err = hints ? pt_cmd_verdict(e->c, m->cur, &v, collect, e)
+		    : pt_report_verdict(e->c, &v, collect, e);
 	CHECKF(!err, "verdict: %d", err);
 	if (!hints && !e->c->reported) { /* nothing ever reported: an empty answer */
 		CHECK(!v.why && !v.hinted && !v.free && !v.kept_written && !v.kept_unsure);
@@ -197,8 +197,8 @@ static int step(struct env *e, struct model *m)
 	if (k < 4)
 		return arm(e, m);
 	if (k < 8) {
-		__atomic_store_n(&pt_vm(e->t, e->vm)->ring_sync_epoch,
-				 pt_vm(e->t, e->vm)->epoch, __ATOMIC_SEQ_CST);
+		__atomic_store_n(&pt_vm(e->t, e->vm)->ring_sync_epoch, pt_vm(e->t, e->vm)->epoch,
+				 __ATOMIC_SEQ_CST);
 		m->synced = true;
 		return 0;
 	}

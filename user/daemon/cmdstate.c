@@ -830,7 +830,8 @@ static int verdict_over(struct pt_vmctx *c, const uint64_t *set, struct pt_verdi
 	pt_feed_set(c, set);
 	v->why |= pt_epoch_doubt(c);
 	if (v->why) {
-		/* Doubt only grows the answer "keep": the log and early sets would not change it. */
+		/* Doubt only grows the answer "keep": the log and early sets would not change it.
+		 */
 		verdict_unsure(v, count_set(set, c->words));
 		v->why |= pt_epoch_doubt(c);
 		return 0;
