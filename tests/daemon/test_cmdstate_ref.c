@@ -66,7 +66,7 @@ static uint32_t random_batch(struct env *e, struct pt_range *r, uint32_t max, bo
 		if (k < 4)
 			cursor = (cursor + 1) % PAGES;
 		else if (k == 4)
-			cursor = rnd(e) % PAGES;
+			cursor = rnd(e) % 2 ? rnd(e) % PAGES : PAGES / 2 - 1 - rnd(e) % 8;
 		else if (k == 5)
 			len = 1 + rnd(e) % 200;
 		else if (k == 6)
@@ -75,8 +75,10 @@ static uint32_t random_batch(struct env *e, struct pt_range *r, uint32_t max, bo
 			len = PAGES - cursor;
 		r[i] = (struct pt_range){ GPA + cursor * 4096, len * 4096 };
 	}
-	if (rnd(e) % 16 == 0) { /* past the slot's end: the whole batch is refused */
-		r[rnd(e) % n] = (struct pt_range){ GPA + (PAGES - 1) * 4096ull, 2 * 4096 };
+	if (rnd(e) % 16 == 0) { /* outside the slots: the whole batch is refused */
+		r[rnd(e) % n] = rnd(e) % 2
+					? (struct pt_range){ GPA + (PAGES - 1) * 4096ull, 2 * 4096 }
+					: (struct pt_range){ GPA - 4096, 4096 };
 		*bad = true;
 	}
 	return n;
@@ -219,13 +221,15 @@ static int step(struct env *e, struct model *m)
 static int one_seed(uint64_t seed)
 {
 	struct pt_loader_opts o = { .no_attach = true, .no_pin = true, .log_mb = 1 };
-	struct pt_slot_cfg s = { GPA, PAGES * 4096ull, 1, true };
+	/* Two memslots back to back: ranges cross from one into the other, the window moves. */
+	struct pt_slot_cfg s[2] = { { GPA, PAGES / 2 * 4096ull, 1, true },
+				    { GPA + PAGES / 2 * 4096ull, PAGES / 2 * 4096ull, 2, true } };
 	static struct model m;
 	struct env e = { .seed = seed };
 	bool existed;
 
 	memset(&m, 0, sizeof(m));
-	CHECK(!pt_tracker_open(&e.t, &o) && !pt_vm_track(e.t, getpid(), &s, 1, 0, &e.vm, &existed));
+	CHECK(!pt_tracker_open(&e.t, &o) && !pt_vm_track(e.t, getpid(), s, 2, 0, &e.vm, &existed));
 	CHECK(!pt_vmctx_new(&e.c, e.t, e.vm, getpid(), PT_DIRTY_RING, true));
 	m.cur = 1;
 	CHECK(!arm(&e, &m));

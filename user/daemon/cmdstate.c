@@ -144,18 +144,29 @@ static inline bool win_has(const struct slot_win *w, const struct pt_range *r, u
 	return (off < w->npages) & (r->len >> PAGE_SHIFT <= w->npages - off); /* no branch */
 }
 
-/* The common frame: every range inside the window, within the bound. No branch per range. */
+/*
+ * The common frame: every range inside the window, within the bound. No branch per range: the
+ * ranges' lowest first page and highest end are taken, and that box checked against the window
+ * once. A box inside the window has every range in it (as win_has() would find); one that is
+ * not goes the precise way, which decides alone.
+ */
 static bool all_in_win(const struct slot_win *w, const struct pt_range *r, uint32_t n)
 {
-	uint64_t sum = 0, page;
-	bool in = true;
+	uint64_t lo = UINT64_MAX, hi = 0, sum = 0;
+	bool over = false;
 
-	/* Each term at most the bound (2^30) and n < 2^32 of them: the sum cannot wrap. */
 	for (uint32_t i = 0; i < n; i++) {
-		in &= win_has(w, &r[i], &page) & (r[i].len >> PAGE_SHIFT <= PT_MAX_BATCH_PAGES);
-		sum += r[i].len >> PAGE_SHIFT;
+		/* gpa >> 12 and len >> 12 are below 2^52: their sum cannot wrap. */
+		uint64_t first = r[i].gpa >> PAGE_SHIFT, np = r[i].len >> PAGE_SHIFT;
+
+		lo = first < lo ? first : lo;
+		hi = first + np > hi ? first + np : hi;
+		over |= np > PT_MAX_BATCH_PAGES;
+		sum += np; /* each term at most the bound, fewer than 2^32 terms: no wrap */
 	}
-	return in && sum <= PT_MAX_BATCH_PAGES;
+	/* lo - base wraps when lo < base; hi >= lo. */
+	return !n || (lo - w->base < w->npages && hi - w->base <= w->npages && !over &&
+		      sum <= PT_MAX_BATCH_PAGES);
 }
 
 /* Every page of every range in a known memslot, and the batch within its bound. */
@@ -166,8 +177,6 @@ static int check_ranges(struct pt_vmctx *c, const struct pt_range *r, uint32_t n
 	int err;
 
 	win_load(c, &w);
-	if (all_in_win(&w, r, n))
-		return 0;
 	for (uint32_t i = 0; i < n; i++) {
 		/* One frame may not keep the only event loop busy for long: bound its pages. */
 		sum += r[i].len >> PAGE_SHIFT;
@@ -183,12 +192,19 @@ static int check_ranges(struct pt_vmctx *c, const struct pt_range *r, uint32_t n
 	return 0;
 }
 
-/* Validate every range before any is applied, so that a batch is applied whole or not at all. */
-static int ranges_ready(struct pt_vmctx *c, const struct pt_range *r, uint32_t n)
+/*
+ * Validate every range before any is applied, so that a batch is applied whole or not at all.
+ * 1: every range lies in the window *w (loaded here), 0: valid, or a negative error.
+ */
+static int ranges_ready(struct pt_vmctx *c, const struct pt_range *r, uint32_t n,
+			struct slot_win *w)
 {
 	int err = refresh_slots(c);
 
-	return err ? err : check_ranges(c, r, n);
+	if (err)
+		return err;
+	win_load(c, w);
+	return all_in_win(w, r, n) ? 1 : check_ranges(c, r, n);
 }
 
 static inline __attribute__((always_inline)) int apply_ranges(struct pt_vmctx *c,
@@ -196,11 +212,11 @@ static inline __attribute__((always_inline)) int apply_ranges(struct pt_vmctx *c
 							      piece_fn fn, void *arg,
 							      uint64_t *pages)
 {
-	int err = ranges_ready(c, r, n);
 	struct slot_win w;
+	int err = ranges_ready(c, r, n, &w);
 	uint64_t page;
 
-	if (err)
+	if (err < 0)
 		return err;
 	*pages = 0;
 	win_load(c, &w);
@@ -663,38 +679,55 @@ static inline void acc_flush(struct early_arg *a, struct word_acc *x)
 	x->bits = 0;
 }
 
+/* One range of add_ranges(): a one-page range goes into the word being gathered. */
+static inline __attribute__((always_inline)) void
+add_one(struct pt_vmctx *c, struct early_arg *a, struct word_acc *x, uint64_t page, uint64_t np)
+{
+	if (np == 1) {
+		if (page / 64 != x->w)
+			acc_flush(a, x);
+		x->w = page / 64;
+		x->bits |= 1ull << (page % 64);
+		return;
+	}
+	acc_flush(a, x);
+	if (np)
+		piece_add(c, page, np, a);
+}
+
 /* apply_ranges(piece_add) with the one-page ranges gathered a word at a time. */
 static int add_ranges(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, struct early_arg *a,
 		      uint64_t *pages)
 {
-	int err = ranges_ready(c, r, n);
-	struct word_acc x = { 0 };
 	struct slot_win w;
+	int err = ranges_ready(c, r, n, &w);
+	struct word_acc x = { 0 };
 	uint64_t page, sum = 0;
 
-	if (err)
+	if (err < 0)
 		return err;
-	win_load(c, &w);
+	if (err) { /* all in the window: no check per range */
+		for (uint32_t i = 0; i < n; i++) {
+			uint64_t np = r[i].len >> PAGE_SHIFT;
+
+			sum += np;
+			add_one(c, a, &x, w.bit_off + (r[i].gpa >> PAGE_SHIFT) - w.base, np);
+		}
+		goto out;
+	}
 	for (uint32_t i = 0; i < n; i++) {
 		uint64_t np = r[i].len >> PAGE_SHIFT;
-		bool in = win_has(&w, &r[i], &page);
 
 		sum += np;
-		if (in && np == 1) {
-			if (page / 64 != x.w)
-				acc_flush(a, &x);
-			x.w = page / 64;
-			x.bits |= 1ull << (page % 64);
+		if (win_has(&w, &r[i], &page)) {
+			add_one(c, a, &x, page, np);
 			continue;
 		}
 		acc_flush(a, &x);
-		if (!in) {
-			for_each_piece(c, &r[i], piece_add, a);
-			win_load(c, &w);
-		} else if (np) {
-			piece_add(c, page, np, a);
-		}
+		for_each_piece(c, &r[i], piece_add, a);
+		win_load(c, &w);
 	}
+out:
 	acc_flush(a, &x);
 	*pages = sum;
 	return 0;
