@@ -14,10 +14,11 @@
 #include "writelog/loader.h"
 #include "writelog/vmlog.h"
 
-#define GPA   (1ull << 30)
-#define PAGES 4096
-#define STEPS 3000
-#define SEEDS 6
+#define GPA	  (1ull << 30)
+#define PAGES	  4096
+#define STEPS	  3000
+#define SEEDS	  6
+#define BIG_BATCH (PT_UNDO_WORDS * 2)
 
 struct model {
 	uint8_t hinted[PAGES], reported[PAGES], early[PAGES], written[PAGES];
@@ -60,7 +61,12 @@ static uint32_t random_batch(struct env *e, struct pt_range *r, uint32_t max, bo
 	uint64_t cursor = rnd(e) % PAGES;
 
 	*bad = false;
-	for (uint32_t i = 0; i < n; i++) {
+	if (rnd(e) % 32 == 0) { /* scattered single pages: more words than one pass may save */
+		n = BIG_BATCH;
+		for (uint32_t i = 0; i < n; i++)
+			r[i] = (struct pt_range){ GPA + rnd(e) % PAGES * 4096, 4096 };
+	}
+	for (uint32_t i = 0; i < n && n != BIG_BATCH; i++) {
 		uint64_t k = rnd(e) % 8, len = 1;
 
 		if (k < 4)
@@ -98,7 +104,7 @@ static void model_add(struct model *m, uint8_t *set, const struct pt_range *r, u
 
 static int add(struct env *e, struct model *m, bool hints)
 {
-	static struct pt_range r[64];
+	static struct pt_range r[BIG_BATCH];
 	bool bad;
 	uint32_t n = random_batch(e, r, 64, &bad);
 	uint64_t got;

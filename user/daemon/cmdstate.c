@@ -401,6 +401,7 @@ void pt_vmctx_free(struct pt_vmctx *c)
 	free(c->inflated);
 	free(c->reclaimed);
 	free(c->early);
+	free(c->undo);
 	pt_wlog_destroy(c->wlog);
 	free(c);
 }
@@ -695,15 +696,72 @@ add_one(struct pt_vmctx *c, struct early_arg *a, struct word_acc *x, uint64_t pa
 		piece_add(c, page, np, a);
 }
 
+/*
+ * One-page ranges are applied as they are checked, in one pass instead of two: each word is
+ * saved before it changes, and if a range is not a single page inside the window the words
+ * are put back, newest first, and the batch goes the way of check, then apply. So a batch is
+ * still applied whole or not at all, and nothing else runs in between (one thread).
+ */
+struct pt_undo {
+	uint64_t w, set, early;
+};
+
+static bool spec_flush(struct early_arg *a, struct word_acc *x, struct pt_undo *u, uint32_t *nu)
+{
+	if (!x->bits)
+		return true;
+	if (*nu == PT_UNDO_WORDS)
+		return false;
+	u[(*nu)++] = (struct pt_undo){ x->w, a->set[x->w], a->early ? a->early[x->w] : 0 };
+	acc_flush(a, x);
+	return true;
+}
+
+/* 1: the batch is applied; 0: it is not (the sets are as before), check it first. */
+static int add_single_pages(struct pt_vmctx *c, const struct pt_range *r, uint32_t n,
+			    struct early_arg *a)
+{
+	struct pt_undo *u = c->undo ? c->undo : (c->undo = malloc(PT_UNDO_WORDS * sizeof(*u)));
+	struct word_acc x = { 0 };
+	struct slot_win w;
+	uint32_t nu = 0, i;
+	uint64_t page;
+
+	if (!u || refresh_slots(c) || n > PT_MAX_BATCH_PAGES)
+		return 0;
+	win_load(c, &w);
+	for (i = 0; i < n; i++) {
+		if (r[i].len >> PAGE_SHIFT != 1 || !win_has(&w, &r[i], &page))
+			break;
+		if (page / 64 != x.w && !spec_flush(a, &x, u, &nu))
+			break;
+		x.w = page / 64;
+		x.bits |= 1ull << (page % 64);
+	}
+	if (i == n && spec_flush(a, &x, u, &nu))
+		return 1;
+	while (nu--) {
+		a->set[u[nu].w] = u[nu].set;
+		if (a->early)
+			a->early[u[nu].w] = u[nu].early;
+	}
+	return 0;
+}
+
 /* apply_ranges(piece_add) with the one-page ranges gathered a word at a time. */
 static int add_ranges(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, struct early_arg *a,
 		      uint64_t *pages)
 {
 	struct slot_win w;
-	int err = ranges_ready(c, r, n, &w);
+	int err = n && r[0].len >> PAGE_SHIFT == 1 ? add_single_pages(c, r, n, a) : 0;
 	struct word_acc x = { 0 };
 	uint64_t page, sum = 0;
 
+	if (err) {
+		*pages = n;
+		return 0;
+	}
+	err = ranges_ready(c, r, n, &w);
 	if (err < 0)
 		return err;
 	if (err) { /* all in the window: no check per range */

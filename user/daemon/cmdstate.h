@@ -26,6 +26,10 @@
 #include "writelog/backend.h"
 #include "writelog/vmlog.h"
 
+/* Words a batch of one-page hints may change before it has been checked whole; a batch that
+ * needs more is checked first, then applied. */
+#define PT_UNDO_WORDS 1024
+
 /* Disjoint runs of blocked command IDs a VM may hold; one more is PT_E_BUSY (PROTOCOL.md 4.2). */
 #define PT_MAX_ID_RUNS 64
 
@@ -71,6 +75,7 @@ struct pt_vmctx {
 		PT_HE_ALL,    /* every hinted page is early; `early` holds none of them */
 		PT_HE_BITMAP, /* `early` holds the hinted set's early pages */
 	} hint_early;
+	struct pt_undo *undo; /* words saved while one-page hints are applied as checked (lazy) */
 	struct pt_vm_slots slots;
 	uint64_t slots_gen; /* pt_vm_state.slot_changes when slots was read */
 	uint32_t last_slot; /* index of the slot the last range fell in */
