@@ -706,14 +706,18 @@ struct pt_undo {
 	uint64_t w, set, early;
 };
 
-static bool spec_flush(struct early_arg *a, struct word_acc *x, struct pt_undo *u, uint32_t *nu)
+/* Word w gets the pages of bits (as acc_flush()), its old words saved first; false if there
+ * is no room to save them. Inlined, so that the loop below keeps its state in registers. */
+static inline __attribute__((always_inline)) bool
+spec_put(struct early_arg *a, uint64_t w, uint64_t bits, struct pt_undo *u, uint32_t *nu)
 {
-	if (!x->bits)
-		return true;
 	if (*nu == PT_UNDO_WORDS)
 		return false;
-	u[(*nu)++] = (struct pt_undo){ x->w, a->set[x->w], a->early ? a->early[x->w] : 0 };
-	acc_flush(a, x);
+	u[*nu] = (struct pt_undo){ w, a->set[w], a->early ? a->early[w] : 0 };
+	(*nu)++;
+	if (a->early)
+		a->early[w] |= bits & ~a->set[w];
+	a->set[w] |= bits;
 	return true;
 }
 
@@ -722,23 +726,31 @@ static int add_single_pages(struct pt_vmctx *c, const struct pt_range *r, uint32
 			    struct early_arg *a)
 {
 	struct pt_undo *u = c->undo ? c->undo : (c->undo = malloc(PT_UNDO_WORDS * sizeof(*u)));
-	struct word_acc x = { 0 };
+	uint64_t base, npages, bit_off, cw = 0, bits = 0;
 	struct slot_win w;
 	uint32_t nu = 0, i;
-	uint64_t page;
 
 	if (!u || refresh_slots(c) || n > PT_MAX_BATCH_PAGES)
 		return 0;
 	win_load(c, &w);
+	base = w.base;
+	npages = w.npages;
+	bit_off = w.bit_off;
 	for (i = 0; i < n; i++) {
-		if (r[i].len >> PAGE_SHIFT != 1 || !win_has(&w, &r[i], &page))
+		/* One page inside the window: win_has() with a length of one page. */
+		uint64_t off = (r[i].gpa >> PAGE_SHIFT) - base, page = bit_off + off;
+
+		if (r[i].len >> PAGE_SHIFT != 1 || off >= npages)
 			break;
-		if (page / 64 != x.w && !spec_flush(a, &x, u, &nu))
-			break;
-		x.w = page / 64;
-		x.bits |= 1ull << (page % 64);
+		if (page / 64 != cw) {
+			if (bits && !spec_put(a, cw, bits, u, &nu))
+				break;
+			cw = page / 64;
+			bits = 0;
+		}
+		bits |= 1ull << (page % 64);
 	}
-	if (i == n && spec_flush(a, &x, u, &nu))
+	if (i == n && (!bits || spec_put(a, cw, bits, u, &nu)))
 		return 1;
 	while (nu--) {
 		a->set[u[nu].w] = u[nu].set;
