@@ -196,8 +196,8 @@ static int check_ranges(struct pt_vmctx *c, const struct pt_range *r, uint32_t n
  * Validate every range before any is applied, so that a batch is applied whole or not at all.
  * 1: every range lies in the window *w (loaded here), 0: valid, or a negative error.
  */
-static int ranges_ready(struct pt_vmctx *c, const struct pt_range *r, uint32_t n,
-			struct slot_win *w)
+static int ranges_ready_win(struct pt_vmctx *c, const struct pt_range *r, uint32_t n,
+			    struct slot_win *w)
 {
 	int err = refresh_slots(c);
 
@@ -207,16 +207,25 @@ static int ranges_ready(struct pt_vmctx *c, const struct pt_range *r, uint32_t n
 	return all_in_win(w, r, n) ? 1 : check_ranges(c, r, n);
 }
 
+/* As ranges_ready_win(), without the window: 0 or a negative error. */
+static int ranges_ready(struct pt_vmctx *c, const struct pt_range *r, uint32_t n)
+{
+	struct slot_win w;
+	int err = ranges_ready_win(c, r, n, &w);
+
+	return err < 0 ? err : 0;
+}
+
 static inline __attribute__((always_inline)) int apply_ranges(struct pt_vmctx *c,
 							      const struct pt_range *r, uint32_t n,
 							      piece_fn fn, void *arg,
 							      uint64_t *pages)
 {
+	int err = ranges_ready(c, r, n);
 	struct slot_win w;
-	int err = ranges_ready(c, r, n, &w);
 	uint64_t page;
 
-	if (err < 0)
+	if (err)
 		return err;
 	*pages = 0;
 	win_load(c, &w);
@@ -773,7 +782,7 @@ static int add_ranges(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, 
 		*pages = n;
 		return 0;
 	}
-	err = ranges_ready(c, r, n, &w);
+	err = ranges_ready_win(c, r, n, &w);
 	if (err < 0)
 		return err;
 	if (err) { /* all in the window: no check per range */

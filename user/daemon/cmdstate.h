@@ -144,10 +144,6 @@ int pt_balloon_reclaimed(struct pt_vmctx *c, struct pt_verdict_sum *v, pt_range_
 int pt_wr_read(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, pt_range_cb cb, void *ctx,
 	       uint64_t *pages);
 
-/* Word @w of the pages that are unsure because they came before the epoch's sync: the early
- * bitmap, with the hinted set while it is all early (struct pt_vmctx.hint_early). */
-uint64_t pt_early_word(const struct pt_vmctx *c, uint64_t w);
-
 /* Why the current epoch cannot vouch for anything (PT_WHY_* bits, 0 if it can). */
 uint32_t pt_epoch_doubt(struct pt_vmctx *c);
 /* REGISTER's coverage: the bits that will make every verdict "keep" whatever the device does
@@ -155,5 +151,9 @@ uint32_t pt_epoch_doubt(struct pt_vmctx *c);
 uint32_t pt_coverage_bits(struct pt_vmctx *c);
 
 const char *pt_why_str(uint32_t why, char *buf, size_t len);
+
+/* Word @w of the pages that are unsure because they came before the epoch's sync: the early
+ * bitmap, with the hinted set while it is all early (struct pt_vmctx.hint_early). */
+uint64_t pt_early_word(const struct pt_vmctx *c, uint64_t w);
 
 #endif
