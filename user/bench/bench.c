@@ -126,6 +126,8 @@ static void print_ratios(void)
 		    true);
 	print_ratio("a/f hinting 4 MiB, records/s", "hint_ratio_vs_floor", "0.7x", 0.7, true);
 	print_ratio("a/f worst case 4 KiB, records/s", "worst_ratio_vs_floor", "0.7x", 0.7, true);
+	print_ratio("a/f hinting 4 MiB, on CPU time", "hint_cpu_ratio_vs_floor", NULL, 0, true);
+	print_ratio("a/f worst case 4 KiB, on CPU time", "worst_cpu_ratio_vs_floor", NULL, 0, true);
 	print_ratio("a/c hinting 4 MiB, records/s (io_uring/epoll)", "hint_ratio_vs_epoll", NULL, 0,
 		    true);
 	print_ratio("a/c worst case 4 KiB, records/s", "worst_ratio_vs_epoll", NULL, 0, true);

@@ -144,18 +144,29 @@ static inline bool win_has(const struct slot_win *w, const struct pt_range *r, u
 	return (off < w->npages) & (r->len >> PAGE_SHIFT <= w->npages - off); /* no branch */
 }
 
-/* The common frame: every range inside the window, within the bound. No branch per range. */
+/*
+ * The common frame: every range inside the window, within the bound. No branch per range: the
+ * ranges' lowest first page and highest end are taken, and that box checked against the window
+ * once. A box inside the window has every range in it (as win_has() would find); one that is
+ * not goes the precise way, which decides alone.
+ */
 static bool all_in_win(const struct slot_win *w, const struct pt_range *r, uint32_t n)
 {
-	uint64_t sum = 0, page;
-	bool in = true;
+	uint64_t lo = UINT64_MAX, hi = 0, sum = 0;
+	bool over = false;
 
-	/* Each term at most the bound (2^30) and n < 2^32 of them: the sum cannot wrap. */
 	for (uint32_t i = 0; i < n; i++) {
-		in &= win_has(w, &r[i], &page) & (r[i].len >> PAGE_SHIFT <= PT_MAX_BATCH_PAGES);
-		sum += r[i].len >> PAGE_SHIFT;
+		/* gpa >> 12 and len >> 12 are below 2^52: their sum cannot wrap. */
+		uint64_t first = r[i].gpa >> PAGE_SHIFT, np = r[i].len >> PAGE_SHIFT;
+
+		lo = first < lo ? first : lo;
+		hi = first + np > hi ? first + np : hi;
+		over |= np > PT_MAX_BATCH_PAGES;
+		sum += np; /* each term at most the bound, fewer than 2^32 terms: no wrap */
 	}
-	return in && sum <= PT_MAX_BATCH_PAGES;
+	/* lo - base wraps when lo < base; hi >= lo. */
+	return !n || (lo - w->base < w->npages && hi - w->base <= w->npages && !over &&
+		      sum <= PT_MAX_BATCH_PAGES);
 }
 
 /* Every page of every range in a known memslot, and the batch within its bound. */
@@ -166,8 +177,6 @@ static int check_ranges(struct pt_vmctx *c, const struct pt_range *r, uint32_t n
 	int err;
 
 	win_load(c, &w);
-	if (all_in_win(&w, r, n))
-		return 0;
 	for (uint32_t i = 0; i < n; i++) {
 		/* One frame may not keep the only event loop busy for long: bound its pages. */
 		sum += r[i].len >> PAGE_SHIFT;
@@ -183,12 +192,28 @@ static int check_ranges(struct pt_vmctx *c, const struct pt_range *r, uint32_t n
 	return 0;
 }
 
-/* Validate every range before any is applied, so that a batch is applied whole or not at all. */
-static int ranges_ready(struct pt_vmctx *c, const struct pt_range *r, uint32_t n)
+/*
+ * Validate every range before any is applied, so that a batch is applied whole or not at all.
+ * 1: every range lies in the window *w (loaded here), 0: valid, or a negative error.
+ */
+static int ranges_ready_win(struct pt_vmctx *c, const struct pt_range *r, uint32_t n,
+			    struct slot_win *w)
 {
 	int err = refresh_slots(c);
 
-	return err ? err : check_ranges(c, r, n);
+	if (err)
+		return err;
+	win_load(c, w);
+	return all_in_win(w, r, n) ? 1 : check_ranges(c, r, n);
+}
+
+/* As ranges_ready_win(), without the window: 0 or a negative error. */
+static int ranges_ready(struct pt_vmctx *c, const struct pt_range *r, uint32_t n)
+{
+	struct slot_win w;
+	int err = ranges_ready_win(c, r, n, &w);
+
+	return err < 0 ? err : 0;
 }
 
 int pt_batch_check(struct pt_vmctx *c, const struct pt_range *r, uint32_t n)
@@ -390,6 +415,7 @@ void pt_vmctx_free(struct pt_vmctx *c)
 	free(c->inflated);
 	free(c->reclaimed);
 	free(c->early);
+	free(c->undo);
 	pt_wlog_destroy(c->wlog);
 	free(c);
 }
@@ -516,7 +542,7 @@ static void fold_word(void *arg, uint64_t w, uint64_t wr)
 	/* Reported before the sync: may have been written unseen before it (PROTOCOL.md 5,
 	 * rule 8). Those pages leave the reported set; the others stay. */
 	if (c->reported)
-		c->reported[w] &= ~(wr | (c->early ? c->early[w] : 0));
+		c->reported[w] &= ~(wr | pt_early_word(c, w));
 	if (c->inflated && c->reclaimed) {
 		c->reclaimed[w] |= c->inflated[w] & wr;
 		c->inflated[w] &= ~wr;
@@ -568,6 +594,7 @@ int pt_cmd_arm(struct pt_vmctx *c, uint32_t cmd)
 	if (err)
 		return -PT_E_INTERNAL;
 	memset(c->hinted, 0, c->words * 8);
+	c->hint_early = PT_HE_EMPTY;
 	c->cur = cmd;
 	c->epoch = epoch;
 	c->state = PT_CS_ACTIVE;
@@ -667,40 +694,156 @@ static inline void acc_flush(struct early_arg *a, struct word_acc *x)
 	x->bits = 0;
 }
 
+/* One range of add_ranges(): a one-page range goes into the word being gathered. */
+static inline __attribute__((always_inline)) void
+add_one(struct pt_vmctx *c, struct early_arg *a, struct word_acc *x, uint64_t page, uint64_t np)
+{
+	if (np == 1) {
+		if (page / 64 != x->w)
+			acc_flush(a, x);
+		x->w = page / 64;
+		x->bits |= 1ull << (page % 64);
+		return;
+	}
+	acc_flush(a, x);
+	if (np)
+		piece_add(c, page, np, a);
+}
+
+/*
+ * One-page ranges are applied as they are checked, in one pass instead of two: each word is
+ * saved before it changes, and if a range is not a single page inside the window the words
+ * are put back, newest first, and the batch goes the way of check, then apply. So a batch is
+ * still applied whole or not at all, and nothing else runs in between (one thread).
+ */
+struct pt_undo {
+	uint64_t w, set, early;
+};
+
+/* Word w gets the pages of bits (as acc_flush()), its old words saved first; false if there
+ * is no room to save them. Inlined, so that the loop below keeps its state in registers. */
+static inline __attribute__((always_inline)) bool
+spec_put(struct early_arg *a, uint64_t w, uint64_t bits, struct pt_undo *u, uint32_t *nu)
+{
+	if (*nu == PT_UNDO_WORDS)
+		return false;
+	u[*nu] = (struct pt_undo){ w, a->set[w], a->early ? a->early[w] : 0 };
+	(*nu)++;
+	if (a->early)
+		a->early[w] |= bits & ~a->set[w];
+	a->set[w] |= bits;
+	return true;
+}
+
+/* 1: the batch is applied; 0: it is not (the sets are as before), check it first. */
+static int add_single_pages(struct pt_vmctx *c, const struct pt_range *r, uint32_t n,
+			    struct early_arg *a)
+{
+	struct pt_undo *u = c->undo ? c->undo : (c->undo = malloc(PT_UNDO_WORDS * sizeof(*u)));
+	uint64_t base, npages, bit_off, cw = 0, bits = 0;
+	struct slot_win w;
+	uint32_t nu = 0, i;
+
+	if (!u || refresh_slots(c) || n > PT_MAX_BATCH_PAGES)
+		return 0;
+	win_load(c, &w);
+	base = w.base;
+	npages = w.npages;
+	bit_off = w.bit_off;
+	for (i = 0; i < n; i++) {
+		/* One page inside the window: win_has() with a length of one page. */
+		uint64_t off = (r[i].gpa >> PAGE_SHIFT) - base, page = bit_off + off;
+
+		if (r[i].len >> PAGE_SHIFT != 1 || off >= npages)
+			break;
+		if (page / 64 != cw) {
+			if (bits && !spec_put(a, cw, bits, u, &nu))
+				break;
+			cw = page / 64;
+			bits = 0;
+		}
+		bits |= 1ull << (page % 64);
+	}
+	if (i == n && (!bits || spec_put(a, cw, bits, u, &nu)))
+		return 1;
+	while (nu--) {
+		a->set[u[nu].w] = u[nu].set;
+		if (a->early)
+			a->early[u[nu].w] = u[nu].early;
+	}
+	return 0;
+}
+
 /* apply_ranges(piece_add) with the one-page ranges gathered a word at a time. */
 static int add_ranges(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, struct early_arg *a,
 		      uint64_t *pages)
 {
-	int err = ranges_ready(c, r, n);
-	struct word_acc x = { 0 };
 	struct slot_win w;
+	int err = n && r[0].len >> PAGE_SHIFT == 1 ? add_single_pages(c, r, n, a) : 0;
+	struct word_acc x = { 0 };
 	uint64_t page, sum = 0;
 
-	if (err)
+	if (err) {
+		*pages = n;
+		return 0;
+	}
+	err = ranges_ready_win(c, r, n, &w);
+	if (err < 0)
 		return err;
-	win_load(c, &w);
+	if (err) { /* all in the window: no check per range */
+		for (uint32_t i = 0; i < n; i++) {
+			uint64_t np = r[i].len >> PAGE_SHIFT;
+
+			sum += np;
+			add_one(c, a, &x, w.bit_off + (r[i].gpa >> PAGE_SHIFT) - w.base, np);
+		}
+		goto out;
+	}
 	for (uint32_t i = 0; i < n; i++) {
 		uint64_t np = r[i].len >> PAGE_SHIFT;
-		bool in = win_has(&w, &r[i], &page);
 
 		sum += np;
-		if (in && np == 1) {
-			if (page / 64 != x.w)
-				acc_flush(a, &x);
-			x.w = page / 64;
-			x.bits |= 1ull << (page % 64);
+		if (win_has(&w, &r[i], &page)) {
+			add_one(c, a, &x, page, np);
 			continue;
 		}
 		acc_flush(a, &x);
-		if (!in) {
-			for_each_piece(c, &r[i], piece_add, a);
-			win_load(c, &w);
-		} else if (np) {
-			piece_add(c, page, np, a);
-		}
+		for_each_piece(c, &r[i], piece_add, a);
+		win_load(c, &w);
 	}
+out:
 	acc_flush(a, &x);
 	*pages = sum;
+	return 0;
+}
+
+uint64_t pt_early_word(const struct pt_vmctx *c, uint64_t w)
+{
+	return (c->early ? c->early[w] : 0) | (c->hint_early == PT_HE_ALL ? c->hinted[w] : 0);
+}
+
+/*
+ * Where the hinted set's early pages go. Hinting before the sync (the bench's synthetic VMM,
+ * a driver that ignores rule 1) marks every page it adds early, as hinted is empty at ARM:
+ * so while no hint came after the sync, early pages of hinted are exactly hinted (PT_HE_ALL),
+ * and writing each one twice is saved. The first hint after the sync moves them into the
+ * bitmap (once per epoch at most), from where early_word() goes on as for any set.
+ */
+static int hint_early_bitmap(struct pt_vmctx *c, bool synced)
+{
+	if (c->hint_early == PT_HE_BITMAP)
+		return 0;
+	if (!synced) {
+		c->hint_early = PT_HE_ALL;
+		return 1; /* the hinted set alone */
+	}
+	if (c->hint_early == PT_HE_ALL) {
+		if (!lazy_bitmap(c, &c->early))
+			return -PT_E_BUSY;
+		for (uint64_t w = 0; w < c->words; w++)
+			c->early[w] |= c->hinted[w];
+	}
+	c->hint_early = PT_HE_BITMAP;
 	return 0;
 }
 
@@ -709,8 +852,12 @@ static int add_pages(struct pt_vmctx *c, uint64_t *set, const struct pt_range *r
 		     uint64_t *pages)
 {
 	struct early_arg a = { set, NULL };
+	bool synced = !(pt_epoch_doubt(c) & PT_WHY_NO_SYNC);
+	int err = set == c->hinted ? hint_early_bitmap(c, synced) : 0;
 
-	if ((pt_epoch_doubt(c) & PT_WHY_NO_SYNC) && !(a.early = lazy_bitmap(c, &c->early)))
+	if (err < 0)
+		return err;
+	if (!synced && !err && !(a.early = lazy_bitmap(c, &c->early)))
 		return -PT_E_BUSY;
 	return add_ranges(c, r, n, &a, pages);
 }
@@ -763,6 +910,25 @@ int pt_cmd_done(struct pt_vmctx *c, uint32_t cmd)
 	return 0;
 }
 
+/* Pages in the set: all the verdict needs once it is known that it vouches for nothing. */
+static uint64_t count_set(const uint64_t *set, uint64_t words)
+{
+	uint64_t total = 0;
+
+	for (uint64_t w = 0; w < words; w++)
+		total += __builtin_popcountll(set[w]);
+	return total;
+}
+
+/* Nothing can be vouched for: every page of the set is kept, unsure. */
+static void verdict_unsure(struct pt_verdict_sum *v, uint64_t total)
+{
+	v->hinted = total;
+	v->free = 0;
+	v->kept_written = 0;
+	v->kept_unsure = total;
+}
+
 /*
  * free = hinted AND NOT written AND NOT early, read now. Written pages are kept_written; early
  * pages not written are kept_unsure (PT_WHY_NO_SYNC). The log words are read before the doubt
@@ -771,46 +937,49 @@ int pt_cmd_done(struct pt_vmctx *c, uint32_t cmd)
 static int verdict_over(struct pt_vmctx *c, const uint64_t *set, struct pt_verdict_sum *v,
 			pt_range_cb cb, void *ctx)
 {
-	struct emitter e = { .c = c, .cb = NULL, .ctx = ctx };
+	struct emitter e = { .c = c, .cb = cb, .ctx = ctx };
 	/* The region's first word, taken once: this loop reads the whole region per QUERY. */
 	const uint64_t *log = &c->t->log[pt_vm(c->t, c->vm)->log_bit_base / 64];
+	/* The early pages: the bitmap, and the hinted set while all of it is early. */
+	const uint64_t *eb = c->early, *eh = c->hint_early == PT_HE_ALL ? c->hinted : NULL;
 	uint64_t written = 0, total = 0, chosen, unsure = 0;
 
 	pt_feed_set(c, set);
 	v->why |= pt_epoch_doubt(c);
-	if (!v->why)
-		e.cb = cb;
+	if (v->why) {
+		/* Doubt only grows the answer "keep": the log and early sets would not change it.
+		 */
+		verdict_unsure(v, count_set(set, c->words));
+		v->why |= pt_epoch_doubt(c);
+		return 0;
+	}
 	for (uint64_t w = 0; w < c->words; w++) {
 		uint64_t h = set[w], wr, early;
 
 		if (!h)
 			continue;
 		wr = __atomic_load_n(&log[w], __ATOMIC_RELAXED) & h;
-		early = c->early ? c->early[w] & h & ~wr : 0;
+		early = ((eb ? eb[w] : 0) | (eh ? eh[w] : 0)) & h & ~wr;
 		total += __builtin_popcountll(h);
 		written += __builtin_popcountll(wr);
 		if (early)
 			unsure += __builtin_popcountll(early);
-		if (e.cb) {
-			emit_word(&e, w, h & ~wr & ~early);
-			if (e.err)
-				return e.err;
-		}
+		emit_word(&e, w, h & ~wr & ~early);
+		if (e.err)
+			return e.err;
 	}
 	/* wr and early are disjoint parts of h: what is left of it is free. */
 	chosen = total - written - unsure;
 	v->why |= pt_epoch_doubt(c);
-	v->hinted = total;
 	if (v->why) {
 		/* Nothing can be vouched for. Ranges already passed to cb must be dropped: the
 		 * caller buffers them and sends none unless this returns with free > 0. */
-		v->free = 0;
-		v->kept_written = 0;
-		v->kept_unsure = total;
+		verdict_unsure(v, total);
 		return 0;
 	}
 	if (e.len && emit_flush(&e))
 		return e.err;
+	v->hinted = total;
 	v->free = chosen;
 	v->kept_written = written;
 	v->kept_unsure = unsure;

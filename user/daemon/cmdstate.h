@@ -26,6 +26,10 @@
 #include "writelog/backend.h"
 #include "writelog/vmlog.h"
 
+/* Words a batch of one-page hints may change before it has been checked whole; a batch that
+ * needs more is checked first, then applied. */
+#define PT_UNDO_WORDS 1024
+
 /* Disjoint runs of blocked command IDs a VM may hold; one more is PT_E_BUSY (PROTOCOL.md 4.2). */
 #define PT_MAX_ID_RUNS 64
 
@@ -63,6 +67,15 @@ struct pt_vmctx {
 	uint64_t *inflated;  /* pages in the balloon (lazy) */
 	uint64_t *reclaimed; /* inflated pages written without deflate (lazy) */
 	uint64_t *early;     /* hinted/reported before this epoch's sync: unsure (lazy) */
+	/* Whether `early` holds the hinted set's early pages: while every hint of the epoch came
+	 * before the sync, all of `hinted` is early and only this says so (no early bit is
+	 * written per hint); the first hint after the sync copies `hinted` into `early`. */
+	enum pt_hint_early {
+		PT_HE_EMPTY,  /* nothing hinted since ARM */
+		PT_HE_ALL,    /* every hinted page is early; `early` holds none of them */
+		PT_HE_BITMAP, /* `early` holds the hinted set's early pages */
+	} hint_early;
+	struct pt_undo *undo; /* words saved while one-page hints are applied as checked (lazy) */
 	struct pt_vm_slots slots;
 	uint64_t slots_gen; /* pt_vm_state.slot_changes when slots was read */
 	uint32_t last_slot; /* index of the slot the last range fell in */
@@ -142,5 +155,9 @@ uint32_t pt_epoch_doubt(struct pt_vmctx *c);
 uint32_t pt_coverage_bits(struct pt_vmctx *c);
 
 const char *pt_why_str(uint32_t why, char *buf, size_t len);
+
+/* Word @w of the pages that are unsure because they came before the epoch's sync: the early
+ * bitmap, with the hinted set while it is all early (struct pt_vmctx.hint_early). */
+uint64_t pt_early_word(const struct pt_vmctx *c, uint64_t w);
 
 #endif
