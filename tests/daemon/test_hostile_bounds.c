@@ -133,6 +133,18 @@ static int register_self(int fd, uint32_t seq, uint64_t gpa, uint64_t size)
 	return expect_ack(fd, seq, NULL, __LINE__);
 }
 
+/* A new connection, registered as this process's VMM with one slot: its fd, or -1. */
+static int registered_conn(uint64_t gpa, uint64_t size)
+{
+	int fd = raw_connect();
+
+	if (fd >= 0 && register_self(fd, 1, gpa, size)) {
+		close(fd);
+		fd = -1;
+	}
+	return fd;
+}
+
 /* --- break 3: one request, millions of ranges --------------------------------------------- */
 
 #define AMP_PEERS 4
@@ -252,9 +264,8 @@ static int reclaimed_in_doubt_lists_nothing(void)
 	int fd;
 
 	T_REQUIRE(restart_service(""));
-	fd = raw_connect();
+	fd = registered_conn(AMP_GPA, 64 << 20);
 	CHECK(fd >= 0);
-	CHECK(register_self(fd, 1, AMP_GPA, 64 << 20) == 0);
 	SEND_EXPECT_ACK(fd, pt_build_report(tx, sizeof(tx), PT_MSG_INFLATE, 2, &in, 1), 2, NULL);
 	SEND_EXPECT_ACK(fd, pt_build_report(tx, sizeof(tx), PT_MSG_WRITTEN, 3, &wr, 1), 3, NULL);
 	n = pt_build_query(tx, sizeof(tx), 4, 0, PT_Q_RECLAIMED);
@@ -295,9 +306,8 @@ static int big_batch_applied_whole(void)
 	int fd;
 
 	T_REQUIRE(restart_service(""));
-	fd = raw_connect();
+	fd = registered_conn(BIG_GPA, BIG_SLOT);
 	CHECK(fd >= 0);
-	CHECK(register_self(fd, 1, BIG_GPA, BIG_SLOT) == 0);
 	n = pt_build_cmd(tx, sizeof(tx), PT_MSG_ARM, 2, 2);
 	CHECK(n && !raw_send(fd, tx, n));
 	EXPECT_ACK(fd, 2, NULL);
@@ -419,10 +429,9 @@ static int arm_flood_one_per_turn(void)
 	int fd, pfd;
 
 	T_REQUIRE(restart_service(""));
-	fd = raw_connect();
+	fd = registered_conn(BIG_GPA, ARM_SLOT);
 	pfd = raw_connect();
 	CHECK(fd >= 0 && pfd >= 0);
-	CHECK(register_self(fd, 1, BIG_GPA, ARM_SLOT) == 0);
 	off = pt_build_cmd(buf, sizeof(buf), PT_MSG_ARM, 2, 2);
 	CHECK(!raw_send(fd, buf, off));
 	EXPECT_ACK(fd, 2, NULL);
