@@ -3,6 +3,8 @@
 # Runs every test binary ($BUILD/tests/test_*) and script (tests/<concern>/test_*.sh) and counts the
 # PASS/FAIL/SKIP lines they print. A program that exits without a verdict line counts as one
 # failure (exit code 77 with none counts as one skip). Last line: "N passed, N failed, N skipped".
+# PT_CASES=substring runs only the cases of the test binaries whose name contains it (scripts
+# run whole).
 set -u
 BUILD=${BUILD:-build}
 export BUILD
@@ -45,7 +47,11 @@ for t in "$BUILD"/tests/test_* tests/*/test_*.sh; do
 	[ -x "$t" ] || continue
 	name=$(basename "$t")
 	[ -n "$filter" ] && [[ $name != *"$filter"* ]] && continue
-	run_one "$name" "$t"
+	if [[ $t == *.sh ]]; then
+		run_one "$name" "$t"
+	else
+		run_one "$name" "$t" ${PT_CASES:+"$PT_CASES"}
+	fi
 done
 
 for f in "$BUILD"/fuzz/fuzz_*; do
