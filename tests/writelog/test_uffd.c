@@ -90,9 +90,12 @@ static uint64_t rnd(uint64_t *x)
 /* n distinct random pages below npages, plus a run of 40 at the slot boundary. */
 static size_t pick(uint64_t *pages, size_t n, uint64_t npages, uint64_t seed)
 {
-	uint64_t *seen = calloc((npages + 63) / 64, 8), x = seed | 1;
+	uint64_t *seen, x = seed | 1;
 	size_t k = 0;
 
+	if (n > npages) /* n distinct pages cannot be found: say so rather than loop forever */
+		return 0;
+	seen = calloc((npages + 63) / 64, 8);
 	for (uint64_t p = npages / 2 - 20; p < npages / 2 + 20; p++, k++) {
 		pages[k] = p;
 		seen[p / 64] |= 1ull << (p % 64);
@@ -894,7 +897,8 @@ static int kvm_race_100k(void)
 	struct kvm_race r = { 0 };
 	size_t nh = 0, np;
 	struct kvm_uffd k;
-	int rc = kvm_setup(&k, false), rounds = 0;
+	/* 64 + 512 MiB: room for 100,000 distinct hinted pages (kvm_setup's 320 MiB has 81,920) */
+	int rc = kvm_setup_size(&k, false, 512 << 20), rounds = 0;
 	pthread_t th;
 
 	if (rc)
@@ -909,7 +913,8 @@ static int kvm_race_100k(void)
 	r.log = calloc(KVM_RACE_LOG, sizeof(*r.log));
 	if (!hinted || !bits || !pages || !hint || !r.log)
 		goto out;
-	pick(pages, 100000, np, rnd(&x));
+	if (pick(pages, 100000, np, rnd(&x)) != 100000)
+		goto out;
 	for (size_t i = 0; i < 100000; i++)
 		hinted[pages[i] / 64] |= 1ull << (pages[i] % 64);
 	for (uint64_t p = 0, sl0 = k.o.slots[0].size / UC_PAGE; p < np; p++) {
