@@ -515,7 +515,7 @@ static int race_100k(void)
 	c.sh->usleep_every = 4096; /* leave the machine to the others now and then */
 	if (uc_cmd(&c, UC_WRITER_START, 0, 0))
 		goto out;
-	t_end = uc_now() + 10ull * 1000000000;
+	t_end = uc_now() + t_time_scale() * 10ull * 1000000000;
 	while ((st.rounds < 30 || st.checked < 20000) && uc_now() < t_end &&
 	       __atomic_load_n(&c.sh->n, __ATOMIC_ACQUIRE) < UC_LOG_MAX)
 		if ((failed = race_round(&c, u, hint, nh, hinted, &st)))
@@ -931,8 +931,8 @@ static int kvm_race_100k(void)
 	r.seed = rnd(&x);
 	if (pthread_create(&th, NULL, kvm_race_writer, &r))
 		goto out;
-	for (uint64_t t_end = uc_now() + 10ull * 1000000000; rounds < 20 && uc_now() < t_end;
-	     rounds++) {
+	for (uint64_t t_end = uc_now() + t_time_scale() * 10ull * 1000000000;
+	     rounds < 20 && uc_now() < t_end; rounds++) {
 		uint64_t t_arm, t_read, n0, n1;
 
 		if (pt_uffd_arm(k.u))
