@@ -186,7 +186,7 @@ test: deps-check all man $(FUZZ_BINS)
 # The tests that need /dev/kvm, inside a QEMU guest (software emulation with nested SVM) that has
 # it: for machines without KVM. Slow, so not part of `make test`. NESTED_TESTS=name... picks tests.
 .PHONY: test-nested
-test-nested: deps-check all
+test-nested: deps-check all man
 	$(Q)BUILD=$(BUILD) tests/nested/run-kvm.sh $(NESTED_TESTS)
 
 fuzz-long: $(FUZZ_BINS)

@@ -24,6 +24,8 @@
 #   PT_NESTED_CPUS     guest vCPUs (default 2), PT_NESTED_MEM guest memory (default 4G)
 #   PT_NESTED_TIMEOUT  bound on the whole QEMU run in seconds (default 10800)
 #   PT_TEST_TIMEOUT    per-test bound inside (tests/run.sh), default here 1800: TCG is slow
+#   PT_TEST_TIME_SCALE factor for the time bounds of guards with a minimum (tests/t.h), default
+#                      here 10
 #   BUILD              build directory, relative to the worktree or absolute (default build)
 #   PT_NESTED_CMD      instead of the tests, run this bash command in the worktree inside the
 #                      guest (e.g. 'build/tests/test_minivm ring_log; dmesg | tail')
@@ -49,6 +51,7 @@ need_tools() {
 	command -v file >/dev/null || missing="$missing file"
 	[ -z "$missing" ] && return 0
 	log "installing$missing"
+	# shellcheck disable=SC2086 # a list of package names
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $missing >&2
 }
 
@@ -83,8 +86,9 @@ fetch_kernel() {
 }
 
 # The guest's first program (busybox sh): mounts the host's / (9p, read-only) with the guest's
-# own proc, sys, dev, bpffs, tracefs, debugfs, cgroup2 and tmpfs on /tmp /run /var/tmp, the
-# worktree (9p, writable) at its host path and the job directory at /run/pt-job; loads kvm_amd;
+# own proc, sys, dev, bpffs, tracefs, debugfs, cgroup2, tmpfs on /tmp /run /var/tmp, a tmpfs
+# overlay on /var/lib, the worktree (9p, writable) at its host path and the job directory at
+# /run/pt-job; loads kvm_amd;
 # runs /run/pt-job/cmd chrooted and stores its exit status in /run/pt-job/rc; powers off.
 write_init() {
 	cat >"$1" <<'EOF'
@@ -111,6 +115,10 @@ mount -t bpf bpf $R/sys/fs/bpf
 mount -t tracefs tracefs $R/sys/kernel/tracing
 mount -t debugfs debugfs $R/sys/kernel/debug
 mount -t cgroup2 cgroup2 $R/sys/fs/cgroup
+# /var/lib writable (tests make their directories there): the host's, under a tmpfs overlay.
+mkdir -p /ovl && mount -t tmpfs tmpfs /ovl && mkdir /ovl/u /ovl/w
+mount -t overlay overlay -o lowerdir=$R/var/lib,upperdir=/ovl/u,workdir=/ovl/w $R/var/lib ||
+	echo "init: no overlay on /var/lib"
 mkdir -p $R/run/pt-job $R$work
 mount -t 9p -o $o job $R/run/pt-job
 mount -t 9p -o $o work $R$work
@@ -126,7 +134,7 @@ EOF
 
 # Modules the guest needs before its root exists (9p over virtio) and for /dev/kvm, with their
 # dependencies in load order, decompressed (busybox insmod reads plain .ko).
-MODULES="9pnet_virtio 9p kvm_amd"
+MODULES="9pnet_virtio 9p overlay kvm_amd"
 
 build_initramfs() {
 	local kver=$1 out=$2 dir m f name
@@ -160,21 +168,28 @@ build_initramfs() {
 # Test programs whose source asks for KVM (t_need_kvm, a minivm guest; scripts that look for
 # /dev/kvm): the default selection. test_uffd runs only its kvm_ cases: the others run on the
 # host in `make test`, and their 64 GiB userfaultfd scans take a long time under emulation.
+# test_systemd.sh does not run here: it installs into / (read-only in the guest) and boots
+# systemd in a namespace; it needs no guest either (without /dev/kvm it lifts the condition).
 kvm_tests() {
 	(
 		grep -l 't_need_kvm\|minivm_create' "$TOP"/tests/*/test_*.c
 		grep -l -- '-c /dev/kvm\|kvm.*usable' "$TOP"/tests/*/test_*.sh
-	) | xargs -n1 basename | sed 's/\.c$//; s/^test_uffd$/test_uffd:kvm_/'
+	) | xargs -n1 basename | sed 's/\.c$//; s/^test_uffd$/test_uffd:kvm_/' |
+		grep -vx 'test_systemd.sh'
 }
 
 # The job the guest runs: each filter through tests/run.sh, then the summed counts; or, for a
 # look around, the command in PT_NESTED_CMD (bash, in the worktree) and its exit status.
+# shellcheck disable=SC2016 # the $ in single quotes are the guest's
 write_job() {
 	local job=$1 t cases
 	shift
 	{
 		echo "cd '$TOP' || exit 1"
+		echo "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 		echo "export BUILD='$BUILD' PT_TEST_TIMEOUT=${PT_TEST_TIMEOUT:-1800}"
+		# Guards that run until a minimum within a time bound get 10 times the time.
+		echo "export PT_TEST_TIME_SCALE=${PT_TEST_TIME_SCALE:-10}"
 		echo "echo \"guest: \$(uname -r); /dev/kvm: \$(ls -l /dev/kvm 2>&1)\""
 		if [ -n "${PT_NESTED_CMD:-}" ]; then
 			printf '%s\n' "$PT_NESTED_CMD"
