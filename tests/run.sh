@@ -30,6 +30,10 @@ run_one() {
 		echo "FAIL: $name: exited with status $rc and no FAIL line" >>"$out"
 		f=$((f + 1))
 	fi
+	if [ "$rc" -eq 77 ] && [ $((p + f + s)) -eq 0 ] && [ $# -gt 1 ] && [ -n "${PT_CASES:-}" ]; then
+		echo "  ($name: no case matches '$PT_CASES')"
+		return
+	fi
 	if [ "$rc" -eq 77 ] && [ $((p + f + s)) -eq 0 ]; then
 		echo "SKIP: $name: exit 77" >>"$out"
 		s=1
