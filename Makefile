@@ -183,6 +183,12 @@ $(BUILD)/fuzz/%: %.c $(LIB_SRCS) $(USER_HDRS) $(wildcard tests/*/fake_*) user/da
 test: deps-check all man $(FUZZ_BINS)
 	$(Q)BUILD=$(BUILD) tests/run.sh
 
+# The tests that need /dev/kvm, inside a QEMU guest (software emulation with nested SVM) that has
+# it: for machines without KVM. Slow, so not part of `make test`. NESTED_TESTS=name... picks tests.
+.PHONY: test-nested
+test-nested: deps-check all man
+	$(Q)BUILD=$(BUILD) tests/nested/run-kvm.sh $(NESTED_TESTS)
+
 fuzz-long: $(FUZZ_BINS)
 	$(Q)for f in $(FUZZ_BINS); do mkdir -p fuzz-corpus/$$(basename $$f); \
 		cp tests/*/$$(basename $$f).seeds/* fuzz-corpus/$$(basename $$f)/ 2>/dev/null; \

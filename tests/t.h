@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <fcntl.h>
 #include <unistd.h>
@@ -53,6 +54,19 @@ static inline int t_skip(const char *fmt, ...)
 	vsnprintf(t_skip_reason, sizeof(t_skip_reason), fmt, ap);
 	va_end(ap);
 	return T_SKIP;
+}
+
+/*
+ * Factor for the time bounds of guards that run until their minimum is reached: an integer from
+ * PT_TEST_TIME_SCALE (1 to 100, default 1), set where the machine is known to be slow (under
+ * emulation: tests/nested/run-kvm.sh). It scales bounds only, never a minimum or a check.
+ */
+static inline unsigned t_time_scale(void)
+{
+	const char *s = getenv("PT_TEST_TIME_SCALE");
+	long v = s ? strtol(s, NULL, 10) : 1;
+
+	return v >= 1 && v <= 100 ? (unsigned)v : 1;
 }
 
 /* Cases that need /dev/kvm call this first: returns T_SKIP with a reason where it is missing. */

@@ -109,21 +109,43 @@ static int parse_line(const char *l, struct sample *s)
 	return 0;
 }
 
+/* status.json now, parsed: -1 while it lists no VM. */
+static int status_sample(struct sample *s)
+{
+	char path[300], buf[8192];
+	FILE *f;
+	size_t n;
+
+	snprintf(path, sizeof(path), "%s/status.json", svc.dir);
+	f = fopen(path, "r");
+	n = f ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
+	if (f)
+		fclose(f);
+	buf[n] = 0;
+	return parse_line(buf, s);
+}
+
+/* The tick rewrites status.json every second: wait (10 s at most) until it lists the VM, so
+ * that every sample top takes has it. */
+static int wait_listed(void)
+{
+	struct sample s;
+
+	for (int i = 0; i < 100; i++) {
+		if (!status_sample(&s))
+			return 0;
+		sleep_ms(100);
+	}
+	return -1;
+}
+
 /* status.json's count reaches what the guest wrote (and no more than a few system pages). */
 static int final_written(uint64_t want)
 {
-	char path[300], buf[8192];
 	struct sample s = { 0 };
 
-	snprintf(path, sizeof(path), "%s/status.json", svc.dir);
 	for (int i = 0; i < 100; i++) {
-		FILE *f = fopen(path, "r");
-		size_t n = f ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
-
-		if (f)
-			fclose(f);
-		buf[n] = 0;
-		if (!parse_line(buf, &s) && s.written >= want)
+		if (!status_sample(&s) && s.written >= want)
 			break;
 		sleep_ms(100);
 	}
@@ -145,14 +167,18 @@ static int rate_matches_guest(void)
 	svc_must_start = true; /* this binary's service (svc.h) */
 	T_REQUIRE(need_service());
 	CHECK(setup(&vm, &c) == 0);
+	CHECKF(wait_listed() == 0, "status.json did not list the VM within 10 s");
 	snprintf(cmd, sizeof(cmd), "%s -r %s top --json -n %d -i 1",
 		 pt_spawn_default_bin(bin, sizeof(bin)), svc.dir, SAMPLES);
 	top = popen(cmd, "r");
 	CHECK(top);
 	CHECK(write_at_rate(vm, marks, &nm, 4096) == 0);
-	while (ns < SAMPLES && fgets(line, sizeof(line), top))
+	while (ns < SAMPLES && fgets(line, sizeof(line), top)) {
 		if (!parse_line(line, &s[ns]))
 			ns++;
+		else
+			printf("# top printed a sample without the VM: %s", line);
+	}
 	CHECK(pclose(top) == 0);
 	CHECKF(ns == SAMPLES, "%zu samples", ns);
 	for (size_t i = 1; i < ns; i++) {
