@@ -111,6 +111,22 @@ static int ring_vm_start(struct pt_tracker **t, const struct minivm_opts *o, str
 	return 0;
 }
 
+/* The start of a case on learned slots: tracking begins before the VMM sets up its memory, so
+ * the slots come from its ioctls. */
+static int learning_vm_start(struct pt_tracker **t, struct minivm_opts *o, struct minivm **m,
+			     uint32_t *vm)
+{
+	bool existed;
+
+	*t = open_tracker();
+	CHECK(*t);
+	o->defer_memory = true;
+	CHECK(!pt_vm_track(*t, getpid(), NULL, 0, 1 << 20, vm, &existed));
+	CHECK(!minivm_create(m, o));
+	CHECK(!minivm_setup_memory(*m));
+	return 0;
+}
+
 /*
  * KVM's harvest minus system pages must equal `want`, and the BPF log must equal KVM's whole
  * harvest: a CPU may dirty the system pages it walks or runs from (nested SVM under QEMU does),
@@ -250,18 +266,11 @@ static int learned_slots_from_ioctls(void)
 	struct pt_vm_slots sl;
 	struct pt_tracker *t;
 	struct minivm *m;
-	bool existed;
 	size_t nw;
 	uint32_t vm;
 
 	T_REQUIRE(need_ring_guest());
-	t = open_tracker();
-	CHECK(t);
-	o.defer_memory = true;
-	/* Tracking starts before the VMM sets up memory: slots come from its ioctls. */
-	CHECK(!pt_vm_track(t, getpid(), NULL, 0, 1 << 20, &vm, &existed));
-	CHECK(!minivm_create(&m, &o));
-	CHECK(!minivm_setup_memory(m));
+	CHECK(learning_vm_start(&t, &o, &m, &vm) == 0);
 	CHECK(!pt_vm_slots_get(t, vm, &sl));
 	CHECKF(sl.nslots == o.nslots + 1, "learned %u slots", sl.nslots);
 	for (unsigned i = 0; i < o.nslots; i++) {
@@ -332,19 +341,13 @@ static int recreated_slot_not_cached(void)
 	void *mem = MAP_FAILED;
 	size_t len = 0;
 	cpu_set_t cpu;
-	bool existed;
 	uint32_t vm;
 
 	T_REQUIRE(need_ring_guest());
 	CPU_ZERO(&cpu);
 	CPU_SET(0, &cpu);
 	CHECK(!sched_setaffinity(0, sizeof(cpu), &cpu));
-	t = open_tracker();
-	CHECK(t);
-	o.defer_memory = true;
-	CHECK(!pt_vm_track(t, getpid(), NULL, 0, 1 << 20, &vm, &existed));
-	CHECK(!minivm_create(&m, &o));
-	CHECK(!minivm_setup_memory(m));
+	CHECK(learning_vm_start(&t, &o, &m, &vm) == 0);
 	CHECK(!pt_vm_arm(t, vm, &epoch));
 	CHECK(!harvest_drop(m));
 	CHECK(!minivm_guest_write(m, &first, 1, 1));
