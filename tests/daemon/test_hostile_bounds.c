@@ -535,10 +535,11 @@ static int hint_burst_ping_and_tick(void)
 	CHECKF(b.acks == BURST_FRAMES, "%d of %d HINTs answered in order", b.acks, BURST_FRAMES);
 	/* What the service makes a PING wait is one turn's work: at most 50 ms of CPU (the
 	 * issue's bound), however busy the machine. The wall-clock wait also holds whatever else
-	 * the machine runs, so its bound is looser. */
+	 * the machine runs (up to 562 ms seen at a load average of 8), so its bound only catches
+	 * a PING left behind the flood (10 s before the turn order was fixed). */
 	CHECKF(cpu_max < 50000, "one turn of the loop took %lld us of CPU during the burst",
 	       cpu_max);
-	CHECKF(worst < 500, "a PING waited %.1f ms behind the burst", worst);
+	CHECKF(worst < 2000, "a PING waited %.1f ms behind the burst", worst);
 	CHECKF(gap_max < 3000, "status.json was not rewritten for %lld ms", gap_max);
 	close(b.fd);
 	close(ping_fd);
