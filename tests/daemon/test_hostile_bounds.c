@@ -465,6 +465,59 @@ static int arm_flood_one_per_turn(void)
 	return 0;
 }
 
+/*
+ * A takeover while a large HINT is being applied part by part: the parts still to come must
+ * not land in the new registration's state, even when it arms the same command ID at once (a
+ * leftover part there would be a hint the new device never sent). Rounds are repeated until
+ * the takeover fell inside a batch a few times, within a time bound.
+ */
+#define TAKE_SLOT (256 * GIB) /* 2^26 pages: 16 parts */
+
+static int takeover_mid_batch_leaks_nothing(void)
+{
+	struct pt_range whole = { BIG_GPA, TAKE_SLOT };
+	struct pt_reg_slot slot = {
+		.gpa = BIG_GPA, .size = TAKE_SLOT, .id = 1, .flags = PT_REG_SLOT_LOGGED
+	};
+	int rounds = 0, inside = 0;
+	double t0 = now_ms();
+
+	T_REQUIRE(restart_service(""));
+	while ((inside < 3 || rounds < 5) && now_ms() - t0 < 60000) {
+		int a = registered_conn(BIG_GPA, TAKE_SLOT), b = raw_connect();
+		struct pt_hdr h;
+		struct pt_msg m;
+		size_t n;
+
+		CHECK(a >= 0 && b >= 0);
+		SEND_EXPECT_ACK(a, pt_build_cmd(tx, sizeof(tx), PT_MSG_ARM, 2, 2), 2, NULL);
+		n = pt_build_hint(tx, sizeof(tx), 3, 2, &whole, 1);
+		CHECK(n && !raw_send(a, tx, n));
+		/* The new registration and its ARM of the same ID, right behind the HINT. */
+		n = pt_build_register(tx, sizeof(tx), 1, getpid(), PT_DIRTY_RING, &slot, 1);
+		n += pt_build_cmd(tx + n, sizeof(tx) - n, PT_MSG_ARM, 2, 2);
+		CHECK(!raw_send(b, tx, n));
+		EXPECT_ACK(b, 1, NULL);
+		EXPECT_ACK(b, 2, NULL);
+		/* The old connection: its HINT was answered (done before) or refused (cut short).
+		 */
+		CHECK(raw_recv(a, &h, &m) == 1 && h.seq == 3);
+		inside += m.type == PT_MSG_ERROR;
+		n = pt_build_query(tx, sizeof(tx), 4, 2, PT_Q_HINTS);
+		CHECK(n && !raw_send(b, tx, n));
+		CHECK(raw_recv(b, &h, &m) == 1 && m.type == PT_MSG_VERDICT && h.seq == 4);
+		CHECKF(m.verdict->hinted == 0,
+		       "round %d: %llu pages of the old connection's HINT in the new state", rounds,
+		       (unsigned long long)m.verdict->hinted);
+		close(a);
+		close(b);
+		rounds++;
+	}
+	fprintf(stderr, "  %d rounds, the takeover cut a batch short in %d\n", rounds, inside);
+	CHECKF(inside > 0, "no takeover fell inside a batch in %d rounds", rounds);
+	return 0;
+}
+
 static int hint_burst_ping_and_tick(void)
 {
 	struct burst b = { .fd = -1 };
@@ -775,5 +828,6 @@ static int idle_flood_devices_served(void)
 
 T_MAIN(T_CASE(query_amplification_rss), T_CASE(reclaimed_in_doubt_lists_nothing),
        T_CASE(big_batch_applied_whole), T_CASE(arm_flood_one_per_turn),
-       T_CASE(hint_burst_ping_and_tick), T_CASE(slowloris_and_idle_timeout),
-       T_CASE(fd_limit_refuses_at_once), T_CASE(idle_flood_devices_served))
+       T_CASE(takeover_mid_batch_leaks_nothing), T_CASE(hint_burst_ping_and_tick),
+       T_CASE(slowloris_and_idle_timeout), T_CASE(fd_limit_refuses_at_once),
+       T_CASE(idle_flood_devices_served))
