@@ -866,8 +866,8 @@ static int add_pages(struct pt_vmctx *c, uint64_t *set, const struct pt_range *r
 	return add_ranges(c, r, n, &a, pages);
 }
 
-int pt_cmd_hint(struct pt_vmctx *c, uint32_t cmd, const struct pt_range *r, uint32_t n,
-		uint64_t *pages)
+/* A HINT under an ID that is not current (or after DONE) is refused, and its pages counted. */
+static int hint_refused(struct pt_vmctx *c, uint32_t cmd, const struct pt_range *r, uint32_t n)
 {
 	int err = check_current(c, cmd);
 
@@ -877,8 +877,24 @@ int pt_cmd_hint(struct pt_vmctx *c, uint32_t cmd, const struct pt_range *r, uint
 		/* Spec: pages sent with an ID that is not current are ignored. Count them. */
 		for (uint32_t i = 0; i < n; i++)
 			c->n.stale_pages += r[i].len >> PAGE_SHIFT;
-		return err;
 	}
+	return err;
+}
+
+int pt_cmd_hint_check(struct pt_vmctx *c, uint32_t cmd, const struct pt_range *r, uint32_t n)
+{
+	int err = hint_refused(c, cmd, r, n);
+
+	return err ? err : pt_batch_check(c, r, n);
+}
+
+int pt_cmd_hint(struct pt_vmctx *c, uint32_t cmd, const struct pt_range *r, uint32_t n,
+		uint64_t *pages)
+{
+	int err = hint_refused(c, cmd, r, n);
+
+	if (err)
+		return err;
 	err = add_pages(c, c->hinted, r, n, pages);
 	if (err)
 		return err;

@@ -147,6 +147,9 @@ int pt_wr_read(struct pt_vmctx *c, const struct pt_range *r, uint32_t n, pt_rang
 /* Checks @r as the batch functions above do before they apply anything: a caller that applies
  * a large batch in parts (daemon/bigbatch.h) checks it whole first. 0 or a negative code. */
 int pt_batch_check(struct pt_vmctx *c, const struct pt_range *r, uint32_t n);
+/* The same for a HINT, which is also refused (its pages counted as ignored) under an ID that is
+ * not current. */
+int pt_cmd_hint_check(struct pt_vmctx *c, uint32_t cmd, const struct pt_range *r, uint32_t n);
 
 /* Why the current epoch cannot vouch for anything (PT_WHY_* bits, 0 if it can). */
 uint32_t pt_epoch_doubt(struct pt_vmctx *c);

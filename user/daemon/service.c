@@ -1135,12 +1135,8 @@ static void big_step(struct svc *s, struct pt_conn *c)
 /* Everything that could refuse the batch, before any part of it is applied. */
 static int big_check(struct pt_vmctx *ctx, const struct pt_msg *m)
 {
-	uint64_t pages = 0;
-
-	/* A HINT under an ID that is not current: refused again with all its ranges, which counts
-	 * its pages as ignored and applies none. */
-	if (m->type == PT_MSG_HINT && pt_cmd_hint(ctx, m->cmd_id, m->ranges, 0, &pages))
-		return pt_cmd_hint(ctx, m->cmd_id, m->ranges, m->count, &pages);
+	if (m->type == PT_MSG_HINT)
+		return pt_cmd_hint_check(ctx, m->cmd_id, m->ranges, m->count);
 	return pt_batch_check(ctx, m->ranges, m->count);
 }
 
