@@ -38,10 +38,7 @@ uint32_t pt_bigbatch_next(struct pt_bigbatch *b, uint64_t max_pages, struct pt_r
 		uint64_t left = r->len - b->offset;
 		uint64_t take = left < room ? left : room;
 
-		/* Cut at a page boundary (lengths are whole pages, checked by the parser). */
-		take &= ~((1ull << PAGE_SHIFT) - 1);
-		if (!take && left)
-			break;
+		/* Lengths are whole pages (the parser checks), and so is room: so is take. */
 		out[k++] = (struct pt_range){ r->gpa + b->offset, take };
 		room -= take;
 		b->offset += take;

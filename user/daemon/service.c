@@ -1077,6 +1077,8 @@ struct big_batch {
 	uint64_t pages; /* applied so far */
 };
 
+static void not_registered(struct svc *s, struct pt_conn *c, const struct pt_msg *m);
+
 static void big_end(struct svc *s, struct pt_conn *c)
 {
 	struct conn_info *ci = pt_conn_data(c);
@@ -1115,8 +1117,12 @@ static void big_step(struct svc *s, struct pt_conn *c)
 		err = apply_batch(ctx, bb->type, bb->cmd_id, s->part, k, &pages);
 	}
 	if (err) {
-		/* Part of the batch may be applied: only pages the guest did name. */
-		reply_err(s, c, bb->seq, err, pt_msg_type_str(bb->type));
+		/* Part of the batch may be applied: only pages the guest did name. A taken-over
+		 * connection is told so as for any other frame. */
+		if (err == -PT_E_NOT_REGISTERED)
+			not_registered(s, c, &(struct pt_msg){ .type = bb->type, .seq = bb->seq });
+		else
+			reply_err(s, c, bb->seq, err, pt_msg_type_str(bb->type));
 		big_end(s, c);
 		return;
 	}
