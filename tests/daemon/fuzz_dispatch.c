@@ -48,6 +48,7 @@ struct req {
 	int pidx;    /* VMM of the connection when sent, -1 if none */
 	uint8_t *ok; /* QUERY: pages that may be listed free; WR_READ: pages that must be listed */
 	uint8_t *asked;
+	struct pt_msg *batch; /* a batch applied in parts: the request, for its later ACK */
 };
 
 struct fconn {
@@ -184,6 +185,7 @@ static void req_done(struct fconn *f)
 {
 	free(f->q[0].ok);
 	free(f->q[0].asked);
+	free(f->q[0].batch);
 	memmove(f->q, f->q + 1, (f->nq - 1) * sizeof(f->q[0]));
 	f->nq--;
 	f->in_reply = false;
@@ -342,6 +344,9 @@ static void check_replies(struct fconn *f)
 			continue;
 		}
 		BUG(f->in_reply);
+		/* A batch answered after its parts: what its ACK means, now. */
+		if (h.type == PT_MSG_ACK && f->q[0].batch)
+			on_ack(f, &f->q[0], f->q[0].batch);
 		req_done(f);
 	}
 }
@@ -419,6 +424,15 @@ static void deliver(struct fconn *f)
 			BUG(!parsed);
 			on_ack(f, &r, &m);
 		}
+	} else if (parsed && m.ranges && m.type != PT_MSG_WR_READ) {
+		/* No reply yet: a batch applied in parts, acked later (keep its ranges). */
+		struct pt_msg *b = malloc(sizeof(*b) + (size_t)m.count * sizeof(*m.ranges) + 1);
+
+		BUG(!b);
+		*b = m;
+		memcpy(b + 1, m.ranges, (size_t)m.count * sizeof(*m.ranges));
+		b->ranges = (const struct pt_range *)(b + 1);
+		f->q[f->nq - 1].batch = b;
 	}
 	check_replies(f);
 }
