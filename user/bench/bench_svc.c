@@ -577,7 +577,9 @@ int bench_large_guest(const struct bench_env *env)
 struct dev {
 	pthread_t th;
 	const struct bench_env *env;
-	const struct bench_round *rounds;
+	const struct bench_round *rounds; /* NULL: REPORTs of @ranges, one in flight */
+	const struct pt_range *ranges;
+	size_t nranges;
 	const struct pt_reg_slot *slots;
 	pthread_barrier_t *bar;
 	pid_t pid;
@@ -599,6 +601,38 @@ static int dev_open(struct dev *d, struct bench_conn *c)
 	return err;
 }
 
+/*
+ * Free page reporting as Linux drives it: REPORTs of 32 ranges, each waiting for its ACK
+ * before the next (the guest's reporting queue holds one batch), until @max_ns (or @max
+ * reports). Small frames with a reply each: where a loop's syscalls count.
+ */
+static int dev_reports(struct dev *d, int fd, uint64_t max, uint64_t max_ns)
+{
+	uint8_t req[PT_HDR_SIZE + sizeof(struct pt_report) + 32 * sizeof(struct pt_range)];
+	uint8_t reply[512];
+	uint64_t t0 = bench_now_ns(), i;
+
+	for (i = 0; (!max || i < max) && (!max_ns || bench_now_ns() - t0 < max_ns); i++) {
+		size_t len = pt_build_report(req, sizeof(req), PT_MSG_REPORT, i,
+					     d->ranges + (i * 32) % d->nranges, 32);
+		int type = rpc(fd, req, len, reply, sizeof(reply));
+
+		if (type != PT_MSG_ACK)
+			return type < 0 ? type : -EPROTO;
+	}
+	d->run.records += i * 32;
+	d->run.rounds += i;
+	return 0;
+}
+
+static int dev_work(struct dev *d, struct bench_conn *c, uint64_t max, uint64_t max_ns)
+{
+	if (d->rounds)
+		return bench_run_rounds(c, d->rounds, max, max_ns, NULL, NULL, &d->run);
+	bench_set_nonblock(c->fd, false);
+	return dev_reports(d, c->fd, max, max_ns);
+}
+
 static void *dev_main(void *arg)
 {
 	struct dev *d = arg;
@@ -609,13 +643,14 @@ static void *dev_main(void *arg)
 
 	if (!err && svc)
 		err = bench_register(&c, d->pid, d->slots, 1);
-	/* Untimed, as for one device: the 64 VMs' bitmaps faulted in before the clock starts. */
+	/* Untimed, as for one device: two rounds, or one pass of REPORTs over the whole VM, so
+	 * that the bitmaps of all 64 VMs are faulted in before the clock starts. */
 	if (!err)
-		err = bench_run_rounds(&c, d->rounds, 2, 0, NULL, NULL, &d->run);
+		err = dev_work(d, &c, d->rounds ? 2 : d->nranges / 32, 0);
+	d->run = (struct bench_run){ 0 };
 	pthread_barrier_wait(d->bar);
 	if (!err)
-		err = bench_run_rounds(&c, d->rounds, 0, d->env->run_ns / REPS, NULL, NULL,
-				       &d->run);
+		err = dev_work(d, &c, 0, d->env->run_ns / REPS);
 	if (!err)
 		err = check_errors(&c, "device");
 	if (opened)
@@ -624,24 +659,33 @@ static void *dev_main(void *arg)
 	return NULL;
 }
 
+static const struct pt_reg_slot multi_slot = { 4 * GIB, 16 * GIB, 1, 0 };
+
+/* What each of the 64 devices sends: hinting rounds of 4 MiB ranges, or 2 MiB REPORTs. */
+struct load {
+	const char *pfx;
+	bool reports;
+	struct bench_round rounds[2];
+	struct pt_range *ranges;
+	size_t nranges;
+};
+
 /* @fds NULL: the devices connect to the service; else to an epoll loop, @peer its pid. */
-static int run_devices(const struct bench_env *env, struct dev *d, const pid_t *pids,
-		       const int *fds, pid_t peer, uint64_t *ns, uint64_t *cpu)
+static int run_devices(const struct bench_env *env, const struct load *l, struct dev *d,
+		       const pid_t *pids, const int *fds, pid_t peer, uint64_t *ns, uint64_t *cpu)
 {
-	static const struct pt_reg_slot slot = { 4 * GIB, 16 * GIB, 1, 0 };
 	pid_t who = fds ? peer : env->svc;
 	pthread_barrier_t bar;
-	struct bench_round r[2];
 	uint64_t t0, cpu0 = 0, cpu1 = 0;
-	int err = build_rounds(r, &slot, 1, 4 * MIB), started = 0;
+	int err = 0, started = 0;
 
-	if (err)
-		return err;
 	pthread_barrier_init(&bar, NULL, NDEV + 1);
 	for (int i = 0; i < NDEV; i++) {
 		d[i] = (struct dev){ .env = env,
-				     .rounds = r,
-				     .slots = &slot,
+				     .rounds = l->reports ? NULL : l->rounds,
+				     .ranges = l->ranges,
+				     .nranges = l->nranges,
+				     .slots = &multi_slot,
 				     .bar = &bar,
 				     .pid = pids[i],
 				     .fd = fds ? fds[i] : -1 };
@@ -662,7 +706,6 @@ static int run_devices(const struct bench_env *env, struct dev *d, const pid_t *
 	bench_proc_cpu_ns(who, &cpu1);
 	*cpu = cpu1 - cpu0;
 	pthread_barrier_destroy(&bar);
-	free_rounds(r);
 	return err;
 }
 
@@ -687,67 +730,108 @@ static void multi_add(struct multi *m, const struct dev *d, uint64_t ns, uint64_
 }
 
 /* The same 64 devices against one epoll loop serving 64 connections. */
-static int multi_epoll(const struct bench_env *env, struct dev *d, const pid_t *pids,
-		       struct multi *m)
+static int multi_epoll(const struct bench_env *env, const struct load *l, struct dev *d,
+		       const pid_t *pids, struct multi *m)
 {
-	static const struct pt_reg_slot slot = { 4 * GIB, 16 * GIB, 1, 0 };
 	uint64_t ns = 0, cpu = 0;
 	int fds[NDEV];
 	pid_t peer;
-	int err = bench_fork_epoll_multi(fds, NDEV, &peer, &slot, 1, pids);
+	int err = bench_fork_epoll_multi(fds, NDEV, &peer, &multi_slot, 1, pids);
 
 	if (err)
 		return err;
-	err = run_devices(env, d, pids, fds, peer, &ns, &cpu);
+	err = run_devices(env, l, d, pids, fds, peer, &ns, &cpu);
 	bench_child_reap(-1, peer);
 	if (!err)
 		multi_add(m, d, ns, cpu);
 	return err;
 }
 
-static int multi_service(const struct bench_env *env, struct dev *d, const pid_t *pids,
-			 struct multi *m)
+static int multi_service(const struct bench_env *env, const struct load *l, struct dev *d,
+			 const pid_t *pids, struct multi *m)
 {
 	uint64_t ns = 0, cpu = 0;
-	int err = run_devices(env, d, pids, NULL, 0, &ns, &cpu);
+	int err = run_devices(env, l, d, pids, NULL, 0, &ns, &cpu);
 
 	if (!err)
 		multi_add(m, d, ns, cpu);
 	return err;
 }
 
-static void multi_put(const struct multi *a, const struct multi *c)
+static void multi_put(const struct load *l, const struct multi *a, const struct multi *c)
 {
-	bench_put("multi_devices", NDEV, "", "devices");
-	bench_put("multi_records_per_s", a->best, "rec/s", "(a) hint records, all devices");
-	bench_put("multi_gib_validated_per_s", a->best / 4096 * 16, "GiB/s", "(a) guest validated");
-	bench_put("multi_cpu_ns_per_record", (double)a->cpu / a->records, "ns",
+	bench_put(kfmt(l->pfx, "devices"), NDEV, "", "devices");
+	bench_put(kfmt(l->pfx, "records_per_s"), a->best, "rec/s",
+		  l->reports ? "(a) REPORT records, all devices" : "(a) hint records, all devices");
+	if (l->reports)
+		bench_put(kfmt(l->pfx, "reports_per_s"), a->best / 32, "/s",
+			  "(a) REPORTs acked, all devices");
+	bench_put(kfmt(l->pfx, "cpu_ns_per_record"), (double)a->cpu / a->records, "ns",
 		  "(a) service CPU per record");
-	bench_put("multi_epoll_records_per_s", c->best, "rec/s",
+	bench_put(kfmt(l->pfx, "epoll_records_per_s"), c->best, "rec/s",
 		  "(c) one epoll loop, 64 connections, same cmdstate");
-	bench_put("multi_epoll_cpu_ns_per_record", (double)c->cpu / c->records, "ns",
+	bench_put(kfmt(l->pfx, "epoll_cpu_ns_per_record"), (double)c->cpu / c->records, "ns",
 		  "(c) epoll loop CPU per record");
-	bench_put("multi_ratio_vs_epoll", a->best / c->best, "x", "a/c");
+	bench_put(kfmt(l->pfx, "cpu_ratio_vs_epoll"),
+		  ((double)c->cpu / c->records) / ((double)a->cpu / a->records), "x",
+		  "a/c on CPU time: epoll CPU / service CPU per record");
+	bench_put(kfmt(l->pfx, "ratio_vs_epoll"), a->best / c->best, "x", "a/c");
 }
 
-int bench_many_devices(const struct bench_env *env)
+static int load_build(struct load *l)
+{
+	if (!l->reports)
+		return build_rounds(l->rounds, &multi_slot, 1, 4 * MIB);
+	l->ranges = bench_ranges(&multi_slot, 1, 2 * MIB, &l->nranges);
+	if (!l->ranges)
+		return -ENOMEM;
+	l->nranges -= l->nranges % 32;
+	return 0;
+}
+
+static void load_free(struct load *l)
+{
+	if (!l->reports)
+		free_rounds(l->rounds);
+	free(l->ranges);
+}
+
+static int many_devices(const struct bench_env *env, struct load *l)
 {
 	struct dev *d = calloc(NDEV, sizeof(*d));
 	struct multi a = { 0 }, c = { 0 };
 	pid_t pids[NDEV] = { 0 };
 	int err = d ? bench_holders_spawn(pids, NDEV) : -ENOMEM;
 
-	bench_section("64 devices at once: 64 connections, 64 VMs of 16 GiB, 4 MiB hints");
+	if (!err)
+		err = load_build(l);
 	for (int i = 0; !err && i < REPS; i++) {
-		err = multi_service(env, d, pids, &a);
+		err = multi_service(env, l, d, pids, &a);
 		if (!err)
-			err = multi_epoll(env, d, pids, &c);
+			err = multi_epoll(env, l, d, pids, &c);
 	}
 	bench_holders_kill(pids, NDEV);
+	load_free(l);
 	free(d);
 	if (!err)
-		multi_put(&a, &c);
+		multi_put(l, &a, &c);
 	return err;
+}
+
+int bench_many_devices(const struct bench_env *env)
+{
+	struct load l = { .pfx = "multi" };
+
+	bench_section("64 devices at once: 64 connections, 64 VMs of 16 GiB, 4 MiB hints");
+	return many_devices(env, &l);
+}
+
+int bench_many_reporters(const struct bench_env *env)
+{
+	struct load l = { .pfx = "multi_report", .reports = true };
+
+	bench_section("64 devices reporting: 64 VMs, REPORT 32 x 2 MiB each, one in flight");
+	return many_devices(env, &l);
 }
 
 /* --- a real guest writing while it is hinted ------------------------------------------------ */

@@ -25,6 +25,8 @@ int bench_latency(const struct bench_env *env);
 int bench_large_guest(const struct bench_env *env);
 /* 64 devices hinting at once. */
 int bench_many_devices(const struct bench_env *env);
+/* 64 devices each sending REPORTs of 32 x 2 MiB, one in flight: small frames, a reply each. */
+int bench_many_reporters(const struct bench_env *env);
 /* A real ring-mode guest writing during the hint load; the 64 GiB verdict time. */
 int bench_live_guest(const struct bench_env *env);
 
