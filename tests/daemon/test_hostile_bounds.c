@@ -338,6 +338,13 @@ static int big_batch_applied_whole(void)
 		usleep(50 * 1000);
 	CHECKF(status_num("max_turn_cpu_us") > 0, "status.json: max_turn_cpu_us %lld",
 	       status_num("max_turn_cpu_us"));
+	/* One frame is one batch in the VM's counters, however many parts it was applied in. */
+	for (int i = 0; i < 60 && status_num("hinted_pages") != (long long)BIG_PAGES; i++)
+		usleep(50 * 1000);
+	CHECKF(status_num("hinted_pages") == (long long)BIG_PAGES &&
+		       status_num("hint_batches") == 1,
+	       "status.json: %lld hint batches, %lld pages", status_num("hint_batches"),
+	       status_num("hinted_pages"));
 	close(fd);
 	return 0;
 }

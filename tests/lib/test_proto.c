@@ -70,6 +70,7 @@ static int roundtrip_requests(void)
 	CHECK(parse(&m) == 0);
 	CHECK(m.type == PT_MSG_HINT && m.cmd_id == 5 && m.count == 2);
 	CHECK(m.ranges[1].gpa == 0x40000000 && pt_range_pages(&m.ranges[1]) == 1024);
+	CHECK(m.pages == pt_range_pages(&m.ranges[0]) + 1024); /* summed while checked */
 	CHECK((const uint8_t *)m.ranges == fbuf + 24); /* zero copy */
 
 	CHECK(pt_build_query(fbuf, PT_MAX_FRAME, 10, 5, PT_Q_HINTS) == 24);
@@ -873,7 +874,22 @@ static int client_fake_peer(void)
 	return 0;
 }
 
-T_MAIN(T_CASE(roundtrip_requests), T_CASE(roundtrip_replies), T_CASE(builders_respect_cap),
+/* The parser's page sum of a batch saturates: 4097 ranges of 2^52 - 1 pages overflow 64 bits. */
+static int batch_pages_saturate(void)
+{
+	static struct pt_range r[4097];
+	struct pt_msg m;
+
+	for (int i = 0; i < 4097; i++)
+		r[i] = (struct pt_range){ 0, UINT64_MAX & ~(uint64_t)(PT_PROTO_PAGE - 1) };
+	CHECK(pt_build_report(fbuf, PT_MAX_FRAME, PT_MSG_INFLATE, 1, r, 4097) > 0);
+	CHECK(parse(&m) == 0 && m.count == 4097 && m.pages == UINT64_MAX);
+	CHECK(pt_build_report(fbuf, PT_MAX_FRAME, PT_MSG_INFLATE, 1, r, 4096) > 0);
+	CHECK(parse(&m) == 0 && m.pages == (UINT64_MAX >> 12) * 4096);
+	return 0;
+}
+
+T_MAIN(T_CASE(roundtrip_requests), T_CASE(batch_pages_saturate), T_CASE(roundtrip_replies), T_CASE(builders_respect_cap),
        T_CASE(header_errors), T_CASE(length_errors), T_CASE(reserved_cmd_ids), T_CASE(range_errors),
        T_CASE(register_errors), T_CASE(register2_rules), T_CASE(reserved_fields),
        T_CASE(misaligned_payload), T_CASE(strings), T_CASE(framer_streams), T_CASE(framer_errors),

@@ -33,9 +33,12 @@ static const struct {
 	const char *name;
 	workload_fn fn;
 } workloads[] = {
-	{ "hinting (4 MiB)", bench_hinting }, { "worst case (4 KiB)", bench_worst_case },
-	{ "latency", bench_latency },	      { "large guest", bench_large_guest },
-	{ "64 devices", bench_many_devices }, { "64 reporters", bench_many_reporters },
+	{ "hinting (4 MiB)", bench_hinting },
+	{ "worst case (4 KiB)", bench_worst_case },
+	{ "latency", bench_latency },
+	{ "large guest", bench_large_guest },
+	{ "64 devices", bench_many_devices },
+	{ "64 reporters", bench_many_reporters },
 	{ "live guest + 64 GiB verdict", bench_live_guest },
 };
 

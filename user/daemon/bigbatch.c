@@ -5,17 +5,6 @@
 
 #include "bigbatch.h"
 
-#define PAGE_SHIFT 12
-
-uint64_t pt_ranges_pages(const struct pt_range *r, uint32_t n)
-{
-	uint64_t sum = 0;
-
-	for (uint32_t i = 0; i < n; i++)
-		sum += r[i].len >> PAGE_SHIFT;
-	return sum;
-}
-
 int pt_bigbatch_init(struct pt_bigbatch *b, const struct pt_range *r, uint32_t n)
 {
 	*b = (struct pt_bigbatch){ 0 };
@@ -30,7 +19,7 @@ int pt_bigbatch_init(struct pt_bigbatch *b, const struct pt_range *r, uint32_t n
 uint32_t pt_bigbatch_next(struct pt_bigbatch *b, uint64_t max_pages, struct pt_range *out,
 			  uint32_t cap)
 {
-	uint64_t room = max_pages << PAGE_SHIFT;
+	uint64_t room = max_pages * PT_PROTO_PAGE;
 	uint32_t k = 0;
 
 	while (k < cap && room && b->next < b->n) {

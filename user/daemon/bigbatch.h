@@ -20,8 +20,6 @@ struct pt_bigbatch {
 	uint64_t offset; /* bytes of r[next] handed out already */
 };
 
-/* Pages in the ranges (each at most PT_MAX_BATCH_PAGES, so the sum of 2^32 cannot wrap). */
-uint64_t pt_ranges_pages(const struct pt_range *r, uint32_t n);
 /* Copies the ranges. 0 or -ENOMEM. */
 int pt_bigbatch_init(struct pt_bigbatch *b, const struct pt_range *r, uint32_t n);
 /* The next part, in order: at most @max_pages pages in at most @cap ranges written to @out.

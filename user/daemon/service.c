@@ -1075,6 +1075,8 @@ struct big_batch {
 	uint32_t cur; /* a HINT: the command ID and epoch it was checked against */
 	uint64_t epoch;
 	uint64_t pages; /* applied so far */
+	uint64_t total; /* pages in the batch */
+	uint32_t parts; /* applied so far */
 };
 
 static void not_registered(struct svc *s, struct pt_conn *c, const struct pt_msg *m);
@@ -1118,7 +1120,10 @@ static void big_step(struct svc *s, struct pt_conn *c)
 	}
 	if (err) {
 		/* Part of the batch may be applied: only pages the guest did name. A taken-over
-		 * connection is told so as for any other frame. */
+		 * connection is told so as for any other frame. A HINT gone stale counts what it
+		 * leaves unapplied, as a stale HINT frame counts its pages. */
+		if (err == -PT_E_STALE_CMD && ctx)
+			ctx->n.stale_pages += bb->total - bb->pages;
 		if (err == -PT_E_NOT_REGISTERED)
 			not_registered(s, c, &(struct pt_msg){ .type = bb->type, .seq = bb->seq });
 		else
@@ -1127,6 +1132,9 @@ static void big_step(struct svc *s, struct pt_conn *c)
 		return;
 	}
 	bb->pages += pages;
+	/* pt_cmd_hint() counts a batch per call: the frame is one batch, whatever its parts. */
+	if (bb->type == PT_MSG_HINT && bb->parts++)
+		ctx->n.hint_batches--;
 	pt_conn_charge(c, pages + 1);
 	if (bb->cut.next < bb->cut.n) {
 		pt_conn_pause(c); /* on_drain comes back, next turn */
@@ -1167,6 +1175,7 @@ static void big_start(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx,
 	bb->seq = m->seq;
 	bb->cmd_id = m->cmd_id;
 	bb->count = m->count;
+	bb->total = m->pages;
 	bb->cur = ctx->cur;
 	bb->epoch = ctx->epoch;
 	ci->big = bb;
@@ -1178,7 +1187,7 @@ static void on_batch(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx, con
 	uint64_t pages = 0;
 	int err;
 
-	if (pt_ranges_pages(m->ranges, m->count) > BIG_PART_PAGES) {
+	if (m->pages > BIG_PART_PAGES) {
 		big_start(s, c, ctx, m);
 		return;
 	}

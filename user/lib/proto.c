@@ -135,14 +135,20 @@ int pt_range_check(const struct pt_range *r)
 	return 0;
 }
 
-static int ranges_check(const struct pt_range *r, uint32_t n)
+/* Checks every range and sums their pages into m->pages (saturating), in the same pass. */
+static int ranges_check(struct pt_msg *m)
 {
-	for (uint32_t i = 0; i < n; i++) {
-		int err = pt_range_check(&r[i]);
+	uint64_t pages = 0;
+
+	for (uint32_t i = 0; i < m->count; i++) {
+		uint64_t n = m->ranges[i].len / PT_PROTO_PAGE;
+		int err = pt_range_check(&m->ranges[i]);
 
 		if (err)
 			return err;
+		pages = pages + n < pages ? UINT64_MAX : pages + n;
 	}
+	m->pages = pages;
 	return 0;
 }
 
@@ -276,7 +282,7 @@ static int parse_hint(struct pt_msg *m)
 	m->cmd_id = m->hint->cmd_id;
 	m->count = m->hint->count;
 	m->ranges = (const struct pt_range *)(m->hint + 1);
-	return ranges_check(m->ranges, m->count);
+	return ranges_check(m);
 }
 
 static int parse_query(struct pt_msg *m)
@@ -300,7 +306,7 @@ static int parse_report(struct pt_msg *m)
 		return -PT_E_BAD_FIELD;
 	m->count = m->report->count;
 	m->ranges = (const struct pt_range *)(m->report + 1);
-	return ranges_check(m->ranges, m->count);
+	return ranges_check(m);
 }
 
 static int parse_ack(struct pt_msg *m)
@@ -319,7 +325,7 @@ static int parse_verdict(struct pt_msg *m)
 	m->cmd_id = v->cmd_id;
 	m->count = v->nranges;
 	m->ranges = (const struct pt_range *)(v + 1);
-	return ranges_check(m->ranges, m->count);
+	return ranges_check(m);
 }
 
 static int parse_error(struct pt_msg *m)

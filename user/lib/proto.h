@@ -43,6 +43,7 @@ struct pt_msg {
 	uint32_t len;	 /* payload bytes */
 	uint32_t cmd_id; /* ARM, STOP, DONE, HINT, QUERY, VERDICT, WR_RECORDS */
 	uint32_t count;	 /* entries in ranges[] or slots[] */
+	uint64_t pages;	 /* pages in ranges[] (UINT64_MAX if more), for a request's batch */
 	const struct pt_range
 		*ranges; /* HINT, REPORT, INFLATE, DEFLATE, WR_READ, VERDICT, WR_RECORDS */
 	union {
