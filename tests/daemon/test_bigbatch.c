@@ -68,8 +68,8 @@ static int parts_rebuild_batch(void)
 				}
 			}
 		}
-		CHECKF(i == n && total == ranges_pages(r, n), "round %d: %u of %u ranges", round,
-		       i, n);
+		CHECKF(i == n && total == ranges_pages(r, n), "round %d: %u of %u ranges", round, i,
+		       n);
 		pt_bigbatch_free(&b);
 	}
 	return 0;

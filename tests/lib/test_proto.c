@@ -71,7 +71,7 @@ static int roundtrip_requests(void)
 	CHECK(m.type == PT_MSG_HINT && m.cmd_id == 5 && m.count == 2);
 	CHECK(m.ranges[1].gpa == 0x40000000 && pt_range_pages(&m.ranges[1]) == 1024);
 	CHECK(m.pages == pt_range_pages(&m.ranges[0]) + 1024); /* summed while checked */
-	CHECK((const uint8_t *)m.ranges == fbuf + 24); /* zero copy */
+	CHECK((const uint8_t *)m.ranges == fbuf + 24);	       /* zero copy */
 
 	CHECK(pt_build_query(fbuf, PT_MAX_FRAME, 10, 5, PT_Q_HINTS) == 24);
 	CHECK(parse(&m) == 0 && m.type == PT_MSG_QUERY && m.cmd_id == 5);
@@ -889,8 +889,8 @@ static int batch_pages_saturate(void)
 	return 0;
 }
 
-T_MAIN(T_CASE(roundtrip_requests), T_CASE(batch_pages_saturate), T_CASE(roundtrip_replies), T_CASE(builders_respect_cap),
-       T_CASE(header_errors), T_CASE(length_errors), T_CASE(reserved_cmd_ids), T_CASE(range_errors),
-       T_CASE(register_errors), T_CASE(register2_rules), T_CASE(reserved_fields),
-       T_CASE(misaligned_payload), T_CASE(strings), T_CASE(framer_streams), T_CASE(framer_errors),
-       T_CASE(client_fake_peer))
+T_MAIN(T_CASE(roundtrip_requests), T_CASE(batch_pages_saturate), T_CASE(roundtrip_replies),
+       T_CASE(builders_respect_cap), T_CASE(header_errors), T_CASE(length_errors),
+       T_CASE(reserved_cmd_ids), T_CASE(range_errors), T_CASE(register_errors),
+       T_CASE(register2_rules), T_CASE(reserved_fields), T_CASE(misaligned_payload),
+       T_CASE(strings), T_CASE(framer_streams), T_CASE(framer_errors), T_CASE(client_fake_peer))
