@@ -812,11 +812,12 @@ static bool make_room(struct pt_server *s)
 /*
  * A turn ends: from the completions it handled to the next wait. Wall time includes whatever
  * else the machine ran meanwhile; the loop thread's CPU time is what the turn itself cost the
- * other connections.
+ * other connections. @cpu is from one turn's start to the next's: the enter between them (its
+ * sends, the kernel's completion work) is the turn's too, and one clock read a turn is enough
+ * (it is a syscall: the thread's CPU clock has no vDSO path).
  */
-static void turn_done(struct pt_server *s, uint64_t t0, uint64_t cpu0)
+static void turn_done(struct pt_server *s, uint64_t us, uint64_t cpu)
 {
-	uint64_t us = now_us() - t0, cpu = clock_us(CLOCK_THREAD_CPUTIME_ID) - cpu0;
 
 	if (us > s->st.max_turn_us)
 		s->st.max_turn_us = us;
@@ -1634,7 +1635,7 @@ static int submit_wait(struct pt_server *s, unsigned want, unsigned timeout_ms)
 
 int pt_server_run(struct pt_server *s)
 {
-	uint64_t t0 = 0, cpu0 = 0;
+	uint64_t t0 = 0, us = 0, cpu = 0, cpu0 = 0;
 	bool turn = false;
 	int rc = 0;
 
@@ -1652,7 +1653,7 @@ int pt_server_run(struct pt_server *s)
 		process_dirty(s);
 		buf_publish(s);
 		if (turn)
-			turn_done(s, t0, cpu0);
+			us = now_us() - t0;
 		/* Connections waiting for their next turn: look for completions, do not sleep. The
 		 * kernel must still run its deferred completion work (timer, other connections'
 		 * receives): with COOP_TASKRUN only an enter that asks for events does. */
@@ -1667,7 +1668,10 @@ int pt_server_run(struct pt_server *s)
 			break;
 		}
 		t0 = now_us();
-		cpu0 = clock_us(CLOCK_THREAD_CPUTIME_ID);
+		cpu = clock_us(CLOCK_THREAD_CPUTIME_ID);
+		if (turn)
+			turn_done(s, us, cpu - cpu0);
+		cpu0 = cpu;
 		turn = true;
 		reap(s);
 		process_dirty(s);
