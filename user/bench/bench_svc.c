@@ -766,6 +766,9 @@ static void multi_put(const struct load *l, const struct multi *a, const struct 
 	if (l->reports)
 		bench_put(kfmt(l->pfx, "reports_per_s"), a->best / 32, "/s",
 			  "(a) REPORTs acked, all devices");
+	else
+		bench_put(kfmt(l->pfx, "gib_validated_per_s"), a->best / 4096 * 16, "GiB/s",
+			  "(a) guest validated");
 	bench_put(kfmt(l->pfx, "cpu_ns_per_record"), (double)a->cpu / a->records, "ns",
 		  "(a) service CPU per record");
 	bench_put(kfmt(l->pfx, "epoll_records_per_s"), c->best, "rec/s",
