@@ -106,16 +106,20 @@ struct {
 } pt_vm_stats SEC(".maps");
 
 /*
- * One pt_cpu_cache per CPU, indexed by CPU number (max_entries: set by the loader to the
+ * One pt_cpu_ring per CPU, indexed by CPU number (max_entries: set by the loader to the
  * possible CPUs): unlike a PERCPU_ARRAY its address takes no load of a per-CPU pointer, one
- * cold load less on every push. Only programs running on that CPU, which cannot be preempted
- * there, touch an entry.
+ * cold load less on every push. Mmapable for its alignment (each cache in one line) and for
+ * userspace to read the counts. Pinned: the counts outlive a restart of the service, as the
+ * other counters do. Only programs running on that CPU, which cannot be preempted there,
+ * write an entry.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
-	__type(value, struct pt_cpu_cache);
+	__type(value, struct pt_cpu_ring);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } pt_cache SEC(".maps");
 
 static __always_inline __u64 *pending_ioctls(void)
@@ -307,17 +311,24 @@ static __always_inline void cache_slot(struct pt_cpu_cache *c, struct pt_vm_stat
 	c->npages = off >= bits ? 0 : (s->npages < bits - off ? s->npages : bits - off);
 }
 
+/* A push recorded: counted on this CPU, in the entry the push already holds. */
+static __always_inline void count_ring_write(struct pt_cpu_ring *cr, __u32 vm)
+{
+	if (vm < PT_MAX_VMS)
+		cr->ring_writes[vm]++;
+}
+
 /*
- * A push of the VM `c` names, the long way: note the ring once per epoch, find the slot in
+ * A push of the VM `cr` names, the long way: note the ring once per epoch, find the slot in
  * the table, check and log, and cache the slot for the next push. Everything that cannot be
  * recorded taints here, so the fast path only ever handles pushes that log cleanly.
  */
-static __noinline int ring_push_vm(struct pt_cpu_cache *c, struct pt_vm_state *st,
+static __noinline int ring_push_vm(struct pt_cpu_ring *cr, struct pt_vm_state *st,
 				   struct kvm_dirty_ring *ring, __u32 slot, __u64 offset)
 {
+	struct pt_cpu_cache *c = &cr->c;
 	__u64 epoch = st->epoch;
 	__u32 vm = c->vm, why;
-	struct pt_vm_stats *n;
 	struct pt_vm_slots *sl;
 	struct pt_slot *s;
 
@@ -346,9 +357,7 @@ static __noinline int ring_push_vm(struct pt_cpu_cache *c, struct pt_vm_state *s
 		return 0;
 	}
 	cache_slot(c, st, s, slot);
-	n = vm_stats(vm);
-	if (n)
-		n->ring_writes++;
+	count_ring_write(cr, vm);
 	return 0;
 }
 
@@ -358,9 +367,10 @@ static __noinline int ring_push_vm(struct pt_cpu_cache *c, struct pt_vm_state *s
  * a change of the VM set (or of a memslot table, or a new vCPU) after it leaves the entry
  * stale.
  */
-static __noinline int ring_push_lookup(struct pt_cpu_cache *c, struct kvm_dirty_ring *ring,
+static __noinline int ring_push_lookup(struct pt_cpu_ring *cr, struct kvm_dirty_ring *ring,
 				       __u32 slot, __u64 offset, __u64 gen)
 {
+	struct pt_cpu_cache *c = &cr->c;
 	__u32 tgid = current_tgid();
 	__u32 *idx = bpf_map_lookup_elem(&pt_vm_by_tgid, &tgid);
 	struct pt_vm_state *st;
@@ -380,7 +390,7 @@ static __noinline int ring_push_lookup(struct pt_cpu_cache *c, struct kvm_dirty_
 	c->tgid = tgid;
 	c->epoch = 0; /* no epoch (they start at 1): the ring gets noted */
 	c->npages = 0;
-	return ring_push_vm(c, st, ring, slot, offset);
+	return ring_push_vm(cr, st, ring, slot, offset);
 }
 
 /*
@@ -396,33 +406,32 @@ SEC("raw_tp/kvm_dirty_ring_push")
 int BPF_PROG(pt_ring_push, struct kvm_dirty_ring *ring, u32 slot, u64 offset)
 {
 	__u32 cpu = bpf_get_smp_processor_id(), gkey = PT_GEN, key;
-	struct pt_cpu_cache *c = bpf_map_lookup_elem(&pt_cache, &cpu);
+	struct pt_cpu_ring *cr = bpf_map_lookup_elem(&pt_cache, &cpu);
 	__u64 *genp = bpf_map_lookup_elem(&pt_pending, &gkey);
-	struct pt_vm_stats *n;
+	struct pt_cpu_cache *c;
 	struct pt_vm_state *st;
 	__u64 gen, bit, *word;
 
-	if (!c || !genp)
+	if (!cr || !genp)
 		return 0;
+	c = &cr->c;
 	gen = *genp;
 	if (c->ring != (__u64)ring || c->gen != gen)
-		return ring_push_lookup(c, ring, slot, offset, gen);
+		return ring_push_lookup(cr, ring, slot, offset, gen);
 	st = vm_state(c->vm);
 	/* Same generation, so the same tenant: a mismatch means a racing register. */
 	if (!st || st->tgid != c->tgid)
-		return ring_push_lookup(c, ring, slot, offset, gen);
+		return ring_push_lookup(cr, ring, slot, offset, gen);
 	if (c->slot != slot || offset >= c->npages || c->epoch != st->epoch)
-		return ring_push_vm(c, st, ring, slot, offset);
+		return ring_push_vm(cr, st, ring, slot, offset);
 	bit = c->bit + offset;
 	key = bit / 64;
 	word = bpf_map_lookup_elem(&pt_log, &key);
 	if (!word)
-		return ring_push_vm(c, st, ring, slot, offset);
+		return ring_push_vm(cr, st, ring, slot, offset);
 	if (!(*word & (1ull << (bit % 64))))
 		__sync_fetch_and_or(word, 1ull << (bit % 64));
-	n = vm_stats(c->vm);
-	if (n)
-		n->ring_writes++;
+	count_ring_write(cr, c->vm);
 	return 0;
 }
 

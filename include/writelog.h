@@ -12,7 +12,8 @@
  *   pt_ioctl       HASH   thread -> struct pt_ioctl (an ioctl between its enter and exit)
  *   pt_pending     ARRAY  u64 [PT_PENDING] threads in a watched ioctl, [PT_GEN] cache generation
  *   pt_vm_stats    PERCPU vm index -> struct pt_vm_stats (event counters)
- *   pt_cache       ARRAY  cpu -> struct pt_cpu_cache (the dirty ring pushed last on the CPU)
+ *   pt_cache       ARRAY  cpu -> struct pt_cpu_ring (mmapable: the dirty ring pushed last on
+ *                         the CPU, and the CPU's count of recorded pushes per VM)
  */
 #ifndef PAGETRACK_WRITELOG_H
 #define PAGETRACK_WRITELOG_H
@@ -80,7 +81,9 @@ struct pt_vm_state {
 /* Per-CPU event counters (pt_vm_stats, PERCPU_ARRAY by vm index): no shared cache line on
  * the per-write path. Userspace sums the CPUs. */
 struct pt_vm_stats {
-	__u64 ring_writes;    /* dirty-ring pushes recorded */
+	__u64 ring_writes;    /* dirty-ring pushes recorded by programs of builds before the count
+			       * moved to pt_cpu_ring (still attached during an upgrade); userspace
+			       * reports the sum of both */
 	__u64 fault_writes;   /* write faults recorded (TDP hosts) */
 	__u64 faults_ignored; /* write faults seen while the fault path is off (no TDP) */
 };
@@ -102,7 +105,22 @@ struct pt_cpu_cache {
 	__u32 tgid; /* pt_vm_state.tgid of `vm` when it was looked up */
 	__u32 slot; /* as_id << 16 | slot id of the last logged push */
 	__u32 pad;
-	__u64 pad2; /* to 64 bytes: one CPU's entry, one cache line's worth */
+	__u64 pad2; /* to 64 bytes: one cache line */
+};
+
+/*
+ * One CPU's entry of pt_cache. The map is mmapable, so its values start page-aligned and,
+ * every entry being a multiple of 64 bytes, the cache `c` is exactly one cache line. The
+ * push's fast path touches that line, the count of its VM here and the log word: under
+ * BPF_PROG_TEST_RUN every further map it read cost as much again (per-CPU counters elsewhere
+ * took a lookup of the CPU's pointer and a line in another region, about 12 ns a push).
+ */
+struct pt_cpu_ring {
+	struct pt_cpu_cache c;
+	/* Dirty-ring pushes recorded on this CPU, by vm index (what pt_vm_stats.ring_writes
+	 * counted): written only by pt_ring_push on this CPU; userspace sums the CPUs and zeroes
+	 * an index before a VM gets it. */
+	__u64 ring_writes[PT_MAX_VMS];
 };
 
 #define PT_PENDING 0 /* pt_pending[0]: threads inside a watched ioctl */

@@ -424,7 +424,129 @@ static int slot_guess_checked(void)
 	return 0;
 }
 
+static uint64_t ring_writes(struct pt_tracker *t, uint32_t vm)
+{
+	struct pt_vm_stats n;
+
+	return pt_vm_stats_get(t, vm, &n) ? ~0ull : n.ring_writes;
+}
+
+static int pin_cpu(int cpu)
+{
+	cpu_set_t set;
+
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	return sched_setaffinity(0, sizeof(set), &set) ? -errno : 0;
+}
+
+/*
+ * The count of recorded pushes lives in each CPU's cache entry: every recorded push counts
+ * once, whichever path logged it (a miss, a hit, another slot, a bit already set), a refused
+ * one does not, and a second CPU's pushes add up with the first's.
+ */
+static int ring_writes_counted_once(void)
+{
+	uint64_t want = 0, pages = 0;
+	struct pt_tracker *t;
+	uint32_t a;
+
+	T_REQUIRE(setup(&t, &a));
+	for (unsigned i = 0; i < 30; i++, want++, pages++) {
+		uint64_t ring = i % 3 ? RING_A : RING_B, slot = i % 5 ? 5 : 1;
+
+		CHECK(!push(t, ring, slot, i));
+	}
+	CHECK(!push(t, RING_A, 5, 1)); /* its bit is set already: recorded, not new */
+	want++;
+	CHECK(!push(t, RING_A, 1, 64)); /* past slot 1: refused */
+	CHECKF(ring_writes(t, a) == want, "%llu counted, %llu recorded",
+	       (unsigned long long)ring_writes(t, a), (unsigned long long)want);
+	CHECK(t->cpus[0].ring_writes[a] == want);
+	if (t->ncpu > 1 && !pin_cpu(1)) {
+		for (unsigned i = 0; i < 5; i++, want++, pages++)
+			CHECK(!push(t, RING_A, 5, 100 + i));
+		CHECK(!pin_cpu(0));
+		CHECK(t->cpus[1].ring_writes[a] == 5);
+		CHECKF(ring_writes(t, a) == want, "%llu counted, %llu recorded",
+		       (unsigned long long)ring_writes(t, a), (unsigned long long)want);
+	}
+	CHECK(count_bits(t, a) == pages);
+	pt_tracker_close(t);
+	return 0;
+}
+
+/* A VM index handed to another VMM, or to the same one again, counts from zero. */
+static int ring_writes_zero_for_new_tenant(void)
+{
+	struct pt_tracker *t;
+	uint32_t a, x;
+
+	T_REQUIRE(setup(&t, &a));
+	for (unsigned i = 0; i < 3; i++)
+		CHECK(!push(t, RING_A, 5, i));
+	CHECK(ring_writes(t, a) == 3);
+	CHECK(!pt_vm_untrack(t, a));
+	CHECK(!track(t, 1, &x)); /* pid 1 is never this test */
+	CHECKF(x == a, "the index was not reused (%u, %u): the case tests nothing", a, x);
+	CHECK(ring_writes(t, x) == 0);
+	CHECK(!pt_vm_untrack(t, x));
+	CHECK(!track(t, getpid(), &x) && x == a);
+	CHECK(ring_writes(t, a) == 0);
+	CHECK(!push(t, RING_A, 5, 7) && !push(t, RING_A, 5, 8));
+	CHECK(ring_writes(t, a) == 2);
+	pt_tracker_close(t);
+	return 0;
+}
+
+static struct pt_tracker *open_pinned(const char *dir)
+{
+	struct pt_loader_opts o = { .pin_dir = dir, .tdp = 0, .no_attach = true, .log_mb = 1 };
+	struct pt_tracker *t = NULL;
+
+	return pt_tracker_open(&t, &o) ? NULL : t;
+}
+
+static int count_across_restart(const char *dir)
+{
+	struct pt_tracker *t = open_pinned(dir);
+	uint32_t a, again;
+
+	CHECK(t);
+	if (track(t, getpid(), &a)) {
+		pt_tracker_close(t);
+		CHECK(0);
+	}
+	for (unsigned i = 0; i < 4; i++)
+		CHECK(!push(t, RING_A, 5, i));
+	pt_tracker_close(t);
+	t = open_pinned(dir);
+	CHECK(t && t->reused_maps);
+	CHECK(!pt_vm_find(t, getpid(), &again) && again == a);
+	CHECKF(ring_writes(t, a) == 4, "%llu after the restart",
+	       (unsigned long long)ring_writes(t, a));
+	CHECK(!push(t, RING_A, 5, 4));
+	CHECK(ring_writes(t, a) == 5);
+	pt_tracker_close(t);
+	return 0;
+}
+
+/* The counts are in pinned maps like every other counter: a restart of the service keeps them. */
+static int ring_writes_survive_restart(void)
+{
+	char dir[64];
+	int rc;
+
+	T_REQUIRE(t_need_bpf());
+	CHECK(!pin_cpu0());
+	snprintf(dir, sizeof(dir), "/sys/fs/bpf/pt-test-ring-cache-%d", (int)getpid());
+	rc = count_across_restart(dir);
+	CHECK(!pt_tracker_unpin(dir));
+	return rc;
+}
+
 T_MAIN(T_CASE(reused_ring_pointer_other_vmm), T_CASE(two_vms_alternate_on_one_cpu),
        T_CASE(never_seen_ring), T_CASE(ring_after_reregister),
        T_CASE(index_reused_generation_missed), T_CASE(same_ring_new_epoch_noted),
-       T_CASE(slot_guess_checked))
+       T_CASE(slot_guess_checked), T_CASE(ring_writes_counted_once),
+       T_CASE(ring_writes_zero_for_new_tenant), T_CASE(ring_writes_survive_restart))

@@ -14,7 +14,7 @@
 
 #include "bench_util.h"
 
-#define MAX_RESULTS 160
+#define MAX_RESULTS 200
 
 struct result {
 	const char *key;   /* NULL: section heading (label) */

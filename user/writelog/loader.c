@@ -27,6 +27,9 @@ _Static_assert(PT_KVM_CLEAR_DIRTY_LOG == KVM_CLEAR_DIRTY_LOG, "ioctl number");
 _Static_assert(PT_KVM_RESET_DIRTY_RINGS == KVM_RESET_DIRTY_RINGS, "ioctl number");
 _Static_assert(PT_KVM_CREATE_VCPU == KVM_CREATE_VCPU, "ioctl number");
 _Static_assert(PT_KVM_CAP_DIRTY_LOG_RING == KVM_CAP_DIRTY_LOG_RING, "cap number");
+/* Each CPU's cache in one cache line of the page-aligned pt_cache values. */
+_Static_assert(sizeof(struct pt_cpu_cache) == 64, "pt_cpu_cache is one cache line");
+_Static_assert(sizeof(struct pt_cpu_ring) % 64 == 0, "pt_cpu_ring keeps its cache aligned");
 
 static int mount_if_missing(const char *dir, const char *type, long magic)
 {
@@ -187,6 +190,14 @@ void pt_tracker_bump_generation(struct pt_tracker *t)
 	__atomic_add_fetch(&t->pending[PT_GEN], 1, __ATOMIC_SEQ_CST);
 }
 
+/* pt_cache, whole pages. */
+static size_t cpus_bytes(const struct pt_tracker *t)
+{
+	size_t page = sysconf(_SC_PAGESIZE);
+
+	return (t->ncpu * sizeof(struct pt_cpu_ring) + page - 1) / page * page;
+}
+
 static int map_mmap(struct bpf_map *map, size_t size, void **out)
 {
 	void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, bpf_map__fd(map), 0);
@@ -220,6 +231,7 @@ static int open_skel(struct pt_tracker *t, const struct pt_loader_opts *o)
 	err = bpf_map__set_max_entries(t->skel->maps.pt_cache, ncpu);
 	if (err)
 		return err;
+	t->ncpu = ncpu;
 	if (o->no_pin) {
 		bpf_object__for_each_map(map, t->skel->obj) bpf_map__set_pin_path(map, NULL);
 	}
@@ -287,6 +299,8 @@ int pt_tracker_open(struct pt_tracker **out, const struct pt_loader_opts *o)
 	err = map_mmap(t->skel->maps.pt_log, t->log_words * 8, (void **)&t->log);
 	if (!err)
 		err = map_mmap(t->skel->maps.pt_pending, PENDING_BYTES, (void **)&t->pending);
+	if (!err)
+		err = map_mmap(t->skel->maps.pt_cache, cpus_bytes(t), (void **)&t->cpus);
 	if (err)
 		goto cleanup;
 	if (!o->no_attach) {
@@ -319,6 +333,8 @@ void pt_tracker_close(struct pt_tracker *t)
 		munmap(t->log, t->log_words * 8);
 	if (t->pending)
 		munmap(t->pending, PENDING_BYTES);
+	if (t->cpus)
+		munmap(t->cpus, cpus_bytes(t));
 	writelog_bpf__destroy(t->skel);
 	free(t);
 }

@@ -38,6 +38,9 @@ struct pt_tracker {
 	struct pt_vm_state *vms; /* mmap of pt_vm_state, PT_MAX_VMS entries */
 	uint64_t *pending;	 /* mmap of pt_pending: [PT_PENDING], [PT_GEN] */
 	uint64_t *log;		 /* mmap of pt_log */
+	/* mmap of pt_cache: one entry per possible CPU (ncpu of them) */
+	struct pt_cpu_ring *cpus;
+	int ncpu;
 	uint64_t log_words;
 	char progs[256];	   /* "name:attached name:off ..." for status */
 	struct bpf_link *links[8]; /* no_pin only: links live as long as this process */

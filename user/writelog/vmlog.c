@@ -94,6 +94,18 @@ static void zero_stats(struct pt_tracker *t, uint32_t vm)
 		bpf_map__update_elem(t->skel->maps.pt_vm_stats, &vm, sizeof(vm), z,
 				     ncpu * sizeof(*z), 0);
 	free(z);
+	for (int i = 0; i < t->ncpu; i++)
+		__atomic_store_n(&t->cpus[i].ring_writes[vm], 0, __ATOMIC_RELAXED);
+}
+
+/* The pushes pt_ring_push recorded for `vm`, counted in each CPU's pt_cache entry. */
+static uint64_t cpu_ring_writes(struct pt_tracker *t, uint32_t vm)
+{
+	uint64_t n = 0;
+
+	for (int i = 0; i < t->ncpu; i++)
+		n += __atomic_load_n(&t->cpus[i].ring_writes[vm], __ATOMIC_RELAXED);
+	return n;
 }
 
 int pt_vm_stats_get(struct pt_tracker *t, uint32_t vm, struct pt_vm_stats *sum)
@@ -102,7 +114,7 @@ int pt_vm_stats_get(struct pt_tracker *t, uint32_t vm, struct pt_vm_stats *sum)
 	struct pt_vm_stats *v;
 
 	memset(sum, 0, sizeof(*sum));
-	if (ncpu <= 0)
+	if (ncpu <= 0 || vm >= PT_MAX_VMS)
 		return -EINVAL;
 	v = calloc(ncpu, sizeof(*v));
 	if (!v)
@@ -114,6 +126,8 @@ int pt_vm_stats_get(struct pt_tracker *t, uint32_t vm, struct pt_vm_stats *sum)
 		sum->fault_writes += v[i].fault_writes;
 		sum->faults_ignored += v[i].faults_ignored;
 	}
+	if (!err)
+		sum->ring_writes += cpu_ring_writes(t, vm);
 	free(v);
 	return err;
 }
