@@ -155,24 +155,26 @@ static void *ub_touch(void *arg)
  * then on every TLB flush of it also goes to the other CPUs (on a PVM guest the kernel never
  * drops a CPU from that set again), so what an ARM costs depends on where the "VMM" ran.
  */
-static void ub_touch_all_cpus(struct ubench *b)
+static unsigned ub_touch_all_cpus(struct ubench *b)
 {
 	cpu_set_t mine, one;
 	pthread_attr_t attr;
+	unsigned n = 0;
 	pthread_t th;
 
 	if (sched_getaffinity(0, sizeof(mine), &mine))
-		return;
+		return 0;
 	for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) {
 		if (!CPU_ISSET(cpu, &mine) || pthread_attr_init(&attr))
 			continue;
 		CPU_ZERO(&one);
 		CPU_SET(cpu, &one);
 		if (!pthread_attr_setaffinity_np(&attr, sizeof(one), &one) &&
-		    !pthread_create(&th, &attr, ub_touch, b->mem))
-			pthread_join(th, NULL);
+		    !pthread_create(&th, &attr, ub_touch, b->mem) && !pthread_join(th, NULL))
+			n++;
 		pthread_attr_destroy(&attr);
 	}
+	return n;
 }
 
 /* Writes the first n pages: as many pages as ub_write(), packed into few page tables. */
@@ -218,7 +220,7 @@ static void ub_put_time(const char *key, const char *what, const char *label,
  * on a shadow-paging hypervisor such as PVM a trapped page-table write), not per page.
  */
 static int ub_arm_parts(struct ubench *b, uint64_t n, struct ub_time *walk, struct ub_time *runs,
-			struct ub_time *all_cpus)
+			struct ub_time *all_cpus, unsigned *cpus)
 {
 	uint64_t found;
 	int rc = ub_arm(b, walk);
@@ -233,7 +235,7 @@ static int ub_arm_parts(struct ubench *b, uint64_t n, struct ub_time *walk, stru
 		rc = ub_arm(b, runs);
 	if (!rc) {
 		ub_write(b, &found);
-		ub_touch_all_cpus(b);
+		*cpus = ub_touch_all_cpus(b);
 		rc = ub_arm(b, all_cpus);
 	}
 	return rc;
@@ -248,6 +250,7 @@ static int ub_case(const char *key, const char *label, uint64_t size, bool thp, 
 {
 	struct ub_time arm1, verdict, arm2, empty, walk, runs, all_cpus;
 	uint64_t n, found, again, tables;
+	unsigned cpus = 0;
 	double first_ns, again_ns;
 	char text[96];
 	struct ubench b;
@@ -270,7 +273,7 @@ static int ub_case(const char *key, const char *label, uint64_t size, bool thp, 
 	if (!rc && found)
 		rc = -EIO;
 	if (!rc)
-		rc = ub_arm_parts(&b, n, &walk, &runs, &all_cpus);
+		rc = ub_arm_parts(&b, n, &walk, &runs, &all_cpus, &cpus);
 	if (rc) {
 		fprintf(stderr, "bench uffd %s: %s\n", key, strerror(-rc));
 		ub_teardown(&b);
@@ -285,8 +288,8 @@ static int ub_case(const char *key, const char *label, uint64_t size, bool thp, 
 	snprintf(text, sizeof(text), "ARM, %llu pages written in 2 MiB runs",
 		 (unsigned long long)n);
 	ub_put_time(key, "arm_runs", label, &runs, text);
-	ub_put_time(key, "arm_all_cpus", label, &all_cpus,
-		    "ARM, 0.1 % written, VMM live on every CPU");
+	snprintf(text, sizeof(text), "ARM, 0.1 %% written, VMM live on %u CPU(s)", cpus);
+	ub_put_time(key, "arm_all_cpus", label, &all_cpus, text);
 	tables = ub_write_tables(&b);
 	snprintf(text, sizeof(text), "ARM beyond its walk, per page table written (%llu)",
 		 (unsigned long long)tables);
