@@ -349,7 +349,7 @@ static int64_t uc_cmd(struct uc *u, uint32_t op, uint64_t a, uint64_t b)
 }
 
 /* The child writes each page of the list through its own mapping. */
-static int uc_write(struct uc *u, const uint64_t *pages, uint32_t n)
+static inline int uc_write(struct uc *u, const uint64_t *pages, uint32_t n)
 {
 	struct uc_cmd c = { .op = UC_WRITE, .n = n };
 	int64_t rc;

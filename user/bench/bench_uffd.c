@@ -2,6 +2,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -129,6 +131,59 @@ static double ub_write(struct ubench *b, uint64_t *n)
 	return *n ? (double)(bench_now_ns() - t0) / *n : NAN;
 }
 
+/* Page tables (2 MiB of address space each) that ub_write() touches. */
+static uint64_t ub_write_tables(const struct ubench *b)
+{
+	uint64_t n = 0, last = ~0ull;
+
+	for (uint64_t off = 0; off < b->size; off += 1000 * PAGE)
+		if (off >> 21 != last) {
+			last = off >> 21;
+			n++;
+		}
+	return n;
+}
+
+static void *ub_touch(void *arg)
+{
+	return (void *)(uintptr_t) * (volatile char *)arg;
+}
+
+/*
+ * Runs a thread on every CPU this process may use, each reading the guest memory once: the
+ * address space has then been live on all of them, as a VMM's with its vCPU threads is. From
+ * then on every TLB flush of it also goes to the other CPUs (on a PVM guest the kernel never
+ * drops a CPU from that set again), so what an ARM costs depends on where the "VMM" ran.
+ */
+static unsigned ub_touch_all_cpus(struct ubench *b)
+{
+	cpu_set_t mine, one;
+	pthread_attr_t attr;
+	unsigned n = 0;
+	pthread_t th;
+
+	if (sched_getaffinity(0, sizeof(mine), &mine))
+		return 0;
+	for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) {
+		if (!CPU_ISSET(cpu, &mine) || pthread_attr_init(&attr))
+			continue;
+		CPU_ZERO(&one);
+		CPU_SET(cpu, &one);
+		if (!pthread_attr_setaffinity_np(&attr, sizeof(one), &one) &&
+		    !pthread_create(&th, &attr, ub_touch, b->mem) && !pthread_join(th, NULL))
+			n++;
+		pthread_attr_destroy(&attr);
+	}
+	return n;
+}
+
+/* Writes the first n pages: as many pages as ub_write(), packed into few page tables. */
+static void ub_write_run(struct ubench *b, uint64_t n)
+{
+	for (uint64_t p = 0; p < n && p < b->size / PAGE; p++)
+		b->mem[p * PAGE + 16] = 3;
+}
+
 /* bench_put() keeps pointers: keys and labels live here. */
 static void ub_put(const char *key, const char *what, const char *label, double v, const char *unit,
 		   const char *text)
@@ -158,14 +213,44 @@ static void ub_put_time(const char *key, const char *what, const char *label,
 }
 
 /*
+ * What an ARM costs beyond its walk: ARM with nothing written (the walk alone), ARM with the
+ * same number of pages written as the 0.1 % case but packed into 2 MiB runs, and the 0.1 %
+ * case again once the memory has been live on every CPU (ub_touch_all_cpus()). The
+ * re-protection of written pages is paid per page table holding one (a TLB flush each, and
+ * on a shadow-paging hypervisor such as PVM a trapped page-table write), not per page.
+ */
+static int ub_arm_parts(struct ubench *b, uint64_t n, struct ub_time *walk, struct ub_time *runs,
+			struct ub_time *all_cpus, unsigned *cpus)
+{
+	uint64_t found;
+	int rc = ub_arm(b, walk);
+
+	if (!rc) {
+		ub_write_run(b, n);
+		rc = ub_scan(b, runs, &found);
+	}
+	if (!rc && found != n)
+		rc = -EIO;
+	if (!rc)
+		rc = ub_arm(b, runs);
+	if (!rc) {
+		ub_write(b, &found);
+		*cpus = ub_touch_all_cpus(b);
+		rc = ub_arm(b, all_cpus);
+	}
+	return rc;
+}
+
+/*
  * The cases of one memory kind: ARM, the verdict scan with 0.1 % written, re-ARM, a scan with
- * nothing written, and the writer's cost per first write after ARM against a write to a page
- * already written in the epoch (no fault).
+ * nothing written, the ARM's parts (ub_arm_parts()), and the writer's cost per first write
+ * after ARM against a write to a page already written in the epoch (no fault).
  */
 static int ub_case(const char *key, const char *label, uint64_t size, bool thp, bool populate)
 {
-	struct ub_time arm1, verdict, arm2, empty;
-	uint64_t n, found, again;
+	struct ub_time arm1, verdict, arm2, empty, walk, runs, all_cpus;
+	uint64_t n, found, again, tables;
+	unsigned cpus = 0;
 	double first_ns, again_ns;
 	char text[96];
 	struct ubench b;
@@ -187,6 +272,8 @@ static int ub_case(const char *key, const char *label, uint64_t size, bool thp, 
 		rc = ub_scan(&b, &empty, &found);
 	if (!rc && found)
 		rc = -EIO;
+	if (!rc)
+		rc = ub_arm_parts(&b, n, &walk, &runs, &all_cpus, &cpus);
 	if (rc) {
 		fprintf(stderr, "bench uffd %s: %s\n", key, strerror(-rc));
 		ub_teardown(&b);
@@ -197,6 +284,16 @@ static int ub_case(const char *key, const char *label, uint64_t size, bool thp, 
 	ub_put_time(key, "verdict", label, &verdict, text);
 	ub_put_time(key, "arm", label, &arm2, "ARM, 0.1 % written (re-protect)");
 	ub_put_time(key, "scan_empty", label, &empty, "verdict, nothing written");
+	ub_put_time(key, "arm_walk", label, &walk, "ARM, nothing written (the walk)");
+	snprintf(text, sizeof(text), "ARM, %llu pages written in 2 MiB runs",
+		 (unsigned long long)n);
+	ub_put_time(key, "arm_runs", label, &runs, text);
+	snprintf(text, sizeof(text), "ARM, 0.1 %% written, VMM live on %u CPU(s)", cpus);
+	ub_put_time(key, "arm_all_cpus", label, &all_cpus, text);
+	tables = ub_write_tables(&b);
+	snprintf(text, sizeof(text), "ARM beyond its walk, per page table written (%llu)",
+		 (unsigned long long)tables);
+	ub_put(key, "arm_table_us", label, (arm2.cpu_ms - walk.cpu_ms) * 1e3 / tables, "us", text);
 	ub_put(key, "first_write_ns", label, first_ns, "ns", "first write after ARM (faults)");
 	ub_put(key, "rewrite_ns", label, again_ns, "ns", "write to a page already written");
 	ub_teardown(&b);
