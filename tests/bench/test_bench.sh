@@ -68,6 +68,10 @@ uffd_sparse_4k_arm_cpu_ms uffd_sparse_4k_arm_first_ms uffd_sparse_4k_scan_empty_
 uffd_sparse_4k_first_write_ns uffd_sparse_4k_rewrite_ns uffd_first_write_ratio_vs_rewrite
 uffd_dense_4k_verdict_ms uffd_dense_4k_arm_ms uffd_dense_4k_first_write_ns
 uffd_dense_thp_verdict_ms uffd_dense_thp_arm_ms uffd_dense_thp_first_write_ns
+uffd_sparse_4k_arm_walk_ms uffd_sparse_4k_arm_runs_ms uffd_sparse_4k_arm_all_cpus_ms
+uffd_sparse_4k_arm_table_us uffd_dense_4k_arm_walk_ms uffd_dense_4k_arm_runs_ms
+uffd_dense_4k_arm_all_cpus_ms uffd_dense_4k_arm_table_us uffd_dense_thp_arm_walk_ms
+uffd_dense_thp_arm_runs_ms uffd_dense_thp_arm_all_cpus_ms uffd_dense_thp_arm_table_us
 """.split()
 # Counts that may legitimately be 0 (verdict outcomes): numbers >= 0.
 counts = ["bpf_ring_push_warm_ns"]  # a difference of two loops: >= 0
