@@ -118,6 +118,36 @@ struct {
 	__type(value, struct pt_cpu_cache);
 } pt_cache SEC(".maps");
 
+/*
+ * Which processes created a KVM VM (KVM_CREATE_VM by any thread, seen since the program was
+ * attached; the ioctl may have failed), so that REGISTER with learned slots can tell whether a
+ * VMM made a VM before it registered without reading its /proc/PID/fd (which needs ptrace
+ * rights the service dropped). Task storage on the thread-group leader rather than a hash by
+ * pid: it lives exactly as long as the process, a reused pid can never find it, nothing is
+ * evicted, and userspace looks it up by pidfd.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct pt_vm_created);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pt_vm_created SEC(".maps");
+
+/*
+ * [PT_CREATED_SINCE]: CLOCK_BOOTTIME ns from which every KVM_CREATE_VM is in pt_vm_created (set
+ * by the loader once the program is attached; 0: not known), [PT_CREATED_PROG] the id of the
+ * pt_ioctl_enter that has recorded since then. [PT_CREATED_LOST]: the last time a creation
+ * could not be recorded: processes that started before it are not answered by the map.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 3);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pt_created_since SEC(".maps");
+
 static __always_inline __u64 *pending_ioctls(void)
 {
 	__u32 key = PT_PENDING;
@@ -519,6 +549,28 @@ static __always_inline bool watched_ioctl(__u32 cmd)
 	       cmd == PT_KVM_CREATE_VCPU;
 }
 
+/* KVM_CREATE_VM by any process: remember it on the process (its thread-group leader). */
+static __noinline void note_vm_created(void)
+{
+	struct task_struct *leader = bpf_get_current_task_btf()->group_leader;
+	struct pt_vm_created *c;
+	__u32 key = PT_CREATED_LOST;
+	__u64 *lost;
+
+	c = bpf_task_storage_get(&pt_vm_created, leader, NULL, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (c) {
+		if (!c->first_ns)
+			c->first_ns = bpf_ktime_get_boot_ns();
+		__sync_fetch_and_add(&c->count, 1);
+		return;
+	}
+	/* Out of memory or storage busy on this CPU: the map can no longer vouch for the
+	 * processes that exist now. */
+	lost = bpf_map_lookup_elem(&pt_created_since, &key);
+	if (lost)
+		*lost = bpf_ktime_get_boot_ns();
+}
+
 SEC("tp/syscalls/sys_enter_ioctl")
 int pt_ioctl_enter(struct trace_event_raw_sys_enter *ctx)
 {
@@ -531,6 +583,8 @@ int pt_ioctl_enter(struct trace_event_raw_sys_enter *ctx)
 	/* Every ioctl of every process passes here (KVM_RUN above all): no call before this. */
 	if (!watched_ioctl(cmd))
 		return 0;
+	if (cmd == PT_KVM_CREATE_VM)
+		note_vm_created();
 	if (current_vm(&vm))
 		return 0;
 	id = bpf_get_current_pid_tgid();

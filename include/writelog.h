@@ -13,6 +13,10 @@
  *   pt_pending     ARRAY  u64 [PT_PENDING] threads in a watched ioctl, [PT_GEN] cache generation
  *   pt_vm_stats    PERCPU vm index -> struct pt_vm_stats (event counters)
  *   pt_cache       ARRAY  cpu -> struct pt_cpu_cache (the dirty ring pushed last on the CPU)
+ *   pt_vm_created  TASK_STORAGE process (pidfd) -> struct pt_vm_created (it made a KVM VM)
+ *   pt_created_since ARRAY u64 [PT_CREATED_SINCE] since when pt_vm_created is complete,
+ *                  [PT_CREATED_LOST] last creation it missed (CLOCK_BOOTTIME ns),
+ *                  [PT_CREATED_PROG] the pt_ioctl_enter program recording it
  */
 #ifndef PAGETRACK_WRITELOG_H
 #define PAGETRACK_WRITELOG_H
@@ -160,5 +164,15 @@ struct pt_ioctl {
 #define PT_KVM_MEM_LOG_DIRTY_PAGES	     (1u << 0)
 
 #define PT_MAX_VCPUS 512 /* dirty rings tracked per VM (one per vCPU) */
+
+/* pt_vm_created: a process issued KVM_CREATE_VM (possibly failed) while the program ran. */
+struct pt_vm_created {
+	__u64 first_ns; /* CLOCK_BOOTTIME of its first KVM_CREATE_VM seen */
+	__u64 count;	/* KVM_CREATE_VM ioctls seen */
+};
+
+#define PT_CREATED_SINCE 0 /* pt_created_since[0]: the map is complete from this time on */
+#define PT_CREATED_LOST	 1 /* pt_created_since[1]: the last creation the map missed */
+#define PT_CREATED_PROG	 2 /* pt_created_since[2]: id of the program recording since then */
 
 #endif
