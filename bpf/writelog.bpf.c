@@ -740,6 +740,11 @@ static __always_inline void ioctl_done(struct pt_ioctl *io, struct pt_vm_state *
 	switch (io->cmd) {
 	case PT_KVM_SET_USER_MEMORY_REGION:
 	case PT_KVM_SET_USER_MEMORY_REGION2:
+		/* A learned table of a VM not created while tracked (made before REGISTER where
+		 * the check could not see it, or its descriptor came from another process): it
+		 * may have memslots from before, which the table will never hold. */
+		if ((st->flags & (PT_VM_LEARN_SLOTS | PT_VM_SEEN_CREATE)) == PT_VM_LEARN_SLOTS)
+			__sync_fetch_and_or(&st->flags, PT_VM_SLOTS_UNSEEN);
 		/* REGION2 starts with the same fields, so one reader serves both. */
 		memslot_changed(io->vm, st, io->arg);
 		/* Bumped after the table changed: userspace re-reads it when this moves, and

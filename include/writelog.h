@@ -38,8 +38,9 @@
 #define PT_VM_MANUAL_PROTECT (1u << 3)
 /* KVM_CREATE_VM seen while tracked: every KVM_ENABLE_CAP of the VM has been seen too */
 #define PT_VM_SEEN_CREATE (1u << 4)
-/* Slots are learned, but the VMM held a VM when tracking began: memslots it created before
- * were never seen, so the table is incomplete for good (userspace only) */
+/* Slots are learned, but the VMM may have held a VM when tracking began (userspace, at
+ * REGISTER), or changes the memslots of a VM not created while tracked (BPF): memslots made
+ * before were never seen, so the table is incomplete for good */
 #define PT_VM_SLOTS_UNSEEN (1u << 5)
 
 /* Why an epoch is tainted (pt_vm_state.taint_reason, a bit set; sticky until next arm). */

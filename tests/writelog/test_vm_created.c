@@ -234,7 +234,8 @@ out:
 /* A child with pid `pid` exactly (clone3's set_tid; root in the initial user namespace). */
 static pid_t fork_with_pid(pid_t pid, int ready)
 {
-	struct clone_args ca = { .exit_signal = SIGCHLD, .set_tid = (uintptr_t)&pid,
+	struct clone_args ca = { .exit_signal = SIGCHLD,
+				 .set_tid = (uintptr_t)&pid,
 				 .set_tid_size = 1 };
 	pid_t c = (pid_t)syscall(SYS_clone3, &ca, sizeof(ca));
 

@@ -247,7 +247,8 @@ static void mark_created_since(struct pt_tracker *t, uint32_t old_id)
 		pt_warn("cannot record since when VM creations are seen: %s", strerror(errno));
 	else if (since)
 		pt_debug("KVM_CREATE_VM of every process recorded since boot + %llu ms%s",
-			 (unsigned long long)(since / 1000000), since == now ? "" : " (earlier run)");
+			 (unsigned long long)(since / 1000000),
+			 since == now ? "" : " (earlier run)");
 	else
 		pt_info("in a time namespace: VM creations are recorded, but no process is known "
 			"to have started after the recording began");

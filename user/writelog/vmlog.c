@@ -173,9 +173,10 @@ bool pt_vm_clues_decide(const struct pt_vm_clues *c, const char **why)
 		*why = "no kvm-vm descriptor in its /proc/PID/fd";
 		return false;
 	}
-	*why = c->after_since ? "cannot tell: the record of VM creations is unreadable"
-			      : "cannot tell: it started before the ioctl program was attached and its "
-				"/proc/PID/fd is unreadable";
+	*why = c->after_since
+		       ? "cannot tell: the record of VM creations is unreadable"
+		       : "cannot tell: it started before the ioctl program was attached and its "
+			 "/proc/PID/fd is unreadable";
 	return true;
 }
 
@@ -269,8 +270,9 @@ bool pt_vmm_may_hold_vm(struct pt_tracker *t, uint32_t pid)
 
 	if (!pt_vmm_vm_clues(t, pid, &c))
 		held = pt_vm_clues_decide(&c, &why);
-	pt_debug("pid %u %s a VM made before it registered: %s", pid,
-		 held ? "may hold" : "holds no", why);
+	pt_debug("pid %u %s: %s", pid,
+		 held ? "may hold a VM made before it registered" : "holds no VM made before now",
+		 why);
 	return held;
 }
 
@@ -292,9 +294,8 @@ int pt_vm_track(struct pt_tracker *t, uint32_t tgid, const struct pt_slot_cfg *s
 	if (err)
 		return err;
 	bits = n ? sl.next_bit : learn_pages;
-	/* Learning sees only the memslots made from now on: any made before are unknown. */
 	if (!n)
-		learn = PT_VM_LEARN_SLOTS | (pt_vmm_may_hold_vm(t, tgid) ? PT_VM_SLOTS_UNSEEN : 0);
+		learn = PT_VM_LEARN_SLOTS;
 	err = free_index(t, vm);
 	if (!err)
 		err = alloc_region(t, bits, &base);
@@ -321,6 +322,13 @@ int pt_vm_track(struct pt_tracker *t, uint32_t tgid, const struct pt_slot_cfg *s
 		st->flags = 0;
 		return err;
 	}
+	/*
+	 * Learning sees only the memslots made from now on: any made before are unknown. Asked
+	 * once the programs follow the VMM, so that a VM it creates meanwhile is either in the
+	 * record of creations already or created while tracked (its memslots seen).
+	 */
+	if (!n && pt_vmm_may_hold_vm(t, tgid))
+		__atomic_fetch_or(&st->flags, PT_VM_SLOTS_UNSEEN, __ATOMIC_SEQ_CST);
 	pt_tracker_bump_generation(t);
 	pt_info("tracking VM %u: pid %u, %u memslots%s, %llu pages of log at bit %llu", *vm, tgid,
 		n, n ? "" : " (learned from ioctls)", (unsigned long long)bits,

@@ -22,8 +22,8 @@ struct pt_slot_cfg {
  * Track the VMM process `tgid`. With n > 0 the memslot table is `slots`; with n == 0 the table
  * is learned from the VMM's KVM_SET_USER_MEMORY_REGION ioctls and `learn_pages` of bitmap are
  * reserved (if the VMM may already hold a VM, pt_vmm_may_hold_vm(), the memslots it made before
- * are unknown for good: PT_VM_SLOTS_UNSEEN). If `tgid` is already tracked (service restarted) its index is returned and
- * *existed set: its log continues. Returns 0 or negative errno.
+ * are unknown for good: PT_VM_SLOTS_UNSEEN). If `tgid` is already tracked (service restarted) its
+ * index is returned and *existed set: its log continues. Returns 0 or negative errno.
  */
 int pt_vm_track(struct pt_tracker *t, uint32_t tgid, const struct pt_slot_cfg *slots, unsigned n,
 		uint64_t learn_pages, uint32_t *vm, bool *existed);
