@@ -575,27 +575,28 @@ SEC("tp/syscalls/sys_enter_ioctl")
 int pt_ioctl_enter(struct trace_event_raw_sys_enter *ctx)
 {
 	__u32 cmd = ctx->args[1];
-	struct pt_ioctl io = {};
 	struct pt_vm_state *st;
+	struct pt_ioctl io;
 	__u64 *pending, id;
 	__u32 vm;
 
-	/* Every ioctl of every process passes here (KVM_RUN above all): no call before this. */
+	/* Every ioctl of every process passes here (KVM_RUN above all): no call, not even a
+	 * store, before this. */
 	if (!watched_ioctl(cmd))
 		return 0;
 	if (cmd == PT_KVM_CREATE_VM)
 		note_vm_created();
 	if (current_vm(&vm))
 		return 0;
-	id = bpf_get_current_pid_tgid();
-	io.cmd = cmd;
-	io.vm = vm;
-	io.tgid = current_tgid();
-	io.arg = ctx->args[2];
 	st = vm_state(vm);
 	if (!st)
 		return 0;
-	io.epoch = st->epoch;
+	id = bpf_get_current_pid_tgid();
+	io = (struct pt_ioctl){ .cmd = cmd,
+				.vm = vm,
+				.tgid = current_tgid(),
+				.arg = ctx->args[2],
+				.epoch = st->epoch };
 	/* A new vCPU may get a freed one's address, so the ring pointer of another VM: no
 	 * cached ring survives it. Here as well as at the exit, in case the exit goes unseen. */
 	if (cmd == PT_KVM_CREATE_VCPU)
