@@ -11,12 +11,12 @@
  *   pt_rings       ARRAY  vm index * PT_MAX_VCPUS + vcpu -> struct pt_ring (pre-arm entries)
  *   pt_ioctl       HASH   thread -> struct pt_ioctl (an ioctl between its enter and exit)
  *   pt_pending     ARRAY  u64 [PT_PENDING] threads in a watched ioctl, [PT_GEN] cache generation
- *   pt_vm_stats    PERCPU vm index -> struct pt_vm_stats (event counters)
- *   pt_cache       ARRAY  cpu -> struct pt_cpu_cache (the dirty ring pushed last on the CPU)
  *   pt_vm_created  TASK_STORAGE process (pidfd) -> struct pt_vm_created (it made a KVM VM)
  *   pt_created_since ARRAY u64 [PT_CREATED_SINCE] since when pt_vm_created is complete,
  *                  [PT_CREATED_LOST] last creation it missed (CLOCK_BOOTTIME ns),
  *                  [PT_CREATED_PROG] the pt_ioctl_enter program recording it
+ *   pt_vm_stats    PERCPU vm index -> struct pt_vm_stats (event counters)
+ *   pt_cache       ARRAY  cpu -> struct pt_cpu_cache (the dirty ring pushed last on the CPU)
  */
 #ifndef PAGETRACK_WRITELOG_H
 #define PAGETRACK_WRITELOG_H
