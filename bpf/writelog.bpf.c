@@ -122,6 +122,36 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } pt_cache SEC(".maps");
 
+/*
+ * Which processes created a KVM VM (KVM_CREATE_VM by any thread, seen since the program was
+ * attached; the ioctl may have failed), so that REGISTER with learned slots can tell whether a
+ * VMM made a VM before it registered without reading its /proc/PID/fd (which needs ptrace
+ * rights the service dropped). Task storage on the thread-group leader rather than a hash by
+ * pid: it lives exactly as long as the process, a reused pid can never find it, nothing is
+ * evicted, and userspace looks it up by pidfd.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct pt_vm_created);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pt_vm_created SEC(".maps");
+
+/*
+ * [PT_CREATED_SINCE]: CLOCK_BOOTTIME ns from which every KVM_CREATE_VM is in pt_vm_created (set
+ * by the loader once the program is attached; 0: not known), [PT_CREATED_PROG] the id of the
+ * pt_ioctl_enter that has recorded since then. [PT_CREATED_LOST]: the last time a creation
+ * could not be recorded: processes that started before it are not answered by the map.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 3);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pt_created_since SEC(".maps");
+
 static __always_inline __u64 *pending_ioctls(void)
 {
 	__u32 key = PT_PENDING;
@@ -528,29 +558,54 @@ static __always_inline bool watched_ioctl(__u32 cmd)
 	       cmd == PT_KVM_CREATE_VCPU;
 }
 
+/* KVM_CREATE_VM by any process: remember it on the process (its thread-group leader). */
+static __noinline void note_vm_created(void)
+{
+	struct task_struct *leader = bpf_get_current_task_btf()->group_leader;
+	struct pt_vm_created *c;
+	__u32 key = PT_CREATED_LOST;
+	__u64 *lost;
+
+	c = bpf_task_storage_get(&pt_vm_created, leader, NULL, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (c) {
+		if (!c->first_ns)
+			c->first_ns = bpf_ktime_get_boot_ns();
+		__sync_fetch_and_add(&c->count, 1);
+		return;
+	}
+	/* Out of memory or storage busy on this CPU: the map can no longer vouch for the
+	 * processes that exist now. */
+	lost = bpf_map_lookup_elem(&pt_created_since, &key);
+	if (lost)
+		*lost = bpf_ktime_get_boot_ns();
+}
+
 SEC("tp/syscalls/sys_enter_ioctl")
 int pt_ioctl_enter(struct trace_event_raw_sys_enter *ctx)
 {
 	__u32 cmd = ctx->args[1];
-	struct pt_ioctl io = {};
 	struct pt_vm_state *st;
+	struct pt_ioctl io;
 	__u64 *pending, id;
 	__u32 vm;
 
-	/* Every ioctl of every process passes here (KVM_RUN above all): no call before this. */
+	/* Every ioctl of every process passes here (KVM_RUN above all): no call, not even a
+	 * store, before this. */
 	if (!watched_ioctl(cmd))
 		return 0;
+	if (cmd == PT_KVM_CREATE_VM)
+		note_vm_created();
 	if (current_vm(&vm))
 		return 0;
-	id = bpf_get_current_pid_tgid();
-	io.cmd = cmd;
-	io.vm = vm;
-	io.tgid = current_tgid();
-	io.arg = ctx->args[2];
 	st = vm_state(vm);
 	if (!st)
 		return 0;
-	io.epoch = st->epoch;
+	id = bpf_get_current_pid_tgid();
+	io = (struct pt_ioctl){ .cmd = cmd,
+				.vm = vm,
+				.tgid = current_tgid(),
+				.arg = ctx->args[2],
+				.epoch = st->epoch };
 	/* A new vCPU may get a freed one's address, so the ring pointer of another VM: no
 	 * cached ring survives it. Here as well as at the exit, in case the exit goes unseen. */
 	if (cmd == PT_KVM_CREATE_VCPU)
@@ -695,6 +750,11 @@ static __always_inline void ioctl_done(struct pt_ioctl *io, struct pt_vm_state *
 	switch (io->cmd) {
 	case PT_KVM_SET_USER_MEMORY_REGION:
 	case PT_KVM_SET_USER_MEMORY_REGION2:
+		/* A learned table of a VM not created while tracked (made before REGISTER where
+		 * the check could not see it, or its descriptor came from another process): it
+		 * may have memslots from before, which the table will never hold. */
+		if ((st->flags & (PT_VM_LEARN_SLOTS | PT_VM_SEEN_CREATE)) == PT_VM_LEARN_SLOTS)
+			__sync_fetch_and_or(&st->flags, PT_VM_SLOTS_UNSEEN);
 		/* REGION2 starts with the same fields, so one reader serves both. */
 		memslot_changed(io->vm, st, io->arg);
 		/* Bumped after the table changed: userspace re-reads it when this moves, and

@@ -11,6 +11,10 @@
  *   pt_rings       ARRAY  vm index * PT_MAX_VCPUS + vcpu -> struct pt_ring (pre-arm entries)
  *   pt_ioctl       HASH   thread -> struct pt_ioctl (an ioctl between its enter and exit)
  *   pt_pending     ARRAY  u64 [PT_PENDING] threads in a watched ioctl, [PT_GEN] cache generation
+ *   pt_vm_created  TASK_STORAGE process (pidfd) -> struct pt_vm_created (it made a KVM VM)
+ *   pt_created_since ARRAY u64 [PT_CREATED_SINCE] since when pt_vm_created is complete,
+ *                  [PT_CREATED_LOST] last creation it missed (CLOCK_BOOTTIME ns),
+ *                  [PT_CREATED_PROG] the pt_ioctl_enter program recording it
  *   pt_vm_stats    PERCPU vm index -> struct pt_vm_stats (event counters)
  *   pt_cache       ARRAY  cpu -> struct pt_cpu_ring (mmapable: the dirty ring pushed last on
  *                         the CPU, and the CPU's count of recorded pushes per VM)
@@ -35,8 +39,9 @@
 #define PT_VM_MANUAL_PROTECT (1u << 3)
 /* KVM_CREATE_VM seen while tracked: every KVM_ENABLE_CAP of the VM has been seen too */
 #define PT_VM_SEEN_CREATE (1u << 4)
-/* Slots are learned, but the VMM held a VM when tracking began: memslots it created before
- * were never seen, so the table is incomplete for good (userspace only) */
+/* Slots are learned, but the VMM may have held a VM when tracking began (userspace, at
+ * REGISTER), or changes the memslots of a VM not created while tracked (BPF): memslots made
+ * before were never seen, so the table is incomplete for good */
 #define PT_VM_SLOTS_UNSEEN (1u << 5)
 
 /* Why an epoch is tainted (pt_vm_state.taint_reason, a bit set; sticky until next arm). */
@@ -178,5 +183,15 @@ struct pt_ioctl {
 #define PT_KVM_MEM_LOG_DIRTY_PAGES	     (1u << 0)
 
 #define PT_MAX_VCPUS 512 /* dirty rings tracked per VM (one per vCPU) */
+
+/* pt_vm_created: a process issued KVM_CREATE_VM (possibly failed) while the program ran. */
+struct pt_vm_created {
+	__u64 first_ns; /* CLOCK_BOOTTIME of its first KVM_CREATE_VM seen */
+	__u64 count;	/* KVM_CREATE_VM ioctls seen */
+};
+
+#define PT_CREATED_SINCE 0 /* pt_created_since[0]: the map is complete from this time on */
+#define PT_CREATED_LOST	 1 /* pt_created_since[1]: the last creation the map missed */
+#define PT_CREATED_PROG	 2 /* pt_created_since[2]: id of the program recording since then */
 
 #endif

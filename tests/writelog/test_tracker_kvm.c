@@ -284,11 +284,44 @@ static int learned_slots_from_ioctls(void)
 		CHECKF(found, "slot %u", o.slots[i].id);
 	}
 	CHECK(pt_vm(t, vm)->flags & PT_VM_DIRTY_RING);
+	/* Created while tracked: every memslot was seen. */
+	CHECK(pt_vm(t, vm)->flags & PT_VM_SEEN_CREATE);
+	CHECK(!(pt_vm(t, vm)->flags & PT_VM_SLOTS_UNSEEN));
 	CHECK(!pt_vm_arm(t, vm, &epoch));
 	CHECK(!harvest_drop(m));
 	nw = gfns_of(gpas, pick_pages(&o, 99, gpas, 200), want);
 	CHECK(!minivm_guest_write(m, gpas, 200, 5));
 	CHECK(!compare(t, vm, m, want, nw));
+	minivm_destroy(m);
+	pt_tracker_close(t);
+	return 0;
+}
+
+/*
+ * Learned slots of a VM that was not created while tracked: REGISTER's check says so (this
+ * process holds the VM's descriptor), and, should the check miss it (a descriptor passed in
+ * from another process, unreadable to the service), the first memslot change says so too.
+ */
+static int learned_slots_vm_made_before_unseen(void)
+{
+	struct minivm_opts o = ring_opts();
+	struct pt_tracker *t;
+	struct minivm *m;
+	bool existed;
+	uint32_t vm;
+
+	T_REQUIRE(need_ring_guest());
+	t = open_tracker();
+	CHECK(t);
+	o.defer_memory = true;
+	CHECK(!minivm_create(&m, &o));
+	CHECK(!pt_vm_track(t, getpid(), NULL, 0, 1 << 20, &vm, &existed));
+	CHECK(pt_vm(t, vm)->flags & PT_VM_SLOTS_UNSEEN);
+	CHECK(!(pt_vm(t, vm)->flags & PT_VM_SEEN_CREATE));
+	/* As if the check had not seen it. */
+	__atomic_and_fetch(&pt_vm(t, vm)->flags, ~PT_VM_SLOTS_UNSEEN, __ATOMIC_SEQ_CST);
+	CHECK(!minivm_setup_memory(m));
+	CHECK(pt_vm(t, vm)->flags & PT_VM_SLOTS_UNSEEN);
 	minivm_destroy(m);
 	pt_tracker_close(t);
 	return 0;
@@ -600,4 +633,5 @@ static int two_vms_no_crosstalk(void)
 T_MAIN(T_CASE(ring_log_matches_kvm), T_CASE(sync_counting_matches_ioctls),
        T_CASE(incomplete_reset_not_synced), T_CASE(learned_slots_from_ioctls),
        T_CASE(two_vms_no_crosstalk), T_CASE(bitmap_sync_per_slot_and_manual_protect),
-       T_CASE(arm_races_writes), T_CASE(recreated_slot_not_cached))
+       T_CASE(arm_races_writes), T_CASE(recreated_slot_not_cached),
+       T_CASE(learned_slots_vm_made_before_unseen))

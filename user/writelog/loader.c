@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/vfs.h>
+#include <time.h>
 #include <unistd.h>
 #include <linux/kvm.h>
 #include <linux/magic.h>
@@ -26,6 +27,7 @@ _Static_assert(PT_KVM_GET_DIRTY_LOG == KVM_GET_DIRTY_LOG, "ioctl number");
 _Static_assert(PT_KVM_CLEAR_DIRTY_LOG == KVM_CLEAR_DIRTY_LOG, "ioctl number");
 _Static_assert(PT_KVM_RESET_DIRTY_RINGS == KVM_RESET_DIRTY_RINGS, "ioctl number");
 _Static_assert(PT_KVM_CREATE_VCPU == KVM_CREATE_VCPU, "ioctl number");
+_Static_assert(PT_KVM_CREATE_VM == KVM_CREATE_VM, "ioctl number");
 _Static_assert(PT_KVM_CAP_DIRTY_LOG_RING == KVM_CAP_DIRTY_LOG_RING, "cap number");
 /* Each CPU's cache in one cache line of the page-aligned pt_cache values. */
 _Static_assert(sizeof(struct pt_cpu_cache) == 64, "pt_cpu_cache is one cache line");
@@ -181,6 +183,80 @@ static int attach_all(struct pt_tracker *t)
 	return 0;
 }
 
+/* The id of the program behind the pinned link of program `name`; 0 if none. */
+static uint32_t pinned_prog_id(struct pt_tracker *t, const char *name)
+{
+	struct bpf_link_info info;
+	__u32 len = sizeof(info);
+	char path[512];
+	int fd;
+
+	if (t->no_pin || pin_path(path, sizeof(path), t->pin_dir, "link_"))
+		return 0;
+	strncat(path, name, sizeof(path) - strlen(path) - 1);
+	fd = bpf_obj_get(path);
+	if (fd < 0)
+		return 0;
+	memset(&info, 0, sizeof(info));
+	if (bpf_obj_get_info_by_fd(fd, &info, &len))
+		info.prog_id = 0;
+	close(fd);
+	return info.prog_id;
+}
+
+static uint32_t prog_id(struct bpf_program *prog)
+{
+	struct bpf_prog_info info;
+	__u32 len = sizeof(info);
+
+	memset(&info, 0, sizeof(info));
+	return bpf_obj_get_info_by_fd(bpf_program__fd(prog), &info, &len) ? 0 : info.id;
+}
+
+#define PROC_TIME_INIT_INO 0xEFFFFFFAu
+
+uint64_t pt_boottime_ns(void)
+{
+	struct timespec ts;
+	struct stat st;
+
+	/* In a time namespace our clock (and /proc's start times) are shifted from BPF's. */
+	if (!stat("/proc/self/ns/time", &st) && st.st_ino != PROC_TIME_INIT_INO)
+		return 0;
+	if (clock_gettime(CLOCK_BOOTTIME, &ts))
+		return 0;
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/*
+ * Since when does pt_vm_created hold every KVM_CREATE_VM? From the moment pt_ioctl_enter was
+ * attached: read after our attach, or kept from an earlier run if the program it recorded with
+ * (`old_id`, behind the pinned link we replaced) is the one that recorded that time, which then
+ * ran until ours was attached beside it. 0 (never complete) in a time namespace.
+ */
+static void mark_created_since(struct pt_tracker *t, uint32_t old_id)
+{
+	struct bpf_map *m = t->skel->maps.pt_created_since;
+	uint32_t k_since = PT_CREATED_SINCE, k_prog = PT_CREATED_PROG;
+	uint64_t since = 0, id = 0, now = pt_boottime_ns();
+	uint64_t mine = prog_id(t->skel->progs.pt_ioctl_enter);
+
+	bpf_map__lookup_elem(m, &k_since, sizeof(k_since), &since, sizeof(since), 0);
+	bpf_map__lookup_elem(m, &k_prog, sizeof(k_prog), &id, sizeof(id), 0);
+	if (!now || !old_id || id != old_id || !since)
+		since = now;
+	if (bpf_map__update_elem(m, &k_since, sizeof(k_since), &since, sizeof(since), 0) ||
+	    bpf_map__update_elem(m, &k_prog, sizeof(k_prog), &mine, sizeof(mine), 0))
+		pt_warn("cannot record since when VM creations are seen: %s", strerror(errno));
+	else if (since)
+		pt_debug("KVM_CREATE_VM of every process recorded since boot + %llu ms%s",
+			 (unsigned long long)(since / 1000000),
+			 since == now ? "" : " (earlier run)");
+	else
+		pt_info("in a time namespace: VM creations are recorded, but no process is known "
+			"to have started after the recording began");
+}
+
 /* pt_pending: two u64, one page when mapped. */
 #define PENDING_BYTES 4096
 
@@ -304,9 +380,12 @@ int pt_tracker_open(struct pt_tracker **out, const struct pt_loader_opts *o)
 	if (err)
 		goto cleanup;
 	if (!o->no_attach) {
+		uint32_t old_ioctl = pinned_prog_id(t, "pt_ioctl_enter");
+
 		err = attach_all(t);
 		if (err)
 			goto cleanup;
+		mark_created_since(t, old_ioctl);
 		/* Programs of an earlier build ran until now beside ours, and may have changed a
 		 * slot table without moving the generation our caches rely on. */
 		pt_tracker_bump_generation(t);

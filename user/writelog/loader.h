@@ -56,5 +56,8 @@ int pt_ensure_mounts(void);
 /* Make every CPU's pt_ring_push cache stale: after any change of the VM set or a slot table. */
 void pt_tracker_bump_generation(struct pt_tracker *t);
 bool pt_host_tdp(void);
+/* CLOCK_BOOTTIME in ns, the clock of /proc/PID/stat's start times and of pt_created_since;
+ * 0 if this process's clock is shifted from the kernel's (a time namespace). */
+uint64_t pt_boottime_ns(void);
 
 #endif

@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: GPL-2.0
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 
@@ -132,27 +134,160 @@ int pt_vm_stats_get(struct pt_tracker *t, uint32_t vm, struct pt_vm_stats *sum)
 	return err;
 }
 
-bool pt_pid_holds_kvm_vm(uint32_t pid)
+int pt_pid_scan_kvm_vm(uint32_t pid)
 {
 	char path[64], link[64];
+	int found = 0, denied = 0;
 	struct dirent *d;
-	bool found = false;
 	DIR *dir;
 
 	snprintf(path, sizeof(path), "/proc/%u/fd", pid);
 	dir = opendir(path);
 	if (!dir)
-		return true; /* cannot tell: assume the worst */
+		return -1;
 	while (!found && (d = readdir(dir))) {
-		ssize_t n = readlinkat(dirfd(dir), d->d_name, link, sizeof(link) - 1);
+		ssize_t n;
 
+		if (d->d_name[0] == '.')
+			continue;
+		n = readlinkat(dirfd(dir), d->d_name, link, sizeof(link) - 1);
 		if (n > 0) {
 			link[n] = 0;
 			found = !strcmp(link, "anon_inode:kvm-vm");
+		} else if (errno != ENOENT) {
+			/* EACCES: listing needs no ptrace rights, reading a link does (a process
+			 * with capabilities the reader lacks). An unread link may be the VM. */
+			denied = 1;
 		}
 	}
 	closedir(dir);
-	return found;
+	return found ? 1 : denied ? -1 : 0;
+}
+
+bool pt_pid_holds_kvm_vm(uint32_t pid)
+{
+	return pt_pid_scan_kvm_vm(pid) != 0;
+}
+
+bool pt_vm_clues_decide(const struct pt_vm_clues *c, const char **why)
+{
+	if (c->created > 0) {
+		*why = "it issued KVM_CREATE_VM (seen by the ioctl program)";
+		return true;
+	}
+	if (c->fds > 0) {
+		*why = "it holds a kvm-vm descriptor";
+		return true;
+	}
+	if (c->after_since && !c->created) {
+		*why = "it started after the ioctl program was attached and never created a VM";
+		return false;
+	}
+	if (!c->fds) {
+		*why = "no kvm-vm descriptor in its /proc/PID/fd";
+		return false;
+	}
+	*why = c->after_since
+		       ? "cannot tell: the record of VM creations is unreadable"
+		       : "cannot tell: it started before the ioctl program was attached and its "
+			 "/proc/PID/fd is unreadable";
+	return true;
+}
+
+/* Start time of process `pid` in clock ticks since boot (/proc/PID/stat field 22). */
+static int proc_start_ticks(uint32_t pid, uint64_t *ticks)
+{
+	char path[64], buf[1024], *p;
+	unsigned long long v;
+	ssize_t n;
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/%u/stat", pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return -EIO;
+	buf[n] = 0;
+	p = strrchr(buf, ')'); /* the command name may hold spaces and parentheses */
+	if (!p || sscanf(p + 2,
+			 "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d "
+			 "%*d %*d %*d %*d %llu",
+			 &v) != 1)
+		return -EIO;
+	*ticks = v;
+	return 0;
+}
+
+/*
+ * Did a process that started at `ticks` (/proc/PID/stat) start after pt_vm_created became
+ * complete, and after the last creation it missed? The tick count rounds the start down, so
+ * ticks * tick > since proves it.
+ */
+static bool started_after_since(struct pt_tracker *t, uint64_t ticks)
+{
+	struct bpf_map *m = t->skel->maps.pt_created_since;
+	uint32_t k_since = PT_CREATED_SINCE, k_lost = PT_CREATED_LOST;
+	uint64_t since = 0, lost = 0;
+	long hz = sysconf(_SC_CLK_TCK);
+
+	if (hz <= 0 || !pt_boottime_ns() ||
+	    bpf_map__lookup_elem(m, &k_since, sizeof(k_since), &since, sizeof(since), 0) ||
+	    bpf_map__lookup_elem(m, &k_lost, sizeof(k_lost), &lost, sizeof(lost), 0) || !since)
+		return false;
+	if (lost > since)
+		since = lost;
+	return ticks * (1000000000ull / (uint64_t)hz) > since;
+}
+
+/* 1 if the process behind `pidfd` issued KVM_CREATE_VM since the program ran, 0 if not seen. */
+static int created_vm(struct pt_tracker *t, int pidfd)
+{
+	struct pt_vm_created v;
+
+	if (!bpf_map__lookup_elem(t->skel->maps.pt_vm_created, &pidfd, sizeof(pidfd), &v, sizeof(v),
+				  0))
+		return 1;
+	return errno == ENOENT ? 0 : -1;
+}
+
+int pt_vmm_vm_clues(struct pt_tracker *t, uint32_t pid, struct pt_vm_clues *c)
+{
+	uint64_t start, again;
+	int pidfd;
+
+	*c = (struct pt_vm_clues){ .created = -1, .fds = -1 };
+	if (proc_start_ticks(pid, &start))
+		return -ESRCH;
+	pidfd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
+	/* The pidfd and the scan name the process of that start time only if it still has it. */
+	if (pidfd >= 0 && !proc_start_ticks(pid, &again) && again == start)
+		c->created = created_vm(t, pidfd);
+	if (pidfd >= 0)
+		close(pidfd);
+	c->fds = pt_pid_scan_kvm_vm(pid);
+	if (proc_start_ticks(pid, &again) || again != start) {
+		*c = (struct pt_vm_clues){ .created = -1, .fds = -1 };
+		return -ESRCH;
+	}
+	c->after_since = started_after_since(t, start);
+	return 0;
+}
+
+bool pt_vmm_may_hold_vm(struct pt_tracker *t, uint32_t pid)
+{
+	const char *why = "cannot tell: the process changed or is gone";
+	struct pt_vm_clues c;
+	bool held = true;
+
+	if (!pt_vmm_vm_clues(t, pid, &c))
+		held = pt_vm_clues_decide(&c, &why);
+	pt_debug("pid %u %s: %s", pid,
+		 held ? "may hold a VM made before it registered" : "holds no VM made before now",
+		 why);
+	return held;
 }
 
 int pt_vm_track(struct pt_tracker *t, uint32_t tgid, const struct pt_slot_cfg *slots, unsigned n,
@@ -173,9 +308,8 @@ int pt_vm_track(struct pt_tracker *t, uint32_t tgid, const struct pt_slot_cfg *s
 	if (err)
 		return err;
 	bits = n ? sl.next_bit : learn_pages;
-	/* Learning sees only the memslots made from now on: any made before are unknown. */
 	if (!n)
-		learn = PT_VM_LEARN_SLOTS | (pt_pid_holds_kvm_vm(tgid) ? PT_VM_SLOTS_UNSEEN : 0);
+		learn = PT_VM_LEARN_SLOTS;
 	err = free_index(t, vm);
 	if (!err)
 		err = alloc_region(t, bits, &base);
@@ -202,6 +336,13 @@ int pt_vm_track(struct pt_tracker *t, uint32_t tgid, const struct pt_slot_cfg *s
 		st->flags = 0;
 		return err;
 	}
+	/*
+	 * Learning sees only the memslots made from now on: any made before are unknown. Asked
+	 * once the programs follow the VMM, so that a VM it creates meanwhile is either in the
+	 * record of creations already or created while tracked (its memslots seen).
+	 */
+	if (!n && pt_vmm_may_hold_vm(t, tgid))
+		__atomic_fetch_or(&st->flags, PT_VM_SLOTS_UNSEEN, __ATOMIC_SEQ_CST);
 	pt_tracker_bump_generation(t);
 	pt_info("tracking VM %u: pid %u, %u memslots%s, %llu pages of log at bit %llu", *vm, tgid,
 		n, n ? "" : " (learned from ioctls)", (unsigned long long)bits,

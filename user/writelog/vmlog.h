@@ -21,15 +21,38 @@ struct pt_slot_cfg {
 /*
  * Track the VMM process `tgid`. With n > 0 the memslot table is `slots`; with n == 0 the table
  * is learned from the VMM's KVM_SET_USER_MEMORY_REGION ioctls and `learn_pages` of bitmap are
- * reserved (if the VMM already holds a VM, the memslots it made before are unknown for good:
- * PT_VM_SLOTS_UNSEEN). If `tgid` is already tracked (service restarted) its index is returned and
- * *existed set: its log continues. Returns 0 or negative errno.
+ * reserved (if the VMM may already hold a VM, pt_vmm_may_hold_vm(), the memslots it made before
+ * are unknown for good: PT_VM_SLOTS_UNSEEN). If `tgid` is already tracked (service restarted) its
+ * index is returned and *existed set: its log continues. Returns 0 or negative errno.
  */
 int pt_vm_track(struct pt_tracker *t, uint32_t tgid, const struct pt_slot_cfg *slots, unsigned n,
 		uint64_t learn_pages, uint32_t *vm, bool *existed);
 int pt_vm_untrack(struct pt_tracker *t, uint32_t vm);
-/* Does process `pid` hold a KVM VM file descriptor (anon_inode:kvm-vm) right now? */
+/*
+ * Scan /proc/PID/fd for a KVM VM descriptor (anon_inode:kvm-vm): 1 found, 0 none, -1 cannot
+ * tell (no such process, or a link unreadable: another user's process or one with capabilities
+ * the reader lacks).
+ */
+int pt_pid_scan_kvm_vm(uint32_t pid);
+/* The same as a yes/no where "cannot tell" is yes. */
 bool pt_pid_holds_kvm_vm(uint32_t pid);
+
+/* What is known about whether a VMM process made a KVM VM before it registered. */
+struct pt_vm_clues {
+	int created;	  /* pt_vm_created: 1 it issued KVM_CREATE_VM, 0 none seen, -1 unknown */
+	bool after_since; /* it started after pt_vm_created became complete (no loss since) */
+	int fds;	  /* pt_pid_scan_kvm_vm() */
+};
+/*
+ * May the process hold a VM whose memslots were never seen? A creation or a descriptor seen
+ * says yes; a process that started after the program and created none, or whose descriptors
+ * show none, says no; anything else cannot tell, which is yes. *why names the clue.
+ */
+bool pt_vm_clues_decide(const struct pt_vm_clues *c, const char **why);
+/* The clues about process `pid`; -ESRCH if it is gone or its pid changed hands meanwhile. */
+int pt_vmm_vm_clues(struct pt_tracker *t, uint32_t pid, struct pt_vm_clues *c);
+/* Gathers the clues of process `pid` and decides (logged at debug level with the reason). */
+bool pt_vmm_may_hold_vm(struct pt_tracker *t, uint32_t pid);
 /* Event counters of a VM, summed over CPUs. */
 int pt_vm_stats_get(struct pt_tracker *t, uint32_t vm, struct pt_vm_stats *sum);
 int pt_vm_find(struct pt_tracker *t, uint32_t tgid, uint32_t *vm);
