@@ -205,27 +205,37 @@ static __always_inline int current_vm(__u32 *vm)
 	return 0;
 }
 
-/* Mark the current epoch unable to vouch for its log (`reason`: PT_TAINT_*). */
-static __always_inline void doubt_epoch(struct pt_vm_state *st, __u32 reason)
+/*
+ * Raise *at to epoch. It only ever grows: a program that read an old epoch and was delayed must
+ * not overwrite the mark of a newer one.
+ */
+static __always_inline void epoch_raise(__u64 *at, __u64 epoch)
 {
-	__u64 epoch = st->epoch, old = st->taint_epoch;
+	__u64 old = *at;
 
-	/*
-	 * taint_epoch only ever grows: a program that read an old epoch and was delayed must not
-	 * overwrite the taint of a newer one. The reason bits are informational; a reason from an
-	 * older epoch only makes the report say more, never less.
-	 */
 	for (int i = 0; i < 8 && old < epoch; i++) {
-		__u64 seen = __sync_val_compare_and_swap(&st->taint_epoch, old, epoch);
+		__u64 seen = __sync_val_compare_and_swap(at, old, epoch);
 
 		if (seen == old)
 			break;
 		old = seen;
 	}
 	/* Never give up unsafe: the epoch only grows, so a plain store cannot move it back
-	 * past a newer taint by more than the CAS race it lost. */
-	if (st->taint_epoch < epoch)
-		st->taint_epoch = epoch;
+	 * past a newer mark by more than the CAS race it lost. */
+	if (*at < epoch)
+		*at = epoch;
+}
+
+/* Mark the current epoch unable to vouch for its log (`reason`: PT_TAINT_*). */
+static __always_inline void doubt_epoch(struct pt_vm_state *st, __u32 reason)
+{
+	__u64 epoch = st->epoch;
+
+	epoch_raise(&st->taint_epoch, epoch);
+	/* The reason bits are informational and OR-ed: a reason from an older epoch only makes
+	 * the report say more. A decision that depends on one reason needs its own epoch. */
+	if (reason & PT_TAINT_SLOT_CHANGE)
+		epoch_raise(&st->slot_change_epoch, epoch);
 	__sync_fetch_and_or(&st->taint_reason, reason);
 }
 
@@ -669,7 +679,8 @@ static __always_inline void memslot_changed(__u32 vm, struct pt_vm_state *st, __
 	__u32 i, idx;
 
 	if (!sl || bpf_probe_read_user(&r, sizeof(r), (void *)uarg)) {
-		taint(st, PT_TAINT_UNKNOWN_SLOT);
+		/* A memslot changed and we cannot tell which. */
+		taint(st, PT_TAINT_UNKNOWN_SLOT | PT_TAINT_SLOT_CHANGE);
 		return;
 	}
 	npages = r.memory_size >> PT_PAGE_SHIFT;

@@ -70,8 +70,11 @@ struct pt_vm_state {
 	__u64 ring_sync_epoch; /* epoch of the last complete KVM_RESET_DIRTY_RINGS: it succeeds
 				* only on a dirty-ring VM, so it also proves the VM's mode */
 	__u64 taint_epoch;     /* epoch in which the last taint happened */
-	__u32 taint_reason;    /* PT_TAINT_* of taint_epoch (OR-ed) */
+	__u32 taint_reason;    /* PT_TAINT_* of taint_epoch (OR-ed, older epochs' bits stay: for
+				* reports only) */
 	__u32 pad;
+	__u64 slot_change_epoch; /* epoch of the last memslot change (PT_TAINT_SLOT_CHANGE): the
+				  * one taint a userfaultfd-mode VM's verdict depends on */
 	__u64 start_time;   /* VMM start time (/proc/PID/stat, clock ticks): with tgid, the
 			     * VM's identity; a reused pid has another. Userspace only. */
 	__u64 log_bit_base; /* first bit of this VM's region in pt_log */

@@ -105,6 +105,34 @@ static int tdp_write_fault_records_gpa(void)
 	return 0;
 }
 
+/*
+ * A memslot change has its own epoch mark: a userfaultfd-mode verdict depends on that taint
+ * alone, and the reason bits of older epochs stay OR-ed in. A write fault outside the
+ * registered slots (a slot the device left out) in a later epoch taints that epoch, but says
+ * nothing of a memslot change in it.
+ */
+static int slot_change_has_its_own_epoch(void)
+{
+	uint64_t out[] = { 0, 8ull << 30, 0x2 }, epoch;
+	struct pt_tracker *t;
+	uint32_t vm;
+
+	T_REQUIRE(open_tracked(1, getpid(), false, &t, &vm));
+	CHECK(!pt_vm_slots_changed(t, vm));
+	pt_vm_taint(t, vm, PT_TAINT_SLOT_CHANGE);
+	CHECK(pt_vm_slots_changed(t, vm) && tainted(t, vm, PT_TAINT_SLOT_CHANGE));
+	CHECK(!pt_vm_arm(t, vm, &epoch));
+	CHECK(!pt_vm_slots_changed(t, vm));
+	CHECK(!run_prog(t->skel->progs.pt_page_fault, out, 3));
+	CHECK(tainted(t, vm, PT_TAINT_GFN_RANGE));
+	CHECKF(!pt_vm_slots_changed(t, vm),
+	       "a GFN_RANGE taint counted as a memslot change "
+	       "(reason bits 0x%x)",
+	       pt_vm(t, vm)->taint_reason);
+	pt_tracker_close(t);
+	return 0;
+}
+
 static int no_tdp_fault_path_off(void)
 {
 	uint64_t wr[] = { 0, SLOT_A_GPA + (3 << 12), 0x2 };
@@ -209,4 +237,4 @@ static int ring_reset_incomplete_is_not_a_loss(void)
 T_MAIN(T_CASE(ring_push_records_page), T_CASE(ring_push_unknown_slot_taints),
        T_CASE(untracked_process_ignored), T_CASE(tdp_write_fault_records_gpa),
        T_CASE(no_tdp_fault_path_off), T_CASE(arm_clears_only_own_region),
-       T_CASE(ring_reset_incomplete_is_not_a_loss))
+       T_CASE(ring_reset_incomplete_is_not_a_loss), T_CASE(slot_change_has_its_own_epoch))

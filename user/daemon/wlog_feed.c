@@ -186,15 +186,13 @@ void pt_feed_ranges(struct pt_vmctx *c, const struct pt_range *r, uint32_t n)
 uint32_t pt_feed_doubt(struct pt_vmctx *c)
 {
 	struct pt_vm_state *st = pt_vm(c->t, c->vm);
-	uint64_t epoch = __atomic_load_n(&st->epoch, __ATOMIC_ACQUIRE);
 	uint32_t why = pt_wlog_doubt(c->wlog, NULL, 0);
 
 	if (!(__atomic_load_n(&st->flags, __ATOMIC_ACQUIRE) & PT_VM_ACTIVE))
 		why |= PT_WHY_UNTRACKED;
 	/* The VMM changed its KVM memslots in this epoch (BPF saw it): guest-physical pages may
 	 * now live elsewhere than the registration said. */
-	if (__atomic_load_n(&st->taint_epoch, __ATOMIC_ACQUIRE) == epoch &&
-	    (__atomic_load_n(&st->taint_reason, __ATOMIC_ACQUIRE) & PT_TAINT_SLOT_CHANGE))
+	if (pt_vm_slots_changed(c->t, c->vm))
 		why |= PT_WHY_TAINTED;
 	return why;
 }

@@ -404,6 +404,16 @@ void pt_vm_taint(struct pt_tracker *t, uint32_t vm, uint32_t reason)
 
 	__atomic_fetch_or(&st->taint_reason, reason, __ATOMIC_SEQ_CST);
 	__atomic_store_n(&st->taint_epoch, epoch, __ATOMIC_SEQ_CST);
+	if (reason & PT_TAINT_SLOT_CHANGE)
+		__atomic_store_n(&st->slot_change_epoch, epoch, __ATOMIC_SEQ_CST);
+}
+
+bool pt_vm_slots_changed(struct pt_tracker *t, uint32_t vm)
+{
+	struct pt_vm_state *st = &t->vms[vm];
+
+	return __atomic_load_n(&st->slot_change_epoch, __ATOMIC_ACQUIRE) ==
+	       __atomic_load_n(&st->epoch, __ATOMIC_ACQUIRE);
 }
 
 int pt_vm_slots_get(struct pt_tracker *t, uint32_t vm, struct pt_vm_slots *out)

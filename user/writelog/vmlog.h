@@ -64,6 +64,8 @@ typedef void (*pt_log_fold)(void *arg, uint64_t word, uint64_t written);
 int pt_vm_arm_fold(struct pt_tracker *t, uint32_t vm, pt_log_fold fold, void *arg, uint64_t *epoch);
 /* Declare that writes may have been missed (e.g. a restart gap) in the current epoch. */
 void pt_vm_taint(struct pt_tracker *t, uint32_t vm, uint32_t reason);
+/* Did the VMM change a memslot (or an ioctl that might have) in the VM's current epoch? */
+bool pt_vm_slots_changed(struct pt_tracker *t, uint32_t vm);
 
 int pt_vm_slots_get(struct pt_tracker *t, uint32_t vm, struct pt_vm_slots *out);
 /* Region page index of a guest frame; -ENOENT if no valid slot (of address space 0) holds it. */
