@@ -75,10 +75,10 @@ struct pt_vm_state {
 	__u32 pad;
 	__u64 slot_change_epoch; /* epoch of the last memslot change (PT_TAINT_SLOT_CHANGE): the
 				  * one taint a userfaultfd-mode VM's verdict depends on */
-	__u64 start_time;   /* VMM start time (/proc/PID/stat, clock ticks): with tgid, the
-			     * VM's identity; a reused pid has another. Userspace only. */
-	__u64 log_bit_base; /* first bit of this VM's region in pt_log */
-	__u64 log_bits;	    /* size of the region */
+	__u64 start_time;	 /* VMM start time (/proc/PID/stat, clock ticks): with tgid, the
+				  * VM's identity; a reused pid has another. Userspace only. */
+	__u64 log_bit_base;	 /* first bit of this VM's region in pt_log */
+	__u64 log_bits;		 /* size of the region */
 	/* counters (monotonic) */
 	__u64 lost;		/* events that could not be recorded (each taints) */
 	__u64 syncs;		/* complete syncs */
