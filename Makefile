@@ -172,7 +172,7 @@ $(BUILD)/tests/%: %.c $(wildcard tests/*.h tests/*/*.h) $(CORE) $(LIB)
 # fuzz_dispatch runs the service's dispatch and command state against fakes of the write log
 # and the server (tests/daemon/fake_daemon.c): no BPF, no io_uring, no KVM.
 FUZZ_SRCS_fuzz_dispatch := tests/daemon/fake_daemon.c user/daemon/cmdstate.c user/daemon/config.c \
-	user/shared/log.c user/shared/fdlink.c \
+	user/shared/log.c user/shared/fdlink.c user/shared/procfs.c \
 	user/daemon/identity.c user/daemon/quota.c user/daemon/bigbatch.c user/daemon/wlog_feed.c \
 	user/writelog/uffd.c
 # Above 1 MiB, so that the largest frames and their reassembly across reads are covered.

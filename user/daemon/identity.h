@@ -14,8 +14,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-/* Field 22 of /proc/PID/stat (clock ticks after boot): tells this process from a later one. */
-int pt_proc_start_time(uint32_t pid, uint64_t *start);
+#include "shared/procfs.h"
+
 /* Real uid of the process (owner of /proc/PID). */
 int pt_proc_uid(uint32_t pid, uid_t *uid);
 

@@ -12,6 +12,7 @@
 #include <bpf/libbpf.h>
 
 #include "shared/log.h"
+#include "shared/procfs.h"
 #include "vmlog.h"
 #include "writelog.skel.h"
 
@@ -194,33 +195,6 @@ bool pt_vm_clues_decide(const struct pt_vm_clues *c, const char **why)
 	return true;
 }
 
-/* Start time of process `pid` in clock ticks since boot (/proc/PID/stat field 22). */
-static int proc_start_ticks(uint32_t pid, uint64_t *ticks)
-{
-	char path[64], buf[1024], *p;
-	unsigned long long v;
-	ssize_t n;
-	int fd;
-
-	snprintf(path, sizeof(path), "/proc/%u/stat", pid);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return -EIO;
-	buf[n] = 0;
-	p = strrchr(buf, ')'); /* the command name may hold spaces and parentheses */
-	if (!p || sscanf(p + 2,
-			 "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d "
-			 "%*d %*d %*d %*d %llu",
-			 &v) != 1)
-		return -EIO;
-	*ticks = v;
-	return 0;
-}
-
 /*
  * Did a process that started at `ticks` (/proc/PID/stat) start after pt_vm_created became
  * complete, and after the last creation it missed? The tick count rounds the start down, so
@@ -259,16 +233,16 @@ int pt_vmm_vm_clues(struct pt_tracker *t, uint32_t pid, struct pt_vm_clues *c)
 	int pidfd;
 
 	*c = (struct pt_vm_clues){ .created = -1, .fds = -1 };
-	if (proc_start_ticks(pid, &start))
+	if (pt_proc_start_time(pid, &start))
 		return -ESRCH;
 	pidfd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
 	/* The pidfd and the scan name the process of that start time only if it still has it. */
-	if (pidfd >= 0 && !proc_start_ticks(pid, &again) && again == start)
+	if (pidfd >= 0 && !pt_proc_start_time(pid, &again) && again == start)
 		c->created = created_vm(t, pidfd);
 	if (pidfd >= 0)
 		close(pidfd);
 	c->fds = pt_pid_scan_kvm_vm(pid);
-	if (proc_start_ticks(pid, &again) || again != start) {
+	if (pt_proc_start_time(pid, &again) || again != start) {
 		*c = (struct pt_vm_clues){ .created = -1, .fds = -1 };
 		return -ESRCH;
 	}
