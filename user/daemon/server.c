@@ -21,7 +21,9 @@
  * buffer that arrives before its recv is cancelled, is parked on the connection in order and
  * processed when it resumes. At most nbufs / 8 ring buffers are parked server-wide; past that
  * the bytes are copied out and the buffer returned, so stalled peers cannot starve the others
- * of buffers. Returned buffers are published to the kernel once per batch.
+ * of buffers. Returned buffers wait on a stack; once per loop turn the ring is topped up from
+ * its top (the most recently used, warm in cache) to a few more than the last turn's receives:
+ * one busy connection cycles through a handful of buffers, many connections get them all.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -73,6 +75,7 @@
 #define RING_ENTRIES  1024u
 #define CQ_ENTRIES    16384u
 #define CHUNK_MIN     (64u << 10)
+#define RING_BASE     4u /* ring buffers published beyond the last turn's receives */
 #define MAX_CONN_IDX  ((1u << 24) - 1)
 /* A framer buffer grown past this by a large frame is freed once the frame is done. */
 #define FRAMER_KEEP	(256u << 10)
@@ -205,6 +208,13 @@ struct pt_server {
 	unsigned nbufs;
 	unsigned buf_size;
 	unsigned br_pending;	  /* returned, not yet published */
+	/* Returned buffers wait on a stack and the ring is kept only as deep as the last turn's
+	 * receives need: the kernel takes ring entries oldest first, so a ring holding every
+	 * buffer cycles a busy connection through all of them (16 MiB), each cold in cache. */
+	unsigned short *free_bids;
+	unsigned nfree;
+	unsigned ring_avail; /* published and not yet seen consumed (a CQE with a buffer) */
+	unsigned turn_recvs; /* receive completions since the last publish */
 	unsigned nparked_bufs;	  /* ring buffers parked, all connections */
 	unsigned max_parked_bufs; /* past this, parked bytes are copied out */
 	uint64_t parked_bytes;
@@ -352,13 +362,37 @@ static inline unsigned char *buf_addr(struct pt_server *s, unsigned bid)
 
 static void buf_return(struct pt_server *s, unsigned bid)
 {
-	io_uring_buf_ring_add(s->br, buf_addr(s, bid), s->buf_size, (unsigned short)bid,
-			      io_uring_buf_ring_mask(s->nbufs), (int)s->br_pending);
-	s->br_pending++;
+	s->free_bids[s->nfree++] = (unsigned short)bid;
 }
 
+/* A receive completion: it took a ring buffer, or found none (-ENOBUFS: the ring is empty). */
+static void buf_taken(struct pt_server *s, bool has_buf, int res)
+{
+	s->turn_recvs++;
+	if (has_buf && s->ring_avail)
+		s->ring_avail--;
+	else if (res == -ENOBUFS)
+		s->ring_avail = 0;
+}
+
+/*
+ * Tops the ring up to RING_BASE + twice the receives of the last turn, most recently returned
+ * (cache-warm) buffers first. Many connections receiving at once deepen it to every buffer; a
+ * receive that finds it empty (-ENOBUFS) is re-armed after this, as before.
+ */
 static void buf_publish(struct pt_server *s)
 {
+	unsigned target = RING_BASE + s->turn_recvs;
+
+	s->turn_recvs = 0;
+	while (s->ring_avail < target && s->nfree) {
+		unsigned bid = s->free_bids[--s->nfree];
+
+		io_uring_buf_ring_add(s->br, buf_addr(s, bid), s->buf_size, (unsigned short)bid,
+				      io_uring_buf_ring_mask(s->nbufs), (int)s->br_pending);
+		s->br_pending++;
+		s->ring_avail++;
+	}
 	if (s->br_pending) {
 		io_uring_buf_ring_advance(s->br, (int)s->br_pending);
 		s->br_pending = 0;
@@ -1156,6 +1190,7 @@ static void handle_recv(struct pt_server *s, struct io_uring_cqe *cqe)
 	unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
 	int res = cqe->res;
 
+	buf_taken(s, has_buf, res);
 	if (!c) {
 		if (has_buf)
 			buf_return(s, bid);
@@ -1477,6 +1512,9 @@ static int setup_ring(struct pt_server *s)
 		s->bufs = NULL;
 		return -errno;
 	}
+	s->free_bids = calloc(s->nbufs, sizeof(*s->free_bids));
+	if (!s->free_bids)
+		return -ENOMEM;
 	io_uring_buf_ring_init(s->br);
 	s->rmsg.msg_controllen = CMSG_BYTES;
 	memset(&reg, 0, sizeof(reg));
@@ -1741,6 +1779,7 @@ void pt_server_destroy(struct pt_server *s)
 		close(s->reserve_fd);
 	if (s->mask_set)
 		pthread_sigmask(SIG_SETMASK, &s->oldmask, NULL);
+	free(s->free_bids);
 	free(s->conns);
 	free(s);
 }
