@@ -207,14 +207,14 @@ struct pt_server {
 	size_t bufs_size;
 	unsigned nbufs;
 	unsigned buf_size;
-	unsigned br_pending;	  /* returned, not yet published */
+	unsigned br_pending; /* returned, not yet published */
 	/* Returned buffers wait on a stack and the ring is kept only as deep as the last turn's
 	 * receives need: the kernel takes ring entries oldest first, so a ring holding every
 	 * buffer cycles a busy connection through all of them (16 MiB), each cold in cache. */
 	unsigned short *free_bids;
 	unsigned nfree;
-	unsigned ring_avail; /* published and not yet seen consumed (a CQE with a buffer) */
-	unsigned turn_recvs; /* receive completions since the last publish */
+	unsigned ring_avail;	  /* published and not yet seen consumed (a CQE with a buffer) */
+	unsigned turn_recvs;	  /* receive completions since the last publish */
 	unsigned nparked_bufs;	  /* ring buffers parked, all connections */
 	unsigned max_parked_bufs; /* past this, parked bytes are copied out */
 	uint64_t parked_bytes;
