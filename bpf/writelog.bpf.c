@@ -206,10 +206,10 @@ static __always_inline int current_vm(__u32 *vm)
 }
 
 /*
- * Raise *at to epoch. It only ever grows: a program that read an old epoch and was delayed must
- * not overwrite the mark of a newer one.
+ * Raise *at to epoch (or a time). It only ever grows: a program that read an old epoch and was
+ * delayed must not overwrite the mark of a newer one.
  */
-static __always_inline void epoch_raise(__u64 *at, __u64 epoch)
+static __always_inline void raise_to(__u64 *at, __u64 epoch)
 {
 	__u64 old = *at;
 
@@ -231,11 +231,11 @@ static __always_inline void doubt_epoch(struct pt_vm_state *st, __u32 reason)
 {
 	__u64 epoch = st->epoch;
 
-	epoch_raise(&st->taint_epoch, epoch);
+	raise_to(&st->taint_epoch, epoch);
 	/* The reason bits are informational and OR-ed: a reason from an older epoch only makes
 	 * the report say more. A decision that depends on one reason needs its own epoch. */
 	if (reason & PT_TAINT_SLOT_CHANGE)
-		epoch_raise(&st->slot_change_epoch, epoch);
+		raise_to(&st->slot_change_epoch, epoch);
 	__sync_fetch_and_or(&st->taint_reason, reason);
 }
 
@@ -587,7 +587,7 @@ static __noinline void note_vm_created(void)
 	 * processes that exist now. */
 	lost = bpf_map_lookup_elem(&pt_created_since, &key);
 	if (lost)
-		*lost = bpf_ktime_get_boot_ns();
+		raise_to(lost, bpf_ktime_get_boot_ns()); /* two at once: the later stays */
 }
 
 SEC("tp/syscalls/sys_enter_ioctl")
@@ -620,9 +620,16 @@ int pt_ioctl_enter(struct trace_event_raw_sys_enter *ctx)
 	 * cached ring survives it. Here as well as at the exit, in case the exit goes unseen. */
 	if (cmd == PT_KVM_CREATE_VCPU)
 		bump_generation();
+	/* KVM makes new memslots live before the ioctl returns (it then waits for readers to
+	 * go): the change belongs to this epoch as soon as it starts, and the exit marks the
+	 * epoch it ends in. */
+	if (cmd == PT_KVM_SET_USER_MEMORY_REGION || cmd == PT_KVM_SET_USER_MEMORY_REGION2)
+		raise_to(&st->slot_change_epoch, io.epoch);
 	if (bpf_map_update_elem(&pt_ioctl, &id, &io, BPF_ANY)) {
-		/* We will not see how this ioctl ends: a memslot change or sync goes unseen. */
+		/* We will not see how this ioctl ends: a memslot change or sync goes unseen, in
+		 * this epoch or, after an ARM while it runs, the next. */
 		taint(st, PT_TAINT_SLOT_CHANGE);
+		raise_to(&st->slot_change_epoch, io.epoch + 1);
 		return 0;
 	}
 	pending = pending_ioctls();

@@ -73,8 +73,8 @@ struct pt_vm_state {
 	__u32 taint_reason;    /* PT_TAINT_* of taint_epoch (OR-ed, older epochs' bits stay: for
 				* reports only) */
 	__u32 pad;
-	__u64 slot_change_epoch; /* epoch of the last memslot change (PT_TAINT_SLOT_CHANGE): the
-				  * one taint a userfaultfd-mode VM's verdict depends on */
+	__u64 slot_change_epoch; /* last epoch a memslot change (PT_TAINT_SLOT_CHANGE) may fall
+				  * in: the one taint a userfaultfd-mode VM's verdict depends on */
 	__u64 start_time;	 /* VMM start time (/proc/PID/stat, clock ticks): with tgid, the
 				  * VM's identity; a reused pid has another. Userspace only. */
 	__u64 log_bit_base;	 /* first bit of this VM's region in pt_log */
@@ -89,9 +89,7 @@ struct pt_vm_state {
 /* Per-CPU event counters (pt_vm_stats, PERCPU_ARRAY by vm index): no shared cache line on
  * the per-write path. Userspace sums the CPUs. */
 struct pt_vm_stats {
-	__u64 ring_writes;    /* dirty-ring pushes recorded by programs of builds before the count
-			       * moved to pt_cpu_ring (still attached during an upgrade); userspace
-			       * reports the sum of both */
+	__u64 ring_writes;    /* unused since the count moved to pt_cpu_ring (kept: 0) */
 	__u64 fault_writes;   /* write faults recorded (TDP hosts) */
 	__u64 faults_ignored; /* write faults seen while the fault path is off (no TDP) */
 };

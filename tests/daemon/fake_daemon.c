@@ -182,7 +182,7 @@ void pt_vm_taint(struct pt_tracker *t, uint32_t vm, uint32_t reason)
 
 bool pt_vm_slots_changed(struct pt_tracker *t, uint32_t vm)
 {
-	return t->vms[vm].slot_change_epoch == t->vms[vm].epoch;
+	return t->vms[vm].slot_change_epoch >= t->vms[vm].epoch;
 }
 
 void pt_vm_mark_written(struct pt_tracker *t, uint32_t vm, uint64_t page, uint64_t n)

@@ -408,6 +408,47 @@ static int since_survives_restart_only_without_gap(void)
 	return 0;
 }
 
+/*
+ * A tracked VMM's memslot ioctl marks the epoch it starts in as one with a memslot change
+ * (KVM makes new slots live before the ioctl returns), whatever it returns: here it fails on a
+ * pipe, which the tracepoint still sees. Another ioctl marks nothing, and the next ARM starts
+ * clean.
+ */
+static int memslot_ioctl_marks_its_epoch(void)
+{
+	struct pt_slot_cfg slot = { .gpa = 1ull << 30, .size = 64 << 12, .id = 1, .logged = 1 };
+	struct pt_tracker *t;
+	uint64_t epoch;
+	bool existed;
+	uint32_t vm;
+	int fds[2] = { -1, -1 }, err = -1;
+
+	T_REQUIRE(t_need_bpf());
+	t = open_attached(NULL);
+	CHECK(t);
+	if (pipe(fds) || pt_vm_track(t, getpid(), &slot, 1, 0, &vm, &existed) ||
+	    pt_vm_arm(t, vm, &epoch))
+		goto out;
+	if (ioctl(fds[0], PT_KVM_CREATE_VCPU, 0) == 0 || pt_vm_slots_changed(t, vm)) {
+		fprintf(stderr, "  a vCPU ioctl counted as a memslot change\n");
+		goto out;
+	}
+	if (ioctl(fds[0], PT_KVM_SET_USER_MEMORY_REGION, 0) == 0 || !pt_vm_slots_changed(t, vm)) {
+		fprintf(stderr, "  a memslot ioctl left the epoch unmarked\n");
+		goto out;
+	}
+	if (pt_vm_arm(t, vm, &epoch) || pt_vm_slots_changed(t, vm)) {
+		fprintf(stderr, "  the next epoch is marked too\n");
+		goto out;
+	}
+	err = 0;
+out:
+	close(fds[0]);
+	close(fds[1]);
+	pt_tracker_close(t);
+	return err;
+}
+
 T_MAIN(T_CASE(decide_each_clue), T_CASE(create_vm_recorded_for_any_process),
-       T_CASE(reused_pid_not_matched), T_CASE(three_way_unreadable_vmm),
-       T_CASE(since_survives_restart_only_without_gap))
+       T_CASE(memslot_ioctl_marks_its_epoch), T_CASE(reused_pid_not_matched),
+       T_CASE(three_way_unreadable_vmm), T_CASE(since_survives_restart_only_without_gap))

@@ -143,7 +143,7 @@ static void print_ratios(void)
 	print_ratio("a/c hinting 4 MiB, records/s (io_uring/epoll)", "hint_ratio_vs_epoll", NULL, 0,
 		    true);
 	print_ratio("a/c worst case 4 KiB, records/s", "worst_ratio_vs_epoll", NULL, 0, true);
-	print_ratio("a/c 64 devices, 4 MiB hints, records/s", "multi_ratio_vs_epoll", "1.0x", 1.0,
+	print_ratio("a/c 64 devices, 4 MiB hints, records/s", "multi_ratio_vs_epoll", "1.3x", 1.3,
 		    true);
 	print_ratio("a/c 64 devices, REPORT 32 x 2 MiB, records/s", "multi_report_ratio_vs_epoll",
 		    "1.3x", 1.3, true);

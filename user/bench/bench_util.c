@@ -260,6 +260,8 @@ static int proc_cpu_ticks_ns(pid_t pid, uint64_t *ns)
  * The process's CPU time to the nanosecond: the scheduler's run time of each of its threads
  * (/proc/PID/task/TID/schedstat, first field). utime and stime come in 10 ms ticks, which over
  * a run of a few hundred ms of CPU is a few per cent either way, for each of the two reads.
+ * Threads that exit between two reads take their time with them: every process measured here
+ * is single-threaded.
  */
 int bench_proc_cpu_ns(pid_t pid, uint64_t *ns)
 {
@@ -278,13 +280,15 @@ int bench_proc_cpu_ns(pid_t pid, uint64_t *ns)
 		if (d->d_name[0] == '.')
 			continue;
 		snprintf(path, sizeof(path), "/proc/%d/task/%s/schedstat", pid, d->d_name);
-		if (read_file(path, buf, sizeof(buf)) || sscanf(buf, "%llu", &run) != 1) {
-			closedir(dir);
-			return proc_cpu_ticks_ns(pid, ns);
-		}
+		/* A thread gone since readdir: its time is gone from both reads' view alike. */
+		if (read_file(path, buf, sizeof(buf)) || sscanf(buf, "%llu", &run) != 1)
+			continue;
 		sum += run;
 	}
 	closedir(dir);
+	/* No scheduler statistics (or no thread left): ticks, for both reads of a pair. */
+	if (!sum)
+		return proc_cpu_ticks_ns(pid, ns);
 	*ns = sum;
 	return 0;
 }

@@ -362,6 +362,12 @@ static inline unsigned char *buf_addr(struct pt_server *s, unsigned bid)
 
 static void buf_return(struct pt_server *s, unsigned bid)
 {
+	/* Each buffer is returned once per use: more would be a bug, and publishing one buffer
+	 * twice would let two receives fill it. */
+	if (s->nfree >= s->nbufs) {
+		pt_err("server: receive buffer %u returned twice", bid);
+		return;
+	}
 	s->free_bids[s->nfree++] = (unsigned short)bid;
 }
 
@@ -376,7 +382,7 @@ static void buf_taken(struct pt_server *s, bool has_buf, int res)
 }
 
 /*
- * Tops the ring up to RING_BASE + twice the receives of the last turn, most recently returned
+ * Tops the ring up to RING_BASE + the receives of the last turn, most recently returned
  * (cache-warm) buffers first. Many connections receiving at once deepen it to every buffer; a
  * receive that finds it empty (-ENOBUFS) is re-armed after this, as before.
  */

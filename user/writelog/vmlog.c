@@ -386,7 +386,8 @@ bool pt_vm_slots_changed(struct pt_tracker *t, uint32_t vm)
 {
 	struct pt_vm_state *st = &t->vms[vm];
 
-	return __atomic_load_n(&st->slot_change_epoch, __ATOMIC_ACQUIRE) ==
+	/* Above the epoch: an ioctl whose end went unseen marks the next epoch as well. */
+	return __atomic_load_n(&st->slot_change_epoch, __ATOMIC_ACQUIRE) >=
 	       __atomic_load_n(&st->epoch, __ATOMIC_ACQUIRE);
 }
 
