@@ -711,12 +711,16 @@ static __always_inline void memslot_changed(__u32 vm, struct pt_vm_state *st, __
 		}
 		s->flags = 0;
 		doubt_epoch(st, PT_TAINT_SLOT_CHANGE);
+		__sync_fetch_and_add(&st->slot_moves, 1);
 	}
 	if (!npages)
 		return;
 	if (s) {
-		/* Known id, created again: not usable in the epoch of the change. */
+		/* Known id, created again: not usable in the epoch of the change. KVM changes a
+		 * slot's memory only this way (delete, create), so the userfaultfd mode, which
+		 * holds the VMM's old mapping, counts it too. */
 		doubt_epoch(st, PT_TAINT_SLOT_CHANGE);
+		__sync_fetch_and_add(&st->slot_moves, 1);
 		bits = s->npages;
 		bit_off = s->bit_off;
 	} else if (!learn) {

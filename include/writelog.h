@@ -84,6 +84,8 @@ struct pt_vm_state {
 	__u64 syncs;		/* complete syncs */
 	__u64 syncs_incomplete; /* ring resets that left pre-arm entries: not a sync, not a loss */
 	__u64 slot_changes;	/* memslot ioctls seen */
+	__u64 slot_moves;	/* known memslots deleted, moved, resized or re-created (not a
+				 * flags change): the memory behind their GPAs may be another */
 };
 
 /* Per-CPU event counters (pt_vm_stats, PERCPU_ARRAY by vm index): no shared cache line on

@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <linux/kvm.h>
 
 #include <pagetrack/client.h>
@@ -872,6 +873,84 @@ GUEST_CASE(s4_1_recreated_memslot_usable_next_epoch)
 	return 0;
 }
 
+/* A userfaultfd-mode device on a minivm guest with dirty logging off, slot 1 at `hva`. */
+static struct pt_client *uffd_device(struct minivm *m, uint64_t hva)
+{
+	struct pt_reg_slot2 s = { G_DATA_GPA, G_DATA_PAGES * PG, hva, 1, 0 };
+	struct pt_client *c = pt_client_connect(svc.socket);
+	int uffd = -1;
+
+	if (c)
+		pt_client_set_timeout(c, 30000);
+	if (c && pt_client_register_uffd(c, &s, 1, minivm_vm_fd(m), &uffd, NULL)) {
+		pt_client_close(c);
+		c = NULL;
+	}
+	/* The VMM keeps its userfaultfd (5a rule 1): leaked for the test's short life. */
+	return c;
+}
+
+/* One hinting round of 512 pages under `id`; the verdict's free pages and unsure reasons. */
+static int uffd_round(struct pt_client *c, uint32_t id, uint64_t *free_pages, uint32_t *why)
+{
+	struct pt_range r = pages(0, 512);
+	struct pt_client_result res;
+
+	if (pt_client_arm(c, id) || pt_client_hint(c, id, &r, 1) ||
+	    pt_client_query(c, id, PT_Q_HINTS, &res))
+		return -1;
+	*free_pages = res.v.free;
+	*why = res.v.unsure_reason;
+	pt_client_result_free(&res);
+	return pt_client_stop(c, id);
+}
+
+/* 5a rule 2: "A VMM that moves guest memory (another mapping, another memslot layout) MUST
+ * register again": until it does, the pages are kept, in every later epoch too. */
+GUEST_CASE(s5a_2_slot_given_other_memory_kept_until_registered_again)
+{
+	struct minivm_opts o = { .dirty = MINIVM_DIRTY_NONE, .nslots = 1 };
+	struct kvm_userspace_memory_region reg = { .slot = 1, .guest_phys_addr = G_DATA_GPA };
+	struct pt_client *c;
+	struct minivm *m;
+	uint64_t free_pages;
+	uint32_t why;
+	void *other;
+
+	o.slots[0] = (struct minivm_slot){ G_DATA_GPA, G_DATA_PAGES * PG, 1 };
+	CHECK(!minivm_create(&m, &o));
+	c = uffd_device(m, (uint64_t)minivm_hva(m, G_DATA_GPA, G_DATA_PAGES * PG));
+	CHECK(c);
+	CHECK(!uffd_round(c, 2, &free_pages, &why));
+	CHECKF(!why && free_pages == 512, "before: why %#x free %llu", why,
+	       (unsigned long long)free_pages);
+	/* The VMM puts other memory behind the slot: delete, then create at the same GPA. */
+	other = mmap(NULL, G_DATA_PAGES * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+		     -1, 0);
+	CHECK(other != MAP_FAILED);
+	CHECK(!ioctl(minivm_vm_fd(m), KVM_SET_USER_MEMORY_REGION, &reg));
+	reg.memory_size = G_DATA_PAGES * PG;
+	reg.userspace_addr = (uint64_t)other;
+	CHECK(!ioctl(minivm_vm_fd(m), KVM_SET_USER_MEMORY_REGION, &reg));
+	for (uint32_t id = 3; id <= 4; id++) {
+		CHECK(!uffd_round(c, id, &free_pages, &why));
+		CHECKF(free_pages == 0 && (why & PT_WHY_UNKNOWN_MEM),
+		       "epoch %u after the change: why %#x free %llu", id, why,
+		       (unsigned long long)free_pages);
+	}
+	pt_client_close(c);
+	/* Registered again with the new memory: vouched for from its first ARM. */
+	c = uffd_device(m, (uint64_t)other);
+	CHECK(c);
+	CHECK(!uffd_round(c, 5, &free_pages, &why));
+	CHECKF(!why && free_pages == 512, "registered again: why %#x free %llu", why,
+	       (unsigned long long)free_pages);
+	pt_client_close(c);
+	minivm_destroy(m);
+	munmap(other, G_DATA_PAGES * PG);
+	return 0;
+}
+
 /* 5 rule 10: "A device whose VMM does that MUST report them with WRITTEN before QUERY":
  * pages so reported are never confirmed free. */
 GUEST_CASE(s5_10_vmm_writes_reported_are_kept)
@@ -906,5 +985,6 @@ T_MAIN(T_CASE(s2_first_request_must_be_register), T_CASE(s2_pipelined_replies_in
        T_CASE(s4_6_ping_says_registration), T_CASE(s4_7_wr_read_over_max_ranges_busy),
        T_CASE(s5_1_sync_must_follow_arm), T_CASE(s5_ring_incomplete_reset_is_not_yet_synced),
        T_CASE(s5_8_hints_before_sync_unsure), T_CASE(s5_10_vmm_writes_reported_are_kept),
+       T_CASE(s5a_2_slot_given_other_memory_kept_until_registered_again),
        T_CASE(s6_multi_frame_reply_near_64k), T_CASE(s7_bad_header_closes),
        T_CASE(s7_bad_payload_skipped), T_CASE(s8_nothing_free_after_done))

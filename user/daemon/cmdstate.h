@@ -83,6 +83,9 @@ struct pt_vmctx {
 	/* PT_TRACK_UFFD: the write log feeding the log words and answering doubt (wlog_feed.h);
 	 * owned (freed with the context). NULL: the BPF log alone. */
 	struct pt_wlog *wlog;
+	/* pt_vm_state.slot_moves when wlog was installed: its gpa -> hva map holds while the
+	 * count stays (KVM gives a slot other memory only by deleting and re-creating it). */
+	uint64_t wlog_moves;
 	struct pt_vm_counters n;
 	struct {
 		uint32_t cmd;

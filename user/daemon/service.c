@@ -738,6 +738,7 @@ static void on_register(struct svc *s, struct pt_conn *c, struct reg_req *r)
 	if (!(r->wlog && ctx->wlog && s->n.resumes != resumes)) {
 		pt_wlog_destroy(ctx->wlog);
 		ctx->wlog = r->wlog;
+		ctx->wlog_moves = __atomic_load_n(&pt_vm(s->t, vm)->slot_moves, __ATOMIC_ACQUIRE);
 		r->wlog = NULL;
 	}
 	s->id[vm].conn = c;

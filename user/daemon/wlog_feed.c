@@ -194,5 +194,10 @@ uint32_t pt_feed_doubt(struct pt_vmctx *c)
 	 * now live elsewhere than the registration said. */
 	if (pt_vm_slots_changed(c->t, c->vm))
 		why |= PT_WHY_TAINTED;
+	/* A registered slot was deleted, moved or re-created since REGISTER2: the mapping the
+	 * log reads may no longer be the guest's memory, for good (PROTOCOL 5a rule 2: register
+	 * again). */
+	if (__atomic_load_n(&st->slot_moves, __ATOMIC_ACQUIRE) != c->wlog_moves)
+		why |= PT_WHY_UNKNOWN_MEM;
 	return why;
 }
