@@ -898,7 +898,6 @@ int pt_cmd_hint(struct pt_vmctx *c, uint32_t cmd, const struct pt_range *r, uint
 	err = add_pages(c, c->hinted, r, n, pages);
 	if (err)
 		return err;
-	c->n.hint_batches++;
 	c->n.hinted_pages += *pages;
 	return 0;
 }

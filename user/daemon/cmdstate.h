@@ -41,6 +41,8 @@ enum pt_cmd_state {
 };
 
 struct pt_vm_counters {
+	/* hint_batches: HINT frames acknowledged (counted by the service: a large frame is
+	 * applied in parts, each a pt_cmd_hint() call) */
 	uint64_t arms, hint_batches, hinted_pages, stale_pages, queries;
 	uint64_t confirmed_free, kept_written, kept_unsure;
 	uint64_t reported_pages, inflated_pages, reclaimed_pages;

@@ -1060,6 +1060,17 @@ static int apply_batch(struct pt_vmctx *ctx, unsigned type, uint32_t cmd, const 
 	}
 }
 
+/* A batch applied whole: counted (one HINT frame is one batch, however many parts), acked. */
+static void batch_acked(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx, unsigned type,
+			uint32_t seq, uint32_t count, uint64_t pages)
+{
+	if (type == PT_MSG_HINT) {
+		s->n.hint_records += count;
+		ctx->n.hint_batches++;
+	}
+	reply_ack(s, c, seq, count, pages, 0);
+}
+
 /* --- batches too large for one turn (bigbatch.h) -------------------------------------------- */
 
 /* A part: at most this many pages (512 KiB of bitmap: a millisecond or less, a few where the
@@ -1077,18 +1088,20 @@ struct big_batch {
 	uint64_t epoch;
 	uint64_t pages; /* applied so far */
 	uint64_t total; /* pages in the batch */
-	uint32_t parts; /* applied so far */
 };
 
 static void not_registered(struct svc *s, struct pt_conn *c, const struct pt_msg *m);
 
-static void big_end(struct svc *s, struct pt_conn *c)
+static void big_free(struct conn_info *ci)
 {
-	struct conn_info *ci = pt_conn_data(c);
-
 	pt_bigbatch_free(&ci->big->cut);
 	free(ci->big);
 	ci->big = NULL;
+}
+
+static void big_end(struct pt_conn *c)
+{
+	big_free(pt_conn_data(c));
 	pt_conn_resume(c);
 }
 
@@ -1129,22 +1142,17 @@ static void big_step(struct svc *s, struct pt_conn *c)
 			not_registered(s, c, &(struct pt_msg){ .type = bb->type, .seq = bb->seq });
 		else
 			reply_err(s, c, bb->seq, err, pt_msg_type_str(bb->type));
-		big_end(s, c);
+		big_end(c);
 		return;
 	}
 	bb->pages += pages;
-	/* pt_cmd_hint() counts a batch per call: the frame is one batch, whatever its parts. */
-	if (bb->type == PT_MSG_HINT && bb->parts++)
-		ctx->n.hint_batches--;
 	pt_conn_charge(c, pages + 1);
 	if (bb->cut.next < bb->cut.n) {
 		pt_conn_pause(c); /* on_drain comes back, next turn */
 		return;
 	}
-	if (bb->type == PT_MSG_HINT)
-		s->n.hint_records += bb->count;
-	reply_ack(s, c, bb->seq, bb->count, bb->pages, 0);
-	big_end(s, c);
+	batch_acked(s, c, ctx, bb->type, bb->seq, bb->count, bb->pages);
+	big_end(c);
 }
 
 /* Everything that could refuse the batch, before any part of it is applied. */
@@ -1197,10 +1205,8 @@ static void on_batch(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx, con
 		reply_err(s, c, m->seq, err, pt_msg_type_str(m->type));
 		return;
 	}
-	if (m->type == PT_MSG_HINT)
-		s->n.hint_records += m->count;
 	pt_conn_charge(c, pages);
-	reply_ack(s, c, m->seq, m->count, pages, 0);
+	batch_acked(s, c, ctx, m->type, m->seq, m->count, pages);
 }
 
 static void on_cmd(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx, const struct pt_msg *m)
@@ -1366,10 +1372,8 @@ static void on_close(void *arg, struct pt_conn *c)
 
 	if (lr)
 		lazy_free(s, lr);
-	if (ci && ci->big) {
-		pt_bigbatch_free(&ci->big->cut);
-		free(ci->big);
-	}
+	if (ci && ci->big)
+		big_free(ci);
 	/* The VM stays tracked: its device may reconnect. It goes when its VMM exits. Its
 	 * command IDs go now (PROTOCOL.md section 2): a new connection arms anew. */
 	if (ctx && s->id[ctx->vm].conn == c) {
