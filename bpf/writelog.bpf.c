@@ -239,6 +239,18 @@ static __always_inline void doubt_epoch(struct pt_vm_state *st, __u32 reason)
 	__sync_fetch_and_or(&st->taint_reason, reason);
 }
 
+/*
+ * A known memslot deleted, moved, resized or re-created, or a memslot ioctl we could not read
+ * or follow to its end: not usable in this epoch, and counted for the userfaultfd mode, whose
+ * gpa -> hva map may now name other memory for good (KVM gives a slot other memory only by
+ * deleting and re-creating it).
+ */
+static __always_inline void slot_moved(struct pt_vm_state *st)
+{
+	doubt_epoch(st, PT_TAINT_SLOT_CHANGE);
+	__sync_fetch_and_add(&st->slot_moves, 1);
+}
+
 /* An event that could not be recorded: the epoch is tainted and the loss counted. */
 static __always_inline void taint(struct pt_vm_state *st, __u32 reason)
 {
@@ -630,6 +642,8 @@ int pt_ioctl_enter(struct trace_event_raw_sys_enter *ctx)
 		 * this epoch or, after an ARM while it runs, the next. */
 		taint(st, PT_TAINT_SLOT_CHANGE);
 		raise_to(&st->slot_change_epoch, io.epoch + 1);
+		if (cmd == PT_KVM_SET_USER_MEMORY_REGION || cmd == PT_KVM_SET_USER_MEMORY_REGION2)
+			slot_moved(st);
 		return 0;
 	}
 	pending = pending_ioctls();
@@ -687,7 +701,8 @@ static __always_inline void memslot_changed(__u32 vm, struct pt_vm_state *st, __
 
 	if (!sl || bpf_probe_read_user(&r, sizeof(r), (void *)uarg)) {
 		/* A memslot changed and we cannot tell which. */
-		taint(st, PT_TAINT_UNKNOWN_SLOT | PT_TAINT_SLOT_CHANGE);
+		taint(st, PT_TAINT_UNKNOWN_SLOT);
+		slot_moved(st);
 		return;
 	}
 	npages = r.memory_size >> PT_PAGE_SHIFT;
@@ -710,17 +725,13 @@ static __always_inline void memslot_changed(__u32 vm, struct pt_vm_state *st, __
 			return;
 		}
 		s->flags = 0;
-		doubt_epoch(st, PT_TAINT_SLOT_CHANGE);
-		__sync_fetch_and_add(&st->slot_moves, 1);
+		slot_moved(st);
 	}
 	if (!npages)
 		return;
 	if (s) {
-		/* Known id, created again: not usable in the epoch of the change. KVM changes a
-		 * slot's memory only this way (delete, create), so the userfaultfd mode, which
-		 * holds the VMM's old mapping, counts it too. */
-		doubt_epoch(st, PT_TAINT_SLOT_CHANGE);
-		__sync_fetch_and_add(&st->slot_moves, 1);
+		/* Known id, created again. */
+		slot_moved(st);
 		bits = s->npages;
 		bit_off = s->bit_off;
 	} else if (!learn) {
