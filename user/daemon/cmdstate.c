@@ -208,7 +208,7 @@ static int ranges_ready_win(struct pt_vmctx *c, const struct pt_range *r, uint32
 }
 
 /* As ranges_ready_win(), without the window: 0 or a negative error. */
-static int ranges_ready(struct pt_vmctx *c, const struct pt_range *r, uint32_t n)
+int pt_batch_check(struct pt_vmctx *c, const struct pt_range *r, uint32_t n)
 {
 	struct slot_win w;
 	int err = ranges_ready_win(c, r, n, &w);
@@ -216,24 +216,20 @@ static int ranges_ready(struct pt_vmctx *c, const struct pt_range *r, uint32_t n
 	return err < 0 ? err : 0;
 }
 
-int pt_batch_check(struct pt_vmctx *c, const struct pt_range *r, uint32_t n)
-{
-	return ranges_ready(c, r, n);
-}
-
 static inline __attribute__((always_inline)) int apply_ranges(struct pt_vmctx *c,
 							      const struct pt_range *r, uint32_t n,
 							      piece_fn fn, void *arg,
 							      uint64_t *pages)
 {
-	int err = ranges_ready(c, r, n);
 	struct slot_win w;
+	int err = ranges_ready_win(c, r, n, &w);
 	uint64_t page;
 
-	if (err)
+	if (err < 0)
 		return err;
+	if (!err) /* the precise check may have moved the window (last_slot) */
+		win_load(c, &w);
 	*pages = 0;
-	win_load(c, &w);
 	for (uint32_t i = 0; i < n; i++) {
 		if (win_has(&w, &r[i], &page)) {
 			if (r[i].len >> PAGE_SHIFT)

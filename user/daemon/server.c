@@ -858,7 +858,6 @@ static bool make_room(struct pt_server *s)
  */
 static void turn_done(struct pt_server *s, uint64_t us, uint64_t cpu)
 {
-
 	if (us > s->st.max_turn_us)
 		s->st.max_turn_us = us;
 	if (us > s->turn_us_window)

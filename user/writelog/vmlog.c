@@ -165,11 +165,6 @@ int pt_pid_scan_kvm_vm(uint32_t pid)
 	return found ? 1 : denied ? -1 : 0;
 }
 
-bool pt_pid_holds_kvm_vm(uint32_t pid)
-{
-	return pt_pid_scan_kvm_vm(pid) != 0;
-}
-
 bool pt_vm_clues_decide(const struct pt_vm_clues *c, const char **why)
 {
 	if (c->created > 0) {

@@ -34,8 +34,6 @@ int pt_vm_untrack(struct pt_tracker *t, uint32_t vm);
  * the reader lacks).
  */
 int pt_pid_scan_kvm_vm(uint32_t pid);
-/* The same as a yes/no where "cannot tell" is yes. */
-bool pt_pid_holds_kvm_vm(uint32_t pid);
 
 /* What is known about whether a VMM process made a KVM VM before it registered. */
 struct pt_vm_clues {
