@@ -38,24 +38,18 @@ static int need_guest(void)
 	return need_service();
 }
 
-/* A case whose body runs in a forked child (a fresh VMM pid, svc.h's in_child()). */
-#define CHILD_CASE(name)                             \
+/* A case whose body runs in a forked child (a fresh VMM pid, svc.h's in_child()), once
+ * `need` (need_service, or need_guest for a KVM guest too) is met. */
+#define FORKED_CASE(name, need)                      \
 	static int name##_child(void *unused);       \
 	static int name(void)                        \
 	{                                            \
-		T_REQUIRE(need_service());           \
+		T_REQUIRE(need());                   \
 		return in_child(name##_child, NULL); \
 	}                                            \
 	static int name##_child(void *unused)
-
-#define GUEST_CASE(name)                             \
-	static int name##_child(void *unused);       \
-	static int name(void)                        \
-	{                                            \
-		T_REQUIRE(need_guest());             \
-		return in_child(name##_child, NULL); \
-	}                                            \
-	static int name##_child(void *unused)
+#define CHILD_CASE(name) FORKED_CASE(name, need_service)
+#define GUEST_CASE(name) FORKED_CASE(name, need_guest)
 
 /* --- raw frames (svc.h: tx, raw_send(), raw_recv(), SEND_EXPECT_*) ------------------------- */
 
