@@ -1105,8 +1105,60 @@ static int reregister_new_map_starts_afresh(void)
 	return 0;
 }
 
+/*
+ * A VM whose every verdict is in doubt: the journal names the reason once, not once per
+ * verdict (a device asking many times a second would otherwise flood it).
+ */
+#define KEPT_ROUNDS 20
+
+static int kept_rounds_child(void *arg)
+{
+	struct pt_range r = { SLOT_GPA, 4 * PG };
+	struct pt_client_result res;
+	struct pt_client *c = connect_svc();
+
+	CHECK(c && pt_client_register(c, 0, PT_DIRTY_RING, &slot1, 1, NULL) == 0);
+	for (uint32_t i = 0; i < KEPT_ROUNDS; i++) {
+		CHECK(pt_client_arm(c, 2 + i) == 0 && pt_client_hint(c, 2 + i, &r, 1) == 0);
+		CHECK(pt_client_query(c, 2 + i, PT_Q_HINTS, &res) == 0);
+		CHECKF(res.v.free == 0 && res.v.kept_unsure == 4 && res.v.unsure_reason,
+		       "round %u: free %llu kept_unsure %llu", i, (unsigned long long)res.v.free,
+		       (unsigned long long)res.v.kept_unsure);
+		pt_client_result_free(&res);
+	}
+	pt_client_close(c);
+	return 0;
+}
+
+/* Lines of the service's log naming this VMM's kept verdicts. */
+static int kept_lines(pid_t vmm)
+{
+	char line[512], who[64];
+	FILE *f = fopen(svc.log, "r");
+	int n = 0;
+
+	snprintf(who, sizeof(who), "(pid %d) command ID", (int)vmm);
+	while (f && fgets(line, sizeof(line), f))
+		n += strstr(line, who) && strstr(line, "pages kept, none confirmed");
+	if (f)
+		fclose(f);
+	return f ? n : -1;
+}
+
+static int kept_verdicts_logged_once(void)
+{
+	pid_t pid;
+
+	T_REQUIRE(need_service());
+	pid = start_child(kept_rounds_child, NULL);
+	CHECK(pid > 0 && wait_child(pid) == 0);
+	CHECKF(kept_lines(pid) == 1, "%d log lines for %d kept verdicts", kept_lines(pid),
+	       KEPT_ROUNDS);
+	return 0;
+}
+
 T_MAIN(T_CASE(round_trip_every_type), T_CASE(concurrent_64_clients), T_CASE(disconnect_mid_frame),
        T_CASE(malformed_frames), T_CASE(other_uid_refused), T_CASE(reconnect_same_pid),
        T_CASE(register_twice_and_takeover), T_CASE(register_coverage_bits),
        T_CASE(wr_read_lists_unsure_pages), T_CASE(real_vm_verdict), T_CASE(vmm_exit_releases_vm),
-       T_CASE(reregister_new_map_starts_afresh))
+       T_CASE(reregister_new_map_starts_afresh), T_CASE(kept_verdicts_logged_once))

@@ -48,6 +48,13 @@ struct conn_info {
 
 struct lazy_reply;
 
+/* The journal's last "pages kept" line for a VM (log_kept). */
+struct kept_log {
+	uint32_t why;	/* its PT_WHY_* set, 0: none logged since registering */
+	time_t at;	/* when (CLOCK_MONOTONIC_COARSE seconds) */
+	uint64_t quiet; /* verdicts kept for the same reason since, not logged */
+};
+
 struct svc {
 	const struct pt_config *cfg;
 	struct pt_config live; /* what SIGHUP may change */
@@ -56,6 +63,7 @@ struct svc {
 	struct pt_server *srv;
 	struct pt_vmctx *vms[PT_MAX_VMS];
 	struct vm_id id[PT_MAX_VMS];
+	struct kept_log kept_log[PT_MAX_VMS];
 	struct pt_quota *quota;
 	time_t quota_log_at;	  /* last "connection over quota" log line */
 	uint16_t gen[PT_MAX_VMS]; /* bumped per context, so a connection's binding can go stale */
@@ -88,6 +96,7 @@ static void reply_err(struct svc *s, struct pt_conn *c, uint32_t seq, int code, 
 
 /* Reply frames stay at or below 64 KiB (PROTOCOL.md section 6): 4093 ranges each. */
 #define REPLY_FRAME_BYTES 65536
+#define KEPT_LOG_SECS	  60 /* log_kept: one line a minute per VM and reason */
 
 /* Ranges in as many frames as needed; every frame repeats the counts, the last lacks MORE. */
 static void send_ranges(struct svc *s, struct pt_conn *c, unsigned type, uint32_t seq,
@@ -639,6 +648,7 @@ static int vm_state(struct svc *s, uint32_t vm, const struct reg_req *r, bool tr
 		return err;
 	pt_vmctx_free(s->vms[vm]);
 	s->vms[vm] = ctx;
+	s->kept_log[vm] = (struct kept_log){ 0 };
 	s->gen[vm]++;
 	id->token = pt_token_new();
 	return 0;
@@ -901,6 +911,33 @@ static void reply_reclaimed(struct svc *s, struct pt_conn *c, const struct pt_ms
 	lazy_start(s, c, lr, PT_MSG_VERDICT, m->seq, &v);
 }
 
+/*
+ * Fail safe, and say why: the operator sees what kept a verdict's pages. A device may ask for
+ * verdicts many times a second and a VM in doubt stays so for every one of them, so the journal
+ * gets a line when the reason changes and then at most one a minute, with the count of the
+ * verdicts it stands for (each line is a write to journald, and a wakeup of it).
+ */
+static void log_kept(struct svc *s, const struct pt_vmctx *ctx, uint32_t cmd, uint64_t hinted,
+		     uint32_t why)
+{
+	struct kept_log *k = &s->kept_log[ctx->vm];
+	char reason[128], more[64] = "";
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
+	if (k->why == why && now.tv_sec - k->at < KEPT_LOG_SECS) {
+		k->quiet++;
+		return;
+	}
+	if (k->quiet)
+		snprintf(more, sizeof(more), " (%llu kept verdicts since the last such line)",
+			 (unsigned long long)k->quiet);
+	pt_info("VM %u (pid %u) command ID %u: %llu pages kept, none confirmed: %s%s", ctx->vm,
+		ctx->pid, cmd, (unsigned long long)hinted, pt_why_str(why, reason, sizeof(reason)),
+		more);
+	*k = (struct kept_log){ .why = why, .at = now.tv_sec };
+}
+
 static void on_query(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx, const struct pt_msg *m)
 {
 	struct lazy_reply *lr = calloc(1, sizeof(*lr));
@@ -934,14 +971,8 @@ static void on_query(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx, con
 		return;
 	}
 	s->n.verdicts++;
-	if (sum.why && !sum.free) {
-		char why[128];
-
-		/* Fail safe, and say why: the operator sees what kept the pages. */
-		pt_info("VM %u (pid %u) command ID %u: %llu pages kept, none confirmed: %s",
-			ctx->vm, ctx->pid, m->cmd_id, (unsigned long long)sum.hinted,
-			pt_why_str(sum.why, why, sizeof(why)));
-	}
+	if (sum.why && !sum.free)
+		log_kept(s, ctx, m->cmd_id, sum.hinted, sum.why);
 	reply_verdict(s, c, m->seq, m->cmd_id, &sum, lr);
 }
 
