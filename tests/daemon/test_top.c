@@ -3,12 +3,15 @@
  * `pagetrackd top` without a service: the dirty rate on synthetic samples (steady writing,
  * ARM in between, a sample caught between ARM's clear and its epoch bump, another VM in the
  * same index, a clock that did not advance), status.json parsing, rates across two parsed
- * samples, and the view's size in an 80x24 terminal with more VMs than fit.
+ * samples, the service's budgeted counting, and the view's size in an 80x24 terminal with more
+ * VMs than fit.
  */
 #include <stdlib.h>
 
 #include "t.h"
+#include "daemon/status.h"
 #include "daemon/top.h"
+#include "writelog/loader.h"
 
 #define NEAR(a, b) ((a) > (b)-0.01 && (a) < (b) + 0.01)
 
@@ -53,8 +56,8 @@ static int rate_unknown(void)
 }
 
 /* A status.json as status.c writes it (abridged to what top reads, plus fields it skips). */
-static void status_json(char *buf, size_t len, uint64_t t_ms, uint64_t w0, uint64_t w1,
-			uint64_t epoch1)
+static void status_json_at(char *buf, size_t len, uint64_t t_ms, uint64_t w0, uint64_t w0_ms,
+			   uint64_t w1, uint64_t epoch1)
 {
 	snprintf(
 		buf, len,
@@ -65,17 +68,26 @@ static void status_json(char *buf, size_t len, uint64_t t_ms, uint64_t w0, uint6
 		"\"server\": {\"connections\": 1, \"frames\": 5},\n \"vms\": [\n"
 		"    {\"vm\": 0, \"pid\": 100, \"mode\": \"dirty-ring\", \"mode_tracked\": true, "
 		"\"state\": \"active\", \"cmd_id\": 7, \"epoch\": 4, \"synced\": true, \"doubt\": "
-		"\"none\", \"hinted_pages\": 9, \"written_pages\": %llu, \"dirty_rate\": null, "
+		"\"none\", \"hinted_pages\": 9, \"written_pages\": %llu, \"written_ms\": %llu, "
+		"\"dirty_rate\": null, "
 		"\"last_cmd_id\": 6, \"last_hinted\": 16384, \"last_free\": 15360, \"last_kept\": "
 		"1024},\n"
 		"    {\"vm\": 5, \"pid\": 200, \"mode\": \"bitmap\", \"mode_tracked\": false, "
 		"\"state\": \"idle\", \"cmd_id\": 0, \"epoch\": %llu, \"synced\": false, "
 		"\"doubt\": "
-		"\"untracked-mode\", \"written_pages\": %llu, \"dirty_rate\": 12.5, "
+		"\"untracked-mode\", \"written_pages\": %llu, \"written_ms\": %llu, "
+		"\"dirty_rate\": 12.5, "
 		"\"last_cmd_id\": 0, \"last_hinted\": 0, \"last_free\": 0, \"last_kept\": 0}],\n"
 		" \"registrations\": {\"takeovers\": 0, \"resumes\": 0}}\n",
 		getpid(), (unsigned long long)t_ms, (unsigned long long)w0,
-		(unsigned long long)epoch1, (unsigned long long)w1);
+		(unsigned long long)(w0_ms ? w0_ms : t_ms), (unsigned long long)epoch1,
+		(unsigned long long)w1, (unsigned long long)t_ms);
+}
+
+static void status_json(char *buf, size_t len, uint64_t t_ms, uint64_t w0, uint64_t w1,
+			uint64_t epoch1)
+{
+	status_json_at(buf, len, t_ms, w0, 0, w1, epoch1);
 }
 
 static struct pt_top_sample s1, s2;
@@ -115,6 +127,66 @@ static int rates_across_samples(void)
 	pt_top_rates(&s1, &s2);
 	CHECK(NEAR(s2.vms[0].rate, 500)); /* 1000 pages in 2 s */
 	CHECK(NEAR(s2.vms[1].rate, 5));	  /* 10 pages since the new ARM, in 2 s */
+	return 0;
+}
+
+/*
+ * The service counts some VMs per tick (status.c's budget): a VM whose count was not renewed
+ * between two samples has no rate from them (not 0), and one renewed a tick late is divided by
+ * its own interval, not the status file's.
+ */
+static int rates_use_each_count_time(void)
+{
+	char buf[4096];
+
+	status_json(buf, sizeof(buf), 5000, 800, 40, 1);
+	CHECK(pt_top_parse(buf, &s1) == 0 && s1.vms[0].written_ms == 5000);
+	status_json_at(buf, sizeof(buf), 7000, 800, 5000, 40, 1); /* VM 0 not counted again */
+	CHECK(pt_top_parse(buf, &s2) == 0 && s2.vms[0].written_ms == 5000);
+	pt_top_rates(&s1, &s2);
+	CHECKF(s2.vms[0].rate < 0, "rate %.1f from a count that did not change", s2.vms[0].rate);
+	status_json_at(buf, sizeof(buf), 7000, 1800, 6000, 40, 1); /* counted at 6 s, shown at 7 */
+	CHECK(pt_top_parse(buf, &s2) == 0);
+	pt_top_rates(&s1, &s2);
+	CHECK(NEAR(s2.vms[0].rate, 1000)); /* 1000 pages in 1 s */
+	return 0;
+}
+
+/*
+ * The service's side: a tick counts VMs in turn until it has read its budget of log words, so
+ * the pause stays short however much guest memory there is; the next tick goes on from there.
+ */
+static int sampling_has_a_budget(void)
+{
+	static const uint32_t idx[3] = { 0, 3, 7 }, written[3] = { 5, 7, 9 };
+	struct pt_vmctx *vms[PT_MAX_VMS] = { 0 }, ctx[3] = { 0 };
+	struct pt_tracker t = { 0 };
+	uint64_t w, at;
+
+	t.vms = calloc(PT_MAX_VMS, sizeof(*t.vms));
+	t.log = calloc(3 * 100, sizeof(*t.log));
+	CHECK(t.vms && t.log);
+	for (int i = 0; i < 3; i++) {
+		ctx[i] = (struct pt_vmctx){ .vm = idx[i], .pid = 100 + i, .words = 100 };
+		vms[idx[i]] = &ctx[i];
+		t.vms[idx[i]].log_bit_base = i * 100 * 64;
+		for (uint32_t p = 0; p < written[i]; p++)
+			t.log[i * 100 + p] = 1; /* one page in each of the first words */
+	}
+	CHECK(pt_status_sample(&t, vms, 1000, 150) == 2); /* 100 words, then 200: over */
+	CHECK(pt_status_written(&t, &ctx[0], &w, &at) && w == 5 && at == 1000);
+	CHECK(pt_status_written(&t, &ctx[1], &w, &at) && w == 7 && at == 1000);
+	CHECK(!pt_status_written(&t, &ctx[2], &w, &at));  /* not reached: no figure */
+	CHECK(pt_status_sample(&t, vms, 2000, 150) == 2); /* VM 7, then round to VM 0 */
+	CHECK(pt_status_written(&t, &ctx[2], &w, &at) && w == 9 && at == 2000);
+	CHECK(pt_status_written(&t, &ctx[0], &w, &at) && at == 2000);
+	CHECK(pt_status_written(&t, &ctx[1], &w, &at) && at == 1000); /* kept its count's time */
+	CHECK(pt_status_sample(&t, vms, 3000, 10) == 1); /* one VM over the budget still counts */
+	CHECK(pt_status_sample(&t, vms, 4000, 1000) == 3);
+	ctx[1].pid = 999; /* another VMM took the index: the old count is not its */
+	CHECK(!pt_status_written(&t, &ctx[1], &w, &at));
+	free(t.vms);
+	free(t.log);
 	return 0;
 }
 
@@ -181,4 +253,5 @@ static int json_sample(void)
 }
 
 T_MAIN(T_CASE(rate_steady), T_CASE(rate_after_arm), T_CASE(rate_unknown), T_CASE(parse_status),
-       T_CASE(rates_across_samples), T_CASE(view_fits_80x24), T_CASE(json_sample))
+       T_CASE(rates_across_samples), T_CASE(rates_use_each_count_time),
+       T_CASE(sampling_has_a_budget), T_CASE(view_fits_80x24), T_CASE(json_sample))

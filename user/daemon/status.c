@@ -36,16 +36,24 @@ static struct pt_vm_stats events(struct pt_tracker *t, uint32_t vm)
 
 /*
  * The dirty rate of each VM: pages first written since ARM per second, from the written-page
- * counts of successive ticks (pt_dirty_rate()). Indexed by VM; `t` tells which tracker a
+ * counts of successive samples (pt_dirty_rate()). Indexed by VM; `t` tells which tracker a
  * sample came from (tests run several services in one process).
+ *
+ * Counting reads a VM's whole log region on the event loop. A tick samples VMs in turn until
+ * it has read RATE_WORDS_PER_TICK words (at least one VM), so the pause stays about a
+ * millisecond however much guest memory the host has (a full pass over 1 TiB of guests reads
+ * 32 MiB); a VM not reached keeps its last sample and that sample's time.
  */
+#define RATE_WORDS_PER_TICK (1ull << 20) /* 8 MiB of log: 256 GiB of guest */
+
 struct vm_rate {
 	const struct pt_tracker *t;
 	struct pt_rate_sample s;
 	double rate; /* < 0: not known yet */
 };
 static struct vm_rate rates[PT_MAX_VMS];
-static uint64_t rates_ms; /* when they were sampled: status.json's "time_ms" */
+static uint64_t rates_ms;  /* when the status was written: status.json's "time_ms" */
+static uint32_t rate_next; /* the VM index the next tick's sampling starts at */
 
 static uint64_t now_ms(void)
 {
@@ -65,36 +73,72 @@ static uint64_t written_pages(struct pt_tracker *t, const struct pt_vmctx *c)
 	return n;
 }
 
-static void update_rates(struct pt_tracker *t, struct pt_vmctx *const *vms, uint64_t t_ms)
+static void sample_vm(struct pt_tracker *t, const struct pt_vmctx *c, uint64_t t_ms)
 {
-	for (uint32_t i = 0; i < PT_MAX_VMS; i++) {
+	struct vm_rate *r = &rates[c->vm];
+	struct pt_rate_sample cur;
+
+	/* The epoch first: an ARM in between then looks like a log that shrank. */
+	cur.t_ms = t_ms;
+	cur.pid = c->pid;
+	cur.epoch = __atomic_load_n(&pt_vm(t, c->vm)->epoch, __ATOMIC_ACQUIRE);
+	cur.written = written_pages(t, c);
+	r->rate = r->t == t ? pt_dirty_rate(&r->s, &cur) : -1;
+	r->t = t;
+	r->s = cur;
+}
+
+unsigned pt_status_sample(struct pt_tracker *t, struct pt_vmctx *const *vms, uint64_t t_ms,
+			  uint64_t budget_words)
+{
+	uint64_t read = 0;
+	unsigned n = 0;
+
+	for (uint32_t k = 0; k < PT_MAX_VMS && (!n || read < budget_words); k++) {
+		uint32_t i = (rate_next + k) % PT_MAX_VMS;
 		const struct pt_vmctx *c = vms[i];
-		struct vm_rate *r;
-		struct pt_rate_sample cur;
 
 		if (!c || c->vm >= PT_MAX_VMS)
 			continue;
-		r = &rates[c->vm];
-		/* The epoch first: an ARM in between then looks like a log that shrank. */
-		cur.t_ms = t_ms;
-		cur.pid = c->pid;
-		cur.epoch = __atomic_load_n(&pt_vm(t, c->vm)->epoch, __ATOMIC_ACQUIRE);
-		cur.written = written_pages(t, c);
-		r->rate = r->t == t ? pt_dirty_rate(&r->s, &cur) : -1;
-		r->t = t;
-		r->s = cur;
+		sample_vm(t, c, t_ms);
+		read += c->words;
+		n++;
+		rate_next = (i + 1) % PT_MAX_VMS;
 	}
+	return n;
 }
 
-static void json_rate(FILE *f, const struct pt_vmctx *c)
+bool pt_status_written(const struct pt_tracker *t, const struct pt_vmctx *c, uint64_t *written,
+		       uint64_t *t_ms)
 {
-	const struct vm_rate *r = &rates[c->vm];
+	const struct vm_rate *r;
 
-	fprintf(f, ", \"written_pages\": %llu, \"dirty_rate\": ", (unsigned long long)r->s.written);
-	if (r->rate < 0)
+	if (c->vm >= PT_MAX_VMS)
+		return false;
+	r = &rates[c->vm];
+	if (r->t != t || r->s.pid != c->pid || !r->s.t_ms)
+		return false;
+	*written = r->s.written;
+	*t_ms = r->s.t_ms;
+	return true;
+}
+
+/* A VM no tick has sampled yet (just registered, or the ticks' budget has not reached it)
+ * shows null: a number would be another VM's, or made up. */
+static void json_rate(FILE *f, struct pt_tracker *t, const struct pt_vmctx *c)
+{
+	uint64_t written, t_ms;
+	bool known = pt_status_written(t, c, &written, &t_ms);
+
+	if (known)
+		fprintf(f, ", \"written_pages\": %llu, \"written_ms\": %llu, \"dirty_rate\": ",
+			(unsigned long long)written, (unsigned long long)t_ms);
+	else
+		fprintf(f, ", \"written_pages\": null, \"written_ms\": null, \"dirty_rate\": ");
+	if (!known || rates[c->vm].rate < 0)
 		fprintf(f, "null");
 	else
-		fprintf(f, "%.1f", r->rate);
+		fprintf(f, "%.1f", rates[c->vm].rate);
 	fprintf(f,
 		", \"last_cmd_id\": %u, \"last_hinted\": %llu, \"last_free\": %llu, "
 		"\"last_kept\": %llu",
@@ -129,7 +173,7 @@ static void json_vm(FILE *f, struct pt_tracker *t, const struct pt_vmctx *c, boo
 		(unsigned long long)c->n.queries, (unsigned long long)c->n.confirmed_free,
 		(unsigned long long)c->n.kept_written, (unsigned long long)c->n.kept_unsure,
 		(unsigned long long)c->n.reported_pages, (unsigned long long)c->n.reclaimed_pages);
-	json_rate(f, c);
+	json_rate(f, t, c);
 	fputc('}', f);
 }
 
@@ -211,6 +255,7 @@ static void prom_vm(FILE *f, struct pt_tracker *t, const struct pt_vmctx *c)
 {
 	const struct pt_vm_state *st = pt_vm(t, c->vm);
 	struct pt_vm_stats ev = events(t, c->vm);
+	uint64_t written, t_ms;
 	const struct {
 		const char *name;
 		unsigned long long v;
@@ -233,8 +278,10 @@ static void prom_vm(FILE *f, struct pt_tracker *t, const struct pt_vmctx *c)
 	for (size_t i = 0; i < sizeof(m) / sizeof(m[0]); i++)
 		fprintf(f, "%s{vm=\"%u\",pid=\"%u\",mode=\"%s\"} %llu\n", m[i].name, c->vm, c->pid,
 			mode_str(c->mode), m[i].v);
+	if (!pt_status_written(t, c, &written, &t_ms))
+		return; /* not sampled yet: no figure rather than another VM's */
 	fprintf(f, "pagetrack_vm_written_pages{vm=\"%u\",pid=\"%u\",mode=\"%s\"} %llu\n", c->vm,
-		c->pid, mode_str(c->mode), (unsigned long long)rates[c->vm].s.written);
+		c->pid, mode_str(c->mode), (unsigned long long)written);
 	if (rates[c->vm].rate >= 0)
 		fprintf(f,
 			"pagetrack_vm_dirty_rate_pages_per_second{vm=\"%u\",pid=\"%u\",mode=\"%s\"}"
@@ -384,7 +431,7 @@ void pt_status_write(const struct pt_config *cfg, struct pt_tracker *t,
 	char path[300];
 
 	rates_ms = now_ms();
-	update_rates(t, vms, rates_ms);
+	pt_status_sample(t, vms, rates_ms, RATE_WORDS_PER_TICK);
 	snprintf(path, sizeof(path), "%s/status.json", cfg->run_dir);
 	write_json(path, cfg, t, cov, vms, st, n);
 	snprintf(path, sizeof(path), "%s/status.txt", cfg->run_dir);

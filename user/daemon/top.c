@@ -98,6 +98,7 @@ static void parse_vm(const char *p, const char *end, struct pt_top_vm *v)
 	v->cmd = jnum(p, end, "cmd_id");
 	v->epoch = jnum(p, end, "epoch");
 	v->written = jnum(p, end, "written_pages");
+	v->written_ms = jnum(p, end, "written_ms");
 	v->svc_rate = jdouble(p, end, "dirty_rate");
 	v->rate = v->svc_rate;
 	v->last_cmd = jnum(p, end, "last_cmd_id");
@@ -140,8 +141,9 @@ void pt_top_rates(const struct pt_top_sample *prev, struct pt_top_sample *cur)
 		v->rate = v->svc_rate;
 		for (unsigned j = 0; prev && j < prev->nvms; j++) {
 			const struct pt_top_vm *p = &prev->vms[j];
-			struct pt_rate_sample a = { prev->t_ms, p->pid, p->epoch, p->written };
-			struct pt_rate_sample b = { cur->t_ms, v->pid, v->epoch, v->written };
+			/* A tick counts some VMs only (status.c): each count has its own time. */
+			struct pt_rate_sample a = { p->written_ms, p->pid, p->epoch, p->written };
+			struct pt_rate_sample b = { v->written_ms, v->pid, v->epoch, v->written };
 			double r;
 
 			if (p->vm != v->vm)

@@ -44,8 +44,9 @@ struct pt_top_vm {
 	char doubt[64]; /* none, or why a verdict would be "keep" now */
 	uint32_t cmd;
 	uint64_t epoch, written;
-	double svc_rate; /* the service's own (tick to tick); < 0 unknown */
-	double rate;	 /* between top's samples (pt_top_rates); < 0 unknown */
+	uint64_t written_ms; /* when the service counted `written` (0: not yet) */
+	double svc_rate;     /* the service's own (tick to tick); < 0 unknown */
+	double rate;	     /* between top's samples (pt_top_rates); < 0 unknown */
 	uint32_t last_cmd;
 	uint64_t last_hinted, last_free, last_kept;
 };
