@@ -9,6 +9,8 @@
  *   kvm_dirty_ring_reset the end of a ring reset: did the VMM's sync re-protect every page
  *                        that was dirty before the arm?
  *   sys_enter/exit_ioctl the VMM's memslot changes, dirty-ring enablement and dirty-log syncs
+ *   sched_process_exec,  which processes run 32-bit code: their (compat) syscalls never reach
+ *   sched_process_fork   the syscall tracepoints, so their VMs cannot be vouched for
  *
  * Anything that cannot be recorded taints the VM's epoch: the reconciler then answers "keep"
  * for every page until the next arm. Userspace owns arming (clear the region, then bump
@@ -151,6 +153,27 @@ struct {
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } pt_created_since SEC(".maps");
+
+/*
+ * Processes that ran 32-bit code (pt_exec, pt_fork): what pt_vm_created is for KVM_CREATE_VM,
+ * for the question "can this VMM make syscalls the syscall tracepoints do not show?".
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct pt_compat);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pt_compat SEC(".maps");
+
+/* As pt_created_since, for pt_compat: [PT_CREATED_PROG] is the id of the pt_exec recording. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 3);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pt_compat_since SEC(".maps");
 
 static __always_inline __u64 *pending_ioctls(void)
 {
@@ -857,5 +880,77 @@ int pt_ioctl_exit(struct trace_event_raw_sys_exit *ctx)
 		ioctl_done(io, st);
 	bpf_map_delete_elem(&pt_ioctl, &id);
 	__sync_fetch_and_add(pending, -1);
+	return 0;
+}
+
+/* Mark process `leader` as one that ran 32-bit code; a mark that cannot be stored is a loss. */
+static __noinline void note_compat(struct task_struct *leader, __u32 how)
+{
+	struct pt_compat *c;
+	__u32 key = PT_CREATED_LOST;
+	__u64 *lost;
+
+	c = bpf_task_storage_get(&pt_compat, leader, NULL, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (c) {
+		if (!c->first_ns)
+			c->first_ns = bpf_ktime_get_boot_ns();
+		__sync_fetch_and_or(&c->how, how);
+		return;
+	}
+	lost = bpf_map_lookup_elem(&pt_compat_since, &key);
+	if (lost)
+		raise_to(lost, bpf_ktime_get_boot_ns());
+}
+
+/* The image exec'd is a 32-bit ELF (ia32, x32): e_ident's class. Unreadable counts as one. */
+static __always_inline bool image_32bit(struct linux_binprm *bprm)
+{
+	unsigned char id[5];
+
+	if (bpf_core_read(id, sizeof(id), &bprm->buf))
+		return true;
+	return id[0] == 0x7f && id[1] == 'E' && id[2] == 'L' && id[3] == 'F' && id[4] == 1;
+}
+
+/*
+ * Every exec of the machine (rare: no per-syscall cost). A 32-bit image marks the process;
+ * if it is a tracked VMM (it may keep its VM's descriptors across the exec), its VM is marked
+ * for good, and the epoch counts as one with an unseen memslot change.
+ */
+SEC("raw_tp/sched_process_exec")
+int BPF_PROG(pt_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	struct pt_vm_state *st;
+	__u32 vm;
+
+	if (!image_32bit(bprm))
+		return 0;
+	/* After the exec the caller leads its thread group. */
+	note_compat(bpf_get_current_task_btf()->group_leader, PT_COMPAT_EXEC);
+	if (current_vm(&vm))
+		return 0;
+	st = vm_state(vm);
+	if (!st)
+		return 0;
+	__sync_fetch_and_or(&st->flags, PT_VM_COMPAT);
+	slot_moved(st);
+	return 0;
+}
+
+/*
+ * Every fork/clone of the machine. A new process made by a 32-bit clone (the parent is inside
+ * a compat syscall: TS_COMPAT; this also catches a 64-bit process's `int $0x80` fork) or by a
+ * marked process runs that same image: it is marked too. New threads belong to a process
+ * already marked or not.
+ */
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(pt_fork, struct task_struct *parent, struct task_struct *child)
+{
+	if (child->group_leader != child)
+		return 0;
+	if (!(parent->thread_info.status & PT_TS_COMPAT) &&
+	    !bpf_task_storage_get(&pt_compat, parent->group_leader, NULL, 0))
+		return 0;
+	note_compat(child, PT_COMPAT_FORK);
 	return 0;
 }

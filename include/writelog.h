@@ -15,6 +15,8 @@
  *   pt_created_since ARRAY u64 [PT_CREATED_SINCE] since when pt_vm_created is complete,
  *                  [PT_CREATED_LOST] last creation it missed (CLOCK_BOOTTIME ns),
  *                  [PT_CREATED_PROG] the pt_ioctl_enter program recording it
+ *   pt_compat      TASK_STORAGE process (pidfd) -> struct pt_compat (it ran 32-bit code)
+ *   pt_compat_since ARRAY u64, as pt_created_since, for pt_compat
  *   pt_vm_stats    PERCPU vm index -> struct pt_vm_stats (event counters)
  *   pt_cache       ARRAY  cpu -> struct pt_cpu_ring (mmapable: the dirty ring pushed last on
  *                         the CPU, and the CPU's count of recorded pushes per VM)
@@ -43,6 +45,10 @@
  * REGISTER), or changes the memslots of a VM not created while tracked (BPF): memslots made
  * before were never seen, so the table is incomplete for good */
 #define PT_VM_SLOTS_UNSEEN (1u << 5)
+/* The VMM may make 32-bit (compat) syscalls, which the syscall tracepoints never show: its
+ * memslot changes, dirty-log syncs and ring resets go unseen, so no verdict can vouch for a
+ * page. Set by BPF (a tracked VMM exec'd a 32-bit image) or userspace (at REGISTER); sticky. */
+#define PT_VM_COMPAT (1u << 6)
 
 /* Why an epoch is tainted (pt_vm_state.taint_reason, a bit set; sticky until next arm). */
 #define PT_TAINT_UNKNOWN_SLOT (1u << 0) /* write to a slot id not in the table */
@@ -192,6 +198,26 @@ struct pt_vm_created {
 	__u64 first_ns; /* CLOCK_BOOTTIME of its first KVM_CREATE_VM seen */
 	__u64 count;	/* KVM_CREATE_VM ioctls seen */
 };
+
+/*
+ * pt_compat: a process that ran 32-bit code while the programs were attached (x86-64: ia32 or
+ * x32). Task storage on the thread-group leader, as pt_vm_created. Never cleared: a process
+ * that was 32-bit may hold a VM whose memslots it changed unseen.
+ */
+struct pt_compat {
+	__u64 first_ns; /* CLOCK_BOOTTIME when first marked */
+	__u32 how;	/* PT_COMPAT_* */
+	__u32 pad;
+};
+
+#define PT_COMPAT_EXEC \
+	(1u << 0) /* it exec'd a 32-bit ELF image (or one the program could not read) */
+#define PT_COMPAT_FORK (1u << 1) /* made by a 32-bit fork/clone, or forked by a marked process */
+#define PT_COMPAT_USER (1u << 2) /* marked from userspace (tests) */
+
+/* The kernel's x86 thread_info.status bit for "inside a 32-bit syscall" (TS_COMPAT, 0x0002 since
+ * 2.6; a #define, so not in BTF). */
+#define PT_TS_COMPAT 0x0002u
 
 #define PT_CREATED_SINCE 0 /* pt_created_since[0]: the map is complete from this time on */
 #define PT_CREATED_LOST	 1 /* pt_created_since[1]: the last creation the map missed */

@@ -151,6 +151,14 @@ static int attach_pinned(struct pt_tracker *t, struct bpf_program *prog)
 	return err;
 }
 
+/* The programs that follow 32-bit code (exec, fork): their attach types may be missing. */
+static bool is_compat_prog(const struct bpf_program *prog)
+{
+	const char *n = bpf_program__name(prog);
+
+	return !strcmp(n, "pt_exec") || !strcmp(n, "pt_fork");
+}
+
 static bool is_fault_prog(const struct bpf_program *prog)
 {
 	const char *n = bpf_program__name(prog);
@@ -167,13 +175,23 @@ static int attach_all(struct pt_tracker *t)
 	bpf_object__for_each_program(prog, t->skel->obj)
 	{
 		/* Without TDP a fault address is a GVA: the fault path stays detached. */
-		bool on = t->tdp || !is_fault_prog(prog);
+		bool on = (t->tdp || !is_fault_prog(prog)) && bpf_program__autoload(prog);
 
 		if (on) {
 			err = attach_pinned(t, prog);
-			if (err)
+			/* Without them every VMM whose /proc/PID/exe is unreadable is kept
+			 * (compat.c): fail-safe, not fatal. */
+			if (err && is_compat_prog(prog)) {
+				pt_warn("32-bit processes are not followed (%s): %s",
+					strerror(-err),
+					"VMMs whose executable cannot be read get keep verdicts");
+				on = false;
+			} else if (err) {
 				return err;
-			t->attached++;
+			} else {
+				t->attached++;
+				t->compat_progs += is_compat_prog(prog);
+			}
 		}
 		off += snprintf(t->progs + off, sizeof(t->progs) - off, "%s%s:%s", off ? " " : "",
 				bpf_program__name(prog), on ? "attached" : "off");
@@ -234,12 +252,10 @@ uint64_t pt_boottime_ns(void)
  * (`old_id`, behind the pinned link we replaced) is the one that recorded that time, which then
  * ran until ours was attached beside it. 0 (never complete) in a time namespace.
  */
-static void mark_created_since(struct pt_tracker *t, uint32_t old_id)
+static int mark_since(struct bpf_map *m, uint32_t old_id, uint64_t mine, uint64_t now)
 {
-	struct bpf_map *m = t->skel->maps.pt_created_since;
 	uint32_t k_since = PT_CREATED_SINCE, k_prog = PT_CREATED_PROG;
-	uint64_t since = 0, id = 0, now = pt_boottime_ns();
-	uint64_t mine = prog_id(t->skel->progs.pt_ioctl_enter);
+	uint64_t since = 0, id = 0;
 
 	bpf_map__lookup_elem(m, &k_since, sizeof(k_since), &since, sizeof(since), 0);
 	bpf_map__lookup_elem(m, &k_prog, sizeof(k_prog), &id, sizeof(id), 0);
@@ -247,6 +263,33 @@ static void mark_created_since(struct pt_tracker *t, uint32_t old_id)
 		since = now;
 	if (bpf_map__update_elem(m, &k_since, sizeof(k_since), &since, sizeof(since), 0) ||
 	    bpf_map__update_elem(m, &k_prog, sizeof(k_prog), &mine, sizeof(mine), 0))
+		return -errno;
+	return 0;
+}
+
+/*
+ * The same for pt_compat: complete since pt_exec (the program recorded, `old_exec` the one
+ * behind the pinned link we replaced) and pt_fork were both attached; 0 (never) without both.
+ */
+static void mark_compat_since(struct pt_tracker *t, uint32_t old_exec)
+{
+	bool both = t->compat_progs == 2;
+	uint64_t now = both ? pt_boottime_ns() : 0;
+	uint64_t mine = both ? prog_id(t->skel->progs.pt_exec) : 0;
+
+	if (mark_since(t->skel->maps.pt_compat_since, both ? old_exec : 0, mine, now))
+		pt_warn("cannot record since when 32-bit processes are seen: %s", strerror(errno));
+}
+
+static void mark_created_since(struct pt_tracker *t, uint32_t old_id)
+{
+	struct bpf_map *m = t->skel->maps.pt_created_since;
+	uint32_t k_since = PT_CREATED_SINCE;
+	uint64_t since = 0, now = pt_boottime_ns();
+	uint64_t mine = prog_id(t->skel->progs.pt_ioctl_enter);
+
+	if (mark_since(m, old_id, mine, now) ||
+	    bpf_map__lookup_elem(m, &k_since, sizeof(k_since), &since, sizeof(since), 0))
 		pt_warn("cannot record since when VM creations are seen: %s", strerror(errno));
 	else if (since)
 		pt_debug("KVM_CREATE_VM of every process recorded since boot + %llu ms%s",
@@ -295,6 +338,10 @@ static int open_skel(struct pt_tracker *t, const struct pt_loader_opts *o)
 	if (!t->skel)
 		return -errno;
 	t->skel->rodata->tdp = t->tdp;
+	if (t->compat_off) {
+		bpf_program__set_autoload(t->skel->progs.pt_exec, false);
+		bpf_program__set_autoload(t->skel->progs.pt_fork, false);
+	}
 	set_pidns(t);
 	t->log_words = (uint64_t)log_mb * 1024 * 1024 / 8;
 	err = bpf_map__set_max_entries(t->skel->maps.pt_log, t->log_words);
@@ -314,31 +361,52 @@ static int open_skel(struct pt_tracker *t, const struct pt_loader_opts *o)
 	return 0;
 }
 
+/*
+ * Open and load, with the 32-bit process programs or, if that fails (a kernel without tp_btf
+ * or BTF for the tracepoint), without them: the write log still loads, fail-safe (compat.c
+ * then keeps every VMM whose executable it cannot read). A failed load leaves the pins as
+ * they were. t->skel is NULL on error.
+ */
+static int load_any(struct pt_tracker *t, const struct pt_loader_opts *o)
+{
+	int err = -EINVAL;
+
+	for (int off = o->no_compat; off < 2; off++) {
+		t->compat_off = off;
+		err = open_skel(t, o);
+		if (!err)
+			err = writelog_bpf__load(t->skel);
+		if (!err)
+			break;
+		writelog_bpf__destroy(t->skel);
+		t->skel = NULL;
+		if (!off)
+			pt_warn("loading BPF programs: %s; again without the 32-bit process "
+				"programs "
+				"(VMMs whose executable cannot be read will get keep verdicts)",
+				strerror(-err));
+	}
+	return err;
+}
+
 static int load_skel(struct pt_tracker *t, const struct pt_loader_opts *o)
 {
 	char path[512];
 	int err;
 
-	err = open_skel(t, o);
-	if (err)
-		return err;
 	if (!o->no_pin) {
 		pin_path(path, sizeof(path), t->pin_dir, "pt_vm_state");
 		t->reused_maps = !access(path, F_OK);
 	}
-	err = writelog_bpf__load(t->skel);
+	err = load_any(t, o);
 	if (err && t->reused_maps) {
 		/* Pins from an incompatible build (other layout or log size): start afresh.
 		 * Every VM must register again; nothing can be confirmed from the old log. */
 		pt_warn("pinned maps in %s do not match this build (%s): removing them", t->pin_dir,
 			strerror(-err));
-		writelog_bpf__destroy(t->skel);
-		t->skel = NULL;
 		pt_tracker_unpin(t->pin_dir);
 		t->reused_maps = false;
-		err = open_skel(t, o);
-		if (!err)
-			err = writelog_bpf__load(t->skel);
+		err = load_any(t, o);
 	}
 	if (err)
 		pt_err("loading BPF programs: %s", strerror(-err));
@@ -381,11 +449,13 @@ int pt_tracker_open(struct pt_tracker **out, const struct pt_loader_opts *o)
 		goto cleanup;
 	if (!o->no_attach) {
 		uint32_t old_ioctl = pinned_prog_id(t, "pt_ioctl_enter");
+		uint32_t old_exec = pinned_prog_id(t, "pt_exec");
 
 		err = attach_all(t);
 		if (err)
 			goto cleanup;
 		mark_created_since(t, old_ioctl);
+		mark_compat_since(t, old_exec);
 		/* Programs of an earlier build ran until now beside ours, and may have changed a
 		 * slot table without moving the generation our caches rely on. */
 		pt_tracker_bump_generation(t);
