@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 /* Which VMMs may make 32-bit syscalls the tracepoints do not show (compat.h). */
+#include <dirent.h>
 #include <errno.h>
+#include <stdlib.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
@@ -108,4 +110,53 @@ bool pt_vm_check_compat(struct pt_tracker *t, uint32_t vm)
 		"verdict will be keep",
 		vm, st->tgid, why);
 	return true;
+}
+
+/* Mark process `pid` (if it still exists) in pt_compat. 0, or -errno if the mark failed. */
+static int mark_pid(struct pt_tracker *t, uint32_t pid)
+{
+	struct pt_compat v = { .first_ns = pt_boottime_ns(), .how = PT_COMPAT_SCAN };
+	int pidfd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0), err = 0;
+
+	if (pidfd < 0)
+		return errno == ESRCH ? 0 : -errno;
+	if (bpf_map__update_elem(t->skel->maps.pt_compat, &pidfd, sizeof(pidfd), &v, sizeof(v),
+				 BPF_NOEXIST) &&
+	    errno != EEXIST)
+		err = -errno;
+	close(pidfd);
+	return err;
+}
+
+int pt_compat_scan(struct pt_tracker *t)
+{
+	unsigned marked = 0, failed = 0;
+	struct dirent *de;
+	DIR *d = opendir("/proc");
+
+	if (!d)
+		return -errno;
+	while ((de = readdir(d))) {
+		char path[64], *end;
+		unsigned long pid = strtoul(de->d_name, &end, 10);
+		int r;
+
+		if (*end || !pid)
+			continue;
+		snprintf(path, sizeof(path), "/proc/%lu/exe", pid);
+		errno = 0;
+		r = pt_elf_not_64bit(path);
+		/* No executable: a kernel thread, a zombie, or gone; none can register. */
+		if (!r || (r < 0 && errno == ENOENT))
+			continue;
+		if (mark_pid(t, (uint32_t)pid))
+			failed++;
+		else
+			marked++;
+	}
+	closedir(d);
+	pt_debug("processes that existed before 32-bit code was followed: %u marked (not 64-bit "
+		 "or unreadable), %u could not be marked",
+		 marked, failed);
+	return failed ? -EIO : 0;
 }

@@ -30,6 +30,13 @@ int pt_vmm_compat_clues(struct pt_tracker *t, uint32_t pid, struct pt_compat_clu
 /* The ELF class of the file at `path`: 0 64-bit, 1 anything else readable, -1 unreadable. */
 int pt_elf_not_64bit(const char *path);
 /*
+ * Marks in pt_compat every process that exists now and does not run a 64-bit executable (or
+ * whose executable cannot be read). Run once the programs are attached and while the service
+ * still holds its capabilities, it makes the record complete for every process, not only those
+ * started after it. 0, or -errno if a process could not be marked.
+ */
+int pt_compat_scan(struct pt_tracker *t);
+/*
  * Marks VM `vm` (tracked, pid already in pt_vm_by_tgid so that a later exec is BPF's to see)
  * PT_VM_COMPAT if its VMM may run 32-bit code, with a warning. Returns whether it did.
  */

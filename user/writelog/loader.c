@@ -17,6 +17,7 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 
+#include "compat.h"
 #include "loader.h"
 #include "shared/log.h"
 #include "writelog.skel.h"
@@ -276,8 +277,22 @@ static void mark_compat_since(struct pt_tracker *t, uint32_t old_exec)
 	bool both = t->compat_progs == 2;
 	uint64_t now = both ? pt_boottime_ns() : 0;
 	uint64_t mine = both ? prog_id(t->skel->progs.pt_exec) : 0;
+	uint32_t k_since = PT_CREATED_SINCE;
+	uint64_t since = 0;
 
-	if (mark_since(t->skel->maps.pt_compat_since, both ? old_exec : 0, mine, now))
+	if (mark_since(t->skel->maps.pt_compat_since, both ? old_exec : 0, mine, now) ||
+	    bpf_map__lookup_elem(t->skel->maps.pt_compat_since, &k_since, sizeof(k_since), &since,
+				 sizeof(since), 0)) {
+		pt_warn("cannot record since when 32-bit processes are seen: %s", strerror(errno));
+		return;
+	}
+	/* A fresh record: the processes that exist already are looked at once (the programs
+	 * see every exec and fork from now on); then it answers for every process. */
+	if (since != now || !now || pt_compat_scan(t))
+		return;
+	since = 1;
+	if (bpf_map__update_elem(t->skel->maps.pt_compat_since, &k_since, sizeof(k_since), &since,
+				 sizeof(since), 0))
 		pt_warn("cannot record since when 32-bit processes are seen: %s", strerror(errno));
 }
 
