@@ -210,12 +210,11 @@ struct pt_compat {
 	__u32 pad;
 };
 
-#define PT_COMPAT_EXEC \
-	(1u << 0) /* it exec'd a 32-bit ELF image (or one the program could not read) */
+/* pt_compat.how */
+#define PT_COMPAT_EXEC (1u << 0) /* exec'd a 32-bit ELF image (or one BPF could not read) */
 #define PT_COMPAT_FORK (1u << 1) /* made by a 32-bit fork/clone, or forked by a marked process */
 #define PT_COMPAT_USER (1u << 2) /* marked from userspace (tests) */
-#define PT_COMPAT_SCAN (1u << 3) /* found at start: its executable is not a 64-bit ELF, or unread \
-				  */
+#define PT_COMPAT_SCAN (1u << 3) /* found at start: executable not a 64-bit ELF, or unread */
 
 /* The kernel's x86 thread_info.status bit for "inside a 32-bit syscall" (TS_COMPAT, 0x0002 since
  * 2.6; a #define, so not in BTF). */
