@@ -902,6 +902,25 @@ static __noinline void note_compat(struct task_struct *leader, __u32 how)
 		raise_to(lost, bpf_ktime_get_boot_ns());
 }
 
+/*
+ * Does `mm` run plain 64-bit code? x86-64 sets mm->context.flags at exec: HAS_VSYSCALL (bit 1)
+ * for a 64-bit image, UPROBE_IA32 (bit 0) for an ia32 one, neither for x32 (arch/x86 process_64.c;
+ * masks in an unsigned short up to 6.3, bit numbers in an unsigned long since: the same low
+ * byte). 1 yes, 0 no or cannot tell (no such field on this kernel, unreadable), -1 no mm.
+ */
+static __always_inline int mm_runs_64bit(struct mm_struct *mm)
+{
+	unsigned char low;
+
+	if (!mm)
+		return -1;
+	if (!bpf_core_field_exists(mm->context.flags))
+		return 0;
+	if (bpf_core_read(&low, sizeof(low), &mm->context.flags))
+		return 0;
+	return (low & (PT_MM_UPROBE_IA32 | PT_MM_HAS_VSYSCALL)) == PT_MM_HAS_VSYSCALL;
+}
+
 /* The image exec'd is a 32-bit ELF (ia32, x32): e_ident's class. Unreadable counts as one. */
 static __always_inline bool image_32bit(struct linux_binprm *bprm)
 {
@@ -948,9 +967,57 @@ int BPF_PROG(pt_fork, struct task_struct *parent, struct task_struct *child)
 {
 	if (child->group_leader != child)
 		return 0;
+	/* An x32 parent makes no compat syscall: its mm says what it runs (a parent the start's
+	 * iterator has not reached yet). */
 	if (!(parent->thread_info.status & PT_TS_COMPAT) &&
-	    !bpf_task_storage_get(&pt_compat, parent->group_leader, NULL, 0))
+	    !bpf_task_storage_get(&pt_compat, parent->group_leader, NULL, 0) &&
+	    (!bpf_core_field_exists(parent->mm->context.flags) || mm_runs_64bit(parent->mm) != 0))
 		return 0;
 	note_compat(child, PT_COMPAT_FORK);
+	return 0;
+}
+
+/* What the start's iterator saw so far (pt_compat_iter); one entry, not pinned. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pt_compat_iter_sum);
+} pt_iter_sum SEC(".maps");
+
+/*
+ * Once at a fresh start, with pt_exec and pt_fork already attached: every task of the machine.
+ * A process whose mm is not a plain 64-bit one (ia32 or x32, or unreadable) is marked on its
+ * thread-group leader, as pt_exec would have marked it. Kernel state, no ptrace rights needed.
+ * A process that execs or forks while this runs is pt_exec's and pt_fork's to see.
+ */
+SEC("iter/task")
+int pt_compat_iter(struct bpf_iter__task *ctx)
+{
+	struct task_struct *task = ctx->task;
+	struct pt_compat_iter_sum *sum;
+	__u32 zero = 0;
+	int r;
+
+	sum = bpf_map_lookup_elem(&pt_iter_sum, &zero);
+	if (!sum)
+		return 0; /* no summary at the end: nothing claims completeness */
+	if (!task) {
+		/* The last call, after every task: the summary is the iterator's only output. */
+		sum->complete = bpf_core_field_exists(task->mm->context.flags);
+		bpf_seq_write(ctx->meta->seq, sum, sizeof(*sum));
+		return 0;
+	}
+	sum->tasks++;
+	/* Kernel threads never register; one borrowing a user mm is not that process. Without
+	 * the field nothing is judged: the summary says so and nothing claims completeness. */
+	if ((task->flags & PT_PF_KTHREAD) || !bpf_core_field_exists(task->mm->context.flags))
+		return 0;
+	r = mm_runs_64bit(task->mm);
+	/* No mm (< 0): exiting, or a zombie leader whose live threads answer for it. */
+	if (r != 0)
+		return 0;
+	sum->marked++;
+	note_compat(task->group_leader, PT_COMPAT_SCAN);
 	return 0;
 }

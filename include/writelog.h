@@ -214,7 +214,21 @@ struct pt_compat {
 #define PT_COMPAT_EXEC (1u << 0) /* exec'd a 32-bit ELF image (or one BPF could not read) */
 #define PT_COMPAT_FORK (1u << 1) /* made by a 32-bit fork/clone, or forked by a marked process */
 #define PT_COMPAT_USER (1u << 2) /* marked from userspace (tests) */
-#define PT_COMPAT_SCAN (1u << 3) /* found at start: executable not a 64-bit ELF, or unread */
+#define PT_COMPAT_SCAN (1u << 3) /* found at start (pt_compat_iter): its mm is not 64-bit */
+
+/* The start's task iterator (pt_compat_iter): its one output, written after the last task. */
+struct pt_compat_iter_sum {
+	__u64 tasks;	/* tasks visited (threads included) */
+	__u64 marked;	/* tasks whose mm is not a plain 64-bit one (their process marked) */
+	__u32 complete; /* the kernel has the field read (x86-64 mm->context.flags) */
+	__u32 pad;
+};
+
+/* x86-64 mm->context.flags, low byte (arch/x86/include/asm/mmu.h; #defines, not in BTF). */
+#define PT_MM_UPROBE_IA32  0x01u /* set at an ia32 exec */
+#define PT_MM_HAS_VSYSCALL 0x02u /* set at a 64-bit exec (not ia32, not x32) */
+/* task_struct.flags: a kernel thread (include/linux/sched.h, unchanged since 2.6). */
+#define PT_PF_KTHREAD 0x00200000u
 
 /* The kernel's x86 thread_info.status bit for "inside a 32-bit syscall" (TS_COMPAT, 0x0002 since
  * 2.6; a #define, so not in BTF). */

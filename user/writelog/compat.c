@@ -1,6 +1,5 @@
 // SPDX-License-Identifier: GPL-2.0
 /* Which VMMs may make 32-bit syscalls the tracepoints do not show (compat.h). */
-#include <dirent.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <fcntl.h>
@@ -112,51 +111,44 @@ bool pt_vm_check_compat(struct pt_tracker *t, uint32_t vm)
 	return true;
 }
 
-/* Mark process `pid` (if it still exists) in pt_compat. 0, or -errno if the mark failed. */
-static int mark_pid(struct pt_tracker *t, uint32_t pid)
+int pt_compat_iter_run(struct pt_tracker *t, struct pt_compat_iter_sum *sum)
 {
-	struct pt_compat v = { .first_ns = pt_boottime_ns(), .how = PT_COMPAT_SCAN };
-	int pidfd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0), err = 0;
+	struct bpf_program *prog = t->skel->progs.pt_compat_iter;
+	size_t got = 0;
+	struct bpf_link *link;
+	int fd, err = 0;
+	char buf[256];
+	ssize_t n;
 
-	if (pidfd < 0)
-		return errno == ESRCH ? 0 : -errno;
-	if (bpf_map__update_elem(t->skel->maps.pt_compat, &pidfd, sizeof(pidfd), &v, sizeof(v),
-				 BPF_NOEXIST) &&
-	    errno != EEXIST)
-		err = -errno;
-	close(pidfd);
-	return err;
-}
-
-int pt_compat_scan(struct pt_tracker *t)
-{
-	unsigned marked = 0, failed = 0;
-	struct dirent *de;
-	DIR *d = opendir("/proc");
-
-	if (!d)
+	memset(sum, 0, sizeof(*sum));
+	if (!bpf_program__autoload(prog) || bpf_program__fd(prog) < 0)
+		return -ENOENT;
+	link = bpf_program__attach_iter(prog, NULL);
+	if (!link)
 		return -errno;
-	while ((de = readdir(d))) {
-		char path[64], *end;
-		unsigned long pid = strtoul(de->d_name, &end, 10);
-		int r;
-
-		if (*end || !pid)
-			continue;
-		snprintf(path, sizeof(path), "/proc/%lu/exe", pid);
-		errno = 0;
-		r = pt_elf_not_64bit(path);
-		/* No executable: a kernel thread, a zombie, or gone; none can register. */
-		if (!r || (r < 0 && errno == ENOENT))
-			continue;
-		if (mark_pid(t, (uint32_t)pid))
-			failed++;
-		else
-			marked++;
+	fd = bpf_iter_create(bpf_link__fd(link));
+	if (fd < 0) {
+		err = -errno;
+		bpf_link__destroy(link);
+		return err;
 	}
-	closedir(d);
-	pt_debug("processes that existed before 32-bit code was followed: %u marked (not 64-bit "
-		 "or unreadable), %u could not be marked",
-		 marked, failed);
-	return failed ? -EIO : 0;
+	/* read() runs the program over the tasks; EOF once the last one (and the summary) is out. */
+	while ((n = read(fd, buf, sizeof(buf))) != 0) {
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			err = -errno;
+			break;
+		}
+		if (got + (size_t)n <= sizeof(*sum))
+			memcpy((char *)sum + got, buf, (size_t)n);
+		got += (size_t)n;
+	}
+	close(fd);
+	bpf_link__destroy(link);
+	if (!err && got != sizeof(*sum))
+		err = -EIO; /* the walk stopped early: no summary, or more than one */
+	if (!err && !sum->complete)
+		err = -EOPNOTSUPP; /* this kernel has no field that tells */
+	return err;
 }

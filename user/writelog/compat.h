@@ -6,8 +6,9 @@
  *
  * Three clues, in the shape of the learned-VM check (vmlog.h, pt_vm_clues): pt_compat, the
  * record of processes that ran 32-bit code (BPF marks them at exec and fork), which answers for
- * a process that started after it became complete; else the ELF class of /proc/PID/exe, which
- * the service may not be allowed to read; else "cannot tell", which is yes.
+ * a process that started after it became complete (at a fresh start a BPF task iterator marks
+ * the processes that exist already); else the ELF class of /proc/PID/exe, which the service may
+ * not be allowed to read (no CAP_SYS_PTRACE under the unit); else "cannot tell", which is yes.
  */
 #ifndef PT_COMPAT_H
 #define PT_COMPAT_H
@@ -30,12 +31,14 @@ int pt_vmm_compat_clues(struct pt_tracker *t, uint32_t pid, struct pt_compat_clu
 /* The ELF class of the file at `path`: 0 64-bit, 1 anything else readable, -1 unreadable. */
 int pt_elf_not_64bit(const char *path);
 /*
- * Marks in pt_compat every process that exists now and does not run a 64-bit executable (or
- * whose executable cannot be read). Run once the programs are attached and while the service
- * still holds its capabilities, it makes the record complete for every process, not only those
- * started after it. 0, or -errno if a process could not be marked.
+ * Runs the task iterator pt_compat_iter once: it marks in pt_compat every process that exists
+ * now and whose mm is not a plain 64-bit one, from kernel state (no ptrace rights needed, so it
+ * works under the unit's capabilities). Run once pt_exec and pt_fork are attached, it makes the
+ * record complete for every process. *sum is what it saw. 0 if it visited every task and could
+ * judge each; -ENOENT if it is not loaded, -EOPNOTSUPP if this kernel has nothing to judge by,
+ * other -errno if it could not run or stopped early.
  */
-int pt_compat_scan(struct pt_tracker *t);
+int pt_compat_iter_run(struct pt_tracker *t, struct pt_compat_iter_sum *sum);
 /*
  * Marks VM `vm` (tracked, pid already in pt_vm_by_tgid so that a later exec is BPF's to see)
  * PT_VM_COMPAT if its VMM may run 32-bit code, with a warning. Returns whether it did.

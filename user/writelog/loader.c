@@ -160,6 +160,11 @@ static bool is_compat_prog(const struct bpf_program *prog)
 	return !strcmp(n, "pt_exec") || !strcmp(n, "pt_fork");
 }
 
+static bool is_iter_prog(const struct bpf_program *prog)
+{
+	return !strcmp(bpf_program__name(prog), "pt_compat_iter");
+}
+
 static bool is_fault_prog(const struct bpf_program *prog)
 {
 	const char *n = bpf_program__name(prog);
@@ -178,6 +183,13 @@ static int attach_all(struct pt_tracker *t)
 		/* Without TDP a fault address is a GVA: the fault path stays detached. */
 		bool on = (t->tdp || !is_fault_prog(prog)) && bpf_program__autoload(prog);
 
+		if (is_iter_prog(prog)) {
+			/* Run once by mark_compat_since, never attached. */
+			off += snprintf(t->progs + off, sizeof(t->progs) - off, "%s%s:%s",
+					off ? " " : "", bpf_program__name(prog),
+					on ? "once" : "off");
+			continue;
+		}
 		if (on) {
 			err = attach_pinned(t, prog);
 			/* Without them every VMM whose /proc/PID/exe is unreadable is kept
@@ -269,30 +281,58 @@ static int mark_since(struct bpf_map *m, uint32_t old_id, uint64_t mine, uint64_
 }
 
 /*
- * The same for pt_compat: complete since pt_exec (the program recorded, `old_exec` the one
- * behind the pinned link we replaced) and pt_fork were both attached; 0 (never) without both.
+ * Run the start's task iterator (compat.c) over the processes that exist already; 0 if it
+ * judged every one, with the time and count it took in the log.
+ */
+static int compat_iterate(struct pt_tracker *t)
+{
+	struct pt_compat_iter_sum sum;
+	uint64_t t0 = pt_boottime_ns();
+	int err = pt_compat_iter_run(t, &sum);
+
+	if (err == -ENOENT)
+		pt_warn("32-bit processes that exist already cannot be told (no task iterator on "
+			"this kernel): VMMs started before now whose executable cannot be read get "
+			"keep verdicts");
+	else if (err)
+		pt_warn("32-bit processes that exist already cannot be told (task iterator: %s): "
+			"VMMs started before now whose executable cannot be read get keep verdicts",
+			strerror(-err));
+	else
+		pt_info("existing processes looked at for 32-bit code: %llu tasks in %.1f ms, %llu "
+			"not 64-bit (marked)",
+			(unsigned long long)sum.tasks, (double)(pt_boottime_ns() - t0) / 1e6,
+			(unsigned long long)sum.marked);
+	return err;
+}
+
+/*
+ * Since when pt_compat holds every process that ran 32-bit code. pt_exec and pt_fork see every
+ * exec and fork from their attach on, the start's iterator every process that existed before:
+ * a fresh record becomes complete for every process (since 1) only once both are attached AND
+ * the iterator has finished (an exec or fork while it runs is the programs' to see). Kept from
+ * an earlier run if the pt_exec that recorded it (`old_exec`, behind the pinned link we
+ * replaced) ran until ours was attached. 0 (never: REGISTER falls back to the executable, else
+ * keeps) without the programs, without a complete iteration, or in a time namespace.
  */
 static void mark_compat_since(struct pt_tracker *t, uint32_t old_exec)
 {
-	bool both = t->compat_progs == 2;
-	uint64_t now = both ? pt_boottime_ns() : 0;
-	uint64_t mine = both ? prog_id(t->skel->progs.pt_exec) : 0;
-	uint32_t k_since = PT_CREATED_SINCE;
-	uint64_t since = 0;
+	struct bpf_map *m = t->skel->maps.pt_compat_since;
+	uint32_t k_since = PT_CREATED_SINCE, k_prog = PT_CREATED_PROG;
+	bool both = t->compat_progs == 2 && pt_boottime_ns();
+	uint64_t since = 0, id = 0, mine = both ? prog_id(t->skel->progs.pt_exec) : 0;
 
-	if (mark_since(t->skel->maps.pt_compat_since, both ? old_exec : 0, mine, now) ||
-	    bpf_map__lookup_elem(t->skel->maps.pt_compat_since, &k_since, sizeof(k_since), &since,
-				 sizeof(since), 0)) {
-		pt_warn("cannot record since when 32-bit processes are seen: %s", strerror(errno));
-		return;
+	bpf_map__lookup_elem(m, &k_since, sizeof(k_since), &since, sizeof(since), 0);
+	bpf_map__lookup_elem(m, &k_prog, sizeof(k_prog), &id, sizeof(id), 0);
+	if (!both || !old_exec || id != old_exec || !since) {
+		since = 0;
+		/* Not complete while the iterator runs: written first, raised after. */
+		if (!bpf_map__update_elem(m, &k_since, sizeof(k_since), &since, sizeof(since), 0) &&
+		    both && !compat_iterate(t))
+			since = 1;
 	}
-	/* A fresh record: the processes that exist already are looked at once (the programs
-	 * see every exec and fork from now on); then it answers for every process. */
-	if (since != now || !now || pt_compat_scan(t))
-		return;
-	since = 1;
-	if (bpf_map__update_elem(t->skel->maps.pt_compat_since, &k_since, sizeof(k_since), &since,
-				 sizeof(since), 0))
+	if (bpf_map__update_elem(m, &k_since, sizeof(k_since), &since, sizeof(since), 0) ||
+	    bpf_map__update_elem(m, &k_prog, sizeof(k_prog), &mine, sizeof(mine), 0))
 		pt_warn("cannot record since when 32-bit processes are seen: %s", strerror(errno));
 }
 
@@ -353,7 +393,9 @@ static int open_skel(struct pt_tracker *t, const struct pt_loader_opts *o)
 	if (!t->skel)
 		return -errno;
 	t->skel->rodata->tdp = t->tdp;
-	if (t->compat_off) {
+	if (t->compat_off >= 1)
+		bpf_program__set_autoload(t->skel->progs.pt_compat_iter, false);
+	if (t->compat_off >= 2) {
 		bpf_program__set_autoload(t->skel->progs.pt_exec, false);
 		bpf_program__set_autoload(t->skel->progs.pt_fork, false);
 	}
@@ -377,16 +419,18 @@ static int open_skel(struct pt_tracker *t, const struct pt_loader_opts *o)
 }
 
 /*
- * Open and load, with the 32-bit process programs or, if that fails (a kernel without tp_btf
- * or BTF for the tracepoint), without them: the write log still loads, fail-safe (compat.c
- * then keeps every VMM whose executable it cannot read). A failed load leaves the pins as
- * they were. t->skel is NULL on error.
+ * Open and load with every program; if that fails, without the start's task iterator (a kernel
+ * without iter/task or the BTF it needs); then also without pt_exec/pt_fork (no tp_btf). The
+ * write log still loads, fail-safe: compat.c then keeps every VMM it cannot judge otherwise
+ * (by its executable). A failed load leaves the pins as they were. t->skel is NULL on error.
  */
 static int load_any(struct pt_tracker *t, const struct pt_loader_opts *o)
 {
+	static const char *const without[] = { "the start's task iterator",
+						"the 32-bit process programs" };
 	int err = -EINVAL;
 
-	for (int off = o->no_compat; off < 2; off++) {
+	for (int off = o->no_compat ? 2 : o->no_compat_iter; off < 3; off++) {
 		t->compat_off = off;
 		err = open_skel(t, o);
 		if (!err)
@@ -395,11 +439,10 @@ static int load_any(struct pt_tracker *t, const struct pt_loader_opts *o)
 			break;
 		writelog_bpf__destroy(t->skel);
 		t->skel = NULL;
-		if (!off)
-			pt_warn("loading BPF programs: %s; again without the 32-bit process "
-				"programs "
-				"(VMMs whose executable cannot be read will get keep verdicts)",
-				strerror(-err));
+		if (off < 2)
+			pt_warn("loading BPF programs: %s; again without %s (VMMs whose executable "
+				"cannot be read may get keep verdicts)",
+				strerror(-err), without[off]);
 	}
 	return err;
 }
