@@ -132,7 +132,8 @@ int pt_compat_iter_run(struct pt_tracker *t, struct pt_compat_iter_sum *sum)
 		bpf_link__destroy(link);
 		return err;
 	}
-	/* read() runs the program over the tasks; EOF once the last one (and the summary) is out. */
+	/* read() runs the program over the tasks; EOF once the last one (and the summary) is out.
+	 */
 	while ((n = read(fd, buf, sizeof(buf))) != 0) {
 		if (n < 0 && errno == EINTR)
 			continue;
