@@ -427,7 +427,7 @@ static int open_skel(struct pt_tracker *t, const struct pt_loader_opts *o)
 static int load_any(struct pt_tracker *t, const struct pt_loader_opts *o)
 {
 	static const char *const without[] = { "the start's task iterator",
-						"the 32-bit process programs" };
+					       "the 32-bit process programs" };
 	int err = -EINVAL;
 
 	for (int off = o->no_compat ? 2 : o->no_compat_iter; off < 3; off++) {
