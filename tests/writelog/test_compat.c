@@ -324,7 +324,7 @@ out:
  * Which VMMs REGISTER marks, with a checker that cannot read their /proc/PID/exe (as the
  * service once it dropped its capabilities): one never marked is not (an ordinary 64-bit root
  * VMM keeps its verdicts), whether it started after the programs or before them (the start's
- * scan, made with the right to read executables, answered for it); a marked one is.
+ * task iterator answered for it from kernel state); a marked one is.
  */
 static int register_marks_only_what_may_be_32bit(void)
 {
@@ -343,7 +343,7 @@ static int register_marks_only_what_may_be_32bit(void)
 		err = t_skip("pt_exec/pt_fork did not attach here");
 		goto out;
 	}
-	/* The scan at the start covered every process: the record is complete from boot. */
+	/* The iterator at the start covered every process: the record is complete from boot. */
 	if (since_get(t, PT_CREATED_SINCE) != 1 || mark_of(t, before.pid) != 0) {
 		fprintf(stderr, "  since %llu, mark of a 64-bit process from before: %d\n",
 			(unsigned long long)since_get(t, PT_CREATED_SINCE), mark_of(t, before.pid));
@@ -401,6 +401,121 @@ static int without_programs_exe_decides(void)
 out:
 	ptrace_cap(true);
 	child_stop(&plain);
+	pt_tracker_close(t);
+	return err;
+}
+
+/* pt_iter_sum as the start's iterator left it. */
+static int iter_sum_of(struct pt_tracker *t, struct pt_compat_iter_sum *sum)
+{
+	uint32_t zero = 0;
+
+	return bpf_map__lookup_elem(t->skel->maps.pt_iter_sum, &zero, sizeof(zero), sum,
+				    sizeof(*sum), 0);
+}
+
+/*
+ * The start's task iterator runs here for real, without CAP_SYS_PTRACE as under the unit: it
+ * visits every task of the machine, marks no 64-bit process (this test, its children and a
+ * grandchild, all started before it ran, whose executables it could not open), and the record
+ * claims completeness (since 1) only because it finished; without it (the fallback) since stays 0
+ * although pt_exec and pt_fork are attached.
+ */
+static int iterator_marks_no_64bit_process(void)
+{
+	struct child kids[3] = { 0 };
+	struct pt_compat_iter_sum sum = { 0 }, again;
+	struct pt_loader_opts o = { .tdp = 0, .log_mb = 1, .no_pin = true, .no_compat_iter = true };
+	struct pt_tracker *t = NULL;
+	pid_t grandchild = -1;
+	int err = -1;
+
+	T_REQUIRE(t_need_bpf());
+	for (int i = 0; i < 3; i++)
+		CHECK(!child_start(&kids[i], NULL));
+	grandchild = child_fork(&kids[0]);
+	/* Without the iterator: the programs follow every exec and fork, but nothing vouches for
+	 * the processes that existed before them. */
+	if (pt_tracker_open(&t, &o))
+		goto out;
+	if (t->compat_progs != 2) {
+		err = t_skip("pt_exec/pt_fork did not attach here");
+		goto out;
+	}
+	if (since_get(t, PT_CREATED_SINCE) ||
+	    bpf_program__autoload(t->skel->progs.pt_compat_iter)) {
+		fprintf(stderr, "  without the iterator: since %llu\n",
+			(unsigned long long)since_get(t, PT_CREATED_SINCE));
+		goto out;
+	}
+	pt_tracker_close(t);
+	/* As under the unit: no CAP_SYS_PTRACE, so their /proc/PID/exe cannot be opened (the scan
+	 * this iterator replaced took them for possible 32-bit processes). */
+	if (ptrace_cap(false))
+		goto out;
+	fprintf(stderr, "  children's /proc/PID/exe %s\n",
+		exe_unreadable(kids[0].pid) ? "unreadable" : "readable");
+	t = open_attached(false);
+	ptrace_cap(true);
+	if (!t || iter_sum_of(t, &sum)) {
+		err = t ? -1 : t_skip("the task iterator does not load here");
+		goto out;
+	}
+	fprintf(stderr, "  iterator: %llu tasks, %llu marked, complete %u; since %llu\n",
+		(unsigned long long)sum.tasks, (unsigned long long)sum.marked, sum.complete,
+		(unsigned long long)since_get(t, PT_CREATED_SINCE));
+	/* This process, 3 children and a grandchild at least, and every task seen: complete. */
+	if (!sum.complete || sum.tasks < 5 || since_get(t, PT_CREATED_SINCE) != 1)
+		goto out;
+	for (int i = 0; i < 3; i++)
+		if (mark_of(t, kids[i].pid) != 0)
+			goto out;
+	if (mark_of(t, getpid()) != 0 || grandchild <= 0 || mark_of(t, grandchild) != 0)
+		goto out;
+	/* It can run again and counts the same machine (give or take processes come and gone). */
+	if (pt_compat_iter_run(t, &again) || again.tasks < 5 || mark_of(t, kids[1].pid) != 0)
+		goto out;
+	err = 0;
+out:
+	ptrace_cap(true);
+	kill_pid(grandchild);
+	for (int i = 0; i < 3; i++)
+		child_stop(&kids[i]);
+	pt_tracker_close(t);
+	return err;
+}
+
+/*
+ * A process that was already 32-bit before the service started (no exec or fork for pt_exec or
+ * pt_fork to see): the start's iterator marks it from its mm, and REGISTER keeps its VM.
+ */
+static int iterator_marks_32bit_from_before(void)
+{
+	struct child a = { 0 };
+	struct pt_tracker *t = NULL;
+	uint32_t vm;
+	int err = -1;
+
+	T_REQUIRE(t_need_bpf());
+	CHECK(!child_start(&a, NULL));
+	err = child_exec32(&a, 1);
+	if (err)
+		goto out;
+	err = -1;
+	t = open_attached(false);
+	if (!t)
+		goto out;
+	if (t->compat_progs != 2 || !bpf_program__autoload(t->skel->progs.pt_compat_iter)) {
+		err = t_skip("pt_exec/pt_fork or the task iterator did not load here");
+		goto out;
+	}
+	if (mark_of(t, a.pid) != PT_COMPAT_SCAN || track_compat(t, a.pid, &vm) != 1) {
+		fprintf(stderr, "  32-bit process from before: mark %d\n", mark_of(t, a.pid));
+		goto out;
+	}
+	err = 0;
+out:
+	child_stop(&a);
 	pt_tracker_close(t);
 	return err;
 }
@@ -639,4 +754,5 @@ T_MAIN(T_CASE(decide_each_clue), T_CASE(fork_of_marked_process_marked),
        T_CASE(register_marks_only_what_may_be_32bit), T_CASE(without_programs_exe_decides),
        T_CASE(marked_vmm_verdict_keeps), T_CASE(exec_32bit_marked),
        T_CASE(tracked_vmm_exec_32bit_marks_vm), T_CASE(fork_32bit_marked),
-       T_CASE(int80_fork_marked))
+       T_CASE(int80_fork_marked), T_CASE(iterator_marks_no_64bit_process),
+       T_CASE(iterator_marks_32bit_from_before))

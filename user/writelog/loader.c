@@ -291,8 +291,8 @@ static int compat_iterate(struct pt_tracker *t)
 	int err = pt_compat_iter_run(t, &sum);
 
 	if (err == -ENOENT)
-		pt_warn("32-bit processes that exist already cannot be told (no task iterator on "
-			"this kernel): VMMs started before now whose executable cannot be read get "
+		pt_warn("32-bit processes that exist already cannot be told (the task iterator is "
+			"not loaded): VMMs started before now whose executable cannot be read get "
 			"keep verdicts");
 	else if (err)
 		pt_warn("32-bit processes that exist already cannot be told (task iterator: %s): "
