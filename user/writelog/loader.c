@@ -299,7 +299,7 @@ static int compat_iterate(struct pt_tracker *t)
 			"VMMs started before now whose executable cannot be read get keep verdicts",
 			strerror(-err));
 	else
-		pt_info("existing processes looked at for 32-bit code: %llu tasks in %.1f ms, %llu "
+		pt_info("existing processes looked at for 32-bit code: %llu tasks in %.2f ms, %llu "
 			"not 64-bit (marked)",
 			(unsigned long long)sum.tasks, (double)(pt_boottime_ns() - t0) / 1e6,
 			(unsigned long long)sum.marked);
