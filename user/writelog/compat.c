@@ -27,7 +27,8 @@ bool pt_compat_clues_decide(const struct pt_compat_clues *c, const char **why)
 		return true;
 	}
 	if (c->after_since && !c->marked) {
-		*why = "it started after 32-bit processes were followed and never ran 32-bit code";
+		*why = "the record of 32-bit processes covers it (started after their programs, or "
+		       "seen by the start's task iterator) and it never ran 32-bit code";
 		return false;
 	}
 	if (!c->exe) {
@@ -117,12 +118,17 @@ int pt_compat_iter_run(struct pt_tracker *t, struct pt_compat_iter_sum *sum)
 	size_t got = 0;
 	struct bpf_link *link;
 	int fd, err = 0;
+	uint32_t zero = 0;
 	char buf[256];
 	ssize_t n;
 
 	memset(sum, 0, sizeof(*sum));
 	if (!bpf_program__autoload(prog) || bpf_program__fd(prog) < 0)
 		return -ENOENT;
+	/* Counts of this run only (the map outlives a run). */
+	if (bpf_map__update_elem(t->skel->maps.pt_iter_sum, &zero, sizeof(zero), sum, sizeof(*sum),
+				 0))
+		return -errno;
 	link = bpf_program__attach_iter(prog, NULL);
 	if (!link)
 		return -errno;
