@@ -85,7 +85,7 @@ vpath fuzz_%.c $(sort $(dir $(FUZZ_SRCS)))
 .DELETE_ON_ERROR:
 .SECONDARY: $(SKELS) $(BPF_OBJS)
 
-all: $(BINS) $(LIB) $(BUILD)/libpagetrack.so $(TEST_BINS)
+all: $(BINS) $(LIB) $(BUILD)/libpagetrack.so $(TEST_BINS) $(BUILD)/tests/compat32
 
 # What gets installed (make install, the Debian package): no tests.
 progs: $(BINS) $(LIB) $(BUILD)/libpagetrack.so man
@@ -167,6 +167,12 @@ $(BUILD)/tests/%: %.c $(wildcard tests/*.h tests/*/*.h) $(CORE) $(LIB)
 	$(call msg,LD,$@)
 	$(Q)mkdir -p $(@D)
 	$(Q)$(CC) $(CPPFLAGS) -Itests $(CFLAGS) $(LDFLAGS) $< $(CORE) $(LIB) $(LDLIBS) -o $@
+
+# A real 32-bit process for test_compat: binutils alone (as --32, ld -m elf_i386), no multilib.
+$(BUILD)/tests/compat32: tests/writelog/compat32.S
+	$(call msg,AS,$@)
+	$(Q)mkdir -p $(@D)
+	$(Q)as --32 $< -o $@.o && ld -m elf_i386 -static $@.o -o $@ && rm -f $@.o
 
 # Every fuzz target links the wire format; FUZZ_SRCS_<target> adds what else it drives.
 # fuzz_dispatch runs the service's dispatch and command state against fakes of the write log

@@ -9,6 +9,8 @@
  *   kvm_dirty_ring_reset the end of a ring reset: did the VMM's sync re-protect every page
  *                        that was dirty before the arm?
  *   sys_enter/exit_ioctl the VMM's memslot changes, dirty-ring enablement and dirty-log syncs
+ *   sched_process_exec,  which processes run 32-bit code: their (compat) syscalls never reach
+ *   sched_process_fork   the syscall tracepoints, so their VMs cannot be vouched for
  *
  * Anything that cannot be recorded taints the VM's epoch: the reconciler then answers "keep"
  * for every page until the next arm. Userspace owns arming (clear the region, then bump
@@ -151,6 +153,27 @@ struct {
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } pt_created_since SEC(".maps");
+
+/*
+ * Processes that ran 32-bit code (pt_exec, pt_fork): what pt_vm_created is for KVM_CREATE_VM,
+ * for the question "can this VMM make syscalls the syscall tracepoints do not show?".
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct pt_compat);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pt_compat SEC(".maps");
+
+/* As pt_created_since, for pt_compat: [PT_CREATED_PROG] is the id of the pt_exec recording. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 3);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pt_compat_since SEC(".maps");
 
 static __always_inline __u64 *pending_ioctls(void)
 {
@@ -857,5 +880,144 @@ int pt_ioctl_exit(struct trace_event_raw_sys_exit *ctx)
 		ioctl_done(io, st);
 	bpf_map_delete_elem(&pt_ioctl, &id);
 	__sync_fetch_and_add(pending, -1);
+	return 0;
+}
+
+/* Mark process `leader` as one that ran 32-bit code; a mark that cannot be stored is a loss. */
+static __noinline void note_compat(struct task_struct *leader, __u32 how)
+{
+	struct pt_compat *c;
+	__u32 key = PT_CREATED_LOST;
+	__u64 *lost;
+
+	c = bpf_task_storage_get(&pt_compat, leader, NULL, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (c) {
+		if (!c->first_ns)
+			c->first_ns = bpf_ktime_get_boot_ns();
+		__sync_fetch_and_or(&c->how, how);
+		return;
+	}
+	lost = bpf_map_lookup_elem(&pt_compat_since, &key);
+	if (lost)
+		raise_to(lost, bpf_ktime_get_boot_ns());
+}
+
+/*
+ * Does `mm` run plain 64-bit code? x86-64 sets mm->context.flags at exec: HAS_VSYSCALL (bit 1)
+ * for a 64-bit image, UPROBE_IA32 (bit 0) for an ia32 one, neither for x32 (arch/x86 process_64.c;
+ * masks in an unsigned short up to 6.3, bit numbers in an unsigned long since: the same low
+ * byte). 1 yes, 0 no or cannot tell (no such field on this kernel, unreadable), -1 no mm.
+ */
+static __always_inline int mm_runs_64bit(struct mm_struct *mm)
+{
+	unsigned char low;
+
+	if (!mm)
+		return -1;
+	if (!bpf_core_field_exists(mm->context.flags))
+		return 0;
+	if (bpf_core_read(&low, sizeof(low), &mm->context.flags))
+		return 0;
+	return (low & (PT_MM_UPROBE_IA32 | PT_MM_HAS_VSYSCALL)) == PT_MM_HAS_VSYSCALL;
+}
+
+/* The image exec'd is a 32-bit ELF (ia32, x32): e_ident's class. Unreadable counts as one. */
+static __always_inline bool image_32bit(struct linux_binprm *bprm)
+{
+	unsigned char id[5];
+
+	if (bpf_core_read(id, sizeof(id), &bprm->buf))
+		return true;
+	return id[0] == 0x7f && id[1] == 'E' && id[2] == 'L' && id[3] == 'F' && id[4] == 1;
+}
+
+/*
+ * Every exec of the machine (rare: no per-syscall cost). A 32-bit image marks the process;
+ * if it is a tracked VMM (it may keep its VM's descriptors across the exec), its VM is marked
+ * for good, and the epoch counts as one with an unseen memslot change.
+ */
+SEC("raw_tp/sched_process_exec")
+int BPF_PROG(pt_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	struct pt_vm_state *st;
+	__u32 vm;
+
+	if (!image_32bit(bprm))
+		return 0;
+	/* After the exec the caller leads its thread group. */
+	note_compat(bpf_get_current_task_btf()->group_leader, PT_COMPAT_EXEC);
+	if (current_vm(&vm))
+		return 0;
+	st = vm_state(vm);
+	if (!st)
+		return 0;
+	__sync_fetch_and_or(&st->flags, PT_VM_COMPAT);
+	slot_moved(st);
+	return 0;
+}
+
+/*
+ * Every fork/clone of the machine. A new process made by a 32-bit clone (the parent is inside
+ * a compat syscall: TS_COMPAT; this also catches a 64-bit process's `int $0x80` fork) or by a
+ * marked process runs that same image: it is marked too. New threads belong to a process
+ * already marked or not.
+ */
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(pt_fork, struct task_struct *parent, struct task_struct *child)
+{
+	if (child->group_leader != child)
+		return 0;
+	/* An x32 parent makes no compat syscall: its mm says what it runs (a parent the start's
+	 * iterator has not reached yet). */
+	if (!(parent->thread_info.status & PT_TS_COMPAT) &&
+	    !bpf_task_storage_get(&pt_compat, parent->group_leader, NULL, 0) &&
+	    (!bpf_core_field_exists(parent->mm->context.flags) || mm_runs_64bit(parent->mm) != 0))
+		return 0;
+	note_compat(child, PT_COMPAT_FORK);
+	return 0;
+}
+
+/* What the start's iterator saw so far (pt_compat_iter); one entry, not pinned. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pt_compat_iter_sum);
+} pt_iter_sum SEC(".maps");
+
+/*
+ * Once at a fresh start, with pt_exec and pt_fork already attached: every task of the machine.
+ * A process whose mm is not a plain 64-bit one (ia32 or x32, or unreadable) is marked on its
+ * thread-group leader, as pt_exec would have marked it. Kernel state, no ptrace rights needed.
+ * A process that execs or forks while this runs is pt_exec's and pt_fork's to see.
+ */
+SEC("iter/task")
+int pt_compat_iter(struct bpf_iter__task *ctx)
+{
+	struct task_struct *task = ctx->task;
+	struct pt_compat_iter_sum *sum;
+	__u32 zero = 0;
+	int r;
+
+	sum = bpf_map_lookup_elem(&pt_iter_sum, &zero);
+	if (!sum)
+		return 0; /* no summary at the end: nothing claims completeness */
+	if (!task) {
+		/* The last call, after every task: the summary is the iterator's only output. */
+		sum->complete = bpf_core_field_exists(task->mm->context.flags);
+		bpf_seq_write(ctx->meta->seq, sum, sizeof(*sum));
+		return 0;
+	}
+	sum->tasks++;
+	/* Kernel threads never register; one borrowing a user mm is not that process. Without
+	 * the field nothing is judged: the summary says so and nothing claims completeness. */
+	if ((task->flags & PT_PF_KTHREAD) || !bpf_core_field_exists(task->mm->context.flags))
+		return 0;
+	r = mm_runs_64bit(task->mm);
+	/* No mm (< 0): exiting, or a zombie leader whose live threads answer for it. */
+	if (r != 0)
+		return 0;
+	sum->marked++;
+	note_compat(task->group_leader, PT_COMPAT_SCAN);
 	return 0;
 }

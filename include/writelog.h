@@ -15,6 +15,8 @@
  *   pt_created_since ARRAY u64 [PT_CREATED_SINCE] since when pt_vm_created is complete,
  *                  [PT_CREATED_LOST] last creation it missed (CLOCK_BOOTTIME ns),
  *                  [PT_CREATED_PROG] the pt_ioctl_enter program recording it
+ *   pt_compat      TASK_STORAGE process (pidfd) -> struct pt_compat (it ran 32-bit code)
+ *   pt_compat_since ARRAY u64, as pt_created_since, for pt_compat
  *   pt_vm_stats    PERCPU vm index -> struct pt_vm_stats (event counters)
  *   pt_cache       ARRAY  cpu -> struct pt_cpu_ring (mmapable: the dirty ring pushed last on
  *                         the CPU, and the CPU's count of recorded pushes per VM)
@@ -43,6 +45,10 @@
  * REGISTER), or changes the memslots of a VM not created while tracked (BPF): memslots made
  * before were never seen, so the table is incomplete for good */
 #define PT_VM_SLOTS_UNSEEN (1u << 5)
+/* The VMM may make 32-bit (compat) syscalls, which the syscall tracepoints never show: its
+ * memslot changes, dirty-log syncs and ring resets go unseen, so no verdict can vouch for a
+ * page. Set by BPF (a tracked VMM exec'd a 32-bit image) or userspace (at REGISTER); sticky. */
+#define PT_VM_COMPAT (1u << 6)
 
 /* Why an epoch is tainted (pt_vm_state.taint_reason, a bit set; sticky until next arm). */
 #define PT_TAINT_UNKNOWN_SLOT (1u << 0) /* write to a slot id not in the table */
@@ -192,6 +198,41 @@ struct pt_vm_created {
 	__u64 first_ns; /* CLOCK_BOOTTIME of its first KVM_CREATE_VM seen */
 	__u64 count;	/* KVM_CREATE_VM ioctls seen */
 };
+
+/*
+ * pt_compat: a process that ran 32-bit code while the programs were attached (x86-64: ia32 or
+ * x32). Task storage on the thread-group leader, as pt_vm_created. Never cleared: a process
+ * that was 32-bit may hold a VM whose memslots it changed unseen.
+ */
+struct pt_compat {
+	__u64 first_ns; /* CLOCK_BOOTTIME when first marked */
+	__u32 how;	/* PT_COMPAT_* */
+	__u32 pad;
+};
+
+/* pt_compat.how */
+#define PT_COMPAT_EXEC (1u << 0) /* exec'd a 32-bit ELF image (or one BPF could not read) */
+#define PT_COMPAT_FORK (1u << 1) /* made by a 32-bit fork/clone, or forked by a marked process */
+#define PT_COMPAT_USER (1u << 2) /* marked from userspace (tests) */
+#define PT_COMPAT_SCAN (1u << 3) /* found at start (pt_compat_iter): its mm is not 64-bit */
+
+/* The start's task iterator (pt_compat_iter): its one output, written after the last task. */
+struct pt_compat_iter_sum {
+	__u64 tasks;	/* tasks visited (threads included) */
+	__u64 marked;	/* tasks whose mm is not a plain 64-bit one (their process marked) */
+	__u32 complete; /* the kernel has the field read (x86-64 mm->context.flags) */
+	__u32 pad;
+};
+
+/* x86-64 mm->context.flags, low byte (arch/x86/include/asm/mmu.h; #defines, not in BTF). */
+#define PT_MM_UPROBE_IA32  0x01u /* set at an ia32 exec */
+#define PT_MM_HAS_VSYSCALL 0x02u /* set at a 64-bit exec (not ia32, not x32) */
+/* task_struct.flags: a kernel thread (include/linux/sched.h, unchanged since 2.6). */
+#define PT_PF_KTHREAD 0x00200000u
+
+/* The kernel's x86 thread_info.status bit for "inside a 32-bit syscall" (TS_COMPAT, 0x0002 since
+ * 2.6; a #define, so not in BTF). */
+#define PT_TS_COMPAT 0x0002u
 
 #define PT_CREATED_SINCE 0 /* pt_created_since[0]: the map is complete from this time on */
 #define PT_CREATED_LOST	 1 /* pt_created_since[1]: the last creation the map missed */

@@ -202,6 +202,25 @@ echo "# exposure: ${sec:-?}"
 check "security exposure ${sec:-?} <= 1.3" awk -v e="${sec:-99}" 'BEGIN { exit !(e <= 1.3) }'
 check "LimitNOFILE above max-conns + 256" test "$(prop pagetrackd.service LimitNOFILE)" -ge 1280
 
+# --- a VMM that was running before the service (a fresh start: nothing pinned) ---------------
+# A 64-bit root process with every capability, as an operator's running VMMs are when pagetrack
+# is installed: the unit's service (CAP_BPF CAP_PERFMON only, no CAP_SYS_PTRACE) may not open
+# its /proc/PID/exe, so only kernel state read by BPF can tell that it runs 64-bit code. It
+# waits on a FIFO, then execs ptballoon (same pid, same start time), which registers its own
+# memory in the userfaultfd mode (no /dev/kvm needed) once the service is up.
+mkfifo "$W/vmm.go"
+ns bash -c 'read -r _ <"$1"; exec "$2" -s "$3" uffd-memory 4M' sh "$W/vmm.go" \
+	/usr/local/sbin/ptballoon "$SOCK" >"$W/vmm.out" 2>&1 &
+VMM_NS=$!
+vmm_pid=''
+for _ in $(seq 50); do # its pid inside the namespace, where the service takes VMM pids
+	vmm_pid=$(ns pgrep -f "read -r _ <" 2>/dev/null | head -1)
+	[ -n "$vmm_pid" ] && break
+	sleep 0.1
+done
+echo "# VMM started before the service: pid $vmm_pid in the namespace"
+sleep 0.05 # /proc start times count 10 ms ticks: it starts clearly before the service
+
 # --- start: READY=1 after attach + canary + listen -------------------------------------------
 t0=$(date +%s.%N)
 sctl start pagetrackd.socket pagetrackd.service 2>&1 | sed 's/^/# /'
@@ -221,6 +240,25 @@ check "StatusText reports coverage" grep -q 'dirty-ring: ' <<<"$st"
 check "socket unit listening, mode 0660" test "$(prop pagetrackd.socket SubState)/$(ns stat -c %a "$SOCK")" = "running/660"
 ping_ok() { ns /usr/local/sbin/ptballoon -s "$SOCK" ping -n "$1" >/dev/null; }
 check "device ping through the activated socket" ping_ok 5
+# The VMM from before the start registers now: it runs 64-bit code, which the start's task
+# iterator read from kernel state, so REGISTER must not keep its VM for want of a readable
+# executable (coverage without PT_WHY_UNKNOWN_MEM, 0x8, and no "32-bit syscalls" warning).
+echo go >"$W/vmm.go"
+wait "$VMM_NS"
+reg=$(cat "$W/vmm.out")
+echo "# $reg"
+cov=$(sed -n 's/.*coverage 0x\([0-9a-f]*\).*/\1/p' <<<"$reg")
+check "VMM running before a fresh start: registered, coverage 0x${cov:-?} without the 32-bit keep (0x8)" \
+	eval '[ -n "$vmm_pid" ] && grep -q "registered pid $vmm_pid " <<<"$reg" && [ $((0x${cov:-8} & 8)) -eq 0 ]'
+if grep -q "pid $vmm_pid) may make 32-bit syscalls" <<<"$(journal)"; then
+	grep "pid $vmm_pid)" <<<"$(journal)" | sed 's/^/# /'
+	fail "VMM running before a fresh start: kept as a possible 32-bit VMM"
+else
+	pass "VMM running before a fresh start: not taken for a 32-bit VMM"
+fi
+check "start: existing processes judged by the task iterator" \
+	grep -q "existing processes looked at for 32-bit code" <<<"$(journal)"
+
 pid1=$(prop pagetrackd.service MainPID)
 [ "${pid1:-0}" -gt 1 ] 2>/dev/null || pid1=0
 caps=$(ns awk '/^CapBnd/ { b = $2 } /^CapEff/ { e = $2 } END { print b "/" e }' /proc/"$pid1"/status)

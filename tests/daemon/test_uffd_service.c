@@ -13,10 +13,12 @@
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <bpf/bpf.h>
 
 #include "t.h"
 #include "svc.h"
 #include "writelog/uffd_abi.h"
+#include "writelog.h"
 
 #define PAGE	  4096ull
 #define SLOT1_GPA (1ull << 40)
@@ -60,7 +62,7 @@ static char *map_guest(enum mem_kind kind)
 	return m;
 }
 
-static int vmm_up(struct vmm *v, enum mem_kind kind)
+static int vmm_register(struct vmm *v, enum mem_kind kind)
 {
 	uint32_t handle;
 	int err;
@@ -80,6 +82,12 @@ static int vmm_up(struct vmm *v, enum mem_kind kind)
 	CHECK(v->c);
 	err = pt_client_register_uffd(v->c, v->slots, 2, -1, &v->uffd, &handle);
 	CHECKF(!err, "register: %s (%s)", strerror(-err), pt_client_last_error(v->c)->reason);
+	return 0;
+}
+
+static int vmm_up(struct vmm *v, enum mem_kind kind)
+{
+	CHECK(!vmm_register(v, kind));
 	CHECKF(pt_client_coverage(v->c) == 0, "coverage %#llx",
 	       (unsigned long long)pt_client_coverage(v->c));
 	return 0;
@@ -244,6 +252,68 @@ static int unregistered_body(struct vmm *v)
 static int unregistered_behind_back(void)
 {
 	return as_vmm(MEM_ANON, unregistered_body);
+}
+
+/*
+ * This process in the service's record of processes that ran 32-bit code (pt_compat, by
+ * pidfd), as pt_exec marks a VMM that execs a 32-bit image.
+ */
+static int mark_self_32bit(void)
+{
+	struct pt_compat m = { .first_ns = 1, .how = PT_COMPAT_USER };
+	int pidfd = (int)syscall(SYS_pidfd_open, getpid(), 0), fd, err;
+	char path[256];
+
+	snprintf(path, sizeof(path), "%s/pt_compat", svc.pin_dir);
+	fd = bpf_obj_get(path);
+	err = fd < 0 || pidfd < 0 ? -1 : bpf_map_update_elem(fd, &pidfd, &m, BPF_ANY);
+	if (fd >= 0)
+		close(fd);
+	if (pidfd >= 0)
+		close(pidfd);
+	return err;
+}
+
+/*
+ * A VMM that may make 32-bit syscalls: its memslot changes are invisible to BPF, so the
+ * registration's map of guest memory cannot be trusted. REGISTER says so in its coverage and
+ * every verdict keeps every page (UNKNOWN_MEM), untouched ones included.
+ */
+static int compat_body(void *unused)
+{
+	struct pt_client_result res = { 0 };
+	struct vmm v;
+	int err = -1;
+
+	CHECK(!mark_self_32bit());
+	if (vmm_register(&v, MEM_ANON))
+		goto out;
+	if (pt_client_coverage(v.c) != PT_WHY_UNKNOWN_MEM) {
+		fprintf(stderr, "  coverage %#llx\n", (unsigned long long)pt_client_coverage(v.c));
+		goto out;
+	}
+	if (pt_client_arm(v.c, 2) || hint_all(&v, 2))
+		goto out;
+	vmm_write(&v, 0);
+	if (pt_client_stop(v.c, 2) || pt_client_query(v.c, 2, PT_Q_HINTS, &res))
+		goto out;
+	if (!(res.v.unsure_reason & PT_WHY_UNKNOWN_MEM) || res.v.free || res.v.nranges ||
+	    res.v.kept_unsure + res.v.kept_written != res.v.hinted || !res.v.hinted) {
+		fprintf(stderr, "  why %#x hinted %lu free %lu\n", res.v.unsure_reason,
+			(unsigned long)res.v.hinted, (unsigned long)res.v.free);
+		goto out;
+	}
+	err = 0;
+out:
+	pt_client_result_free(&res);
+	vmm_down(&v);
+	return err;
+}
+
+static int compat_vmm_kept(void)
+{
+	T_REQUIRE(need_service());
+	return in_child(compat_body, NULL);
 }
 
 /* Registrations the service must refuse, with a clear error. */
@@ -703,4 +773,4 @@ T_MAIN(T_CASE(hint_write_query_4k), T_CASE(hint_write_query_thp), T_CASE(hint_wr
        T_CASE(unregistered_behind_back), T_CASE(refused_registrations), T_CASE(report_across_arm),
        T_CASE(wr_read), T_CASE(status_mode), T_CASE(ptballoon_mode), T_CASE(reregister_same_uffd),
        T_CASE(silent_reclaim), T_CASE(race_writer_100k), T_CASE(kill9_restart),
-       T_CASE(resume_keeps_log))
+       T_CASE(resume_keeps_log), T_CASE(compat_vmm_kept))

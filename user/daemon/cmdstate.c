@@ -474,6 +474,9 @@ uint32_t pt_epoch_doubt(struct pt_vmctx *c)
 		why |= PT_WHY_UNTRACKED;
 	if (__atomic_load_n(&st->flags, __ATOMIC_ACQUIRE) & PT_VM_SLOTS_UNSEEN)
 		why |= PT_WHY_UNKNOWN_MEM;
+	/* A VMM that may make 32-bit syscalls: its syncs and memslot changes are not seen. */
+	if (__atomic_load_n(&st->flags, __ATOMIC_ACQUIRE) & PT_VM_COMPAT)
+		why |= PT_WHY_UNTRACKED;
 	return why;
 }
 

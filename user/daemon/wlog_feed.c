@@ -199,5 +199,9 @@ uint32_t pt_feed_doubt(struct pt_vmctx *c)
 	 * again). */
 	if (__atomic_load_n(&st->slot_moves, __ATOMIC_ACQUIRE) != c->wlog_moves)
 		why |= PT_WHY_UNKNOWN_MEM;
+	/* A VMM that may make 32-bit syscalls: its memslot changes are not seen, so the slot
+	 * count above proves nothing. */
+	if (__atomic_load_n(&st->flags, __ATOMIC_ACQUIRE) & PT_VM_COMPAT)
+		why |= PT_WHY_UNKNOWN_MEM;
 	return why;
 }

@@ -17,6 +17,7 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 
+#include "compat.h"
 #include "loader.h"
 #include "shared/log.h"
 #include "writelog.skel.h"
@@ -151,6 +152,19 @@ static int attach_pinned(struct pt_tracker *t, struct bpf_program *prog)
 	return err;
 }
 
+/* The programs that follow 32-bit code (exec, fork): their attach types may be missing. */
+static bool is_compat_prog(const struct bpf_program *prog)
+{
+	const char *n = bpf_program__name(prog);
+
+	return !strcmp(n, "pt_exec") || !strcmp(n, "pt_fork");
+}
+
+static bool is_iter_prog(const struct bpf_program *prog)
+{
+	return !strcmp(bpf_program__name(prog), "pt_compat_iter");
+}
+
 static bool is_fault_prog(const struct bpf_program *prog)
 {
 	const char *n = bpf_program__name(prog);
@@ -167,13 +181,30 @@ static int attach_all(struct pt_tracker *t)
 	bpf_object__for_each_program(prog, t->skel->obj)
 	{
 		/* Without TDP a fault address is a GVA: the fault path stays detached. */
-		bool on = t->tdp || !is_fault_prog(prog);
+		bool on = (t->tdp || !is_fault_prog(prog)) && bpf_program__autoload(prog);
 
+		if (is_iter_prog(prog)) {
+			/* Run once by mark_compat_since, never attached. */
+			off += snprintf(t->progs + off, sizeof(t->progs) - off, "%s%s:%s",
+					off ? " " : "", bpf_program__name(prog),
+					on ? "once" : "off");
+			continue;
+		}
 		if (on) {
 			err = attach_pinned(t, prog);
-			if (err)
+			/* Without them every VMM whose /proc/PID/exe is unreadable is kept
+			 * (compat.c): fail-safe, not fatal. */
+			if (err && is_compat_prog(prog)) {
+				pt_warn("32-bit processes are not followed (%s): %s",
+					strerror(-err),
+					"VMMs whose executable cannot be read get keep verdicts");
+				on = false;
+			} else if (err) {
 				return err;
-			t->attached++;
+			} else {
+				t->attached++;
+				t->compat_progs += is_compat_prog(prog);
+			}
 		}
 		off += snprintf(t->progs + off, sizeof(t->progs) - off, "%s%s:%s", off ? " " : "",
 				bpf_program__name(prog), on ? "attached" : "off");
@@ -234,12 +265,10 @@ uint64_t pt_boottime_ns(void)
  * (`old_id`, behind the pinned link we replaced) is the one that recorded that time, which then
  * ran until ours was attached beside it. 0 (never complete) in a time namespace.
  */
-static void mark_created_since(struct pt_tracker *t, uint32_t old_id)
+static int mark_since(struct bpf_map *m, uint32_t old_id, uint64_t mine, uint64_t now)
 {
-	struct bpf_map *m = t->skel->maps.pt_created_since;
 	uint32_t k_since = PT_CREATED_SINCE, k_prog = PT_CREATED_PROG;
-	uint64_t since = 0, id = 0, now = pt_boottime_ns();
-	uint64_t mine = prog_id(t->skel->progs.pt_ioctl_enter);
+	uint64_t since = 0, id = 0;
 
 	bpf_map__lookup_elem(m, &k_since, sizeof(k_since), &since, sizeof(since), 0);
 	bpf_map__lookup_elem(m, &k_prog, sizeof(k_prog), &id, sizeof(id), 0);
@@ -247,6 +276,75 @@ static void mark_created_since(struct pt_tracker *t, uint32_t old_id)
 		since = now;
 	if (bpf_map__update_elem(m, &k_since, sizeof(k_since), &since, sizeof(since), 0) ||
 	    bpf_map__update_elem(m, &k_prog, sizeof(k_prog), &mine, sizeof(mine), 0))
+		return -errno;
+	return 0;
+}
+
+/*
+ * Run the start's task iterator (compat.c) over the processes that exist already; 0 if it
+ * judged every one, with the time and count it took in the log.
+ */
+static int compat_iterate(struct pt_tracker *t)
+{
+	struct pt_compat_iter_sum sum;
+	uint64_t t0 = pt_boottime_ns();
+	int err = pt_compat_iter_run(t, &sum);
+
+	if (err == -ENOENT)
+		pt_warn("32-bit processes that exist already cannot be told (the task iterator is "
+			"not loaded): VMMs started before now whose executable cannot be read get "
+			"keep verdicts");
+	else if (err)
+		pt_warn("32-bit processes that exist already cannot be told (task iterator: %s): "
+			"VMMs started before now whose executable cannot be read get keep verdicts",
+			strerror(-err));
+	else
+		pt_info("existing processes looked at for 32-bit code: %llu tasks in %.2f ms, %llu "
+			"not 64-bit (marked)",
+			(unsigned long long)sum.tasks, (double)(pt_boottime_ns() - t0) / 1e6,
+			(unsigned long long)sum.marked);
+	return err;
+}
+
+/*
+ * Since when pt_compat holds every process that ran 32-bit code. pt_exec and pt_fork see every
+ * exec and fork from their attach on, the start's iterator every process that existed before:
+ * a fresh record becomes complete for every process (since 1) only once both are attached AND
+ * the iterator has finished (an exec or fork while it runs is the programs' to see). Kept from
+ * an earlier run if the pt_exec that recorded it (`old_exec`, behind the pinned link we
+ * replaced) ran until ours was attached. 0 (never: REGISTER falls back to the executable, else
+ * keeps) without the programs, without a complete iteration, or in a time namespace.
+ */
+static void mark_compat_since(struct pt_tracker *t, uint32_t old_exec)
+{
+	struct bpf_map *m = t->skel->maps.pt_compat_since;
+	uint32_t k_since = PT_CREATED_SINCE, k_prog = PT_CREATED_PROG;
+	bool both = t->compat_progs == 2 && pt_boottime_ns();
+	uint64_t since = 0, id = 0, mine = both ? prog_id(t->skel->progs.pt_exec) : 0;
+
+	bpf_map__lookup_elem(m, &k_since, sizeof(k_since), &since, sizeof(since), 0);
+	bpf_map__lookup_elem(m, &k_prog, sizeof(k_prog), &id, sizeof(id), 0);
+	if (!both || !old_exec || id != old_exec || !since) {
+		since = 0;
+		/* Not complete while the iterator runs: written first, raised after. */
+		if (!bpf_map__update_elem(m, &k_since, sizeof(k_since), &since, sizeof(since), 0) &&
+		    both && !compat_iterate(t))
+			since = 1;
+	}
+	if (bpf_map__update_elem(m, &k_since, sizeof(k_since), &since, sizeof(since), 0) ||
+	    bpf_map__update_elem(m, &k_prog, sizeof(k_prog), &mine, sizeof(mine), 0))
+		pt_warn("cannot record since when 32-bit processes are seen: %s", strerror(errno));
+}
+
+static void mark_created_since(struct pt_tracker *t, uint32_t old_id)
+{
+	struct bpf_map *m = t->skel->maps.pt_created_since;
+	uint32_t k_since = PT_CREATED_SINCE;
+	uint64_t since = 0, now = pt_boottime_ns();
+	uint64_t mine = prog_id(t->skel->progs.pt_ioctl_enter);
+
+	if (mark_since(m, old_id, mine, now) ||
+	    bpf_map__lookup_elem(m, &k_since, sizeof(k_since), &since, sizeof(since), 0))
 		pt_warn("cannot record since when VM creations are seen: %s", strerror(errno));
 	else if (since)
 		pt_debug("KVM_CREATE_VM of every process recorded since boot + %llu ms%s",
@@ -295,6 +393,12 @@ static int open_skel(struct pt_tracker *t, const struct pt_loader_opts *o)
 	if (!t->skel)
 		return -errno;
 	t->skel->rodata->tdp = t->tdp;
+	if (t->compat_off >= 1)
+		bpf_program__set_autoload(t->skel->progs.pt_compat_iter, false);
+	if (t->compat_off >= 2) {
+		bpf_program__set_autoload(t->skel->progs.pt_exec, false);
+		bpf_program__set_autoload(t->skel->progs.pt_fork, false);
+	}
 	set_pidns(t);
 	t->log_words = (uint64_t)log_mb * 1024 * 1024 / 8;
 	err = bpf_map__set_max_entries(t->skel->maps.pt_log, t->log_words);
@@ -314,31 +418,53 @@ static int open_skel(struct pt_tracker *t, const struct pt_loader_opts *o)
 	return 0;
 }
 
+/*
+ * Open and load with every program; if that fails, without the start's task iterator (a kernel
+ * without iter/task or the BTF it needs); then also without pt_exec/pt_fork (no tp_btf). The
+ * write log still loads, fail-safe: compat.c then keeps every VMM it cannot judge otherwise
+ * (by its executable). A failed load leaves the pins as they were. t->skel is NULL on error.
+ */
+static int load_any(struct pt_tracker *t, const struct pt_loader_opts *o)
+{
+	static const char *const without[] = { "the start's task iterator",
+					       "the 32-bit process programs" };
+	int err = -EINVAL;
+
+	for (int off = o->no_compat ? 2 : o->no_compat_iter; off < 3; off++) {
+		t->compat_off = off;
+		err = open_skel(t, o);
+		if (!err)
+			err = writelog_bpf__load(t->skel);
+		if (!err)
+			break;
+		writelog_bpf__destroy(t->skel);
+		t->skel = NULL;
+		if (off < 2)
+			pt_warn("loading BPF programs: %s; again without %s (VMMs whose executable "
+				"cannot be read may get keep verdicts)",
+				strerror(-err), without[off]);
+	}
+	return err;
+}
+
 static int load_skel(struct pt_tracker *t, const struct pt_loader_opts *o)
 {
 	char path[512];
 	int err;
 
-	err = open_skel(t, o);
-	if (err)
-		return err;
 	if (!o->no_pin) {
 		pin_path(path, sizeof(path), t->pin_dir, "pt_vm_state");
 		t->reused_maps = !access(path, F_OK);
 	}
-	err = writelog_bpf__load(t->skel);
+	err = load_any(t, o);
 	if (err && t->reused_maps) {
 		/* Pins from an incompatible build (other layout or log size): start afresh.
 		 * Every VM must register again; nothing can be confirmed from the old log. */
 		pt_warn("pinned maps in %s do not match this build (%s): removing them", t->pin_dir,
 			strerror(-err));
-		writelog_bpf__destroy(t->skel);
-		t->skel = NULL;
 		pt_tracker_unpin(t->pin_dir);
 		t->reused_maps = false;
-		err = open_skel(t, o);
-		if (!err)
-			err = writelog_bpf__load(t->skel);
+		err = load_any(t, o);
 	}
 	if (err)
 		pt_err("loading BPF programs: %s", strerror(-err));
@@ -381,11 +507,13 @@ int pt_tracker_open(struct pt_tracker **out, const struct pt_loader_opts *o)
 		goto cleanup;
 	if (!o->no_attach) {
 		uint32_t old_ioctl = pinned_prog_id(t, "pt_ioctl_enter");
+		uint32_t old_exec = pinned_prog_id(t, "pt_exec");
 
 		err = attach_all(t);
 		if (err)
 			goto cleanup;
 		mark_created_since(t, old_ioctl);
+		mark_compat_since(t, old_exec);
 		/* Programs of an earlier build ran until now beside ours, and may have changed a
 		 * slot table without moving the generation our caches rely on. */
 		pt_tracker_bump_generation(t);

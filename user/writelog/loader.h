@@ -24,6 +24,8 @@ struct pt_loader_opts {
 	int tdp;	     /* -1: detect from kvm_intel.ept / kvm_amd.npt; 0/1: force */
 	bool no_attach;	     /* load and pin maps only (BPF_PROG_TEST_RUN tests) */
 	bool no_pin;	     /* private maps and links, nothing pinned: gone with the process */
+	bool no_compat;	     /* leave pt_exec/pt_fork (and the iterator) out (fallback tests) */
+	bool no_compat_iter; /* leave the start's task iterator out (fallback tests) */
 };
 
 struct pt_tracker {
@@ -35,6 +37,8 @@ struct pt_tracker {
 	bool reused_maps;	 /* maps came from pins of an earlier run (restart) */
 	bool reused_links;	 /* programs were still attached when we started */
 	int attached;		 /* programs attached */
+	int compat_progs;	 /* pt_exec, pt_fork attached: 2 when 32-bit code is followed */
+	int compat_off;		 /* 1: no start iterator; 2: nor pt_exec/pt_fork (could not load) */
 	struct pt_vm_state *vms; /* mmap of pt_vm_state, PT_MAX_VMS entries */
 	uint64_t *pending;	 /* mmap of pt_pending: [PT_PENDING], [PT_GEN] */
 	uint64_t *log;		 /* mmap of pt_log */
@@ -42,8 +46,8 @@ struct pt_tracker {
 	struct pt_cpu_ring *cpus;
 	int ncpu;
 	uint64_t log_words;
-	char progs[256];	   /* "name:attached name:off ..." for status */
-	struct bpf_link *links[8]; /* no_pin only: links live as long as this process */
+	char progs[256];	    /* "name:attached name:off ..." for status */
+	struct bpf_link *links[12]; /* no_pin only: links live as long as this process */
 	int nlinks;
 };
 

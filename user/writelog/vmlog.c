@@ -11,6 +11,7 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 
+#include "compat.h"
 #include "shared/log.h"
 #include "shared/procfs.h"
 #include "vmlog.h"
@@ -190,14 +191,8 @@ bool pt_vm_clues_decide(const struct pt_vm_clues *c, const char **why)
 	return true;
 }
 
-/*
- * Did a process that started at `ticks` (/proc/PID/stat) start after pt_vm_created became
- * complete, and after the last creation it missed? The tick count rounds the start down, so
- * ticks * tick > since proves it.
- */
-static bool started_after_since(struct pt_tracker *t, uint64_t ticks)
+bool pt_started_after_since(struct bpf_map *m, uint64_t ticks)
 {
-	struct bpf_map *m = t->skel->maps.pt_created_since;
 	uint32_t k_since = PT_CREATED_SINCE, k_lost = PT_CREATED_LOST;
 	uint64_t since = 0, lost = 0;
 	long hz = sysconf(_SC_CLK_TCK);
@@ -241,7 +236,7 @@ int pt_vmm_vm_clues(struct pt_tracker *t, uint32_t pid, struct pt_vm_clues *c)
 		*c = (struct pt_vm_clues){ .created = -1, .fds = -1 };
 		return -ESRCH;
 	}
-	c->after_since = started_after_since(t, start);
+	c->after_since = pt_started_after_since(t->skel->maps.pt_created_since, start);
 	return 0;
 }
 
@@ -271,6 +266,8 @@ int pt_vm_track(struct pt_tracker *t, uint32_t tgid, const struct pt_slot_cfg *s
 	*existed = false;
 	if (!pt_vm_find(t, tgid, vm)) {
 		*existed = true;
+		/* Tracked by an older build that did not follow 32-bit code. */
+		pt_vm_check_compat(t, *vm);
 		return 0;
 	}
 	err = build_slots(slots, n, &sl);
@@ -312,6 +309,9 @@ int pt_vm_track(struct pt_tracker *t, uint32_t tgid, const struct pt_slot_cfg *s
 	 */
 	if (!n && pt_vmm_may_hold_vm(t, tgid))
 		__atomic_fetch_or(&st->flags, PT_VM_SLOTS_UNSEEN, __ATOMIC_SEQ_CST);
+	/* Asked once pt_exec follows the VMM too: an exec of a 32-bit image from now on is
+	 * BPF's to mark, one before is in the record. */
+	pt_vm_check_compat(t, *vm);
 	pt_tracker_bump_generation(t);
 	pt_info("tracking VM %u: pid %u, %u memslots%s, %llu pages of log at bit %llu", *vm, tgid,
 		n, n ? "" : " (learned from ioctls)", (unsigned long long)bits,
