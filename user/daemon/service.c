@@ -507,6 +507,20 @@ static void unbind_holder(struct svc *s, uint32_t vm, struct pt_conn *by)
 	s->id[vm].conn = NULL;
 }
 
+/* The VM's kept verdicts not logged yet, said before their run ends (a verdict that frees
+ * pages, the VM released): the count must not be lost, and doubt that comes back logs again. */
+static void kept_done(struct svc *s, uint32_t vm, const char *until)
+{
+	struct kept_log *k = &s->kept_log[vm];
+	char reason[128];
+
+	if (k->quiet && s->vms[vm])
+		pt_info("VM %u (pid %u): %llu more verdicts kept, none confirmed (%s), until %s",
+			vm, s->vms[vm]->pid, (unsigned long long)k->quiet,
+			pt_why_str(k->why, reason, sizeof(reason)), until);
+	*k = (struct kept_log){ 0 };
+}
+
 static void drop_identity(struct svc *s, uint32_t vm)
 {
 	struct vm_id *id = &s->id[vm];
@@ -522,6 +536,7 @@ static void drop_identity(struct svc *s, uint32_t vm)
 /* Forget a VM whose VMM is gone: BPF tracking, command-ID state, any connection's binding. */
 static void release_vm(struct svc *s, uint32_t vm, const char *why)
 {
+	kept_done(s, vm, "the VM was released");
 	pt_info("VM %u (pid %u) released: %s", vm, pt_vm(s->t, vm)->tgid, why);
 	pt_vm_untrack(s->t, vm);
 	pt_vmctx_free(s->vms[vm]);
@@ -646,9 +661,9 @@ static int vm_state(struct svc *s, uint32_t vm, const struct reg_req *r, bool tr
 	err = pt_vmctx_new(&ctx, s->t, vm, r->vmm_pid, r->mode, tracked);
 	if (err)
 		return err;
+	kept_done(s, vm, "the VM registered afresh");
 	pt_vmctx_free(s->vms[vm]);
 	s->vms[vm] = ctx;
-	s->kept_log[vm] = (struct kept_log){ 0 };
 	s->gen[vm]++;
 	id->token = pt_token_new();
 	return 0;
@@ -973,6 +988,8 @@ static void on_query(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx, con
 	s->n.verdicts++;
 	if (sum.why && !sum.free)
 		log_kept(s, ctx, m->cmd_id, sum.hinted, sum.why);
+	else if (s->kept_log[ctx->vm].why)
+		kept_done(s, ctx->vm, "this one confirmed pages");
 	reply_verdict(s, c, m->seq, m->cmd_id, &sum, lr);
 }
 
