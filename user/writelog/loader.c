@@ -293,10 +293,12 @@ static int compat_iterate(struct pt_tracker *t)
 	if (err == -ENOENT)
 		pt_warn("32-bit processes that exist already cannot be told (the task iterator is "
 			"not loaded): VMMs started before now whose executable cannot be read get "
-			"keep verdicts");
+			"keep verdicts; later ones are followed");
 	else if (err)
 		pt_warn("32-bit processes that exist already cannot be told (task iterator: %s): "
-			"VMMs started before now whose executable cannot be read get keep verdicts",
+			"VMMs started before now whose executable cannot be read get keep "
+			"verdicts; "
+			"later ones are followed",
 			strerror(-err));
 	else
 		pt_info("existing processes looked at for 32-bit code: %llu tasks in %.2f ms, %llu "
@@ -308,27 +310,32 @@ static int compat_iterate(struct pt_tracker *t)
 
 /*
  * Since when pt_compat holds every process that ran 32-bit code. pt_exec and pt_fork see every
- * exec and fork from their attach on, the start's iterator every process that existed before:
- * a fresh record becomes complete for every process (since 1) only once both are attached AND
- * the iterator has finished (an exec or fork while it runs is the programs' to see). Kept from
- * an earlier run if the pt_exec that recorded it (`old_exec`, behind the pinned link we
- * replaced) ran until ours was attached. 0 (never: REGISTER falls back to the executable, else
- * keeps) without the programs, without a complete iteration, or in a time namespace.
+ * exec and fork from their attach on, so the record holds every process started after that;
+ * the start's iterator judges the processes that existed before, and once it has finished (an
+ * exec or fork while it runs is the programs' to see) the record holds every process (since 1).
+ * A failed iterator leaves the time of the attach: only processes started before it are then
+ * "cannot tell", and a later start tries the iterator again. Kept from an earlier run if the
+ * pt_exec that recorded it (`old_exec`, behind the pinned link we replaced) ran until ours was
+ * attached. 0 (never: REGISTER falls back to the executable, else keeps) without the programs,
+ * or in a time namespace.
  */
 static void mark_compat_since(struct pt_tracker *t, uint32_t old_exec)
 {
 	struct bpf_map *m = t->skel->maps.pt_compat_since;
-	uint32_t k_since = PT_CREATED_SINCE, k_prog = PT_CREATED_PROG;
-	bool both = t->compat_progs == 2 && pt_boottime_ns();
-	uint64_t since = 0, id = 0, mine = both ? prog_id(t->skel->progs.pt_exec) : 0;
+	uint32_t k_since = PT_CREATED_SINCE, k_prog = PT_CREATED_PROG, k_lost = PT_CREATED_LOST;
+	uint64_t now = pt_boottime_ns(), since = 0, id = 0, zero = 0;
+	bool followed = t->compat_progs == 2 && now;
+	uint64_t mine = followed ? prog_id(t->skel->progs.pt_exec) : 0;
 
 	bpf_map__lookup_elem(m, &k_since, sizeof(k_since), &since, sizeof(since), 0);
 	bpf_map__lookup_elem(m, &k_prog, sizeof(k_prog), &id, sizeof(id), 0);
-	if (!both || !old_exec || id != old_exec || !since) {
-		since = 0;
-		/* Not complete while the iterator runs: written first, raised after. */
-		if (!bpf_map__update_elem(m, &k_since, sizeof(k_since), &since, sizeof(since), 0) &&
-		    both && !compat_iterate(t))
+	if (!followed || !old_exec || id != old_exec || !since)
+		since = followed ? now : 0;
+	if (followed && since != 1) {
+		/* The walk judges every live process afresh: a mark lost before it is found again
+		 * (one lost during it raises the time again). */
+		bpf_map__update_elem(m, &k_lost, sizeof(k_lost), &zero, sizeof(zero), 0);
+		if (!compat_iterate(t))
 			since = 1;
 	}
 	if (bpf_map__update_elem(m, &k_since, sizeof(k_since), &since, sizeof(since), 0) ||
