@@ -932,45 +932,58 @@ static __always_inline bool image_32bit(struct linux_binprm *bprm)
 }
 
 /*
- * Every exec of the machine (rare: no per-syscall cost). A 32-bit image marks the process;
- * if it is a tracked VMM (it may keep its VM's descriptors across the exec), its VM is marked
- * for good, and the epoch counts as one with an unseen memslot change.
+ * A tracked VMM seen running 32-bit code (exec'd a 32-bit image, or made a 32-bit syscall):
+ * its VM is marked for good, and the epoch counts as one with an unseen memslot change.
  */
-SEC("raw_tp/sched_process_exec")
-int BPF_PROG(pt_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+static __always_inline void compat_vm(void)
 {
 	struct pt_vm_state *st;
 	__u32 vm;
 
+	if (current_vm(&vm))
+		return;
+	st = vm_state(vm);
+	if (!st)
+		return;
+	__sync_fetch_and_or(&st->flags, PT_VM_COMPAT);
+	slot_moved(st);
+}
+
+/*
+ * Every exec of the machine (rare: no per-syscall cost). A 32-bit image marks the process;
+ * if it is a tracked VMM (it may keep its VM's descriptors across the exec), its VM too.
+ */
+SEC("raw_tp/sched_process_exec")
+int BPF_PROG(pt_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
 	if (!image_32bit(bprm))
 		return 0;
 	/* After the exec the caller leads its thread group. */
 	note_compat(bpf_get_current_task_btf()->group_leader, PT_COMPAT_EXEC);
-	if (current_vm(&vm))
-		return 0;
-	st = vm_state(vm);
-	if (!st)
-		return 0;
-	__sync_fetch_and_or(&st->flags, PT_VM_COMPAT);
-	slot_moved(st);
+	compat_vm();
 	return 0;
 }
 
 /*
  * Every fork/clone of the machine. A new process made by a 32-bit clone (the parent is inside
- * a compat syscall: TS_COMPAT; this also catches a 64-bit process's `int $0x80` fork) or by a
- * marked process runs that same image: it is marked too. New threads belong to a process
- * already marked or not.
+ * a compat syscall: TS_COMPAT), by a marked process, or by one whose mm is not 64-bit (an x32
+ * parent, whose syscalls are not compat syscalls) runs that same image: it is marked too. A
+ * parent caught inside a compat syscall proves it makes them (a 64-bit process using
+ * `int $0x80`, or x32 syscalls): it is marked as well, and its VM if it is a tracked VMM. New
+ * threads belong to a process already marked or not.
  */
 SEC("tp_btf/sched_process_fork")
 int BPF_PROG(pt_fork, struct task_struct *parent, struct task_struct *child)
 {
+	bool in_compat = parent->thread_info.status & PT_TS_COMPAT;
+
+	if (in_compat) {
+		note_compat(parent->group_leader, PT_COMPAT_FORK);
+		compat_vm();
+	}
 	if (child->group_leader != child)
 		return 0;
-	/* An x32 parent makes no compat syscall: its mm says what it runs (a parent the start's
-	 * iterator has not reached yet). */
-	if (!(parent->thread_info.status & PT_TS_COMPAT) &&
-	    !bpf_task_storage_get(&pt_compat, parent->group_leader, NULL, 0) &&
+	if (!in_compat && !bpf_task_storage_get(&pt_compat, parent->group_leader, NULL, 0) &&
 	    (!bpf_core_field_exists(parent->mm->context.flags) || mm_runs_64bit(parent->mm) != 0))
 		return 0;
 	note_compat(child, PT_COMPAT_FORK);
