@@ -1,7 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 /* Which VMMs may make 32-bit syscalls the tracepoints do not show (compat.h). */
 #include <errno.h>
-#include <stdlib.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
@@ -82,13 +81,17 @@ int pt_vmm_compat_clues(struct pt_tracker *t, uint32_t pid, struct pt_compat_clu
 		c->marked = marked(t, pidfd);
 	if (pidfd >= 0)
 		close(pidfd);
-	snprintf(path, sizeof(path), "/proc/%u/exe", pid);
-	c->exe = pt_elf_not_64bit(path);
+	c->after_since = pt_started_after_since(t->skel->maps.pt_compat_since, start);
+	/* The executable only where the record does not answer: opening it runs on the event
+	 * loop, and a file on a hung network mount would stall it. */
+	if (c->marked < 0 || (!c->marked && !c->after_since)) {
+		snprintf(path, sizeof(path), "/proc/%u/exe", pid);
+		c->exe = pt_elf_not_64bit(path);
+	}
 	if (pt_proc_start_time(pid, &again) || again != start) {
 		*c = (struct pt_compat_clues){ .marked = -1, .exe = -1 };
 		return -ESRCH;
 	}
-	c->after_since = pt_started_after_since(t->skel->maps.pt_compat_since, start);
 	return 0;
 }
 

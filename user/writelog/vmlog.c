@@ -266,7 +266,8 @@ int pt_vm_track(struct pt_tracker *t, uint32_t tgid, const struct pt_slot_cfg *s
 	*existed = false;
 	if (!pt_vm_find(t, tgid, vm)) {
 		*existed = true;
-		/* Tracked by an older build that did not follow 32-bit code. */
+		/* Asked at every REGISTER of a tracked VMM (a resume, a re-registration, one
+		 * tracked by an older build that did not follow 32-bit code). */
 		pt_vm_check_compat(t, *vm);
 		return 0;
 	}
