@@ -132,9 +132,10 @@ EOF
 	chmod +x "$1"
 }
 
-# Modules the guest needs before its root exists (9p over virtio) and for /dev/kvm, with their
-# dependencies in load order, decompressed (busybox insmod reads plain .ko).
-MODULES="9pnet_virtio 9p overlay kvm_amd"
+# Modules the guest needs before its root exists (9p over virtio; virtio_pci is a module in
+# Debian's 6.1, built in later) and for /dev/kvm, with their dependencies in load order,
+# decompressed (busybox insmod reads plain .ko; built-in ones are skipped).
+MODULES="virtio_pci 9pnet_virtio 9p overlay kvm_amd"
 
 build_initramfs() {
 	local kver=$1 out=$2 dir m f name

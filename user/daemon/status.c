@@ -41,8 +41,9 @@ static struct pt_vm_stats events(struct pt_tracker *t, uint32_t vm)
  *
  * Counting reads a VM's whole log region on the event loop. A tick samples VMs in turn until
  * it has read RATE_WORDS_PER_TICK words (at least one VM), so the pause stays about a
- * millisecond however much guest memory the host has (a full pass over 1 TiB of guests reads
- * 32 MiB); a VM not reached keeps its last sample and that sample's time.
+ * millisecond however many guests the host has (a full pass over 1 TiB of guests reads 32 MiB),
+ * longer only for one VM above 256 GiB, counted whole; a VM not reached keeps its last sample
+ * and that sample's time.
  */
 #define RATE_WORDS_PER_TICK (1ull << 20) /* 8 MiB of log: 256 GiB of guest */
 
