@@ -246,44 +246,6 @@ static int track_compat(struct pt_tracker *t, pid_t pid, uint32_t *vm)
 
 /* --- cases ------------------------------------------------------------------------------- */
 
-/* The decision alone, every combination of clues. */
-static int decide_each_clue(void)
-{
-	static const struct {
-		int marked;
-		bool after;
-		int exe;
-		bool compat;
-	} cases[] = {
-		/* Marked, or a 32-bit executable: yes, whatever else. */
-		{ 1, true, 0, true },
-		{ 1, false, -1, true },
-		{ 0, true, 1, true },
-		{ -1, false, 1, true },
-		/* Started after the programs, not marked: no, even with /proc/PID/exe unreadable
-		 * (an ordinary root VMM of a service without CAP_SYS_PTRACE). */
-		{ 0, true, -1, false },
-		{ 0, true, 0, false },
-		/* Otherwise the executable answers. */
-		{ 0, false, 0, false },
-		{ -1, false, 0, false },
-		{ -1, true, 0, false },
-		/* Nothing readable: cannot tell, yes. */
-		{ 0, false, -1, true },
-		{ -1, false, -1, true },
-		{ -1, true, -1, true },
-	};
-
-	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-		struct pt_compat_clues c = { cases[i].marked, cases[i].after, cases[i].exe };
-		const char *why = NULL;
-
-		CHECKF(pt_compat_clues_decide(&c, &why) == cases[i].compat && why && *why,
-		       "marked %d after %d exe %d", cases[i].marked, cases[i].after, cases[i].exe);
-	}
-	return 0;
-}
-
 /* A marked process's fork is marked (pt_fork, for real); an unmarked one's is not. */
 static int fork_of_marked_process_marked(void)
 {
@@ -769,9 +731,8 @@ out:
 	return err;
 }
 
-T_MAIN(T_CASE(decide_each_clue), T_CASE(fork_of_marked_process_marked),
-       T_CASE(register_marks_only_what_may_be_32bit), T_CASE(without_programs_exe_decides),
-       T_CASE(marked_vmm_verdict_keeps), T_CASE(exec_32bit_marked),
-       T_CASE(tracked_vmm_exec_32bit_marks_vm), T_CASE(fork_32bit_marked),
-       T_CASE(int80_fork_marked), T_CASE(iterator_marks_no_64bit_process),
-       T_CASE(iterator_marks_32bit_from_before))
+T_MAIN(T_CASE(fork_of_marked_process_marked), T_CASE(register_marks_only_what_may_be_32bit),
+       T_CASE(without_programs_exe_decides), T_CASE(marked_vmm_verdict_keeps),
+       T_CASE(exec_32bit_marked), T_CASE(tracked_vmm_exec_32bit_marks_vm),
+       T_CASE(fork_32bit_marked), T_CASE(int80_fork_marked),
+       T_CASE(iterator_marks_no_64bit_process), T_CASE(iterator_marks_32bit_from_before))

@@ -163,44 +163,6 @@ static int ptrace_cap(bool on)
 	return syscall(SYS_capset, &h, d) ? -errno : 0;
 }
 
-/* The decision alone, every combination of clues. */
-static int decide_each_clue(void)
-{
-	static const struct {
-		int created;
-		bool after;
-		int fds;
-		bool held;
-	} cases[] = {
-		/* A creation seen or a descriptor found: yes, whatever else. */
-		{ 1, true, -1, true },
-		{ 1, false, 0, true },
-		{ 0, true, 1, true },
-		{ -1, false, 1, true },
-		/* Started after the program, none seen: no, even if the fds are unreadable. */
-		{ 0, true, -1, false },
-		{ 0, true, 0, false },
-		/* Started before: the fd scan answers. */
-		{ 0, false, 0, false },
-		{ -1, false, 0, false },
-		{ -1, true, 0, false },
-		/* Nothing readable: cannot tell, yes. */
-		{ 0, false, -1, true },
-		{ -1, false, -1, true },
-		{ -1, true, -1, true },
-	};
-
-	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-		struct pt_vm_clues c = { cases[i].created, cases[i].after, cases[i].fds };
-		const char *why = NULL;
-
-		CHECKF(pt_vm_clues_decide(&c, &why) == cases[i].held && why && *why,
-		       "created %d after %d fds %d", cases[i].created, cases[i].after,
-		       cases[i].fds);
-	}
-	return 0;
-}
-
 /* KVM_CREATE_VM of any process, from any thread, is recorded on that process; nothing else. */
 static int create_vm_recorded_for_any_process(void)
 {
@@ -449,6 +411,6 @@ out:
 	return err;
 }
 
-T_MAIN(T_CASE(decide_each_clue), T_CASE(create_vm_recorded_for_any_process),
-       T_CASE(memslot_ioctl_marks_its_epoch), T_CASE(reused_pid_not_matched),
-       T_CASE(three_way_unreadable_vmm), T_CASE(since_survives_restart_only_without_gap))
+T_MAIN(T_CASE(create_vm_recorded_for_any_process), T_CASE(memslot_ioctl_marks_its_epoch),
+       T_CASE(reused_pid_not_matched), T_CASE(three_way_unreadable_vmm),
+       T_CASE(since_survives_restart_only_without_gap))

@@ -9,35 +9,27 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 
+#include "clues.h"
 #include "compat.h"
 #include "shared/log.h"
 #include "shared/procfs.h"
 #include "vmlog.h"
 #include "writelog.skel.h"
 
+static const struct pt_clue_why compat_why = {
+	.recorded = "it ran 32-bit code (a 32-bit exec or fork was recorded)",
+	.proc_yes = "its executable is not a 64-bit ELF",
+	.covered = "the record of 32-bit processes covers it (started after their programs, or "
+		   "seen by the start's task iterator) and it never ran 32-bit code",
+	.proc_no = "its executable is a 64-bit ELF",
+	.unreadable = "cannot tell: the record of 32-bit processes is unreadable",
+	.before = "cannot tell: it started before 32-bit processes were followed (or they are "
+		  "not) and its /proc/PID/exe is unreadable",
+};
+
 bool pt_compat_clues_decide(const struct pt_compat_clues *c, const char **why)
 {
-	if (c->marked > 0) {
-		*why = "it ran 32-bit code (a 32-bit exec or fork was recorded)";
-		return true;
-	}
-	if (c->exe > 0) {
-		*why = "its executable is not a 64-bit ELF";
-		return true;
-	}
-	if (c->after_since && !c->marked) {
-		*why = "the record of 32-bit processes covers it (started after their programs, or "
-		       "seen by the start's task iterator) and it never ran 32-bit code";
-		return false;
-	}
-	if (!c->exe) {
-		*why = "its executable is a 64-bit ELF";
-		return false;
-	}
-	*why = c->after_since ? "cannot tell: the record of 32-bit processes is unreadable"
-			      : "cannot tell: it started before 32-bit processes were followed "
-				"(or they are not) and its /proc/PID/exe is unreadable";
-	return true;
+	return pt_clues_decide(c->marked, c->after_since, c->exe, &compat_why, why);
 }
 
 int pt_elf_not_64bit(const char *path)
@@ -56,16 +48,6 @@ int pt_elf_not_64bit(const char *path)
 	return !(id[0] == 0x7f && id[1] == 'E' && id[2] == 'L' && id[3] == 'F' && id[4] == 2);
 }
 
-/* 1 if the process behind `pidfd` is in pt_compat, 0 if not, -1 if the map cannot say. */
-static int marked(struct pt_tracker *t, int pidfd)
-{
-	struct pt_compat v;
-
-	if (!bpf_map__lookup_elem(t->skel->maps.pt_compat, &pidfd, sizeof(pidfd), &v, sizeof(v), 0))
-		return 1;
-	return errno == ENOENT ? 0 : -1;
-}
-
 int pt_vmm_compat_clues(struct pt_tracker *t, uint32_t pid, struct pt_compat_clues *c)
 {
 	uint64_t start, again;
@@ -78,7 +60,7 @@ int pt_vmm_compat_clues(struct pt_tracker *t, uint32_t pid, struct pt_compat_clu
 	pidfd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
 	/* The pidfd and the path name the process of that start time only if it still has it. */
 	if (pidfd >= 0 && !pt_proc_start_time(pid, &again) && again == start)
-		c->marked = marked(t, pidfd);
+		c->marked = pt_task_recorded(t->skel->maps.pt_compat, pidfd);
 	if (pidfd >= 0)
 		close(pidfd);
 	c->after_since = pt_started_after_since(t->skel->maps.pt_compat_since, start);

@@ -11,6 +11,7 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 
+#include "clues.h"
 #include "compat.h"
 #include "shared/log.h"
 #include "shared/procfs.h"
@@ -166,55 +167,19 @@ int pt_pid_scan_kvm_vm(uint32_t pid)
 	return found ? 1 : denied ? -1 : 0;
 }
 
+static const struct pt_clue_why vm_why = {
+	.recorded = "it issued KVM_CREATE_VM (seen by the ioctl program)",
+	.proc_yes = "it holds a kvm-vm descriptor",
+	.covered = "it started after the ioctl program was attached and never created a VM",
+	.proc_no = "no kvm-vm descriptor in its /proc/PID/fd",
+	.unreadable = "cannot tell: the record of VM creations is unreadable",
+	.before = "cannot tell: it started before the ioctl program was attached and its "
+		  "/proc/PID/fd is unreadable",
+};
+
 bool pt_vm_clues_decide(const struct pt_vm_clues *c, const char **why)
 {
-	if (c->created > 0) {
-		*why = "it issued KVM_CREATE_VM (seen by the ioctl program)";
-		return true;
-	}
-	if (c->fds > 0) {
-		*why = "it holds a kvm-vm descriptor";
-		return true;
-	}
-	if (c->after_since && !c->created) {
-		*why = "it started after the ioctl program was attached and never created a VM";
-		return false;
-	}
-	if (!c->fds) {
-		*why = "no kvm-vm descriptor in its /proc/PID/fd";
-		return false;
-	}
-	*why = c->after_since
-		       ? "cannot tell: the record of VM creations is unreadable"
-		       : "cannot tell: it started before the ioctl program was attached and its "
-			 "/proc/PID/fd is unreadable";
-	return true;
-}
-
-bool pt_started_after_since(struct bpf_map *m, uint64_t ticks)
-{
-	uint32_t k_since = PT_CREATED_SINCE, k_lost = PT_CREATED_LOST;
-	uint64_t since = 0, lost = 0;
-	long hz = sysconf(_SC_CLK_TCK);
-
-	if (hz <= 0 || !pt_boottime_ns() ||
-	    bpf_map__lookup_elem(m, &k_since, sizeof(k_since), &since, sizeof(since), 0) ||
-	    bpf_map__lookup_elem(m, &k_lost, sizeof(k_lost), &lost, sizeof(lost), 0) || !since)
-		return false;
-	if (lost > since)
-		since = lost;
-	return ticks * (1000000000ull / (uint64_t)hz) > since;
-}
-
-/* 1 if the process behind `pidfd` issued KVM_CREATE_VM since the program ran, 0 if not seen. */
-static int created_vm(struct pt_tracker *t, int pidfd)
-{
-	struct pt_vm_created v;
-
-	if (!bpf_map__lookup_elem(t->skel->maps.pt_vm_created, &pidfd, sizeof(pidfd), &v, sizeof(v),
-				  0))
-		return 1;
-	return errno == ENOENT ? 0 : -1;
+	return pt_clues_decide(c->created, c->after_since, c->fds, &vm_why, why);
 }
 
 int pt_vmm_vm_clues(struct pt_tracker *t, uint32_t pid, struct pt_vm_clues *c)
@@ -228,7 +193,7 @@ int pt_vmm_vm_clues(struct pt_tracker *t, uint32_t pid, struct pt_vm_clues *c)
 	pidfd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
 	/* The pidfd and the scan name the process of that start time only if it still has it. */
 	if (pidfd >= 0 && !pt_proc_start_time(pid, &again) && again == start)
-		c->created = created_vm(t, pidfd);
+		c->created = pt_task_recorded(t->skel->maps.pt_vm_created, pidfd);
 	if (pidfd >= 0)
 		close(pidfd);
 	c->fds = pt_pid_scan_kvm_vm(pid);

@@ -51,13 +51,6 @@ bool pt_vm_clues_decide(const struct pt_vm_clues *c, const char **why);
 int pt_vmm_vm_clues(struct pt_tracker *t, uint32_t pid, struct pt_vm_clues *c);
 /* Gathers the clues of process `pid` and decides (logged at debug level with the reason). */
 bool pt_vmm_may_hold_vm(struct pt_tracker *t, uint32_t pid);
-/*
- * Did a process that started at `ticks` (/proc/PID/stat) start after the record behind `since`
- * (pt_created_since, pt_compat_since) became complete, and after the last event it missed? The
- * tick count rounds the start down, so ticks * tick > since proves it.
- */
-struct bpf_map;
-bool pt_started_after_since(struct bpf_map *since, uint64_t ticks);
 /* Event counters of a VM, summed over CPUs. */
 int pt_vm_stats_get(struct pt_tracker *t, uint32_t vm, struct pt_vm_stats *sum);
 int pt_vm_find(struct pt_tracker *t, uint32_t tgid, uint32_t *vm);
