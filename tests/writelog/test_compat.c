@@ -22,6 +22,7 @@
 #include <bpf/libbpf.h>
 
 #include "t.h"
+#include "caps.h"
 #include "daemon/cmdstate.h"
 #include "writelog/compat.h"
 #include "writelog/loader.h"
@@ -208,21 +209,6 @@ static uint64_t since_get(struct pt_tracker *t, uint32_t key)
 	return v;
 }
 
-/* Raise (on) or drop CAP_SYS_PTRACE in this thread's effective set; permitted is kept. */
-static int ptrace_cap(bool on)
-{
-	struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3 };
-	struct __user_cap_data_struct d[2];
-
-	if (syscall(SYS_capget, &h, d))
-		return -errno;
-	if (on)
-		d[CAP_SYS_PTRACE / 32].effective |= 1u << (CAP_SYS_PTRACE % 32);
-	else
-		d[CAP_SYS_PTRACE / 32].effective &= ~(1u << (CAP_SYS_PTRACE % 32));
-	return syscall(SYS_capset, &h, d) ? -errno : 0;
-}
-
 static bool exe_unreadable(pid_t pid)
 {
 	char path[64];
@@ -299,10 +285,10 @@ static int register_marks_only_what_may_be_32bit(void)
 	CHECK(!child_start(&before, NULL));
 	usleep(TICKS_APART_US);
 	/* Started without CAP_SYS_PTRACE, as under the unit. */
-	if (ptrace_cap(false))
+	if (t_ptrace_cap(false))
 		goto out;
 	t = open_attached(false);
-	ptrace_cap(true);
+	t_ptrace_cap(true);
 	if (!t)
 		goto out;
 	if (t->compat_progs != 2) {
@@ -317,7 +303,7 @@ static int register_marks_only_what_may_be_32bit(void)
 	}
 	usleep(TICKS_APART_US);
 	if (child_start(&plain, NULL) || child_start(&marked, NULL) || mark(t, marked.pid) ||
-	    ptrace_cap(false))
+	    t_ptrace_cap(false))
 		goto out;
 	if (!exe_unreadable(plain.pid)) {
 		err = t_skip("a child's /proc/PID/exe stays readable without CAP_SYS_PTRACE here");
@@ -332,7 +318,7 @@ static int register_marks_only_what_may_be_32bit(void)
 	}
 	err = 0;
 out:
-	ptrace_cap(true);
+	t_ptrace_cap(true);
 	child_stop(&before);
 	child_stop(&plain);
 	child_stop(&marked);
@@ -357,7 +343,7 @@ static int without_programs_exe_decides(void)
 	if (track_compat(t, plain.pid, &vm) != 0)
 		goto out;
 	pt_vm_untrack(t, vm);
-	if (ptrace_cap(false))
+	if (t_ptrace_cap(false))
 		goto out;
 	if (!exe_unreadable(plain.pid)) {
 		err = t_skip("a child's /proc/PID/exe stays readable without CAP_SYS_PTRACE here");
@@ -365,7 +351,7 @@ static int without_programs_exe_decides(void)
 	}
 	err = track_compat(t, plain.pid, &vm) == 1 ? 0 : -1;
 out:
-	ptrace_cap(true);
+	t_ptrace_cap(true);
 	child_stop(&plain);
 	pt_tracker_close(t);
 	return err;
@@ -426,12 +412,12 @@ static int iterator_marks_no_64bit_process(void)
 	pt_tracker_close(t);
 	/* As under the unit: no CAP_SYS_PTRACE, so their /proc/PID/exe cannot be opened (the scan
 	 * this iterator replaced took them for possible 32-bit processes). */
-	if (ptrace_cap(false))
+	if (t_ptrace_cap(false))
 		goto out;
 	fprintf(stderr, "  children's /proc/PID/exe %s\n",
 		exe_unreadable(kids[0].pid) ? "unreadable" : "readable");
 	t = open_attached(false);
-	ptrace_cap(true);
+	t_ptrace_cap(true);
 	if (!t || iter_sum_of(t, &sum)) {
 		err = t ? -1 : t_skip("the task iterator does not load here");
 		goto out;
@@ -456,7 +442,7 @@ static int iterator_marks_no_64bit_process(void)
 		goto out;
 	err = 0;
 out:
-	ptrace_cap(true);
+	t_ptrace_cap(true);
 	kill_pid(grandchild);
 	child_stop(&late);
 	for (int i = 0; i < 3; i++)

@@ -27,6 +27,7 @@
 #include <bpf/libbpf.h>
 
 #include "t.h"
+#include "caps.h"
 #include "writelog/loader.h"
 #include "writelog/vmlog.h"
 #include "writelog.skel.h"
@@ -146,21 +147,6 @@ static int recorded(struct pt_tracker *t, pid_t pid)
 		err = v.count >= 1 && v.first_ns ? 1 : -EINVAL;
 	close(pidfd);
 	return err;
-}
-
-/* Raise (on) or drop CAP_SYS_PTRACE in this thread's effective set; permitted is kept. */
-static int ptrace_cap(bool on)
-{
-	struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3 };
-	struct __user_cap_data_struct d[2];
-
-	if (syscall(SYS_capget, &h, d))
-		return -errno;
-	if (on)
-		d[CAP_SYS_PTRACE / 32].effective |= 1u << (CAP_SYS_PTRACE % 32);
-	else
-		d[CAP_SYS_PTRACE / 32].effective &= ~(1u << (CAP_SYS_PTRACE % 32));
-	return syscall(SYS_capset, &h, d) ? -errno : 0;
 }
 
 /* KVM_CREATE_VM of any process, from any thread, is recorded on that process; nothing else. */
@@ -296,7 +282,7 @@ static int three_way_unreadable_vmm(void)
 	usleep(TICKS_APART_US);
 	if (child_start(&idle, CHILD_IDLE) || child_start(&made, CHILD_CREATE))
 		goto out;
-	if (ptrace_cap(false))
+	if (t_ptrace_cap(false))
 		goto out;
 	if (!fd0_unreadable(idle.pid)) {
 		err = t_skip("a child's descriptors stay readable without CAP_SYS_PTRACE here");
@@ -325,12 +311,12 @@ static int three_way_unreadable_vmm(void)
 	    expect(t, idle.pid, 0, false, -1, true) || expect(t, made.pid, 1, false, -1, true))
 		goto out;
 	/* With the right to read them, the fds answer for processes the record cannot. */
-	if (ptrace_cap(true) || expect(t, before.pid, 0, false, 0, false) ||
+	if (t_ptrace_cap(true) || expect(t, before.pid, 0, false, 0, false) ||
 	    expect(t, idle.pid, 0, false, 0, false))
 		goto out;
 	err = 0;
 out:
-	ptrace_cap(true);
+	t_ptrace_cap(true);
 	child_stop(&before);
 	child_stop(&idle);
 	child_stop(&made);
