@@ -603,26 +603,41 @@ static __always_inline bool watched_ioctl(__u32 cmd)
 	       cmd == PT_KVM_CREATE_VCPU;
 }
 
+/*
+ * The record of process `leader` in a task-storage map whose value starts with the time it was
+ * first recorded (pt_vm_created, pt_compat), made if new. NULL when it cannot be stored (out of
+ * memory, or storage busy on this CPU): the map can then no longer vouch for the processes that
+ * exist now, which `since`[PT_CREATED_LOST] dates (two at once: the later stays).
+ */
+_Static_assert(__builtin_offsetof(struct pt_vm_created, first_ns) == 0 &&
+		       __builtin_offsetof(struct pt_compat, first_ns) == 0,
+	       "task_record() takes the first field for the time");
+
+static __always_inline __u64 *task_record(void *storage, void *since, struct task_struct *leader)
+{
+	__u32 key = PT_CREATED_LOST;
+	__u64 *first, *lost;
+
+	first = bpf_task_storage_get(storage, leader, NULL, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (first) {
+		if (!*first)
+			*first = bpf_ktime_get_boot_ns();
+		return first;
+	}
+	lost = bpf_map_lookup_elem(since, &key);
+	if (lost)
+		raise_to(lost, bpf_ktime_get_boot_ns());
+	return NULL;
+}
+
 /* KVM_CREATE_VM by any process: remember it on the process (its thread-group leader). */
 static __noinline void note_vm_created(void)
 {
 	struct task_struct *leader = bpf_get_current_task_btf()->group_leader;
-	struct pt_vm_created *c;
-	__u32 key = PT_CREATED_LOST;
-	__u64 *lost;
+	struct pt_vm_created *c = (void *)task_record(&pt_vm_created, &pt_created_since, leader);
 
-	c = bpf_task_storage_get(&pt_vm_created, leader, NULL, BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (c) {
-		if (!c->first_ns)
-			c->first_ns = bpf_ktime_get_boot_ns();
+	if (c)
 		__sync_fetch_and_add(&c->count, 1);
-		return;
-	}
-	/* Out of memory or storage busy on this CPU: the map can no longer vouch for the
-	 * processes that exist now. */
-	lost = bpf_map_lookup_elem(&pt_created_since, &key);
-	if (lost)
-		raise_to(lost, bpf_ktime_get_boot_ns()); /* two at once: the later stays */
 }
 
 SEC("tp/syscalls/sys_enter_ioctl")
@@ -886,20 +901,10 @@ int pt_ioctl_exit(struct trace_event_raw_sys_exit *ctx)
 /* Mark process `leader` as one that ran 32-bit code; a mark that cannot be stored is a loss. */
 static __noinline void note_compat(struct task_struct *leader, __u32 how)
 {
-	struct pt_compat *c;
-	__u32 key = PT_CREATED_LOST;
-	__u64 *lost;
+	struct pt_compat *c = (void *)task_record(&pt_compat, &pt_compat_since, leader);
 
-	c = bpf_task_storage_get(&pt_compat, leader, NULL, BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (c) {
-		if (!c->first_ns)
-			c->first_ns = bpf_ktime_get_boot_ns();
+	if (c)
 		__sync_fetch_and_or(&c->how, how);
-		return;
-	}
-	lost = bpf_map_lookup_elem(&pt_compat_since, &key);
-	if (lost)
-		raise_to(lost, bpf_ktime_get_boot_ns());
 }
 
 /*
