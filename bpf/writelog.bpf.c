@@ -228,6 +228,12 @@ static __always_inline int current_vm(__u32 *vm)
 	return 0;
 }
 
+/* The state of the current process's VM (its index in *vm), or NULL if it holds none. */
+static __always_inline struct pt_vm_state *current_vm_state(__u32 *vm)
+{
+	return current_vm(vm) ? NULL : vm_state(*vm);
+}
+
 /*
  * Raise *at to epoch (or a time). It only ever grows: a program that read an old epoch and was
  * delayed must not overwrite the mark of a newer one.
@@ -528,9 +534,7 @@ int BPF_PROG(pt_ring_reset, struct kvm_dirty_ring *ring)
 	struct pt_ioctl *io;
 	struct pt_ring *r = NULL;
 
-	if (current_vm(&vm))
-		return 0;
-	st = vm_state(vm);
+	st = current_vm_state(&vm);
 	if (!st)
 		return 0;
 	vcpu = BPF_CORE_READ(ring, index);
@@ -565,9 +569,7 @@ static __always_inline void write_fault(__u64 addr, bool gpa)
 	struct pt_vm_state *st;
 	__u32 vm;
 
-	if (current_vm(&vm))
-		return;
-	st = vm_state(vm);
+	st = current_vm_state(&vm);
 	if (!st)
 		return;
 	if (!gpa) {
@@ -655,9 +657,7 @@ int pt_ioctl_enter(struct trace_event_raw_sys_enter *ctx)
 		return 0;
 	if (cmd == PT_KVM_CREATE_VM)
 		note_vm_created();
-	if (current_vm(&vm))
-		return 0;
-	st = vm_state(vm);
+	st = current_vm_state(&vm);
 	if (!st)
 		return 0;
 	id = bpf_get_current_pid_tgid();
@@ -945,9 +945,7 @@ static __always_inline void compat_vm(void)
 	struct pt_vm_state *st;
 	__u32 vm;
 
-	if (current_vm(&vm))
-		return;
-	st = vm_state(vm);
+	st = current_vm_state(&vm);
 	if (!st)
 		return;
 	__sync_fetch_and_or(&st->flags, PT_VM_COMPAT);

@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: GPL-2.0
 /* The decision shared by the VM-creation and 32-bit records (clues.h). */
 #include <errno.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 #include <bpf/libbpf.h>
 
 #include "clues.h"
 #include "loader.h"
+#include "shared/procfs.h"
 #include "writelog.h"
 
 bool pt_clues_decide(int recorded, bool after_since, int proc, const struct pt_clue_why *w,
@@ -31,7 +33,8 @@ bool pt_clues_decide(int recorded, bool after_since, int proc, const struct pt_c
 	return true;
 }
 
-int pt_task_recorded(struct bpf_map *m, int pidfd)
+/* 1 if the process behind `pidfd` has an entry in `m`, 0 if not, -1 if the map cannot say. */
+static int task_recorded(struct bpf_map *m, int pidfd)
 {
 	unsigned char v[64];
 
@@ -40,6 +43,19 @@ int pt_task_recorded(struct bpf_map *m, int pidfd)
 	if (!bpf_map__lookup_elem(m, &pidfd, sizeof(pidfd), v, bpf_map__value_size(m), 0))
 		return 1;
 	return errno == ENOENT ? 0 : -1;
+}
+
+int pt_pid_recorded(struct bpf_map *m, uint32_t pid, uint64_t start)
+{
+	int pidfd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0), r = -1;
+	uint64_t again;
+
+	/* The pidfd names the process of that start time only if the pid still has it. */
+	if (pidfd >= 0 && !pt_proc_start_time(pid, &again) && again == start)
+		r = task_recorded(m, pidfd);
+	if (pidfd >= 0)
+		close(pidfd);
+	return r;
 }
 
 bool pt_started_after_since(struct bpf_map *m, uint64_t ticks)

@@ -31,9 +31,9 @@ struct pt_clue_why {
 bool pt_clues_decide(int recorded, bool after_since, int proc, const struct pt_clue_why *w,
 		     const char **why);
 
-/* 1 if the process behind @pidfd has an entry in the task-storage map @m, 0 if not, -1 if the
- * map cannot say. */
-int pt_task_recorded(struct bpf_map *m, int pidfd);
+/* 1 if process @pid, started at @start (/proc/PID/stat ticks), has an entry in the
+ * task-storage map @m, 0 if not, -1 if the map cannot say or the pid changed hands. */
+int pt_pid_recorded(struct bpf_map *m, uint32_t pid, uint64_t start);
 
 /*
  * Did a process that started at `ticks` (/proc/PID/stat) start after the record behind `since`

@@ -52,17 +52,11 @@ int pt_vmm_compat_clues(struct pt_tracker *t, uint32_t pid, struct pt_compat_clu
 {
 	uint64_t start, again;
 	char path[64];
-	int pidfd;
 
 	*c = (struct pt_compat_clues){ .marked = -1, .exe = -1 };
 	if (pt_proc_start_time(pid, &start))
 		return -ESRCH;
-	pidfd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
-	/* The pidfd and the path name the process of that start time only if it still has it. */
-	if (pidfd >= 0 && !pt_proc_start_time(pid, &again) && again == start)
-		c->marked = pt_task_recorded(t->skel->maps.pt_compat, pidfd);
-	if (pidfd >= 0)
-		close(pidfd);
+	c->marked = pt_pid_recorded(t->skel->maps.pt_compat, pid, start);
 	c->after_since = pt_started_after_since(t->skel->maps.pt_compat_since, start);
 	/* The executable only where the record does not answer: opening it runs on the event
 	 * loop, and a file on a hung network mount would stall it. */

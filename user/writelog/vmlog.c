@@ -185,17 +185,12 @@ bool pt_vm_clues_decide(const struct pt_vm_clues *c, const char **why)
 int pt_vmm_vm_clues(struct pt_tracker *t, uint32_t pid, struct pt_vm_clues *c)
 {
 	uint64_t start, again;
-	int pidfd;
 
 	*c = (struct pt_vm_clues){ .created = -1, .fds = -1 };
 	if (pt_proc_start_time(pid, &start))
 		return -ESRCH;
-	pidfd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
-	/* The pidfd and the scan name the process of that start time only if it still has it. */
-	if (pidfd >= 0 && !pt_proc_start_time(pid, &again) && again == start)
-		c->created = pt_task_recorded(t->skel->maps.pt_vm_created, pidfd);
-	if (pidfd >= 0)
-		close(pidfd);
+	c->created = pt_pid_recorded(t->skel->maps.pt_vm_created, pid, start);
+	/* The scan is of the process of that start time only if the pid still has it after. */
 	c->fds = pt_pid_scan_kvm_vm(pid);
 	if (pt_proc_start_time(pid, &again) || again != start) {
 		*c = (struct pt_vm_clues){ .created = -1, .fds = -1 };
