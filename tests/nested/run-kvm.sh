@@ -8,7 +8,7 @@
 # Usage: tests/nested/run-kvm.sh [filter[:cases]...]
 #   Each filter is a test name substring as tests/run.sh takes it, optionally with a case name
 #   substring after a colon (test_minivm:ring); without one, every test whose source asks for
-#   /dev/kvm runs (kvm_tests below). Prints the summed "N passed, N failed, N skipped" line and
+#   /dev/kvm or 32-bit processes runs (kvm_tests below). Prints the summed "N passed, N failed, N skipped" line and
 #   exits 0 only if the guest ran and nothing failed.
 #
 # Nothing is installed on the host but Debian packages (qemu-system-x86, busybox-static, kmod,
@@ -167,13 +167,16 @@ build_initramfs() {
 }
 
 # Test programs whose source asks for KVM (t_need_kvm, a minivm guest; scripts that look for
-# /dev/kvm): the default selection. test_uffd runs only its kvm_ cases: the others run on the
-# host in `make test`, and their 64 GiB userfaultfd scans take a long time under emulation.
+# /dev/kvm) or for 32-bit processes (ia32 emulation): the default selection. test_uffd runs only
+# its kvm_ cases: the others run on the host in `make test`, and their 64 GiB userfaultfd scans
+# take a long time under emulation.
 # test_systemd.sh does not run here: it installs into / (read-only in the guest) and boots
 # systemd in a namespace; it needs no guest either (without /dev/kvm it lifts the condition).
 kvm_tests() {
 	(
 		grep -l 't_need_kvm\|minivm_create' "$TOP"/tests/*/test_*.c
+		# 32-bit processes: hosts like this one boot with ia32 emulation off
+		grep -l 'ia32 emulation' "$TOP"/tests/*/test_*.c
 		grep -l -- '-c /dev/kvm\|kvm.*usable' "$TOP"/tests/*/test_*.sh
 	) | xargs -n1 basename | sed 's/\.c$//; s/^test_uffd$/test_uffd:kvm_/' |
 		grep -vx 'test_systemd.sh'
