@@ -119,7 +119,9 @@ int pt_compat_iter_run(struct pt_tracker *t, struct pt_compat_iter_sum *sum)
 	/* read() runs the program over the tasks; EOF once the last one (and the summary) is out.
 	 */
 	while ((n = read(fd, buf, sizeof(buf))) != 0) {
-		if (n < 0 && errno == EINTR)
+		/* EAGAIN: the kernel stops a read after a million objects without output (a host
+		 * with that many tasks); the next read goes on from there. */
+		if (n < 0 && (errno == EINTR || errno == EAGAIN))
 			continue;
 		if (n < 0) {
 			err = -errno;
