@@ -95,7 +95,7 @@ int pt_compat_iter_run(struct pt_tracker *t, struct pt_compat_iter_sum *sum)
 	struct bpf_program *prog = t->skel->progs.pt_compat_iter;
 	size_t got = 0;
 	struct bpf_link *link;
-	int fd, err = 0;
+	int fd, err = 0, again = 0;
 	uint32_t zero = 0;
 	char buf[256];
 	ssize_t n;
@@ -120,8 +120,9 @@ int pt_compat_iter_run(struct pt_tracker *t, struct pt_compat_iter_sum *sum)
 	 */
 	while ((n = read(fd, buf, sizeof(buf))) != 0) {
 		/* EAGAIN: the kernel stops a read after a million objects without output (a host
-		 * with that many tasks); the next read goes on from there. */
-		if (n < 0 && (errno == EINTR || errno == EAGAIN))
+		 * with that many tasks); the next read goes on from there. Bounded: a walk that
+		 * never ends is a failed one. */
+		if (n < 0 && (errno == EINTR || (errno == EAGAIN && ++again < 1000)))
 			continue;
 		if (n < 0) {
 			err = -errno;
