@@ -911,16 +911,15 @@ static __noinline void note_compat(struct task_struct *leader, __u32 how)
  * Does `mm` run plain 64-bit code? x86-64 sets mm->context.flags at exec: HAS_VSYSCALL (bit 1)
  * for a 64-bit image, UPROBE_IA32 (bit 0) for an ia32 one, neither for x32 (arch/x86 process_64.c;
  * masks in an unsigned short up to 6.3, bit numbers in an unsigned long since: the same low
- * byte). 1 yes, 0 no or cannot tell (no such field on this kernel, unreadable), -1 no mm.
+ * byte). 1 yes, 0 no (or unreadable: counts as no), -1 nothing to judge: no mm, or no such
+ * field on this kernel (not x86-64).
  */
 static __always_inline int mm_runs_64bit(struct mm_struct *mm)
 {
 	unsigned char low;
 
-	if (!mm)
+	if (!mm || !bpf_core_field_exists(mm->context.flags))
 		return -1;
-	if (!bpf_core_field_exists(mm->context.flags))
-		return 0;
 	if (bpf_core_read(&low, sizeof(low), &mm->context.flags))
 		return 0;
 	return (low & (PT_MM_UPROBE_IA32 | PT_MM_HAS_VSYSCALL)) == PT_MM_HAS_VSYSCALL;
@@ -987,7 +986,7 @@ int BPF_PROG(pt_fork, struct task_struct *parent, struct task_struct *child)
 	if (child->group_leader != child)
 		return 0;
 	if (!in_compat && !bpf_task_storage_get(&pt_compat, parent->group_leader, NULL, 0) &&
-	    (!bpf_core_field_exists(parent->mm->context.flags) || mm_runs_64bit(parent->mm) != 0))
+	    mm_runs_64bit(parent->mm) != 0)
 		return 0;
 	note_compat(child, PT_COMPAT_FORK);
 	return 0;
@@ -1025,12 +1024,12 @@ int pt_compat_iter(struct bpf_iter__task *ctx)
 		return 0;
 	}
 	sum->tasks++;
-	/* Kernel threads never register; one borrowing a user mm is not that process. Without
-	 * the field nothing is judged: the summary says so and nothing claims completeness. */
-	if ((task->flags & PT_PF_KTHREAD) || !bpf_core_field_exists(task->mm->context.flags))
+	/* Kernel threads never register; one borrowing a user mm is not that process. */
+	if (task->flags & PT_PF_KTHREAD)
 		return 0;
+	/* Nothing to judge (< 0): no mm (exiting, or a zombie leader whose live threads answer
+	 * for it), or no field on this kernel, which the summary says (nothing is complete). */
 	r = mm_runs_64bit(task->mm);
-	/* No mm (< 0): exiting, or a zombie leader whose live threads answer for it. */
 	if (r != 0)
 		return 0;
 	sum->marked++;
