@@ -77,6 +77,13 @@ bool pt_vm_check_compat(struct pt_tracker *t, uint32_t vm)
 	struct pt_compat_clues c;
 	bool may = true;
 
+	/* Sticky: once marked (here or by BPF) nothing is asked again, and a device registering
+	 * the VM over and over gets no journal line per REGISTER (its verdicts say why). */
+	if (__atomic_load_n(&st->flags, __ATOMIC_ACQUIRE) & PT_VM_COMPAT) {
+		pt_debug("VM %u (pid %u) marked already as one that may make 32-bit syscalls", vm,
+			 st->tgid);
+		return true;
+	}
 	if (!pt_vmm_compat_clues(t, st->tgid, &c))
 		may = pt_compat_clues_decide(&c, &why);
 	if (!may) {
