@@ -52,7 +52,7 @@ struct lazy_reply;
 struct kept_log {
 	uint32_t why;	/* its PT_WHY_* set, 0: none logged since registering */
 	time_t at;	/* when (CLOCK_MONOTONIC_COARSE seconds) */
-	uint64_t quiet; /* verdicts kept for the same reason since, not logged */
+	uint64_t quiet; /* verdicts kept since, not logged (`why`: the last one's reason) */
 };
 
 struct svc {
@@ -96,7 +96,7 @@ static void reply_err(struct svc *s, struct pt_conn *c, uint32_t seq, int code, 
 
 /* Reply frames stay at or below 64 KiB (PROTOCOL.md section 6): 4093 ranges each. */
 #define REPLY_FRAME_BYTES 65536
-#define KEPT_LOG_SECS	  60 /* log_kept: one line a minute per VM and reason */
+#define KEPT_LOG_SECS	  60 /* log_kept: at most one line a minute per VM */
 
 /* Ranges in as many frames as needed; every frame repeats the counts, the last lacks MORE. */
 static void send_ranges(struct svc *s, struct pt_conn *c, unsigned type, uint32_t seq,
@@ -507,8 +507,8 @@ static void unbind_holder(struct svc *s, uint32_t vm, struct pt_conn *by)
 	s->id[vm].conn = NULL;
 }
 
-/* The VM's kept verdicts not logged yet, said before their run ends (a verdict that frees
- * pages, the VM released): the count must not be lost, and doubt that comes back logs again. */
+/* The VM's kept verdicts not logged yet, counted before the VM goes (released, or registered
+ * afresh): the count must not be lost. */
 static void kept_done(struct svc *s, uint32_t vm, const char *until)
 {
 	struct kept_log *k = &s->kept_log[vm];
@@ -929,8 +929,8 @@ static void reply_reclaimed(struct svc *s, struct pt_conn *c, const struct pt_ms
 /*
  * Fail safe, and say why: the operator sees what kept a verdict's pages. A device may ask for
  * verdicts many times a second and a VM in doubt stays so for every one of them, so the journal
- * gets a line when the reason changes and then at most one a minute, with the count of the
- * verdicts it stands for (each line is a write to journald, and a wakeup of it).
+ * gets at most one line a minute per VM, with the count of the verdicts since the last one
+ * (each line is a write to journald, and a wakeup of it).
  */
 static void log_kept(struct svc *s, const struct pt_vmctx *ctx, uint32_t cmd, uint64_t hinted,
 		     uint32_t why)
@@ -940,8 +940,10 @@ static void log_kept(struct svc *s, const struct pt_vmctx *ctx, uint32_t cmd, ui
 	struct timespec now;
 
 	clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
-	if (k->why == why && now.tv_sec - k->at < KEPT_LOG_SECS) {
+	/* At most one line a minute, whatever the reason: a device could make it alternate. */
+	if (k->why && now.tv_sec - k->at < KEPT_LOG_SECS) {
 		k->quiet++;
+		k->why = why;
 		return;
 	}
 	if (k->quiet)
@@ -988,8 +990,6 @@ static void on_query(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx, con
 	s->n.verdicts++;
 	if (sum.why && !sum.free)
 		log_kept(s, ctx, m->cmd_id, sum.hinted, sum.why);
-	else if (s->kept_log[ctx->vm].why)
-		kept_done(s, ctx->vm, "this one confirmed pages");
 	reply_verdict(s, c, m->seq, m->cmd_id, &sum, lr);
 }
 
