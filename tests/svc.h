@@ -68,6 +68,21 @@ static inline int need_service(void)
 	return 0;
 }
 
+/* Lines of the service's log that hold `what` and name process `pid` ("(pid N)"). */
+static inline int svc_log_lines(pid_t pid, const char *what)
+{
+	char line[512], who[32];
+	FILE *f = fopen(svc.log, "r");
+	int n = 0;
+
+	snprintf(who, sizeof(who), "(pid %d)", (int)pid);
+	while (f && fgets(line, sizeof(line), f))
+		n += strstr(line, who) && strstr(line, what);
+	if (f)
+		fclose(f);
+	return f ? n : -1;
+}
+
 static inline struct pt_client *connect_svc(void)
 {
 	struct pt_client *c = pt_client_connect(svc.socket);

@@ -1130,21 +1130,6 @@ static int kept_rounds_child(void *arg)
 	return 0;
 }
 
-/* Lines of the service's log that name this VMM and hold `what`. */
-static int log_lines(pid_t vmm, const char *what)
-{
-	char line[512], who[64];
-	FILE *f = fopen(svc.log, "r");
-	int n = 0;
-
-	snprintf(who, sizeof(who), "(pid %d)", (int)vmm);
-	while (f && fgets(line, sizeof(line), f))
-		n += strstr(line, who) && strstr(line, what);
-	if (f)
-		fclose(f);
-	return f ? n : -1;
-}
-
 static int kept_verdicts_logged_once(void)
 {
 	char rest[96];
@@ -1153,15 +1138,15 @@ static int kept_verdicts_logged_once(void)
 	T_REQUIRE(need_service());
 	pid = start_child(kept_rounds_child, NULL);
 	CHECK(pid > 0 && wait_child(pid) == 0);
-	CHECKF(log_lines(pid, "pages kept, none confirmed") == 1,
-	       "%d log lines for %d kept verdicts", log_lines(pid, "pages kept, none confirmed"),
-	       KEPT_ROUNDS);
+	CHECKF(svc_log_lines(pid, "pages kept, none confirmed") == 1,
+	       "%d log lines for %d kept verdicts",
+	       svc_log_lines(pid, "pages kept, none confirmed"), KEPT_ROUNDS);
 	/* The VMM is gone: when its VM is released (a tick), the verdicts not logged are counted.
 	 */
 	snprintf(rest, sizeof(rest), "%d more verdicts kept, none confirmed", KEPT_ROUNDS - 1);
-	for (unsigned ms = 0; ms < 10000 * t_time_scale() && !log_lines(pid, rest); ms += 50)
+	for (unsigned ms = 0; ms < 10000 * t_time_scale() && !svc_log_lines(pid, rest); ms += 50)
 		usleep(50 * 1000);
-	CHECKF(log_lines(pid, rest) == 1, "no \"%s\" line when the VM was released", rest);
+	CHECKF(svc_log_lines(pid, rest) == 1, "no \"%s\" line when the VM was released", rest);
 	return 0;
 }
 

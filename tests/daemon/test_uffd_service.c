@@ -322,21 +322,6 @@ out:
 	return err;
 }
 
-/* Lines of the service's log that hold `what` and name process `pid`. */
-static int log_lines(pid_t pid, const char *what)
-{
-	char line[512], who[32];
-	FILE *f = fopen(svc.log, "r");
-	int n = 0;
-
-	snprintf(who, sizeof(who), "(pid %d)", (int)pid);
-	while (f && fgets(line, sizeof(line), f))
-		n += strstr(line, who) && strstr(line, what);
-	if (f)
-		fclose(f);
-	return f ? n : -1;
-}
-
 static int compat_vmm_kept(void)
 {
 	const char *warn = "may make 32-bit syscalls, which BPF cannot see";
@@ -345,8 +330,8 @@ static int compat_vmm_kept(void)
 	T_REQUIRE(need_service());
 	pid = start_child(compat_body, NULL);
 	CHECK(pid > 0 && wait_child(pid) == 0);
-	CHECKF(log_lines(pid, warn) == 1, "%d warnings for %d registrations", log_lines(pid, warn),
-	       COMPAT_REREGISTER + 1);
+	CHECKF(svc_log_lines(pid, warn) == 1, "%d warnings for %d registrations",
+	       svc_log_lines(pid, warn), COMPAT_REREGISTER + 1);
 	return 0;
 }
 
