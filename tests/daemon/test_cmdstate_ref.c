@@ -4,7 +4,8 @@
  * standing for its own early pages, the count-only verdict under doubt) against a model that
  * keeps one byte per page and applies the rules of cmdstate.h page by page: random ARMs,
  * syncs, hint and report batches (some with a bad range, rejected whole), guest writes and
- * verdicts, checked after every step. A fast path that loses an early or written page shows
+ * verdicts (listed directly, or frozen and emitted in slices as the service does), checked after
+ * every step. A fast path that loses an early or written page shows
  * up here as a page the model keeps and cmdstate calls free.
  */
 #include <stdlib.h>
@@ -135,6 +136,28 @@ static int arm(struct env *e, struct model *m)
 	return 0;
 }
 
+static int direct_verdict(struct env *e, struct model *m, bool hints, struct pt_verdict_sum *v)
+{
+	return hints ? pt_cmd_verdict(e->c, m->cur, v, collect, e)
+		     : pt_report_verdict(e->c, v, collect, e);
+}
+
+/* As the service answers: the free pages frozen into a set, emitted in random slices. */
+static int frozen_verdict(struct env *e, struct model *m, bool hints, struct pt_verdict_sum *v)
+{
+	struct pt_pages p = { 0 };
+	bool done = false;
+	int err = hints ? pt_cmd_verdict(e->c, m->cur, v, pt_pages_freeze, &p)
+			: pt_report_verdict(e->c, v, pt_pages_freeze, &p);
+
+	if (!err && !v->why && p.count != v->free)
+		err = -1000; /* the set holds other pages than the verdict counts */
+	while (!err && p.bits && !done)
+		err = pt_pages_emit(&p, 1 + rnd(e) % (PAGES / 64), collect, e, &done);
+	pt_pages_release(&p);
+	return err;
+}
+
 static int verdict(struct env *e, struct model *m, bool hints)
 {
 	const uint8_t *set = hints ? m->hinted : m->reported;
@@ -144,8 +167,7 @@ static int verdict(struct env *e, struct model *m, bool hints)
 
 	memset(e->listed, 0, sizeof(e->listed));
 	e->listed_bad = false;
-	err = hints ? pt_cmd_verdict(e->c, m->cur, &v, collect, e)
-		    : pt_report_verdict(e->c, &v, collect, e);
+	err = rnd(e) % 2 ? frozen_verdict(e, m, hints, &v) : direct_verdict(e, m, hints, &v);
 	CHECKF(!err, "verdict: %d", err);
 	if (!hints && !e->c->reported) { /* nothing ever reported: an empty answer */
 		CHECK(!v.why && !v.hinted && !v.free && !v.kept_written && !v.kept_unsure);

@@ -20,6 +20,7 @@
 #include "bench_guest.h"
 #include "bench_svc.h"
 #include "bench_uffd.h"
+#include "bench_verdict.h"
 #include "bench_util.h"
 #include "tools/spawn.h"
 #include "vmm/minivm.h"
@@ -40,6 +41,7 @@ static const struct {
 	{ "64 devices", bench_many_devices },
 	{ "64 reporters", bench_many_reporters },
 	{ "live guest + 64 GiB verdict", bench_live_guest },
+	{ "verdict pass (in-process)", bench_verdict_pass },
 };
 
 /* PT_BENCH_ONLY=<substring of a workload name> runs only those (development aid). */

@@ -300,12 +300,18 @@ static int emit_flush(struct emitter *e)
 	return e->err;
 }
 
-static void freeze_word(struct emitter *e, uint64_t w, uint64_t bits);
+static inline void freeze_word(struct emitter *e, uint64_t w, uint64_t bits);
 
-static void emit_word(struct emitter *e, uint64_t w, uint64_t bits)
+static inline __attribute__((always_inline)) void emit_word(struct emitter *e, uint64_t w,
+							    uint64_t bits)
 {
 	if (e->cb == pt_pages_freeze) {
 		freeze_word(e, w, bits);
+		return;
+	}
+	/* A whole word that goes on the pending run: most words of a quiet guest's verdict. */
+	if (bits == ~0ull && e->len && e->start + e->len == w * 64) {
+		e->len += 64;
 		return;
 	}
 	while (bits) {
@@ -336,7 +342,8 @@ int pt_pages_freeze(void *ctx, uint64_t gpa, uint64_t len)
 }
 
 /* One bit per region page, allocated at the first page, with the memory map of that moment. */
-static void freeze_word(struct emitter *e, uint64_t w, uint64_t bits)
+static inline __attribute__((always_inline)) void freeze_word(struct emitter *e, uint64_t w,
+							      uint64_t bits)
 {
 	struct pt_pages *p = e->ctx;
 
@@ -948,6 +955,55 @@ static void verdict_unsure(struct pt_verdict_sum *v, uint64_t total)
 }
 
 /*
+ * Where a verdict's free words go. Into an empty frozen set (the service's QUERY) they are
+ * stored directly, each word once and in order: no read back, no count per word. A set that
+ * is not empty, or another callback, takes the emitter.
+ */
+struct free_out {
+	struct emitter e;
+	struct pt_pages *fresh; /* the empty frozen set, or NULL */
+	uint64_t *bits;		/* fresh->bits once the first free word came */
+};
+
+static void free_out_init(struct free_out *o, struct pt_vmctx *c, pt_range_cb cb, void *ctx)
+{
+	struct pt_pages *p = ctx;
+
+	*o = (struct free_out){ .e = { .c = c, .cb = cb, .ctx = ctx } };
+	if (cb == pt_pages_freeze && !p->bits)
+		o->fresh = p;
+}
+
+/* Word w has no hinted page. */
+static inline void free_none(struct free_out *o, uint64_t w)
+{
+	if (o->bits)
+		o->bits[w] = 0;
+}
+
+static inline void free_word(struct free_out *o, uint64_t w, uint64_t bits)
+{
+	if (!o->fresh) {
+		emit_word(&o->e, w, bits);
+		return;
+	}
+	if (!o->bits && bits) {
+		/* The words before w held nothing free; from w on every word is stored. */
+		o->bits = malloc(o->e.c->words * sizeof(uint64_t));
+		if (!o->bits) {
+			o->e.err = -PT_E_BUSY;
+			return;
+		}
+		memset(o->bits, 0, w * sizeof(uint64_t));
+		o->fresh->bits = o->bits;
+		o->fresh->words = o->e.c->words;
+		o->fresh->slots = o->e.c->slots;
+	}
+	if (o->bits)
+		o->bits[w] = bits;
+}
+
+/*
  * free = hinted AND NOT written AND NOT early, read now. Written pages are kept_written; early
  * pages not written are kept_unsure (PT_WHY_NO_SYNC). The log words are read before the doubt
  * check, so a taint raised while we read (a write that could not be logged) is seen by it.
@@ -955,7 +1011,7 @@ static void verdict_unsure(struct pt_verdict_sum *v, uint64_t total)
 static int verdict_over(struct pt_vmctx *c, const uint64_t *set, struct pt_verdict_sum *v,
 			pt_range_cb cb, void *ctx)
 {
-	struct emitter e = { .c = c, .cb = cb, .ctx = ctx };
+	struct free_out o;
 	/* The region's first word, taken once: this loop reads the whole region per QUERY. */
 	const uint64_t *log = &c->t->log[pt_vm(c->t, c->vm)->log_bit_base / 64];
 	/* The early pages: the bitmap, and the hinted set while all of it is early. */
@@ -971,23 +1027,28 @@ static int verdict_over(struct pt_vmctx *c, const uint64_t *set, struct pt_verdi
 		v->why |= pt_epoch_doubt(c);
 		return 0;
 	}
+	free_out_init(&o, c, cb, ctx);
 	for (uint64_t w = 0; w < c->words; w++) {
 		uint64_t h = set[w], wr, early;
 
-		if (!h)
+		if (!h) {
+			free_none(&o, w);
 			continue;
+		}
 		wr = __atomic_load_n(&log[w], __ATOMIC_RELAXED) & h;
 		early = ((eb ? eb[w] : 0) | (eh ? eh[w] : 0)) & h & ~wr;
 		total += __builtin_popcountll(h);
 		written += __builtin_popcountll(wr);
 		if (early)
 			unsure += __builtin_popcountll(early);
-		emit_word(&e, w, h & ~wr & ~early);
-		if (e.err)
-			return e.err;
+		free_word(&o, w, h & ~wr & ~early);
+		if (o.e.err)
+			return o.e.err;
 	}
 	/* wr and early are disjoint parts of h: what is left of it is free. */
 	chosen = total - written - unsure;
+	if (o.fresh)
+		o.fresh->count = chosen;
 	v->why |= pt_epoch_doubt(c);
 	if (v->why) {
 		/* Nothing can be vouched for. Ranges already passed to cb must be dropped: the
@@ -995,8 +1056,8 @@ static int verdict_over(struct pt_vmctx *c, const uint64_t *set, struct pt_verdi
 		verdict_unsure(v, total);
 		return 0;
 	}
-	if (e.len && emit_flush(&e))
-		return e.err;
+	if (o.e.len && emit_flush(&o.e))
+		return o.e.err;
 	v->hinted = total;
 	v->free = chosen;
 	v->kept_written = written;
