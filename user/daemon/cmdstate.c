@@ -365,12 +365,14 @@ static inline __attribute__((always_inline)) void freeze_word(struct emitter *e,
 int pt_pages_emit(struct pt_pages *p, uint64_t max_words, pt_range_cb cb, void *ctx, bool *done)
 {
 	struct emitter e = { .sl = &p->slots, .cb = cb, .ctx = ctx };
-	uint64_t end = p->words - p->next > max_words ? p->next + max_words : p->words;
+	uint64_t end = p->words - p->next > max_words ? p->next + max_words : p->words, w;
 
 	e.start = p->run_start;
 	e.len = p->run_len;
-	for (; p->next < end && !e.err; p->next++)
-		emit_word(&e, p->next, p->bits[p->next]);
+	/* A local index: the loop stores nothing per word but the run's length. */
+	for (w = p->next; w < end && !e.err; w++)
+		emit_word(&e, w, p->bits[w]);
+	p->next = w;
 	*done = p->next == p->words;
 	if (*done && e.len && !e.err)
 		emit_flush(&e);
