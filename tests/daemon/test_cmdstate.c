@@ -34,16 +34,21 @@ static int collect(void *arg, uint64_t gpa, uint64_t len)
 	return 0;
 }
 
-static int setup(struct env *e, bool logged)
+static int setup_pages(struct env *e, bool logged, uint64_t npages)
 {
 	struct pt_loader_opts o = { .no_attach = true, .no_pin = true, .log_mb = 1 };
-	struct pt_slot_cfg s = { GPA, PAGES * 4096ull, 1, logged };
+	struct pt_slot_cfg s = { GPA, npages * 4096ull, 1, logged };
 	bool existed;
 
 	memset(e, 0, sizeof(*e));
 	if (pt_tracker_open(&e->t, &o) || pt_vm_track(e->t, getpid(), &s, 1, 0, &e->vm, &existed))
 		return -1;
 	return pt_vmctx_new(&e->c, e->t, e->vm, getpid(), PT_DIRTY_RING, true);
+}
+
+static int setup(struct env *e, bool logged)
+{
+	return setup_pages(e, logged, PAGES);
 }
 
 static void teardown(struct env *e)
@@ -85,6 +90,25 @@ static int report(struct env *e, uint64_t first, uint64_t n)
 	uint64_t got;
 
 	return pt_report_add(e->c, &r, 1, &got) || got != n ? -1 : 0;
+}
+
+/* The count of an unsure verdict takes every word: 19 words, not a multiple of its 4 sums. */
+static int unsure_count_every_word(void)
+{
+	const uint64_t n = 19 * 64;
+	struct pt_verdict_sum v;
+	struct env e;
+
+	T_REQUIRE(t_need_bpf());
+	CHECK(!setup_pages(&e, true, n));
+	CHECK(e.c->words % 4 != 0);
+	CHECK(!pt_cmd_arm(e.c, 2));
+	CHECK(!hint(&e, 2, 0, n));
+	CHECK(!pt_cmd_verdict(e.c, 2, &v, collect, &e));
+	CHECKF((v.why & PT_WHY_NO_SYNC) && v.hinted == n && v.kept_unsure == n && !v.free,
+	       "hinted %llu of %llu", (unsigned long long)v.hinted, (unsigned long long)n);
+	teardown(&e);
+	return 0;
 }
 
 /* Hints before the sync are unsure (not written); the same verdict confirms the later ones. */
@@ -333,5 +357,5 @@ static int coverage_bits(void)
 }
 
 T_MAIN(T_CASE(early_hints_unsure_not_written), T_CASE(no_sync_confirms_nothing),
-       T_CASE(reported_set_loses_only_what_it_must), T_CASE(command_id_runs), T_CASE(coverage_bits),
-       T_CASE(hint_batch_paths))
+       T_CASE(unsure_count_every_word), T_CASE(reported_set_loses_only_what_it_must),
+       T_CASE(command_id_runs), T_CASE(coverage_bits), T_CASE(hint_batch_paths))

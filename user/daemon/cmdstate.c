@@ -940,11 +940,19 @@ int pt_cmd_done(struct pt_vmctx *c, uint32_t cmd)
 /* Pages in the set: all the verdict needs once it is known that it vouches for nothing. */
 static uint64_t count_set(const uint64_t *set, uint64_t words)
 {
-	uint64_t total = 0;
+	/* Four sums: one chain of adds would wait on each popcount (75 against 46 us per 2 MiB
+	 * here). */
+	uint64_t t[4] = { 0 }, w = 0;
 
-	for (uint64_t w = 0; w < words; w++)
-		total += __builtin_popcountll(set[w]);
-	return total;
+	for (; w + 4 <= words; w += 4) {
+		t[0] += __builtin_popcountll(set[w]);
+		t[1] += __builtin_popcountll(set[w + 1]);
+		t[2] += __builtin_popcountll(set[w + 2]);
+		t[3] += __builtin_popcountll(set[w + 3]);
+	}
+	for (; w < words; w++)
+		t[0] += __builtin_popcountll(set[w]);
+	return t[0] + t[1] + t[2] + t[3];
 }
 
 /* Nothing can be vouched for: every page of the set is kept, unsure. */
