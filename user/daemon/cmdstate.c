@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "cmdstate.h"
+#include "lib/proto.h"
 #include "shared/log.h"
 #include "wlog_feed.h"
 
@@ -150,18 +151,18 @@ static inline bool win_has(const struct slot_win *w, const struct pt_range *r, u
  * once. A box inside the window has every range in it (as win_has() would find); one that is
  * not goes the precise way, which decides alone.
  */
-static bool all_in_win(const struct slot_win *w, const struct pt_range *r, uint32_t n)
+static PT_RANGE_LOOP bool all_in_win(const struct slot_win *w, const struct pt_range *r, uint32_t n)
 {
-	uint64_t lo = UINT64_MAX, hi = 0, sum = 0;
-	bool over = false;
+	uint64_t lo = UINT64_MAX, hi = 0, sum = 0, over = 0;
 
 	for (uint32_t i = 0; i < n; i++) {
 		/* gpa >> 12 and len >> 12 are below 2^52: their sum cannot wrap. */
 		uint64_t first = r[i].gpa >> PAGE_SHIFT, np = r[i].len >> PAGE_SHIFT;
+		uint64_t end = first + np;
 
 		lo = first < lo ? first : lo;
-		hi = first + np > hi ? first + np : hi;
-		over |= np > PT_MAX_BATCH_PAGES;
+		hi = end > hi ? end : hi;
+		over |= (uint64_t)(np > PT_MAX_BATCH_PAGES);
 		sum += np; /* each term at most the bound, fewer than 2^32 terms: no wrap */
 	}
 	/* lo - base wraps when lo < base; hi >= lo. */
