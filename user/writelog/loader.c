@@ -454,14 +454,53 @@ static int load_any(struct pt_tracker *t, const struct pt_loader_opts *o)
 	return err;
 }
 
+/*
+ * Pinned maps are trusted only as a whole. Each means something only beside the others: a
+ * write log beside the VM table whose epochs it belongs to, the 32-bit and VM-creation records
+ * beside the times since when they are complete. One missing (removed by hand, or a map this
+ * build adds) would be created empty beside reused ones: an empty log under a reused VM table
+ * reads as "nothing written", an empty 32-bit record under a kept "complete since boot" as
+ * "no 32-bit process". Returns how many of the maps this build pins are pinned, of *all.
+ */
+static int pins_present(struct pt_tracker *t, int *all)
+{
+	LIBBPF_OPTS(bpf_object_open_opts, oo, .pin_root_path = t->pin_dir);
+	struct writelog_bpf *skel = writelog_bpf__open_opts(&oo);
+	struct bpf_map *map;
+	int n = 0;
+
+	*all = 0;
+	if (!skel)
+		return -errno;
+	bpf_object__for_each_map(map, skel->obj)
+	{
+		const char *path = bpf_map__pin_path(map);
+
+		if (!path)
+			continue;
+		(*all)++;
+		n += !access(path, F_OK);
+	}
+	writelog_bpf__destroy(skel);
+	return n;
+}
+
 static int load_skel(struct pt_tracker *t, const struct pt_loader_opts *o)
 {
 	char path[512];
-	int err;
+	int err, n, all;
 
 	if (!o->no_pin) {
 		pin_path(path, sizeof(path), t->pin_dir, "pt_vm_state");
 		t->reused_maps = !access(path, F_OK);
+		n = pins_present(t, &all);
+		if (n > 0 && n < all) {
+			pt_warn("pinned maps in %s are incomplete (%d of %d): removing them; every "
+				"VM must register again, nothing is confirmed from the old log",
+				t->pin_dir, n, all);
+			pt_tracker_unpin(t->pin_dir);
+			t->reused_maps = false;
+		}
 	}
 	err = load_any(t, o);
 	if (err && t->reused_maps) {

@@ -1,0 +1,114 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Pinned maps are trusted as a whole or not at all. A restart reuses a complete set (the write
+ * log keeps what the guests wrote); a set with one map missing (removed by hand) starts afresh
+ * instead of creating that map empty beside the others: an empty write log under the reused
+ * VM table would read as "nothing written", an empty 32-bit record under its kept "complete
+ * since boot" as "no 32-bit process". Each case uses its own pin directory and removes it.
+ */
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "t.h"
+#include "writelog/loader.h"
+#include "writelog/vmlog.h"
+
+#define PAGE_WRITTEN 5
+
+struct pins {
+	char dir[128];
+	uint64_t bit; /* the written page's bit in pt_log */
+};
+
+static struct pt_tracker *open_pinned(struct pins *p)
+{
+	struct pt_loader_opts o = { .tdp = 0, .log_mb = 1, .pin_dir = p->dir };
+	struct pt_tracker *t = NULL;
+
+	return pt_tracker_open(&t, &o) ? NULL : t;
+}
+
+static bool bit_set(const struct pt_tracker *t, uint64_t bit)
+{
+	return __atomic_load_n(&t->log[bit / 64], __ATOMIC_RELAXED) & (1ull << (bit % 64));
+}
+
+/* A first run: a VM tracked, one of its pages written; the pins stay. */
+static int first_run(struct pins *p, const char *name)
+{
+	struct pt_slot_cfg slot = { .gpa = 1ull << 30, .size = 64 << 12, .id = 1, .logged = 1 };
+	struct pt_tracker *t;
+	bool existed;
+	uint32_t vm;
+	int err = -1;
+
+	snprintf(p->dir, sizeof(p->dir), "/sys/fs/bpf/pt_test_pins_%s_%d", name, (int)getpid());
+	pt_tracker_unpin(p->dir);
+	t = open_pinned(p);
+	if (t && !t->reused_maps && !pt_vm_track(t, getpid(), &slot, 1, 0, &vm, &existed)) {
+		pt_vm_mark_written(t, vm, PAGE_WRITTEN, 1);
+		p->bit = t->vms[vm].log_bit_base + PAGE_WRITTEN;
+		err = bit_set(t, p->bit) ? 0 : -1;
+	}
+	pt_tracker_close(t);
+	return err;
+}
+
+static int whole_pins_reused(void)
+{
+	struct pt_tracker *t;
+	struct pins p;
+	bool reused, kept;
+
+	T_REQUIRE(t_need_bpf());
+	CHECK(!first_run(&p, "whole"));
+	t = open_pinned(&p);
+	reused = t && t->reused_maps;
+	kept = t && bit_set(t, p.bit);
+	pt_tracker_close(t);
+	pt_tracker_unpin(p.dir);
+	CHECKF(reused && kept, "reused %d, written page still logged %d", reused, kept);
+	return 0;
+}
+
+/* One map's pin removed between two runs: the next starts afresh, with every map pinned. */
+static int one_missing(const char *map)
+{
+	char path[256];
+	struct pt_tracker *t;
+	struct pins p;
+	bool reused = true, kept = true, all = false;
+
+	CHECK(!first_run(&p, map));
+	snprintf(path, sizeof(path), "%s/%s", p.dir, map);
+	CHECKF(!unlink(path), "unlink %s", path);
+	t = open_pinned(&p);
+	if (t) {
+		reused = t->reused_maps;
+		kept = bit_set(t, p.bit);
+		all = !access(path, F_OK);
+	}
+	pt_tracker_close(t);
+	pt_tracker_unpin(p.dir);
+	CHECKF(t && !reused && !kept && all,
+	       "without %s: opened %d, reused %d, old written page still logged %d, pinned again "
+	       "%d",
+	       map, t != NULL, reused, kept, all);
+	return 0;
+}
+
+static int missing_log_starts_afresh(void)
+{
+	T_REQUIRE(t_need_bpf());
+	return one_missing("pt_log");
+}
+
+static int missing_compat_record_starts_afresh(void)
+{
+	T_REQUIRE(t_need_bpf());
+	return one_missing("pt_compat");
+}
+
+T_MAIN(T_CASE(whole_pins_reused), T_CASE(missing_log_starts_afresh),
+       T_CASE(missing_compat_record_starts_afresh))
