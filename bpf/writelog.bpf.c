@@ -234,25 +234,33 @@ static __always_inline struct pt_vm_state *current_vm_state(__u32 *vm)
 	return current_vm(vm) ? NULL : vm_state(*vm);
 }
 
+/* Compare-and-swaps raise_to() tries before it gives up; tests set 0 (every raise gives up). */
+const volatile __u32 raise_tries = 8;
+
 /*
  * Raise *at to epoch (or a time). It only ever grows: a program that read an old epoch and was
- * delayed must not overwrite the mark of a newer one.
+ * delayed must not overwrite the mark of a newer one. Each failed compare-and-swap is another
+ * CPU's raise; after raise_tries of them the mark goes to all ones, the one value no store can
+ * lower: a plain store of `epoch` could overwrite a newer epoch's mark and lose it. Readers
+ * compare with >=, so all ones marks every epoch from then on (a taint until the VM registers
+ * again; a time after which nothing counts as recorded).
  */
 static __always_inline void raise_to(__u64 *at, __u64 epoch)
 {
 	__u64 old = *at;
 
 	for (int i = 0; i < 8 && old < epoch; i++) {
-		__u64 seen = __sync_val_compare_and_swap(at, old, epoch);
+		__u64 seen;
 
-		if (seen == old)
+		if (i >= raise_tries)
 			break;
+		seen = __sync_val_compare_and_swap(at, old, epoch);
+		if (seen == old)
+			return;
 		old = seen;
 	}
-	/* Never give up unsafe: the epoch only grows, so a plain store cannot move it back
-	 * past a newer mark by more than the CAS race it lost. */
-	if (*at < epoch)
-		*at = epoch;
+	if (old < epoch)
+		*at = ~0ull;
 }
 
 /* Mark the current epoch unable to vouch for its log (`reason`: PT_TAINT_*). */

@@ -75,9 +75,10 @@ struct pt_vm_state {
 	__u64 sync_epoch;      /* epoch of the last complete dirty-log sync (any kind) */
 	__u64 ring_sync_epoch; /* epoch of the last complete KVM_RESET_DIRTY_RINGS: it succeeds
 				* only on a dirty-ring VM, so it also proves the VM's mode */
-	__u64 taint_epoch;     /* epoch in which the last taint happened */
-	__u32 taint_reason;    /* PT_TAINT_* of taint_epoch (OR-ed, older epochs' bits stay: for
-				* reports only) */
+	__u64 taint_epoch;  /* epoch in which the last taint happened; all ones: a taint BPF could
+			     * not record exactly (raise_to), every epoch is tainted */
+	__u32 taint_reason; /* PT_TAINT_* of taint_epoch (OR-ed, older epochs' bits stay: for
+			     * reports only) */
 	__u32 pad;
 	__u64 slot_change_epoch; /* last epoch a memslot change (PT_TAINT_SLOT_CHANGE) may fall
 				  * in: the one taint a userfaultfd-mode VM's verdict depends on */

@@ -66,6 +66,32 @@ static int ring_push_unknown_slot_taints(void)
 	return 0;
 }
 
+/*
+ * A taint whose compare-and-swaps all lose (here: none is tried) must not be stored plainly,
+ * which could lower a newer epoch's mark: it marks every epoch, this one and the next.
+ */
+static int taint_kept_when_raise_gives_up(void)
+{
+	struct pt_loader_opts o = {
+		.no_attach = true, .no_pin = true, .log_mb = 1, .raise_gives_up = true
+	};
+	uint64_t args[] = { 0, 7, 0 }, epoch; /* slot 7 is unknown: a taint */
+	struct pt_tracker *t = NULL;
+	uint32_t vm;
+
+	T_REQUIRE(t_need_bpf());
+	CHECK(!pt_tracker_open(&t, &o));
+	CHECK(!track_slots(t, getpid(), true, &vm));
+	CHECK(!run_prog(t->skel->progs.pt_ring_push, args, 3));
+	CHECKF(pt_vm(t, vm)->taint_epoch == ~0ull &&
+		       pt_epoch_tainted(pt_vm(t, vm), pt_vm(t, vm)->epoch),
+	       "taint_epoch %#llx", (unsigned long long)pt_vm(t, vm)->taint_epoch);
+	CHECK(!pt_vm_arm(t, vm, &epoch));
+	CHECK(pt_epoch_tainted(pt_vm(t, vm), epoch));
+	pt_tracker_close(t);
+	return 0;
+}
+
 static int untracked_process_ignored(void)
 {
 	uint64_t args[] = { 0, 5, 3 }, fault[] = { 0, SLOT_A_GPA, 2 };
@@ -235,6 +261,7 @@ static int ring_reset_incomplete_is_not_a_loss(void)
 }
 
 T_MAIN(T_CASE(ring_push_records_page), T_CASE(ring_push_unknown_slot_taints),
-       T_CASE(untracked_process_ignored), T_CASE(tdp_write_fault_records_gpa),
-       T_CASE(no_tdp_fault_path_off), T_CASE(arm_clears_only_own_region),
-       T_CASE(ring_reset_incomplete_is_not_a_loss), T_CASE(slot_change_has_its_own_epoch))
+       T_CASE(taint_kept_when_raise_gives_up), T_CASE(untracked_process_ignored),
+       T_CASE(tdp_write_fault_records_gpa), T_CASE(no_tdp_fault_path_off),
+       T_CASE(arm_clears_only_own_region), T_CASE(ring_reset_incomplete_is_not_a_loss),
+       T_CASE(slot_change_has_its_own_epoch))

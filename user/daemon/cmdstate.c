@@ -478,7 +478,7 @@ uint32_t pt_epoch_doubt(struct pt_vmctx *c)
 		    ? __atomic_load_n(&st->ring_sync_epoch, __ATOMIC_ACQUIRE) != epoch
 		    : !bitmap_synced(c, epoch))
 		why |= PT_WHY_NO_SYNC;
-	if (__atomic_load_n(&st->taint_epoch, __ATOMIC_ACQUIRE) == epoch)
+	if (pt_epoch_tainted(st, epoch))
 		why |= PT_WHY_TAINTED;
 	if (!(__atomic_load_n(&st->flags, __ATOMIC_ACQUIRE) & PT_VM_ACTIVE))
 		why |= PT_WHY_UNTRACKED;

@@ -166,7 +166,7 @@ static void json_vm(FILE *f, struct pt_tracker *t, const struct pt_vmctx *c, boo
 		c->mode_tracked ? "true" : "false", pt_cmd_state_str(c->state), c->cur,
 		(unsigned long long)st->epoch, st->sync_epoch == st->epoch ? "true" : "false",
 		pt_why_str(pt_epoch_doubt((struct pt_vmctx *)c), why, sizeof(why)),
-		st->taint_epoch == st->epoch ? st->taint_reason : 0,
+		pt_epoch_tainted(st, st->epoch) ? st->taint_reason : 0,
 		(unsigned long long)ev.ring_writes, (unsigned long long)ev.fault_writes,
 		(unsigned long long)st->lost, (unsigned long long)st->syncs,
 		(unsigned long long)st->syncs_incomplete, (unsigned long long)c->n.hint_batches,
@@ -272,7 +272,7 @@ static void prom_vm(FILE *f, struct pt_tracker *t, const struct pt_vmctx *c)
 		{ "pagetrack_vm_confirmed_free_pages_total", c->n.confirmed_free },
 		{ "pagetrack_vm_kept_written_pages_total", c->n.kept_written },
 		{ "pagetrack_vm_kept_unsure_pages_total", c->n.kept_unsure },
-		{ "pagetrack_vm_tainted", st->taint_epoch == st->epoch },
+		{ "pagetrack_vm_tainted", pt_epoch_tainted(st, st->epoch) },
 		{ "pagetrack_vm_mode_tracked", c->mode_tracked },
 	};
 

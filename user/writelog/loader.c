@@ -400,6 +400,8 @@ static int open_skel(struct pt_tracker *t, const struct pt_loader_opts *o)
 	if (!t->skel)
 		return -errno;
 	t->skel->rodata->tdp = t->tdp;
+	if (o->raise_gives_up)
+		t->skel->rodata->raise_tries = 0;
 	if (t->compat_off >= 1)
 		bpf_program__set_autoload(t->skel->progs.pt_compat_iter, false);
 	if (t->compat_off >= 2) {

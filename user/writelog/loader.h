@@ -26,6 +26,7 @@ struct pt_loader_opts {
 	bool no_pin;	     /* private maps and links, nothing pinned: gone with the process */
 	bool no_compat;	     /* leave pt_exec/pt_fork (and the iterator) out (fallback tests) */
 	bool no_compat_iter; /* leave the start's task iterator out (fallback tests) */
+	bool raise_gives_up; /* every raise_to() gives up at once, as after lost races (tests) */
 };
 
 struct pt_tracker {

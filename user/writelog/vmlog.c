@@ -328,15 +328,25 @@ int pt_vm_arm(struct pt_tracker *t, uint32_t vm, uint64_t *epoch)
 	return pt_vm_arm_fold(t, vm, NULL, NULL, epoch);
 }
 
+/* As the BPF programs' raise_to(): a mark only grows (here the loop needs no bound). */
+static void raise_mark(__u64 *at, __u64 epoch)
+{
+	__u64 old = __atomic_load_n(at, __ATOMIC_SEQ_CST);
+
+	while (old < epoch && !__atomic_compare_exchange_n(at, &old, epoch, false, __ATOMIC_SEQ_CST,
+							   __ATOMIC_SEQ_CST))
+		;
+}
+
 void pt_vm_taint(struct pt_tracker *t, uint32_t vm, uint32_t reason)
 {
 	struct pt_vm_state *st = &t->vms[vm];
 	uint64_t epoch = __atomic_load_n(&st->epoch, __ATOMIC_SEQ_CST);
 
 	__atomic_fetch_or(&st->taint_reason, reason, __ATOMIC_SEQ_CST);
-	__atomic_store_n(&st->taint_epoch, epoch, __ATOMIC_SEQ_CST);
+	raise_mark(&st->taint_epoch, epoch);
 	if (reason & PT_TAINT_SLOT_CHANGE)
-		__atomic_store_n(&st->slot_change_epoch, epoch, __ATOMIC_SEQ_CST);
+		raise_mark(&st->slot_change_epoch, epoch);
 }
 
 bool pt_vm_slots_changed(struct pt_tracker *t, uint32_t vm)

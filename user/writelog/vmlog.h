@@ -62,6 +62,13 @@ typedef void (*pt_log_fold)(void *arg, uint64_t word, uint64_t written);
 int pt_vm_arm_fold(struct pt_tracker *t, uint32_t vm, pt_log_fold fold, void *arg, uint64_t *epoch);
 /* Declare that writes may have been missed (e.g. a restart gap) in the current epoch. */
 void pt_vm_taint(struct pt_tracker *t, uint32_t vm, uint32_t reason);
+
+/* Epoch `epoch` of the VM is tainted: >=, since a taint BPF could not record exactly leaves all
+ * ones (raise_to in writelog.bpf.c). */
+static inline bool pt_epoch_tainted(const struct pt_vm_state *st, uint64_t epoch)
+{
+	return __atomic_load_n(&st->taint_epoch, __ATOMIC_ACQUIRE) >= epoch;
+}
 /* Did the VMM change a memslot (or an ioctl that might have) in the VM's current epoch? */
 bool pt_vm_slots_changed(struct pt_tracker *t, uint32_t vm);
 

@@ -98,7 +98,7 @@ static uint32_t bpf_doubt(struct pt_wlog *l, char *text, size_t len)
 	uint64_t epoch = __atomic_load_n(&st->epoch, __ATOMIC_ACQUIRE);
 	uint32_t why = 0;
 
-	if (__atomic_load_n(&st->taint_epoch, __ATOMIC_ACQUIRE) == epoch)
+	if (pt_epoch_tainted(st, epoch))
 		why |= PT_WHY_TAINTED;
 	if (!(__atomic_load_n(&st->flags, __ATOMIC_ACQUIRE) & PT_VM_ACTIVE))
 		why |= PT_WHY_UNTRACKED;
