@@ -242,8 +242,8 @@ const volatile __u32 raise_tries = 8;
  * delayed must not overwrite the mark of a newer one. Each failed compare-and-swap is another
  * CPU's raise; after raise_tries of them the mark goes to all ones, the one value no store can
  * lower: a plain store of `epoch` could overwrite a newer epoch's mark and lose it. Readers
- * compare with >=, so all ones marks every epoch from then on (a taint until the VM registers
- * again; a time after which nothing counts as recorded).
+ * compare with >=, so all ones marks every epoch from then on (a taint until the VM's index is
+ * given to another VM; a time after which nothing counts as recorded).
  */
 static __always_inline void raise_to(__u64 *at, __u64 epoch)
 {

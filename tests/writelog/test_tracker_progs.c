@@ -88,6 +88,10 @@ static int taint_kept_when_raise_gives_up(void)
 	       "taint_epoch %#llx", (unsigned long long)pt_vm(t, vm)->taint_epoch);
 	CHECK(!pt_vm_arm(t, vm, &epoch));
 	CHECK(pt_epoch_tainted(pt_vm(t, vm), epoch));
+	/* The next VM on this index starts untainted. */
+	CHECK(!pt_vm_untrack(t, vm));
+	CHECK(!track_slots(t, getpid(), true, &vm));
+	CHECK(!pt_epoch_tainted(pt_vm(t, vm), pt_vm(t, vm)->epoch));
 	pt_tracker_close(t);
 	return 0;
 }

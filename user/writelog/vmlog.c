@@ -248,6 +248,12 @@ int pt_vm_track(struct pt_tracker *t, uint32_t tgid, const struct pt_slot_cfg *s
 	 * (keyed by index) or an old sync or taint can never look current. Counters restart:
 	 * no program touches this index until pt_vm_by_tgid points at it. */
 	memset(&st->lost, 0, sizeof(*st) - offsetof(struct pt_vm_state, lost));
+	/* Except a mark BPF could not record exactly (all ones, raise_to): it would taint every
+	 * epoch of the new tenant too. */
+	if (st->taint_epoch == ~0ull)
+		st->taint_epoch = 0;
+	if (st->slot_change_epoch == ~0ull)
+		st->slot_change_epoch = 0;
 	zero_stats(t, *vm);
 	st->tgid = tgid;
 	st->log_bit_base = base;

@@ -64,7 +64,7 @@ int pt_vm_arm_fold(struct pt_tracker *t, uint32_t vm, pt_log_fold fold, void *ar
 void pt_vm_taint(struct pt_tracker *t, uint32_t vm, uint32_t reason);
 
 /* Epoch `epoch` of the VM is tainted: >=, since a taint BPF could not record exactly leaves all
- * ones (raise_to in writelog.bpf.c). */
+ * ones (raise_to in writelog.bpf.c) until the index goes to another VM. */
 static inline bool pt_epoch_tainted(const struct pt_vm_state *st, uint64_t epoch)
 {
 	return __atomic_load_n(&st->taint_epoch, __ATOMIC_ACQUIRE) >= epoch;
