@@ -174,10 +174,14 @@ int pt_vm_arm(struct pt_tracker *t, uint32_t vm, uint64_t *epoch)
 
 void pt_vm_taint(struct pt_tracker *t, uint32_t vm, uint32_t reason)
 {
-	t->vms[vm].taint_reason |= reason;
-	t->vms[vm].taint_epoch = t->vms[vm].epoch;
-	if (reason & PT_TAINT_SLOT_CHANGE)
-		t->vms[vm].slot_change_epoch = t->vms[vm].epoch;
+	struct pt_vm_state *st = &t->vms[vm];
+
+	/* Marks only grow, as in vmlog.c (one thread here: a plain max). */
+	st->taint_reason |= reason;
+	if (st->taint_epoch < st->epoch)
+		st->taint_epoch = st->epoch;
+	if ((reason & PT_TAINT_SLOT_CHANGE) && st->slot_change_epoch < st->epoch)
+		st->slot_change_epoch = st->epoch;
 }
 
 bool pt_vm_slots_changed(struct pt_tracker *t, uint32_t vm)

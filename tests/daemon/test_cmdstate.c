@@ -144,6 +144,33 @@ static int early_hints_unsure_not_written(void)
 	return 0;
 }
 
+/*
+ * A taint BPF could not record exactly leaves all ones (raise_to): it taints this epoch and
+ * every later one, while an ordinary taint belongs to its epoch alone.
+ */
+static int all_ones_taint_every_epoch(void)
+{
+	struct pt_verdict_sum v;
+	struct env e;
+
+	T_REQUIRE(t_need_bpf());
+	CHECK(!setup(&e, true));
+	CHECK(!pt_cmd_arm(e.c, 2));
+	sync_now(&e);
+	CHECK(!hint(&e, 2, 0, 10));
+	__atomic_store_n(&pt_vm(e.t, e.vm)->taint_epoch, ~0ull, __ATOMIC_SEQ_CST);
+	CHECK(!pt_cmd_verdict(e.c, 2, &v, collect, &e));
+	CHECKF((v.why & PT_WHY_TAINTED) && !v.free, "why %#x free %llu", v.why,
+	       (unsigned long long)v.free);
+	CHECK(!pt_cmd_stop(e.c, 2) && !pt_cmd_arm(e.c, 3));
+	sync_now(&e);
+	CHECK(!hint(&e, 3, 0, 10));
+	CHECK(!pt_cmd_verdict(e.c, 3, &v, collect, &e));
+	CHECK((v.why & PT_WHY_TAINTED) && !v.free);
+	teardown(&e);
+	return 0;
+}
+
 /* Without a sync nothing is confirmed, and everything hinted counts as unsure. */
 static int no_sync_confirms_nothing(void)
 {
@@ -357,5 +384,6 @@ static int coverage_bits(void)
 }
 
 T_MAIN(T_CASE(early_hints_unsure_not_written), T_CASE(no_sync_confirms_nothing),
-       T_CASE(unsure_count_every_word), T_CASE(reported_set_loses_only_what_it_must),
-       T_CASE(command_id_runs), T_CASE(coverage_bits), T_CASE(hint_batch_paths))
+       T_CASE(unsure_count_every_word), T_CASE(all_ones_taint_every_epoch),
+       T_CASE(reported_set_loses_only_what_it_must), T_CASE(command_id_runs), T_CASE(coverage_bits),
+       T_CASE(hint_batch_paths))

@@ -1,10 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * Pinned maps are trusted as a whole or not at all. A restart reuses a complete set (the write
- * log keeps what the guests wrote); a set with one map missing (removed by hand) starts afresh
+ * Pins are trusted as a whole or not at all. A restart reuses a complete set (the write log
+ * keeps what the guests wrote); a set with one map missing (removed by hand) starts afresh
  * instead of creating that map empty beside the others: an empty write log under the reused
  * VM table would read as "nothing written", an empty 32-bit record under its kept "complete
- * since boot" as "no 32-bit process". Each case uses its own pin directory and removes it.
+ * since boot" as "no 32-bit process". So does a set missing a write-log program's link (it was
+ * detached). One tracker per pin directory. Each case uses its own directory and removes it.
  */
 #include <stdio.h>
 #include <string.h>
@@ -110,5 +111,35 @@ static int missing_compat_record_starts_afresh(void)
 	return one_missing("pt_compat");
 }
 
+/* The dirty-ring program's link removed: it was detached, its pushes unseen. */
+static int missing_link_starts_afresh(void)
+{
+	T_REQUIRE(t_need_bpf());
+	return one_missing("link_pt_ring_push");
+}
+
+/* A second tracker on the same pin directory is refused while the first holds it. */
+static int one_service_per_pin_dir(void)
+{
+	struct pt_tracker *a, *b = NULL, *c = NULL;
+	struct pins p;
+
+	T_REQUIRE(t_need_bpf());
+	snprintf(p.dir, sizeof(p.dir), "/sys/fs/bpf/pt_test_pins_lock_%d", (int)getpid());
+	a = open_pinned(&p);
+	if (a)
+		b = open_pinned(&p);
+	pt_tracker_close(a);
+	if (a && !b)
+		c = open_pinned(&p);
+	pt_tracker_close(b);
+	pt_tracker_close(c);
+	pt_tracker_unpin(p.dir);
+	CHECKF(a && !b && c, "first %d, second while the first is open %d, after it %d", !!a, !!b,
+	       !!c);
+	return 0;
+}
+
 T_MAIN(T_CASE(whole_pins_reused), T_CASE(missing_log_starts_afresh),
-       T_CASE(missing_compat_record_starts_afresh))
+       T_CASE(missing_compat_record_starts_afresh), T_CASE(missing_link_starts_afresh),
+       T_CASE(one_service_per_pin_dir))

@@ -25,7 +25,7 @@ static bool tainted(struct pt_tracker *t, uint32_t vm, uint32_t why)
 {
 	struct pt_vm_state *st = pt_vm(t, vm);
 
-	return st->taint_epoch == st->epoch && (st->taint_reason & why);
+	return pt_epoch_tainted(st, st->epoch) && (st->taint_reason & why);
 }
 
 static int ring_push_records_page(void)
@@ -88,6 +88,9 @@ static int taint_kept_when_raise_gives_up(void)
 	       "taint_epoch %#llx", (unsigned long long)pt_vm(t, vm)->taint_epoch);
 	CHECK(!pt_vm_arm(t, vm, &epoch));
 	CHECK(pt_epoch_tainted(pt_vm(t, vm), epoch));
+	/* Userspace's taint raises too: it leaves all ones. */
+	pt_vm_taint(t, vm, PT_TAINT_USER);
+	CHECK(pt_vm(t, vm)->taint_epoch == ~0ull);
 	/* The next VM on this index starts untainted. */
 	CHECK(!pt_vm_untrack(t, vm));
 	CHECK(!track_slots(t, getpid(), true, &vm));

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -343,6 +344,23 @@ static void mark_compat_since(struct pt_tracker *t, uint32_t old_exec)
 		pt_warn("cannot record since when 32-bit processes are seen: %s", strerror(errno));
 }
 
+/*
+ * A mark BPF lost at a time it could not record exactly leaves the lost time all ones
+ * (raise_to): nothing would count as recorded again, across restarts. Every such loss
+ * happened before now. A loss between our read and our write raises nothing (all ones is
+ * the top) and would be lost with it, so the time written is a second ahead: a process
+ * started within that second counts as "cannot tell".
+ */
+static void lost_not_after(struct bpf_map *m, uint64_t now)
+{
+	uint32_t k_lost = PT_CREATED_LOST;
+	uint64_t lost = 0, ahead = now + 1000000000ull;
+
+	if (now && !bpf_map__lookup_elem(m, &k_lost, sizeof(k_lost), &lost, sizeof(lost), 0) &&
+	    lost > ahead)
+		bpf_map__update_elem(m, &k_lost, sizeof(k_lost), &ahead, sizeof(ahead), 0);
+}
+
 static void mark_created_since(struct pt_tracker *t, uint32_t old_id)
 {
 	struct bpf_map *m = t->skel->maps.pt_created_since;
@@ -350,6 +368,7 @@ static void mark_created_since(struct pt_tracker *t, uint32_t old_id)
 	uint64_t since = 0, now = pt_boottime_ns();
 	uint64_t mine = prog_id(t->skel->progs.pt_ioctl_enter);
 
+	lost_not_after(m, now);
 	if (mark_since(m, old_id, mine, now) ||
 	    bpf_map__lookup_elem(m, &k_since, sizeof(k_since), &since, sizeof(since), 0))
 		pt_warn("cannot record since when VM creations are seen: %s", strerror(errno));
@@ -457,21 +476,38 @@ static int load_any(struct pt_tracker *t, const struct pt_loader_opts *o)
 }
 
 /*
- * Pinned maps are trusted only as a whole. Each means something only beside the others: a
- * write log beside the VM table whose epochs it belongs to, the 32-bit and VM-creation records
+ * Pins are trusted only as a whole. Each map means something only beside the others: a write
+ * log beside the VM table whose epochs it belongs to, the 32-bit and VM-creation records
  * beside the times since when they are complete. One missing (removed by hand, or a map this
  * build adds) would be created empty beside reused ones: an empty log under a reused VM table
- * reads as "nothing written", an empty 32-bit record under a kept "complete since boot" as
- * "no 32-bit process". Returns how many of the maps this build pins are pinned, of *all.
+ * reads as "nothing written", an empty 32-bit record under a kept "complete since boot" as "no
+ * 32-bit process". A write-log program's link missing beside reused maps means the program was
+ * detached for a while, its writes unseen. (pt_exec and pt_fork have their own record of a
+ * gap: mark_compat_since.)
  */
-static int pins_present(struct pt_tracker *t, int *all)
+struct pin_census {
+	int maps, maps_all; /* map pins present, of the maps this build pins */
+	int links_missing;  /* links of write-log programs this host attaches */
+};
+
+static bool link_pinned(struct pt_tracker *t, const struct bpf_program *prog)
+{
+	char path[512];
+
+	if (pin_path(path, sizeof(path), t->pin_dir, "link_"))
+		return false;
+	strncat(path, bpf_program__name(prog), sizeof(path) - strlen(path) - 1);
+	return !access(path, F_OK);
+}
+
+static int pin_census(struct pt_tracker *t, struct pin_census *c)
 {
 	LIBBPF_OPTS(bpf_object_open_opts, oo, .pin_root_path = t->pin_dir);
 	struct writelog_bpf *skel = writelog_bpf__open_opts(&oo);
+	struct bpf_program *prog;
 	struct bpf_map *map;
-	int n = 0;
 
-	*all = 0;
+	memset(c, 0, sizeof(*c));
 	if (!skel)
 		return -errno;
 	bpf_object__for_each_map(map, skel->obj)
@@ -480,29 +516,57 @@ static int pins_present(struct pt_tracker *t, int *all)
 
 		if (!path)
 			continue;
-		(*all)++;
-		n += !access(path, F_OK);
+		c->maps_all++;
+		c->maps += !access(path, F_OK);
+	}
+	bpf_object__for_each_program(prog, skel->obj)
+	{
+		if (is_iter_prog(prog) || is_compat_prog(prog) || (is_fault_prog(prog) && !t->tdp))
+			continue;
+		c->links_missing += !link_pinned(t, prog);
 	}
 	writelog_bpf__destroy(skel);
-	return n;
+	return 0;
+}
+
+/* Pins of an earlier run that cannot be trusted as a whole go, all of them; 0 or -errno. */
+static int drop_partial_pins(struct pt_tracker *t)
+{
+	struct pin_census c;
+	int err = pin_census(t, &c);
+
+	if (err) {
+		pt_err("reading the pins in %s: %s", t->pin_dir, strerror(-err));
+		return err;
+	}
+	if (!c.maps || (c.maps == c.maps_all && !c.links_missing))
+		return 0;
+	pt_warn("pins in %s are incomplete (%d of %d maps, %d program links missing): removing "
+		"them; every VM must register again, nothing is confirmed from the old log",
+		t->pin_dir, c.maps, c.maps_all, c.links_missing);
+	err = pt_tracker_unpin_entries(t->pin_dir);
+	if (!err)
+		err = pin_census(t, &c);
+	if (!err && c.maps)
+		err = -EEXIST;
+	if (err)
+		pt_err("cannot remove the pins in %s (%s): not starting on a partial set",
+		       t->pin_dir, strerror(-err));
+	t->reused_maps = false;
+	return err;
 }
 
 static int load_skel(struct pt_tracker *t, const struct pt_loader_opts *o)
 {
 	char path[512];
-	int err, n, all;
+	int err;
 
 	if (!o->no_pin) {
 		pin_path(path, sizeof(path), t->pin_dir, "pt_vm_state");
 		t->reused_maps = !access(path, F_OK);
-		n = pins_present(t, &all);
-		if (n > 0 && n < all) {
-			pt_warn("pinned maps in %s are incomplete (%d of %d): removing them; every "
-				"VM must register again, nothing is confirmed from the old log",
-				t->pin_dir, n, all);
-			pt_tracker_unpin(t->pin_dir);
-			t->reused_maps = false;
-		}
+		err = drop_partial_pins(t);
+		if (err)
+			return err;
 	}
 	err = load_any(t, o);
 	if (err && t->reused_maps) {
@@ -510,13 +574,32 @@ static int load_skel(struct pt_tracker *t, const struct pt_loader_opts *o)
 		 * Every VM must register again; nothing can be confirmed from the old log. */
 		pt_warn("pinned maps in %s do not match this build (%s): removing them", t->pin_dir,
 			strerror(-err));
-		pt_tracker_unpin(t->pin_dir);
+		/* The directory stays: it holds our lock (lock_pin_dir). */
+		pt_tracker_unpin_entries(t->pin_dir);
 		t->reused_maps = false;
 		err = load_any(t, o);
 	}
 	if (err)
 		pt_err("loading BPF programs: %s", strerror(-err));
 	return err;
+}
+
+/*
+ * One service per pin directory, for the life of the process: a second one's start would
+ * re-pin or remove the first one's maps and links while it answers from them.
+ */
+static int lock_pin_dir(struct pt_tracker *t)
+{
+	t->pin_lock = open(t->pin_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (t->pin_lock < 0)
+		return -errno;
+	if (!flock(t->pin_lock, LOCK_EX | LOCK_NB))
+		return 0;
+	if (errno == EWOULDBLOCK) {
+		pt_err("another pagetrackd holds %s: one service per pin directory", t->pin_dir);
+		return -EBUSY;
+	}
+	return -errno;
 }
 
 int pt_tracker_open(struct pt_tracker **out, const struct pt_loader_opts *o)
@@ -527,6 +610,7 @@ int pt_tracker_open(struct pt_tracker **out, const struct pt_loader_opts *o)
 	t = calloc(1, sizeof(*t));
 	if (!t)
 		return -ENOMEM;
+	t->pin_lock = -1;
 	snprintf(t->pin_dir, sizeof(t->pin_dir), "%s",
 		 o->pin_dir ? o->pin_dir : PT_DEFAULT_PIN_DIR);
 	t->tdp = o->tdp < 0 ? pt_host_tdp() : o->tdp;
@@ -538,6 +622,11 @@ int pt_tracker_open(struct pt_tracker **out, const struct pt_loader_opts *o)
 		err = -errno;
 		pt_err("create pin directory %s: %s", t->pin_dir, strerror(errno));
 		goto cleanup;
+	}
+	if (!o->no_pin) {
+		err = lock_pin_dir(t);
+		if (err)
+			goto cleanup;
 	}
 	err = load_skel(t, o);
 	if (err)
@@ -591,10 +680,12 @@ void pt_tracker_close(struct pt_tracker *t)
 	if (t->cpus)
 		munmap(t->cpus, cpus_bytes(t));
 	writelog_bpf__destroy(t->skel);
+	if (t->pin_lock >= 0)
+		close(t->pin_lock);
 	free(t);
 }
 
-int pt_tracker_unpin(const char *dir)
+int pt_tracker_unpin_entries(const char *dir)
 {
 	char path[512];
 	struct dirent *de;
@@ -611,7 +702,14 @@ int pt_tracker_unpin(const char *dir)
 			err = -errno;
 	}
 	closedir(d);
-	if (rmdir(dir) && errno != ENOENT)
+	return err;
+}
+
+int pt_tracker_unpin(const char *dir)
+{
+	int err = pt_tracker_unpin_entries(dir);
+
+	if (rmdir(dir) && errno != ENOENT && !err)
 		err = -errno;
 	return err;
 }

@@ -37,6 +37,7 @@ struct pt_tracker {
 	uint64_t pidns_ino;	 /* the service's PID namespace when not the initial one, else 0 */
 	bool reused_maps;	 /* maps came from pins of an earlier run (restart) */
 	bool reused_links;	 /* programs were still attached when we started */
+	int pin_lock;		 /* flock on pin_dir (lock_pin_dir()), or -1 */
 	int attached;		 /* programs attached */
 	int compat_progs;	 /* pt_exec, pt_fork attached: 2 when 32-bit code is followed */
 	int compat_off;		 /* 1: no start iterator; 2: nor pt_exec/pt_fork (could not load) */
@@ -55,7 +56,9 @@ struct pt_tracker {
 int pt_tracker_open(struct pt_tracker **out, const struct pt_loader_opts *opts);
 /* Detaches nothing: pinned links keep tracking until pt_tracker_unpin(). NULL-safe. */
 void pt_tracker_close(struct pt_tracker *t);
-/* Removes every pin under dir (maps and links): the uninstall step. */
+/* Removes every pin under dir (maps and links), keeping the directory. */
+int pt_tracker_unpin_entries(const char *dir);
+/* Removes every pin under dir (maps and links) and dir: the uninstall step. */
 int pt_tracker_unpin(const char *dir);
 int pt_ensure_mounts(void);
 /* Make every CPU's pt_ring_push cache stale: after any change of the VM set or a slot table. */

@@ -252,8 +252,9 @@ int pt_vm_track(struct pt_tracker *t, uint32_t tgid, const struct pt_slot_cfg *s
 	 * epoch of the new tenant too. */
 	if (st->taint_epoch == ~0ull)
 		st->taint_epoch = 0;
+	/* A stale ioctl may have marked the next epoch (io.epoch + 1), the new tenant's first. */
 	if (st->slot_change_epoch == ~0ull)
-		st->slot_change_epoch = 0;
+		st->slot_change_epoch = st->epoch + 1;
 	zero_stats(t, *vm);
 	st->tgid = tgid;
 	st->log_bit_base = base;
