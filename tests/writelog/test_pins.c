@@ -11,6 +11,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <bpf/bpf.h>
+
 #include "t.h"
 #include "writelog/loader.h"
 #include "writelog/vmlog.h"
@@ -118,6 +120,59 @@ static int missing_link_starts_afresh(void)
 	return one_missing("link_pt_ring_push");
 }
 
+/* The id of the link pinned at @path, or 0. */
+static uint32_t pinned_link_id(const char *path)
+{
+	struct bpf_link_info info = { 0 };
+	uint32_t len = sizeof(info);
+	int fd = bpf_obj_get(path);
+
+	if (fd < 0)
+		return 0;
+	if (bpf_obj_get_info_by_fd(fd, &info, &len))
+		info.id = 0;
+	close(fd);
+	return info.id;
+}
+
+static bool link_alive(uint32_t id)
+{
+	int fd = bpf_link_get_fd_by_id(id);
+
+	if (fd < 0)
+		return false;
+	close(fd);
+	return true;
+}
+
+/*
+ * A link pin removed by hand while the tracker runs does not detach the program: the tracker
+ * holds its own reference until it closes (the next start then finds the pin missing).
+ */
+static int running_tracker_keeps_its_links(void)
+{
+	char path[256];
+	struct pt_tracker *t;
+	struct pins p;
+	uint32_t id;
+	bool while_open, after_close;
+
+	T_REQUIRE(t_need_bpf());
+	snprintf(p.dir, sizeof(p.dir), "/sys/fs/bpf/pt_test_pins_links_%d", (int)getpid());
+	snprintf(path, sizeof(path), "%s/link_pt_ring_push", p.dir);
+	t = open_pinned(&p);
+	CHECK(t);
+	id = pinned_link_id(path);
+	unlink(path);
+	while_open = id && link_alive(id);
+	pt_tracker_close(t);
+	after_close = id && link_alive(id);
+	pt_tracker_unpin(p.dir);
+	CHECKF(id && while_open && !after_close, "link %u: alive while open %d, after close %d", id,
+	       while_open, after_close);
+	return 0;
+}
+
 /* A second tracker on the same pin directory is refused while the first holds it. */
 static int one_service_per_pin_dir(void)
 {
@@ -142,4 +197,4 @@ static int one_service_per_pin_dir(void)
 
 T_MAIN(T_CASE(whole_pins_reused), T_CASE(missing_log_starts_afresh),
        T_CASE(missing_compat_record_starts_afresh), T_CASE(missing_link_starts_afresh),
-       T_CASE(one_service_per_pin_dir))
+       T_CASE(one_service_per_pin_dir), T_CASE(running_tracker_keeps_its_links))

@@ -147,9 +147,14 @@ static int attach_pinned(struct pt_tracker *t, struct bpf_program *prog)
 	err = bpf_link__pin(link, path);
 	if (err)
 		pt_err("pin link %s: %s", path, strerror(-err));
-	/* The pin holds the attachment; our reference can go. */
+	/* The pin holds the attachment across restarts. Our reference holds it while we run,
+	 * so that a pin removed by hand cannot detach the program under a running service;
+	 * pt_tracker_close() drops it without detaching. */
 	bpf_link__disconnect(link);
-	bpf_link__destroy(link);
+	if (t->nlinks < (int)(sizeof(t->links) / sizeof(t->links[0])))
+		t->links[t->nlinks++] = link;
+	else
+		bpf_link__destroy(link);
 	return err;
 }
 
@@ -500,7 +505,8 @@ static bool link_pinned(struct pt_tracker *t, const struct bpf_program *prog)
 	return !access(path, F_OK);
 }
 
-static int pin_census(struct pt_tracker *t, struct pin_census *c)
+/* @links: count the missing links too (an opener that attaches relies on them). */
+static int pin_census(struct pt_tracker *t, bool links, struct pin_census *c)
 {
 	LIBBPF_OPTS(bpf_object_open_opts, oo, .pin_root_path = t->pin_dir);
 	struct writelog_bpf *skel = writelog_bpf__open_opts(&oo);
@@ -521,7 +527,8 @@ static int pin_census(struct pt_tracker *t, struct pin_census *c)
 	}
 	bpf_object__for_each_program(prog, skel->obj)
 	{
-		if (is_iter_prog(prog) || is_compat_prog(prog) || (is_fault_prog(prog) && !t->tdp))
+		if (!links || is_iter_prog(prog) || is_compat_prog(prog) ||
+		    (is_fault_prog(prog) && !t->tdp))
 			continue;
 		c->links_missing += !link_pinned(t, prog);
 	}
@@ -530,10 +537,10 @@ static int pin_census(struct pt_tracker *t, struct pin_census *c)
 }
 
 /* Pins of an earlier run that cannot be trusted as a whole go, all of them; 0 or -errno. */
-static int drop_partial_pins(struct pt_tracker *t)
+static int drop_partial_pins(struct pt_tracker *t, bool links)
 {
 	struct pin_census c;
-	int err = pin_census(t, &c);
+	int err = pin_census(t, links, &c);
 
 	if (err) {
 		pt_err("reading the pins in %s: %s", t->pin_dir, strerror(-err));
@@ -546,7 +553,7 @@ static int drop_partial_pins(struct pt_tracker *t)
 		t->pin_dir, c.maps, c.maps_all, c.links_missing);
 	err = pt_tracker_unpin_entries(t->pin_dir);
 	if (!err)
-		err = pin_census(t, &c);
+		err = pin_census(t, false, &c);
 	if (!err && c.maps)
 		err = -EEXIST;
 	if (err)
@@ -564,7 +571,7 @@ static int load_skel(struct pt_tracker *t, const struct pt_loader_opts *o)
 	if (!o->no_pin) {
 		pin_path(path, sizeof(path), t->pin_dir, "pt_vm_state");
 		t->reused_maps = !access(path, F_OK);
-		err = drop_partial_pins(t);
+		err = drop_partial_pins(t, !o->no_attach);
 		if (err)
 			return err;
 	}
@@ -669,8 +676,12 @@ void pt_tracker_close(struct pt_tracker *t)
 {
 	if (!t)
 		return;
-	for (int i = 0; i < t->nlinks; i++)
+	for (int i = 0; i < t->nlinks; i++) {
+		/* A pinned link is disconnected: destroy would leave its descriptor open. */
+		if (!t->no_pin)
+			close(bpf_link__fd(t->links[i]));
 		bpf_link__destroy(t->links[i]);
+	}
 	if (t->vms)
 		munmap(t->vms, sizeof(struct pt_vm_state) * PT_MAX_VMS);
 	if (t->log)

@@ -49,7 +49,7 @@ struct pt_tracker {
 	int ncpu;
 	uint64_t log_words;
 	char progs[256];	    /* "name:attached name:off ..." for status */
-	struct bpf_link *links[12]; /* no_pin only: links live as long as this process */
+	struct bpf_link *links[12]; /* no_pin: the only reference; pinned: ours beside the pin */
 	int nlinks;
 };
 
