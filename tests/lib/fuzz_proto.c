@@ -3,7 +3,8 @@
  * libFuzzer target for the protocol framer and parser. The first byte picks how the input is
  * cut into feeds (so split headers and payloads get exercised); the rest is the byte stream.
  * Every frame the parser accepts is re-encoded with the builders and must come out identical,
- * and its decoded pointers must lie inside its payload.
+ * its decoded pointers must lie inside its payload, and its page count must be the ranges'
+ * sum.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -73,6 +74,19 @@ static size_t reencode(const struct pt_hdr *h, const struct pt_msg *m)
 	abort(); /* the parser accepted a type it does not know */
 }
 
+/* The pages of a frame's ranges, summed one at a time and saturating. */
+static uint64_t ref_pages(const struct pt_msg *m)
+{
+	uint64_t sum = 0;
+
+	for (uint32_t i = 0; i < m->count; i++) {
+		uint64_t k = m->ranges[i].len / PT_PROTO_PAGE;
+
+		sum = sum + k < sum ? UINT64_MAX : sum + k;
+	}
+	return sum;
+}
+
 static void check_frame(const struct pt_hdr *h, const void *payload)
 {
 	struct pt_msg m;
@@ -92,6 +106,9 @@ static void check_frame(const struct pt_hdr *h, const void *payload)
 	for (uint32_t i = 0; m.ranges && i < m.count; i++)
 		if (pt_range_check(&m.ranges[i]))
 			abort();
+	/* The parser's one-pass sum (vectorized in GCC builds; this is the plain loop). */
+	if (m.ranges && m.pages != ref_pages(&m))
+		abort();
 	n = reencode(h, &m);
 	if (n == SIZE_MAX)
 		return;
