@@ -366,7 +366,8 @@ static inline __attribute__((always_inline)) void freeze_word(struct emitter *e,
 int pt_pages_emit(struct pt_pages *p, uint64_t max_words, pt_range_cb cb, void *ctx, bool *done)
 {
 	struct emitter e = { .sl = &p->slots, .cb = cb, .ctx = ctx };
-	uint64_t end = p->words - p->next > max_words ? p->next + max_words : p->words, w;
+	uint64_t end = p->words - p->next > max_words ? p->next + max_words : p->words;
+	uint64_t w;
 
 	e.start = p->run_start;
 	e.len = p->run_len;
