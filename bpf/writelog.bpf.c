@@ -234,16 +234,18 @@ static __always_inline struct pt_vm_state *current_vm_state(__u32 *vm)
 	return current_vm(vm) ? NULL : vm_state(*vm);
 }
 
-/* Compare-and-swaps raise_to() tries before it gives up; tests set 0 (every raise gives up). */
+/* Compare-and-swaps raise_to() tries before it gives up (at most 8, the loop's bound); tests
+ * set 0: every raise gives up. */
 const volatile __u32 raise_tries = 8;
 
 /*
  * Raise *at to epoch (or a time). It only ever grows: a program that read an old epoch and was
- * delayed must not overwrite the mark of a newer one. Each failed compare-and-swap is another
- * CPU's raise; after raise_tries of them the mark goes to all ones, the one value no store can
- * lower: a plain store of `epoch` could overwrite a newer epoch's mark and lose it. Readers
- * compare with >=, so all ones marks every epoch from then on (a taint until the VM's index is
- * given to another VM; a time after which nothing counts as recorded).
+ * delayed must not overwrite the mark of a newer one. Each failed compare-and-swap means the
+ * mark moved (another program, or userspace, raised it); after raise_tries of them the mark
+ * goes to all ones, the one value no store can lower: a plain store of `epoch` could overwrite
+ * a newer epoch's mark and lose it. Readers compare with >=, so all ones marks every epoch
+ * from then on (a taint until the VM's index is given to another VM; a time after which
+ * nothing counts as recorded).
  */
 static __always_inline void raise_to(__u64 *at, __u64 epoch)
 {
