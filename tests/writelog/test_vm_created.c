@@ -397,6 +397,33 @@ out:
 	return err;
 }
 
+/*
+ * A lost time BPF could not record exactly is all ones (raise_to): nothing would count as
+ * recorded again. The next start brings it back to about now (a second ahead), no further.
+ */
+static int all_ones_lost_time_reset_at_start(void)
+{
+	char dir[128];
+	struct pt_tracker *t;
+	uint64_t lost = 0, now;
+
+	T_REQUIRE(t_need_bpf());
+	snprintf(dir, sizeof(dir), "/sys/fs/bpf/pt_test_vm_created_lost_%d", (int)getpid());
+	t = open_attached(dir);
+	CHECK(t);
+	since_set(t, PT_CREATED_LOST, ~0ull);
+	pt_tracker_close(t);
+	now = pt_boottime_ns();
+	t = open_attached(dir);
+	if (t)
+		lost = since_get(t, PT_CREATED_LOST);
+	pt_tracker_close(t);
+	pt_tracker_unpin(dir);
+	CHECKF(t && lost > now && lost <= pt_boottime_ns() + 1000000000ull,
+	       "lost %llu, start at %llu", (unsigned long long)lost, (unsigned long long)now);
+	return 0;
+}
+
 T_MAIN(T_CASE(create_vm_recorded_for_any_process), T_CASE(memslot_ioctl_marks_its_epoch),
        T_CASE(reused_pid_not_matched), T_CASE(three_way_unreadable_vmm),
-       T_CASE(since_survives_restart_only_without_gap))
+       T_CASE(since_survives_restart_only_without_gap), T_CASE(all_ones_lost_time_reset_at_start))

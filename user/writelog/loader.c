@@ -315,6 +315,24 @@ static int compat_iterate(struct pt_tracker *t)
 }
 
 /*
+ * A mark BPF lost at a time it could not record exactly leaves the lost time all ones
+ * (raise_to): nothing would count as recorded again, across restarts. Every such loss
+ * happened before now. A loss between our read and our write raises nothing (all ones is
+ * the top) and would be lost with it, so the time written is a second ahead: a process
+ * started within that second counts as "cannot tell".
+ */
+static void lost_not_after(struct bpf_map *m, uint64_t now)
+{
+	uint32_t k_lost =
+		PT_CREATED_LOST; /* the same key in pt_created_since and pt_compat_since */
+	uint64_t lost = 0, ahead = now + 1000000000ull;
+
+	if (now && !bpf_map__lookup_elem(m, &k_lost, sizeof(k_lost), &lost, sizeof(lost), 0) &&
+	    lost > ahead)
+		bpf_map__update_elem(m, &k_lost, sizeof(k_lost), &ahead, sizeof(ahead), 0);
+}
+
+/*
  * Since when pt_compat holds every process that ran 32-bit code. pt_exec and pt_fork see every
  * exec and fork from their attach on, so the record holds every process started after that;
  * the start's iterator judges the processes that existed before, and once it has finished (an
@@ -333,6 +351,8 @@ static void mark_compat_since(struct pt_tracker *t, uint32_t old_exec)
 	bool followed = t->compat_progs == 2 && now;
 	uint64_t mine = followed ? prog_id(t->skel->progs.pt_exec) : 0;
 
+	lost_not_after(m, now);
+
 	bpf_map__lookup_elem(m, &k_since, sizeof(k_since), &since, sizeof(since), 0);
 	bpf_map__lookup_elem(m, &k_prog, sizeof(k_prog), &id, sizeof(id), 0);
 	if (!followed || !old_exec || id != old_exec || !since)
@@ -347,23 +367,6 @@ static void mark_compat_since(struct pt_tracker *t, uint32_t old_exec)
 	if (bpf_map__update_elem(m, &k_since, sizeof(k_since), &since, sizeof(since), 0) ||
 	    bpf_map__update_elem(m, &k_prog, sizeof(k_prog), &mine, sizeof(mine), 0))
 		pt_warn("cannot record since when 32-bit processes are seen: %s", strerror(errno));
-}
-
-/*
- * A mark BPF lost at a time it could not record exactly leaves the lost time all ones
- * (raise_to): nothing would count as recorded again, across restarts. Every such loss
- * happened before now. A loss between our read and our write raises nothing (all ones is
- * the top) and would be lost with it, so the time written is a second ahead: a process
- * started within that second counts as "cannot tell".
- */
-static void lost_not_after(struct bpf_map *m, uint64_t now)
-{
-	uint32_t k_lost = PT_CREATED_LOST;
-	uint64_t lost = 0, ahead = now + 1000000000ull;
-
-	if (now && !bpf_map__lookup_elem(m, &k_lost, sizeof(k_lost), &lost, sizeof(lost), 0) &&
-	    lost > ahead)
-		bpf_map__update_elem(m, &k_lost, sizeof(k_lost), &ahead, sizeof(ahead), 0);
 }
 
 static void mark_created_since(struct pt_tracker *t, uint32_t old_id)
