@@ -155,18 +155,17 @@ static int all_ones_taint_every_epoch(void)
 
 	T_REQUIRE(t_need_bpf());
 	CHECK(!setup(&e, true));
-	CHECK(!pt_cmd_arm(e.c, 2));
-	sync_now(&e);
-	CHECK(!hint(&e, 2, 0, 10));
-	__atomic_store_n(&pt_vm(e.t, e.vm)->taint_epoch, ~0ull, __ATOMIC_SEQ_CST);
-	CHECK(!pt_cmd_verdict(e.c, 2, &v, collect, &e));
-	CHECKF((v.why & PT_WHY_TAINTED) && !v.free, "why %#x free %llu", v.why,
-	       (unsigned long long)v.free);
-	CHECK(!pt_cmd_stop(e.c, 2) && !pt_cmd_arm(e.c, 3));
-	sync_now(&e);
-	CHECK(!hint(&e, 3, 0, 10));
-	CHECK(!pt_cmd_verdict(e.c, 3, &v, collect, &e));
-	CHECK((v.why & PT_WHY_TAINTED) && !v.free);
+	for (uint32_t id = 2; id <= 3; id++) { /* the epoch of the mark, then the next */
+		CHECK(!pt_cmd_arm(e.c, id));
+		sync_now(&e);
+		CHECK(!hint(&e, id, 0, 10));
+		if (id == 2)
+			__atomic_store_n(&pt_vm(e.t, e.vm)->taint_epoch, ~0ull, __ATOMIC_SEQ_CST);
+		CHECK(!pt_cmd_verdict(e.c, id, &v, collect, &e));
+		CHECKF((v.why & PT_WHY_TAINTED) && !v.free, "epoch of ID %u: why %#x free %llu", id,
+		       v.why, (unsigned long long)v.free);
+		CHECK(!pt_cmd_stop(e.c, id));
+	}
 	teardown(&e);
 	return 0;
 }
