@@ -149,7 +149,7 @@ static int attach_pinned(struct pt_tracker *t, struct bpf_program *prog)
 		pt_err("pin link %s: %s", path, strerror(-err));
 	/* The pin holds the attachment across restarts. Our reference holds it while we run,
 	 * so that a pin removed by hand cannot detach the program under a running service;
-	 * pt_tracker_close() drops it without detaching. */
+	 * pt_tracker_close() drops our reference, and the pin, if still there, keeps it. */
 	bpf_link__disconnect(link);
 	if (t->nlinks < (int)(sizeof(t->links) / sizeof(t->links[0])))
 		t->links[t->nlinks++] = link;
@@ -323,8 +323,8 @@ static int compat_iterate(struct pt_tracker *t)
  */
 static void lost_not_after(struct bpf_map *m, uint64_t now)
 {
-	uint32_t k_lost =
-		PT_CREATED_LOST; /* the same key in pt_created_since and pt_compat_since */
+	/* The same key in pt_created_since and pt_compat_since. */
+	uint32_t k_lost = PT_CREATED_LOST;
 	uint64_t lost = 0, ahead = now + 1000000000ull;
 
 	if (now && !bpf_map__lookup_elem(m, &k_lost, sizeof(k_lost), &lost, sizeof(lost), 0) &&
