@@ -30,7 +30,9 @@
  * GCC 12 at -O2 does not vectorize, and plain x86-64 has no 64-bit compare in vectors.
  * Elsewhere the plain loop runs.
  */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__OPTIMIZE__) && \
+#ifdef PT_RANGE_LOOP
+/* defined by the includer: tests/lib/test_proto_plain.c builds the plain loops */
+#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__OPTIMIZE__) && \
 	defined(__GLIBC__) /* target_clones needs the C library's ifunc */
 #define PT_RANGE_LOOP __attribute__((target_clones("avx2", "default"), optimize("tree-vectorize")))
 #else
