@@ -168,6 +168,11 @@ $(BUILD)/tests/%: %.c $(wildcard tests/*.h tests/*/*.h) $(CORE) $(LIB)
 	$(Q)mkdir -p $(@D)
 	$(Q)$(CC) $(CPPFLAGS) -Itests $(CFLAGS) $(LDFLAGS) $< $(CORE) $(LIB) $(LDLIBS) -o $@
 
+# Tests that compile a source again (without the AVX2 clones) depend on what they include.
+$(BUILD)/tests/test_proto_plain: tests/lib/test_proto.c user/lib/proto.c user/lib/proto.h
+$(BUILD)/tests/test_cmdstate_ref_plain: tests/daemon/test_cmdstate_ref.c user/daemon/cmdstate.c \
+	user/lib/proto.h
+
 # A real 32-bit process for test_compat: binutils alone (as --32, ld -m elf_i386), no multilib.
 $(BUILD)/tests/compat32: tests/writelog/compat32.S
 	$(call msg,AS,$@)

@@ -9,6 +9,7 @@
  */
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <bpf/bpf.h>
@@ -16,6 +17,7 @@
 #include "t.h"
 #include "writelog/loader.h"
 #include "writelog/vmlog.h"
+#include "writelog.skel.h"
 
 #define PAGE_WRITTEN 5
 
@@ -113,6 +115,26 @@ static int missing_compat_record_starts_afresh(void)
 	return one_missing("pt_compat");
 }
 
+/* Pins that cannot all be removed (here an entry that is a directory) stop the start. */
+static int unremovable_pins_stop_the_start(void)
+{
+	char path[256], stuck[256];
+	struct pt_tracker *t;
+	struct pins p;
+
+	T_REQUIRE(t_need_bpf());
+	CHECK(!first_run(&p, "stuck"));
+	snprintf(path, sizeof(path), "%s/pt_log", p.dir);
+	snprintf(stuck, sizeof(stuck), "%s/stuck", p.dir);
+	CHECK(!unlink(path) && !mkdir(stuck, 0700));
+	t = open_pinned(&p);
+	pt_tracker_close(t);
+	rmdir(stuck);
+	pt_tracker_unpin(p.dir);
+	CHECKF(!t, "a tracker opened on pins it could not all remove");
+	return 0;
+}
+
 /* The dirty-ring program's link removed: it was detached, its pushes unseen. */
 static int missing_link_starts_afresh(void)
 {
@@ -173,6 +195,55 @@ static int running_tracker_keeps_its_links(void)
 	return 0;
 }
 
+/* Tasks the start's iterator visited in this open (its sum map is not pinned). */
+static uint64_t walked(struct pt_tracker *t)
+{
+	struct pt_compat_iter_sum sum = { 0 };
+	uint32_t zero = 0;
+
+	if (!t || bpf_map__lookup_elem(t->skel->maps.pt_iter_sum, &zero, sizeof(zero), &sum,
+				       sizeof(sum), 0))
+		return 0;
+	return sum.tasks;
+}
+
+/*
+ * A restart keeps the 32-bit record without walking the processes again, unless a program
+ * that keeps it was detached meanwhile: pt_fork's link removed means forks went unseen (a
+ * 32-bit child unmarked), and the start walks every process again.
+ */
+static int missing_fork_link_walks_again(void)
+{
+	char path[256];
+	struct pt_tracker *t;
+	struct pins p;
+	uint64_t kept, again;
+	int progs;
+
+	T_REQUIRE(t_need_bpf());
+	snprintf(p.dir, sizeof(p.dir), "/sys/fs/bpf/pt_test_pins_fork_%d", (int)getpid());
+	snprintf(path, sizeof(path), "%s/link_pt_fork", p.dir);
+	t = open_pinned(&p);
+	CHECK(t);
+	progs = t->compat_progs;
+	pt_tracker_close(t);
+	if (progs != 2) {
+		pt_tracker_unpin(p.dir);
+		return t_skip("pt_exec/pt_fork did not attach here");
+	}
+	t = open_pinned(&p);
+	kept = walked(t);
+	pt_tracker_close(t);
+	unlink(path);
+	t = open_pinned(&p);
+	again = walked(t);
+	pt_tracker_close(t);
+	pt_tracker_unpin(p.dir);
+	CHECKF(!kept && again, "tasks walked at a plain restart %llu, after pt_fork's gap %llu",
+	       (unsigned long long)kept, (unsigned long long)again);
+	return 0;
+}
+
 /* A second tracker on the same pin directory is refused while the first holds it. */
 static int one_service_per_pin_dir(void)
 {
@@ -197,4 +268,5 @@ static int one_service_per_pin_dir(void)
 
 T_MAIN(T_CASE(whole_pins_reused), T_CASE(missing_log_starts_afresh),
        T_CASE(missing_compat_record_starts_afresh), T_CASE(missing_link_starts_afresh),
-       T_CASE(one_service_per_pin_dir), T_CASE(running_tracker_keeps_its_links))
+       T_CASE(one_service_per_pin_dir), T_CASE(running_tracker_keeps_its_links),
+       T_CASE(missing_fork_link_walks_again), T_CASE(unremovable_pins_stop_the_start))

@@ -131,6 +131,8 @@ static int attach_pinned(struct pt_tracker *t, struct bpf_program *prog)
 		t->links[t->nlinks++] = link;
 		return 0;
 	}
+	if (t->nlinks >= (int)(sizeof(t->links) / sizeof(t->links[0])))
+		return -E2BIG;
 	err = pin_path(path, sizeof(path), t->pin_dir, "link_");
 	if (err)
 		return err;
@@ -151,10 +153,7 @@ static int attach_pinned(struct pt_tracker *t, struct bpf_program *prog)
 	 * so that a pin removed by hand cannot detach the program under a running service;
 	 * pt_tracker_close() drops our reference, and the pin, if still there, keeps it. */
 	bpf_link__disconnect(link);
-	if (t->nlinks < (int)(sizeof(t->links) / sizeof(t->links[0])))
-		t->links[t->nlinks++] = link;
-	else
-		bpf_link__destroy(link);
+	t->links[t->nlinks++] = link;
 	return err;
 }
 
@@ -539,6 +538,26 @@ static int pin_census(struct pt_tracker *t, bool links, struct pin_census *c)
 	return 0;
 }
 
+/*
+ * Every pin goes, the directory stays (it holds our lock: lock_pin_dir). A map pin left
+ * behind would be reused beside new empty ones: the start stops instead.
+ */
+static int drop_all_pins(struct pt_tracker *t)
+{
+	struct pin_census c;
+	int err = pt_tracker_unpin_entries(t->pin_dir);
+
+	if (!err)
+		err = pin_census(t, false, &c);
+	if (!err && c.maps)
+		err = -EEXIST;
+	if (err)
+		pt_err("cannot remove the pins in %s (%s): not starting on a partial set",
+		       t->pin_dir, strerror(-err));
+	t->reused_maps = false;
+	return err;
+}
+
 /* Pins of an earlier run that cannot be trusted as a whole go, all of them; 0 or -errno. */
 static int drop_partial_pins(struct pt_tracker *t, bool links)
 {
@@ -554,16 +573,7 @@ static int drop_partial_pins(struct pt_tracker *t, bool links)
 	pt_warn("pins in %s are incomplete (%d of %d maps, %d program links missing): removing "
 		"them; every VM must register again, nothing is confirmed from the old log",
 		t->pin_dir, c.maps, c.maps_all, c.links_missing);
-	err = pt_tracker_unpin_entries(t->pin_dir);
-	if (!err)
-		err = pin_census(t, false, &c);
-	if (!err && c.maps)
-		err = -EEXIST;
-	if (err)
-		pt_err("cannot remove the pins in %s (%s): not starting on a partial set",
-		       t->pin_dir, strerror(-err));
-	t->reused_maps = false;
-	return err;
+	return drop_all_pins(t);
 }
 
 static int load_skel(struct pt_tracker *t, const struct pt_loader_opts *o)
@@ -584,10 +594,9 @@ static int load_skel(struct pt_tracker *t, const struct pt_loader_opts *o)
 		 * Every VM must register again; nothing can be confirmed from the old log. */
 		pt_warn("pinned maps in %s do not match this build (%s): removing them", t->pin_dir,
 			strerror(-err));
-		/* The directory stays: it holds our lock (lock_pin_dir). */
-		pt_tracker_unpin_entries(t->pin_dir);
-		t->reused_maps = false;
-		err = load_any(t, o);
+		err = drop_all_pins(t);
+		if (!err)
+			err = load_any(t, o);
 	}
 	if (err)
 		pt_err("loading BPF programs: %s", strerror(-err));
@@ -654,7 +663,9 @@ int pt_tracker_open(struct pt_tracker **out, const struct pt_loader_opts *o)
 		goto cleanup;
 	if (!o->no_attach) {
 		uint32_t old_ioctl = pinned_prog_id(t, "pt_ioctl_enter");
-		uint32_t old_exec = pinned_prog_id(t, "pt_exec");
+		/* Both programs must have run for the record to go on: a fork unseen leaves
+		 * its child unmarked. */
+		uint32_t old_exec = pinned_prog_id(t, "pt_fork") ? pinned_prog_id(t, "pt_exec") : 0;
 
 		err = attach_all(t);
 		if (err)
@@ -680,7 +691,9 @@ void pt_tracker_close(struct pt_tracker *t)
 	if (!t)
 		return;
 	for (int i = 0; i < t->nlinks; i++) {
-		/* A pinned link is disconnected: destroy would leave its descriptor open. */
+		/* A pinned link is disconnected: destroy would leave its descriptor open. (A
+		 * tracepoint link's perf event descriptor, which libbpf keeps to itself, stays
+		 * open until the process exits: two per pinned open.) */
 		if (!t->no_pin)
 			close(bpf_link__fd(t->links[i]));
 		bpf_link__destroy(t->links[i]);
