@@ -339,8 +339,9 @@ static void lost_not_after(struct bpf_map *m, uint64_t now)
  * A failed iterator leaves the time of the attach: only processes started before it are then
  * "cannot tell", and a later start tries the iterator again. Kept from an earlier run if the
  * pt_exec that recorded it (`old_exec`, behind the pinned link we replaced) ran until ours was
- * attached. 0 (never: REGISTER falls back to the executable, else keeps) without the programs,
- * or in a time namespace.
+ * attached, and pt_fork's link was still pinned (the caller passes 0 otherwise). 0 (never:
+ * REGISTER falls back to the executable, else keeps) without the programs, or in a time
+ * namespace.
  */
 static void mark_compat_since(struct pt_tracker *t, uint32_t old_exec)
 {
