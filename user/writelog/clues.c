@@ -58,6 +58,30 @@ int pt_pid_recorded(struct bpf_map *m, uint32_t pid, uint64_t start)
 	return r;
 }
 
+int pt_clues_gather(uint32_t pid, struct bpf_map *record, struct bpf_map *since,
+		    int (*proc_says)(uint32_t pid), int *recorded, bool *after, int *proc)
+{
+	uint64_t start, again;
+
+	*recorded = -1;
+	*after = false;
+	*proc = -1;
+	if (pt_proc_start_time(pid, &start))
+		return -ESRCH;
+	*recorded = pt_pid_recorded(record, pid, start);
+	*after = pt_started_after_since(since, start);
+	if (*recorded < 0 || (!*recorded && !*after))
+		*proc = proc_says(pid);
+	/* The answers are of the process of that start time only if the pid still has it. */
+	if (pt_proc_start_time(pid, &again) || again != start) {
+		*recorded = -1;
+		*after = false;
+		*proc = -1;
+		return -ESRCH;
+	}
+	return 0;
+}
+
 bool pt_started_after_since(struct bpf_map *m, uint64_t ticks)
 {
 	uint32_t k_since = PT_CREATED_SINCE, k_lost = PT_CREATED_LOST;

@@ -42,4 +42,13 @@ int pt_pid_recorded(struct bpf_map *m, uint32_t pid, uint64_t start);
  */
 bool pt_started_after_since(struct bpf_map *since, uint64_t ticks);
 
+/*
+ * The three clues about process @pid: *recorded (pt_pid_recorded() in @record), *after
+ * (pt_started_after_since() of @since) and *proc (@proc_says(pid): 1 yes, 0 no, -1 unread),
+ * asked only where the record does not answer, since it reads /proc on the event loop. 0, or
+ * -ESRCH if the process is gone or its pid changed hands meanwhile (*recorded and *proc -1).
+ */
+int pt_clues_gather(uint32_t pid, struct bpf_map *record, struct bpf_map *since,
+		    int (*proc_says)(uint32_t pid), int *recorded, bool *after, int *proc);
+
 #endif

@@ -47,27 +47,20 @@ int pt_elf_not_64bit(const char *path)
 	return !(id[0] == 0x7f && id[1] == 'E' && id[2] == 'L' && id[3] == 'F' && id[4] == 2);
 }
 
-int pt_vmm_compat_clues(struct pt_tracker *t, uint32_t pid, struct pt_compat_clues *c)
+static int exe_not_64bit(uint32_t pid)
 {
-	uint64_t start, again;
 	char path[64];
 
-	*c = (struct pt_compat_clues){ .marked = -1, .exe = -1 };
-	if (pt_proc_start_time(pid, &start))
-		return -ESRCH;
-	c->marked = pt_pid_recorded(t->skel->maps.pt_compat, pid, start);
-	c->after_since = pt_started_after_since(t->skel->maps.pt_compat_since, start);
-	/* The executable only where the record does not answer: opening it runs on the event
-	 * loop, and a file on a hung network mount would stall it. */
-	if (c->marked < 0 || (!c->marked && !c->after_since)) {
-		snprintf(path, sizeof(path), "/proc/%u/exe", pid);
-		c->exe = pt_elf_not_64bit(path);
-	}
-	if (pt_proc_start_time(pid, &again) || again != start) {
-		*c = (struct pt_compat_clues){ .marked = -1, .exe = -1 };
-		return -ESRCH;
-	}
-	return 0;
+	snprintf(path, sizeof(path), "/proc/%u/exe", pid);
+	return pt_elf_not_64bit(path);
+}
+
+int pt_vmm_compat_clues(struct pt_tracker *t, uint32_t pid, struct pt_compat_clues *c)
+{
+	/* The executable only where the record does not answer: a file on a hung network mount
+	 * would stall the event loop. */
+	return pt_clues_gather(pid, t->skel->maps.pt_compat, t->skel->maps.pt_compat_since,
+			       exe_not_64bit, &c->marked, &c->after_since, &c->exe);
 }
 
 bool pt_vm_check_compat(struct pt_tracker *t, uint32_t vm)

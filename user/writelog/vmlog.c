@@ -183,22 +183,9 @@ bool pt_vm_clues_decide(const struct pt_vm_clues *c, const char **why)
 
 int pt_vmm_vm_clues(struct pt_tracker *t, uint32_t pid, struct pt_vm_clues *c)
 {
-	uint64_t start, again;
-
-	*c = (struct pt_vm_clues){ .created = -1, .fds = -1 };
-	if (pt_proc_start_time(pid, &start))
-		return -ESRCH;
-	c->created = pt_pid_recorded(t->skel->maps.pt_vm_created, pid, start);
-	c->after_since = pt_started_after_since(t->skel->maps.pt_created_since, start);
-	/* The descriptors only where the record does not answer (a scan of every fd, on the
-	 * event loop). It is of the process of that start time only if the pid still has it. */
-	if (c->created < 0 || (!c->created && !c->after_since))
-		c->fds = pt_pid_scan_kvm_vm(pid);
-	if (pt_proc_start_time(pid, &again) || again != start) {
-		*c = (struct pt_vm_clues){ .created = -1, .fds = -1 };
-		return -ESRCH;
-	}
-	return 0;
+	/* The descriptors only where the record does not answer: a scan of every fd. */
+	return pt_clues_gather(pid, t->skel->maps.pt_vm_created, t->skel->maps.pt_created_since,
+			       pt_pid_scan_kvm_vm, &c->created, &c->after_since, &c->fds);
 }
 
 bool pt_vmm_may_hold_vm(struct pt_tracker *t, uint32_t pid)
