@@ -265,10 +265,11 @@ uint64_t pt_boottime_ns(void)
 }
 
 /*
- * Since when does pt_vm_created hold every KVM_CREATE_VM? From the moment pt_ioctl_enter was
- * attached: read after our attach, or kept from an earlier run if the program it recorded with
- * (`old_id`, behind the pinned link we replaced) is the one that recorded that time, which then
- * ran until ours was attached beside it. 0 (never complete) in a time namespace.
+ * Since when does a record (pt_vm_created, pt_compat) hold every event? From the moment its
+ * program (`mine`) was attached: `now`, read after our attach, or kept from an earlier run if
+ * the program it recorded with (`old_id`, behind the pinned link we replaced) is the one that
+ * recorded that time, which then ran until ours was attached beside it. 0 (never complete) in
+ * a time namespace (`now` 0).
  */
 static int mark_since(struct bpf_map *m, uint32_t old_id, uint64_t mine, uint64_t now)
 {
@@ -346,27 +347,25 @@ static void lost_not_after(struct bpf_map *m, uint64_t now)
 static void mark_compat_since(struct pt_tracker *t, uint32_t old_exec)
 {
 	struct bpf_map *m = t->skel->maps.pt_compat_since;
-	uint32_t k_since = PT_CREATED_SINCE, k_prog = PT_CREATED_PROG, k_lost = PT_CREATED_LOST;
-	uint64_t now = pt_boottime_ns(), since = 0, id = 0, zero = 0;
+	uint32_t k_since = PT_CREATED_SINCE, k_lost = PT_CREATED_LOST;
+	uint64_t now = pt_boottime_ns(), since = 0, zero = 0, one = 1;
 	bool followed = t->compat_progs == 2 && now;
 	uint64_t mine = followed ? prog_id(t->skel->progs.pt_exec) : 0;
 
 	lost_not_after(m, now);
-
-	bpf_map__lookup_elem(m, &k_since, sizeof(k_since), &since, sizeof(since), 0);
-	bpf_map__lookup_elem(m, &k_prog, sizeof(k_prog), &id, sizeof(id), 0);
-	if (!followed || !old_exec || id != old_exec || !since)
-		since = followed ? now : 0;
-	if (followed && since != 1) {
-		/* The walk judges every live process afresh: a mark lost before it is found again
-		 * (one lost during it raises the time again). */
-		bpf_map__update_elem(m, &k_lost, sizeof(k_lost), &zero, sizeof(zero), 0);
-		if (!compat_iterate(t))
-			since = 1;
-	}
-	if (bpf_map__update_elem(m, &k_since, sizeof(k_since), &since, sizeof(since), 0) ||
-	    bpf_map__update_elem(m, &k_prog, sizeof(k_prog), &mine, sizeof(mine), 0))
+	if (mark_since(m, followed ? old_exec : 0, mine, followed ? now : 0) ||
+	    bpf_map__lookup_elem(m, &k_since, sizeof(k_since), &since, sizeof(since), 0)) {
 		pt_warn("cannot record since when 32-bit processes are seen: %s", strerror(errno));
+		return;
+	}
+	if (!followed || since == 1)
+		return;
+	/* The walk judges every live process afresh: a mark lost before it is found again (one
+	 * lost during it raises the time again). */
+	bpf_map__update_elem(m, &k_lost, sizeof(k_lost), &zero, sizeof(zero), 0);
+	if (!compat_iterate(t) &&
+	    bpf_map__update_elem(m, &k_since, sizeof(k_since), &one, sizeof(one), 0))
+		pt_warn("cannot record that every process was judged: %s", strerror(errno));
 }
 
 static void mark_created_since(struct pt_tracker *t, uint32_t old_id)
