@@ -136,6 +136,15 @@ check "metrics.prom: pagetrack_coverage{mode=\"uffd-wp\"} 1" \
 	grep -qx 'pagetrack_coverage{mode="uffd-wp"} 1' "$RUN/metrics.prom"
 check "ptballoon ping through the socket" eval '"$BALLOON" -s "$SOCK" ping -n 3 >/dev/null'
 
+# --- uninstall while the service runs: refused, nothing removed -------------------------------------
+out=$("$BIN" -p "$PIN" uninstall 2>&1)
+rc=$?
+echo "$out" | sed 's/^/# /'
+check "uninstall while running: refused (exit $rc), says why" \
+	eval 'test "$rc" -eq 1 && grep -q "a running pagetrackd holds" <<<"$out"'
+check "uninstall while running: pins and links kept" \
+	eval 'bpftool link show pinned "$PIN/link_pt_ring_push" >/dev/null 2>&1 && test -e "$PIN/pt_log"'
+
 # --- SIGTERM: exits 0, links stay; uninstall removes them ------------------------------------------
 kill -TERM "$pid"
 wait "$pid"

@@ -7,6 +7,7 @@
  * since boot" as "no 32-bit process". So does a set missing a write-log program's link (it was
  * detached). One tracker per pin directory. Each case uses its own directory and removes it.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -266,7 +267,33 @@ static int one_service_per_pin_dir(void)
 	return 0;
 }
 
+/* The uninstall step is refused while a tracker holds the directory, and removes it after. */
+static int uninstall_waits_for_the_service(void)
+{
+	struct pt_tracker *a;
+	struct pins p;
+	char log[192];
+	int busy = 0, kept = 0, done = -1;
+
+	T_REQUIRE(t_need_bpf());
+	snprintf(p.dir, sizeof(p.dir), "/sys/fs/bpf/pt_test_pins_uninstall_%d", (int)getpid());
+	snprintf(log, sizeof(log), "%s/pt_log", p.dir);
+	a = open_pinned(&p);
+	if (a) {
+		busy = pt_tracker_unpin(p.dir);
+		kept = !access(log, F_OK);
+	}
+	pt_tracker_close(a);
+	if (a)
+		done = pt_tracker_unpin(p.dir);
+	CHECKF(a && busy == -EBUSY && kept && !done && access(p.dir, F_OK),
+	       "open %d, unpin while open %d (log kept %d), after close %d", !!a, busy, kept,
+	       done);
+	return 0;
+}
+
 T_MAIN(T_CASE(whole_pins_reused), T_CASE(missing_log_starts_afresh),
        T_CASE(missing_compat_record_starts_afresh), T_CASE(missing_link_starts_afresh),
        T_CASE(one_service_per_pin_dir), T_CASE(running_tracker_keeps_its_links),
-       T_CASE(missing_fork_link_walks_again), T_CASE(unremovable_pins_stop_the_start))
+       T_CASE(missing_fork_link_walks_again), T_CASE(unremovable_pins_stop_the_start),
+       T_CASE(uninstall_waits_for_the_service))

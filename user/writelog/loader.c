@@ -732,11 +732,30 @@ int pt_tracker_unpin_entries(const char *dir)
 	return err;
 }
 
+/*
+ * The uninstall step, refused while a service holds the directory (lock_pin_dir): its pins
+ * would go while it answers from the maps, and its next start would find nothing of the log.
+ */
 int pt_tracker_unpin(const char *dir)
 {
-	int err = pt_tracker_unpin_entries(dir);
+	int lock = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int err;
 
+	if (lock < 0)
+		return errno == ENOENT ? 0 : -errno;
+	if (flock(lock, LOCK_EX | LOCK_NB)) {
+		err = -errno;
+		if (err == -EWOULDBLOCK) {
+			pt_err("a running pagetrackd holds %s: stop it first (systemctl stop "
+			       "pagetrackd.service pagetrackd.socket)", dir);
+			err = -EBUSY;
+		}
+		close(lock);
+		return err;
+	}
+	err = pt_tracker_unpin_entries(dir);
 	if (rmdir(dir) && errno != ENOENT && !err)
 		err = -errno;
+	close(lock);
 	return err;
 }

@@ -58,7 +58,8 @@ int pt_tracker_open(struct pt_tracker **out, const struct pt_loader_opts *opts);
 void pt_tracker_close(struct pt_tracker *t);
 /* Removes every pin under dir (maps and links), keeping the directory. */
 int pt_tracker_unpin_entries(const char *dir);
-/* Removes every pin under dir (maps and links) and dir: the uninstall step. */
+/* Removes every pin under dir (maps and links) and dir: the uninstall step. -EBUSY while a
+ * tracker (a running service) holds dir. */
 int pt_tracker_unpin(const char *dir);
 int pt_ensure_mounts(void);
 /* Make every CPU's pt_ring_push cache stale: after any change of the VM set or a slot table. */
