@@ -747,7 +747,8 @@ int pt_tracker_unpin(const char *dir)
 		err = -errno;
 		if (err == -EWOULDBLOCK) {
 			pt_err("a running pagetrackd holds %s: stop it first (systemctl stop "
-			       "pagetrackd.service pagetrackd.socket)", dir);
+			       "pagetrackd.service pagetrackd.socket)",
+			       dir);
 			err = -EBUSY;
 		}
 		close(lock);
