@@ -287,8 +287,7 @@ static int uninstall_waits_for_the_service(void)
 	if (a)
 		done = pt_tracker_unpin(p.dir);
 	CHECKF(a && busy == -EBUSY && kept && !done && access(p.dir, F_OK),
-	       "open %d, unpin while open %d (log kept %d), after close %d", !!a, busy, kept,
-	       done);
+	       "open %d, unpin while open %d (log kept %d), after close %d", !!a, busy, kept, done);
 	return 0;
 }
 
