@@ -15,6 +15,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -22,10 +23,12 @@
 #include <time.h>
 
 #include <pagetrack/client.h>
+#include <bpf/bpf.h>
 
 #include "t.h"
 #include "guest.h"
 #include "lib/proto.h"
+#include "writelog.h"
 #include "tools/spawn.h"
 #include "svc.h"
 
@@ -1150,8 +1153,107 @@ static int kept_verdicts_logged_once(void)
 	return 0;
 }
 
+/*
+ * A taint BPF could not date (all ones, raise_to in writelog.bpf.c) keeps every verdict of the
+ * VM until its VMM exits: the operator is told, in the journal's kept line, in status.json and
+ * in the metrics. The child makes the mark as BPF would, through the service's pinned map.
+ */
+static char metrics_path[64];
+
+static void metrics_remove(void)
+{
+	unlink(metrics_path);
+}
+
+/* The service of this binary writes its metrics (off in pt_spawn_service) to a file of ours. */
+__attribute__((constructor)) static void metrics_on(void)
+{
+	static const char *args[3] = { "-m", metrics_path, NULL };
+
+	snprintf(metrics_path, sizeof(metrics_path), "/tmp/pt-test-service-%d.prom", (int)getpid());
+	svc_args = args;
+	atexit(metrics_remove);
+}
+
+static bool saturated_shown(pid_t pid)
+{
+	static char buf[65536];
+	const char *want = "pagetrack_vm_marks_saturated{vm=";
+	char line[256];
+	bool metric = false;
+	FILE *f = fopen(metrics_path, "r");
+
+	while (f && fgets(line, sizeof(line), f)) {
+		char who[32];
+
+		snprintf(who, sizeof(who), "pid=\"%d\"", (int)pid);
+		metric |= !strncmp(line, want, strlen(want)) && strstr(line, who) &&
+			  strstr(line, "} 1\n");
+	}
+	if (f)
+		fclose(f);
+	return metric && strstr(status_json(buf, sizeof(buf)), "\"marks_saturated\": true");
+}
+
+static int saturated_child(void *arg)
+{
+	const size_t len = sizeof(struct pt_vm_state) * PT_MAX_VMS;
+	struct pt_range r = { SLOT_GPA, 4 * PG };
+	struct pt_client *c = connect_svc();
+	struct pt_client_result res;
+	struct pt_vm_state *vms;
+	char path[192];
+	int fd, found = 0;
+
+	CHECK(c && pt_client_register(c, 0, PT_DIRTY_RING, &slot1, 1, NULL) == 0);
+	snprintf(path, sizeof(path), "%s/pt_vm_state", svc.pin_dir);
+	fd = bpf_obj_get(path);
+	CHECK(fd >= 0);
+	vms = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	close(fd);
+	CHECK(vms != MAP_FAILED);
+	for (uint32_t i = 0; i < PT_MAX_VMS; i++) {
+		if (vms[i].tgid != (uint32_t)getpid() || !(vms[i].flags & PT_VM_ACTIVE))
+			continue;
+		__atomic_store_n(&vms[i].taint_epoch, ~0ull, __ATOMIC_SEQ_CST);
+		found++;
+	}
+	munmap(vms, len);
+	CHECKF(found == 1, "%d VMs of this pid in pt_vm_state", found);
+	for (uint32_t i = 0; i < 3; i++) {
+		CHECK(pt_client_arm(c, 2 + i) == 0 && pt_client_hint(c, 2 + i, &r, 1) == 0);
+		CHECK(pt_client_query(c, 2 + i, PT_Q_HINTS, &res) == 0);
+		CHECKF(res.v.free == 0 && res.v.kept_unsure == 4 &&
+			       (res.v.unsure_reason & PT_WHY_TAINTED),
+		       "round %u: free %llu kept_unsure %llu why %#x", i,
+		       (unsigned long long)res.v.free, (unsigned long long)res.v.kept_unsure,
+		       res.v.unsure_reason);
+		pt_client_result_free(&res);
+	}
+	/* Shown while the VMM lives: status and metrics are rewritten every tick. */
+	for (unsigned ms = 0; ms < 10000 * t_time_scale() && !saturated_shown(getpid()); ms += 50)
+		usleep(50 * 1000);
+	CHECKF(saturated_shown(getpid()), "marks_saturated not in status.json and metrics.prom");
+	pt_client_close(c);
+	return 0;
+}
+
+static int saturated_taint_told(void)
+{
+	pid_t pid;
+
+	T_REQUIRE(need_service());
+	pid = start_child(saturated_child, NULL);
+	CHECK(pid > 0 && wait_child(pid) == 0);
+	CHECKF(svc_log_lines(pid, "a mark BPF could not date") == 1,
+	       "%d kept lines name the undated mark",
+	       svc_log_lines(pid, "a mark BPF could not date"));
+	return 0;
+}
+
 T_MAIN(T_CASE(round_trip_every_type), T_CASE(concurrent_64_clients), T_CASE(disconnect_mid_frame),
        T_CASE(malformed_frames), T_CASE(other_uid_refused), T_CASE(reconnect_same_pid),
        T_CASE(register_twice_and_takeover), T_CASE(register_coverage_bits),
        T_CASE(wr_read_lists_unsure_pages), T_CASE(real_vm_verdict), T_CASE(vmm_exit_releases_vm),
-       T_CASE(reregister_new_map_starts_afresh), T_CASE(kept_verdicts_logged_once))
+       T_CASE(reregister_new_map_starts_afresh), T_CASE(kept_verdicts_logged_once),
+       T_CASE(saturated_taint_told))

@@ -936,7 +936,7 @@ static void log_kept(struct svc *s, const struct pt_vmctx *ctx, uint32_t cmd, ui
 		     uint32_t why)
 {
 	struct kept_log *k = &s->kept_log[ctx->vm];
-	char reason[128], more[64] = "";
+	char reason[128], more[160] = "";
 	struct timespec now;
 
 	clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
@@ -949,6 +949,10 @@ static void log_kept(struct svc *s, const struct pt_vmctx *ctx, uint32_t cmd, ui
 	if (k->quiet)
 		snprintf(more, sizeof(more), " (%llu kept verdicts since the last such line)",
 			 (unsigned long long)k->quiet);
+	if (pt_vm_marks_saturated(pt_vm(s->t, ctx->vm)))
+		snprintf(more + strlen(more), sizeof(more) - strlen(more),
+			 "; a mark BPF could not date: every verdict keeps all pages until the "
+			 "VMM exits");
 	pt_info("VM %u (pid %u) command ID %u: %llu pages kept, none confirmed: %s%s", ctx->vm,
 		ctx->pid, cmd, (unsigned long long)hinted, pt_why_str(why, reason, sizeof(reason)),
 		more);

@@ -156,7 +156,8 @@ static void json_vm(FILE *f, struct pt_tracker *t, const struct pt_vmctx *c, boo
 	fprintf(f,
 		"%s\n    {\"vm\": %u, \"pid\": %u, \"mode\": \"%s\", \"mode_tracked\": %s, "
 		"\"state\": \"%s\", \"cmd_id\": %u, \"epoch\": %llu, \"synced\": %s, "
-		"\"doubt\": \"%s\", \"taint_reason\": %u, \"ring_writes\": %llu, "
+		"\"doubt\": \"%s\", \"taint_reason\": %u, \"marks_saturated\": %s, "
+		"\"ring_writes\": %llu, "
 		"\"fault_writes\": %llu, \"lost_events\": %llu, \"syncs\": %llu, "
 		"\"syncs_incomplete\": %llu, \"hint_batches\": %llu, \"hinted_pages\": %llu, "
 		"\"stale_pages\": %llu, \"queries\": %llu, \"confirmed_free\": %llu, "
@@ -167,13 +168,14 @@ static void json_vm(FILE *f, struct pt_tracker *t, const struct pt_vmctx *c, boo
 		(unsigned long long)st->epoch, st->sync_epoch == st->epoch ? "true" : "false",
 		pt_why_str(pt_epoch_doubt((struct pt_vmctx *)c), why, sizeof(why)),
 		pt_epoch_tainted(st, st->epoch) ? st->taint_reason : 0,
-		(unsigned long long)ev.ring_writes, (unsigned long long)ev.fault_writes,
-		(unsigned long long)st->lost, (unsigned long long)st->syncs,
-		(unsigned long long)st->syncs_incomplete, (unsigned long long)c->n.hint_batches,
-		(unsigned long long)c->n.hinted_pages, (unsigned long long)c->n.stale_pages,
-		(unsigned long long)c->n.queries, (unsigned long long)c->n.confirmed_free,
-		(unsigned long long)c->n.kept_written, (unsigned long long)c->n.kept_unsure,
-		(unsigned long long)c->n.reported_pages, (unsigned long long)c->n.reclaimed_pages);
+		pt_vm_marks_saturated(st) ? "true" : "false", (unsigned long long)ev.ring_writes,
+		(unsigned long long)ev.fault_writes, (unsigned long long)st->lost,
+		(unsigned long long)st->syncs, (unsigned long long)st->syncs_incomplete,
+		(unsigned long long)c->n.hint_batches, (unsigned long long)c->n.hinted_pages,
+		(unsigned long long)c->n.stale_pages, (unsigned long long)c->n.queries,
+		(unsigned long long)c->n.confirmed_free, (unsigned long long)c->n.kept_written,
+		(unsigned long long)c->n.kept_unsure, (unsigned long long)c->n.reported_pages,
+		(unsigned long long)c->n.reclaimed_pages);
 	json_rate(f, t, c);
 	fputc('}', f);
 }
@@ -273,6 +275,7 @@ static void prom_vm(FILE *f, struct pt_tracker *t, const struct pt_vmctx *c)
 		{ "pagetrack_vm_kept_written_pages_total", c->n.kept_written },
 		{ "pagetrack_vm_kept_unsure_pages_total", c->n.kept_unsure },
 		{ "pagetrack_vm_tainted", pt_epoch_tainted(st, st->epoch) },
+		{ "pagetrack_vm_marks_saturated", pt_vm_marks_saturated(st) },
 		{ "pagetrack_vm_mode_tracked", c->mode_tracked },
 	};
 

@@ -69,6 +69,14 @@ static inline bool pt_epoch_tainted(const struct pt_vm_state *st, uint64_t epoch
 {
 	return __atomic_load_n(&st->taint_epoch, __ATOMIC_ACQUIRE) >= epoch;
 }
+/* A mark BPF could not date went to all ones (raise_to): every epoch of the VM is tainted (the
+ * taint), or in doubt for a userfaultfd-mode verdict (the memslot mark), until the index goes
+ * to another VM. The operator is told: nothing but the VMM's exit clears it. */
+static inline bool pt_vm_marks_saturated(const struct pt_vm_state *st)
+{
+	return __atomic_load_n(&st->taint_epoch, __ATOMIC_RELAXED) == ~0ull ||
+	       __atomic_load_n(&st->slot_change_epoch, __ATOMIC_RELAXED) == ~0ull;
+}
 /* Did the VMM change a memslot (or an ioctl that might have) in the VM's current epoch? */
 bool pt_vm_slots_changed(struct pt_tracker *t, uint32_t vm);
 
