@@ -690,8 +690,9 @@ int pt_ioctl_enter(struct trace_event_raw_sys_enter *ctx)
 		 * this epoch or, after an ARM while it runs, the next. */
 		taint(st, PT_TAINT_SLOT_CHANGE);
 		raise_to(&st->slot_change_epoch, io.epoch + 1);
+		/* A slot move (slot_moved()) whose marks taint() just raised. */
 		if (cmd == PT_KVM_SET_USER_MEMORY_REGION || cmd == PT_KVM_SET_USER_MEMORY_REGION2)
-			slot_moved(st);
+			__sync_fetch_and_add(&st->slot_moves, 1);
 		return 0;
 	}
 	pending = pending_ioctls();
@@ -748,9 +749,10 @@ static __always_inline void memslot_changed(__u32 vm, struct pt_vm_state *st, __
 	__u32 i, idx;
 
 	if (!sl || bpf_probe_read_user(&r, sizeof(r), (void *)uarg)) {
-		/* A memslot changed and we cannot tell which. */
-		taint(st, PT_TAINT_UNKNOWN_SLOT);
-		slot_moved(st);
+		/* A memslot changed and we cannot tell which: a lost event and a slot move, with
+		 * one raise of each mark. */
+		taint(st, PT_TAINT_UNKNOWN_SLOT | PT_TAINT_SLOT_CHANGE);
+		__sync_fetch_and_add(&st->slot_moves, 1);
 		return;
 	}
 	npages = r.memory_size >> PT_PAGE_SHIFT;
