@@ -19,7 +19,10 @@
  *         re-protecting at read time would cost a TLB flush per page table and a second
  *         fault per written page for nothing, since a page once written stays written for
  *         the epoch. The backend still keeps what it found in its own bitmap for the epoch
- *         (a written page later discarded with MADV_DONTNEED must stay written).
+ *         (a written page later discarded with MADV_DONTNEED must stay written). A page with
+ *         no page-table entry at all (zapped since the arm: its data may live on in a shared
+ *         file) counts as written whatever the kernel says, and the next arm protects it
+ *         explicitly, since no re-protecting scan does.
  *
  * Fail safe: any error leaves a reason in doubt() until the next successful arm, and a
  * failure that may have lost written state makes the next arm protect everything and report
