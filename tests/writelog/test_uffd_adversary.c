@@ -416,7 +416,25 @@ static int hugetlb_dropped_written(void)
 struct race {
 	struct adv a;
 	uint64_t cursor, a1_prev, rounds, after, in_epoch, doubtful;
+	long swap_kb; /* the most of the VMM's memory seen swapped out */
 };
+
+/* VmSwap of pid, in kB (0 if unknown). */
+static long vm_swap_kb(pid_t pid)
+{
+	char path[64], line[128];
+	long kb = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", pid);
+	f = fopen(path, "r");
+	while (f && fgets(line, sizeof(line), f))
+		if (sscanf(line, "VmSwap: %ld kB", &kb) == 1)
+			break;
+	if (f)
+		fclose(f);
+	return kb;
+}
 
 /*
  * Writes done before the read began: after ARM_k completed, they must be in read_k; from the
@@ -465,6 +483,8 @@ static int race_round(struct race *r)
 	trusted = !err && !pt_uffd_read(r->a.u, &r->a.all, 1, r->a.bits) &&
 		  !pt_uffd_doubt(r->a.u, NULL);
 	r->doubtful += !trusted;
+	if (vm_swap_kb(r->a.c.pid) > r->swap_kb)
+		r->swap_kb = vm_swap_kb(r->a.c.pid);
 	/* Round 0 follows open: its prev is every page, nothing before it to check. */
 	if (r->rounds)
 		CHECK(!classify(r, a1, r0, trusted));
@@ -503,11 +523,12 @@ static int race(enum uc_kind kind, uint64_t size, enum disturb d)
 	fprintf(stderr,
 		"  %lu rounds (%lu in doubt), %ld disturbances tried; writes checked: %lu after an "
 		"ARM, "
-		"%lu in an epoch\n",
+		"%lu in an epoch; up to %ld kB swapped out\n",
 		(unsigned long)r.rounds, (unsigned long)r.doubtful, (long)ops,
-		(unsigned long)r.after, (unsigned long)r.in_epoch);
-	if (!rc && (r.rounds < 10 || r.after < 100 || r.in_epoch < 100 || ops < 10 ||
-		    r.doubtful > r.rounds / 2)) {
+		(unsigned long)r.after, (unsigned long)r.in_epoch, r.swap_kb);
+	if (!rc &&
+	    (r.rounds < 10 || r.after < 100 || r.in_epoch < 100 || ops < 10 ||
+	     r.doubtful > r.rounds / 2 || (kind == UC_ANON && d == D_PAGEOUT && !r.swap_kb))) {
 		fprintf(stderr, "  too little happened\n");
 		rc = -1;
 	}
@@ -664,6 +685,115 @@ static int file_reads(void)
 	return rc;
 }
 
+/* --- page migration (compaction) and swap ----------------------------------------------------- */
+
+#define PFN_MASK ((1ull << 55) - 1)
+#define COMPACT	 "/sys/devices/system/node/node0/compact"
+
+/* The child's PFNs (root sees them) of all its guest pages into pfn. */
+static int read_pfns(struct adv *a, uint64_t *pfn)
+{
+	char path[64];
+	ssize_t len = (ssize_t)(a->npages * 8);
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/%d/pagemap", a->c.pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	len = pread(fd, pfn, len, (off_t)(a->c.hva / UC_PAGE * 8)) == len ? 0 : -1;
+	close(fd);
+	for (uint64_t p = 0; !len && p < a->npages; p++)
+		pfn[p] &= PFN_MASK;
+	return (int)len;
+}
+
+/*
+ * Compaction migrates pages under the log: a migration entry carries the write-protect bit
+ * and gives it back to the new page. The written set must stay exact across it (moved written
+ * pages written, moved clean pages clean), and a write to a moved page must be seen.
+ */
+static int migrate_body(struct adv *a)
+{
+	uint64_t *pfn0 = calloc(a->npages, 8), *pfn = calloc(a->npages, 8), *w, nw = 0;
+	uint64_t moved_w = 0, moved_c = 0, t_end = uc_now() + t_time_scale() * 5000000000ull;
+	uint64_t clean[16], nclean = 0;
+	int rc = -1;
+
+	w = calloc(a->npages, 8);
+	if (!pfn0 || !pfn || !w || arm(a))
+		goto out;
+	for (uint64_t p = 0; p < a->npages; p += 4)
+		w[nw++] = p;
+	if (uc_write(&a->c, w, (uint32_t)nw) || read_pfns(a, pfn0))
+		goto out;
+	while ((moved_w < 8 || moved_c < 8) && uc_now() < t_end) {
+		if (write_long(COMPACT, 1) || read_pfns(a, pfn))
+			break;
+		moved_w = moved_c = nclean = 0;
+		for (uint64_t p = 0; p < a->npages; p++) {
+			if (pfn[p] == pfn0[p] || !pfn[p])
+				continue;
+			if (p % 4 == 0) {
+				moved_w++;
+			} else {
+				moved_c++;
+				if (nclean < 16)
+					clean[nclean++] = p;
+			}
+		}
+		usleep(100000);
+	}
+	fprintf(stderr, "  compaction moved %lu written and %lu clean pages of %lu\n",
+		(unsigned long)moved_w, (unsigned long)moved_c, (unsigned long)a->npages);
+	if (moved_w < 8 || moved_c < 8) {
+		rc = t_skip("compaction moved too few of the VMM's pages");
+		goto out;
+	}
+	if (written_exactly(a, w, nw))
+		goto out;
+	if (uc_write(&a->c, clean, (uint32_t)nclean))
+		goto out;
+	memcpy(w + nw, clean, nclean * 8);
+	rc = written_exactly(a, w, nw + nclean);
+out:
+	free(pfn0);
+	free(pfn);
+	free(w);
+	return rc;
+}
+
+static int migrate_compaction(void)
+{
+	if (geteuid() || access(COMPACT, W_OK))
+		return t_skip("needs root and %s", COMPACT);
+	return run((struct uc_opts){ .kind = UC_ANON, .size = 256 * MIB, .populate = true },
+		   migrate_body);
+}
+
+static bool have_swap(void)
+{
+	FILE *f = fopen("/proc/meminfo", "r");
+	char line[128];
+	long kb = 0;
+
+	while (f && fgets(line, sizeof(line), f))
+		if (sscanf(line, "SwapFree: %ld kB", &kb) == 1)
+			break;
+	if (f)
+		fclose(f);
+	return kb > 64 * 1024;
+}
+
+/* Anonymous pages swapped out and in (MADV_PAGEOUT) while written: the swap entry keeps the
+ * write-protect bit. Skips without swap. */
+static int race_pageout_anon(void)
+{
+	if (!have_swap())
+		return t_skip("no swap: anonymous pages cannot be paged out");
+	return race(UC_ANON, 64 * MIB, D_PAGEOUT);
+}
+
 /* --- the VMM re-registers ------------------------------------------------------------------ */
 
 /*
@@ -778,6 +908,6 @@ static int unseen_uring_fixed(void)
 T_MAIN(T_CASE(hugetlb_dropped_written), T_CASE(race_mprotect), T_CASE(race_dontneed),
        T_CASE(race_dontneed_shmem), T_CASE(race_dontneed_thp), T_CASE(race_pageout_shmem),
        T_CASE(race_fork), T_CASE(race_collapse), T_CASE(race_reregister),
-       T_CASE(race_dontneed_hugetlb), T_CASE(remote_writes), T_CASE(file_reads), T_CASE(reregister),
-       T_CASE(remap_reregistered), T_CASE(unseen_alias_mapping), T_CASE(unseen_file_write),
-       T_CASE(unseen_uring_fixed))
+       T_CASE(race_dontneed_hugetlb), T_CASE(race_pageout_anon), T_CASE(migrate_compaction),
+       T_CASE(remote_writes), T_CASE(file_reads), T_CASE(reregister), T_CASE(remap_reregistered),
+       T_CASE(unseen_alias_mapping), T_CASE(unseen_file_write), T_CASE(unseen_uring_fixed))
