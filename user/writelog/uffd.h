@@ -27,8 +27,9 @@
  * Fail safe: any error leaves a reason in doubt() until the next successful arm, and a
  * failure that may have lost written state makes the next arm protect everything and report
  * every page as written; nothing here ever reports a page unwritten that it could not read. Writes
- * through another process's mapping of shared guest memory (a vhost-user backend) do not go through
- * the VMM's page tables and are not seen.
+ * that do not fault through the registered mapping are not seen: another mapping of shared guest
+ * memory (a vhost-user backend, a second mapping in the VMM), write(2) to its file, DMA and
+ * io_uring fixed buffers into pinned pages (PROTOCOL.md 5a rule 3).
  *
  * Not thread-safe: one caller (the service's event loop) at a time.
  */
