@@ -11,16 +11,19 @@
  *                             its data in the file, and PAGEMAP_SCAN reports it unwritten:
  *                             the log must still count it (the fix in scan_read())
  *   race_*                    a writer thread stamps every store while a disturber thread in
- *                             the same VMM splits VMAs (mprotect), zaps pages (MADV_DONTNEED,
- *                             MADV_PAGEOUT), forks, collapses THPs or drops and re-registers
- *                             the uffd; every write done after an ARM and before a read must be
- *                             in the read, every write of the ending epoch in prev or the read
+ *                             the same VMM splits VMAs (mprotect), zaps pages (MADV_DONTNEED on
+ *                             anon, shmem, THP, hugetlbfs; MADV_FREE; MADV_PAGEOUT on shmem,
+ *                             and on anon where there is swap), splits and collapses THPs,
+ *                             forks, or drops and re-registers the uffd; every write done after
+ *                             an ARM and before a read must be in the read, every write of the
+ *                             ending epoch in prev or the read
+ *   migrate_compaction        pages moved by compaction keep the written set exact
  *   remote_*                  writes by another process through the VMM's page tables
  *                             (/proc/PID/mem, process_vm_writev), a read(2) and an O_DIRECT or
  *                             io_uring read into guest memory: seen
- *   reregister, remap         the VMM drops its registration and registers again, or maps new
- *                             memory over part of a slot and registers it: written pages stay
- *                             written
+ *   reregister, remap, mremap the VMM drops its registration and registers again, maps new
+ *                             memory over part of a slot and registers it, or moves memory away
+ *                             and back: doubt, or written pages stay written
  *   unseen_*                  writes that bypass the VMM's page tables (a second mapping of the
  *                             memfd in the VMM itself, write(2) to the memfd, io_uring
  *                             registered buffers): not seen, as PROTOCOL.md 5a rule 3 says
@@ -30,6 +33,7 @@
 
 #include "t.h"
 #include "uffd_child.h"
+#include "pagetrack/proto.h"
 #include "writelog/uffd.h"
 
 #ifndef MADV_PAGEOUT
@@ -55,11 +59,21 @@ enum adv_op {
 	OP_URING_REGISTER,  /* register all guest memory as an io_uring fixed buffer */
 	OP_URING_FIXED,	    /* IORING_OP_READ_FIXED of the scratch file into page a */
 	OP_REREGISTER,	    /* UFFDIO_UNREGISTER then UFFDIO_REGISTER (WP) of pages [a, a + b) */
+	OP_MREMAP_BACK,	    /* mremap pages [a, a + b) elsewhere and back (MREMAP_FIXED) */
 	OP_DISTURB_START,   /* start disturber a (enum disturb) */
 	OP_DISTURB_STOP,
 };
 
-enum disturb { D_MPROTECT, D_DONTNEED, D_DONTNEED_HUGE, D_PAGEOUT, D_FORK, D_COLLAPSE, D_REREG };
+enum disturb {
+	D_MPROTECT,
+	D_DONTNEED,
+	D_DONTNEED_HUGE,
+	D_PAGEOUT,
+	D_FORK,
+	D_COLLAPSE,
+	D_REREG,
+	D_FREE
+};
 
 static const char *scratch_path; /* the parent's scratch file, inherited by the child */
 
@@ -117,6 +131,8 @@ static int disturb_once(struct uc_child *c, uint64_t *x)
 		return pid < 0 || waitpid(pid, NULL, 0) != pid;
 	case D_COLLAPSE: /* khugepaged's code, on demand */
 		return madvise(chunk, HUGE, MADV_COLLAPSE);
+	case D_FREE: /* lazy free: ptes made clean and old, the pages dropped under pressure */
+		return madvise(page, 4 * UC_PAGE, MADV_FREE);
 	case D_REREG: /* unregister clears every marker: all of it then reads written */
 		return reg_range(c, chunk, HUGE, false) || reg_range(c, chunk, HUGE, true);
 	}
@@ -188,6 +204,18 @@ static int64_t write_alias(struct uc_child *c, uint64_t page)
 	return 0;
 }
 
+static int64_t mremap_back(char *at, uint64_t len)
+{
+	char *tmp = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (tmp == MAP_FAILED)
+		return -errno;
+	if (mremap(at, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, tmp) == MAP_FAILED ||
+	    mremap(tmp, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, at) == MAP_FAILED)
+		return -errno;
+	return 0;
+}
+
 static int64_t adv_do(struct uc_child *c, const struct uc_cmd *cmd)
 {
 	char *at = c->mem + cmd->a * UC_PAGE;
@@ -213,6 +241,8 @@ static int64_t adv_do(struct uc_child *c, const struct uc_cmd *cmd)
 
 		return err ? err : reg_range(c, at, cmd->b * UC_PAGE, true);
 	}
+	case OP_MREMAP_BACK:
+		return mremap_back(at, cmd->b * UC_PAGE);
 	case OP_DISTURB_START:
 		ac.kind = (int)cmd->a;
 		ac.stop = 0;
@@ -557,6 +587,17 @@ static int race_dontneed_thp(void)
 	return race(UC_THP, 64 * MIB, D_DONTNEED_HUGE);
 }
 
+/* Zapping 4 KiB of a THP splits its PMD under the writer. */
+static int race_split_thp(void)
+{
+	return race(UC_THP, 64 * MIB, D_DONTNEED);
+}
+
+static int race_free(void)
+{
+	return race(UC_ANON, 64 * MIB, D_FREE);
+}
+
 static int race_pageout_shmem(void)
 {
 	return race(UC_SHMEM, 64 * MIB, D_PAGEOUT);
@@ -847,6 +888,36 @@ static int remap_reregistered(void)
 	return run(SMALL(UC_ANON), remap_body);
 }
 
+/*
+ * mremap away and back: without UFFD_FEATURE_EVENT_REMAP the moved memory leaves the
+ * registration and its write protection, with its data. The log is in doubt until the VMM
+ * registers again; then every moved page reads written.
+ */
+static int mremap_body(struct adv *a)
+{
+	uint64_t p = 1500;
+	uint32_t d = 0;
+
+	CHECK(!arm(a));
+	CHECK(!uc_write(&a->c, &p, 1));
+	CHECK(!uc_cmd(&a->c, OP_MREMAP_BACK, 1024, 1024));
+	memset(a->bits, 0, a->words * 8);
+	CHECK(pt_uffd_read(a->u, &a->all, 1, a->bits) != 0);
+	CHECK(pt_uffd_doubt(a->u, &d) & PT_WHY_UFFD_LOST && d & PT_UFFD_LOST);
+	CHECK(uc_cmd(&a->c, OP_PEEK, p, 0) == (int64_t)p + 1); /* the data moved with it */
+	CHECK(!uc_cmd(&a->c, OP_REREGISTER, 1024, 1024));
+	CHECK(!arm(a) && has(a->prev, p)); /* after a failure: every page */
+	CHECK(!read_all(a) && !count(a->bits, a->words));
+	CHECK(!uc_write(&a->c, &p, 1));
+	CHECK(!read_all(a) && has(a->bits, p));
+	return 0;
+}
+
+static int mremap_away_and_back(void)
+{
+	return run(SMALL(UC_ANON), mremap_body);
+}
+
 /* --- writes that bypass the VMM's page tables: not seen (PROTOCOL.md 5a rule 3) --------------- */
 
 static int unseen(struct adv *a, uint32_t op, uint64_t p)
@@ -906,8 +977,9 @@ static int unseen_uring_fixed(void)
 }
 
 T_MAIN(T_CASE(hugetlb_dropped_written), T_CASE(race_mprotect), T_CASE(race_dontneed),
-       T_CASE(race_dontneed_shmem), T_CASE(race_dontneed_thp), T_CASE(race_pageout_shmem),
-       T_CASE(race_fork), T_CASE(race_collapse), T_CASE(race_reregister),
-       T_CASE(race_dontneed_hugetlb), T_CASE(race_pageout_anon), T_CASE(migrate_compaction),
-       T_CASE(remote_writes), T_CASE(file_reads), T_CASE(reregister), T_CASE(remap_reregistered),
-       T_CASE(unseen_alias_mapping), T_CASE(unseen_file_write), T_CASE(unseen_uring_fixed))
+       T_CASE(race_dontneed_shmem), T_CASE(race_dontneed_thp), T_CASE(race_split_thp),
+       T_CASE(race_free), T_CASE(race_pageout_shmem), T_CASE(race_fork), T_CASE(race_collapse),
+       T_CASE(race_reregister), T_CASE(race_dontneed_hugetlb), T_CASE(race_pageout_anon),
+       T_CASE(migrate_compaction), T_CASE(remote_writes), T_CASE(file_reads), T_CASE(reregister),
+       T_CASE(remap_reregistered), T_CASE(mremap_away_and_back), T_CASE(unseen_alias_mapping),
+       T_CASE(unseen_file_write), T_CASE(unseen_uring_fixed))
