@@ -567,6 +567,14 @@ static int build_slots(struct pt_uffd *u, const struct pt_uffd_slot *sl, unsigne
 			if (sl[i].gpa < sl[j].gpa + sl[j].size &&
 			    sl[j].gpa < sl[i].gpa + sl[i].size)
 				ERR(-EINVAL, "slots %u and %u overlap", j, i);
+		/* Two guest ranges over the same memory: an arm reports a write to one alias
+		 * only (it re-protects the page while folding the first), and discarding a free
+		 * page of one destroys the other. */
+		for (unsigned j = 0; j < i; j++)
+			if (sl[i].hva < sl[j].hva + sl[j].size &&
+			    sl[j].hva < sl[i].hva + sl[i].size)
+				ERR(-EINVAL, "slots %u and %u map the same memory (hva %#llx)", j,
+				    i, (unsigned long long)sl[i].hva);
 		s->gfn = sl[i].gpa >> PAGE_SHIFT;
 		s->npages = sl[i].size >> PAGE_SHIFT;
 		s->hva = sl[i].hva;
