@@ -426,19 +426,49 @@ static int hugetlb_dropped_body(struct adv *a)
 	return 0;
 }
 
-static int hugetlb_dropped_written(void)
+/*
+ * The same, read 4 KiB at a time (inflated pages are): the arm must protect the whole dropped
+ * huge page (hugetlbfs protects no less), not fail on the part that was read.
+ */
+static int hugetlb_partial_body(struct adv *a)
+{
+	uint64_t p = 2 * 512 + 9, bits[64] = { 0 };
+	struct pt_gfn_range one = { p, 1 };
+
+	CHECK(!arm(a));
+	CHECK(!uc_write(&a->c, &p, 1));
+	CHECK(!uc_cmd(&a->c, UC_DONTNEED, 1024, 512));
+	CHECK(!pt_uffd_read(a->u, &one, 1, bits) && has(bits, p));
+	CHECKF(!arm(a), "arm after a 4 KiB read of a dropped huge page: %s",
+	       strerror(pt_uffd_stats(a->u)->last_errno));
+	CHECK(has(a->prev, p) && has(a->prev, 1024) && has(a->prev, 1535));
+	CHECK(!read_all(a) && !count(a->bits, a->words));
+	return 0;
+}
+
+static int with_hugetlb(int (*body)(struct adv *a))
 {
 	struct uc_opts o = { .kind = UC_HUGETLB, .size = 8 * MIB, .populate = true };
 	struct adv a;
 	long restore;
-	int rc = huge_reserve(8, &restore);
+	int rc = huge_reserve(4, &restore);
 
 	if (rc)
 		return rc;
-	rc = adv_start(&a, &o) ? -1 : hugetlb_dropped_body(&a);
+	rc = adv_start(&a, &o) ? -1 : body(&a);
 	adv_end(&a);
 	huge_restore(restore);
 	return rc;
+}
+
+static int hugetlb_dropped_written(void)
+{
+	return with_hugetlb(hugetlb_dropped_body);
+}
+
+static int hugetlb_dropped_partial_read(void)
+{
+	return with_hugetlb(hugetlb_partial_body);
 }
 
 /* --- races: a stamped writer, a disturber, ARM and read rounds -------------------------------- */
@@ -1024,10 +1054,11 @@ static int unseen_uring_fixed(void)
 	return rc;
 }
 
-T_MAIN(T_CASE(hugetlb_dropped_written), T_CASE(race_mprotect), T_CASE(race_dontneed),
-       T_CASE(race_dontneed_shmem), T_CASE(race_dontneed_thp), T_CASE(race_split_thp),
-       T_CASE(race_free), T_CASE(race_pageout_shmem), T_CASE(race_fork), T_CASE(race_collapse),
-       T_CASE(race_reregister), T_CASE(race_dontneed_hugetlb), T_CASE(race_pageout_anon),
-       T_CASE(migrate_compaction), T_CASE(remote_writes), T_CASE(file_reads), T_CASE(reregister),
-       T_CASE(remap_reregistered), T_CASE(mremap_away_and_back), T_CASE(alias_slots_refused),
-       T_CASE(unseen_alias_mapping), T_CASE(unseen_file_write), T_CASE(unseen_uring_fixed))
+T_MAIN(T_CASE(hugetlb_dropped_written), T_CASE(hugetlb_dropped_partial_read), T_CASE(race_mprotect),
+       T_CASE(race_dontneed), T_CASE(race_dontneed_shmem), T_CASE(race_dontneed_thp),
+       T_CASE(race_split_thp), T_CASE(race_free), T_CASE(race_pageout_shmem), T_CASE(race_fork),
+       T_CASE(race_collapse), T_CASE(race_reregister), T_CASE(race_dontneed_hugetlb),
+       T_CASE(race_pageout_anon), T_CASE(migrate_compaction), T_CASE(remote_writes),
+       T_CASE(file_reads), T_CASE(reregister), T_CASE(remap_reregistered),
+       T_CASE(mremap_away_and_back), T_CASE(alias_slots_refused), T_CASE(unseen_alias_mapping),
+       T_CASE(unseen_file_write), T_CASE(unseen_uring_fixed))

@@ -269,11 +269,39 @@ static int arm_protect(struct pt_uffd *u, const struct uslot *s)
 }
 
 /*
+ * Protect pages [p, p + n) of slot s. hugetlbfs protects whole huge pages only (EINVAL for
+ * part of one): then the run grows to 2 MiB boundaries inside the slot, and what it grew by
+ * goes into prev too (the same unpopulated huge entries; written for all we know).
+ */
+static int protect_run(struct pt_uffd *u, const struct uslot *s, uint64_t p, uint64_t n,
+		       uint64_t *prev)
+{
+	const uint64_t huge = 2ull << 20;
+	uint64_t start = s->hva + (p << PAGE_SHIFT), end = start + (n << PAGE_SHIFT);
+	uint64_t slot_end = s->hva + (s->npages << PAGE_SHIFT);
+	struct uffdio_writeprotect w = { .range = { start, end - start },
+					 .mode = UFFDIO_WRITEPROTECT_MODE_WP };
+
+	u->st.ioctls++;
+	if (!ioctl(u->uffd, UFFDIO_WRITEPROTECT, &w))
+		return 0;
+	if (errno == EINVAL) {
+		start &= ~(huge - 1);
+		start = start < s->hva ? s->hva : start;
+		end = (end + huge - 1) & ~(huge - 1);
+		end = end > slot_end ? slot_end : end;
+		if (prev)
+			acc_set(prev, s->bit_off + (start - s->hva) / PAGE, (end - start) / PAGE);
+	}
+	return wp_range(u, start, end - start);
+}
+
+/*
  * Protect the pages reads found unpopulated and unprotected (unpopulated_unarmed()), a run at
  * a time. They are all in prev already (acc holds them), so a write that lands in one before
  * it is protected here is reported, not hidden; one after it faults in the new epoch.
  */
-static int arm_unarmed(struct pt_uffd *u)
+static int arm_unarmed(struct pt_uffd *u, uint64_t *prev)
 {
 	int err = 0;
 
@@ -287,7 +315,7 @@ static int arm_unarmed(struct pt_uffd *u)
 				      u->unarmed[(b + run) / 64] >> ((b + run) % 64) & 1;)
 				run++;
 			if (run)
-				err = wp_range(u, s->hva + (p << PAGE_SHIFT), run << PAGE_SHIFT);
+				err = protect_run(u, s, p, run, prev);
 			else
 				run = 1;
 		}
@@ -317,7 +345,7 @@ int pt_uffd_arm_fold(struct pt_uffd *u, uint64_t *prev)
 	for (unsigned i = 0; !err && i < u->nslots; i++)
 		err = unknown ? arm_protect(u, &u->slots[i]) : arm_scan(u, &u->slots[i], prev);
 	if (!err && !unknown && u->any_unarmed)
-		err = arm_unarmed(u);
+		err = arm_unarmed(u, prev);
 	if (!err) {
 		memset(u->unarmed, 0, u->words * 8);
 		u->any_unarmed = false;
