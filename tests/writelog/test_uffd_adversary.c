@@ -716,10 +716,18 @@ static int file_reads_body(struct adv *a)
 {
 	uint64_t pages[3] = { 10, 20, 30 };
 
+	int64_t direct;
+
 	CHECK(!arm(a));
 	CHECK(!uc_cmd(&a->c, OP_READ_FILE, pages[0], 0));
-	CHECK(!uc_cmd(&a->c, OP_ODIRECT, pages[1], 0));
 	CHECK(!uc_cmd(&a->c, OP_URING_READ, pages[2], 0));
+	direct = uc_cmd(&a->c, OP_ODIRECT, pages[1], 0);
+	if (direct == -EINVAL) { /* a filesystem without O_DIRECT: check the others */
+		fprintf(stderr, "  %s: no O_DIRECT\n", scratch_path);
+		pages[1] = pages[2];
+		return written_exactly(a, pages, 2);
+	}
+	CHECK(!direct);
 	return written_exactly(a, pages, 3);
 }
 
