@@ -146,6 +146,7 @@ static void *disturber(void *arg)
 	while (!ac.stop) {
 		ac.ops += !disturb_once(arg, &x);
 		ac.tries++;
+		__atomic_store_n(&ac.c->sh->extra[0], ac.tries, __ATOMIC_RELAXED);
 		/* Re-registering puts the log in doubt for a round: leave it most rounds. */
 		usleep(ac.kind == D_REREG ? 20000 : 200);
 	}
@@ -244,6 +245,7 @@ static int64_t adv_do(struct uc_child *c, const struct uc_cmd *cmd)
 	case OP_MREMAP_BACK:
 		return mremap_back(at, cmd->b * UC_PAGE);
 	case OP_DISTURB_START:
+		ac.c = c;
 		ac.kind = (int)cmd->a;
 		ac.stop = 0;
 		return pthread_create(&ac.dist, NULL, disturber, c) ? -1 : 0;
@@ -575,17 +577,20 @@ static int race(enum uc_kind kind, uint64_t size, enum disturb d)
 		goto out;
 	t_end = uc_now() + t_time_scale() * 8ull * 1000000000;
 	rc = 0;
-	while (!rc && (r.rounds < 30 || r.after < 1000 || r.in_epoch < 1000) && uc_now() < t_end &&
-	       __atomic_load_n(&r.a.c.sh->n, __ATOMIC_ACQUIRE) < UC_LOG_MAX)
+	while (!rc &&
+	       (r.rounds < 30 || r.after < 1000 || r.in_epoch < 1000 ||
+		__atomic_load_n(&r.a.c.sh->extra[0], __ATOMIC_RELAXED) < 20) &&
+	       uc_now() < t_end && __atomic_load_n(&r.a.c.sh->n, __ATOMIC_ACQUIRE) < UC_LOG_MAX)
 		rc = race_round(&r);
 	ops = uc_cmd(&r.a.c, OP_DISTURB_STOP, 0, 0);
 	uc_cmd(&r.a.c, UC_WRITER_STOP, 0, 0);
 	fprintf(stderr,
 		"  %lu rounds (%lu in doubt), %ld disturbances tried; writes checked: %lu after an "
-		"ARM, "
-		"%lu in an epoch; up to %ld kB swapped out\n",
+		"ARM, %lu in an epoch\n",
 		(unsigned long)r.rounds, (unsigned long)r.doubtful, (long)ops,
-		(unsigned long)r.after, (unsigned long)r.in_epoch, r.swap_kb);
+		(unsigned long)r.after, (unsigned long)r.in_epoch);
+	if (r.swap_kb)
+		fprintf(stderr, "  up to %ld kB of the VMM's memory swapped out\n", r.swap_kb);
 	if (!rc &&
 	    (r.rounds < 10 || r.after < 100 || r.in_epoch < 100 || ops < 10 ||
 	     r.doubtful > r.rounds / 2 || (kind == UC_ANON && d == D_PAGEOUT && !r.swap_kb))) {
@@ -645,7 +650,7 @@ static int race_collapse(void)
 
 static int race_reregister(void)
 {
-	return race(UC_ANON, 64 * MIB, D_REREG);
+	return race(UC_ANON, 16 * MIB, D_REREG);
 }
 
 static int race_dontneed_hugetlb(void)

@@ -46,6 +46,7 @@ struct uc_shared {
 	uint64_t n; /* entries in log (release/acquire) */
 	uint64_t pages, seed;
 	uint64_t usleep_every; /* writer sleeps 1 us after this many writes (0: never) */
+	uint64_t extra[4];     /* for a test's own child operations (uc_extra) */
 	struct uc_wr log[UC_LOG_MAX];
 };
 
