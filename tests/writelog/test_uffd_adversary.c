@@ -7,9 +7,12 @@
  * or, for the writes that by design cannot be seen (PROTOCOL.md 5a rule 3), proves that they
  * are not, so the documentation stays true.
  *
- *   hugetlb_dropped_written   a written shared hugetlbfs page dropped with MADV_DONTNEED keeps
+ *   hugetlb_dropped_*         a written shared hugetlbfs page dropped with MADV_DONTNEED keeps
  *                             its data in the file, and PAGEMAP_SCAN reports it unwritten:
- *                             the log must still count it (the fix in scan_read())
+ *                             the log must still count it (the fix in scan_read()), and the
+ *                             next arm protect it again, even after a 4 KiB read
+ *   alias_slots_refused       two slots over the same host memory are refused (an arm folded
+ *                             a write into one alias only)
  *   race_*                    a writer thread stamps every store while a disturber thread in
  *                             the same VMM splits VMAs (mprotect), zaps pages (MADV_DONTNEED on
  *                             anon, shmem, THP, hugetlbfs; MADV_FREE; MADV_PAGEOUT on shmem,

@@ -79,8 +79,9 @@ struct pt_uffd;
  * yet: doubt() answers PT_UFFD_NOT_ARMED until pt_uffd_arm().
  *
  * Returns 0, -EBADF (fd of the wrong type), -EPERM (pagemap of another process),
- * -EINVAL (slot geometry), -ENOENT (memory not registered with this uffd for async WP),
- * -EFAULT (memory not mapped), -EOPNOTSUPP (no PAGEMAP_SCAN), -ENOMEM.
+ * -EINVAL (slot geometry: unaligned, or guest or host ranges of two slots overlap), -ENOENT (memory
+ * not registered with this uffd for async WP), -EFAULT (memory not mapped), -EOPNOTSUPP (no
+ * PAGEMAP_SCAN), -ENOMEM.
  */
 int pt_uffd_open(struct pt_uffd **out, int uffd, int pagemap_fd, uint32_t vmm_pid,
 		 const struct pt_uffd_slot *slots, unsigned n, char *err, size_t errlen);
