@@ -309,8 +309,12 @@ static int arm_unarmed(struct pt_uffd *u, uint64_t *prev)
 		const struct uslot *s = &u->slots[i];
 
 		for (uint64_t p = 0, run; !err && p < s->npages; p += run) {
-			uint64_t b = s->bit_off + p;
+			uint64_t b = s->bit_off + p, rest = u->unarmed[b / 64] >> (b % 64);
 
+			if (!rest) { /* nothing more in this word */
+				run = 64 - b % 64;
+				continue;
+			}
 			for (run = 0; p + run < s->npages &&
 				      u->unarmed[(b + run) / 64] >> ((b + run) % 64) & 1;)
 				run++;
