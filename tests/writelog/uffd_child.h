@@ -26,7 +26,7 @@
 
 #define UC_PAGE 4096ull
 
-enum uc_kind { UC_ANON, UC_THP, UC_SHMEM };
+enum uc_kind { UC_ANON, UC_THP, UC_SHMEM, UC_HUGETLB /* shared hugetlbfs memfd, 2 MiB */ };
 
 struct uc_opts {
 	enum uc_kind kind;
@@ -46,6 +46,7 @@ struct uc_shared {
 	uint64_t n; /* entries in log (release/acquire) */
 	uint64_t pages, seed;
 	uint64_t usleep_every; /* writer sleeps 1 us after this many writes (0: never) */
+	uint64_t extra[4];     /* for a test's own child operations (uc_extra) */
 	struct uc_wr log[UC_LOG_MAX];
 };
 
@@ -104,6 +105,7 @@ static int uc_io(int fd, void *buf, size_t len, bool wr)
 
 struct uc_child {
 	int sock, uffd;
+	int memfd; /* UC_SHMEM, UC_HUGETLB: the memory's file (-1 otherwise) */
 	char *mem;
 	struct uc_shared *sh;
 	uint64_t size;
@@ -152,6 +154,10 @@ static uint64_t uc_thp_kb(void)
 	return kb;
 }
 
+/* A test's own operations (op >= UC_EXTRA), run in the child; NULL: none. */
+#define UC_EXTRA 100
+static int64_t (*uc_extra)(struct uc_child *c, const struct uc_cmd *cmd);
+
 static int64_t uc_do(struct uc_child *c, const struct uc_cmd *cmd)
 {
 	char *at = c->mem + cmd->a * UC_PAGE;
@@ -188,30 +194,34 @@ static int64_t uc_do(struct uc_child *c, const struct uc_cmd *cmd)
 	case UC_THP_KB:
 		return (int64_t)uc_thp_kb();
 	default:
+		if (cmd->op >= UC_EXTRA && uc_extra)
+			return uc_extra(c, cmd);
 		return -EINVAL;
 	}
 }
 
 /* Map, register, send the fds; returns the mapping or NULL (errno). */
-static char *uc_setup(const struct uc_opts *o, int *uffd_out)
+static char *uc_setup(const struct uc_opts *o, int *uffd_out, int *memfd_out)
 {
-	uint64_t feat =
-		o->features ? o->features
-			    : UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED |
-				      (o->kind == UC_SHMEM ? UFFD_FEATURE_WP_HUGETLBFS_SHMEM : 0);
+	bool shared = o->kind == UC_SHMEM || o->kind == UC_HUGETLB;
+	uint64_t feat = o->features ? o->features
+				    : UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED |
+					      (shared ? UFFD_FEATURE_WP_HUGETLBFS_SHMEM : 0);
 	struct uffdio_api api = { .api = UFFD_API, .features = feat };
 	int uffd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
 	char *mem;
 
 	if (uffd < 0 || ioctl(uffd, UFFDIO_API, &api))
 		return NULL;
-	if (o->kind == UC_SHMEM) {
-		int fd = memfd_create("guest", MFD_CLOEXEC);
+	*memfd_out = -1;
+	if (shared) {
+		int fd = memfd_create("guest",
+				      MFD_CLOEXEC | (o->kind == UC_HUGETLB ? MFD_HUGETLB : 0));
 
 		if (fd < 0 || ftruncate(fd, o->size))
 			return NULL;
 		mem = mmap(NULL, o->size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-		close(fd);
+		*memfd_out = fd;
 	} else {
 		/* 2 MiB aligned, so THP can back it. */
 		char *raw = mmap(NULL, o->size + (2 << 20), PROT_READ | PROT_WRITE,
@@ -287,7 +297,7 @@ uc_child_main(int sock, const struct uc_opts *o, struct uc_shared *sh)
 	int pm = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
 	struct uc_cmd cmd;
 
-	c.mem = uc_setup(o, &c.uffd);
+	c.mem = uc_setup(o, &c.uffd, &c.memfd);
 	if (!c.mem || pm < 0) {
 		hello[0] = 0;
 		hello[1] = errno;

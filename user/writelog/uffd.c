@@ -46,6 +46,10 @@ struct pt_uffd {
 	struct uslot slots[PT_UFFD_MAX_SLOTS];
 	uint64_t pages, words;
 	uint64_t *acc; /* written pages found by scans in this epoch */
+	/* Pages of acc that a read found unpopulated and not reported written (see scan_read()):
+	 * no re-protecting scan would protect them again, the next arm does it explicitly. */
+	uint64_t *unarmed;
+	bool any_unarmed;
 	uint32_t detail;
 	bool state_unknown; /* page tables may hold unreported writes: arm protects all */
 	struct pt_uffd_stats st;
@@ -264,6 +268,65 @@ static int arm_protect(struct pt_uffd *u, const struct uslot *s)
 	return err;
 }
 
+/*
+ * Protect pages [p, p + n) of slot s. hugetlbfs protects whole huge pages only (EINVAL for
+ * part of one): then the run grows to 2 MiB boundaries inside the slot, and what it grew by
+ * goes into prev too (the same unpopulated huge entries; written for all we know).
+ */
+static int protect_run(struct pt_uffd *u, const struct uslot *s, uint64_t p, uint64_t n,
+		       uint64_t *prev)
+{
+	const uint64_t huge = 2ull << 20;
+	uint64_t start = s->hva + (p << PAGE_SHIFT), end = start + (n << PAGE_SHIFT);
+	uint64_t slot_end = s->hva + (s->npages << PAGE_SHIFT);
+	struct uffdio_writeprotect w = { .range = { start, end - start },
+					 .mode = UFFDIO_WRITEPROTECT_MODE_WP };
+
+	u->st.ioctls++;
+	if (!ioctl(u->uffd, UFFDIO_WRITEPROTECT, &w))
+		return 0;
+	if (errno == EINVAL) {
+		start &= ~(huge - 1);
+		start = start < s->hva ? s->hva : start;
+		end = (end + huge - 1) & ~(huge - 1);
+		end = end > slot_end ? slot_end : end;
+		if (prev)
+			acc_set(prev, s->bit_off + (start - s->hva) / PAGE, (end - start) / PAGE);
+	}
+	return wp_range(u, start, end - start);
+}
+
+/*
+ * Protect the pages reads found unpopulated and unprotected (unpopulated_unarmed()), a run at
+ * a time. They are all in prev already (acc holds them), so a write that lands in one before
+ * it is protected here is reported, not hidden; one after it faults in the new epoch.
+ */
+static int arm_unarmed(struct pt_uffd *u, uint64_t *prev)
+{
+	int err = 0;
+
+	for (unsigned i = 0; !err && i < u->nslots; i++) {
+		const struct uslot *s = &u->slots[i];
+
+		for (uint64_t p = 0, run; !err && p < s->npages; p += run) {
+			uint64_t b = s->bit_off + p, rest = u->unarmed[b / 64] >> (b % 64);
+
+			if (!rest) { /* nothing more in this word */
+				run = 64 - b % 64;
+				continue;
+			}
+			for (run = 0; p + run < s->npages &&
+				      u->unarmed[(b + run) / 64] >> ((b + run) % 64) & 1;)
+				run++;
+			if (run)
+				err = protect_run(u, s, p, run, prev);
+			else
+				run = 1;
+		}
+	}
+	return err;
+}
+
 int pt_uffd_arm_fold(struct pt_uffd *u, uint64_t *prev)
 {
 	bool unknown = u->state_unknown;
@@ -285,6 +348,12 @@ int pt_uffd_arm_fold(struct pt_uffd *u, uint64_t *prev)
 	 */
 	for (unsigned i = 0; !err && i < u->nslots; i++)
 		err = unknown ? arm_protect(u, &u->slots[i]) : arm_scan(u, &u->slots[i], prev);
+	if (!err && !unknown && u->any_unarmed)
+		err = arm_unarmed(u, prev);
+	if (!err) {
+		memset(u->unarmed, 0, u->words * 8);
+		u->any_unarmed = false;
+	}
 	u->st.last_arm_ns = now_ns() - t0;
 	if (err)
 		return err;
@@ -300,6 +369,22 @@ int pt_uffd_arm(struct pt_uffd *u)
 }
 
 /*
+ * An async-WP page that is neither present nor swapped (no page-table entry, or no page table)
+ * carries no write-protect marker: protection put one there (UFFD_FEATURE_WP_UNPOPULATED), so
+ * something zapped it since, and what it held may live on elsewhere. A shared hugetlbfs page
+ * written and then MADV_DONTNEED'd is such an entry, its data still in the file, and
+ * PAGEMAP_SCAN reports it not written even on kernels that report an empty pte as written
+ * (before the July 2026 stable fixes "fix PAGEMAP_SCAN written state for unpopulated ptes" and
+ * "... for PMD holes", a shmem pte or an anon THP hole dropped the same way read not written
+ * too). Whatever the kernel says, it counts as written, and since no re-protecting scan
+ * matches it, the next arm protects it explicitly.
+ */
+static bool unpopulated_unarmed(uint64_t cat)
+{
+	return !(cat & (PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_WRITTEN));
+}
+
+/*
  * Read [hva, hva + len) of slot s without changing it: one walk returns regions covering every
  * page mapped in a VMA registered for async WP, written or not. Written pages go into acc; a
  * gap between regions is memory with no mapping at all, which a scan would otherwise skip in
@@ -312,21 +397,27 @@ static int scan_read(struct pt_uffd *u, const struct uslot *s, uint64_t hva, uin
 	while (at < end) {
 		uint64_t stop = end - at < SCAN_CHUNK ? end : at + SCAN_CHUNK, from = at;
 		long n = scan(u, at, stop, PM_SCAN_CHECK_WPASYNC, PAGE_IS_WPALLOWED,
-			      PAGE_IS_WPALLOWED | PAGE_IS_WRITTEN, &we);
+			      PAGE_IS_WPALLOWED | PAGE_IS_WRITTEN | PAGE_IS_PRESENT |
+				      PAGE_IS_SWAPPED,
+			      &we);
 
 		if (n < 0)
 			return fail(u, (int)-n, true);
 		for (long i = 0; i < n; i++) {
 			const struct page_region *r = &u->vec[i];
+			uint64_t bit = s->bit_off + (r->start - s->hva) / PAGE;
 
 			if (!region_ok(r, at, stop))
 				return fail(u, EIO, true);
 			if (r->start != at)
 				return unmapped(u, at);
-			if (r->categories & PAGE_IS_WRITTEN)
+			if (unpopulated_unarmed(r->categories)) {
+				acc_set(u->unarmed, bit, (r->end - r->start) / PAGE);
+				u->any_unarmed = true;
+			}
+			if (r->categories & PAGE_IS_WRITTEN || unpopulated_unarmed(r->categories))
 				u->st.pages_written +=
-					acc_set(u->acc, s->bit_off + (r->start - s->hva) / PAGE,
-						(r->end - r->start) / PAGE);
+					acc_set(u->acc, bit, (r->end - r->start) / PAGE);
 			at = r->end;
 		}
 		if (we >= stop && at < stop)
@@ -508,6 +599,14 @@ static int build_slots(struct pt_uffd *u, const struct pt_uffd_slot *sl, unsigne
 			if (sl[i].gpa < sl[j].gpa + sl[j].size &&
 			    sl[j].gpa < sl[i].gpa + sl[i].size)
 				ERR(-EINVAL, "slots %u and %u overlap", j, i);
+		/* Two guest ranges over the same memory: an arm reports a write to one alias
+		 * only (it re-protects the page while folding the first), and discarding a free
+		 * page of one destroys the other. */
+		for (unsigned j = 0; j < i; j++)
+			if (sl[i].hva < sl[j].hva + sl[j].size &&
+			    sl[j].hva < sl[i].hva + sl[i].size)
+				ERR(-EINVAL, "slots %u and %u map the same memory (hva %#llx)", j,
+				    i, (unsigned long long)sl[i].hva);
 		s->gfn = sl[i].gpa >> PAGE_SHIFT;
 		s->npages = sl[i].size >> PAGE_SHIFT;
 		s->hva = sl[i].hva;
@@ -516,6 +615,28 @@ static int build_slots(struct pt_uffd *u, const struct pt_uffd_slot *sl, unsigne
 	}
 	u->nslots = n;
 	return 0;
+}
+
+/*
+ * UFFDIO_WRITEPROTECT (un-protect) of the first page of slot s: 4 KiB, or a huge page where
+ * the memory is hugetlbfs (EINVAL for less than one). 0 or -1 (errno).
+ */
+static int unprotect_first(int uffd, const struct uslot *s)
+{
+	static const uint64_t sizes[] = { PAGE, 2ull << 20, 1ull << 30 };
+
+	for (unsigned k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+		struct uffdio_writeprotect w = { .range = { .start = s->hva, .len = sizes[k] } };
+
+		if (sizes[k] > s->npages << PAGE_SHIFT || s->hva % sizes[k])
+			break;
+		if (!ioctl(uffd, UFFDIO_WRITEPROTECT, &w))
+			return 0;
+		if (errno != EINVAL)
+			return -1;
+	}
+	errno = EINVAL;
+	return -1;
 }
 
 /*
@@ -529,7 +650,6 @@ static int probe(struct pt_uffd *u, char *err, size_t errlen)
 {
 	for (unsigned i = 0; i < u->nslots; i++) {
 		const struct uslot *s = &u->slots[i];
-		struct uffdio_writeprotect w = { .range = { .start = s->hva, .len = PAGE } };
 		int r = covered(u, s->hva, s->hva + (s->npages << PAGE_SHIFT));
 
 		if (r == -ENOTTY || r == -EINVAL)
@@ -546,7 +666,7 @@ static int probe(struct pt_uffd *u, char *err, size_t errlen)
 			ERR(-ESRCH, "the VMM's address space is gone");
 		if (r)
 			ERR(r, "slot %u: PAGEMAP_SCAN: %s", i, strerror(-r));
-		if (ioctl(u->uffd, UFFDIO_WRITEPROTECT, &w))
+		if (unprotect_first(u->uffd, s))
 			ERR(errno == ENOENT ? -ENOENT : -errno,
 			    "slot %u: the uffd cannot write-protect the VMM's memory: %s", i,
 			    strerror(errno));
@@ -613,7 +733,8 @@ int pt_uffd_open(struct pt_uffd **out, int uffd, int pagemap_fd, uint32_t vmm_pi
 	if (!r) {
 		u->words = (u->pages + 63) / 64;
 		u->acc = calloc(u->words ? u->words : 1, 8);
-		if (!u->acc) {
+		u->unarmed = calloc(u->words ? u->words : 1, 8);
+		if (!u->acc || !u->unarmed) {
 			snprintf(err, errlen, "out of memory");
 			r = -ENOMEM;
 		}
@@ -622,6 +743,7 @@ int pt_uffd_open(struct pt_uffd **out, int uffd, int pagemap_fd, uint32_t vmm_pi
 		r = probe(u, err, errlen);
 	if (r) {
 		free(u->acc);
+		free(u->unarmed);
 		free(u);
 		return r;
 	}
@@ -638,6 +760,7 @@ void pt_uffd_close(struct pt_uffd *u)
 	close(u->uffd);
 	close(u->pm);
 	free(u->acc);
+	free(u->unarmed);
 	free(u);
 }
 

@@ -19,13 +19,17 @@
  *         re-protecting at read time would cost a TLB flush per page table and a second
  *         fault per written page for nothing, since a page once written stays written for
  *         the epoch. The backend still keeps what it found in its own bitmap for the epoch
- *         (a written page later discarded with MADV_DONTNEED must stay written).
+ *         (a written page later discarded with MADV_DONTNEED must stay written). A page with
+ *         no page-table entry at all (zapped since the arm: its data may live on in a shared
+ *         file) counts as written whatever the kernel says, and the next arm protects it
+ *         explicitly, since no re-protecting scan does.
  *
  * Fail safe: any error leaves a reason in doubt() until the next successful arm, and a
  * failure that may have lost written state makes the next arm protect everything and report
  * every page as written; nothing here ever reports a page unwritten that it could not read. Writes
- * through another process's mapping of shared guest memory (a vhost-user backend) do not go through
- * the VMM's page tables and are not seen.
+ * that do not fault through the registered mapping are not seen: another mapping of shared guest
+ * memory (a vhost-user backend, a second mapping in the VMM), write(2) to its file, DMA and
+ * io_uring fixed buffers into pinned pages (PROTOCOL.md 5a rule 3).
  *
  * Not thread-safe: one caller (the service's event loop) at a time.
  */
@@ -75,8 +79,9 @@ struct pt_uffd;
  * yet: doubt() answers PT_UFFD_NOT_ARMED until pt_uffd_arm().
  *
  * Returns 0, -EBADF (fd of the wrong type), -EPERM (pagemap of another process),
- * -EINVAL (slot geometry), -ENOENT (memory not registered with this uffd for async WP),
- * -EFAULT (memory not mapped), -EOPNOTSUPP (no PAGEMAP_SCAN), -ENOMEM.
+ * -EINVAL (slot geometry: unaligned, or guest or host ranges of two slots overlap), -ENOENT (memory
+ * not registered with this uffd for async WP), -EFAULT (memory not mapped), -EOPNOTSUPP (no
+ * PAGEMAP_SCAN), -ENOMEM.
  */
 int pt_uffd_open(struct pt_uffd **out, int uffd, int pagemap_fd, uint32_t vmm_pid,
 		 const struct pt_uffd_slot *slots, unsigned n, char *err, size_t errlen);
