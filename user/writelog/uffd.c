@@ -350,7 +350,8 @@ int pt_uffd_arm_fold(struct pt_uffd *u, uint64_t *prev)
 		err = unknown ? arm_protect(u, &u->slots[i]) : arm_scan(u, &u->slots[i], prev);
 	if (!err && !unknown && u->any_unarmed)
 		err = arm_unarmed(u, prev);
-	if (!err) {
+	/* Only when set: an untouched bitmap stays unbacked (2 MiB for a 64 GiB guest). */
+	if (!err && u->any_unarmed) {
 		memset(u->unarmed, 0, u->words * 8);
 		u->any_unarmed = false;
 	}
