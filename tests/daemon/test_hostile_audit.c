@@ -208,4 +208,68 @@ static int wr_read_overlaps_one_pass(void)
 	return rc == T_SKIP ? t_skip("no async userfaultfd write-protect") : rc;
 }
 
-T_MAIN(T_CASE(wr_read_overlaps_one_pass))
+/* --- the journal: one line per bad frame ----------------------------------------------- */
+
+/* Lines of the service's log that hold @what. */
+static int log_lines(const char *what)
+{
+	char line[1024];
+	int n = 0;
+	FILE *f = fopen(svc.log, "r");
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		n += !!strstr(line, what);
+	fclose(f);
+	return n;
+}
+
+/*
+ * A frame that breaks a payload rule is skipped with an ERROR, and the service logged each
+ * one: a peer sending 16-byte frames with a reserved flag set made one journal line per 16
+ * bytes (65,536 per MiB, each a write to journald from the only event loop, which blocks when
+ * journald falls behind). Errors of peers are logged at most ERR_LOG_PER_SEC a second now,
+ * and the next line logged says how many were not.
+ */
+#define FLOOD_FRAMES 8192
+#define LOG_PER_SEC  64 /* the service's bound (server.c ERR_LOG_PER_SEC) */
+
+static int bad_frame_flood_logs_bounded(void)
+{
+	static uint8_t buf[FLOOD_FRAMES * sizeof(struct pt_hdr)];
+	const char *what = "bad frame (type 12 len 0)";
+	double t0, secs;
+	int fd, lines;
+
+	T_REQUIRE(restart_service(""));
+	fd = raw_connect();
+	CHECK(fd >= 0);
+	for (uint32_t i = 0; i < FLOOD_FRAMES; i++) {
+		struct pt_hdr h = { PT_PROTO_MAGIC, PT_PROTO_VERSION, PT_MSG_PING, 1, 0, i };
+
+		memcpy(buf + i * sizeof(h), &h, sizeof(h));
+	}
+	t0 = now_ms();
+	CHECK(!raw_send(fd, buf, sizeof(buf)));
+	/* Every frame is still answered, in order. */
+	for (uint32_t i = 0; i < FLOOD_FRAMES; i++)
+		CHECK(expect_error(fd, i, PT_E_BAD_FIELD, __LINE__) == 0);
+	secs = (now_ms() - t0) / 1000;
+	lines = log_lines(what);
+	fprintf(stderr, "  %d bad frames in %.2f s: %d log lines\n", FLOOD_FRAMES, secs, lines);
+	CHECKF(lines >= 1 && lines <= LOG_PER_SEC * ((int)secs + 2),
+	       "%d log lines for %d bad frames in %.2f s", lines, FLOOD_FRAMES, secs);
+	/* A second later, the next error is logged with the count of those that were not. */
+	usleep(1100 * 1000);
+	CHECK(!raw_send(fd, buf, sizeof(struct pt_hdr)));
+	CHECK(expect_error(fd, 0, PT_E_BAD_FIELD, __LINE__) == 0);
+	for (int ms = 0; ms < 5000 && !log_lines("not logged"); ms += 50)
+		usleep(50 * 1000);
+	CHECKF(log_lines("not logged") == 1, "%d lines say how many were not logged",
+	       log_lines("not logged"));
+	close(fd);
+	return 0;
+}
+
+T_MAIN(T_CASE(wr_read_overlaps_one_pass), T_CASE(bad_frame_flood_logs_bounded))

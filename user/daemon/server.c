@@ -63,6 +63,9 @@
 #define DRAIN_MARK (256u << 10)
 /* Out of descriptors: one log line per this many ms at most. */
 #define NOFD_LOG_MS 10000u
+/* Errors answered to peers: log lines per second at most, all connections together. Each line
+ * is a write to journald from the loop, and a peer makes an error with 16 bytes. */
+#define ERR_LOG_PER_SEC 64u
 /* Slots beyond max_conns: a new connection is accepted while the one evicted for it closes. */
 #define EVICT_SPARE 16u
 /* Work of all connections together per turn, in turn_work units: the tick, and connections
@@ -247,6 +250,9 @@ struct pt_server {
 	int reserve_fd;			 /* given up to refuse connections when out of fds */
 	uint64_t nofd_logged_ms;	 /* last "out of descriptors" line */
 	uint64_t nofd_unlogged;		 /* refused since */
+	uint64_t err_log_sec;		 /* the second err_logged counts for */
+	unsigned err_logged;		 /* peer error lines logged in it */
+	uint64_t err_unlogged;		 /* peer errors not logged since the last line */
 };
 
 #define NIL UINT32_MAX
@@ -1826,6 +1832,33 @@ int pt_conn_send(struct pt_conn *c, const void *frame, size_t len)
 	return 0;
 }
 
+/*
+ * Logs an error answered to a peer, ERR_LOG_PER_SEC a second at most: a flood of bad frames
+ * would otherwise write a journal line per 16 bytes received. The next line logged counts the
+ * errors that were not.
+ */
+static void log_peer_error(struct pt_conn *c, const char *reason)
+{
+	struct pt_server *s = c->s;
+	uint64_t sec = now_ms() / 1000;
+	char more[64] = "";
+
+	if (sec != s->err_log_sec) {
+		s->err_log_sec = sec;
+		s->err_logged = 0;
+	}
+	if (s->err_logged >= ERR_LOG_PER_SEC) {
+		s->err_unlogged++;
+		return;
+	}
+	s->err_logged++;
+	if (s->err_unlogged)
+		snprintf(more, sizeof(more), " (%llu errors of peers not logged before this)",
+			 (unsigned long long)s->err_unlogged);
+	s->err_unlogged = 0;
+	pt_warn("conn %u pid %d: %s%s", c->id, (int)c->peer.pid, reason, more);
+}
+
 int pt_conn_send_error(struct pt_conn *c, uint32_t seq, int code, const char *fmt, ...)
 {
 	char reason[PT_MAX_REASON + 1];
@@ -1838,7 +1871,7 @@ int pt_conn_send_error(struct pt_conn *c, uint32_t seq, int code, const char *fm
 	va_start(ap, fmt);
 	vsnprintf(reason, sizeof(reason), fmt, ap);
 	va_end(ap);
-	pt_warn("conn %u pid %d: %s", c->id, (int)c->peer.pid, reason);
+	log_peer_error(c, reason);
 	n = pt_build_error(frame, sizeof(frame), seq, code, reason);
 	if (!n)
 		return -EINVAL;
