@@ -272,4 +272,62 @@ static int bad_frame_flood_logs_bounded(void)
 	return 0;
 }
 
-T_MAIN(T_CASE(wr_read_overlaps_one_pass), T_CASE(bad_frame_flood_logs_bounded))
+/* --- reply-timeout: a reader that reads a little ----------------------------------------- */
+
+/*
+ * reply-timeout closes a connection that leaves its replies unread. It counted any progress of
+ * a send as reading: a peer reading 64 KiB every 250 ms kept 4 MiB of replies queued (and the
+ * frozen bitmap of a long reply) for as long as it liked, 16 such peers of one uid the whole
+ * max-output-mb, which slows every other device to a request per send. Now the replies queued
+ * at a moment must all be read within reply-timeout of it.
+ */
+#define SLOW_PINGS 120000 /* 1.9 MB of PINGs, 4.8 MB of ACKs: the queue reaches its limit */
+
+static int slow_reader_closed(void)
+{
+	static uint8_t pings[SLOW_PINGS * sizeof(struct pt_hdr)];
+	static uint8_t sink[65536];
+	double t0;
+	size_t n = 0;
+	int fd, good;
+	bool open = true;
+
+	T_REQUIRE(restart_service("reply-timeout = 2\n"));
+	fd = raw_connect();
+	good = raw_connect();
+	CHECK(fd >= 0 && good >= 0);
+	for (uint32_t i = 0; i < SLOW_PINGS; i++)
+		n += pt_build_empty(pings + n, sizeof(pings) - n, PT_MSG_PING, i);
+	/* The service stops reading when the queue is full: the rest waits in the socket. */
+	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+	t0 = now_ms();
+	for (size_t off = 0; off < n && now_ms() - t0 < 1000;) {
+		ssize_t k = send(fd, pings + off, n - off, MSG_NOSIGNAL);
+
+		if (k > 0)
+			off += (size_t)k;
+		else
+			usleep(10 * 1000);
+	}
+	/* 256 KB/s: a 4 MiB queue takes 16 s to read; reply-timeout is 2 s. */
+	t0 = now_ms();
+	while (open && now_ms() - t0 < 15000 * t_time_scale()) {
+		ssize_t k = recv(fd, sink, sizeof(sink), MSG_DONTWAIT);
+
+		open = k != 0 && !(k < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
+		usleep(250 * 1000);
+	}
+	fprintf(stderr, "  a reader of 256 KB/s: %s after %.1f s (reply-timeout 2 s)\n",
+		open ? "still open" : "closed", (now_ms() - t0) / 1000);
+	CHECKF(!open, "a peer reading 256 KB/s of a full queue stayed open for %.0f s",
+	       (now_ms() - t0) / 1000);
+	CHECK(log_lines("replies not read for too long") == 1);
+	/* Another device was served meanwhile and still is. */
+	CHECK(raw_ping(good, 1) == 0);
+	close(fd);
+	close(good);
+	return 0;
+}
+
+T_MAIN(T_CASE(wr_read_overlaps_one_pass), T_CASE(bad_frame_flood_logs_bounded),
+       T_CASE(slow_reader_closed))

@@ -165,7 +165,9 @@ struct pt_conn {
 	uint64_t turn_work;
 	uint64_t t_active;   /* ms: accepted, or last frame handled */
 	uint64_t t_partial;  /* ms: a partial frame started to arrive */
-	uint64_t t_sendprog; /* ms: replies queued on an empty queue, or last send progress */
+	uint64_t t_sendprog; /* ms: the replies queued then (up to sent_mark) are to be read */
+	uint64_t sent;	     /* reply bytes sent, all told */
+	uint64_t sent_mark;  /* ... once it reaches this, the peer read what t_sendprog saw */
 	struct pt_peer peer;
 	void *data;
 	struct pt_framer fr;
@@ -1083,6 +1085,7 @@ static void handle_accept(struct pt_server *s, int res, bool more)
 	c->paused = c->yielded = c->registered = false;
 	c->t_active = now_ms();
 	c->t_partial = 0;
+	c->sent = c->sent_mark = 0;
 	c->data = NULL;
 	c->oq_head = c->oq_tail = NULL;
 	c->oq_bytes = 0;
@@ -1229,6 +1232,20 @@ static void handle_recv(struct pt_server *s, struct io_uring_cqe *cqe)
 	}
 }
 
+/*
+ * reply-timeout counts from a moment at which replies were queued until all of them are read,
+ * not until any byte is: a peer reading a little at a time would keep a full queue (and a
+ * long reply's frozen pages) for ever. Once read, the replies queued by then are next.
+ */
+static void reply_progress(struct pt_conn *c, uint64_t res)
+{
+	c->sent += res;
+	if (c->sent < c->sent_mark)
+		return;
+	c->t_sendprog = now_ms();
+	c->sent_mark = c->sent + c->oq_bytes;
+}
+
 static void handle_send_conn(struct pt_conn *c, int res)
 {
 	struct pt_server *s = c->s;
@@ -1246,7 +1263,6 @@ static void handle_send_conn(struct pt_conn *c, int res)
 		return;
 	}
 	s->st.bytes_out += (uint64_t)res;
-	c->t_sendprog = now_ms();
 	if (c->dead) {
 		oq_free(c, false);
 		return;
@@ -1254,6 +1270,7 @@ static void handle_send_conn(struct pt_conn *c, int res)
 	ch->off += (size_t)res;
 	c->oq_bytes -= (size_t)res;
 	s->st.outq_bytes -= (uint64_t)res;
+	reply_progress(c, (uint64_t)res);
 	if (ch->off == ch->len) {
 		if (ch->next) {
 			c->oq_head = ch->next;
@@ -1821,8 +1838,10 @@ int pt_conn_send(struct pt_conn *c, const void *frame, size_t len)
 			c->oq_head = t;
 		c->oq_tail = t;
 	}
-	if (!c->oq_bytes)
+	if (!c->oq_bytes) {
 		c->t_sendprog = now_ms();
+		c->sent_mark = c->sent + len;
+	}
 	/* Appending behind a send in flight is fine: the kernel reads only [off, off+send_len). */
 	memcpy(t->data + t->len, frame, len);
 	t->len += len;
