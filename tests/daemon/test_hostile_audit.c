@@ -329,5 +329,110 @@ static int slow_reader_closed(void)
 	return 0;
 }
 
+/* --- REGISTER2 probes ------------------------------------------------------------------- */
+
+/*
+ * REGISTER2 in the userfaultfd mode probes the VMM's memory (a PAGEMAP_SCAN over every slot)
+ * before anything else: a connection that holds a VM had it done for each REGISTER2 and only
+ * then got PT_E_STATE, and nothing counted the work against its turn (REGISTER counts the
+ * VM's pages only when it succeeds). 64 such frames over 2 GiB of populated guest memory held
+ * the loop for 50 ms of CPU in one turn, 64 GiB for over a second. Now the second REGISTER is
+ * refused before the probe, and a probe counts its pages whatever the answer.
+ */
+#define PROBE_MEM    (2ull << 30)
+#define PROBE_FRAMES 64
+
+/* Sends REGISTER2 (userfaultfd mode, @slot) with @fds attached, in one sendmsg. */
+static int send_register2(int fd, uint32_t seq, const struct pt_reg_slot2 *slot, const int *fds)
+{
+	struct pt_register2 r = { .vmm_pid = (uint32_t)getpid(),
+				  .mode = PT_TRACK_UFFD,
+				  .nslots = 1,
+				  .nfds = 2 };
+	char ctl[CMSG_SPACE(2 * sizeof(int))] __attribute__((aligned(8))) = { 0 };
+	struct iovec iov = { tx, pt_build_register2(tx, sizeof(tx), seq, &r, slot) };
+	struct msghdr mh = { .msg_iov = &iov,
+			     .msg_iovlen = 1,
+			     .msg_control = ctl,
+			     .msg_controllen = sizeof(ctl) };
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+
+	cm->cmsg_level = SOL_SOCKET;
+	cm->cmsg_type = SCM_RIGHTS;
+	cm->cmsg_len = CMSG_LEN(2 * sizeof(int));
+	memcpy(CMSG_DATA(cm), fds, 2 * sizeof(int));
+	return sendmsg(fd, &mh, MSG_NOSIGNAL) == (ssize_t)iov.iov_len ? 0 : -1;
+}
+
+struct probe_req {
+	int fd;
+	const struct pt_reg_slot2 *slot;
+	int fds[2];
+	int errors;
+};
+
+static int probe_flood(void *arg)
+{
+	struct probe_req *p = arg;
+	struct pt_hdr h;
+	struct pt_msg m;
+
+	for (uint32_t i = 0; i < PROBE_FRAMES; i++)
+		CHECK(send_register2(p->fd, 100 + i, p->slot, p->fds) == 0);
+	for (uint32_t i = 0; i < PROBE_FRAMES; i++) {
+		CHECK(raw_recv(p->fd, &h, &m) == 1 && h.seq == 100 + i);
+		p->errors += m.type == PT_MSG_ERROR && m.error->code == PT_E_STATE;
+	}
+	return 0;
+}
+
+static int probe_child(void *arg)
+{
+	struct pt_reg_slot2 slot = { .gpa = WR_GPA, .size = PROBE_MEM, .id = 1 };
+	struct pt_client *c = connect_svc();
+	struct timeval tv = { 60, 0 };
+	char *mem = mmap(NULL, PROBE_MEM, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+			 -1, 0);
+	struct probe_req p = { .slot = &slot };
+	struct pt_ack ack;
+	long long cpu;
+	int uffd = -1, rc;
+
+	(void)arg;
+	CHECK(c && mem != MAP_FAILED);
+	madvise(mem, PROBE_MEM, MADV_NOHUGEPAGE);
+	memset(mem, 1, PROBE_MEM);
+	slot.hva = (uintptr_t)mem;
+	rc = pt_client_register_uffd(c, &slot, 1, -1, &uffd, NULL);
+	if (rc == -EOPNOTSUPP || rc == -ENOSYS)
+		return t_skip("no async userfaultfd write-protect: %s", strerror(-rc));
+	CHECKF(!rc, "register: %s", strerror(-rc));
+	p.fd = pt_client_fd(c);
+	fcntl(p.fd, F_SETFL, fcntl(p.fd, F_GETFL) & ~O_NONBLOCK);
+	setsockopt(p.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	p.fds[0] = uffd;
+	p.fds[1] = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	CHECK(p.fds[1] >= 0);
+	cpu = turn_cpu_of(probe_flood, &p, &rc);
+	fprintf(stderr,
+		"  %d REGISTER2 of 2 GiB populated on a registered connection: %d PT_E_STATE, "
+		"one turn %lld us of CPU\n",
+		PROBE_FRAMES, p.errors, cpu);
+	CHECK(rc == 0);
+	CHECK(p.errors == PROBE_FRAMES);
+	CHECKF(cpu < WR_CPU_MAX * (long long)t_time_scale(),
+	       "%d refused REGISTER2 held the loop for %lld us of CPU", PROBE_FRAMES, cpu);
+	/* The connection still holds its VM (PING's value32). */
+	SEND_EXPECT_ACK(p.fd, pt_build_empty(tx, sizeof(tx), PT_MSG_PING, 7), 7, &ack);
+	CHECK(ack.value32 == 1);
+	return 0;
+}
+
+static int register2_probe_flood(void)
+{
+	T_REQUIRE(restart_service(""));
+	return in_child(probe_child, NULL);
+}
+
 T_MAIN(T_CASE(wr_read_overlaps_one_pass), T_CASE(bad_frame_flood_logs_bounded),
-       T_CASE(slow_reader_closed))
+       T_CASE(slow_reader_closed), T_CASE(register2_probe_flood))

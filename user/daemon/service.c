@@ -846,6 +846,11 @@ static void on_register_uffd(struct svc *s, struct pt_conn *c, struct reg_req *r
 	struct reg_who w;
 	int uffd, pm, err;
 
+	/* Refused before the probe: it reads the VMM's page tables, a pass over its memory. */
+	if (bound_vm(s, c)) {
+		reply_err(s, c, r->seq, -PT_E_STATE, "register: this connection has a VM");
+		return;
+	}
 	if (r->nfds == 3 && !pt_fd_is_anon(r->fds[2], "kvm-vm")) {
 		reply_err(s, c, r->seq, -PT_E_BAD_FIELD, "register: descriptor 2 is not a KVM VM");
 		return;
@@ -870,6 +875,9 @@ static void on_register_uffd(struct svc *s, struct pt_conn *c, struct reg_req *r
 	err = uffd < 0 || pm < 0
 		      ? -EMFILE
 		      : pt_uffd_open(&u, uffd, pm, r->vmm_pid, sl, r->nslots, why, sizeof(why));
+	/* The probe's work counts whatever the answer (a refusal after it costs it too), as
+	 * REGISTER counts the VM's pages: a peer repeating it gets a turn's worth. */
+	pt_conn_charge(c, reg_bits(s, r));
 	if (err) {
 		if (uffd >= 0)
 			close(uffd);
