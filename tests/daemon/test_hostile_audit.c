@@ -345,16 +345,14 @@ static int slow_reader_closed(void)
 /* Sends REGISTER2 (userfaultfd mode, @slot) with @fds attached, in one sendmsg. */
 static int send_register2(int fd, uint32_t seq, const struct pt_reg_slot2 *slot, const int *fds)
 {
-	struct pt_register2 r = { .vmm_pid = (uint32_t)getpid(),
-				  .mode = PT_TRACK_UFFD,
-				  .nslots = 1,
-				  .nfds = 2 };
+	struct pt_register2 r = {
+		.vmm_pid = (uint32_t)getpid(), .mode = PT_TRACK_UFFD, .nslots = 1, .nfds = 2
+	};
 	char ctl[CMSG_SPACE(2 * sizeof(int))] __attribute__((aligned(8))) = { 0 };
 	struct iovec iov = { tx, pt_build_register2(tx, sizeof(tx), seq, &r, slot) };
-	struct msghdr mh = { .msg_iov = &iov,
-			     .msg_iovlen = 1,
-			     .msg_control = ctl,
-			     .msg_controllen = sizeof(ctl) };
+	struct msghdr mh = {
+		.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl, .msg_controllen = sizeof(ctl)
+	};
 	struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
 
 	cm->cmsg_level = SOL_SOCKET;
@@ -391,8 +389,8 @@ static int probe_child(void *arg)
 	struct pt_reg_slot2 slot = { .gpa = WR_GPA, .size = PROBE_MEM, .id = 1 };
 	struct pt_client *c = connect_svc();
 	struct timeval tv = { 60, 0 };
-	char *mem = mmap(NULL, PROBE_MEM, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-			 -1, 0);
+	char *mem =
+		mmap(NULL, PROBE_MEM, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	struct probe_req p = { .slot = &slot };
 	struct pt_ack ack;
 	long long cpu;
