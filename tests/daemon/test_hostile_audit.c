@@ -2,7 +2,17 @@
 /*
  * An adversarial audit of what a peer on the socket can reach (server.c, proto.c, service.c):
  * each case is a sequence a hostile device can send, and asserts the bound the service
- * promises (PROTOCOL.md sections 3 and 9, OPERATIONS.md section 2.1).
+ * promises (PROTOCOL.md sections 3 and 9, OPERATIONS.md section 2.1). Each failed before the
+ * fix that came with it:
+ *
+ *   wr_read_overlaps_one_pass     WR_READ of the whole guest named 256 or 4096 times: one pass
+ *                                 over the guest (BPF and userfaultfd modes), one turn's work
+ *   bad_frame_flood_logs_bounded  8192 frames with a reserved flag: each answered, at most 64
+ *                                 journal lines a second, then a line counting the rest
+ *   slow_reader_closed            a peer that reads a full reply queue a little at a time is
+ *                                 closed by reply-timeout, as one that does not read
+ *   register2_probe_flood         REGISTER2s on a registered connection are refused before the
+ *                                 userfaultfd probe reads the VMM's page tables
  *
  * The peers register their own pid with explicit memslots (no /dev/kvm needed: without a KVM
  * guest every BPF-mode verdict is "keep"), or the userfaultfd mode over their own memory.
