@@ -63,6 +63,9 @@
 #define DRAIN_MARK (256u << 10)
 /* Out of descriptors: one log line per this many ms at most. */
 #define NOFD_LOG_MS 10000u
+/* Errors answered to peers: log lines per second at most, all connections together. Each line
+ * is a write to journald from the loop, and a peer makes an error with 16 bytes. */
+#define ERR_LOG_PER_SEC 64u
 /* Slots beyond max_conns: a new connection is accepted while the one evicted for it closes. */
 #define EVICT_SPARE 16u
 /* Work of all connections together per turn, in turn_work units: the tick, and connections
@@ -162,7 +165,9 @@ struct pt_conn {
 	uint64_t turn_work;
 	uint64_t t_active;   /* ms: accepted, or last frame handled */
 	uint64_t t_partial;  /* ms: a partial frame started to arrive */
-	uint64_t t_sendprog; /* ms: replies queued on an empty queue, or last send progress */
+	uint64_t t_sendprog; /* ms: the replies queued then (up to sent_mark) are to be read */
+	uint64_t sent;	     /* reply bytes sent, all told */
+	uint64_t sent_mark;  /* ... once it reaches this, the peer read what t_sendprog saw */
 	struct pt_peer peer;
 	void *data;
 	struct pt_framer fr;
@@ -247,6 +252,9 @@ struct pt_server {
 	int reserve_fd;			 /* given up to refuse connections when out of fds */
 	uint64_t nofd_logged_ms;	 /* last "out of descriptors" line */
 	uint64_t nofd_unlogged;		 /* refused since */
+	uint64_t err_log_sec;		 /* the second err_logged counts for */
+	unsigned err_logged;		 /* peer error lines logged in it */
+	uint64_t err_unlogged;		 /* peer errors not logged since the last line */
 };
 
 #define NIL UINT32_MAX
@@ -1077,6 +1085,7 @@ static void handle_accept(struct pt_server *s, int res, bool more)
 	c->paused = c->yielded = c->registered = false;
 	c->t_active = now_ms();
 	c->t_partial = 0;
+	c->sent = c->sent_mark = 0;
 	c->data = NULL;
 	c->oq_head = c->oq_tail = NULL;
 	c->oq_bytes = 0;
@@ -1223,6 +1232,20 @@ static void handle_recv(struct pt_server *s, struct io_uring_cqe *cqe)
 	}
 }
 
+/*
+ * reply-timeout counts from a moment at which replies were queued until all of them are read,
+ * not until any byte is: a peer reading a little at a time would keep a full queue (and a
+ * long reply's frozen pages) for ever. Once read, the replies queued by then are next.
+ */
+static void reply_progress(struct pt_conn *c, uint64_t res)
+{
+	c->sent += res;
+	if (c->sent < c->sent_mark)
+		return;
+	c->t_sendprog = now_ms();
+	c->sent_mark = c->sent + c->oq_bytes;
+}
+
 static void handle_send_conn(struct pt_conn *c, int res)
 {
 	struct pt_server *s = c->s;
@@ -1240,7 +1263,6 @@ static void handle_send_conn(struct pt_conn *c, int res)
 		return;
 	}
 	s->st.bytes_out += (uint64_t)res;
-	c->t_sendprog = now_ms();
 	if (c->dead) {
 		oq_free(c, false);
 		return;
@@ -1248,6 +1270,7 @@ static void handle_send_conn(struct pt_conn *c, int res)
 	ch->off += (size_t)res;
 	c->oq_bytes -= (size_t)res;
 	s->st.outq_bytes -= (uint64_t)res;
+	reply_progress(c, (uint64_t)res);
 	if (ch->off == ch->len) {
 		if (ch->next) {
 			c->oq_head = ch->next;
@@ -1815,8 +1838,10 @@ int pt_conn_send(struct pt_conn *c, const void *frame, size_t len)
 			c->oq_head = t;
 		c->oq_tail = t;
 	}
-	if (!c->oq_bytes)
+	if (!c->oq_bytes) {
 		c->t_sendprog = now_ms();
+		c->sent_mark = c->sent + len;
+	}
 	/* Appending behind a send in flight is fine: the kernel reads only [off, off+send_len). */
 	memcpy(t->data + t->len, frame, len);
 	t->len += len;
@@ -1824,6 +1849,33 @@ int pt_conn_send(struct pt_conn *c, const void *frame, size_t len)
 	s->st.outq_bytes += len;
 	mark_dirty(c);
 	return 0;
+}
+
+/*
+ * Logs an error answered to a peer, ERR_LOG_PER_SEC a second at most: a flood of bad frames
+ * would otherwise write a journal line per 16 bytes received. The next line logged counts the
+ * errors that were not.
+ */
+static void log_peer_error(struct pt_conn *c, const char *reason)
+{
+	struct pt_server *s = c->s;
+	uint64_t sec = now_ms() / 1000;
+	char more[64] = "";
+
+	if (sec != s->err_log_sec) {
+		s->err_log_sec = sec;
+		s->err_logged = 0;
+	}
+	if (s->err_logged >= ERR_LOG_PER_SEC) {
+		s->err_unlogged++;
+		return;
+	}
+	s->err_logged++;
+	if (s->err_unlogged)
+		snprintf(more, sizeof(more), " (%llu errors of peers not logged before this)",
+			 (unsigned long long)s->err_unlogged);
+	s->err_unlogged = 0;
+	pt_warn("conn %u pid %d: %s%s", c->id, (int)c->peer.pid, reason, more);
 }
 
 int pt_conn_send_error(struct pt_conn *c, uint32_t seq, int code, const char *fmt, ...)
@@ -1838,7 +1890,7 @@ int pt_conn_send_error(struct pt_conn *c, uint32_t seq, int code, const char *fm
 	va_start(ap, fmt);
 	vsnprintf(reason, sizeof(reason), fmt, ap);
 	va_end(ap);
-	pt_warn("conn %u pid %d: %s", c->id, (int)c->peer.pid, reason);
+	log_peer_error(c, reason);
 	n = pt_build_error(frame, sizeof(frame), seq, code, reason);
 	if (!n)
 		return -EINVAL;

@@ -846,6 +846,11 @@ static void on_register_uffd(struct svc *s, struct pt_conn *c, struct reg_req *r
 	struct reg_who w;
 	int uffd, pm, err;
 
+	/* Refused before the probe: it reads the VMM's page tables, a pass over its memory. */
+	if (bound_vm(s, c)) {
+		reply_err(s, c, r->seq, -PT_E_STATE, "register: this connection has a VM");
+		return;
+	}
 	if (r->nfds == 3 && !pt_fd_is_anon(r->fds[2], "kvm-vm")) {
 		reply_err(s, c, r->seq, -PT_E_BAD_FIELD, "register: descriptor 2 is not a KVM VM");
 		return;
@@ -870,6 +875,9 @@ static void on_register_uffd(struct svc *s, struct pt_conn *c, struct reg_req *r
 	err = uffd < 0 || pm < 0
 		      ? -EMFILE
 		      : pt_uffd_open(&u, uffd, pm, r->vmm_pid, sl, r->nslots, why, sizeof(why));
+	/* The probe's work counts whatever the answer (a refusal after it costs it too), as
+	 * REGISTER counts the VM's pages: a peer repeating it gets a turn's worth. */
+	pt_conn_charge(c, reg_bits(s, r));
 	if (err) {
 		if (uffd >= 0)
 			close(uffd);
@@ -1005,13 +1013,12 @@ static int cmp_range(const void *a, const void *b)
 }
 
 /*
- * The log cannot vouch for the asked pages: all of them are unsure, and a reader treats the
- * listed pages as written, so every asked page is listed (sorted, merged; the written ones
- * collected so far are among them).
+ * The asked ranges sorted and merged into s->ranges: a WR_READ reads each asked page once, so
+ * that overlapping ranges (4096 copies of the whole guest) cost one pass over the guest, not
+ * one per copy (a second per frame in the userfaultfd mode). 0 or -1 (out of memory).
  */
-static int list_unsure(struct svc *s, const struct pt_msg *m, struct pt_verdict *v)
+static int merge_asked(struct svc *s, const struct pt_msg *m)
 {
-	uint64_t listed = 0;
 	size_t k = 0;
 
 	/* At most WR_MAX_RANGES asked ranges: one small buffer, grown once, kept. */
@@ -1024,9 +1031,8 @@ static int list_unsure(struct svc *s, const struct pt_msg *m, struct pt_verdict 
 		s->cap_ranges = m->count;
 	}
 	memcpy(s->ranges, m->ranges, m->count * sizeof(*s->ranges));
-	s->nranges = m->count;
-	qsort(s->ranges, s->nranges, sizeof(*s->ranges), cmp_range);
-	for (size_t i = 0; i < s->nranges; i++) {
+	qsort(s->ranges, m->count, sizeof(*s->ranges), cmp_range);
+	for (size_t i = 0; i < m->count; i++) {
 		struct pt_range r = s->ranges[i];
 		struct pt_range *last = k ? &s->ranges[k - 1] : NULL;
 
@@ -1038,13 +1044,24 @@ static int list_unsure(struct svc *s, const struct pt_msg *m, struct pt_verdict 
 		}
 	}
 	s->nranges = k;
-	for (size_t i = 0; i < k; i++)
+	return 0;
+}
+
+/*
+ * The log cannot vouch for the asked pages: all of them are unsure, and a reader treats the
+ * listed pages as written, so every asked page is listed (the merged ranges of merge_asked();
+ * the written ones collected so far are among them).
+ */
+static void list_unsure(struct svc *s, struct pt_verdict *v)
+{
+	uint64_t listed = 0;
+
+	for (size_t i = 0; i < s->nranges; i++)
 		listed += s->ranges[i].len / PT_PROTO_PAGE;
 	v->hinted = listed;
 	v->free = 0;
 	v->kept_written = 0; /* as for verdicts: an unsure log vouches for nothing, either way */
 	v->kept_unsure = listed;
-	return 0;
 }
 
 /* Ranges per WR_READ (WR_CAPS max_ranges): one more still fits a frame, so the documented
@@ -1059,15 +1076,19 @@ static void on_wr_read(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx,
 	uint64_t pages;
 	int err;
 
-	if (m->count > WR_MAX_RANGES)
+	if (m->count > WR_MAX_RANGES || !lr)
 		err = -PT_E_BUSY;
+	else if (m->pages > PT_MAX_BATCH_PAGES) /* the frame bound, overlaps counted */
+		err = -PT_E_BAD_RANGE;
 	else
-		err = lr ? pt_wr_read(ctx, m->ranges, m->count, pt_pages_freeze, &lr->pages, &pages)
-			 : -PT_E_BUSY;
+		err = merge_asked(s, m) ? -PT_E_BUSY
+					: pt_wr_read(ctx, s->ranges, s->nranges, pt_pages_freeze,
+						     &lr->pages, &pages);
 	if (err) {
 		if (lr)
 			pt_pages_release(&lr->pages);
 		free(lr);
+		s->nranges = 0;
 		reply_err(s, c, m->seq, err, "write records");
 		return;
 	}
@@ -1081,6 +1102,7 @@ static void on_wr_read(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx,
 	v.kept_written = lr->pages.count;
 	pt_conn_charge(c, v.hinted);
 	if (!v.unsure_reason) {
+		s->nranges = 0;
 		v.free = v.hinted - v.kept_written;
 		lazy_start(s, c, lr, PT_MSG_WR_RECORDS, m->seq, &v);
 		return;
@@ -1088,10 +1110,7 @@ static void on_wr_read(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx,
 	pt_pages_release(&lr->pages);
 	free(lr);
 	/* The asked ranges themselves, at most one request's worth: sent at once. */
-	if (list_unsure(s, m, &v)) {
-		reply_err(s, c, m->seq, -PT_E_BUSY, "write records: out of memory");
-		return;
-	}
+	list_unsure(s, &v);
 	send_ranges(s, c, PT_MSG_WR_RECORDS, m->seq, &v);
 }
 
