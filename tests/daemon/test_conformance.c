@@ -13,8 +13,10 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <grp.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <linux/kvm.h>
 
 #include <pagetrack/client.h>
@@ -136,6 +138,56 @@ CHILD_CASE(s2_pipelined_replies_in_order_with_seq)
 		CHECK(m.type == (i == 1 ? PT_MSG_ERROR : PT_MSG_ACK));
 	}
 	close(fd);
+	return 0;
+}
+
+/*
+ * 2: "A connection over its uid's limit is answered with one ERROR PT_E_BUSY (seq 0) naming
+ * the quota and closed." The device that meets it through the client library gets that code
+ * and reason (EBUSY), not a protocol error: uid 65534 fills its connection quota, then a
+ * client connects and pings.
+ */
+static int quota_child(void *unused)
+{
+	int fds[256], n = 0, err = 0;
+	struct pt_client *c;
+
+	CHECK(!setgroups(0, NULL) && !setgid(65534) && !setuid(65534));
+	while (n < 256) {
+		fds[n] = raw_connect();
+		CHECK(fds[n] >= 0);
+		if (raw_ping(fds[n], 1)) /* the refusal came instead */
+			break;
+		n++;
+	}
+	CHECKF(n < 256, "no connection quota met after %d connections", n);
+	c = connect_svc();
+	CHECK(c);
+	err = pt_client_ping(c);
+	CHECKF(err == -EBUSY && pt_client_last_error(c)->code == PT_E_BUSY &&
+		       strstr(pt_client_last_error(c)->reason, "quota"),
+	       "ping over the quota: %d (%s), code %d: %s", err, strerror(-err),
+	       pt_client_last_error(c)->code, pt_client_last_error(c)->reason);
+	pt_client_close(c);
+	while (n >= 0)
+		close(fds[n--]);
+	return 0;
+}
+
+static int s2_quota_refusal_reaches_device(void)
+{
+	struct stat dir, sock;
+	int rc;
+
+	T_REQUIRE(need_service());
+	if (geteuid() != 0)
+		return t_skip("needs root to switch to uid 65534");
+	CHECK(!stat(svc.dir, &dir) && !stat(svc.socket, &sock));
+	CHECK(!chmod(svc.dir, 0755) && !chmod(svc.socket, 0666));
+	rc = in_child(quota_child, NULL);
+	chmod(svc.dir, dir.st_mode & 07777);
+	chmod(svc.socket, sock.st_mode & 07777);
+	CHECK(rc == 0);
 	return 0;
 }
 
@@ -316,6 +368,27 @@ CHILD_CASE(s4_2_cmd_id_must_be_at_least_2)
 	return 0;
 }
 
+/* Runs ARM/STOP/DONE steps on @fd ("A10" arm 10, "S10" stop 10, "D10" done 10), seq from
+ * *seq on. Each must ACK, except a step written "S10=6", which must be ERROR 6. */
+static int id_steps(int fd, uint32_t *seq, const char *const *steps, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++, (*seq)++) {
+		unsigned type = steps[i][0] == 'A' ? PT_MSG_ARM
+				: steps[i][0] == 'S' ? PT_MSG_STOP
+						     : PT_MSG_DONE;
+		const char *want = strchr(steps[i], '=');
+		size_t len = cmd(type, *seq, (uint32_t)atoi(steps[i] + 1));
+
+		if (want)
+			CHECKF(send_expect_error(fd, len, *seq, atoi(want + 1), __LINE__) == 0,
+			       "step %u (%s)", i, steps[i]);
+		else
+			CHECKF(send_expect_ack(fd, len, *seq, NULL, __LINE__) == 0, "step %u (%s)",
+			       i, steps[i]);
+	}
+	return 0;
+}
+
 /* Runs ARM/STOP steps ("A10" arm 10, "S10" stop 10): each must ACK, the last step's result
  * must be `last` (0: ACK, else that error code). */
 static int id_sequence(const char *const *steps, unsigned n, int last)
@@ -402,6 +475,85 @@ CHILD_CASE(s4_2_stop_done_current_only)
 	SEND_EXPECT_ACK(fd, cmd(PT_MSG_DONE, 6, 5), 6, NULL);
 	SEND_EXPECT_ACK(fd, cmd(PT_MSG_STOP, 7, 5), 7, NULL);
 	SEND_EXPECT_ACK(fd, cmd(PT_MSG_STOP, 8, 5), 8, NULL);
+	close(fd);
+	return 0;
+}
+
+/*
+ * 4.2: "The blocked set ... a takeover by another connection keeps it": a device that
+ * registers the VM from a new connection while the old one is open (without the token, so the
+ * VM starts afresh; or with another memory map) still may not re-arm an ID the guest may hold
+ * buffers of. Virtio: "The device MUST NOT reuse a command ID until it has received an output
+ * buffer containing VIRTIO_BALLOON_CMD_ID_STOP from the driver."
+ */
+CHILD_CASE(s4_2_takeover_keeps_blocked_ids)
+{
+	static const char *const first[] = { "A10", "A11" };
+	static const char *const second[] = { "A10=7", "A11=7", "A12" };
+	static const char *const third[] = { "A12=7", "A10=7", "A13", "S13", "A10" };
+	struct pt_reg_slot other = slot1;
+	int fd1 = registered(NULL), fd2 = -1, fd3;
+	uint32_t seq = 10;
+
+	CHECK(fd1 >= 0);
+	CHECK(!id_steps(fd1, &seq, first, 2));
+	fd2 = registered(NULL); /* afresh: no token */
+	CHECK(fd2 >= 0);
+	CHECK(!id_steps(fd2, &seq, second, 3));
+	/* Registered again with another memory map: the same guest, the same rule. */
+	other.size /= 2;
+	fd3 = raw_connect();
+	CHECK(fd3 >= 0);
+	SEND_EXPECT_ACK(
+		fd3, pt_build_register(tx, sizeof(tx), seq, getpid(), PT_DIRTY_RING, &other, 1),
+		seq, NULL);
+	seq++;
+	CHECK(!id_steps(fd3, &seq, third, 5));
+	close(fd1);
+	close(fd2);
+	close(fd3);
+	return 0;
+}
+
+/*
+ * 4.2: STOP(N) names the round the driver's STOP buffer ends. The STOP of a round whose ID is
+ * no longer current (the device published 11 while the driver still hinted under 10) is
+ * PT_E_STALE_CMD and unblocks nothing: the driver may still send buffers under 11.
+ */
+CHILD_CASE(s4_2_stop_of_an_earlier_round_unblocks_nothing)
+{
+	static const char *const steps[] = { "A10", "A11", "S10=6", "A10=7", "A11=7",
+					     "S11", "A10", "A11" };
+	int fd = registered(NULL);
+	uint32_t seq = 10;
+
+	CHECK(fd >= 0);
+	CHECK(!id_steps(fd, &seq, steps, 8));
+	close(fd);
+	return 0;
+}
+
+/*
+ * 4.2: "STOP(N) after DONE(N) is ACKed": the state stays DONE (nothing may be discarded), and,
+ * being the driver's STOP, it unblocks the IDs like any STOP.
+ */
+CHILD_CASE(s4_2_stop_after_done_stays_done_unblocks)
+{
+	static const char *const steps[] = { "A10", "A11", "D11", "S11" };
+	static const char *const after[] = { "A10" };
+	struct pt_hdr h;
+	struct pt_msg m;
+	int fd = registered(NULL);
+	uint32_t seq = 10;
+
+	CHECK(fd >= 0);
+	CHECK(!id_steps(fd, &seq, steps, 4));
+	CHECK(send_recv(fd, pt_build_query(tx, sizeof(tx), seq, 11, PT_Q_HINTS), &h, &m) == 1);
+	CHECK(m.type == PT_MSG_VERDICT && h.seq == seq);
+	CHECKF(m.verdict->unsure_reason & PT_WHY_DONE, "unsure_reason %#x",
+	       m.verdict->unsure_reason);
+	seq++;
+	CHECK(!id_steps(fd, &seq, after, 1));
 	close(fd);
 	return 0;
 }
@@ -966,6 +1118,7 @@ GUEST_CASE(s5_10_vmm_writes_reported_are_kept)
 }
 
 T_MAIN(T_CASE(s2_first_request_must_be_register), T_CASE(s2_pipelined_replies_in_order_with_seq),
+       T_CASE(s2_quota_refusal_reaches_device),
        T_CASE(s3_length_must_match_count), T_CASE(s3_reserved_fields_must_be_zero),
        T_CASE(s3_range_end_must_not_overflow), T_CASE(s4_1_slots_must_not_overlap),
        T_CASE(s4_1_coverage_reports_unlogged_slot), T_CASE(s4_1_learned_slots_before_vm_known),
@@ -973,7 +1126,9 @@ T_MAIN(T_CASE(s2_first_request_must_be_register), T_CASE(s2_pipelined_replies_in
        T_CASE(s4_1_learned_slots_after_vm_unknown_mem),
        T_CASE(s4_1_recreated_memslot_usable_next_epoch), T_CASE(s4_2_cmd_id_must_be_at_least_2),
        T_CASE(s4_2_no_reuse_before_stop), T_CASE(s4_2_blocked_id_limit_and_recovery),
-       T_CASE(s4_2_stop_done_current_only), T_CASE(s4_3_stale_hints_ignored),
+       T_CASE(s4_2_stop_done_current_only), T_CASE(s4_2_takeover_keeps_blocked_ids),
+       T_CASE(s4_2_stop_of_an_earlier_round_unblocks_nothing),
+       T_CASE(s4_2_stop_after_done_stays_done_unblocks), T_CASE(s4_3_stale_hints_ignored),
        T_CASE(s4_3_hint_after_stop_recorded), T_CASE(s4_4_reclaimed_list_says_when_short),
        T_CASE(s4_4_reported_set_survives_early_report), T_CASE(s4_5_report_at_most_32),
        T_CASE(s4_6_ping_says_registration), T_CASE(s4_7_wr_read_over_max_ranges_busy),

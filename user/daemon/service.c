@@ -640,11 +640,36 @@ static void release_if_other(struct svc *s, struct pt_conn *c, const struct reg_
 			  : "registered again with another memory map");
 }
 
+/* The IDs armed since the driver's last STOP (pt_vmctx.used), carried into a fresh state. */
+struct blocked_ids {
+	struct pt_id_run used[PT_MAX_ID_RUNS];
+	unsigned n;
+};
+
+/*
+ * A takeover starts the VM afresh, but the guest is the same: its queue may still carry
+ * buffers of every ID armed since the driver's last STOP, so those stay blocked (virtio: no
+ * reuse before STOP; PROTOCOL.md 4.2), even if the new registration brings another memory
+ * map. A closed connection already released them. Read before release_if_other().
+ */
+static void blocked_ids_of(struct svc *s, const struct reg_req *r, uint64_t start,
+			   struct blocked_ids *b)
+{
+	int vm = tracked_vm(s, r->vmm_pid, start);
+
+	b->n = 0;
+	if (vm < 0 || !s->vms[vm])
+		return;
+	memcpy(b->used, s->vms[vm]->used, sizeof(b->used));
+	b->n = s->vms[vm]->nused;
+}
+
 /*
  * The VM's command state for this registration: the old one only with the old registration's
  * token (a reconnect); otherwise a new one, and every hint, report and inflate is forgotten.
  */
-static int vm_state(struct svc *s, uint32_t vm, const struct reg_req *r, bool tracked)
+static int vm_state(struct svc *s, uint32_t vm, const struct reg_req *r, bool tracked,
+		    const struct blocked_ids *b)
 {
 	struct vm_id *id = &s->id[vm];
 	struct pt_vmctx *ctx;
@@ -661,6 +686,8 @@ static int vm_state(struct svc *s, uint32_t vm, const struct reg_req *r, bool tr
 	err = pt_vmctx_new(&ctx, s->t, vm, r->vmm_pid, r->mode, tracked);
 	if (err)
 		return err;
+	memcpy(ctx->used, b->used, sizeof(ctx->used));
+	ctx->nused = b->n;
 	kept_done(s, vm, "the VM registered afresh");
 	pt_vmctx_free(s->vms[vm]);
 	s->vms[vm] = ctx;
@@ -691,9 +718,11 @@ static void hold_identity(struct svc *s, uint32_t vm, struct reg_who *w, struct 
 static int register_vm(struct svc *s, struct pt_conn *c, struct reg_req *r, struct reg_who *w,
 		       bool tracked, uint32_t *vm, char *why, size_t cap)
 {
+	struct blocked_ids blocked;
 	uint64_t bits;
 	int err, held;
 
+	blocked_ids_of(s, r, w->start, &blocked);
 	release_if_other(s, c, r, w->start);
 	held = tracked_vm(s, r->vmm_pid, w->start);
 	bits = held >= 0 ? pt_vm(s->t, held)->log_bits : reg_bits(s, r);
@@ -712,7 +741,7 @@ static int register_vm(struct svc *s, struct pt_conn *c, struct reg_req *r, stru
 			.pidfd = -1, .vm_fd = -1, .uid = w->uid, .bits = bits, .charged = true
 		};
 	pt_vm(s->t, *vm)->start_time = w->start;
-	if (vm_state(s, *vm, r, tracked)) {
+	if (vm_state(s, *vm, r, tracked, &blocked)) {
 		snprintf(why, cap, "out of memory");
 		return -PT_E_BUSY;
 	}

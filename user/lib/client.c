@@ -186,6 +186,14 @@ bool pt_client_want_write(const struct pt_client *c)
 	return c->wlen > c->woff;
 }
 
+/* The service closed the connection: an ERROR it sent first (a refusal) says why. */
+static int send_failed(struct pt_client *c, int err)
+{
+	if (err == -EPIPE || err == -ECONNRESET)
+		pt_client_poll_replies(c);
+	return fail(c, err, "send failed");
+}
+
 int pt_client_flush(struct pt_client *c)
 {
 	if (c->broken)
@@ -199,7 +207,7 @@ int pt_client_flush(struct pt_client *c)
 		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
 			return -EAGAIN;
 		if (n < 0)
-			return fail(c, -errno, "send failed");
+			return send_failed(c, -errno);
 		c->woff += n;
 	}
 	c->woff = c->wlen = 0;
@@ -261,11 +269,27 @@ static void on_error_frame(struct pt_client *c, const struct pt_msg *m)
 	set_error(c, m->error->code, m->seq, m->reason, m->reason_len);
 }
 
+/*
+ * An ERROR that answers no request: the service refuses the connection (a uid over its
+ * connection quota, too many descriptors) and closes it (PROTOCOL.md section 2). Its code and
+ * reason are what the device needs to see, not a protocol error.
+ */
+static int unsolicited_error(struct pt_client *c, const struct pt_msg *m)
+{
+	if (!c->broken) {
+		on_error_frame(c, m);
+		c->broken = pt_client_errno(m->error->code);
+	}
+	return c->broken;
+}
+
 /* A reply that is not the waiter's: it answers a queued hint frame. */
 static int dispatch_async(struct pt_client *c, const struct pt_msg *m)
 {
 	int err = 0;
 
+	if (!c->st.inflight && m->type == PT_MSG_ERROR)
+		return unsolicited_error(c, m);
 	if (!c->st.inflight || (m->type != PT_MSG_ACK && m->type != PT_MSG_ERROR))
 		return fail(c, -EPROTO, "reply to no outstanding request");
 	c->st.inflight--;
@@ -568,8 +592,10 @@ static int send_with_fds(struct pt_client *c, const uint8_t *frame, size_t len, 
 	do
 		n = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
 	while (n < 0 && errno == EINTR);
-	if (n <= 0) /* a nonblocking socket with an empty queue takes at least a byte */
-		return fail(c, n < 0 ? -errno : -EIO, "sendmsg failed");
+	if (n < 0)
+		return send_failed(c, -errno);
+	if (!n) /* a nonblocking socket with an empty queue takes at least a byte */
+		return fail(c, -EIO, "sendmsg failed");
 	if ((size_t)n == len) /* all sent (and wbuf may still be NULL: no memcpy) */
 		return 0;
 	err = wreserve(c, len - n);
