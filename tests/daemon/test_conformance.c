@@ -373,7 +373,7 @@ CHILD_CASE(s4_2_cmd_id_must_be_at_least_2)
 static int id_steps(int fd, uint32_t *seq, const char *const *steps, unsigned n)
 {
 	for (unsigned i = 0; i < n; i++, (*seq)++) {
-		unsigned type = steps[i][0] == 'A' ? PT_MSG_ARM
+		unsigned type = steps[i][0] == 'A'   ? PT_MSG_ARM
 				: steps[i][0] == 'S' ? PT_MSG_STOP
 						     : PT_MSG_DONE;
 		const char *want = strchr(steps[i], '=');
@@ -504,9 +504,9 @@ CHILD_CASE(s4_2_takeover_keeps_blocked_ids)
 	other.size /= 2;
 	fd3 = raw_connect();
 	CHECK(fd3 >= 0);
-	SEND_EXPECT_ACK(
-		fd3, pt_build_register(tx, sizeof(tx), seq, getpid(), PT_DIRTY_RING, &other, 1),
-		seq, NULL);
+	SEND_EXPECT_ACK(fd3,
+			pt_build_register(tx, sizeof(tx), seq, getpid(), PT_DIRTY_RING, &other, 1),
+			seq, NULL);
 	seq++;
 	CHECK(!id_steps(fd3, &seq, third, 5));
 	close(fd1);
@@ -522,8 +522,8 @@ CHILD_CASE(s4_2_takeover_keeps_blocked_ids)
  */
 CHILD_CASE(s4_2_stop_of_an_earlier_round_unblocks_nothing)
 {
-	static const char *const steps[] = { "A10", "A11", "S10=6", "A10=7", "A11=7",
-					     "S11", "A10", "A11" };
+	static const char *const steps[] = { "A10",   "A11", "S10=6", "A10=7",
+					     "A11=7", "S11", "A10",   "A11" };
 	int fd = registered(NULL);
 	uint32_t seq = 10;
 
@@ -712,6 +712,48 @@ CHILD_CASE(s4_7_wr_read_over_max_ranges_busy)
 	CHECK(alive(fd));
 	free(r);
 	close(fd);
+	return 0;
+}
+
+/*
+ * 4.7: WR_RECORDS "hinted = pages asked about", "free = the rest", and the ranges list every
+ * written page: a page asked twice (overlapping asked ranges) is one page asked, so that
+ * hinted = free + kept_written + kept_unsure as in a verdict. In the userfaultfd mode (ARM is
+ * the sync: no guest needed) this process is the VMM and writes one page of its memory.
+ */
+CHILD_CASE(s4_7_wr_records_count_each_page_once)
+{
+	const uint64_t gpa = 1ull << 32;
+	struct pt_reg_slot2 sl = { .gpa = gpa, .size = 64 * PG, .id = 1 };
+	struct pt_range ask[2] = { { gpa, 4 * PG }, { gpa + 2 * PG, 4 * PG } };
+	struct pt_client_result res;
+	struct pt_client *c = connect_svc();
+	char *mem = mmap(NULL, 64 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	uint64_t listed = 0;
+	int uffd = -1, err;
+
+	CHECK(c && mem != MAP_FAILED);
+	memset(mem, 1, 64 * PG);
+	sl.hva = (uintptr_t)mem;
+	err = pt_client_register_uffd(c, &sl, 1, -1, &uffd, NULL);
+	if (err == -EOPNOTSUPP)
+		return t_skip("no asynchronous userfaultfd write-protect");
+	CHECKF(!err, "register: %s (%s)", strerror(-err), pt_client_last_error(c)->reason);
+	CHECK(!pt_client_arm(c, 2));
+	mem[3 * PG] = 2; /* asked twice */
+	CHECK(!pt_client_wr_read(c, ask, 2, &res));
+	for (uint32_t i = 0; i < res.v.nranges; i++)
+		listed += res.ranges[i].len / PG;
+	CHECKF(!res.v.unsure_reason && res.v.hinted == 6 && res.v.kept_written == 1 &&
+		       res.v.free == 5 && res.v.kept_unsure == 0 && listed == 1,
+	       "why %#x hinted %llu free %llu written %llu unsure %llu listed %llu",
+	       res.v.unsure_reason, (unsigned long long)res.v.hinted,
+	       (unsigned long long)res.v.free, (unsigned long long)res.v.kept_written,
+	       (unsigned long long)res.v.kept_unsure, (unsigned long long)listed);
+	pt_client_result_free(&res);
+	pt_client_close(c);
+	close(uffd);
+	munmap(mem, 64 * PG);
 	return 0;
 }
 
@@ -1118,10 +1160,10 @@ GUEST_CASE(s5_10_vmm_writes_reported_are_kept)
 }
 
 T_MAIN(T_CASE(s2_first_request_must_be_register), T_CASE(s2_pipelined_replies_in_order_with_seq),
-       T_CASE(s2_quota_refusal_reaches_device),
-       T_CASE(s3_length_must_match_count), T_CASE(s3_reserved_fields_must_be_zero),
-       T_CASE(s3_range_end_must_not_overflow), T_CASE(s4_1_slots_must_not_overlap),
-       T_CASE(s4_1_coverage_reports_unlogged_slot), T_CASE(s4_1_learned_slots_before_vm_known),
+       T_CASE(s2_quota_refusal_reaches_device), T_CASE(s3_length_must_match_count),
+       T_CASE(s3_reserved_fields_must_be_zero), T_CASE(s3_range_end_must_not_overflow),
+       T_CASE(s4_1_slots_must_not_overlap), T_CASE(s4_1_coverage_reports_unlogged_slot),
+       T_CASE(s4_1_learned_slots_before_vm_known),
        T_CASE(s4_1_learned_slots_after_create_vm_unknown_mem),
        T_CASE(s4_1_learned_slots_after_vm_unknown_mem),
        T_CASE(s4_1_recreated_memslot_usable_next_epoch), T_CASE(s4_2_cmd_id_must_be_at_least_2),
@@ -1132,8 +1174,9 @@ T_MAIN(T_CASE(s2_first_request_must_be_register), T_CASE(s2_pipelined_replies_in
        T_CASE(s4_3_hint_after_stop_recorded), T_CASE(s4_4_reclaimed_list_says_when_short),
        T_CASE(s4_4_reported_set_survives_early_report), T_CASE(s4_5_report_at_most_32),
        T_CASE(s4_6_ping_says_registration), T_CASE(s4_7_wr_read_over_max_ranges_busy),
-       T_CASE(s5_1_sync_must_follow_arm), T_CASE(s5_ring_incomplete_reset_is_not_yet_synced),
-       T_CASE(s5_8_hints_before_sync_unsure), T_CASE(s5_10_vmm_writes_reported_are_kept),
+       T_CASE(s4_7_wr_records_count_each_page_once), T_CASE(s5_1_sync_must_follow_arm),
+       T_CASE(s5_ring_incomplete_reset_is_not_yet_synced), T_CASE(s5_8_hints_before_sync_unsure),
+       T_CASE(s5_10_vmm_writes_reported_are_kept),
        T_CASE(s5a_2_slot_given_other_memory_kept_until_registered_again),
        T_CASE(s6_multi_frame_reply_near_64k), T_CASE(s7_bad_header_closes),
        T_CASE(s7_bad_payload_skipped), T_CASE(s8_nothing_free_after_done))

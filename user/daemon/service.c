@@ -1034,13 +1034,11 @@ static int cmp_range(const void *a, const void *b)
 }
 
 /*
- * The log cannot vouch for the asked pages: all of them are unsure, and a reader treats the
- * listed pages as written, so every asked page is listed (sorted, merged; the written ones
- * collected so far are among them).
+ * The asked ranges, sorted and merged, in s->ranges: a page asked twice is one page asked
+ * (PROTOCOL.md 4.7: hinted = pages asked about). Their pages in *pages; -1 out of memory.
  */
-static int list_unsure(struct svc *s, const struct pt_msg *m, struct pt_verdict *v)
+static int merge_asked(struct svc *s, const struct pt_msg *m, uint64_t *pages)
 {
-	uint64_t listed = 0;
 	size_t k = 0;
 
 	/* At most WR_MAX_RANGES asked ranges: one small buffer, grown once, kept. */
@@ -1067,13 +1065,22 @@ static int list_unsure(struct svc *s, const struct pt_msg *m, struct pt_verdict 
 		}
 	}
 	s->nranges = k;
+	*pages = 0;
 	for (size_t i = 0; i < k; i++)
-		listed += s->ranges[i].len / PT_PROTO_PAGE;
-	v->hinted = listed;
+		*pages += s->ranges[i].len / PT_PROTO_PAGE;
+	return 0;
+}
+
+/*
+ * The log cannot vouch for the asked pages: all of them are unsure, and a reader treats the
+ * listed pages as written, so every asked page is listed (the merged asked ranges, in
+ * s->ranges; the written ones collected so far are among them).
+ */
+static void list_unsure(struct pt_verdict *v)
+{
 	v->free = 0;
 	v->kept_written = 0; /* as for verdicts: an unsure log vouches for nothing, either way */
-	v->kept_unsure = listed;
-	return 0;
+	v->kept_unsure = v->hinted;
 }
 
 /* Ranges per WR_READ (WR_CAPS max_ranges): one more still fits a frame, so the documented
@@ -1104,12 +1111,17 @@ static void on_wr_read(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx,
 	 * go unseen; a taint or an untracked mode loses writes too: all make the records
 	 * incomplete, and then every asked page is listed. */
 	v.unsure_reason = pt_epoch_doubt(ctx);
-	for (uint32_t i = 0; i < m->count; i++)
-		v.hinted += m->ranges[i].len / PT_PROTO_PAGE;
-	/* Asked ranges may overlap: a page is listed (and counted written) once. */
+	/* Asked ranges may overlap: a page is asked, listed and counted written once. */
+	if (merge_asked(s, m, &v.hinted)) {
+		pt_pages_release(&lr->pages);
+		free(lr);
+		reply_err(s, c, m->seq, -PT_E_BUSY, "write records: out of memory");
+		return;
+	}
 	v.kept_written = lr->pages.count;
 	pt_conn_charge(c, v.hinted);
 	if (!v.unsure_reason) {
+		s->nranges = 0;
 		v.free = v.hinted - v.kept_written;
 		lazy_start(s, c, lr, PT_MSG_WR_RECORDS, m->seq, &v);
 		return;
@@ -1117,10 +1129,7 @@ static void on_wr_read(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx,
 	pt_pages_release(&lr->pages);
 	free(lr);
 	/* The asked ranges themselves, at most one request's worth: sent at once. */
-	if (list_unsure(s, m, &v)) {
-		reply_err(s, c, m->seq, -PT_E_BUSY, "write records: out of memory");
-		return;
-	}
+	list_unsure(&v);
 	send_ranges(s, c, PT_MSG_WR_RECORDS, m->seq, &v);
 }
 
