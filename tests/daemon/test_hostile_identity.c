@@ -223,7 +223,8 @@ static int root_takeover(pid_t vmm, uint64_t victim_token)
 	hinted(c, 2, &err);
 	CHECKF(err == -ESTALE, "root's takeover inherited the victim's state: %d", err);
 	/* But the guest is the same: the ID the victim armed stays blocked until the driver's
-	 * STOP (PROTOCOL.md 4.2), a late buffer of it could be taken for a hint of the new epoch. */
+	 * STOP (PROTOCOL.md 4.2), a late buffer of it could be taken for a hint of the new epoch.
+	 */
 	err = pt_client_arm(c, 2);
 	CHECKF(err == -EALREADY, "the victim's armed ID 2 was not blocked: %d", err);
 	CHECK(pt_client_arm(c, 3) == 0 && pt_client_hint(c, 3, &r, 1) == 0);
