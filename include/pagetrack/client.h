@@ -113,7 +113,9 @@ struct pt_client_reg {
 };
 PT_API int pt_client_register2(struct pt_client *c, const struct pt_client_reg *reg,
 			       uint32_t *handle);
-/* The token the service returned with the last successful REGISTER(2), or 0. */
+/* The token the service returned with the last successful REGISTER(2), or 0. If it differs
+ * from the @resume given, the VM started afresh: nothing of the earlier registration carried
+ * over, and the device must ARM again before it acts on any hint (PROTOCOL.md section 2). */
 PT_API uint64_t pt_client_token(const struct pt_client *c);
 
 /*

@@ -796,6 +796,74 @@ CHILD_CASE(s6_multi_frame_reply_near_64k)
 	return 0;
 }
 
+/*
+ * 6: "A device MUST treat a reply that breaks this [ranges listing exactly free, resp.
+ * kept_written + kept_unsure pages, disjoint and ascending] as keep everything": the client
+ * library, a device, fails such a reply (EPROTO) instead of handing it on. A fake service
+ * (a socket of this test) has the reply written before the request is sent (a fresh client's
+ * first seq is 1).
+ */
+static int broken_reply(unsigned type, const struct pt_verdict *v, const struct pt_range *r)
+{
+	char path[64];
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct pt_client_result res;
+	struct pt_range ask = { 0, 16 * PG };
+	struct pt_client *c;
+	int lfd, sfd, err;
+
+	snprintf(path, sizeof(path), "/tmp/ptconf-fake.%d.sock", (int)getpid());
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+	unlink(path);
+	lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (lfd < 0 || bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) || listen(lfd, 1))
+		return -1000;
+	c = pt_client_connect(path);
+	sfd = accept(lfd, NULL, NULL);
+	close(lfd);
+	unlink(path);
+	if (!c || sfd < 0 || raw_send(sfd, tx, pt_build_verdict(tx, sizeof(tx), type, 1, 0, v, r)))
+		return -1000;
+	pt_client_set_timeout(c, 5000);
+	if (type == PT_MSG_VERDICT)
+		err = pt_client_query(c, 2, PT_Q_HINTS, &res);
+	else
+		err = pt_client_wr_read(c, &ask, 1, &res);
+	if (!err)
+		pt_client_result_free(&res);
+	pt_client_close(c);
+	close(sfd);
+	return err;
+}
+
+static int s6_device_fails_broken_reply(void)
+{
+	struct pt_range up[2] = { { 0, PG }, { 8 * PG, PG } }, down[2] = { up[1], up[0] };
+	struct pt_verdict v = {
+		.cmd_id = 2, .hinted = 4, .free = 2, .kept_written = 2, .nranges = 2
+	};
+	int err;
+
+	/* The control: a reply that keeps the rules is taken. */
+	err = broken_reply(PT_MSG_VERDICT, &v, up);
+	CHECKF(err == 0, "a sound verdict: %d", err);
+	err = broken_reply(PT_MSG_VERDICT, &v, down);
+	CHECKF(err == -EPROTO, "a verdict with descending ranges: %d", err);
+	v.nranges = 1; /* one page listed, two free */
+	err = broken_reply(PT_MSG_VERDICT, &v, up);
+	CHECKF(err == -EPROTO, "a verdict listing fewer pages than free: %d", err);
+	/* WR_RECORDS lists kept_written + kept_unsure pages: here 2, listed 1. */
+	v = (struct pt_verdict){ .hinted = 16, .free = 14, .kept_written = 2, .nranges = 1 };
+	err = broken_reply(PT_MSG_WR_RECORDS, &v, up);
+	CHECKF(err == -EPROTO, "write records listing fewer pages than written: %d", err);
+	v.nranges = 2;
+	err = broken_reply(PT_MSG_WR_RECORDS, &v, down);
+	CHECKF(err == -EPROTO, "write records with descending ranges: %d", err);
+	err = broken_reply(PT_MSG_WR_RECORDS, &v, up);
+	CHECKF(err == 0, "sound write records: %d", err);
+	return 0;
+}
+
 /* --- 7. Errors ------------------------------------------------------------------------------ */
 
 /* 7 "close": a header that cannot be trusted gets its ERROR, then the connection closes. */
@@ -1178,5 +1246,6 @@ T_MAIN(T_CASE(s2_first_request_must_be_register), T_CASE(s2_pipelined_replies_in
        T_CASE(s5_ring_incomplete_reset_is_not_yet_synced), T_CASE(s5_8_hints_before_sync_unsure),
        T_CASE(s5_10_vmm_writes_reported_are_kept),
        T_CASE(s5a_2_slot_given_other_memory_kept_until_registered_again),
-       T_CASE(s6_multi_frame_reply_near_64k), T_CASE(s7_bad_header_closes),
-       T_CASE(s7_bad_payload_skipped), T_CASE(s8_nothing_free_after_done))
+       T_CASE(s6_multi_frame_reply_near_64k), T_CASE(s6_device_fails_broken_reply),
+       T_CASE(s7_bad_header_closes), T_CASE(s7_bad_payload_skipped),
+       T_CASE(s8_nothing_free_after_done))

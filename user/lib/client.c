@@ -917,11 +917,14 @@ int pt_client_query_cb(struct pt_client *c, uint32_t cmd_id, uint32_t what, pt_c
 	return simple(c, build_query, &a, SMALL_FRAME, &w);
 }
 
-/* Collects frames into a pt_client_result; counts pages to check them against the totals. */
+/* Collects frames into a pt_client_result; counts pages to check them against the totals,
+ * and the order of the ranges (ascending, disjoint: PROTOCOL.md section 6). */
 struct collect {
 	struct pt_client_result *res;
 	size_t cap;
 	uint64_t pages;
+	uint64_t end; /* of the last range */
+	bool disorder;
 };
 
 static int collect_frame(void *arg, const struct pt_verdict *v, const struct pt_range *r,
@@ -945,8 +948,11 @@ static int collect_frame(void *arg, const struct pt_verdict *v, const struct pt_
 	}
 	if (n)
 		memcpy(res->ranges + have, r, n * sizeof(*r));
-	for (uint32_t i = 0; i < n; i++)
+	for (uint32_t i = 0; i < n; i++) {
+		col->disorder |= r[i].gpa < col->end;
+		col->end = r[i].gpa + r[i].len;
 		col->pages += r[i].len / PT_PROTO_PAGE;
+	}
 	if (last) {
 		res->v = *v;
 		res->v.nranges = have + n;
@@ -960,9 +966,13 @@ static int collected(struct pt_client *c, int err, struct collect *col, bool ver
 {
 	struct pt_client_result *res = col->res;
 
-	/* The listed pages must be exactly the `free` ones, or nothing can be trusted. */
-	if (!err && verdict && col->pages != res->v.free)
-		err = fail(c, -EPROTO, "verdict ranges do not add up to its free count");
+	/* The listed pages must be exactly the `free` ones (WR_RECORDS: the written and unsure
+	 * ones), ascending and disjoint, or nothing can be trusted. */
+	if (!err &&
+	    col->pages != (verdict ? res->v.free : res->v.kept_written + res->v.kept_unsure))
+		err = fail(c, -EPROTO, "reply ranges do not add up to its counts");
+	if (!err && col->disorder)
+		err = fail(c, -EPROTO, "reply ranges not ascending and disjoint");
 	if (err) {
 		pt_client_result_free(res);
 		memset(res, 0, sizeof(*res));
