@@ -94,7 +94,7 @@ static void reply_err(struct svc *s, struct pt_conn *c, uint32_t seq, int code, 
 	pt_conn_send_error(c, seq, code, "%s: %s", what, pt_err_str(code));
 }
 
-/* Reply frames stay at or below 64 KiB (PROTOCOL.md section 6): 4093 ranges each. */
+/* Reply frames stay at or below 64 KiB (PROTOCOL.md section 6): 4092 ranges each. */
 #define REPLY_FRAME_BYTES 65536
 #define KEPT_LOG_SECS	  60 /* log_kept: at most one line a minute per VM */
 
