@@ -351,6 +351,44 @@ GUEST_CASE(s4_1_learned_slots_after_vm_unknown_mem)
 	return 0;
 }
 
+/*
+ * 2: "A second REGISTER on the same connection gets PT_E_STATE", and 7: a refused frame "has
+ * no effect": a second REGISTER2 of the userfaultfd mode on a connection that holds the VM
+ * leaves the write log as it was (the pages hinted stay free).
+ */
+CHILD_CASE(s4_1a_second_register2_no_effect)
+{
+	const uint64_t gpa = 1ull << 32;
+	struct pt_reg_slot2 sl = { .gpa = gpa, .size = 64 * PG, .id = 1 };
+	struct pt_range r = { gpa, 8 * PG };
+	struct pt_client_result res;
+	struct pt_client *c = connect_svc();
+	char *mem = mmap(NULL, 64 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	int uffd = -1, err;
+
+	CHECK(c && mem != MAP_FAILED);
+	memset(mem, 1, 64 * PG);
+	sl.hva = (uintptr_t)mem;
+	err = pt_client_register_uffd(c, &sl, 1, -1, &uffd, NULL);
+	if (err == -EOPNOTSUPP)
+		return t_skip("no asynchronous userfaultfd write-protect");
+	CHECKF(!err, "register: %s (%s)", strerror(-err), pt_client_last_error(c)->reason);
+	CHECK(!pt_client_arm(c, 2));
+	CHECK(!pt_client_hint(c, 2, &r, 1));
+	err = pt_client_register_uffd(c, &sl, 1, -1, &uffd, NULL);
+	CHECKF(err == -EBADFD && pt_client_last_error(c)->code == PT_E_STATE,
+	       "second REGISTER2: %d %s", err, pt_client_last_error(c)->reason);
+	CHECK(!pt_client_query(c, 2, PT_Q_HINTS, &res));
+	CHECKF(!res.v.unsure_reason && res.v.free == 8 && res.v.kept_written == 0,
+	       "why %#x free %llu written %llu", res.v.unsure_reason,
+	       (unsigned long long)res.v.free, (unsigned long long)res.v.kept_written);
+	pt_client_result_free(&res);
+	pt_client_close(c);
+	close(uffd);
+	munmap(mem, 64 * PG);
+	return 0;
+}
+
 /* --- 4.2 ARM, STOP, DONE ------------------------------------------------------------------ */
 
 /* 4.2: "cmd_id MUST be >= 2". */
@@ -1293,9 +1331,10 @@ T_MAIN(T_CASE(s2_first_request_must_be_register), T_CASE(s2_pipelined_replies_in
        T_CASE(s4_1_learned_slots_before_vm_known),
        T_CASE(s4_1_learned_slots_after_create_vm_unknown_mem),
        T_CASE(s4_1_learned_slots_after_vm_unknown_mem),
-       T_CASE(s4_1_recreated_memslot_usable_next_epoch), T_CASE(s4_2_cmd_id_must_be_at_least_2),
-       T_CASE(s4_2_no_reuse_before_stop), T_CASE(s4_2_blocked_id_limit_and_recovery),
-       T_CASE(s4_2_stop_done_current_only), T_CASE(s4_2_takeover_keeps_blocked_ids),
+       T_CASE(s4_1_recreated_memslot_usable_next_epoch), T_CASE(s4_1a_second_register2_no_effect),
+       T_CASE(s4_2_cmd_id_must_be_at_least_2), T_CASE(s4_2_no_reuse_before_stop),
+       T_CASE(s4_2_blocked_id_limit_and_recovery), T_CASE(s4_2_stop_done_current_only),
+       T_CASE(s4_2_takeover_keeps_blocked_ids),
        T_CASE(s4_2_stop_of_an_earlier_round_unblocks_nothing),
        T_CASE(s4_2_stop_after_done_stays_done_unblocks), T_CASE(s4_3_stale_hints_ignored),
        T_CASE(s4_3_hint_after_stop_recorded), T_CASE(s4_4_reclaimed_list_says_when_short),

@@ -921,6 +921,9 @@ static void on_register2(struct svc *s, struct pt_conn *c, const struct pt_msg *
 	if (reg_from_v2(&r, c, m)) {
 		reply_err(s, c, m->seq, -PT_E_BAD_FIELD,
 			  "register: fewer descriptors arrived than nfds announced");
+	} else if (bound_vm(s, c)) {
+		/* Before the descriptors are used: opening a userfaultfd log touches the memory. */
+		reply_err(s, c, m->seq, -PT_E_STATE, "register: this connection has a VM");
 	} else if (r.mode == PT_TRACK_UFFD) {
 		on_register_uffd(s, c, &r);
 	} else if (!pt_fd_is_anon(r.fds[0], "kvm-vm")) {
