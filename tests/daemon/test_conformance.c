@@ -980,6 +980,17 @@ static int s7_bad_header_closes(void)
 	      m.error->code == PT_E_BAD_MAGIC);
 	CHECK(recv(fd, &b, 1, 0) == 0);
 	close(fd);
+	/* "the first failing check in this order is reported: header (magic, version, type, len
+	 * limit, ...": a reply type from the device with an oversized len is BAD_TYPE. */
+	h = (struct pt_hdr){ PT_PROTO_MAGIC, 1, PT_MSG_ACK, 0, PT_MAX_PAYLOAD + 1, 4343 };
+	fd = raw_connect();
+	CHECK(fd >= 0);
+	CHECK(!raw_send(fd, &h, sizeof(h)));
+	CHECK(raw_recv(fd, &rh, &m) == 1 && m.type == PT_MSG_ERROR && rh.seq == 4343);
+	CHECKF(m.error->code == PT_E_BAD_TYPE, "got %s: %.*s", pt_err_str(m.error->code),
+	       (int)m.reason_len, m.reason);
+	CHECK(recv(fd, &b, 1, 0) == 0);
+	close(fd);
 	return 0;
 }
 
