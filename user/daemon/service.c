@@ -114,8 +114,12 @@ static void send_ranges(struct svc *s, struct pt_conn *c, unsigned type, uint32_
 		v->nranges = n;
 		len = pt_build_verdict(s->out, PT_MAX_FRAME, type, seq, more ? PT_F_MORE : 0, v,
 				       s->ranges + done);
-		if (!len || pt_conn_send(c, s->out, len))
+		if (!len || pt_conn_send(c, s->out, len)) {
+			/* A reply cut short may not be followed by the next one's frames: the
+			 * device sees the close, and keeps everything (PROTOCOL.md 6). */
+			pt_conn_close(c);
 			break;
+		}
 		done += n;
 	} while (done < s->nranges);
 	s->nranges = 0;
