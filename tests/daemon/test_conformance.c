@@ -620,6 +620,22 @@ CHILD_CASE(s4_3_stale_hints_ignored)
 	return 0;
 }
 
+/* 4.3: "`count` may be 0": an empty HINT is ACKed with nothing recorded; under an ID that is
+ * not current it is PT_E_STALE_CMD like any other. */
+CHILD_CASE(s4_3_empty_hint)
+{
+	struct pt_ack ack;
+	int fd = registered(NULL);
+
+	CHECK(fd >= 0);
+	SEND_EXPECT_ACK(fd, cmd(PT_MSG_ARM, 2, 2), 2, NULL);
+	SEND_EXPECT_ACK(fd, pt_build_hint(tx, sizeof(tx), 3, 2, NULL, 0), 3, &ack);
+	CHECK(ack.value32 == 0 && ack.pages == 0 && ack.ignored == 0);
+	SEND_EXPECT_ERROR(fd, pt_build_hint(tx, sizeof(tx), 4, 3, NULL, 0), 4, PT_E_STALE_CMD);
+	close(fd);
+	return 0;
+}
+
 /* 4.3: HINT after STOP, with the ID still current, is recorded. */
 CHILD_CASE(s4_3_hint_after_stop_recorded)
 {
@@ -1348,12 +1364,12 @@ T_MAIN(T_CASE(s2_first_request_must_be_register), T_CASE(s2_pipelined_replies_in
        T_CASE(s4_2_takeover_keeps_blocked_ids),
        T_CASE(s4_2_stop_of_an_earlier_round_unblocks_nothing),
        T_CASE(s4_2_stop_after_done_stays_done_unblocks), T_CASE(s4_3_stale_hints_ignored),
-       T_CASE(s4_3_hint_after_stop_recorded), T_CASE(s4_4_reclaimed_list_says_when_short),
-       T_CASE(s4_4_reported_set_survives_early_report), T_CASE(s4_5_report_at_most_32),
-       T_CASE(s4_6_ping_says_registration), T_CASE(s4_7_wr_read_over_max_ranges_busy),
-       T_CASE(s4_7_wr_records_count_each_page_once), T_CASE(s5_1_sync_must_follow_arm),
-       T_CASE(s5_ring_incomplete_reset_is_not_yet_synced), T_CASE(s5_8_hints_before_sync_unsure),
-       T_CASE(s5_10_vmm_writes_reported_are_kept),
+       T_CASE(s4_3_empty_hint), T_CASE(s4_3_hint_after_stop_recorded),
+       T_CASE(s4_4_reclaimed_list_says_when_short), T_CASE(s4_4_reported_set_survives_early_report),
+       T_CASE(s4_5_report_at_most_32), T_CASE(s4_6_ping_says_registration),
+       T_CASE(s4_7_wr_read_over_max_ranges_busy), T_CASE(s4_7_wr_records_count_each_page_once),
+       T_CASE(s5_1_sync_must_follow_arm), T_CASE(s5_ring_incomplete_reset_is_not_yet_synced),
+       T_CASE(s5_8_hints_before_sync_unsure), T_CASE(s5_10_vmm_writes_reported_are_kept),
        T_CASE(s5a_2_slot_given_other_memory_kept_until_registered_again),
        T_CASE(s6_multi_frame_reply_near_64k), T_CASE(s6_device_fails_broken_reply),
        T_CASE(s6_ranges_ascend_across_slots), T_CASE(s7_bad_header_closes),
