@@ -113,7 +113,9 @@ struct pt_client_reg {
 };
 PT_API int pt_client_register2(struct pt_client *c, const struct pt_client_reg *reg,
 			       uint32_t *handle);
-/* The token the service returned with the last successful REGISTER(2), or 0. */
+/* The token the service returned with the last successful REGISTER(2), or 0. If it differs
+ * from the @resume given, the VM started afresh: nothing of the earlier registration carried
+ * over, and the device must ARM again before it acts on any hint (PROTOCOL.md section 2). */
 PT_API uint64_t pt_client_token(const struct pt_client *c);
 
 /*
@@ -137,7 +139,12 @@ PT_API uint64_t pt_client_token(const struct pt_client *c);
 PT_API int pt_client_register_uffd(struct pt_client *c, const struct pt_reg_slot2 *slots,
 				   uint32_t nslots, int kvm_vm_fd, int *uffd, uint32_t *handle);
 
-/* Command IDs: ARM before the dirty-log sync, STOP on the driver's STOP, DONE when sent. */
+/*
+ * Command IDs: ARM before the dirty-log sync (-EALREADY: armed since the driver's last STOP,
+ * arm the next ID); STOP with the ID of the round the driver's STOP buffer ends, never for a
+ * STOP the device itself writes into free_page_hint_cmd_id (-ESTALE: that round's ID is no
+ * longer current, nothing changed); DONE when the device wrote DONE (PROTOCOL.md 4.2).
+ */
 PT_API int pt_client_arm(struct pt_client *c, uint32_t cmd_id);
 PT_API int pt_client_stop(struct pt_client *c, uint32_t cmd_id);
 PT_API int pt_client_done(struct pt_client *c, uint32_t cmd_id);

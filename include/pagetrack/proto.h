@@ -17,7 +17,7 @@
 #define PT_PROTO_VERSION 1
 #define PT_PROTO_PAGE	 4096u
 
-#define PT_MAX_PAYLOAD	 (1u << 20) /* 1 MiB: 65536 hint entries */
+#define PT_MAX_PAYLOAD	 (1u << 20) /* 1 MiB: 65535 hint entries (PT_MAX_HINTS) */
 #define PT_MAX_HINTS	 (PT_MAX_PAYLOAD / sizeof(struct pt_range) - 1)
 #define PT_MAX_REPORT	 32 /* entries per free page reporting batch (Linux sends <= 32) */
 #define PT_MAX_REG_SLOTS 32

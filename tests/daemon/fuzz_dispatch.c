@@ -305,6 +305,8 @@ static void on_listing(struct fconn *f, const struct req *r, const struct pt_hdr
 			BUG(v->free || f->listed);
 	} else {
 		BUG(f->listed != v->kept_written + v->kept_unsure);
+		/* A page asked twice is one page asked (PROTOCOL.md 4.7). */
+		BUG(v->hinted != v->free + v->kept_written + v->kept_unsure);
 		/* Every page written since ARM in the asked ranges is listed. */
 		for (uint32_t p = 0; r->ok && p < NPAGES; p++)
 			BUG(r->ok[p] && !f->got[p]);

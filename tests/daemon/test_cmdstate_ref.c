@@ -34,6 +34,9 @@ struct env {
 	uint64_t seed;
 	uint8_t listed[PAGES]; /* pages the verdict's callback got */
 	bool listed_bad;
+	bool frozen;	   /* the verdict came from a frozen set: ranges must ascend */
+	bool reversed;	   /* the upper slot was registered first: the region's halves swap */
+	uint64_t last_end; /* of the last range listed */
 };
 
 static uint64_t rnd(struct env *e)
@@ -46,6 +49,9 @@ static int collect(void *arg, uint64_t gpa, uint64_t len)
 {
 	struct env *e = arg;
 
+	if (e->frozen && gpa < e->last_end)
+		e->listed_bad = true; /* a reply's ranges ascend (PROTOCOL.md section 6) */
+	e->last_end = gpa + len;
 	for (uint64_t g = gpa; g < gpa + len; g += 4096) {
 		if (g < GPA || g >= GPA + PAGES * 4096ull || e->listed[(g - GPA) / 4096])
 			e->listed_bad = true;
@@ -152,6 +158,7 @@ static int frozen_verdict(struct env *e, struct model *m, bool hints, struct pt_
 
 	if (!err && !v->why && p.count != v->free)
 		err = -1000; /* the set holds other pages than the verdict counts */
+	e->frozen = true;
 	while (!err && p.bits && !done)
 		err = pt_pages_emit(&p, 1 + rnd(e) % (PAGES / 64), collect, e, &done);
 	pt_pages_release(&p);
@@ -167,6 +174,8 @@ static int verdict(struct env *e, struct model *m, bool hints)
 
 	memset(e->listed, 0, sizeof(e->listed));
 	e->listed_bad = false;
+	e->frozen = false;
+	e->last_end = 0;
 	err = rnd(e) % 2 ? frozen_verdict(e, m, hints, &v) : direct_verdict(e, m, hints, &v);
 	CHECKF(!err, "verdict: %d", err);
 	if (!hints && !e->c->reported) { /* nothing ever reported: an empty answer */
@@ -199,16 +208,22 @@ static int verdict(struct env *e, struct model *m, bool hints)
 	return 0;
 }
 
+/* The model's page (in address order) of page @rp of the VM's log region. */
+static uint64_t model_page(const struct env *e, uint64_t rp)
+{
+	return e->reversed ? (rp + PAGES / 2) % PAGES : rp;
+}
+
 /* Early pages as cmdstate holds them, whatever their representation. */
 static int same_sets(struct env *e, const struct model *m)
 {
 	for (uint64_t w = 0; w < PAGES / 64; w++) {
-		uint64_t h = 0, r = 0, x = 0;
+		uint64_t h = 0, r = 0, x = 0, mp = model_page(e, w * 64);
 
 		for (int b = 0; b < 64; b++) {
-			h |= (uint64_t)m->hinted[w * 64 + b] << b;
-			r |= (uint64_t)m->reported[w * 64 + b] << b;
-			x |= (uint64_t)m->early[w * 64 + b] << b;
+			h |= (uint64_t)m->hinted[mp + b] << b;
+			r |= (uint64_t)m->reported[mp + b] << b;
+			x |= (uint64_t)m->early[mp + b] << b;
 		}
 		CHECKF(e->c->hinted[w] == h, "hinted word %llu", (unsigned long long)w);
 		CHECKF((e->c->reported ? e->c->reported[w] : 0) == r, "reported word %llu",
@@ -239,8 +254,9 @@ static int step(struct env *e, struct model *m)
 	if (k < 80) {
 		uint64_t n = k % 3 ? 1 : 1 + rnd(e) % (PAGES - p < 100 ? PAGES - p : 100);
 
-		pt_vm_mark_written(e->t, e->vm, p, n);
-		memset(&m->written[p], 1, n);
+		pt_vm_mark_written(e->t, e->vm, p, n); /* region pages */
+		for (uint64_t i = 0; i < n; i++)
+			m->written[model_page(e, p + i)] = 1;
 		return 0;
 	}
 	return verdict(e, m, k < 92);
@@ -257,6 +273,13 @@ static int one_seed(uint64_t seed)
 	bool existed;
 
 	memset(&m, 0, sizeof(m));
+	e.reversed = seed % 2; /* the upper slot first: region order is not address order */
+	if (e.reversed) {
+		struct pt_slot_cfg t = s[0];
+
+		s[0] = s[1];
+		s[1] = t;
+	}
 	CHECK(!pt_tracker_open(&e.t, &o) && !pt_vm_track(e.t, getpid(), s, 2, 0, &e.vm, &existed));
 	CHECK(!pt_vmctx_new(&e.c, e.t, e.vm, getpid(), PT_DIRTY_RING, true));
 	m.cur = 1;

@@ -13,8 +13,10 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <grp.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <linux/kvm.h>
 
 #include <pagetrack/client.h>
@@ -136,6 +138,56 @@ CHILD_CASE(s2_pipelined_replies_in_order_with_seq)
 		CHECK(m.type == (i == 1 ? PT_MSG_ERROR : PT_MSG_ACK));
 	}
 	close(fd);
+	return 0;
+}
+
+/*
+ * 2: "A connection over its uid's limit is answered with one ERROR PT_E_BUSY (seq 0) naming
+ * the quota and closed." The device that meets it through the client library gets that code
+ * and reason (EBUSY), not a protocol error: uid 65534 fills its connection quota, then a
+ * client connects and pings.
+ */
+static int quota_child(void *unused)
+{
+	int fds[256], n = 0, err = 0;
+	struct pt_client *c;
+
+	CHECK(!setgroups(0, NULL) && !setgid(65534) && !setuid(65534));
+	while (n < 256) {
+		fds[n] = raw_connect();
+		CHECK(fds[n] >= 0);
+		if (raw_ping(fds[n], 1)) /* the refusal came instead */
+			break;
+		n++;
+	}
+	CHECKF(n < 256, "no connection quota met after %d connections", n);
+	c = connect_svc();
+	CHECK(c);
+	err = pt_client_ping(c);
+	CHECKF(err == -EBUSY && pt_client_last_error(c)->code == PT_E_BUSY &&
+		       strstr(pt_client_last_error(c)->reason, "quota"),
+	       "ping over the quota: %d (%s), code %d: %s", err, strerror(-err),
+	       pt_client_last_error(c)->code, pt_client_last_error(c)->reason);
+	pt_client_close(c);
+	while (n >= 0)
+		close(fds[n--]);
+	return 0;
+}
+
+static int s2_quota_refusal_reaches_device(void)
+{
+	struct stat dir, sock;
+	int rc;
+
+	T_REQUIRE(need_service());
+	if (geteuid() != 0)
+		return t_skip("needs root to switch to uid 65534");
+	CHECK(!stat(svc.dir, &dir) && !stat(svc.socket, &sock));
+	CHECK(!chmod(svc.dir, 0755) && !chmod(svc.socket, 0666));
+	rc = in_child(quota_child, NULL);
+	chmod(svc.dir, dir.st_mode & 07777);
+	chmod(svc.socket, sock.st_mode & 07777);
+	CHECK(rc == 0);
 	return 0;
 }
 
@@ -299,6 +351,44 @@ GUEST_CASE(s4_1_learned_slots_after_vm_unknown_mem)
 	return 0;
 }
 
+/*
+ * 2: "A second REGISTER on the same connection gets PT_E_STATE", and 7: a refused frame "has
+ * no effect": a second REGISTER2 of the userfaultfd mode on a connection that holds the VM
+ * leaves the write log as it was (the pages hinted stay free).
+ */
+CHILD_CASE(s4_1a_second_register2_no_effect)
+{
+	const uint64_t gpa = 1ull << 32;
+	struct pt_reg_slot2 sl = { .gpa = gpa, .size = 64 * PG, .id = 1 };
+	struct pt_range r = { gpa, 8 * PG };
+	struct pt_client_result res;
+	struct pt_client *c = connect_svc();
+	char *mem = mmap(NULL, 64 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	int uffd = -1, err;
+
+	CHECK(c && mem != MAP_FAILED);
+	memset(mem, 1, 64 * PG);
+	sl.hva = (uintptr_t)mem;
+	err = pt_client_register_uffd(c, &sl, 1, -1, &uffd, NULL);
+	if (err == -EOPNOTSUPP)
+		return t_skip("no asynchronous userfaultfd write-protect");
+	CHECKF(!err, "register: %s (%s)", strerror(-err), pt_client_last_error(c)->reason);
+	CHECK(!pt_client_arm(c, 2));
+	CHECK(!pt_client_hint(c, 2, &r, 1));
+	err = pt_client_register_uffd(c, &sl, 1, -1, &uffd, NULL);
+	CHECKF(err == -EBADFD && pt_client_last_error(c)->code == PT_E_STATE,
+	       "second REGISTER2: %d %s", err, pt_client_last_error(c)->reason);
+	CHECK(!pt_client_query(c, 2, PT_Q_HINTS, &res));
+	CHECKF(!res.v.unsure_reason && res.v.free == 8 && res.v.kept_written == 0,
+	       "why %#x free %llu written %llu", res.v.unsure_reason,
+	       (unsigned long long)res.v.free, (unsigned long long)res.v.kept_written);
+	pt_client_result_free(&res);
+	pt_client_close(c);
+	close(uffd);
+	munmap(mem, 64 * PG);
+	return 0;
+}
+
 /* --- 4.2 ARM, STOP, DONE ------------------------------------------------------------------ */
 
 /* 4.2: "cmd_id MUST be >= 2". */
@@ -313,6 +403,27 @@ CHILD_CASE(s4_2_cmd_id_must_be_at_least_2)
 		SEND_EXPECT_ERROR(fd, cmd(PT_MSG_DONE, 30 + id, id), 30 + id, PT_E_RESERVED_CMD);
 	}
 	close(fd);
+	return 0;
+}
+
+/* Runs ARM/STOP/DONE steps on @fd ("A10" arm 10, "S10" stop 10, "D10" done 10), seq from
+ * *seq on. Each must ACK, except a step written "S10=6", which must be ERROR 6. */
+static int id_steps(int fd, uint32_t *seq, const char *const *steps, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++, (*seq)++) {
+		unsigned type = steps[i][0] == 'A'   ? PT_MSG_ARM
+				: steps[i][0] == 'S' ? PT_MSG_STOP
+						     : PT_MSG_DONE;
+		const char *want = strchr(steps[i], '=');
+		size_t len = cmd(type, *seq, (uint32_t)atoi(steps[i] + 1));
+
+		if (want)
+			CHECKF(send_expect_error(fd, len, *seq, atoi(want + 1), __LINE__) == 0,
+			       "step %u (%s)", i, steps[i]);
+		else
+			CHECKF(send_expect_ack(fd, len, *seq, NULL, __LINE__) == 0, "step %u (%s)",
+			       i, steps[i]);
+	}
 	return 0;
 }
 
@@ -406,6 +517,85 @@ CHILD_CASE(s4_2_stop_done_current_only)
 	return 0;
 }
 
+/*
+ * 4.2: "The blocked set ... a takeover by another connection keeps it": a device that
+ * registers the VM from a new connection while the old one is open (without the token, so the
+ * VM starts afresh; or with another memory map) still may not re-arm an ID the guest may hold
+ * buffers of. Virtio: "The device MUST NOT reuse a command ID until it has received an output
+ * buffer containing VIRTIO_BALLOON_CMD_ID_STOP from the driver."
+ */
+CHILD_CASE(s4_2_takeover_keeps_blocked_ids)
+{
+	static const char *const first[] = { "A10", "A11" };
+	static const char *const second[] = { "A10=7", "A11=7", "A12" };
+	static const char *const third[] = { "A12=7", "A10=7", "A13", "S13", "A10" };
+	struct pt_reg_slot other = slot1;
+	int fd1 = registered(NULL), fd2 = -1, fd3;
+	uint32_t seq = 10;
+
+	CHECK(fd1 >= 0);
+	CHECK(!id_steps(fd1, &seq, first, 2));
+	fd2 = registered(NULL); /* afresh: no token */
+	CHECK(fd2 >= 0);
+	CHECK(!id_steps(fd2, &seq, second, 3));
+	/* Registered again with another memory map: the same guest, the same rule. */
+	other.size /= 2;
+	fd3 = raw_connect();
+	CHECK(fd3 >= 0);
+	SEND_EXPECT_ACK(fd3,
+			pt_build_register(tx, sizeof(tx), seq, getpid(), PT_DIRTY_RING, &other, 1),
+			seq, NULL);
+	seq++;
+	CHECK(!id_steps(fd3, &seq, third, 5));
+	close(fd1);
+	close(fd2);
+	close(fd3);
+	return 0;
+}
+
+/*
+ * 4.2: STOP(N) names the round the driver's STOP buffer ends. The STOP of a round whose ID is
+ * no longer current (the device published 11 while the driver still hinted under 10) is
+ * PT_E_STALE_CMD and unblocks nothing: the driver may still send buffers under 11.
+ */
+CHILD_CASE(s4_2_stop_of_an_earlier_round_unblocks_nothing)
+{
+	static const char *const steps[] = { "A10",   "A11", "S10=6", "A10=7",
+					     "A11=7", "S11", "A10",   "A11" };
+	int fd = registered(NULL);
+	uint32_t seq = 10;
+
+	CHECK(fd >= 0);
+	CHECK(!id_steps(fd, &seq, steps, 8));
+	close(fd);
+	return 0;
+}
+
+/*
+ * 4.2: "STOP(N) after DONE(N) is ACKed": the state stays DONE (nothing may be discarded), and,
+ * being the driver's STOP, it unblocks the IDs like any STOP.
+ */
+CHILD_CASE(s4_2_stop_after_done_stays_done_unblocks)
+{
+	static const char *const steps[] = { "A10", "A11", "D11", "S11" };
+	static const char *const after[] = { "A10" };
+	struct pt_hdr h;
+	struct pt_msg m;
+	int fd = registered(NULL);
+	uint32_t seq = 10;
+
+	CHECK(fd >= 0);
+	CHECK(!id_steps(fd, &seq, steps, 4));
+	CHECK(send_recv(fd, pt_build_query(tx, sizeof(tx), seq, 11, PT_Q_HINTS), &h, &m) == 1);
+	CHECK(m.type == PT_MSG_VERDICT && h.seq == seq);
+	CHECKF(m.verdict->unsure_reason & PT_WHY_DONE, "unsure_reason %#x",
+	       m.verdict->unsure_reason);
+	seq++;
+	CHECK(!id_steps(fd, &seq, after, 1));
+	close(fd);
+	return 0;
+}
+
 /* --- 4.3 HINT ----------------------------------------------------------------------------- */
 
 /* 4.3 (virtio: "The device MUST ignore pages that are provided with a command ID that does
@@ -427,6 +617,22 @@ CHILD_CASE(s4_3_stale_hints_ignored)
 	CHECK(res.v.hinted == 0);
 	pt_client_result_free(&res);
 	pt_client_close(c);
+	return 0;
+}
+
+/* 4.3: "`count` may be 0": an empty HINT is ACKed with nothing recorded; under an ID that is
+ * not current it is PT_E_STALE_CMD like any other. */
+CHILD_CASE(s4_3_empty_hint)
+{
+	struct pt_ack ack;
+	int fd = registered(NULL);
+
+	CHECK(fd >= 0);
+	SEND_EXPECT_ACK(fd, cmd(PT_MSG_ARM, 2, 2), 2, NULL);
+	SEND_EXPECT_ACK(fd, pt_build_hint(tx, sizeof(tx), 3, 2, NULL, 0), 3, &ack);
+	CHECK(ack.value32 == 0 && ack.pages == 0 && ack.ignored == 0);
+	SEND_EXPECT_ERROR(fd, pt_build_hint(tx, sizeof(tx), 4, 3, NULL, 0), 4, PT_E_STALE_CMD);
+	close(fd);
 	return 0;
 }
 
@@ -564,6 +770,48 @@ CHILD_CASE(s4_7_wr_read_over_max_ranges_busy)
 }
 
 /*
+ * 4.7: WR_RECORDS "hinted = pages asked about", "free = the rest", and the ranges list every
+ * written page: a page asked twice (overlapping asked ranges) is one page asked, so that
+ * hinted = free + kept_written + kept_unsure as in a verdict. In the userfaultfd mode (ARM is
+ * the sync: no guest needed) this process is the VMM and writes one page of its memory.
+ */
+CHILD_CASE(s4_7_wr_records_count_each_page_once)
+{
+	const uint64_t gpa = 1ull << 32;
+	struct pt_reg_slot2 sl = { .gpa = gpa, .size = 64 * PG, .id = 1 };
+	struct pt_range ask[2] = { { gpa, 4 * PG }, { gpa + 2 * PG, 4 * PG } };
+	struct pt_client_result res;
+	struct pt_client *c = connect_svc();
+	char *mem = mmap(NULL, 64 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	uint64_t listed = 0;
+	int uffd = -1, err;
+
+	CHECK(c && mem != MAP_FAILED);
+	memset(mem, 1, 64 * PG);
+	sl.hva = (uintptr_t)mem;
+	err = pt_client_register_uffd(c, &sl, 1, -1, &uffd, NULL);
+	if (err == -EOPNOTSUPP)
+		return t_skip("no asynchronous userfaultfd write-protect");
+	CHECKF(!err, "register: %s (%s)", strerror(-err), pt_client_last_error(c)->reason);
+	CHECK(!pt_client_arm(c, 2));
+	mem[3 * PG] = 2; /* asked twice */
+	CHECK(!pt_client_wr_read(c, ask, 2, &res));
+	for (uint32_t i = 0; i < res.v.nranges; i++)
+		listed += res.ranges[i].len / PG;
+	CHECKF(!res.v.unsure_reason && res.v.hinted == 6 && res.v.kept_written == 1 &&
+		       res.v.free == 5 && res.v.kept_unsure == 0 && listed == 1,
+	       "why %#x hinted %llu free %llu written %llu unsure %llu listed %llu",
+	       res.v.unsure_reason, (unsigned long long)res.v.hinted,
+	       (unsigned long long)res.v.free, (unsigned long long)res.v.kept_written,
+	       (unsigned long long)res.v.kept_unsure, (unsigned long long)listed);
+	pt_client_result_free(&res);
+	pt_client_close(c);
+	close(uffd);
+	munmap(mem, 64 * PG);
+	return 0;
+}
+
+/*
  * 4.7: "a reader MUST treat unsure as written": the service lists every asked page when it
  * cannot vouch for the log (here: no sync after ARM). 6: "it SHOULD keep them near 64 KiB":
  * 4096 disjoint ranges come in several frames of at most 64 KiB, MORE on all but the last,
@@ -602,6 +850,133 @@ CHILD_CASE(s6_multi_frame_reply_near_64k)
 	return 0;
 }
 
+/* The ranges of a reply ascend and do not overlap. */
+static bool ascending(const struct pt_client_result *res)
+{
+	for (uint32_t i = 1; i < res->v.nranges; i++)
+		if (res->ranges[i].gpa < res->ranges[i - 1].gpa + res->ranges[i - 1].len)
+			return false;
+	return true;
+}
+
+/*
+ * 6: "Ranges are disjoint and in ascending order", also when the device registered its slots
+ * in another order (here the slot at 2 GiB before the one at 1 GiB): a VERDICT and WR_RECORDS
+ * listing pages of both. Userfaultfd mode (ARM is the sync, no guest): this process is the
+ * VMM and writes page 5 of each slot.
+ */
+CHILD_CASE(s6_ranges_ascend_across_slots)
+{
+	const uint64_t hi = 2ull << 30, lo = 1ull << 30, n = 64;
+	struct pt_range all[2] = { { lo, n * PG }, { hi, n * PG } };
+	struct pt_reg_slot2 sl[2] = { { .gpa = hi, .size = n * PG, .id = 1 },
+				      { .gpa = lo, .size = n * PG, .id = 2 } };
+	struct pt_client_result res;
+	struct pt_client *c = connect_svc();
+	char *mem =
+		mmap(NULL, 2 * n * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	int uffd = -1, err;
+
+	CHECK(c && mem != MAP_FAILED);
+	memset(mem, 1, 2 * n * PG);
+	sl[0].hva = (uintptr_t)mem;
+	sl[1].hva = (uintptr_t)mem + n * PG;
+	err = pt_client_register_uffd(c, sl, 2, -1, &uffd, NULL);
+	if (err == -EOPNOTSUPP)
+		return t_skip("no asynchronous userfaultfd write-protect");
+	CHECKF(!err, "register: %s (%s)", strerror(-err), pt_client_last_error(c)->reason);
+	CHECK(!pt_client_arm(c, 2));
+	CHECK(!pt_client_hint(c, 2, all, 2));
+	mem[5 * PG] = 2;
+	mem[(n + 5) * PG] = 2;
+	err = pt_client_query(c, 2, PT_Q_HINTS, &res);
+	CHECKF(!err, "query: %d %s", err, pt_client_last_error(c)->reason);
+	CHECKF(!res.v.unsure_reason && res.v.free == 2 * n - 2 && ascending(&res),
+	       "why %#x free %llu, %u ranges, first at %#llx", res.v.unsure_reason,
+	       (unsigned long long)res.v.free, res.v.nranges,
+	       (unsigned long long)(res.v.nranges ? res.ranges[0].gpa : 0));
+	pt_client_result_free(&res);
+	err = pt_client_wr_read(c, all, 2, &res);
+	CHECKF(!err, "write records: %d %s", err, pt_client_last_error(c)->reason);
+	CHECKF(res.v.nranges == 2 && res.ranges[0].gpa == lo + 5 * PG &&
+		       res.ranges[1].gpa == hi + 5 * PG,
+	       "%u ranges, first at %#llx", res.v.nranges,
+	       (unsigned long long)(res.v.nranges ? res.ranges[0].gpa : 0));
+	pt_client_result_free(&res);
+	pt_client_close(c);
+	close(uffd);
+	munmap(mem, 2 * n * PG);
+	return 0;
+}
+
+/*
+ * 6: "A device MUST treat a reply that breaks this [ranges listing exactly free, resp.
+ * kept_written + kept_unsure pages, disjoint and ascending] as keep everything": the client
+ * library, a device, fails such a reply (EPROTO) instead of handing it on. A fake service
+ * (a socket of this test) has the reply written before the request is sent (a fresh client's
+ * first seq is 1).
+ */
+static int broken_reply(unsigned type, const struct pt_verdict *v, const struct pt_range *r)
+{
+	char path[64];
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct pt_client_result res;
+	struct pt_range ask = { 0, 16 * PG };
+	struct pt_client *c;
+	int lfd, sfd, err;
+
+	snprintf(path, sizeof(path), "/tmp/ptconf-fake.%d.sock", (int)getpid());
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+	unlink(path);
+	lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (lfd < 0 || bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) || listen(lfd, 1))
+		return -1000;
+	c = pt_client_connect(path);
+	sfd = accept(lfd, NULL, NULL);
+	close(lfd);
+	unlink(path);
+	if (!c || sfd < 0 || raw_send(sfd, tx, pt_build_verdict(tx, sizeof(tx), type, 1, 0, v, r)))
+		return -1000;
+	pt_client_set_timeout(c, 5000);
+	if (type == PT_MSG_VERDICT)
+		err = pt_client_query(c, 2, PT_Q_HINTS, &res);
+	else
+		err = pt_client_wr_read(c, &ask, 1, &res);
+	if (!err)
+		pt_client_result_free(&res);
+	pt_client_close(c);
+	close(sfd);
+	return err;
+}
+
+static int s6_device_fails_broken_reply(void)
+{
+	struct pt_range up[2] = { { 0, PG }, { 8 * PG, PG } }, down[2] = { up[1], up[0] };
+	struct pt_verdict v = {
+		.cmd_id = 2, .hinted = 4, .free = 2, .kept_written = 2, .nranges = 2
+	};
+	int err;
+
+	/* The control: a reply that keeps the rules is taken. */
+	err = broken_reply(PT_MSG_VERDICT, &v, up);
+	CHECKF(err == 0, "a sound verdict: %d", err);
+	err = broken_reply(PT_MSG_VERDICT, &v, down);
+	CHECKF(err == -EPROTO, "a verdict with descending ranges: %d", err);
+	v.nranges = 1; /* one page listed, two free */
+	err = broken_reply(PT_MSG_VERDICT, &v, up);
+	CHECKF(err == -EPROTO, "a verdict listing fewer pages than free: %d", err);
+	/* WR_RECORDS lists kept_written + kept_unsure pages: here 2, listed 1. */
+	v = (struct pt_verdict){ .hinted = 16, .free = 14, .kept_written = 2, .nranges = 1 };
+	err = broken_reply(PT_MSG_WR_RECORDS, &v, up);
+	CHECKF(err == -EPROTO, "write records listing fewer pages than written: %d", err);
+	v.nranges = 2;
+	err = broken_reply(PT_MSG_WR_RECORDS, &v, down);
+	CHECKF(err == -EPROTO, "write records with descending ranges: %d", err);
+	err = broken_reply(PT_MSG_WR_RECORDS, &v, up);
+	CHECKF(err == 0, "sound write records: %d", err);
+	return 0;
+}
+
 /* --- 7. Errors ------------------------------------------------------------------------------ */
 
 /* 7 "close": a header that cannot be trusted gets its ERROR, then the connection closes. */
@@ -619,6 +994,17 @@ static int s7_bad_header_closes(void)
 	CHECK(!raw_send(fd, &h, sizeof(h)));
 	CHECK(raw_recv(fd, &rh, &m) == 1 && m.type == PT_MSG_ERROR &&
 	      m.error->code == PT_E_BAD_MAGIC);
+	CHECK(recv(fd, &b, 1, 0) == 0);
+	close(fd);
+	/* "the first failing check in this order is reported: header (magic, version, type, len
+	 * limit, ...": a reply type from the device with an oversized len is BAD_TYPE. */
+	h = (struct pt_hdr){ PT_PROTO_MAGIC, 1, PT_MSG_ACK, 0, PT_MAX_PAYLOAD + 1, 4343 };
+	fd = raw_connect();
+	CHECK(fd >= 0);
+	CHECK(!raw_send(fd, &h, sizeof(h)));
+	CHECK(raw_recv(fd, &rh, &m) == 1 && m.type == PT_MSG_ERROR && rh.seq == 4343);
+	CHECKF(m.error->code == PT_E_BAD_TYPE, "got %s: %.*s", pt_err_str(m.error->code),
+	       (int)m.reason_len, m.reason);
 	CHECK(recv(fd, &b, 1, 0) == 0);
 	close(fd);
 	return 0;
@@ -966,19 +1352,25 @@ GUEST_CASE(s5_10_vmm_writes_reported_are_kept)
 }
 
 T_MAIN(T_CASE(s2_first_request_must_be_register), T_CASE(s2_pipelined_replies_in_order_with_seq),
-       T_CASE(s3_length_must_match_count), T_CASE(s3_reserved_fields_must_be_zero),
-       T_CASE(s3_range_end_must_not_overflow), T_CASE(s4_1_slots_must_not_overlap),
-       T_CASE(s4_1_coverage_reports_unlogged_slot), T_CASE(s4_1_learned_slots_before_vm_known),
+       T_CASE(s2_quota_refusal_reaches_device), T_CASE(s3_length_must_match_count),
+       T_CASE(s3_reserved_fields_must_be_zero), T_CASE(s3_range_end_must_not_overflow),
+       T_CASE(s4_1_slots_must_not_overlap), T_CASE(s4_1_coverage_reports_unlogged_slot),
+       T_CASE(s4_1_learned_slots_before_vm_known),
        T_CASE(s4_1_learned_slots_after_create_vm_unknown_mem),
        T_CASE(s4_1_learned_slots_after_vm_unknown_mem),
-       T_CASE(s4_1_recreated_memslot_usable_next_epoch), T_CASE(s4_2_cmd_id_must_be_at_least_2),
-       T_CASE(s4_2_no_reuse_before_stop), T_CASE(s4_2_blocked_id_limit_and_recovery),
-       T_CASE(s4_2_stop_done_current_only), T_CASE(s4_3_stale_hints_ignored),
-       T_CASE(s4_3_hint_after_stop_recorded), T_CASE(s4_4_reclaimed_list_says_when_short),
-       T_CASE(s4_4_reported_set_survives_early_report), T_CASE(s4_5_report_at_most_32),
-       T_CASE(s4_6_ping_says_registration), T_CASE(s4_7_wr_read_over_max_ranges_busy),
+       T_CASE(s4_1_recreated_memslot_usable_next_epoch), T_CASE(s4_1a_second_register2_no_effect),
+       T_CASE(s4_2_cmd_id_must_be_at_least_2), T_CASE(s4_2_no_reuse_before_stop),
+       T_CASE(s4_2_blocked_id_limit_and_recovery), T_CASE(s4_2_stop_done_current_only),
+       T_CASE(s4_2_takeover_keeps_blocked_ids),
+       T_CASE(s4_2_stop_of_an_earlier_round_unblocks_nothing),
+       T_CASE(s4_2_stop_after_done_stays_done_unblocks), T_CASE(s4_3_stale_hints_ignored),
+       T_CASE(s4_3_empty_hint), T_CASE(s4_3_hint_after_stop_recorded),
+       T_CASE(s4_4_reclaimed_list_says_when_short), T_CASE(s4_4_reported_set_survives_early_report),
+       T_CASE(s4_5_report_at_most_32), T_CASE(s4_6_ping_says_registration),
+       T_CASE(s4_7_wr_read_over_max_ranges_busy), T_CASE(s4_7_wr_records_count_each_page_once),
        T_CASE(s5_1_sync_must_follow_arm), T_CASE(s5_ring_incomplete_reset_is_not_yet_synced),
        T_CASE(s5_8_hints_before_sync_unsure), T_CASE(s5_10_vmm_writes_reported_are_kept),
        T_CASE(s5a_2_slot_given_other_memory_kept_until_registered_again),
-       T_CASE(s6_multi_frame_reply_near_64k), T_CASE(s7_bad_header_closes),
+       T_CASE(s6_multi_frame_reply_near_64k), T_CASE(s6_device_fails_broken_reply),
+       T_CASE(s6_ranges_ascend_across_slots), T_CASE(s7_bad_header_closes),
        T_CASE(s7_bad_payload_skipped), T_CASE(s8_nothing_free_after_done))

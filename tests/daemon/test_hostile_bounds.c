@@ -474,9 +474,10 @@ static int arm_flood_one_per_turn(void)
 
 /*
  * A takeover while a large HINT is being applied part by part: the parts still to come must
- * not land in the new registration's state, even when it arms the same command ID at once (a
- * leftover part there would be a hint the new device never sent). Rounds are repeated until
- * the takeover fell inside a batch a few times, within a time bound.
+ * not land in the new registration's state, whatever it arms at once (a leftover part there
+ * would be a hint the new device never sent). The same command ID is refused: it stays blocked
+ * across the takeover (PROTOCOL.md 4.2). Rounds are repeated until the takeover fell inside a
+ * batch a few times, within a time bound.
  */
 #define TAKE_SLOT (256 * GIB) /* 2^26 pages: 16 parts */
 
@@ -492,25 +493,30 @@ static int takeover_mid_batch_leaks_nothing(void)
 	T_REQUIRE(restart_service(""));
 	while ((inside < 3 || rounds < 5) && now_ms() - t0 < 60000) {
 		int a = registered_conn(BIG_GPA, TAKE_SLOT), b = raw_connect();
+		/* New IDs each round: an earlier round's closes may still be on their way. */
+		uint32_t id = 2 + 2 * (uint32_t)rounds;
 		struct pt_hdr h;
 		struct pt_msg m;
 		size_t n;
 
 		CHECK(a >= 0 && b >= 0);
-		SEND_EXPECT_ACK(a, pt_build_cmd(tx, sizeof(tx), PT_MSG_ARM, 2, 2), 2, NULL);
-		n = pt_build_hint(tx, sizeof(tx), 3, 2, &whole, 1);
+		SEND_EXPECT_ACK(a, pt_build_cmd(tx, sizeof(tx), PT_MSG_ARM, 2, id), 2, NULL);
+		n = pt_build_hint(tx, sizeof(tx), 3, id, &whole, 1);
 		CHECK(n && !raw_send(a, tx, n));
-		/* The new registration and its ARM of the same ID, right behind the HINT. */
+		/* The new registration and its ARMs, right behind the HINT: the same ID (blocked),
+		 * the next one. */
 		n = pt_build_register(tx, sizeof(tx), 1, getpid(), PT_DIRTY_RING, &slot, 1);
-		n += pt_build_cmd(tx + n, sizeof(tx) - n, PT_MSG_ARM, 2, 2);
+		n += pt_build_cmd(tx + n, sizeof(tx) - n, PT_MSG_ARM, 2, id);
+		n += pt_build_cmd(tx + n, sizeof(tx) - n, PT_MSG_ARM, 5, id + 1);
 		CHECK(!raw_send(b, tx, n));
 		EXPECT_ACK(b, 1, NULL);
-		EXPECT_ACK(b, 2, NULL);
+		EXPECT_ERROR(b, 2, PT_E_CMD_REUSE);
+		EXPECT_ACK(b, 5, NULL);
 		/* The old connection: its HINT was answered (done before) or refused (cut short).
 		 */
 		CHECK(raw_recv(a, &h, &m) == 1 && h.seq == 3);
 		inside += m.type == PT_MSG_ERROR;
-		n = pt_build_query(tx, sizeof(tx), 4, 2, PT_Q_HINTS);
+		n = pt_build_query(tx, sizeof(tx), 4, id + 1, PT_Q_HINTS);
 		CHECK(n && !raw_send(b, tx, n));
 		CHECK(raw_recv(b, &h, &m) == 1 && m.type == PT_MSG_VERDICT && h.seq == 4);
 		CHECKF(m.verdict->hinted == 0,

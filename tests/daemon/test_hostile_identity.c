@@ -222,8 +222,13 @@ static int root_takeover(pid_t vmm, uint64_t victim_token)
 	/* Afresh: the victim's command ID 2 is not current here. */
 	hinted(c, 2, &err);
 	CHECKF(err == -ESTALE, "root's takeover inherited the victim's state: %d", err);
-	CHECK(pt_client_arm(c, 2) == 0 && pt_client_hint(c, 2, &r, 1) == 0);
-	CHECK(hinted(c, 2, &err) == 48 && !err);
+	/* But the guest is the same: the ID the victim armed stays blocked until the driver's
+	 * STOP (PROTOCOL.md 4.2), a late buffer of it could be taken for a hint of the new epoch.
+	 */
+	err = pt_client_arm(c, 2);
+	CHECKF(err == -EALREADY, "the victim's armed ID 2 was not blocked: %d", err);
+	CHECK(pt_client_arm(c, 3) == 0 && pt_client_hint(c, 3, &r, 1) == 0);
+	CHECK(hinted(c, 3, &err) == 48 && !err);
 	pt_client_close(c);
 	return 0;
 }
@@ -732,12 +737,12 @@ struct verdict_arg {
 	struct shared_slots *sh;
 };
 
-static int verdict_check(struct pt_client *c, const struct pt_range *first)
+static int verdict_check(struct pt_client *c, uint32_t cmd, const struct pt_range *first)
 {
 	struct pt_client_result res;
 	uint64_t listed = 0;
 
-	CHECK(pt_client_query(c, 2, PT_Q_HINTS, &res) == 0);
+	CHECK(pt_client_query(c, cmd, PT_Q_HINTS, &res) == 0);
 	for (uint32_t i = 0; i < res.v.nranges; i++) {
 		const struct pt_range *x = &res.ranges[i];
 
@@ -786,9 +791,10 @@ static int verdict_vmm(void *arg)
 	CHECK(c2 && pt_client_register(c2, 0, PT_DIRTY_RING, sh->slots, 2, NULL) == 0);
 	hinted(c2, 2, &err);
 	CHECKF(err == -ESTALE, "the intruder's round carried over: %d", err);
-	CHECK(pt_client_arm(c2, 2) == 0 && !minivm_sync(m));
-	CHECK(pt_client_hint(c2, 2, &first, 1) == 0);
-	CHECK(verdict_check(c2, &first) == 0);
+	/* IDs 2 (ours) and 3 (root's) stay blocked until the driver's STOP (PROTOCOL.md 4.2). */
+	CHECK(pt_client_arm(c2, 4) == 0 && !minivm_sync(m));
+	CHECK(pt_client_hint(c2, 4, &first, 1) == 0);
+	CHECK(verdict_check(c2, 4, &first) == 0);
 	pt_client_close(c2);
 	pt_client_close(c);
 	minivm_destroy(m);
@@ -813,11 +819,12 @@ static int takeover_verdict(void)
 	v = start_child(verdict_vmm, &va);
 	pipes_side(&va.p, false);
 	if (step_wait(va.p.to_parent[0], '1') == 0) {
-		/* Root registers the VMM's VM (allowed, but afresh) and hints the rest. */
+		/* Root registers the VMM's VM (allowed, but afresh) and hints the rest (under 3:
+		 * the device's 2 stays blocked). */
 		c = connect_svc();
 		if (c &&
 		    !pt_client_register(c, (uint32_t)v, PT_DIRTY_RING, va.sh->slots, 2, NULL) &&
-		    !pt_client_arm(c, 2) && !pt_client_hint(c, 2, &rest, 1))
+		    !pt_client_arm(c, 3) && !pt_client_hint(c, 3, &rest, 1))
 			rc = step_send(va.p.to_child[1], '1');
 	}
 	if (rc)

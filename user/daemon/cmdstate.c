@@ -363,19 +363,61 @@ static inline __attribute__((always_inline)) void freeze_word(struct emitter *e,
 	p->bits[w] |= bits;
 }
 
+/*
+ * The valid slots of @sl by guest-physical address: region order is the order slots were
+ * registered or learned, and a reply lists its ranges ascending (PROTOCOL.md section 6).
+ */
+static uint32_t slots_by_gpa(const struct pt_vm_slots *sl, uint32_t *order)
+{
+	uint32_t n = 0;
+
+	for (uint32_t i = 0; i < sl->nslots && i < PT_MAX_SLOTS; i++) {
+		uint32_t k;
+
+		if (!(sl->slots[i].flags & PT_SLOT_VALID))
+			continue;
+		for (k = n++; k && sl->slots[order[k - 1]].base_gfn > sl->slots[i].base_gfn; k--)
+			order[k] = order[k - 1];
+		order[k] = i;
+	}
+	return n;
+}
+
+/* The bits of word w that lie in region pages [first, end). */
+static uint64_t word_mask(uint64_t w, uint64_t first, uint64_t end)
+{
+	uint64_t lo = w * 64, m = ~0ull;
+
+	if (first > lo)
+		m &= ~0ull << (first - lo);
+	if (end < lo + 64)
+		m &= (1ull << (end - lo)) - 1;
+	return m;
+}
+
 int pt_pages_emit(struct pt_pages *p, uint64_t max_words, pt_range_cb cb, void *ctx, bool *done)
 {
 	struct emitter e = { .sl = &p->slots, .cb = cb, .ctx = ctx };
-	uint64_t end = p->words - p->next > max_words ? p->next + max_words : p->words;
-	uint64_t w;
+	uint32_t order[PT_MAX_SLOTS], n = slots_by_gpa(&p->slots, order);
 
 	e.start = p->run_start;
 	e.len = p->run_len;
-	/* A local index: the loop stores nothing per word but the run's length. */
-	for (w = p->next; w < end && !e.err; w++)
-		emit_word(&e, w, p->bits[w]);
-	p->next = w;
-	*done = p->next == p->words;
+	/* Slot by slot in address order (p->rank), a word at a time (p->next: words of the
+	 * current slot done); a run goes on across slots that are neighbours in both orders. */
+	while (p->rank < n && max_words && !e.err) {
+		const struct pt_slot *sl = &p->slots.slots[order[p->rank]];
+		uint64_t first = sl->bit_off, end = first + sl->npages, w = first / 64 + p->next;
+
+		if (end > p->words * 64)
+			end = p->words * 64;
+		for (; w * 64 < end && max_words && !e.err; w++, p->next++, max_words--)
+			emit_word(&e, w, p->bits[w] & word_mask(w, first, end));
+		if (w * 64 >= end) {
+			p->rank++;
+			p->next = 0;
+		}
+	}
+	*done = p->rank >= n;
 	if (*done && e.len && !e.err)
 		emit_flush(&e);
 	p->run_start = e.start;

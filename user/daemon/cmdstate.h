@@ -114,13 +114,15 @@ struct pt_pages {
 	uint64_t *bits;
 	uint64_t words;
 	uint64_t count; /* pages in the set */
-	uint64_t next;	/* first word not emitted yet */
+	uint32_t rank;	/* slots emitted, in guest-physical order */
+	uint64_t next;	/* words of the current slot emitted */
 	uint64_t run_start, run_len;
 	struct pt_vm_slots slots;
 };
 int pt_pages_freeze(void *ctx, uint64_t gpa, uint64_t len);
-/* Emits the ranges of the next @max_words words of the set (ascending, disjoint, merged across
- * calls) to @cb; *done once the whole set is out. 0 or the callback's error. */
+/* Emits the ranges of the next @max_words words of the set (ascending by guest-physical address
+ * whatever the order of the slots in the region, disjoint, merged across calls) to @cb; *done
+ * once the whole set is out. 0 or the callback's error. */
 int pt_pages_emit(struct pt_pages *p, uint64_t max_words, pt_range_cb cb, void *ctx, bool *done);
 void pt_pages_release(struct pt_pages *p);
 

@@ -94,7 +94,7 @@ static void reply_err(struct svc *s, struct pt_conn *c, uint32_t seq, int code, 
 	pt_conn_send_error(c, seq, code, "%s: %s", what, pt_err_str(code));
 }
 
-/* Reply frames stay at or below 64 KiB (PROTOCOL.md section 6): 4093 ranges each. */
+/* Reply frames stay at or below 64 KiB (PROTOCOL.md section 6): 4092 ranges each. */
 #define REPLY_FRAME_BYTES 65536
 #define KEPT_LOG_SECS	  60 /* log_kept: at most one line a minute per VM */
 
@@ -114,8 +114,12 @@ static void send_ranges(struct svc *s, struct pt_conn *c, unsigned type, uint32_
 		v->nranges = n;
 		len = pt_build_verdict(s->out, PT_MAX_FRAME, type, seq, more ? PT_F_MORE : 0, v,
 				       s->ranges + done);
-		if (!len || pt_conn_send(c, s->out, len))
+		if (!len || pt_conn_send(c, s->out, len)) {
+			/* A reply cut short may not be followed by the next one's frames: the
+			 * device sees the close, and keeps everything (PROTOCOL.md 6). */
+			pt_conn_close(c);
 			break;
+		}
 		done += n;
 	} while (done < s->nranges);
 	s->nranges = 0;
@@ -640,11 +644,36 @@ static void release_if_other(struct svc *s, struct pt_conn *c, const struct reg_
 			  : "registered again with another memory map");
 }
 
+/* The IDs armed since the driver's last STOP (pt_vmctx.used), carried into a fresh state. */
+struct blocked_ids {
+	struct pt_id_run used[PT_MAX_ID_RUNS];
+	unsigned n;
+};
+
+/*
+ * A takeover starts the VM afresh, but the guest is the same: its queue may still carry
+ * buffers of every ID armed since the driver's last STOP, so those stay blocked (virtio: no
+ * reuse before STOP; PROTOCOL.md 4.2), even if the new registration brings another memory
+ * map. A closed connection already released them. Read before release_if_other().
+ */
+static void blocked_ids_of(struct svc *s, const struct reg_req *r, uint64_t start,
+			   struct blocked_ids *b)
+{
+	int vm = tracked_vm(s, r->vmm_pid, start);
+
+	b->n = 0;
+	if (vm < 0 || !s->vms[vm])
+		return;
+	memcpy(b->used, s->vms[vm]->used, sizeof(b->used));
+	b->n = s->vms[vm]->nused;
+}
+
 /*
  * The VM's command state for this registration: the old one only with the old registration's
  * token (a reconnect); otherwise a new one, and every hint, report and inflate is forgotten.
  */
-static int vm_state(struct svc *s, uint32_t vm, const struct reg_req *r, bool tracked)
+static int vm_state(struct svc *s, uint32_t vm, const struct reg_req *r, bool tracked,
+		    const struct blocked_ids *b)
 {
 	struct vm_id *id = &s->id[vm];
 	struct pt_vmctx *ctx;
@@ -661,6 +690,8 @@ static int vm_state(struct svc *s, uint32_t vm, const struct reg_req *r, bool tr
 	err = pt_vmctx_new(&ctx, s->t, vm, r->vmm_pid, r->mode, tracked);
 	if (err)
 		return err;
+	memcpy(ctx->used, b->used, sizeof(ctx->used));
+	ctx->nused = b->n;
 	kept_done(s, vm, "the VM registered afresh");
 	pt_vmctx_free(s->vms[vm]);
 	s->vms[vm] = ctx;
@@ -691,9 +722,11 @@ static void hold_identity(struct svc *s, uint32_t vm, struct reg_who *w, struct 
 static int register_vm(struct svc *s, struct pt_conn *c, struct reg_req *r, struct reg_who *w,
 		       bool tracked, uint32_t *vm, char *why, size_t cap)
 {
+	struct blocked_ids blocked;
 	uint64_t bits;
 	int err, held;
 
+	blocked_ids_of(s, r, w->start, &blocked);
 	release_if_other(s, c, r, w->start);
 	held = tracked_vm(s, r->vmm_pid, w->start);
 	bits = held >= 0 ? pt_vm(s->t, held)->log_bits : reg_bits(s, r);
@@ -712,7 +745,7 @@ static int register_vm(struct svc *s, struct pt_conn *c, struct reg_req *r, stru
 			.pidfd = -1, .vm_fd = -1, .uid = w->uid, .bits = bits, .charged = true
 		};
 	pt_vm(s->t, *vm)->start_time = w->start;
-	if (vm_state(s, *vm, r, tracked)) {
+	if (vm_state(s, *vm, r, tracked, &blocked)) {
 		snprintf(why, cap, "out of memory");
 		return -PT_E_BUSY;
 	}
@@ -846,11 +879,6 @@ static void on_register_uffd(struct svc *s, struct pt_conn *c, struct reg_req *r
 	struct reg_who w;
 	int uffd, pm, err;
 
-	/* Refused before the probe: it reads the VMM's page tables, a pass over its memory. */
-	if (bound_vm(s, c)) {
-		reply_err(s, c, r->seq, -PT_E_STATE, "register: this connection has a VM");
-		return;
-	}
 	if (r->nfds == 3 && !pt_fd_is_anon(r->fds[2], "kvm-vm")) {
 		reply_err(s, c, r->seq, -PT_E_BAD_FIELD, "register: descriptor 2 is not a KVM VM");
 		return;
@@ -900,6 +928,10 @@ static void on_register2(struct svc *s, struct pt_conn *c, const struct pt_msg *
 	if (reg_from_v2(&r, c, m)) {
 		reply_err(s, c, m->seq, -PT_E_BAD_FIELD,
 			  "register: fewer descriptors arrived than nfds announced");
+	} else if (bound_vm(s, c)) {
+		/* Before the descriptors are used: opening a userfaultfd log touches the memory
+		 * (the probe reads the VMM's page tables, a pass over its memory). */
+		reply_err(s, c, m->seq, -PT_E_STATE, "register: this connection has a VM");
 	} else if (r.mode == PT_TRACK_UFFD) {
 		on_register_uffd(s, c, &r);
 	} else if (!pt_fd_is_anon(r.fds[0], "kvm-vm")) {
@@ -1013,11 +1045,10 @@ static int cmp_range(const void *a, const void *b)
 }
 
 /*
- * The asked ranges sorted and merged into s->ranges: a WR_READ reads each asked page once, so
- * that overlapping ranges (4096 copies of the whole guest) cost one pass over the guest, not
- * one per copy (a second per frame in the userfaultfd mode). 0 or -1 (out of memory).
+ * The asked ranges, sorted and merged, in s->ranges: a page asked twice is one page asked
+ * (PROTOCOL.md 4.7: hinted = pages asked about). Their pages in *pages; -1 out of memory.
  */
-static int merge_asked(struct svc *s, const struct pt_msg *m)
+static int merge_asked(struct svc *s, const struct pt_msg *m, uint64_t *pages)
 {
 	size_t k = 0;
 
@@ -1044,24 +1075,22 @@ static int merge_asked(struct svc *s, const struct pt_msg *m)
 		}
 	}
 	s->nranges = k;
+	*pages = 0;
+	for (size_t i = 0; i < k; i++)
+		*pages += s->ranges[i].len / PT_PROTO_PAGE;
 	return 0;
 }
 
 /*
  * The log cannot vouch for the asked pages: all of them are unsure, and a reader treats the
- * listed pages as written, so every asked page is listed (the merged ranges of merge_asked();
- * the written ones collected so far are among them).
+ * listed pages as written, so every asked page is listed (the merged asked ranges, in
+ * s->ranges; the written ones collected so far are among them).
  */
-static void list_unsure(struct svc *s, struct pt_verdict *v)
+static void list_unsure(struct pt_verdict *v)
 {
-	uint64_t listed = 0;
-
-	for (size_t i = 0; i < s->nranges; i++)
-		listed += s->ranges[i].len / PT_PROTO_PAGE;
-	v->hinted = listed;
 	v->free = 0;
 	v->kept_written = 0; /* as for verdicts: an unsure log vouches for nothing, either way */
-	v->kept_unsure = listed;
+	v->kept_unsure = v->hinted;
 }
 
 /* Ranges per WR_READ (WR_CAPS max_ranges): one more still fits a frame, so the documented
@@ -1080,10 +1109,11 @@ static void on_wr_read(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx,
 		err = -PT_E_BUSY;
 	else if (m->pages > PT_MAX_BATCH_PAGES) /* the frame bound, overlaps counted */
 		err = -PT_E_BAD_RANGE;
-	else
-		err = merge_asked(s, m) ? -PT_E_BUSY
-					: pt_wr_read(ctx, s->ranges, s->nranges, pt_pages_freeze,
-						     &lr->pages, &pages);
+	else /* asked ranges may overlap: a page is read, listed and counted once */
+		err = merge_asked(s, m, &v.hinted)
+			      ? -PT_E_BUSY
+			      : pt_wr_read(ctx, s->ranges, s->nranges, pt_pages_freeze, &lr->pages,
+					   &pages);
 	if (err) {
 		if (lr)
 			pt_pages_release(&lr->pages);
@@ -1096,9 +1126,6 @@ static void on_wr_read(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx,
 	 * go unseen; a taint or an untracked mode loses writes too: all make the records
 	 * incomplete, and then every asked page is listed. */
 	v.unsure_reason = pt_epoch_doubt(ctx);
-	for (uint32_t i = 0; i < m->count; i++)
-		v.hinted += m->ranges[i].len / PT_PROTO_PAGE;
-	/* Asked ranges may overlap: a page is listed (and counted written) once. */
 	v.kept_written = lr->pages.count;
 	pt_conn_charge(c, v.hinted);
 	if (!v.unsure_reason) {
@@ -1110,7 +1137,7 @@ static void on_wr_read(struct svc *s, struct pt_conn *c, struct pt_vmctx *ctx,
 	pt_pages_release(&lr->pages);
 	free(lr);
 	/* The asked ranges themselves, at most one request's worth: sent at once. */
-	list_unsure(s, &v);
+	list_unsure(&v);
 	send_ranges(s, c, PT_MSG_WR_RECORDS, m->seq, &v);
 }
 

@@ -186,6 +186,14 @@ bool pt_client_want_write(const struct pt_client *c)
 	return c->wlen > c->woff;
 }
 
+/* The service closed the connection: an ERROR it sent first (a refusal) says why. */
+static int send_failed(struct pt_client *c, int err)
+{
+	if (err == -EPIPE || err == -ECONNRESET)
+		pt_client_poll_replies(c);
+	return fail(c, err, "send failed");
+}
+
 int pt_client_flush(struct pt_client *c)
 {
 	if (c->broken)
@@ -199,7 +207,7 @@ int pt_client_flush(struct pt_client *c)
 		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
 			return -EAGAIN;
 		if (n < 0)
-			return fail(c, -errno, "send failed");
+			return send_failed(c, -errno);
 		c->woff += n;
 	}
 	c->woff = c->wlen = 0;
@@ -261,11 +269,27 @@ static void on_error_frame(struct pt_client *c, const struct pt_msg *m)
 	set_error(c, m->error->code, m->seq, m->reason, m->reason_len);
 }
 
+/*
+ * An ERROR that answers no request: the service refuses the connection (a uid over its
+ * connection quota, too many descriptors) and closes it (PROTOCOL.md section 2). Its code and
+ * reason are what the device needs to see, not a protocol error.
+ */
+static int unsolicited_error(struct pt_client *c, const struct pt_msg *m)
+{
+	if (!c->broken) {
+		on_error_frame(c, m);
+		c->broken = pt_client_errno(m->error->code);
+	}
+	return c->broken;
+}
+
 /* A reply that is not the waiter's: it answers a queued hint frame. */
 static int dispatch_async(struct pt_client *c, const struct pt_msg *m)
 {
 	int err = 0;
 
+	if (!c->st.inflight && m->type == PT_MSG_ERROR)
+		return unsolicited_error(c, m);
 	if (!c->st.inflight || (m->type != PT_MSG_ACK && m->type != PT_MSG_ERROR))
 		return fail(c, -EPROTO, "reply to no outstanding request");
 	c->st.inflight--;
@@ -568,8 +592,10 @@ static int send_with_fds(struct pt_client *c, const uint8_t *frame, size_t len, 
 	do
 		n = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
 	while (n < 0 && errno == EINTR);
-	if (n <= 0) /* a nonblocking socket with an empty queue takes at least a byte */
-		return fail(c, n < 0 ? -errno : -EIO, "sendmsg failed");
+	if (n < 0)
+		return send_failed(c, -errno);
+	if (!n) /* a nonblocking socket with an empty queue takes at least a byte */
+		return fail(c, -EIO, "sendmsg failed");
 	if ((size_t)n == len) /* all sent (and wbuf may still be NULL: no memcpy) */
 		return 0;
 	err = wreserve(c, len - n);
@@ -891,11 +917,14 @@ int pt_client_query_cb(struct pt_client *c, uint32_t cmd_id, uint32_t what, pt_c
 	return simple(c, build_query, &a, SMALL_FRAME, &w);
 }
 
-/* Collects frames into a pt_client_result; counts pages to check them against the totals. */
+/* Collects frames into a pt_client_result; counts pages to check them against the totals,
+ * and the order of the ranges (ascending, disjoint: PROTOCOL.md section 6). */
 struct collect {
 	struct pt_client_result *res;
 	size_t cap;
 	uint64_t pages;
+	uint64_t end; /* of the last range */
+	bool disorder;
 };
 
 static int collect_frame(void *arg, const struct pt_verdict *v, const struct pt_range *r,
@@ -919,8 +948,11 @@ static int collect_frame(void *arg, const struct pt_verdict *v, const struct pt_
 	}
 	if (n)
 		memcpy(res->ranges + have, r, n * sizeof(*r));
-	for (uint32_t i = 0; i < n; i++)
+	for (uint32_t i = 0; i < n; i++) {
+		col->disorder |= r[i].gpa < col->end;
+		col->end = r[i].gpa + r[i].len;
 		col->pages += r[i].len / PT_PROTO_PAGE;
+	}
 	if (last) {
 		res->v = *v;
 		res->v.nranges = have + n;
@@ -934,9 +966,13 @@ static int collected(struct pt_client *c, int err, struct collect *col, bool ver
 {
 	struct pt_client_result *res = col->res;
 
-	/* The listed pages must be exactly the `free` ones, or nothing can be trusted. */
-	if (!err && verdict && col->pages != res->v.free)
-		err = fail(c, -EPROTO, "verdict ranges do not add up to its free count");
+	/* The listed pages must be exactly the `free` ones (WR_RECORDS: the written and unsure
+	 * ones), ascending and disjoint, or nothing can be trusted. */
+	if (!err &&
+	    col->pages != (verdict ? res->v.free : res->v.kept_written + res->v.kept_unsure))
+		err = fail(c, -EPROTO, "reply ranges do not add up to its counts");
+	if (!err && col->disorder)
+		err = fail(c, -EPROTO, "reply ranges not ascending and disjoint");
 	if (err) {
 		pt_client_result_free(res);
 		memset(res, 0, sizeof(*res));

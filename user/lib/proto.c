@@ -626,17 +626,19 @@ bool pt_framer_idle(const struct pt_framer *f)
 	return !f->hdr_have;
 }
 
+/* In the order of PROTOCOL.md section 7: a type of the wrong direction is reported before an
+ * oversized len. */
 static int framer_hdr_check(const struct pt_framer *f)
 {
 	int err = pt_hdr_check_framing(&f->hdr);
 
-	if (err)
+	if (err && err != -PT_E_BAD_LENGTH)
 		return err;
 	if (pt_type_is_request(f->hdr.type) && !(f->accept & PT_FRAMER_REQUESTS))
 		return -PT_E_BAD_TYPE;
 	if (pt_type_is_reply(f->hdr.type) && !(f->accept & PT_FRAMER_REPLIES))
 		return -PT_E_BAD_TYPE;
-	return 0;
+	return err;
 }
 
 /* Grows by doubling so a connection reallocates only a handful of times in its life. */
