@@ -395,6 +395,38 @@ static uint64_t word_mask(uint64_t w, uint64_t first, uint64_t end)
 	return m;
 }
 
+/* The slots lie in the region in address order (the usual case): so do the region's words. */
+static bool region_by_gpa(const struct pt_vm_slots *sl, const uint32_t *order, uint32_t n)
+{
+	for (uint32_t i = 1; i < n; i++)
+		if (sl->slots[order[i]].bit_off < sl->slots[order[i - 1]].bit_off)
+			return false;
+	return true;
+}
+
+/*
+ * Slot by slot in address order (p->rank), a word at a time (p->next: words of the current
+ * slot done), each word masked to the slot's pages; a run goes on across slots that are
+ * neighbours in both orders.
+ */
+static void emit_by_slot(struct emitter *e, struct pt_pages *p, const uint32_t *order, uint32_t n,
+			 uint64_t max_words)
+{
+	while (p->rank < n && max_words && !e->err) {
+		const struct pt_slot *sl = &p->slots.slots[order[p->rank]];
+		uint64_t first = sl->bit_off, end = first + sl->npages, w = first / 64 + p->next;
+
+		if (end > p->words * 64)
+			end = p->words * 64;
+		for (; w * 64 < end && max_words && !e->err; w++, p->next++, max_words--)
+			emit_word(e, w, p->bits[w] & word_mask(w, first, end));
+		if (w * 64 >= end) {
+			p->rank++;
+			p->next = 0;
+		}
+	}
+}
+
 int pt_pages_emit(struct pt_pages *p, uint64_t max_words, pt_range_cb cb, void *ctx, bool *done)
 {
 	struct emitter e = { .sl = &p->slots, .cb = cb, .ctx = ctx };
@@ -402,22 +434,20 @@ int pt_pages_emit(struct pt_pages *p, uint64_t max_words, pt_range_cb cb, void *
 
 	e.start = p->run_start;
 	e.len = p->run_len;
-	/* Slot by slot in address order (p->rank), a word at a time (p->next: words of the
-	 * current slot done); a run goes on across slots that are neighbours in both orders. */
-	while (p->rank < n && max_words && !e.err) {
-		const struct pt_slot *sl = &p->slots.slots[order[p->rank]];
-		uint64_t first = sl->bit_off, end = first + sl->npages, w = first / 64 + p->next;
+	if (region_by_gpa(&p->slots, order, n)) {
+		uint64_t end = p->words - p->next > max_words ? p->next + max_words : p->words;
+		uint64_t w;
 
-		if (end > p->words * 64)
-			end = p->words * 64;
-		for (; w * 64 < end && max_words && !e.err; w++, p->next++, max_words--)
-			emit_word(&e, w, p->bits[w] & word_mask(w, first, end));
-		if (w * 64 >= end) {
-			p->rank++;
-			p->next = 0;
-		}
+		/* The whole region as it lies, with a local index: the loop stores nothing per
+		 * word but the run's length (p->next: words done). */
+		for (w = p->next; w < end && !e.err; w++)
+			emit_word(&e, w, p->bits[w]);
+		p->next = w;
+		*done = p->next == p->words;
+	} else {
+		emit_by_slot(&e, p, order, n, max_words);
+		*done = p->rank >= n;
 	}
-	*done = p->rank >= n;
 	if (*done && e.len && !e.err)
 		emit_flush(&e);
 	p->run_start = e.start;

@@ -114,8 +114,8 @@ struct pt_pages {
 	uint64_t *bits;
 	uint64_t words;
 	uint64_t count; /* pages in the set */
-	uint32_t rank;	/* slots emitted, in guest-physical order */
-	uint64_t next;	/* words of the current slot emitted */
+	uint32_t rank;	/* slots emitted, in guest-physical order (slots out of region order) */
+	uint64_t next;	/* words emitted: of the region, or of the current slot (rank) */
 	uint64_t run_start, run_len;
 	struct pt_vm_slots slots;
 };
