@@ -356,26 +356,60 @@ GUEST_CASE(s4_1_learned_slots_after_vm_unknown_mem)
  * no effect": a second REGISTER2 of the userfaultfd mode on a connection that holds the VM
  * leaves the write log as it was (the pages hinted stay free).
  */
-CHILD_CASE(s4_1a_second_register2_no_effect)
-{
-	const uint64_t gpa = 1ull << 32;
-	struct pt_reg_slot2 sl = { .gpa = gpa, .size = 64 * PG, .id = 1 };
-	struct pt_range r = { gpa, 8 * PG };
-	struct pt_client_result res;
-	struct pt_client *c = connect_svc();
-	char *mem = mmap(NULL, 64 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	int uffd = -1, err;
+/*
+ * The userfaultfd mode with this process as the VMM (ARM is the sync: no guest needed): 64
+ * populated pages of its memory registered as slot 1 at UFFD_GPA. 0, T_SKIP or -1.
+ */
+#define UFFD_GPA   (1ull << 32)
+#define UFFD_PAGES 64
 
-	CHECK(c && mem != MAP_FAILED);
-	memset(mem, 1, 64 * PG);
-	sl.hva = (uintptr_t)mem;
-	err = pt_client_register_uffd(c, &sl, 1, -1, &uffd, NULL);
+struct uffd_vm {
+	struct pt_reg_slot2 sl;
+	struct pt_client *c;
+	char *mem;
+	int uffd;
+};
+
+static int uffd_vm_register(struct uffd_vm *v)
+{
+	int err;
+
+	*v = (struct uffd_vm){ .sl = { .gpa = UFFD_GPA, .size = UFFD_PAGES * PG, .id = 1 },
+			       .c = connect_svc(),
+			       .uffd = -1 };
+	v->mem = mmap(NULL, UFFD_PAGES * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+		      -1, 0);
+	CHECK(v->c && v->mem != MAP_FAILED);
+	memset(v->mem, 1, UFFD_PAGES * PG);
+	v->sl.hva = (uintptr_t)v->mem;
+	err = pt_client_register_uffd(v->c, &v->sl, 1, -1, &v->uffd, NULL);
 	if (err == -EOPNOTSUPP)
 		return t_skip("no asynchronous userfaultfd write-protect");
-	CHECKF(!err, "register: %s (%s)", strerror(-err), pt_client_last_error(c)->reason);
+	CHECKF(!err, "register: %s (%s)", strerror(-err), pt_client_last_error(v->c)->reason);
+	return 0;
+}
+
+static void uffd_vm_close(struct uffd_vm *v)
+{
+	pt_client_close(v->c);
+	if (v->uffd >= 0)
+		close(v->uffd);
+	munmap(v->mem, UFFD_PAGES * PG);
+}
+
+CHILD_CASE(s4_1a_second_register2_no_effect)
+{
+	struct pt_range r = { UFFD_GPA, 8 * PG };
+	struct pt_client_result res;
+	struct uffd_vm v;
+	int err = uffd_vm_register(&v);
+	struct pt_client *c = v.c;
+
+	if (err)
+		return err;
 	CHECK(!pt_client_arm(c, 2));
 	CHECK(!pt_client_hint(c, 2, &r, 1));
-	err = pt_client_register_uffd(c, &sl, 1, -1, &uffd, NULL);
+	err = pt_client_register_uffd(c, &v.sl, 1, -1, &v.uffd, NULL);
 	CHECKF(err == -EBADFD && pt_client_last_error(c)->code == PT_E_STATE,
 	       "second REGISTER2: %d %s", err, pt_client_last_error(c)->reason);
 	CHECK(!pt_client_query(c, 2, PT_Q_HINTS, &res));
@@ -383,9 +417,7 @@ CHILD_CASE(s4_1a_second_register2_no_effect)
 	       "why %#x free %llu written %llu", res.v.unsure_reason,
 	       (unsigned long long)res.v.free, (unsigned long long)res.v.kept_written);
 	pt_client_result_free(&res);
-	pt_client_close(c);
-	close(uffd);
-	munmap(mem, 64 * PG);
+	uffd_vm_close(&v);
 	return 0;
 }
 
@@ -777,24 +809,17 @@ CHILD_CASE(s4_7_wr_read_over_max_ranges_busy)
  */
 CHILD_CASE(s4_7_wr_records_count_each_page_once)
 {
-	const uint64_t gpa = 1ull << 32;
-	struct pt_reg_slot2 sl = { .gpa = gpa, .size = 64 * PG, .id = 1 };
-	struct pt_range ask[2] = { { gpa, 4 * PG }, { gpa + 2 * PG, 4 * PG } };
+	struct pt_range ask[2] = { { UFFD_GPA, 4 * PG }, { UFFD_GPA + 2 * PG, 4 * PG } };
 	struct pt_client_result res;
-	struct pt_client *c = connect_svc();
-	char *mem = mmap(NULL, 64 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	uint64_t listed = 0;
-	int uffd = -1, err;
+	struct uffd_vm v;
+	int err = uffd_vm_register(&v);
+	struct pt_client *c = v.c;
 
-	CHECK(c && mem != MAP_FAILED);
-	memset(mem, 1, 64 * PG);
-	sl.hva = (uintptr_t)mem;
-	err = pt_client_register_uffd(c, &sl, 1, -1, &uffd, NULL);
-	if (err == -EOPNOTSUPP)
-		return t_skip("no asynchronous userfaultfd write-protect");
-	CHECKF(!err, "register: %s (%s)", strerror(-err), pt_client_last_error(c)->reason);
+	if (err)
+		return err;
 	CHECK(!pt_client_arm(c, 2));
-	mem[3 * PG] = 2; /* asked twice */
+	v.mem[3 * PG] = 2; /* asked twice */
 	CHECK(!pt_client_wr_read(c, ask, 2, &res));
 	for (uint32_t i = 0; i < res.v.nranges; i++)
 		listed += res.ranges[i].len / PG;
@@ -805,9 +830,7 @@ CHILD_CASE(s4_7_wr_records_count_each_page_once)
 	       (unsigned long long)res.v.free, (unsigned long long)res.v.kept_written,
 	       (unsigned long long)res.v.kept_unsure, (unsigned long long)listed);
 	pt_client_result_free(&res);
-	pt_client_close(c);
-	close(uffd);
-	munmap(mem, 64 * PG);
+	uffd_vm_close(&v);
 	return 0;
 }
 
