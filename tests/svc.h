@@ -12,9 +12,12 @@
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <pagetrack/client.h>
 
@@ -65,6 +68,40 @@ static inline int need_service(void)
 		return svc_must_start ? -1 : t_skip("pagetrackd did not start");
 	if (kill(svc.pid, 0))
 		return -1;
+	return 0;
+}
+
+/*
+ * Stops this binary's service and starts one (tag @tag; @bin NULL for the default binary)
+ * whose configuration file holds "canary = no" and @conf. T_SKIP if it does not start.
+ */
+static inline int svc_restart(const char *tag, const char *bin, const char *conf)
+{
+	char path[] = "/tmp/pagetrack-conf-XXXXXX";
+	const char *args[] = { "-c", path, NULL };
+	FILE *f;
+	int fd, err;
+
+	T_REQUIRE(t_need_bpf());
+	svc_stop();
+	fd = mkstemp(path);
+	if (fd < 0)
+		return -1;
+	f = fdopen(fd, "w");
+	fprintf(f, "canary = no\n%s", conf);
+	fclose(f);
+	err = pt_spawn_service(&svc, bin, tag, args);
+	unlink(path);
+	if (err) {
+		fprintf(stderr, "  cannot start pagetrackd: %s\n", strerror(-err));
+		svc_state = -1;
+		return t_skip("pagetrackd did not start");
+	}
+	svc_state = 1;
+	svc_owner = getpid();
+	atexit(svc_stop);
+	signal(SIGTERM, svc_on_signal);
+	signal(SIGINT, svc_on_signal);
 	return 0;
 }
 

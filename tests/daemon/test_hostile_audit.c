@@ -39,33 +39,7 @@ static double now_ms(void)
 /* Stops this binary's service and starts one with @conf as its configuration file. */
 static int restart_service(const char *conf)
 {
-	static char path[] = "/tmp/pagetrack-audit-XXXXXX";
-	const char *args[] = { "-c", path, NULL };
-	FILE *f;
-	int fd, err;
-
-	T_REQUIRE(t_need_bpf());
-	svc_stop();
-	strcpy(path, "/tmp/pagetrack-audit-XXXXXX");
-	fd = mkstemp(path);
-	if (fd < 0)
-		return -1;
-	f = fdopen(fd, "w");
-	fprintf(f, "canary = no\n%s", conf);
-	fclose(f);
-	err = pt_spawn_service(&svc, NULL, "audit", args);
-	unlink(path);
-	if (err) {
-		fprintf(stderr, "  cannot start pagetrackd: %s\n", strerror(-err));
-		svc_state = -1;
-		return t_skip("pagetrackd did not start");
-	}
-	svc_state = 1;
-	svc_owner = getpid();
-	atexit(svc_stop);
-	signal(SIGTERM, svc_on_signal);
-	signal(SIGINT, svc_on_signal);
-	return 0;
+	return svc_restart("audit", NULL, conf);
 }
 
 /* REGISTER of this process with one slot at @gpa of @size bytes, on a raw socket. */

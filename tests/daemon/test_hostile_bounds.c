@@ -36,22 +36,11 @@ static double now_ms(void)
 static int restart_service_limited(const char *conf, unsigned nofile)
 {
 	static char wrapper[] = "/tmp/pagetrack-hostile-sh-XXXXXX";
-	char bin[256];
 	const char *run = NULL;
-	static char path[] = "/tmp/pagetrack-hostile-XXXXXX";
-	const char *args[] = { "-c", path, NULL };
+	char bin[256];
 	FILE *f;
 	int fd, err;
 
-	T_REQUIRE(t_need_bpf());
-	svc_stop();
-	strcpy(path, "/tmp/pagetrack-hostile-XXXXXX");
-	fd = mkstemp(path);
-	if (fd < 0)
-		return -1;
-	f = fdopen(fd, "w");
-	fprintf(f, "canary = no\n%s", conf);
-	fclose(f);
 	if (nofile) {
 		/* The limit is set in the service's own process, hard and soft, before it starts.
 		 */
@@ -66,21 +55,10 @@ static int restart_service_limited(const char *conf, unsigned nofile)
 		chmod(wrapper, 0700);
 		run = wrapper;
 	}
-	err = pt_spawn_service(&svc, run, "hostile", args);
-	unlink(path);
+	err = svc_restart("hostile", run, conf);
 	if (run)
 		unlink(wrapper);
-	if (err) {
-		fprintf(stderr, "  cannot start pagetrackd: %s\n", strerror(-err));
-		svc_state = -1;
-		return t_skip("pagetrackd did not start");
-	}
-	svc_state = 1;
-	svc_owner = getpid();
-	atexit(svc_stop);
-	signal(SIGTERM, svc_on_signal);
-	signal(SIGINT, svc_on_signal);
-	return 0;
+	return err;
 }
 
 static int restart_service(const char *conf)
