@@ -6,6 +6,8 @@
  * connection is gone. With /dev/kvm, a real VM fd registers and the ACK carries a token.
  */
 #include <dirent.h>
+#include <grp.h>
+#include <sys/stat.h>
 #include <sys/eventfd.h>
 #include <sys/wait.h>
 
@@ -232,6 +234,85 @@ static int fds_bounded_for_all(void)
 	return 0;
 }
 
+/*
+ * One user's connections hold at most 64 untaken descriptors (a quarter of the 256): a device
+ * of another user can still register while uid 65534 parks all it may. The child, as 65534,
+ * parks 4 on each of 16 connections, then sees the 17th closed; the parent (root, not
+ * capped) is then served while they are still held.
+ */
+#define NOBODY 65534
+
+static int park_as_nobody(int done_fd)
+{
+	enum { NCONN = 16 };
+	int conns[NCONN + 1], fds[4], fd;
+	size_t n = pt_build_empty(tx, sizeof(tx), PT_MSG_PING, 1);
+	struct pt_hdr h;
+	struct pt_msg m;
+	char c = 0;
+
+	CHECK(!setgroups(0, NULL) && !setgid(NOBODY) && !setuid(NOBODY));
+	for (int i = 0; i < 4; i++)
+		fds[i] = eventfd(0, EFD_CLOEXEC);
+	for (int i = 0; i < NCONN; i++) {
+		conns[i] = raw_connect();
+		CHECK(conns[i] >= 0 && !send_fds(conns[i], tx, n, fds, 4));
+		EXPECT_ACK(conns[i], 1, NULL);
+	}
+	fd = raw_connect();
+	CHECK(fd >= 0 && !send_fds(fd, tx, n, fds, 1));
+	for (int i = 0; i < 2; i++) { /* the ERROR, before or after the PING's ACK */
+		CHECK(raw_recv(fd, &h, &m) == 1);
+		if (m.type == PT_MSG_ERROR)
+			break;
+	}
+	CHECKF(m.type == PT_MSG_ERROR && m.error->code == PT_E_BAD_FIELD, "17th: got %s",
+	       pt_msg_type_str(m.type));
+	CHECK(raw_eof(fd));
+	CHECK(write(done_fd, &c, 1) == 1);
+	CHECK(read(done_fd, &c, 1) == 1); /* hold them until the parent is done */
+	return 0;
+}
+
+static int fds_bounded_per_user(void)
+{
+	size_t n = pt_build_empty(tx, sizeof(tx), PT_MSG_PING, 1);
+	struct stat st;
+	int sv[2], fds[4], fd, rc;
+	struct pt_hdr h;
+	struct pt_msg m;
+	pid_t pid;
+	char c;
+
+	T_REQUIRE(need_service());
+	CHECK(!stat(svc.dir, &st) && !chmod(svc.dir, 0755) && !chmod(svc.socket, 0666));
+	CHECK(!socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv));
+	pid = fork();
+	if (!pid) {
+		close(sv[0]);
+		_exit(park_as_nobody(sv[1]) ? 1 : 0);
+	}
+	close(sv[1]);
+	rc = read(sv[0], &c, 1) == 1 ? 0 : -1; /* 0 bytes: the child failed */
+	for (int i = 0; i < 4; i++)
+		fds[i] = eventfd(0, EFD_CLOEXEC);
+	fd = raw_connect();
+	if (!rc && fd >= 0 && !send_fds(fd, tx, n, fds, 4) && raw_recv(fd, &h, &m) == 1)
+		rc = m.type == PT_MSG_ACK ? 0 : -2;
+	close(fd);
+	if (send(sv[0], "", 1, MSG_NOSIGNAL) != 1 || wait_child(pid))
+		rc = rc ? rc : -3;
+	chmod(svc.dir, st.st_mode & 07777);
+	for (int i = 0; i < 4; i++)
+		close(fds[i]);
+	close(sv[0]);
+	CHECKF(!rc, "uid %d parking, then another user's descriptors: %s", NOBODY,
+	       rc == -1	  ? "the child failed"
+	       : rc == -2 ? pt_msg_type_str(m.type)
+			  : "the child failed after");
+	return 0;
+}
+
 /* A real VM fd: accepted, and the ACK carries a nonzero resume token. */
 static int real_vm_fd(void)
 {
@@ -257,4 +338,5 @@ static int real_vm_fd(void)
 }
 
 T_MAIN(T_CASE(not_a_vm_fd), T_CASE(missing_fd), T_CASE(fd_behind_pipelined_frame),
-       T_CASE(too_many_fds), T_CASE(no_fd_leak), T_CASE(fds_bounded_for_all), T_CASE(real_vm_fd))
+       T_CASE(too_many_fds), T_CASE(no_fd_leak), T_CASE(fds_bounded_for_all),
+       T_CASE(fds_bounded_per_user), T_CASE(real_vm_fd))

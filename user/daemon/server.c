@@ -89,7 +89,10 @@
 /* ... and all connections together: keeps the descriptors peers can park in this process
  * well inside LimitNOFILE, whatever max-conns is. */
 #define SERVER_MAX_FDS 256
-#define CMSG_BYTES     CMSG_SPACE(CONN_MAX_FDS * sizeof(int))
+/* ... and one uid's connections (root's excepted, as for the quotas): the devices of one or
+ * two users cannot take them all from the others'. */
+#define UID_MAX_FDS (SERVER_MAX_FDS / 4)
+#define CMSG_BYTES  CMSG_SPACE(CONN_MAX_FDS * sizeof(int))
 
 enum op {
 	OP_NONE = 0,
@@ -1111,6 +1114,18 @@ static void handle_accept(struct pt_server *s, int res, bool more)
 	mark_dirty(c); /* arms the recv */
 }
 
+/* Untaken descriptors held by the connections of @uid. Descriptors come only with REGISTER2:
+ * a walk of the connections per message that carries some costs nothing that matters. */
+static unsigned uid_fds(const struct pt_server *s, uid_t uid)
+{
+	unsigned n = 0;
+
+	for (uint32_t i = 0; i < s->nslots; i++)
+		if (s->conns[i].used && s->conns[i].peer.uid == uid)
+			n += s->conns[i].nfds;
+	return n;
+}
+
 /*
  * Keeps the descriptors that came with received bytes for the frame that will take them
  * (pt_conn_take_fds). Returns false when the peer sent more than a frame may carry: the
@@ -1120,6 +1135,8 @@ static bool conn_keep_fds(struct pt_conn *c, struct io_uring_recvmsg_out *o)
 {
 	struct msghdr *mh = &c->s->rmsg;
 	bool ok = !(o->flags & MSG_CTRUNC);
+	unsigned held = c->peer.uid ? uid_fds(c->s, c->peer.uid) : 0;
+	unsigned uid_room = held < UID_MAX_FDS ? UID_MAX_FDS - held : 0;
 
 	for (struct cmsghdr *cm = io_uring_recvmsg_cmsg_firsthdr(o, mh); cm;
 	     cm = io_uring_recvmsg_cmsg_nexthdr(o, mh, cm)) {
@@ -1132,9 +1149,11 @@ static bool conn_keep_fds(struct pt_conn *c, struct io_uring_recvmsg_out *o)
 			int fd;
 
 			memcpy(&fd, &fds[i], sizeof(fd));
-			if (c->nfds < CONN_MAX_FDS && c->s->queued_fds < SERVER_MAX_FDS) {
+			if (c->nfds < CONN_MAX_FDS && c->s->queued_fds < SERVER_MAX_FDS &&
+			    (!c->peer.uid || uid_room)) {
 				c->fds[c->nfds++] = fd;
 				c->s->queued_fds++;
+				uid_room -= !!uid_room;
 			} else {
 				close(fd);
 				ok = false;
@@ -1183,8 +1202,8 @@ static bool handle_recv_buf(struct pt_conn *c, unsigned bid, int res)
 		pt_conn_send_error(
 			c, 0, PT_E_BAD_FIELD,
 			"more file descriptors than a frame takes (%d), or than the service "
-			"holds for all peers (%d); closing",
-			CONN_MAX_FDS, SERVER_MAX_FDS);
+			"holds for one user (%d) or for all peers (%d); closing",
+			CONN_MAX_FDS, UID_MAX_FDS, SERVER_MAX_FDS);
 		pt_conn_close(c);
 		return true;
 	}
