@@ -105,6 +105,21 @@ static inline int svc_restart(const char *tag, const char *bin, const char *conf
 	return 0;
 }
 
+/* Lines of the service's log that hold `what`, or -1. */
+static inline int svc_log_count(const char *what)
+{
+	char line[1024];
+	int n = 0;
+	FILE *f = fopen(svc.log, "r");
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		n += !!strstr(line, what);
+	fclose(f);
+	return n;
+}
+
 /* Lines of the service's log that hold `what` and name process `pid` ("(pid N)"). */
 static inline int svc_log_lines(pid_t pid, const char *what)
 {

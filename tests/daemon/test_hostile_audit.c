@@ -197,16 +197,7 @@ static int wr_read_overlaps_one_pass(void)
 /* Lines of the service's log that hold @what. */
 static int log_lines(const char *what)
 {
-	char line[1024];
-	int n = 0;
-	FILE *f = fopen(svc.log, "r");
-
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f))
-		n += !!strstr(line, what);
-	fclose(f);
-	return n;
+	return svc_log_count(what);
 }
 
 /*

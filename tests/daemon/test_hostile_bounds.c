@@ -83,19 +83,10 @@ static long long vm_rss_kb(pid_t pid)
 	return kb;
 }
 
-/* Lines of the service's log that contain @what. */
+/* Lines of the service's log that hold @what. */
 static int log_lines(const char *what)
 {
-	char line[1024];
-	int n = 0;
-	FILE *f = fopen(svc.log, "r");
-
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f))
-		n += !!strstr(line, what);
-	fclose(f);
-	return n;
+	return svc_log_count(what);
 }
 
 /* REGISTER of this process with one slot at @gpa of @size bytes, on a raw socket. */

@@ -184,6 +184,36 @@ static int no_fd_leak(void)
 }
 
 /*
+ * Parks 4 descriptors (a PING's) on each of @nconn new connections, then sends one more on a
+ * further connection, which the service must refuse (PT_E_BAD_FIELD) and close.
+ */
+static int park_until_refused(int *conns, int nconn, const int *fds)
+{
+	size_t n = pt_build_empty(tx, sizeof(tx), PT_MSG_PING, 1);
+	struct pt_hdr h;
+	struct pt_msg m;
+	int fd;
+
+	for (int i = 0; i < nconn; i++) {
+		conns[i] = raw_connect();
+		CHECK(conns[i] >= 0 && !send_fds(conns[i], tx, n, fds, 4));
+		EXPECT_ACK(conns[i], 1, NULL);
+	}
+	fd = raw_connect();
+	CHECK(fd >= 0 && !send_fds(fd, tx, n, fds, 1));
+	for (int i = 0; i < 2; i++) { /* the ERROR, before or after the PING's ACK */
+		CHECK(raw_recv(fd, &h, &m) == 1);
+		if (m.type == PT_MSG_ERROR)
+			break;
+	}
+	CHECKF(m.type == PT_MSG_ERROR && m.error->code == PT_E_BAD_FIELD, "connection %d: got %s",
+	       nconn + 1, pt_msg_type_str(m.type));
+	CHECK(raw_eof(fd));
+	close(fd);
+	return 0;
+}
+
+/*
  * Descriptors no frame takes, parked by many connections: the service holds 256 for all of
  * them at most (4 each, so 64 connections); the next connection that sends some is closed
  * with an error, and once the others are gone, descriptors are accepted again.
@@ -199,23 +229,7 @@ static int fds_bounded_for_all(void)
 	T_REQUIRE(need_service());
 	for (int i = 0; i < 4; i++)
 		fds[i] = eventfd(0, EFD_CLOEXEC);
-	for (int i = 0; i < NCONN; i++) {
-		conns[i] = raw_connect();
-		CHECK(conns[i] >= 0);
-		CHECK(!send_fds(conns[i], tx, n, fds, 4));
-		EXPECT_ACK(conns[i], 1, NULL);
-	}
-	fd = raw_connect();
-	CHECK(fd >= 0 && !send_fds(fd, tx, n, fds, 1));
-	for (int i = 0; i < 2; i++) { /* the ERROR, before or after the PING's ACK */
-		CHECK(raw_recv(fd, &h, &m) == 1);
-		if (m.type == PT_MSG_ERROR)
-			break;
-	}
-	CHECKF(m.type == PT_MSG_ERROR && m.error->code == PT_E_BAD_FIELD, "got %s",
-	       pt_msg_type_str(m.type));
-	CHECK(raw_eof(fd));
-	close(fd);
+	CHECK(!park_until_refused(conns, NCONN, fds));
 	for (int i = 0; i < NCONN; i++)
 		close(conns[i]);
 	/* The service frees them as it reads each end of stream: a bounded wait. */
@@ -245,30 +259,13 @@ static int fds_bounded_for_all(void)
 static int park_as_nobody(int done_fd)
 {
 	enum { NCONN = 16 };
-	int conns[NCONN + 1], fds[4], fd;
-	size_t n = pt_build_empty(tx, sizeof(tx), PT_MSG_PING, 1);
-	struct pt_hdr h;
-	struct pt_msg m;
+	int conns[NCONN], fds[4];
 	char c = 0;
 
 	CHECK(!setgroups(0, NULL) && !setgid(NOBODY) && !setuid(NOBODY));
 	for (int i = 0; i < 4; i++)
 		fds[i] = eventfd(0, EFD_CLOEXEC);
-	for (int i = 0; i < NCONN; i++) {
-		conns[i] = raw_connect();
-		CHECK(conns[i] >= 0 && !send_fds(conns[i], tx, n, fds, 4));
-		EXPECT_ACK(conns[i], 1, NULL);
-	}
-	fd = raw_connect();
-	CHECK(fd >= 0 && !send_fds(fd, tx, n, fds, 1));
-	for (int i = 0; i < 2; i++) { /* the ERROR, before or after the PING's ACK */
-		CHECK(raw_recv(fd, &h, &m) == 1);
-		if (m.type == PT_MSG_ERROR)
-			break;
-	}
-	CHECKF(m.type == PT_MSG_ERROR && m.error->code == PT_E_BAD_FIELD, "17th: got %s",
-	       pt_msg_type_str(m.type));
-	CHECK(raw_eof(fd));
+	CHECK(!park_until_refused(conns, NCONN, fds));
 	CHECK(write(done_fd, &c, 1) == 1);
 	CHECK(read(done_fd, &c, 1) == 1); /* hold them until the parent is done */
 	return 0;
