@@ -324,6 +324,20 @@ static inline int send_tx(int fd, size_t n, uint32_t seq, int line)
 	return -1;
 }
 
+/* REGISTER of this process with one logged slot at @gpa of @size bytes, on a raw socket; the
+ * reply must be its ACK. */
+static inline int register_self(int fd, uint32_t seq, uint64_t gpa, uint64_t size)
+{
+	struct pt_reg_slot slot = {
+		.gpa = gpa, .size = size, .id = 1, .flags = PT_REG_SLOT_LOGGED
+	};
+	size_t n = pt_build_register(tx, sizeof(tx), seq, getpid(), PT_DIRTY_RING, &slot, 1);
+
+	if (!n || raw_send(fd, tx, n))
+		return -1;
+	return expect_ack(fd, seq, NULL, __LINE__);
+}
+
 /* Sends the frame in tx; the reply must be ERROR `code` for `seq` (see expect_error()). */
 static inline int send_expect_error(int fd, size_t n, uint32_t seq, int code, int line)
 {

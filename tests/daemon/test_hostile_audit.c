@@ -42,19 +42,6 @@ static int restart_service(const char *conf)
 	return svc_restart("audit", NULL, conf);
 }
 
-/* REGISTER of this process with one slot at @gpa of @size bytes, on a raw socket. */
-static int register_self(int fd, uint32_t seq, uint64_t gpa, uint64_t size)
-{
-	struct pt_reg_slot slot = {
-		.gpa = gpa, .size = size, .id = 1, .flags = PT_REG_SLOT_LOGGED
-	};
-	size_t n = pt_build_register(tx, sizeof(tx), seq, getpid(), PT_DIRTY_RING, &slot, 1);
-
-	if (!n || raw_send(fd, tx, n))
-		return -1;
-	return expect_ack(fd, seq, NULL, __LINE__);
-}
-
 /* Waits for the next tick (status.json's "time" changes); returns the new time. */
 static long long next_tick(void)
 {
