@@ -40,7 +40,8 @@ static inline void svc_stop(void)
 	svc_state = 0;
 }
 
-/* Killed (tests/run.sh's timeout): do not leave the service's pins behind. */
+/* Killed (tests/run.sh's timeout, or a write to a closed peer): do not leave the service's pins
+ * behind. */
 static inline void svc_on_signal(int sig)
 {
 	if (getpid() == svc_owner && svc_state == 1)
@@ -63,6 +64,7 @@ static inline int need_service(void)
 		atexit(svc_stop);
 		signal(SIGTERM, svc_on_signal);
 		signal(SIGINT, svc_on_signal);
+		signal(SIGPIPE, svc_on_signal); /* a write to a closed peer */
 	}
 	if (svc_state < 0)
 		return svc_must_start ? -1 : t_skip("pagetrackd did not start");
@@ -102,6 +104,7 @@ static inline int svc_restart(const char *tag, const char *bin, const char *conf
 	atexit(svc_stop);
 	signal(SIGTERM, svc_on_signal);
 	signal(SIGINT, svc_on_signal);
+	signal(SIGPIPE, svc_on_signal); /* a write to a closed peer */
 	return 0;
 }
 
