@@ -603,22 +603,34 @@ static int load_skel(struct pt_tracker *t, const struct pt_loader_opts *o)
 	return err;
 }
 
+/* An exclusive flock on directory @dir, its descriptor in *fd (else -1): 0, -EBUSY if another
+ * process holds it, or -errno. */
+static int flock_dir(const char *dir, int *fd)
+{
+	int err;
+
+	*fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (*fd < 0)
+		return -errno;
+	if (!flock(*fd, LOCK_EX | LOCK_NB))
+		return 0;
+	err = errno == EWOULDBLOCK ? -EBUSY : -errno;
+	close(*fd);
+	*fd = -1;
+	return err;
+}
+
 /*
  * One service per pin directory, for the life of the process: a second one's start would
  * re-pin or remove the first one's maps and links while it answers from them.
  */
 static int lock_pin_dir(struct pt_tracker *t)
 {
-	t->pin_lock = open(t->pin_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (t->pin_lock < 0)
-		return -errno;
-	if (!flock(t->pin_lock, LOCK_EX | LOCK_NB))
-		return 0;
-	if (errno == EWOULDBLOCK) {
+	int err = flock_dir(t->pin_dir, &t->pin_lock);
+
+	if (err == -EBUSY)
 		pt_err("another pagetrackd holds %s: one service per pin directory", t->pin_dir);
-		return -EBUSY;
-	}
-	return -errno;
+	return err;
 }
 
 int pt_tracker_open(struct pt_tracker **out, const struct pt_loader_opts *o)
@@ -738,22 +750,16 @@ int pt_tracker_unpin_entries(const char *dir)
  */
 int pt_tracker_unpin(const char *dir)
 {
-	int lock = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	int err;
+	int lock, err = flock_dir(dir, &lock);
 
-	if (lock < 0)
-		return errno == ENOENT ? 0 : -errno;
-	if (flock(lock, LOCK_EX | LOCK_NB)) {
-		err = -errno;
-		if (err == -EWOULDBLOCK) {
-			pt_err("a running pagetrackd holds %s: stop it first (systemctl stop "
-			       "pagetrackd.service pagetrackd.socket)",
-			       dir);
-			err = -EBUSY;
-		}
-		close(lock);
+	if (err == -ENOENT)
+		return 0;
+	if (err == -EBUSY)
+		pt_err("a running pagetrackd holds %s: stop it first (systemctl stop "
+		       "pagetrackd.service pagetrackd.socket)",
+		       dir);
+	if (err)
 		return err;
-	}
 	err = pt_tracker_unpin_entries(dir);
 	if (rmdir(dir) && errno != ENOENT && !err)
 		err = -errno;
