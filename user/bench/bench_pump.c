@@ -13,6 +13,7 @@
 #include "bench_pump.h"
 #include "bench_util.h"
 #include "daemon/cmdstate.h"
+#include "lib/proto.h"
 #include "shared/log.h"
 #include "writelog/vmlog.h"
 
@@ -381,17 +382,7 @@ static int ep_collect(void *arg, uint64_t gpa, uint64_t len)
 {
 	struct ep_child *e = arg;
 
-	if (e->nranges == e->cap_ranges) {
-		size_t cap = e->cap_ranges ? e->cap_ranges * 2 : 4096;
-		struct pt_range *r = realloc(e->ranges, cap * sizeof(*r));
-
-		if (!r)
-			return -PT_E_BUSY;
-		e->ranges = r;
-		e->cap_ranges = cap;
-	}
-	e->ranges[e->nranges++] = (struct pt_range){ gpa, len };
-	return 0;
+	return pt_ranges_append(&e->ranges, &e->nranges, &e->cap_ranges, 4096, gpa, len);
 }
 
 static int ep_query(struct ep_child *e, const struct pt_msg *m)

@@ -16,6 +16,7 @@
 #include "bench_util.h"
 #include "bench_verdict.h"
 #include "daemon/cmdstate.h"
+#include "lib/proto.h"
 #include "writelog/loader.h"
 #include "writelog/vmlog.h"
 
@@ -41,17 +42,7 @@ static int collect(void *arg, uint64_t gpa, uint64_t len)
 {
 	struct vset *s = arg;
 
-	if (s->nout == s->cap) {
-		size_t cap = s->cap ? s->cap * 2 : 4096;
-		struct pt_range *r = realloc(s->out, cap * sizeof(*r));
-
-		if (!r)
-			return -PT_E_BUSY;
-		s->out = r;
-		s->cap = cap;
-	}
-	s->out[s->nout++] = (struct pt_range){ gpa, len };
-	return 0;
+	return pt_ranges_append(&s->out, &s->nout, &s->cap, 4096, gpa, len);
 }
 
 /* ARM, the sync, every page hinted in 4 MiB ranges, STOP: what a full round leaves. */

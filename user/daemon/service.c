@@ -160,17 +160,7 @@ static int lazy_collect(void *ctx, uint64_t gpa, uint64_t len)
 {
 	struct lazy_reply *lr = ctx;
 
-	if (lr->n == lr->cap) {
-		size_t cap = lr->cap ? lr->cap * 2 : 2 * LAZY_PER;
-		struct pt_range *r = realloc(lr->r, cap * sizeof(*r));
-
-		if (!r)
-			return -PT_E_BUSY;
-		lr->r = r;
-		lr->cap = cap;
-	}
-	lr->r[lr->n++] = (struct pt_range){ gpa, len };
-	return 0;
+	return pt_ranges_append(&lr->r, &lr->n, &lr->cap, 2 * LAZY_PER, gpa, len);
 }
 
 static void lazy_free(struct svc *s, struct lazy_reply *lr)

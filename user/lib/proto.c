@@ -135,6 +135,22 @@ int pt_range_check(const struct pt_range *r)
 	return 0;
 }
 
+int pt_ranges_append(struct pt_range **r, size_t *n, size_t *cap, size_t first, uint64_t gpa,
+		     uint64_t len)
+{
+	if (*n == *cap) {
+		size_t grown = *cap ? *cap * 2 : first;
+		struct pt_range *m = realloc(*r, grown * sizeof(*m));
+
+		if (!m)
+			return -PT_E_BUSY;
+		*r = m;
+		*cap = grown;
+	}
+	(*r)[(*n)++] = (struct pt_range){ gpa, len };
+	return 0;
+}
+
 /*
  * Checks every range as pt_range_check() does and sums their pages into m->pages (saturating),
  * in one pass without a branch per range, so that it vectorizes (PT_RANGE_LOOP): the pages are

@@ -93,6 +93,10 @@ int pt_hdr_check(const struct pt_hdr *h);
 int pt_frame_parse(const struct pt_hdr *h, const void *payload, struct pt_msg *out);
 /* One range: page aligned, nonzero, end fits in 64 bits. Returns 0 or -PT_E_BAD_RANGE. */
 int pt_range_check(const struct pt_range *r);
+/* Appends [gpa, gpa + len) to the array *r of *n ranges, room for *cap, doubled when full
+ * (first @first). 0, or -PT_E_BUSY out of memory (the array is as it was). */
+int pt_ranges_append(struct pt_range **r, size_t *n, size_t *cap, size_t first, uint64_t gpa,
+		     uint64_t len);
 
 /* Requests are types 1..63, replies 64..; true for known types only. */
 bool pt_type_is_request(unsigned int type);
